@@ -1,0 +1,282 @@
+//! `scimlog-bench`: a load generator that plays IdP-like SCIM traffic against a scimlog server and
+//! prints one table row per scenario. Loopback only, bounded in requests and time.
+//!
+//! ```text
+//! cargo run --release -p scimlog-bench -- --spawn --scenario create-users,lookup --users 10000
+//! cargo run --release -p scimlog-bench -- --url http://127.0.0.1:8080 --token T --scenario lookup
+//! ```
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use serde_json::json;
+
+#[derive(Parser, Clone)]
+struct Args {
+    /// Base URL of a running server (its SCIM root is <url>/scim/v2). Loopback only.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    url: String,
+    /// Bearer token for --url.
+    #[arg(long, env = "SCIMLOG_TOKEN", default_value = "")]
+    token: String,
+    /// Start a scimlog server in this process on a temp data dir instead of using --url.
+    #[arg(long)]
+    spawn: bool,
+    /// Comma-separated scenarios: create-users, lookup, get-by-id, list-page, healthz.
+    #[arg(long, default_value = "create-users,lookup,get-by-id")]
+    scenario: String,
+    /// Concurrent connections.
+    #[arg(long, default_value_t = 64)]
+    connections: usize,
+    /// Requests per scenario (upper bound).
+    #[arg(long, default_value_t = 20_000)]
+    requests: u64,
+    /// Time limit per scenario, in seconds.
+    #[arg(long, default_value_t = 30)]
+    duration_s: u64,
+    /// Directory size seeded (with create-users) before the read scenarios.
+    #[arg(long, default_value_t = 10_000)]
+    users: u64,
+}
+
+struct Row {
+    scenario: String,
+    requests: u64,
+    errors: u64,
+    seconds: f64,
+    latencies_us: Vec<u64>,
+}
+
+fn pct(sorted: &[u64], p: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i]
+}
+
+fn fmt_us(us: u64) -> String {
+    if us >= 10_000 {
+        format!("{:.1} ms", us as f64 / 1000.0)
+    } else {
+        format!("{us} µs")
+    }
+}
+
+fn print_table(rows: &[Row]) {
+    println!("| scenario | requests | errors | req/s | p50 | p90 | p99 | max |");
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    for r in rows {
+        let mut l = r.latencies_us.clone();
+        l.sort_unstable();
+        println!(
+            "| {} | {} | {} | {:.0} | {} | {} | {} | {} |",
+            r.scenario,
+            r.requests,
+            r.errors,
+            r.requests as f64 / r.seconds,
+            fmt_us(pct(&l, 0.5)),
+            fmt_us(pct(&l, 0.9)),
+            fmt_us(pct(&l, 0.99)),
+            fmt_us(l.last().copied().unwrap_or(0)),
+        );
+    }
+}
+
+/// Runs `make_request(i)` for i in 0..requests across `connections` workers, bounded by time.
+async fn drive<F, Fut>(name: &str, args: &Args, requests: u64, make_request: F) -> Row
+where
+    F: Fn(u64) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = bool> + Send,
+{
+    let next = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let deadline = Instant::now() + Duration::from_secs(args.duration_s);
+    let f = Arc::new(make_request);
+    let started = Instant::now();
+    let mut workers = Vec::new();
+    for _ in 0..args.connections {
+        let (next, errors, f) = (next.clone(), errors.clone(), f.clone());
+        workers.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= requests || Instant::now() > deadline {
+                    break;
+                }
+                let t = Instant::now();
+                if !f(i).await {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                }
+                lat.push(t.elapsed().as_micros() as u64);
+            }
+            lat
+        }));
+    }
+    let mut latencies_us = Vec::new();
+    for w in workers {
+        latencies_us.extend(w.await.unwrap_or_default());
+    }
+    Row {
+        scenario: name.to_string(),
+        requests: latencies_us.len() as u64,
+        errors: errors.load(Ordering::Relaxed),
+        seconds: started.elapsed().as_secs_f64(),
+        latencies_us,
+    }
+}
+
+fn user_body(i: u64) -> serde_json::Value {
+    json!({
+        "schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"],
+        "userName": format!("user{i:07}@bench.example"),
+        "externalId": format!("00u{i:017}"),
+        "name": {"givenName": "Bench", "familyName": format!("User{i}")},
+        "displayName": format!("Bench User {i}"),
+        "emails": [{"value": format!("user{i:07}@bench.example"), "type": "work", "primary": true}],
+        "active": true,
+        "password": "not-stored-ever"
+    })
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let mut args = Args::parse();
+    let _guard;
+    let _server;
+    if args.spawn {
+        let dir = tempfile::tempdir()?;
+        let mut cfg = scimlog::config::ServeConfig::with_data_dir(dir.path());
+        cfg.listen = "127.0.0.1:0".parse()?;
+        cfg.bootstrap_token = Some("bench-token".into());
+        let server = scimlog::server::Server::start(cfg).await?;
+        args.url = format!("http://{}", server.addr);
+        args.token = "bench-token".into();
+        _server = server;
+        _guard = dir;
+    }
+    let host = args
+        .url
+        .split("://")
+        .nth(1)
+        .unwrap_or_default()
+        .split(['/', ':'])
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    if !(host == "localhost" || host.starts_with("127.") || host == "[::1]") {
+        bail!("refusing to load {host}: benchmarks target loopback addresses only");
+    }
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(args.connections)
+        .build()?;
+    let scim = format!("{}/scim/v2", args.url);
+    let auth = format!("Bearer {}", args.token);
+    let mut rows = Vec::new();
+    let mut seeded = 0u64;
+
+    for scenario in args.scenario.split(',').map(str::trim) {
+        let (c, scim, auth) = (client.clone(), scim.clone(), auth.clone());
+        let row = match scenario {
+            "create-users" => {
+                let offset = seeded;
+                let n = args.requests.max(args.users);
+                let row = drive("create-users (fsync on)", &args, n, move |i| {
+                    let (c, scim, auth) = (c.clone(), scim.clone(), auth.clone());
+                    async move {
+                        let r = c
+                            .post(format!("{scim}/Users"))
+                            .header("authorization", auth)
+                            .header("content-type", "application/scim+json")
+                            .body(user_body(offset + i).to_string())
+                            .send()
+                            .await;
+                        matches!(r, Ok(r) if r.status().as_u16() == 201)
+                    }
+                })
+                .await;
+                seeded += row.requests;
+                row
+            }
+            "lookup" | "get-by-id" | "list-page" if seeded == 0 => {
+                bail!("{scenario} needs users: run create-users first")
+            }
+            "lookup" => {
+                let n = seeded;
+                drive(&format!("lookup userName eq ({n} users)"), &args, args.requests, move |i| {
+                    let (c, scim, auth) = (c.clone(), scim.clone(), auth.clone());
+                    async move {
+                        let name = format!("user{:07}%40bench.example", (i * 7919) % n);
+                        let r = c.get(format!("{scim}/Users?filter=userName%20eq%20%22{name}%22&startIndex=1&count=100")).header("authorization", auth).send().await;
+                        match r {
+                            Ok(r) if r.status().is_success() => r.text().await.map(|t| t.contains("\"totalResults\":1")).unwrap_or(false),
+                            _ => false,
+                        }
+                    }
+                })
+                .await
+            }
+            "get-by-id" => {
+                // Collect ids with one paged listing, then GET them.
+                let list: serde_json::Value = c
+                    .get(format!("{scim}/Users?count=1000&attributes=id"))
+                    .header("authorization", &auth)
+                    .send()
+                    .await?
+                    .json()
+                    .await
+                    .context("listing ids")?;
+                let ids: Arc<Vec<String>> = Arc::new(
+                    list["Resources"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|r| r["id"].as_str().map(String::from))
+                        .collect(),
+                );
+                let n = seeded;
+                drive(&format!("GET /Users/{{id}} ({n} users)"), &args, args.requests, move |i| {
+                    let (c, scim, auth, ids) = (c.clone(), scim.clone(), auth.clone(), ids.clone());
+                    async move {
+                        let id = &ids[(i as usize * 7919) % ids.len()];
+                        matches!(c.get(format!("{scim}/Users/{id}")).header("authorization", auth).send().await, Ok(r) if r.status().is_success())
+                    }
+                })
+                .await
+            }
+            "list-page" => {
+                let n = seeded;
+                drive(&format!("GET /Users?count=100 ({n} users)"), &args, args.requests.min(2000), move |i| {
+                    let (c, scim, auth) = (c.clone(), scim.clone(), auth.clone());
+                    async move {
+                        let start = 1 + (i * 100) % n;
+                        matches!(c.get(format!("{scim}/Users?startIndex={start}&count=100")).header("authorization", auth).send().await, Ok(r) if r.status().is_success())
+                    }
+                })
+                .await
+            }
+            "healthz" => {
+                let base = args.url.clone();
+                drive("GET /healthz (HTTP stack + log head)", &args, args.requests, move |_| {
+                    let (c, base) = (c.clone(), base.clone());
+                    async move { matches!(c.get(format!("{base}/healthz")).send().await, Ok(r) if r.status().is_success()) }
+                })
+                .await
+            }
+            other => bail!("unknown scenario {other:?}"),
+        };
+        rows.push(row);
+    }
+    println!(
+        "connections: {}, cores: {}",
+        args.connections,
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0)
+    );
+    print_table(&rows);
+    Ok(())
+}

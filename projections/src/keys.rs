@@ -1,0 +1,94 @@
+//! Key layouts. Parts are joined with a 0x00 byte, which no tenant name, id or folded name holds
+//! (control characters are refused at the boundary), so prefixes never collide.
+//!
+//! | key | value |
+//! | --- | --- |
+//! | `u 0 tenant 0 id` | [`crate::UserDoc`] JSON |
+//! | `g 0 tenant 0 id` | [`crate::GroupDoc`] JSON |
+//! | `iu/un 0 tenant 0 folded userName` | user id (unique) |
+//! | `iu/ex 0 tenant 0 externalId` | user id (unique, case-exact) |
+//! | `iu/em 0 tenant 0 folded email 0 id` | empty (not unique) |
+//! | `ig/dn 0 tenant 0 folded displayName` | group id (unique) |
+//! | `ig/ex 0 tenant 0 externalId` | group id |
+//! | `gm 0 tenant 0 group 0 member` | [`crate::Member`] JSON |
+//! | `mg 0 tenant 0 member 0 group` | empty |
+//! | `n/u 0 tenant`, `n/g 0 tenant` | resource count, u64 big-endian |
+
+pub const SEP: u8 = 0;
+
+fn join(parts: &[&[u8]]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(parts.iter().map(|p| p.len() + 1).sum());
+    for (i, p) in parts.iter().enumerate() {
+        if i > 0 {
+            k.push(SEP);
+        }
+        k.extend_from_slice(p);
+    }
+    k
+}
+
+/// The prefix of all keys under `parts`, ending with a separator.
+pub fn prefix(parts: &[&[u8]]) -> Vec<u8> {
+    let mut k = join(parts);
+    k.push(SEP);
+    k
+}
+
+pub fn user(t: &str, id: &str) -> Vec<u8> {
+    join(&[b"u", t.as_bytes(), id.as_bytes()])
+}
+pub fn users(t: &str) -> Vec<u8> {
+    prefix(&[b"u", t.as_bytes()])
+}
+pub fn group(t: &str, id: &str) -> Vec<u8> {
+    join(&[b"g", t.as_bytes(), id.as_bytes()])
+}
+pub fn groups(t: &str) -> Vec<u8> {
+    prefix(&[b"g", t.as_bytes()])
+}
+pub fn user_name(t: &str, folded: &str) -> Vec<u8> {
+    join(&[b"iu/un", t.as_bytes(), folded.as_bytes()])
+}
+pub fn user_external_id(t: &str, external_id: &str) -> Vec<u8> {
+    join(&[b"iu/ex", t.as_bytes(), external_id.as_bytes()])
+}
+pub fn user_email(t: &str, folded: &str, id: &str) -> Vec<u8> {
+    join(&[b"iu/em", t.as_bytes(), folded.as_bytes(), id.as_bytes()])
+}
+pub fn user_emails(t: &str, folded: &str) -> Vec<u8> {
+    prefix(&[b"iu/em", t.as_bytes(), folded.as_bytes()])
+}
+pub fn group_name(t: &str, folded: &str) -> Vec<u8> {
+    join(&[b"ig/dn", t.as_bytes(), folded.as_bytes()])
+}
+pub fn group_external_id(t: &str, external_id: &str) -> Vec<u8> {
+    join(&[b"ig/ex", t.as_bytes(), external_id.as_bytes()])
+}
+pub fn member(t: &str, group: &str, member: &str) -> Vec<u8> {
+    join(&[b"gm", t.as_bytes(), group.as_bytes(), member.as_bytes()])
+}
+pub fn members(t: &str, group: &str) -> Vec<u8> {
+    prefix(&[b"gm", t.as_bytes(), group.as_bytes()])
+}
+pub fn membership(t: &str, member: &str, group: &str) -> Vec<u8> {
+    join(&[b"mg", t.as_bytes(), member.as_bytes(), group.as_bytes()])
+}
+pub fn memberships(t: &str, member: &str) -> Vec<u8> {
+    prefix(&[b"mg", t.as_bytes(), member.as_bytes()])
+}
+pub fn user_count(t: &str) -> Vec<u8> {
+    join(&[b"n/u", t.as_bytes()])
+}
+pub fn group_count(t: &str) -> Vec<u8> {
+    join(&[b"n/g", t.as_bytes()])
+}
+
+/// The last part of a key (after the final separator), as text.
+pub fn last_part(key: &[u8]) -> String {
+    let start = key
+        .iter()
+        .rposition(|b| *b == SEP)
+        .map(|i| i + 1)
+        .unwrap_or(0);
+    String::from_utf8_lossy(&key[start..]).into_owned()
+}

@@ -1,0 +1,25 @@
+//! `scimlog-projections`: the read models of scimlog as pure, infallible folds of events over a
+//! small key-value trait. The service implements [`Kv`] on RocksDB; tests use [`MemKv`].
+//!
+//! # Layout
+//!
+//! - [`kv`]: the [`KvRead`]/[`Kv`] traits, the in-memory [`MemKv`] and the write [`Overlay`] the
+//!   single writer stacks over the store so that one batch of commands sees its own writes.
+//! - [`keys`]: every key layout (documents, indexes, memberships both ways), in one place.
+//! - [`model`]: the stored documents, [`UserDoc`] and [`GroupDoc`].
+//! - [`fold`]: [`apply`], one event into the read models. No IO beyond the trait, no clock: the
+//!   event carries its time.
+//! - [`query`]: lookups and the query planner (filter -> index lookups + residual evaluation).
+//!
+//! Memberships are stored one key per (group, member) in both directions, never as a growing
+//! document: adding or removing a member costs O(1) whatever the group's size.
+
+pub mod fold;
+pub mod keys;
+pub mod kv;
+pub mod model;
+pub mod query;
+
+pub use fold::apply;
+pub use kv::{Kv, KvRead, MemKv, Overlay};
+pub use model::{GroupDoc, Member, UserDoc};

@@ -1,0 +1,368 @@
+//! Lookups over the read models, and the query planner: a filter becomes index lookups where an
+//! indexed attribute is compared with `eq` (userName, externalId, emails.value, id, displayName,
+//! members.value), and a bounded scan otherwise; the whole filter is then evaluated on each
+//! candidate (the residual), so an index only ever narrows, never decides.
+
+use scimlog_schemas::filter::{CompareOp, Filter};
+use scimlog_schemas::name::fold as fold_case;
+use scimlog_schemas::registry::registry;
+use scimlog_schemas::ResourceKind;
+use serde_json::{json, Map, Value};
+
+use crate::fold::load;
+use crate::keys;
+use crate::kv::KvRead;
+use crate::model::{GroupDoc, Member, UserDoc};
+
+pub fn user(kv: &impl KvRead, t: &str, id: &str) -> Option<UserDoc> {
+    load(kv, &keys::user(t, id))
+}
+pub fn group(kv: &impl KvRead, t: &str, id: &str) -> Option<GroupDoc> {
+    load(kv, &keys::group(t, id))
+}
+fn text(kv: &impl KvRead, key: &[u8]) -> Option<String> {
+    kv.get(key).and_then(|b| String::from_utf8(b).ok())
+}
+pub fn user_id_by_user_name(kv: &impl KvRead, t: &str, user_name: &str) -> Option<String> {
+    text(kv, &keys::user_name(t, &fold_case(user_name)))
+}
+pub fn user_id_by_external_id(kv: &impl KvRead, t: &str, external_id: &str) -> Option<String> {
+    text(kv, &keys::user_external_id(t, external_id))
+}
+pub fn user_ids_by_email(kv: &impl KvRead, t: &str, email: &str, limit: usize) -> Vec<String> {
+    kv.scan(&keys::user_emails(t, &fold_case(email)), None, limit)
+        .into_iter()
+        .map(|(k, _)| keys::last_part(&k))
+        .collect()
+}
+pub fn group_id_by_name(kv: &impl KvRead, t: &str, display_name: &str) -> Option<String> {
+    text(kv, &keys::group_name(t, &fold_case(display_name)))
+}
+pub fn group_id_by_external_id(kv: &impl KvRead, t: &str, external_id: &str) -> Option<String> {
+    text(kv, &keys::group_external_id(t, external_id))
+}
+/// Members of a group in id order, `limit` at a time after `after`.
+pub fn members(
+    kv: &impl KvRead,
+    t: &str,
+    group: &str,
+    after: Option<&str>,
+    limit: usize,
+) -> Vec<Member> {
+    let after_key = after.map(|a| keys::member(t, group, a));
+    kv.scan(&keys::members(t, group), after_key.as_deref(), limit)
+        .into_iter()
+        .filter_map(|(_, v)| serde_json::from_slice(&v).ok())
+        .collect()
+}
+pub fn is_member(kv: &impl KvRead, t: &str, group: &str, member: &str) -> bool {
+    kv.get(&keys::member(t, group, member)).is_some()
+}
+/// Ids of the groups `member` is directly in.
+pub fn groups_of(kv: &impl KvRead, t: &str, member: &str, limit: usize) -> Vec<String> {
+    kv.scan(&keys::memberships(t, member), None, limit)
+        .into_iter()
+        .map(|(k, _)| keys::last_part(&k))
+        .collect()
+}
+fn count(kv: &impl KvRead, key: &[u8]) -> u64 {
+    kv.get(key)
+        .and_then(|b| b.try_into().ok())
+        .map(u64::from_be_bytes)
+        .unwrap_or(0)
+}
+pub fn user_count(kv: &impl KvRead, t: &str) -> u64 {
+    count(kv, &keys::user_count(t))
+}
+pub fn group_count(kv: &impl KvRead, t: &str) -> u64 {
+    count(kv, &keys::group_count(t))
+}
+
+fn meta(
+    kind: ResourceKind,
+    created: &chrono::DateTime<chrono::Utc>,
+    modified: &chrono::DateTime<chrono::Utc>,
+    version: u64,
+) -> Value {
+    json!({
+        "resourceType": kind.as_str(),
+        "created": created.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        "lastModified": modified.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        "version": format!("W/\"{version}\""),
+    })
+}
+
+impl UserDoc {
+    /// The resource as filters see it: attributes plus id, active and meta.
+    pub fn filterable(&self) -> Value {
+        let mut m = Map::with_capacity(self.attributes.len() + 3);
+        m.insert("id".into(), Value::String(self.id.clone()));
+        m.extend(self.attributes.clone());
+        m.insert("active".into(), Value::Bool(self.active));
+        m.insert(
+            "meta".into(),
+            meta(
+                ResourceKind::User,
+                &self.created,
+                &self.last_modified,
+                self.version,
+            ),
+        );
+        Value::Object(m)
+    }
+}
+
+impl GroupDoc {
+    pub fn filterable(&self) -> Value {
+        let mut m = Map::with_capacity(self.attributes.len() + 3);
+        m.insert("id".into(), Value::String(self.id.clone()));
+        m.insert(
+            "displayName".into(),
+            Value::String(self.display_name.clone()),
+        );
+        m.extend(self.attributes.clone());
+        m.insert(
+            "meta".into(),
+            meta(
+                ResourceKind::Group,
+                &self.created,
+                &self.last_modified,
+                self.version,
+            ),
+        );
+        Value::Object(m)
+    }
+}
+
+/// How a filter will be answered.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Plan {
+    /// Candidate ids from indexes; the filter is still evaluated on each.
+    Lookup(Vec<Lookup>),
+    /// Every resource of the tenant is read and evaluated.
+    Scan,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Lookup {
+    Id(String),
+    UserName(String),
+    ExternalId(String),
+    Email(String),
+    DisplayName(String),
+    /// Groups that have this member.
+    Member(String),
+}
+
+/// Plans a filter for a resource kind. Conjunctions use whichever side is indexed; disjunctions
+/// need both sides indexed.
+pub fn plan(kind: ResourceKind, filter: &Filter) -> Plan {
+    match filter {
+        Filter::Compare {
+            path,
+            op: CompareOp::Eq,
+            value: Value::String(v),
+        } => {
+            let core = match kind {
+                ResourceKind::User => registry().user.core_urn,
+                ResourceKind::Group => registry().group.core_urn,
+            };
+            if path
+                .schema
+                .as_deref()
+                .is_some_and(|s| !s.eq_ignore_ascii_case(core))
+            {
+                return Plan::Scan;
+            }
+            let attr = path.attr.as_str().to_ascii_lowercase();
+            let sub = path.sub.as_ref().map(|s| s.as_str().to_ascii_lowercase());
+            let lookup = match (kind, attr.as_str(), sub.as_deref()) {
+                (_, "id", None) => Lookup::Id(v.clone()),
+                (_, "externalid", None) => Lookup::ExternalId(v.clone()),
+                (ResourceKind::User, "username", None) => Lookup::UserName(v.clone()),
+                (ResourceKind::User, "emails", None | Some("value")) => Lookup::Email(v.clone()),
+                (ResourceKind::Group, "displayname", None) => Lookup::DisplayName(v.clone()),
+                (ResourceKind::Group, "members", None | Some("value")) => Lookup::Member(v.clone()),
+                _ => return Plan::Scan,
+            };
+            Plan::Lookup(vec![lookup])
+        }
+        Filter::And(a, b) => match (plan(kind, a), plan(kind, b)) {
+            (Plan::Lookup(l), _) | (_, Plan::Lookup(l)) => Plan::Lookup(l),
+            _ => Plan::Scan,
+        },
+        Filter::Or(a, b) => match (plan(kind, a), plan(kind, b)) {
+            (Plan::Lookup(mut l), Plan::Lookup(r)) => {
+                l.extend(r);
+                Plan::Lookup(l)
+            }
+            _ => Plan::Scan,
+        },
+        _ => Plan::Scan,
+    }
+}
+
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum QueryError {
+    #[error("the filter needs a scan of more than {limit} resources; filter on an indexed attribute (userName, externalId, emails.value, id, displayName, members.value)")]
+    ScanTooLarge { limit: usize },
+}
+
+/// The ids matching `filter` (or all, when `None`), in id order. `max_scan` bounds how many
+/// resources an unindexed filter may read.
+pub fn search_ids(
+    kv: &impl KvRead,
+    t: &str,
+    kind: ResourceKind,
+    filter: Option<&Filter>,
+    max_scan: usize,
+) -> Result<Vec<String>, QueryError> {
+    let schema = match kind {
+        ResourceKind::User => &registry().user,
+        ResourceKind::Group => &registry().group,
+    };
+    let load_filterable = |id: &str| -> Option<Value> {
+        match kind {
+            ResourceKind::User => user(kv, t, id).map(|d| d.filterable()),
+            ResourceKind::Group => group(kv, t, id).map(|d| d.filterable()),
+        }
+    };
+    let prefix = match kind {
+        ResourceKind::User => keys::users(t),
+        ResourceKind::Group => keys::groups(t),
+    };
+    let Some(filter) = filter else {
+        return Ok(kv
+            .scan(&prefix, None, usize::MAX)
+            .into_iter()
+            .map(|(k, _)| keys::last_part(&k))
+            .collect());
+    };
+    match plan(kind, filter) {
+        Plan::Lookup(lookups) => {
+            let mut ids: Vec<String> = Vec::new();
+            for l in lookups {
+                match (kind, l) {
+                    (_, Lookup::Id(id)) => ids.push(id),
+                    (ResourceKind::User, Lookup::UserName(n)) => {
+                        ids.extend(user_id_by_user_name(kv, t, &n))
+                    }
+                    (ResourceKind::User, Lookup::ExternalId(x)) => {
+                        ids.extend(user_id_by_external_id(kv, t, &x))
+                    }
+                    (ResourceKind::User, Lookup::Email(e)) => {
+                        ids.extend(user_ids_by_email(kv, t, &e, max_scan))
+                    }
+                    (ResourceKind::Group, Lookup::ExternalId(x)) => {
+                        ids.extend(group_id_by_external_id(kv, t, &x))
+                    }
+                    (ResourceKind::Group, Lookup::DisplayName(n)) => {
+                        ids.extend(group_id_by_name(kv, t, &n))
+                    }
+                    (ResourceKind::Group, Lookup::Member(m)) => {
+                        ids.extend(groups_of(kv, t, &m, max_scan))
+                    }
+                    _ => {}
+                }
+            }
+            ids.sort();
+            ids.dedup();
+            // Members are not part of a group's filterable form: an index hit on them is final
+            // only when the filter is exactly that comparison.
+            let member_only = matches!(plan(kind, filter), Plan::Lookup(ref l) if l.len() == 1 && matches!(l[0], Lookup::Member(_)))
+                && matches!(filter, Filter::Compare { .. });
+            Ok(ids
+                .into_iter()
+                .filter(|id| match load_filterable(id) {
+                    Some(doc) => member_only || filter.matches(schema, &doc),
+                    None => false,
+                })
+                .collect())
+        }
+        Plan::Scan => {
+            let mut out = Vec::new();
+            let mut after: Option<Vec<u8>> = None;
+            let mut seen = 0usize;
+            loop {
+                let batch = kv.scan(&prefix, after.as_deref(), 512);
+                if batch.is_empty() {
+                    return Ok(out);
+                }
+                for (k, v) in &batch {
+                    seen += 1;
+                    if seen > max_scan {
+                        return Err(QueryError::ScanTooLarge { limit: max_scan });
+                    }
+                    let doc = match kind {
+                        ResourceKind::User => serde_json::from_slice::<UserDoc>(v)
+                            .ok()
+                            .map(|d| d.filterable()),
+                        ResourceKind::Group => serde_json::from_slice::<GroupDoc>(v)
+                            .ok()
+                            .map(|d| d.filterable()),
+                    };
+                    if doc.is_some_and(|d| filter.matches(schema, &d)) {
+                        out.push(keys::last_part(k));
+                    }
+                }
+                after = batch.last().map(|(k, _)| k.clone());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use scimlog_schemas::filter::FilterLimits;
+
+    #[test]
+    fn plan_table() {
+        let u = ResourceKind::User;
+        let g = ResourceKind::Group;
+        let table = [
+            (
+                u,
+                r#"userName eq "a""#,
+                Plan::Lookup(vec![Lookup::UserName("a".into())]),
+            ),
+            (
+                u,
+                r#"USERNAME eq "a" and active eq true"#,
+                Plan::Lookup(vec![Lookup::UserName("a".into())]),
+            ),
+            (
+                u,
+                r#"emails.value eq "a@x""#,
+                Plan::Lookup(vec![Lookup::Email("a@x".into())]),
+            ),
+            (
+                u,
+                r#"externalId eq "1" or id eq "2""#,
+                Plan::Lookup(vec![Lookup::ExternalId("1".into()), Lookup::Id("2".into())]),
+            ),
+            (u, r#"userName eq "a" or title eq "b""#, Plan::Scan),
+            (u, r#"userName co "a""#, Plan::Scan),
+            (u, r#"displayName eq "a""#, Plan::Scan),
+            (
+                g,
+                r#"displayName eq "Ops""#,
+                Plan::Lookup(vec![Lookup::DisplayName("Ops".into())]),
+            ),
+            (
+                g,
+                r#"members.value eq "u1""#,
+                Plan::Lookup(vec![Lookup::Member("u1".into())]),
+            ),
+            (
+                u,
+                r#"urn:ietf:params:scim:schemas:core:2.0:User:userName eq "a""#,
+                Plan::Lookup(vec![Lookup::UserName("a".into())]),
+            ),
+        ];
+        for (kind, f, want) in table {
+            let filter = Filter::parse(f, FilterLimits::default()).unwrap();
+            assert_eq!(plan(kind, &filter), want, "{f}");
+        }
+    }
+}

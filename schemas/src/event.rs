@@ -1,0 +1,409 @@
+//! The events of the log: past-tense facts, each with an explicit type name and schema version,
+//! wrapped in an envelope that chains it to its predecessor by SHA-256.
+//!
+//! Old events are upcast when read ([`Event::decode`]), never rewritten.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+/// The `prevHash` of the first event of a log.
+pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ResourceKind {
+    User,
+    Group,
+}
+
+impl ResourceKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ResourceKind::User => "User",
+            ResourceKind::Group => "Group",
+        }
+    }
+    pub fn endpoint(self) -> &'static str {
+        match self {
+            ResourceKind::User => "Users",
+            ResourceKind::Group => "Groups",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum MemberType {
+    User,
+    Group,
+}
+
+impl MemberType {
+    pub fn kind(self) -> ResourceKind {
+        match self {
+            MemberType::User => ResourceKind::User,
+            MemberType::Group => ResourceKind::Group,
+        }
+    }
+}
+
+/// What happened, with enough data to rebuild state. The serde tag is the event type name that
+/// goes on the wire (`type`) and the content is its `data`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", content = "data")]
+pub enum EventBody {
+    /// A user was provisioned. `attributes` are the canonical SCIM attributes, without `id`,
+    /// `meta`, `groups`, `password` and `active`.
+    #[serde(rename = "user.created", rename_all = "camelCase")]
+    UserCreated {
+        attributes: Map<String, Value>,
+        active: bool,
+    },
+    /// Top-level attributes changed (`changed` holds their new values) or were removed.
+    #[serde(rename = "user.updated", rename_all = "camelCase")]
+    UserUpdated {
+        changed: Map<String, Value>,
+        removed: Vec<String>,
+    },
+    #[serde(rename = "user.deactivated")]
+    UserDeactivated {},
+    #[serde(rename = "user.reactivated")]
+    UserReactivated {},
+    /// The user is gone; its memberships were removed by `group.member_removed` events before it.
+    #[serde(rename = "user.deleted")]
+    UserDeleted {},
+    #[serde(rename = "group.created", rename_all = "camelCase")]
+    GroupCreated {
+        display_name: String,
+        attributes: Map<String, Value>,
+    },
+    #[serde(rename = "group.renamed", rename_all = "camelCase")]
+    GroupRenamed {
+        display_name: String,
+        previous_display_name: String,
+    },
+    /// Attributes other than `displayName` and `members` changed or were removed.
+    #[serde(rename = "group.updated", rename_all = "camelCase")]
+    GroupUpdated {
+        changed: Map<String, Value>,
+        removed: Vec<String>,
+    },
+    /// The group is gone, and with it every membership in it.
+    #[serde(rename = "group.deleted")]
+    GroupDeleted {},
+    #[serde(rename = "group.member_added", rename_all = "camelCase")]
+    GroupMemberAdded {
+        member_id: String,
+        member_type: MemberType,
+    },
+    #[serde(rename = "group.member_removed", rename_all = "camelCase")]
+    GroupMemberRemoved {
+        member_id: String,
+        member_type: MemberType,
+    },
+}
+
+/// The event type names, for filters and catalogues.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventType {
+    UserCreated,
+    UserUpdated,
+    UserDeactivated,
+    UserReactivated,
+    UserDeleted,
+    GroupCreated,
+    GroupRenamed,
+    GroupUpdated,
+    GroupDeleted,
+    GroupMemberAdded,
+    GroupMemberRemoved,
+}
+
+impl EventType {
+    pub const ALL: [EventType; 11] = [
+        EventType::UserCreated,
+        EventType::UserUpdated,
+        EventType::UserDeactivated,
+        EventType::UserReactivated,
+        EventType::UserDeleted,
+        EventType::GroupCreated,
+        EventType::GroupRenamed,
+        EventType::GroupUpdated,
+        EventType::GroupDeleted,
+        EventType::GroupMemberAdded,
+        EventType::GroupMemberRemoved,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventType::UserCreated => "user.created",
+            EventType::UserUpdated => "user.updated",
+            EventType::UserDeactivated => "user.deactivated",
+            EventType::UserReactivated => "user.reactivated",
+            EventType::UserDeleted => "user.deleted",
+            EventType::GroupCreated => "group.created",
+            EventType::GroupRenamed => "group.renamed",
+            EventType::GroupUpdated => "group.updated",
+            EventType::GroupDeleted => "group.deleted",
+            EventType::GroupMemberAdded => "group.member_added",
+            EventType::GroupMemberRemoved => "group.member_removed",
+        }
+    }
+    /// The current schema version of the type's `data`. Bump it when the data changes shape, and
+    /// teach [`upcast`] to lift the older version.
+    pub fn schema_version(self) -> u32 {
+        1
+    }
+}
+
+impl EventBody {
+    pub fn event_type(&self) -> EventType {
+        match self {
+            EventBody::UserCreated { .. } => EventType::UserCreated,
+            EventBody::UserUpdated { .. } => EventType::UserUpdated,
+            EventBody::UserDeactivated {} => EventType::UserDeactivated,
+            EventBody::UserReactivated {} => EventType::UserReactivated,
+            EventBody::UserDeleted {} => EventType::UserDeleted,
+            EventBody::GroupCreated { .. } => EventType::GroupCreated,
+            EventBody::GroupRenamed { .. } => EventType::GroupRenamed,
+            EventBody::GroupUpdated { .. } => EventType::GroupUpdated,
+            EventBody::GroupDeleted {} => EventType::GroupDeleted,
+            EventBody::GroupMemberAdded { .. } => EventType::GroupMemberAdded,
+            EventBody::GroupMemberRemoved { .. } => EventType::GroupMemberRemoved,
+        }
+    }
+}
+
+/// An event as decided by a command, before the log gives it a position, time and hash.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NewEvent {
+    pub resource_type: ResourceKind,
+    pub resource_id: String,
+    /// The resource's version after this event: its ETag.
+    pub resource_version: u64,
+    pub body: EventBody,
+}
+
+/// The envelope as stored and published. Field order is the canonical byte order that is hashed.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Event {
+    pub id: Uuid,
+    pub position: u64,
+    pub tenant: String,
+    #[serde(flatten)]
+    pub body: EventBody,
+    pub schema_version: u32,
+    pub resource_type: ResourceKind,
+    pub resource_id: String,
+    pub resource_version: u64,
+    pub recorded_at: DateTime<Utc>,
+    pub actor: String,
+    pub request_id: String,
+    pub prev_hash: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("event record is shorter than its hash")]
+    Truncated,
+    #[error("event body is not valid: {0}")]
+    Body(#[from] serde_json::Error),
+    #[error("event type {0:?} version {1} is newer than this build knows")]
+    UnknownVersion(String, u32),
+}
+
+/// One log record: the SHA-256 of the canonical bytes, then the bytes.
+#[derive(Clone, Debug)]
+pub struct SealedEvent {
+    pub hash: [u8; 32],
+    pub bytes: Vec<u8>,
+}
+
+impl SealedEvent {
+    pub fn to_record(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(32 + self.bytes.len());
+        out.extend_from_slice(&self.hash);
+        out.extend_from_slice(&self.bytes);
+        out
+    }
+    pub fn from_record(record: &[u8]) -> Result<SealedEvent, DecodeError> {
+        if record.len() < 32 {
+            return Err(DecodeError::Truncated);
+        }
+        let mut hash = [0u8; 32];
+        hash.copy_from_slice(&record[..32]);
+        Ok(SealedEvent {
+            hash,
+            bytes: record[32..].to_vec(),
+        })
+    }
+    pub fn hash_hex(&self) -> String {
+        hex::encode(self.hash)
+    }
+    /// Whether the stored hash is the hash of the stored bytes.
+    pub fn is_intact(&self) -> bool {
+        Sha256::digest(&self.bytes).as_slice() == self.hash
+    }
+    pub fn decode(&self) -> Result<Event, DecodeError> {
+        Event::decode(&self.bytes)
+    }
+    /// The envelope as published and exported: the canonical fields plus `hash`.
+    pub fn envelope_json(&self) -> Result<Value, DecodeError> {
+        let mut v: Value = serde_json::from_slice(&self.bytes)?;
+        if let Value::Object(m) = &mut v {
+            m.insert("hash".into(), Value::String(self.hash_hex()));
+        }
+        Ok(v)
+    }
+}
+
+impl Event {
+    /// Serialises and hashes the event. Its `prev_hash` must already be set.
+    pub fn seal(&self) -> SealedEvent {
+        let bytes = serde_json::to_vec(self).expect("events serialise");
+        let hash: [u8; 32] = Sha256::digest(&bytes).into();
+        SealedEvent { hash, bytes }
+    }
+
+    /// Parses canonical bytes, lifting older schema versions to the current one.
+    pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
+        let mut raw: Value = serde_json::from_slice(bytes)?;
+        upcast(&mut raw)?;
+        Ok(serde_json::from_value(raw)?)
+    }
+
+    pub fn event_type(&self) -> EventType {
+        self.body.event_type()
+    }
+}
+
+/// Lifts an event of an older schema version to the current one, in place. Every version ever
+/// written stays readable: add a step here whenever a type's `schema_version` is bumped.
+fn upcast(raw: &mut Value) -> Result<(), DecodeError> {
+    let ty = raw
+        .get("type")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    let version = raw
+        .get("schemaVersion")
+        .and_then(Value::as_u64)
+        .unwrap_or(1) as u32;
+    let current = EventType::ALL
+        .iter()
+        .find(|t| t.as_str() == ty)
+        .map(|t| t.schema_version())
+        .unwrap_or(1);
+    if version > current {
+        return Err(DecodeError::UnknownVersion(ty, version));
+    }
+    // No type has changed shape yet: version 1 is current everywhere.
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn sample(body: EventBody) -> Event {
+        Event {
+            id: Uuid::nil(),
+            position: 7,
+            tenant: "default".into(),
+            schema_version: body.event_type().schema_version(),
+            body,
+            resource_type: ResourceKind::Group,
+            resource_id: "g1".into(),
+            resource_version: 3,
+            recorded_at: DateTime::parse_from_rfc3339("2026-01-02T03:04:05Z")
+                .unwrap()
+                .with_timezone(&Utc),
+            actor: "okta".into(),
+            request_id: "r1".into(),
+            prev_hash: GENESIS_HASH.into(),
+        }
+    }
+
+    #[test]
+    fn envelope_wire_form() {
+        let e = sample(EventBody::GroupMemberAdded {
+            member_id: "u1".into(),
+            member_type: MemberType::User,
+        });
+        let sealed = e.seal();
+        let v = sealed.envelope_json().unwrap();
+        assert_eq!(v["type"], "group.member_added");
+        assert_eq!(v["data"], json!({"memberId": "u1", "memberType": "User"}));
+        assert_eq!(v["schemaVersion"], 1);
+        assert_eq!(v["resourceVersion"], 3);
+        assert_eq!(v["hash"].as_str().unwrap().len(), 64);
+        let keys: Vec<&str> = v.as_object().unwrap().keys().map(|k| k.as_str()).collect();
+        assert_eq!(&keys[..4], &["id", "position", "tenant", "type"]);
+    }
+
+    #[test]
+    fn every_type_round_trips() {
+        let bodies = vec![
+            EventBody::UserCreated {
+                attributes: Map::new(),
+                active: true,
+            },
+            EventBody::UserUpdated {
+                changed: Map::new(),
+                removed: vec!["title".into()],
+            },
+            EventBody::UserDeactivated {},
+            EventBody::UserReactivated {},
+            EventBody::UserDeleted {},
+            EventBody::GroupCreated {
+                display_name: "Ops".into(),
+                attributes: Map::new(),
+            },
+            EventBody::GroupRenamed {
+                display_name: "Ops2".into(),
+                previous_display_name: "Ops".into(),
+            },
+            EventBody::GroupUpdated {
+                changed: Map::new(),
+                removed: vec![],
+            },
+            EventBody::GroupDeleted {},
+            EventBody::GroupMemberAdded {
+                member_id: "u".into(),
+                member_type: MemberType::User,
+            },
+            EventBody::GroupMemberRemoved {
+                member_id: "g".into(),
+                member_type: MemberType::Group,
+            },
+        ];
+        assert_eq!(bodies.len(), EventType::ALL.len());
+        for b in bodies {
+            let e = sample(b);
+            let sealed = e.seal();
+            assert!(sealed.is_intact());
+            let back = SealedEvent::from_record(&sealed.to_record())
+                .unwrap()
+                .decode()
+                .unwrap();
+            assert_eq!(back, e);
+            assert_eq!(
+                serde_json::to_value(&e).unwrap()["type"],
+                e.event_type().as_str()
+            );
+        }
+    }
+
+    #[test]
+    fn tampering_breaks_the_hash_and_unknown_versions_are_refused() {
+        let mut sealed = sample(EventBody::UserDeleted {}).seal();
+        sealed.bytes[10] ^= 1;
+        assert!(!sealed.is_intact());
+        let mut v: Value = serde_json::to_value(sample(EventBody::UserDeleted {})).unwrap();
+        v["schemaVersion"] = json!(99);
+        let err = Event::decode(&serde_json::to_vec(&v).unwrap()).unwrap_err();
+        assert!(matches!(err, DecodeError::UnknownVersion(_, 99)));
+    }
+}

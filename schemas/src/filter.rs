@@ -1,0 +1,649 @@
+//! The SCIM filter language (RFC 7644 §3.4.2.2): parse, print, evaluate.
+//!
+//! Precedence, from loosest: `or`, `and`, `not (...)`, then attribute expressions. Operators and
+//! keywords are case-insensitive. String comparison follows the attribute's `caseExact`; dateTime
+//! attributes compare as instants.
+
+use std::cmp::Ordering;
+use std::fmt;
+
+use serde_json::Value;
+
+use crate::error::SchemaError;
+use crate::path::AttrPath;
+use crate::registry::{Attr, AttrType, ResourceSchema};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CompareOp {
+    Eq,
+    Ne,
+    Co,
+    Sw,
+    Ew,
+    Gt,
+    Ge,
+    Lt,
+    Le,
+}
+
+impl CompareOp {
+    fn parse(word: &str) -> Option<CompareOp> {
+        Some(match word.to_ascii_lowercase().as_str() {
+            "eq" => CompareOp::Eq,
+            "ne" => CompareOp::Ne,
+            "co" => CompareOp::Co,
+            "sw" => CompareOp::Sw,
+            "ew" => CompareOp::Ew,
+            "gt" => CompareOp::Gt,
+            "ge" => CompareOp::Ge,
+            "lt" => CompareOp::Lt,
+            "le" => CompareOp::Le,
+            _ => return None,
+        })
+    }
+    fn as_str(self) -> &'static str {
+        match self {
+            CompareOp::Eq => "eq",
+            CompareOp::Ne => "ne",
+            CompareOp::Co => "co",
+            CompareOp::Sw => "sw",
+            CompareOp::Ew => "ew",
+            CompareOp::Gt => "gt",
+            CompareOp::Ge => "ge",
+            CompareOp::Lt => "lt",
+            CompareOp::Le => "le",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Filter {
+    Compare {
+        path: AttrPath,
+        op: CompareOp,
+        value: Value,
+    },
+    Present(AttrPath),
+    And(Box<Filter>, Box<Filter>),
+    Or(Box<Filter>, Box<Filter>),
+    Not(Box<Filter>),
+    /// `emails[type eq "work"]`: some element of a multi-valued attribute matches.
+    ValuePath {
+        path: AttrPath,
+        filter: Box<Filter>,
+    },
+}
+
+/// Limits that keep a hostile filter cheap to refuse.
+#[derive(Clone, Copy, Debug)]
+pub struct FilterLimits {
+    pub max_length: usize,
+    pub max_depth: usize,
+}
+
+impl Default for FilterLimits {
+    fn default() -> Self {
+        FilterLimits {
+            max_length: 4096,
+            max_depth: 16,
+        }
+    }
+}
+
+impl Filter {
+    pub fn parse(text: &str, limits: FilterLimits) -> Result<Filter, SchemaError> {
+        if text.len() > limits.max_length {
+            return Err(SchemaError::invalid_filter(format!(
+                "filter is {} bytes long, more than the limit of {}",
+                text.len(),
+                limits.max_length
+            )));
+        }
+        let mut p = Parser {
+            src: text,
+            pos: 0,
+            depth: 0,
+            max_depth: limits.max_depth,
+        };
+        p.skip_ws();
+        let f = p.parse_or()?;
+        p.skip_ws();
+        if p.pos < text.len() {
+            return Err(p.error("expected 'and', 'or' or the end of the filter"));
+        }
+        Ok(f)
+    }
+
+    /// Evaluates the filter against a rendered resource (canonical SCIM JSON).
+    pub fn matches(&self, schema: &ResourceSchema, resource: &Value) -> bool {
+        eval(self, &Scope::Resource(schema), resource)
+    }
+}
+
+struct Parser<'a> {
+    src: &'a str,
+    pos: usize,
+    depth: usize,
+    max_depth: usize,
+}
+
+impl<'a> Parser<'a> {
+    fn error(&self, what: &str) -> SchemaError {
+        let near: String = self.src[self.pos..].chars().take(20).collect();
+        if near.is_empty() {
+            SchemaError::invalid_filter(format!("{what} at position {} (end of filter)", self.pos))
+        } else {
+            SchemaError::invalid_filter(format!("{what} at position {}, near {near:?}", self.pos))
+        }
+    }
+    fn rest(&self) -> &'a str {
+        &self.src[self.pos..]
+    }
+    fn skip_ws(&mut self) {
+        while self.rest().starts_with([' ', '\t', '\n', '\r']) {
+            self.pos += 1;
+        }
+    }
+    fn enter(&mut self) -> Result<(), SchemaError> {
+        self.depth += 1;
+        if self.depth > self.max_depth {
+            return Err(self.error(&format!(
+                "filter nests deeper than the limit of {}",
+                self.max_depth
+            )));
+        }
+        Ok(())
+    }
+    /// The next bare word (attribute path, operator or keyword) without consuming it.
+    fn peek_word(&self) -> &'a str {
+        let rest = self.rest();
+        let end = rest
+            .find(|c: char| c.is_whitespace() || matches!(c, '(' | ')' | '[' | ']' | '"'))
+            .unwrap_or(rest.len());
+        &rest[..end]
+    }
+    fn keyword(&mut self, kw: &str) -> bool {
+        let w = self.peek_word();
+        if w.eq_ignore_ascii_case(kw) {
+            self.pos += w.len();
+            true
+        } else {
+            false
+        }
+    }
+    fn expect_char(&mut self, c: char, what: &str) -> Result<(), SchemaError> {
+        if self.rest().starts_with(c) {
+            self.pos += 1;
+            Ok(())
+        } else {
+            Err(self.error(what))
+        }
+    }
+
+    fn parse_or(&mut self) -> Result<Filter, SchemaError> {
+        let mut left = self.parse_and()?;
+        loop {
+            let save = self.pos;
+            self.skip_ws();
+            if self.keyword("or") {
+                self.skip_ws();
+                let right = self.parse_and()?;
+                left = Filter::Or(Box::new(left), Box::new(right));
+            } else {
+                self.pos = save;
+                return Ok(left);
+            }
+        }
+    }
+
+    fn parse_and(&mut self) -> Result<Filter, SchemaError> {
+        let mut left = self.parse_unary()?;
+        loop {
+            let save = self.pos;
+            self.skip_ws();
+            if self.keyword("and") {
+                self.skip_ws();
+                let right = self.parse_unary()?;
+                left = Filter::And(Box::new(left), Box::new(right));
+            } else {
+                self.pos = save;
+                return Ok(left);
+            }
+        }
+    }
+
+    fn parse_unary(&mut self) -> Result<Filter, SchemaError> {
+        if self.peek_word().eq_ignore_ascii_case("not") {
+            let save = self.pos;
+            self.pos += 3;
+            self.skip_ws();
+            if self.rest().starts_with('(') {
+                let inner = self.parse_group()?;
+                return Ok(Filter::Not(Box::new(inner)));
+            }
+            self.pos = save;
+        }
+        if self.rest().starts_with('(') {
+            return self.parse_group();
+        }
+        self.parse_attr_exp()
+    }
+
+    fn parse_group(&mut self) -> Result<Filter, SchemaError> {
+        self.enter()?;
+        self.expect_char('(', "expected '('")?;
+        self.skip_ws();
+        let inner = self.parse_or()?;
+        self.skip_ws();
+        self.expect_char(')', "expected ')'")?;
+        self.depth -= 1;
+        Ok(inner)
+    }
+
+    fn parse_attr_exp(&mut self) -> Result<Filter, SchemaError> {
+        let word = self.peek_word();
+        if word.is_empty() {
+            return Err(self.error("expected an attribute path"));
+        }
+        let path = AttrPath::parse(word)
+            .map_err(|_| self.error(&format!("invalid attribute path {word:?}")))?;
+        self.pos += word.len();
+        if self.rest().starts_with('[') {
+            self.enter()?;
+            self.pos += 1;
+            self.skip_ws();
+            let inner = self.parse_or()?;
+            self.skip_ws();
+            self.expect_char(']', "expected ']'")?;
+            self.depth -= 1;
+            return Ok(Filter::ValuePath {
+                path,
+                filter: Box::new(inner),
+            });
+        }
+        self.skip_ws();
+        let op_word = self.peek_word();
+        if op_word.eq_ignore_ascii_case("pr") {
+            self.pos += 2;
+            return Ok(Filter::Present(path));
+        }
+        let op = CompareOp::parse(op_word).ok_or_else(|| {
+            if op_word.is_empty() {
+                self.error("expected an operator (eq, ne, co, sw, ew, gt, ge, lt, le, pr)")
+            } else {
+                self.error(&format!("unknown operator {op_word:?}"))
+            }
+        })?;
+        self.pos += op_word.len();
+        self.skip_ws();
+        let value = self.parse_value()?;
+        Ok(Filter::Compare { path, op, value })
+    }
+
+    fn parse_value(&mut self) -> Result<Value, SchemaError> {
+        let rest = self.rest();
+        if rest.starts_with('"') {
+            // A JSON string: find its end honouring escapes, then let serde_json decode it.
+            let bytes = rest.as_bytes();
+            let mut i = 1;
+            while i < bytes.len() {
+                match bytes[i] {
+                    b'\\' => i += 2,
+                    b'"' => break,
+                    _ => i += 1,
+                }
+            }
+            if i >= bytes.len() {
+                return Err(self.error("unterminated string"));
+            }
+            let lit = &rest[..=i];
+            let v: Value =
+                serde_json::from_str(lit).map_err(|_| self.error("invalid string literal"))?;
+            self.pos += lit.len();
+            return Ok(v);
+        }
+        let word = self.peek_word();
+        let v = match word.to_ascii_lowercase().as_str() {
+            "true" => Value::Bool(true),
+            "false" => Value::Bool(false),
+            "null" => Value::Null,
+            _ => match serde_json::from_str::<serde_json::Number>(word) {
+                Ok(n) => Value::Number(n),
+                Err(_) if word.is_empty() => return Err(self.error("expected a value")),
+                Err(_) => {
+                    return Err(self.error(&format!(
+                        "invalid value {word:?}: strings must be in double quotes"
+                    )))
+                }
+            },
+        };
+        self.pos += word.len();
+        Ok(v)
+    }
+}
+
+impl fmt::Display for Filter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Filter::Compare { path, op, value } => write!(f, "{path} {} {value}", op.as_str()),
+            Filter::Present(p) => write!(f, "{p} pr"),
+            Filter::And(a, b) => {
+                write_operand(f, a, true)?;
+                f.write_str(" and ")?;
+                write_operand(f, b, true)
+            }
+            Filter::Or(a, b) => write!(f, "{a} or {b}"),
+            Filter::Not(a) => write!(f, "not ({a})"),
+            Filter::ValuePath { path, filter } => write!(f, "{path}[{filter}]"),
+        }
+    }
+}
+
+fn write_operand(f: &mut fmt::Formatter<'_>, x: &Filter, in_and: bool) -> fmt::Result {
+    match x {
+        Filter::Or(..) if in_and => write!(f, "({x})"),
+        _ => write!(f, "{x}"),
+    }
+}
+
+/// Where attribute names are looked up: a resource's schema, or a complex attribute's sub-attributes
+/// inside a value path.
+enum Scope<'a> {
+    Resource(&'a ResourceSchema),
+    Complex(&'a Attr),
+}
+
+fn get_ci<'v>(obj: &'v Value, name: &str) -> Option<&'v Value> {
+    obj.as_object()?
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v)
+}
+
+/// The attribute definition and the values at `path`, flattened over multi-valued attributes.
+fn resolve<'v, 's>(
+    scope: &Scope<'s>,
+    path: &AttrPath,
+    obj: &'v Value,
+) -> (Option<&'s Attr>, Vec<&'v Value>) {
+    let (def, container) = match scope {
+        Scope::Resource(schema) => {
+            let def = schema.attr_in(path.schema.as_deref(), path.attr.as_str());
+            let container = match path.schema.as_deref() {
+                Some(urn) if !urn.eq_ignore_ascii_case(schema.core_urn) => get_ci(obj, urn),
+                _ => Some(obj),
+            };
+            (def, container)
+        }
+        Scope::Complex(attr) => (attr.sub(path.attr.as_str()), Some(obj)),
+    };
+    let Some(top) = container.and_then(|c| get_ci(c, path.attr.as_str())) else {
+        return (def, vec![]);
+    };
+    let elements: Vec<&Value> = match top {
+        Value::Array(items) => items.iter().collect(),
+        other => vec![other],
+    };
+    // With no sub-attribute, a complex multi-valued attribute compares by its `value`.
+    let sub = path.sub.as_ref().map(|s| s.as_str()).or_else(|| {
+        def.filter(|d| d.ty == AttrType::Complex && d.multi_valued)
+            .map(|_| "value")
+    });
+    match sub {
+        None => (def, elements),
+        Some(sub_name) => {
+            let sub_def = def.and_then(|d| d.sub(sub_name));
+            (
+                sub_def.or(def),
+                elements
+                    .into_iter()
+                    .filter_map(|e| get_ci(e, sub_name))
+                    .collect(),
+            )
+        }
+    }
+}
+
+fn eval(f: &Filter, scope: &Scope<'_>, obj: &Value) -> bool {
+    match f {
+        Filter::And(a, b) => eval(a, scope, obj) && eval(b, scope, obj),
+        Filter::Or(a, b) => eval(a, scope, obj) || eval(b, scope, obj),
+        Filter::Not(a) => !eval(a, scope, obj),
+        Filter::Present(path) => resolve(scope, path, obj).1.iter().any(|v| match v {
+            Value::Null => false,
+            Value::String(s) => !s.is_empty(),
+            Value::Array(a) => !a.is_empty(),
+            Value::Object(o) => !o.is_empty(),
+            _ => true,
+        }),
+        Filter::Compare { path, op, value } => {
+            let (def, values) = resolve(scope, path, obj);
+            if *op == CompareOp::Ne {
+                return !values.iter().any(|v| compare(def, CompareOp::Eq, v, value));
+            }
+            values.iter().any(|v| compare(def, *op, v, value))
+        }
+        Filter::ValuePath { path, filter } => {
+            let def = match scope {
+                Scope::Resource(schema) => {
+                    schema.attr_in(path.schema.as_deref(), path.attr.as_str())
+                }
+                Scope::Complex(attr) => attr.sub(path.attr.as_str()),
+            };
+            let Some(def) = def.filter(|d| d.ty == AttrType::Complex) else {
+                return false;
+            };
+            // Read the elements themselves: `resolve` would map them to their `value`.
+            let container = match scope {
+                Scope::Resource(schema) => match path.schema.as_deref() {
+                    Some(urn) if !urn.eq_ignore_ascii_case(schema.core_urn) => get_ci(obj, urn),
+                    _ => Some(obj),
+                },
+                Scope::Complex(_) => Some(obj),
+            };
+            let items: Vec<&Value> = match container.and_then(|c| get_ci(c, path.attr.as_str())) {
+                Some(Value::Array(items)) => items.iter().collect(),
+                Some(v @ Value::Object(_)) => vec![v],
+                _ => vec![],
+            };
+            let inner = Scope::Complex(def);
+            items.into_iter().any(|item| eval(filter, &inner, item))
+        }
+    }
+}
+
+fn compare(def: Option<&Attr>, op: CompareOp, actual: &Value, wanted: &Value) -> bool {
+    let case_exact = def.map(|d| d.case_exact).unwrap_or(false);
+    let is_date = def.map(|d| d.ty == AttrType::DateTime).unwrap_or(false);
+    match (actual, wanted) {
+        (Value::String(a), Value::String(w)) => {
+            if is_date {
+                if let (Ok(a), Ok(w)) = (
+                    chrono::DateTime::parse_from_rfc3339(a),
+                    chrono::DateTime::parse_from_rfc3339(w),
+                ) {
+                    return ordered(op, a.cmp(&w));
+                }
+            }
+            let (a, w) = if case_exact {
+                (a.clone(), w.clone())
+            } else {
+                (a.to_lowercase(), w.to_lowercase())
+            };
+            match op {
+                CompareOp::Co => a.contains(&w),
+                CompareOp::Sw => a.starts_with(&w),
+                CompareOp::Ew => a.ends_with(&w),
+                _ => ordered(op, a.cmp(&w)),
+            }
+        }
+        (Value::Number(a), Value::Number(w)) => match (a.as_f64(), w.as_f64()) {
+            (Some(a), Some(w)) => a.partial_cmp(&w).map(|o| ordered(op, o)).unwrap_or(false),
+            _ => false,
+        },
+        // Booleans only know equality; a string boolean sent by an IdP compares as a boolean.
+        (Value::Bool(a), Value::Bool(w)) => op == CompareOp::Eq && a == w,
+        (Value::Bool(a), Value::String(w)) => {
+            op == CompareOp::Eq && w.eq_ignore_ascii_case(&a.to_string())
+        }
+        (_, Value::Null) => false,
+        _ => false,
+    }
+}
+
+fn ordered(op: CompareOp, o: Ordering) -> bool {
+    match op {
+        CompareOp::Eq => o == Ordering::Equal,
+        CompareOp::Ne => o != Ordering::Equal,
+        CompareOp::Gt => o == Ordering::Greater,
+        CompareOp::Ge => o != Ordering::Less,
+        CompareOp::Lt => o == Ordering::Less,
+        CompareOp::Le => o != Ordering::Greater,
+        CompareOp::Co | CompareOp::Sw | CompareOp::Ew => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::registry;
+    use serde_json::json;
+
+    fn parse(s: &str) -> Result<Filter, SchemaError> {
+        Filter::parse(s, FilterLimits::default())
+    }
+
+    #[test]
+    fn parse_and_print_table() {
+        // input, canonical printed form
+        let table = [
+            (r#"userName eq "bjensen""#, r#"userName eq "bjensen""#),
+            (r#"USERNAME EQ "A""#, r#"USERNAME eq "A""#),
+            ("title pr", "title pr"),
+            (
+                r#"a eq 1 or b eq 2 and c eq 3"#,
+                r#"a eq 1 or b eq 2 and c eq 3"#,
+            ),
+            (
+                r#"(a eq 1 or b eq 2) and c eq 3"#,
+                r#"(a eq 1 or b eq 2) and c eq 3"#,
+            ),
+            (r#"not (a eq true)"#, r#"not (a eq true)"#),
+            (
+                r#"emails[type eq "work" and value co "@x.com"]"#,
+                r#"emails[type eq "work" and value co "@x.com"]"#,
+            ),
+            (
+                r#"meta.lastModified gt "2011-05-13T04:42:34Z""#,
+                r#"meta.lastModified gt "2011-05-13T04:42:34Z""#,
+            ),
+            (
+                r#"urn:ietf:params:scim:schemas:extension:enterprise:2.0:User:department eq "x""#,
+                r#"urn:ietf:params:scim:schemas:extension:enterprise:2.0:User:department eq "x""#,
+            ),
+            (r#"externalId eq null"#, r#"externalId eq null"#),
+            (
+                r#"displayName eq "say \"hi\"""#,
+                r#"displayName eq "say \"hi\"""#,
+            ),
+        ];
+        for (input, printed) in table {
+            let f = parse(input).unwrap_or_else(|e| panic!("{input}: {e}"));
+            assert_eq!(f.to_string(), printed, "{input}");
+            assert_eq!(parse(&f.to_string()).unwrap(), f, "reparse of {input}");
+        }
+    }
+
+    #[test]
+    fn precedence_and_binds_tighter_than_or() {
+        let f = parse("a pr or b pr and c pr").unwrap();
+        assert!(matches!(f, Filter::Or(_, ref r) if matches!(**r, Filter::And(..))));
+    }
+
+    #[test]
+    fn parse_errors_name_the_position() {
+        let table = [
+            ("", "position 0"),
+            ("userName", "expected an operator"),
+            ("userName xx \"a\"", "unknown operator \"xx\""),
+            ("userName eq bjensen", "strings must be in double quotes"),
+            ("userName eq \"open", "unterminated string"),
+            ("(userName pr", "expected ')'"),
+            ("emails[type eq \"work\"", "expected ']'"),
+            ("userName pr garbage", "expected 'and', 'or'"),
+            ("1bad eq 1", "invalid attribute path"),
+            ("userName eq", "expected a value"),
+        ];
+        for (input, want) in table {
+            let e = parse(input).expect_err(input);
+            assert_eq!(e.scim_type, crate::ScimType::InvalidFilter);
+            assert!(e.detail.contains(want), "{input}: {}", e.detail);
+        }
+    }
+
+    #[test]
+    fn limits_are_enforced() {
+        let deep = format!("{}a pr{}", "(".repeat(20), ")".repeat(20));
+        assert!(parse(&deep)
+            .unwrap_err()
+            .detail
+            .contains("deeper than the limit of 16"));
+        let long = format!("userName eq \"{}\"", "x".repeat(5000));
+        assert!(parse(&long).unwrap_err().detail.contains("limit of 4096"));
+    }
+
+    #[test]
+    fn evaluation_table() {
+        let user = json!({
+            "id": "2819c223", "userName": "BJensen", "externalId": "Ext-1", "active": true,
+            "name": {"givenName": "Barbara", "familyName": "Jensen"},
+            "emails": [{"value": "bjensen@example.com", "type": "work"}, {"value": "babs@home.org", "type": "home"}],
+            "meta": {"lastModified": "2024-05-13T04:42:34Z"},
+            "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User": {"department": "Sales"}
+        });
+        let table = [
+            (r#"userName eq "bjensen""#, true),  // caseExact false
+            (r#"externalId eq "ext-1""#, false), // caseExact true
+            (r#"externalId eq "Ext-1""#, true),
+            (r#"userName ne "bjensen""#, false),
+            (r#"userName co "jen""#, true),
+            (r#"userName sw "bj""#, true),
+            (r#"userName ew "SEN""#, true),
+            (r#"name.givenName eq "barbara""#, true),
+            (r#"emails co "example.com""#, true),
+            (r#"emails.value ew "home.org""#, true),
+            (
+                r#"emails[type eq "work" and value co "@example.com"]"#,
+                true,
+            ),
+            (
+                r#"emails[type eq "home" and value co "@example.com"]"#,
+                false,
+            ),
+            (r#"title pr"#, false),
+            (r#"name pr"#, true),
+            (r#"title ne "x""#, true),
+            (r#"active eq true"#, true),
+            (r#"active eq "True""#, true),
+            (r#"active eq false"#, false),
+            (r#"meta.lastModified gt "2024-05-13T00:00:00Z""#, true),
+            (r#"meta.lastModified lt "2024-05-13T06:42:34+01:00""#, true),
+            (r#"meta.lastModified ge "2024-05-13T04:42:34.000Z""#, true),
+            (
+                r#"urn:ietf:params:scim:schemas:extension:enterprise:2.0:User:department eq "sales""#,
+                true,
+            ),
+            (r#"not (userName eq "bjensen")"#, false),
+            (
+                r#"userName eq "x" or (active eq true and name.familyName sw "J")"#,
+                true,
+            ),
+            (r#"id eq "2819C223""#, false),
+        ];
+        let schema = &registry().user;
+        for (input, want) in table {
+            let f = parse(input).unwrap();
+            assert_eq!(f.matches(schema, &user), want, "{input}");
+        }
+    }
+}

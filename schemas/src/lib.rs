@@ -1,0 +1,39 @@
+//! `scimlog-schemas`: the vocabulary of scimlog. Pure data and pure functions: no IO, no async, no
+//! clock, no randomness. Everything the service reads from the outside world is parsed into the
+//! types of this crate at the boundary, and trusted from then on.
+//!
+//! # Layout
+//!
+//! - [`name`]: [`CiName`], attribute and resource names compared without case.
+//! - [`registry`]: the SCIM schema documents (`schemas/scim/*.json`, served by `/Schemas`) and the
+//!   attribute registry built from them (type, multiValued, caseExact, mutability, returned).
+//! - [`resource`]: validation and coercion of a User or Group body against the registry.
+//! - [`path`]: [`AttrPath`], an attribute path such as `name.givenName` or an URN-qualified one.
+//! - [`filter`]: the RFC 7644 §3.4.2.2 filter language: parse, print, evaluate.
+//! - [`event`]: the events of the log: past-tense, versioned, hash-chained envelopes.
+//! - [`error`]: [`SchemaError`], every refusal of this layer with its SCIM `scimType`.
+
+pub mod error;
+pub mod event;
+pub mod filter;
+pub mod name;
+pub mod path;
+pub mod registry;
+pub mod resource;
+
+pub use error::{SchemaError, ScimType};
+pub use event::{Event, EventBody, EventType, MemberType, NewEvent, ResourceKind};
+pub use filter::Filter;
+pub use name::CiName;
+pub use path::AttrPath;
+
+/// Schema URNs used throughout.
+pub mod urn {
+    pub const USER: &str = "urn:ietf:params:scim:schemas:core:2.0:User";
+    pub const GROUP: &str = "urn:ietf:params:scim:schemas:core:2.0:Group";
+    pub const ENTERPRISE_USER: &str = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User";
+    pub const LIST_RESPONSE: &str = "urn:ietf:params:scim:api:messages:2.0:ListResponse";
+    pub const ERROR: &str = "urn:ietf:params:scim:api:messages:2.0:Error";
+    pub const SEARCH_REQUEST: &str = "urn:ietf:params:scim:api:messages:2.0:SearchRequest";
+    pub const PATCH_OP: &str = "urn:ietf:params:scim:api:messages:2.0:PatchOp";
+}

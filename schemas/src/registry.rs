@@ -1,0 +1,231 @@
+//! The SCIM schema documents and the attribute registry built from them.
+//!
+//! The JSON documents under `schemas/scim/` are the single source of truth: `/Schemas` serves them
+//! and every validation, filter and rendering decision reads the [`Attr`] definitions parsed here.
+
+use std::sync::OnceLock;
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::urn;
+
+pub const USER_SCHEMA_JSON: &str = include_str!("../scim/User.json");
+pub const GROUP_SCHEMA_JSON: &str = include_str!("../scim/Group.json");
+pub const ENTERPRISE_USER_SCHEMA_JSON: &str = include_str!("../scim/EnterpriseUser.json");
+pub const RESOURCE_TYPES_JSON: &str = include_str!("../scim/ResourceTypes.json");
+pub const SERVICE_PROVIDER_CONFIG_JSON: &str = include_str!("../scim/ServiceProviderConfig.json");
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum AttrType {
+    String,
+    Boolean,
+    Decimal,
+    Integer,
+    DateTime,
+    Binary,
+    Reference,
+    Complex,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Mutability {
+    ReadOnly,
+    ReadWrite,
+    Immutable,
+    WriteOnly,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Returned {
+    Always,
+    Never,
+    Default,
+    Request,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Attr {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub ty: AttrType,
+    pub multi_valued: bool,
+    #[serde(default)]
+    pub required: bool,
+    #[serde(default)]
+    pub case_exact: bool,
+    pub mutability: Mutability,
+    pub returned: Returned,
+    #[serde(default)]
+    pub sub_attributes: Vec<Attr>,
+}
+
+impl Attr {
+    /// The sub-attribute named `name`, compared without case.
+    pub fn sub(&self, name: &str) -> Option<&Attr> {
+        find(&self.sub_attributes, name)
+    }
+}
+
+fn find<'a>(attrs: &'a [Attr], name: &str) -> Option<&'a Attr> {
+    attrs.iter().find(|a| a.name.eq_ignore_ascii_case(name))
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct SchemaDoc {
+    pub id: String,
+    pub name: String,
+    pub attributes: Vec<Attr>,
+}
+
+/// The common attributes of RFC 7643 §3.1, present on every resource.
+fn common_attrs() -> Vec<Attr> {
+    let s = |name: &str, case_exact: bool, mutability, returned| Attr {
+        name: name.into(),
+        ty: AttrType::String,
+        multi_valued: false,
+        required: false,
+        case_exact,
+        mutability,
+        returned,
+        sub_attributes: vec![],
+    };
+    let mut meta = s("meta", false, Mutability::ReadOnly, Returned::Default);
+    meta.ty = AttrType::Complex;
+    meta.sub_attributes = vec![
+        s(
+            "resourceType",
+            true,
+            Mutability::ReadOnly,
+            Returned::Default,
+        ),
+        Attr {
+            ty: AttrType::DateTime,
+            ..s("created", false, Mutability::ReadOnly, Returned::Default)
+        },
+        Attr {
+            ty: AttrType::DateTime,
+            ..s(
+                "lastModified",
+                false,
+                Mutability::ReadOnly,
+                Returned::Default,
+            )
+        },
+        Attr {
+            ty: AttrType::Reference,
+            ..s("location", true, Mutability::ReadOnly, Returned::Default)
+        },
+        s("version", true, Mutability::ReadOnly, Returned::Default),
+    ];
+    vec![
+        s("id", true, Mutability::ReadOnly, Returned::Always),
+        s("externalId", true, Mutability::ReadWrite, Returned::Default),
+        meta,
+    ]
+}
+
+/// A resource type's schema: its core attributes (with the common ones) and its extensions.
+#[derive(Debug)]
+pub struct ResourceSchema {
+    pub core_urn: &'static str,
+    pub attributes: Vec<Attr>,
+    pub extensions: Vec<(String, Vec<Attr>)>,
+}
+
+impl ResourceSchema {
+    /// The core or common attribute named `name`, compared without case.
+    pub fn attr(&self, name: &str) -> Option<&Attr> {
+        find(&self.attributes, name)
+    }
+    /// The extension whose URN is `urn`, compared without case, with its canonical URN.
+    pub fn extension(&self, urn: &str) -> Option<(&str, &[Attr])> {
+        self.extensions
+            .iter()
+            .find(|(u, _)| u.eq_ignore_ascii_case(urn))
+            .map(|(u, a)| (u.as_str(), a.as_slice()))
+    }
+    /// An attribute of the core schema or of an extension, `schema` being the URN or `None`.
+    pub fn attr_in(&self, schema: Option<&str>, name: &str) -> Option<&Attr> {
+        match schema {
+            None => self.attr(name),
+            Some(s) if s.eq_ignore_ascii_case(self.core_urn) => self.attr(name),
+            Some(s) => self.extension(s).and_then(|(_, attrs)| find(attrs, name)),
+        }
+    }
+}
+
+pub struct Registry {
+    pub user: ResourceSchema,
+    pub group: ResourceSchema,
+    /// The schema documents as served by `/Schemas`, in order.
+    pub documents: Vec<Value>,
+}
+
+fn parse_doc(text: &str) -> (SchemaDoc, Value) {
+    // The documents are compiled in; a malformed one is a build defect caught by the unit tests.
+    let doc: SchemaDoc = serde_json::from_str(text).expect("schema document parses");
+    let value: Value = serde_json::from_str(text).expect("schema document is JSON");
+    (doc, value)
+}
+
+/// The registry, built once from the compiled-in documents.
+pub fn registry() -> &'static Registry {
+    static REGISTRY: OnceLock<Registry> = OnceLock::new();
+    REGISTRY.get_or_init(|| {
+        let (user, user_v) = parse_doc(USER_SCHEMA_JSON);
+        let (group, group_v) = parse_doc(GROUP_SCHEMA_JSON);
+        let (ent, ent_v) = parse_doc(ENTERPRISE_USER_SCHEMA_JSON);
+        let mut user_attrs = common_attrs();
+        user_attrs.extend(user.attributes);
+        let mut group_attrs = common_attrs();
+        group_attrs.extend(group.attributes);
+        Registry {
+            user: ResourceSchema {
+                core_urn: urn::USER,
+                attributes: user_attrs,
+                extensions: vec![(ent.id, ent.attributes)],
+            },
+            group: ResourceSchema {
+                core_urn: urn::GROUP,
+                attributes: group_attrs,
+                extensions: vec![],
+            },
+            documents: vec![user_v, group_v, ent_v],
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn documents_parse_and_describe_known_attributes() {
+        let r = registry();
+        let user_name = r.user.attr("USERNAME").unwrap();
+        assert_eq!(user_name.name, "userName");
+        assert!(!user_name.case_exact);
+        assert_eq!(r.user.attr("password").unwrap().returned, Returned::Never);
+        assert_eq!(
+            r.user.attr("groups").unwrap().mutability,
+            Mutability::ReadOnly
+        );
+        assert!(r.user.attr("id").unwrap().case_exact);
+        assert_eq!(
+            r.user
+                .attr_in(Some(urn::ENTERPRISE_USER), "manager")
+                .unwrap()
+                .ty,
+            AttrType::Complex
+        );
+        assert!(r.group.attr("members").unwrap().multi_valued);
+        assert_eq!(r.documents.len(), 3);
+        let _: Value = serde_json::from_str(RESOURCE_TYPES_JSON).unwrap();
+        let _: Value = serde_json::from_str(SERVICE_PROVIDER_CONFIG_JSON).unwrap();
+    }
+}

@@ -1,0 +1,263 @@
+//! Bearer tokens. Only the SHA-256 of a token is ever stored, in `<data-dir>/tokens.json`, which
+//! the CLI edits (also while the server runs) and the server re-reads when it changes, so that a
+//! created or revoked token takes effect at the next request.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::SystemTime;
+
+use chrono::{DateTime, Utc};
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+/// Who made a request: the token's name (the actor in events) and its tenant.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Principal {
+    pub name: String,
+    pub tenant: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TokenRecord {
+    pub name: String,
+    pub tenant: String,
+    /// Hex SHA-256 of the token.
+    pub sha256: String,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct TokenFile {
+    tokens: Vec<TokenRecord>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("cannot read or write {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} is not a valid token file: {source}")]
+    Format {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error("a token named {0:?} already exists")]
+    Exists(String),
+    #[error("no token named {0:?}")]
+    Unknown(String),
+    #[error("invalid tenant {0:?}: use 1 to 63 of a-z, 0-9, '-' and '_', starting with a letter or digit")]
+    Tenant(String),
+}
+
+pub fn valid_tenant(t: &str) -> bool {
+    let b = t.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && b[0].is_ascii_alphanumeric()
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-' || *c == b'_')
+}
+
+pub fn hash_token(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+/// A fresh random token: 32 bytes from the OS generator, hex, with a recognisable prefix.
+pub fn generate_token() -> String {
+    let mut bytes = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    format!("scimlog_{}", hex::encode(bytes))
+}
+
+fn tokens_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("tokens.json")
+}
+
+fn read_file(path: &Path) -> Result<TokenFile, AuthError> {
+    match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|source| AuthError::Format {
+            path: path.into(),
+            source,
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(TokenFile::default()),
+        Err(source) => Err(AuthError::Io {
+            path: path.into(),
+            source,
+        }),
+    }
+}
+
+fn write_file(path: &Path, file: &TokenFile) -> Result<(), AuthError> {
+    let io = |source| AuthError::Io {
+        path: path.into(),
+        source,
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(io)?;
+    }
+    let tmp = path.with_extension("json.tmp");
+    let bytes = serde_json::to_vec_pretty(file).expect("token file serialises");
+    std::fs::write(&tmp, bytes).map_err(io)?;
+    std::fs::rename(&tmp, path).map_err(io)
+}
+
+/// Creates a token named `name` for `tenant`, stores its hash and returns the token itself,
+/// which is shown once and never again.
+pub fn create_token(data_dir: &Path, name: &str, tenant: &str) -> Result<String, AuthError> {
+    if !valid_tenant(tenant) {
+        return Err(AuthError::Tenant(tenant.into()));
+    }
+    let path = tokens_path(data_dir);
+    let mut file = read_file(&path)?;
+    if file.tokens.iter().any(|t| t.name == name) {
+        return Err(AuthError::Exists(name.into()));
+    }
+    let token = generate_token();
+    file.tokens.push(TokenRecord {
+        name: name.into(),
+        tenant: tenant.into(),
+        sha256: hex::encode(hash_token(&token)),
+        created_at: Utc::now(),
+    });
+    write_file(&path, &file)?;
+    Ok(token)
+}
+
+pub fn revoke_token(data_dir: &Path, name: &str) -> Result<(), AuthError> {
+    let path = tokens_path(data_dir);
+    let mut file = read_file(&path)?;
+    let before = file.tokens.len();
+    file.tokens.retain(|t| t.name != name);
+    if file.tokens.len() == before {
+        return Err(AuthError::Unknown(name.into()));
+    }
+    write_file(&path, &file)
+}
+
+pub fn list_tokens(data_dir: &Path) -> Result<Vec<TokenRecord>, AuthError> {
+    Ok(read_file(&tokens_path(data_dir))?.tokens)
+}
+
+struct Loaded {
+    stamp: Option<(SystemTime, u64)>,
+    tokens: Vec<([u8; 32], Principal)>,
+}
+
+/// The server's view of the tokens: the file (reloaded when its mtime or size changes) plus an
+/// optional bootstrap token from the environment.
+pub struct TokenStore {
+    path: PathBuf,
+    bootstrap: Option<([u8; 32], Principal)>,
+    loaded: Mutex<Loaded>,
+}
+
+impl TokenStore {
+    pub fn open(
+        data_dir: &Path,
+        bootstrap: Option<(String, Principal)>,
+    ) -> Result<TokenStore, AuthError> {
+        let store = TokenStore {
+            path: tokens_path(data_dir),
+            bootstrap: bootstrap.map(|(token, p)| (hash_token(&token), p)),
+            loaded: Mutex::new(Loaded {
+                stamp: None,
+                tokens: vec![],
+            }),
+        };
+        store.refresh()?;
+        Ok(store)
+    }
+
+    /// Whether any token could authenticate a request.
+    pub fn is_empty(&self) -> bool {
+        let _ = self.refresh();
+        self.bootstrap.is_none() && self.loaded.lock().expect("token lock").tokens.is_empty()
+    }
+
+    fn refresh(&self) -> Result<(), AuthError> {
+        let stamp = std::fs::metadata(&self.path)
+            .ok()
+            .and_then(|m| Some((m.modified().ok()?, m.len())));
+        let mut loaded = self.loaded.lock().expect("token lock");
+        if loaded.stamp.is_some() && loaded.stamp == stamp {
+            return Ok(());
+        }
+        let file = read_file(&self.path)?;
+        loaded.tokens = file
+            .tokens
+            .into_iter()
+            .filter_map(|t| {
+                let mut h = [0u8; 32];
+                hex::decode_to_slice(&t.sha256, &mut h).ok()?;
+                Some((
+                    h,
+                    Principal {
+                        name: t.name,
+                        tenant: t.tenant,
+                    },
+                ))
+            })
+            .collect();
+        loaded.stamp = stamp;
+        Ok(())
+    }
+
+    /// The principal a presented token belongs to. Every stored hash is compared in constant time,
+    /// so the answer's timing says nothing about which hash came close.
+    pub fn authenticate(&self, presented: &str) -> Option<Principal> {
+        if let Err(e) = self.refresh() {
+            tracing::error!(error = %e, "cannot reload tokens; keeping the last good set");
+        }
+        let h = hash_token(presented);
+        let loaded = self.loaded.lock().expect("token lock");
+        let mut found = None;
+        for (stored, p) in loaded.tokens.iter().chain(self.bootstrap.iter()) {
+            if bool::from(stored.ct_eq(&h)) && found.is_none() {
+                found = Some(p.clone());
+            }
+        }
+        found
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn create_authenticate_revoke() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = TokenStore::open(dir.path(), None).unwrap();
+        assert!(store.is_empty());
+        let token = create_token(dir.path(), "okta", "acme").unwrap();
+        assert!(token.starts_with("scimlog_") && token.len() == 72);
+        let stored = std::fs::read_to_string(dir.path().join("tokens.json")).unwrap();
+        assert!(
+            !stored.contains(&token[8..]),
+            "the token itself is never stored"
+        );
+        assert_eq!(
+            store.authenticate(&token),
+            Some(Principal {
+                name: "okta".into(),
+                tenant: "acme".into()
+            })
+        );
+        assert_eq!(store.authenticate("scimlog_wrong"), None);
+        assert!(matches!(
+            create_token(dir.path(), "okta", "acme"),
+            Err(AuthError::Exists(_))
+        ));
+        assert!(matches!(
+            create_token(dir.path(), "x", "Bad Tenant"),
+            Err(AuthError::Tenant(_))
+        ));
+        revoke_token(dir.path(), "okta").unwrap();
+        assert_eq!(store.authenticate(&token), None);
+    }
+}

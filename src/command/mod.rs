@@ -1,0 +1,432 @@
+//! Pure decisions: a request and the current read models in, events or a refusal out.
+//!
+//! Nothing here writes, reads a clock or draws a random number: new ids come in with the command,
+//! times and positions are stamped by the writer. Each function is a given/when/then in the tests.
+
+use std::collections::{BTreeSet, HashMap};
+
+use scimlog_projections::{query, KvRead, UserDoc};
+use scimlog_schemas::event::{EventBody, MemberType, NewEvent, ResourceKind};
+use scimlog_schemas::resource::{GroupInput, MemberRef, UserInput};
+use serde_json::{Map, Value};
+
+#[derive(Clone, Debug)]
+pub enum Command {
+    CreateUser {
+        id: String,
+        input: UserInput,
+    },
+    ReplaceUser {
+        id: String,
+        input: UserInput,
+        if_match: Option<u64>,
+    },
+    DeleteUser {
+        id: String,
+        if_match: Option<u64>,
+    },
+    CreateGroup {
+        id: String,
+        input: GroupInput,
+    },
+    ReplaceGroup {
+        id: String,
+        input: GroupInput,
+        if_match: Option<u64>,
+    },
+    DeleteGroup {
+        id: String,
+        if_match: Option<u64>,
+    },
+}
+
+/// Why a command was refused. Nothing of it was written.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    NotFound {
+        kind: ResourceKind,
+        id: String,
+    },
+    /// 409 `uniqueness`; the detail names the value.
+    Uniqueness(String),
+    /// 412: `If-Match` named another version.
+    VersionMismatch {
+        current: u64,
+        expected: u64,
+    },
+}
+
+/// What a command did.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Decision {
+    pub events: Vec<NewEvent>,
+    /// The resource the response is about.
+    pub resource_id: String,
+    /// False when a POST reactivated an existing, inactive user (Okta) instead of creating one.
+    pub created: bool,
+    /// Member ids of a group write that name no resource: skipped, reported.
+    pub skipped_members: Vec<String>,
+}
+
+pub fn decide(kv: &impl KvRead, tenant: &str, command: Command) -> Result<Decision, Refusal> {
+    let mut d = Decider {
+        kv,
+        t: tenant,
+        versions: HashMap::new(),
+        events: Vec::new(),
+    };
+    let (resource_id, created, skipped_members) = match command {
+        Command::CreateUser { id, input } => d.create_user(id, input)?,
+        Command::ReplaceUser {
+            id,
+            input,
+            if_match,
+        } => d.replace_user(id, input, if_match)?,
+        Command::DeleteUser { id, if_match } => d.delete_user(id, if_match)?,
+        Command::CreateGroup { id, input } => d.create_group(id, input)?,
+        Command::ReplaceGroup {
+            id,
+            input,
+            if_match,
+        } => d.replace_group(id, input, if_match)?,
+        Command::DeleteGroup { id, if_match } => d.delete_group(id, if_match)?,
+    };
+    Ok(Decision {
+        events: d.events,
+        resource_id,
+        created,
+        skipped_members,
+    })
+}
+
+type Outcome = Result<(String, bool, Vec<String>), Refusal>;
+
+struct Decider<'a, K: KvRead> {
+    kv: &'a K,
+    t: &'a str,
+    /// Versions of resources touched so far by this decision.
+    versions: HashMap<(ResourceKind, String), u64>,
+    events: Vec<NewEvent>,
+}
+
+fn check_version(if_match: Option<u64>, current: u64) -> Result<(), Refusal> {
+    match if_match {
+        Some(expected) if expected != current => {
+            Err(Refusal::VersionMismatch { current, expected })
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The top-level attributes that differ: (changed with their new values, removed names).
+fn diff(old: &Map<String, Value>, new: &Map<String, Value>) -> (Map<String, Value>, Vec<String>) {
+    let changed: Map<String, Value> = new
+        .iter()
+        .filter(|(k, v)| old.get(*k) != Some(*v))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let removed: Vec<String> = old
+        .keys()
+        .filter(|k| !new.contains_key(*k))
+        .cloned()
+        .collect();
+    (changed, removed)
+}
+
+impl<K: KvRead> Decider<'_, K> {
+    fn emit(&mut self, kind: ResourceKind, id: &str, current: u64, body: EventBody) {
+        let v = self
+            .versions
+            .entry((kind, id.to_string()))
+            .or_insert(current);
+        *v += 1;
+        self.events.push(NewEvent {
+            resource_type: kind,
+            resource_id: id.to_string(),
+            resource_version: *v,
+            body,
+        });
+    }
+
+    fn user(&self, id: &str) -> Result<UserDoc, Refusal> {
+        query::user(self.kv, self.t, id).ok_or_else(|| Refusal::NotFound {
+            kind: ResourceKind::User,
+            id: id.into(),
+        })
+    }
+
+    /// Refuses when `input`'s userName or externalId belongs to a user other than `own_id`.
+    fn check_user_unique(&self, input: &UserInput, own_id: Option<&str>) -> Result<(), Refusal> {
+        if let Some(other) = query::user_id_by_user_name(self.kv, self.t, input.user_name()) {
+            if Some(other.as_str()) != own_id {
+                return Err(Refusal::Uniqueness(format!(
+                    "userName {:?} is already taken",
+                    input.user_name()
+                )));
+            }
+        }
+        if let Some(x) = input.external_id() {
+            if let Some(other) = query::user_id_by_external_id(self.kv, self.t, x) {
+                if Some(other.as_str()) != own_id {
+                    return Err(Refusal::Uniqueness(format!(
+                        "externalId {x:?} is already taken by another user"
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn create_user(&mut self, id: String, input: UserInput) -> Outcome {
+        // Okta re-provisions a deactivated person with a POST: an inactive user with the same
+        // userName (or externalId) is reactivated and updated instead of refused.
+        let existing =
+            query::user_id_by_user_name(self.kv, self.t, input.user_name()).or_else(|| {
+                input
+                    .external_id()
+                    .and_then(|x| query::user_id_by_external_id(self.kv, self.t, x))
+            });
+        if let Some(existing) = existing {
+            let doc = self.user(&existing)?;
+            if doc.active {
+                return Err(Refusal::Uniqueness(format!(
+                    "userName {:?} is already taken",
+                    input.user_name()
+                )));
+            }
+            let mut input = input;
+            input.active = true;
+            self.replace_user(existing.clone(), input, None)?;
+            return Ok((existing, false, vec![]));
+        }
+        self.check_user_unique(&input, None)?;
+        self.emit(
+            ResourceKind::User,
+            &id,
+            0,
+            EventBody::UserCreated {
+                attributes: input.attributes,
+                active: input.active,
+            },
+        );
+        Ok((id, true, vec![]))
+    }
+
+    fn replace_user(&mut self, id: String, input: UserInput, if_match: Option<u64>) -> Outcome {
+        let doc = self.user(&id)?;
+        check_version(if_match, doc.version)?;
+        self.check_user_unique(&input, Some(&id))?;
+        let (changed, removed) = diff(&doc.attributes, &input.attributes);
+        if !changed.is_empty() || !removed.is_empty() {
+            self.emit(
+                ResourceKind::User,
+                &id,
+                doc.version,
+                EventBody::UserUpdated { changed, removed },
+            );
+        }
+        match (doc.active, input.active) {
+            (true, false) => self.emit(
+                ResourceKind::User,
+                &id,
+                doc.version,
+                EventBody::UserDeactivated {},
+            ),
+            (false, true) => self.emit(
+                ResourceKind::User,
+                &id,
+                doc.version,
+                EventBody::UserReactivated {},
+            ),
+            _ => {}
+        }
+        Ok((id, false, vec![]))
+    }
+
+    fn delete_user(&mut self, id: String, if_match: Option<u64>) -> Outcome {
+        let doc = self.user(&id)?;
+        check_version(if_match, doc.version)?;
+        self.leave_all_groups(&id, MemberType::User);
+        self.emit(
+            ResourceKind::User,
+            &id,
+            doc.version,
+            EventBody::UserDeleted {},
+        );
+        Ok((id, false, vec![]))
+    }
+
+    /// `group.member_removed` for every group `member` is in, so that subscribers see each
+    /// membership end before the resource goes.
+    fn leave_all_groups(&mut self, member: &str, member_type: MemberType) {
+        for g in query::groups_of(self.kv, self.t, member, usize::MAX) {
+            if let Some(group) = query::group(self.kv, self.t, &g) {
+                self.emit(
+                    ResourceKind::Group,
+                    &g,
+                    group.version,
+                    EventBody::GroupMemberRemoved {
+                        member_id: member.into(),
+                        member_type,
+                    },
+                );
+            }
+        }
+    }
+
+    fn check_group_unique(&self, input: &GroupInput, own_id: Option<&str>) -> Result<(), Refusal> {
+        if let Some(other) = query::group_id_by_name(self.kv, self.t, &input.display_name) {
+            if Some(other.as_str()) != own_id {
+                return Err(Refusal::Uniqueness(format!(
+                    "group displayName {:?} is already taken",
+                    input.display_name
+                )));
+            }
+        }
+        if let Some(x) = input.attributes.get("externalId").and_then(Value::as_str) {
+            if let Some(other) = query::group_id_by_external_id(self.kv, self.t, x) {
+                if Some(other.as_str()) != own_id {
+                    return Err(Refusal::Uniqueness(format!(
+                        "externalId {x:?} is already taken by another group"
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Resolves member references to existing resources; unknown ones are returned as skipped.
+    fn resolve_members(
+        &self,
+        group_id: &str,
+        refs: &[MemberRef],
+    ) -> (Vec<(String, MemberType)>, Vec<String>) {
+        let mut found = Vec::new();
+        let mut skipped = Vec::new();
+        for m in refs {
+            let is_user = || query::user(self.kv, self.t, &m.value).is_some();
+            let is_group =
+                || m.value != group_id && query::group(self.kv, self.t, &m.value).is_some();
+            let resolved = match m.member_type {
+                Some(MemberType::User) => is_user().then_some(MemberType::User),
+                Some(MemberType::Group) => is_group().then_some(MemberType::Group),
+                None if is_user() => Some(MemberType::User),
+                None => is_group().then_some(MemberType::Group),
+            };
+            match resolved {
+                Some(t) => found.push((m.value.clone(), t)),
+                None => skipped.push(m.value.clone()),
+            }
+        }
+        (found, skipped)
+    }
+
+    fn create_group(&mut self, id: String, input: GroupInput) -> Outcome {
+        self.check_group_unique(&input, None)?;
+        let (members, skipped) =
+            self.resolve_members(&id, input.members.as_deref().unwrap_or_default());
+        self.emit(
+            ResourceKind::Group,
+            &id,
+            0,
+            EventBody::GroupCreated {
+                display_name: input.display_name,
+                attributes: input.attributes,
+            },
+        );
+        for (member_id, member_type) in members {
+            self.emit(
+                ResourceKind::Group,
+                &id,
+                0,
+                EventBody::GroupMemberAdded {
+                    member_id,
+                    member_type,
+                },
+            );
+        }
+        Ok((id, true, skipped))
+    }
+
+    fn replace_group(&mut self, id: String, input: GroupInput, if_match: Option<u64>) -> Outcome {
+        let doc = query::group(self.kv, self.t, &id).ok_or_else(|| Refusal::NotFound {
+            kind: ResourceKind::Group,
+            id: id.clone(),
+        })?;
+        check_version(if_match, doc.version)?;
+        self.check_group_unique(&input, Some(&id))?;
+        let v = doc.version;
+        if input.display_name != doc.display_name {
+            self.emit(
+                ResourceKind::Group,
+                &id,
+                v,
+                EventBody::GroupRenamed {
+                    display_name: input.display_name.clone(),
+                    previous_display_name: doc.display_name.clone(),
+                },
+            );
+        }
+        let (changed, removed) = diff(&doc.attributes, &input.attributes);
+        if !changed.is_empty() || !removed.is_empty() {
+            self.emit(
+                ResourceKind::Group,
+                &id,
+                v,
+                EventBody::GroupUpdated { changed, removed },
+            );
+        }
+        // PUT replaces the whole resource (RFC 7644 §3.5.1): absent members means no members.
+        let (wanted, skipped) =
+            self.resolve_members(&id, input.members.as_deref().unwrap_or_default());
+        let wanted_ids: BTreeSet<&str> = wanted.iter().map(|(m, _)| m.as_str()).collect();
+        let current = query::members(self.kv, self.t, &id, None, usize::MAX);
+        for m in &current {
+            if !wanted_ids.contains(m.id.as_str()) {
+                self.emit(
+                    ResourceKind::Group,
+                    &id,
+                    v,
+                    EventBody::GroupMemberRemoved {
+                        member_id: m.id.clone(),
+                        member_type: m.member_type,
+                    },
+                );
+            }
+        }
+        for (member_id, member_type) in wanted {
+            if !query::is_member(self.kv, self.t, &id, &member_id) {
+                self.emit(
+                    ResourceKind::Group,
+                    &id,
+                    v,
+                    EventBody::GroupMemberAdded {
+                        member_id,
+                        member_type,
+                    },
+                );
+            }
+        }
+        Ok((id, false, skipped))
+    }
+
+    fn delete_group(&mut self, id: String, if_match: Option<u64>) -> Outcome {
+        let doc = query::group(self.kv, self.t, &id).ok_or_else(|| Refusal::NotFound {
+            kind: ResourceKind::Group,
+            id: id.clone(),
+        })?;
+        check_version(if_match, doc.version)?;
+        // Its memberships in other groups end with events; its own members go with group.deleted.
+        self.leave_all_groups(&id, MemberType::Group);
+        self.emit(
+            ResourceKind::Group,
+            &id,
+            doc.version,
+            EventBody::GroupDeleted {},
+        );
+        Ok((id, false, vec![]))
+    }
+}
+
+#[cfg(test)]
+mod tests;

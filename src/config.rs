@@ -1,0 +1,78 @@
+//! Configuration of `scimlog serve`: every flag has an environment variable and a default, and
+//! every limit is a number here.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Parser;
+
+#[derive(clap::Args, Clone, Debug)]
+pub struct ServeConfig {
+    /// Address to listen on.
+    #[arg(long, env = "SCIMLOG_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Where the RocksDB store and the token file live.
+    #[arg(long, env = "SCIMLOG_DATA_DIR", default_value = "./scimlog-data")]
+    pub data_dir: PathBuf,
+    /// The base URL clients reach this server at, for `meta.location` (default: http://<listen>).
+    #[arg(long, env = "SCIMLOG_PUBLIC_URL")]
+    pub public_url: Option<String>,
+    /// Tenant of the bootstrap token and of the token created on first start.
+    #[arg(long, env = "SCIMLOG_TENANT", default_value = "default")]
+    pub tenant: String,
+    /// A bootstrap bearer token (its hash is kept in memory only), named `bootstrap`.
+    #[arg(long = "token", env = "SCIMLOG_TOKEN", hide_env_values = true)]
+    pub bootstrap_token: Option<String>,
+    /// Serve without authentication (every request acts as `anonymous` in --tenant).
+    #[arg(long)]
+    pub insecure_no_auth: bool,
+    /// Largest accepted request body.
+    #[arg(long, env = "SCIMLOG_MAX_BODY_BYTES", default_value_t = 1_048_576)]
+    pub max_body_bytes: usize,
+    /// Page size when a list request gives no `count`.
+    #[arg(long, env = "SCIMLOG_DEFAULT_PAGE_SIZE", default_value_t = 100)]
+    pub default_page_size: usize,
+    /// Largest page a list request gets; larger `count`s are clamped (RFC 7644 §3.4.2.4).
+    #[arg(long, env = "SCIMLOG_MAX_PAGE_SIZE", default_value_t = 1000)]
+    pub max_page_size: usize,
+    /// Longest accepted filter, in bytes.
+    #[arg(long, env = "SCIMLOG_MAX_FILTER_LENGTH", default_value_t = 4096)]
+    pub max_filter_length: usize,
+    /// Deepest accepted nesting of parentheses and value paths in a filter.
+    #[arg(long, env = "SCIMLOG_MAX_FILTER_DEPTH", default_value_t = 16)]
+    pub max_filter_depth: usize,
+    /// How many resources a filter on unindexed attributes may read before it is refused.
+    #[arg(long, env = "SCIMLOG_MAX_SCAN", default_value_t = 200_000)]
+    pub max_scan: usize,
+    /// How many writes may wait for the writer; beyond it writes get 503 with Retry-After.
+    #[arg(long, env = "SCIMLOG_WRITE_QUEUE_DEPTH", default_value_t = 4096)]
+    pub write_queue_depth: usize,
+    /// How many queued writes share one commit (one fsync).
+    #[arg(long, env = "SCIMLOG_GROUP_COMMIT_MAX", default_value_t = 256)]
+    pub group_commit_max: usize,
+    /// On shutdown, how long in-flight requests may take to finish.
+    #[arg(long, env = "SCIMLOG_DRAIN_TIMEOUT_MS", default_value_t = 10_000)]
+    pub drain_timeout_ms: u64,
+}
+
+#[derive(Parser)]
+struct Wrapper {
+    #[command(flatten)]
+    config: ServeConfig,
+}
+
+impl ServeConfig {
+    /// The defaults (and SCIMLOG_* variables) with another data dir: for tests and tools.
+    pub fn with_data_dir(data_dir: impl Into<PathBuf>) -> ServeConfig {
+        let mut c = Wrapper::parse_from(["scimlog"]).config;
+        c.data_dir = data_dir.into();
+        c
+    }
+
+    pub fn base_url(&self) -> String {
+        match &self.public_url {
+            Some(u) => u.trim_end_matches('/').to_string(),
+            None => format!("http://{}", self.listen),
+        }
+    }
+}

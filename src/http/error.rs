@@ -1,0 +1,124 @@
+//! The one error type of the HTTP layer and its one `IntoResponse`: every failure leaves as a SCIM
+//! error document (RFC 7644 §3.12). Internal causes are logged where they happen, never sent.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use scimlog_projections::query::QueryError;
+use scimlog_schemas::{urn, SchemaError, ScimType};
+use serde_json::json;
+
+use crate::command::Refusal;
+use crate::log::writer::WriteError;
+use crate::log::LogError;
+
+#[derive(Debug)]
+pub enum ApiError {
+    /// The request is malformed or invalid (400; 409 for uniqueness).
+    Invalid(SchemaError),
+    /// The command was refused by the rules of the directory.
+    Refused(Refusal),
+    Unauthorized(&'static str),
+    NotFound(String),
+    UnsupportedMediaType(String),
+    PayloadTooLarge {
+        limit: usize,
+    },
+    MethodNotAllowed,
+    NotImplemented(&'static str),
+    /// Try again later: the write queue is full, or the store failed. Nothing was written.
+    Unavailable(String),
+}
+
+impl From<SchemaError> for ApiError {
+    fn from(e: SchemaError) -> Self {
+        ApiError::Invalid(e)
+    }
+}
+impl From<Refusal> for ApiError {
+    fn from(r: Refusal) -> Self {
+        ApiError::Refused(r)
+    }
+}
+impl From<QueryError> for ApiError {
+    fn from(e: QueryError) -> Self {
+        ApiError::Invalid(SchemaError::new(ScimType::TooMany, e.to_string()))
+    }
+}
+impl From<WriteError> for ApiError {
+    fn from(e: WriteError) -> Self {
+        match e {
+            WriteError::Refused(r) => ApiError::Refused(r),
+            WriteError::QueueFull { depth } => ApiError::Unavailable(format!(
+                "the write queue is full ({depth} writes waiting); retry shortly"
+            )),
+            WriteError::Storage => ApiError::Unavailable(
+                "the store could not commit the write; nothing was written".into(),
+            ),
+            WriteError::Closed => ApiError::Unavailable("the server is shutting down".into()),
+        }
+    }
+}
+impl From<LogError> for ApiError {
+    fn from(e: LogError) -> Self {
+        tracing::error!(error = %e, "read from the store failed");
+        ApiError::Unavailable("the store could not be read".into())
+    }
+}
+
+impl ApiError {
+    fn parts(&self) -> (StatusCode, Option<&'static str>, String) {
+        match self {
+            ApiError::Invalid(e) => {
+                let status = if e.scim_type == ScimType::Uniqueness { StatusCode::CONFLICT } else { StatusCode::BAD_REQUEST };
+                (status, Some(e.scim_type.as_str()), e.detail.clone())
+            }
+            ApiError::Refused(Refusal::NotFound { kind, id }) => {
+                (StatusCode::NOT_FOUND, None, format!("{} {id:?} not found", kind.as_str()))
+            }
+            ApiError::Refused(Refusal::Uniqueness(d)) => (StatusCode::CONFLICT, Some("uniqueness"), d.clone()),
+            ApiError::Refused(Refusal::VersionMismatch { current, expected }) => (
+                StatusCode::PRECONDITION_FAILED,
+                None,
+                format!("If-Match names version W/\"{expected}\" but the resource is at W/\"{current}\""),
+            ),
+            ApiError::Unauthorized(d) => (StatusCode::UNAUTHORIZED, None, (*d).into()),
+            ApiError::NotFound(d) => (StatusCode::NOT_FOUND, None, d.clone()),
+            ApiError::UnsupportedMediaType(ct) => (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                None,
+                format!("content type {ct:?} is not accepted; send application/scim+json or application/json"),
+            ),
+            ApiError::PayloadTooLarge { limit } => {
+                (StatusCode::PAYLOAD_TOO_LARGE, None, format!("the request body is larger than the limit of {limit} bytes"))
+            }
+            ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, None, "method not allowed on this endpoint".into()),
+            ApiError::NotImplemented(d) => (StatusCode::NOT_IMPLEMENTED, None, (*d).into()),
+            ApiError::Unavailable(d) => (StatusCode::SERVICE_UNAVAILABLE, None, d.clone()),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, scim_type, detail) = self.parts();
+        let mut body = json!({"schemas": [urn::ERROR], "status": status.as_u16().to_string(), "detail": detail});
+        if let Some(t) = scim_type {
+            body["scimType"] = t.into();
+        }
+        let mut resp = super::scim_response(status, &body);
+        match status {
+            StatusCode::UNAUTHORIZED => {
+                resp.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"scimlog\""),
+                );
+            }
+            StatusCode::SERVICE_UNAVAILABLE => {
+                resp.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            _ => {}
+        }
+        resp
+    }
+}

@@ -1,0 +1,280 @@
+//! Request extraction: parse at the boundary into types, with SCIM errors for anything malformed.
+
+use std::collections::HashMap;
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::header::{CONTENT_TYPE, IF_MATCH, IF_NONE_MATCH};
+use axum::http::request::Parts;
+use axum::http::HeaderMap;
+use scimlog_schemas::filter::{Filter, FilterLimits};
+use scimlog_schemas::{CiName, SchemaError};
+use serde_json::Value;
+
+use super::error::ApiError;
+use super::AppState;
+use crate::auth::Principal;
+use crate::log::writer::Origin;
+
+/// A JSON request body, sent as `application/scim+json` or `application/json`.
+pub struct ScimBody(pub Value);
+
+impl FromRequest<AppState> for ScimBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
+        if let Some(ct) = req.headers().get(CONTENT_TYPE) {
+            let ct = ct.to_str().unwrap_or_default();
+            let essence = ct
+                .split(';')
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .to_ascii_lowercase();
+            if essence != "application/scim+json" && essence != "application/json" {
+                return Err(ApiError::UnsupportedMediaType(ct.to_string()));
+            }
+        }
+        let limit = state.cfg.max_body_bytes;
+        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
+            if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::PayloadTooLarge { limit }
+            } else {
+                ApiError::Invalid(SchemaError::invalid_syntax(format!(
+                    "cannot read the request body: {rejection}"
+                )))
+            }
+        })?;
+        let value: Value = serde_json::from_slice(&bytes).map_err(|e| {
+            ApiError::Invalid(SchemaError::invalid_syntax(format!(
+                "the request body is not valid JSON: {e}"
+            )))
+        })?;
+        Ok(ScimBody(value))
+    }
+}
+
+/// The authenticated principal and this request's id, as the writer needs them.
+pub struct Caller {
+    pub principal: Principal,
+    pub request_id: String,
+}
+
+impl Caller {
+    pub fn tenant(&self) -> &str {
+        &self.principal.tenant
+    }
+    pub fn origin(&self) -> Origin {
+        Origin {
+            tenant: self.principal.tenant.clone(),
+            actor: self.principal.name.clone(),
+            request_id: self.request_id.clone(),
+        }
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        let principal = parts
+            .extensions
+            .get::<Principal>()
+            .cloned()
+            .ok_or(ApiError::Unauthorized("authentication required"))?;
+        let request_id = parts
+            .extensions
+            .get::<super::RequestId>()
+            .map(|r| r.0.clone())
+            .unwrap_or_default();
+        Ok(Caller {
+            principal,
+            request_id,
+        })
+    }
+}
+
+/// Parses an entity tag as this server writes them: `W/"7"` (or `"7"`).
+fn parse_etag(tag: &str) -> Option<u64> {
+    let tag = tag.trim();
+    let tag = tag.strip_prefix("W/").unwrap_or(tag);
+    tag.strip_prefix('"')?.strip_suffix('"')?.parse().ok()
+}
+
+/// The version `If-Match` requires: `None` when absent or `*`. A tag that is not one of ours can
+/// match no version, so it is turned into one that never matches.
+pub fn if_match(headers: &HeaderMap) -> Option<u64> {
+    let v = headers.get(IF_MATCH)?.to_str().ok()?.trim();
+    if v == "*" {
+        return None;
+    }
+    Some(v.split(',').find_map(parse_etag).unwrap_or(u64::MAX))
+}
+
+/// Whether `If-None-Match` names `version` (or is `*`).
+pub fn if_none_match_hits(headers: &HeaderMap, version: u64) -> bool {
+    let Some(v) = headers.get(IF_NONE_MATCH).and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    v.trim() == "*" || v.split(',').filter_map(parse_etag).any(|t| t == version)
+}
+
+/// Which attributes a response carries (RFC 7644 §3.9).
+#[derive(Clone, Debug, Default)]
+pub struct Projection {
+    /// `attributes=`: only these (plus those returned always); paths may name a sub-attribute.
+    pub only: Option<Vec<(CiName, Option<CiName>)>>,
+    /// `excludedAttributes=`.
+    pub excluded: Vec<(CiName, Option<CiName>)>,
+}
+
+fn parse_attr_list(s: &str) -> Result<Vec<(CiName, Option<CiName>)>, SchemaError> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let path = scimlog_schemas::AttrPath::parse(p)?;
+            // A URN-qualified core path names the same attribute; an extension path its container.
+            Ok(match path.schema {
+                Some(urn)
+                    if !urn.eq_ignore_ascii_case(scimlog_schemas::urn::USER)
+                        && !urn.eq_ignore_ascii_case(scimlog_schemas::urn::GROUP) =>
+                {
+                    (CiName::new(urn), Some(path.attr))
+                }
+                _ => (path.attr, path.sub),
+            })
+        })
+        .collect()
+}
+
+impl Projection {
+    pub fn parse(
+        attributes: Option<&str>,
+        excluded: Option<&str>,
+    ) -> Result<Projection, SchemaError> {
+        Ok(Projection {
+            only: attributes.map(parse_attr_list).transpose()?,
+            excluded: excluded
+                .map(parse_attr_list)
+                .transpose()?
+                .unwrap_or_default(),
+        })
+    }
+
+    /// Whether the top-level attribute `name` is wanted at all (to skip loading it).
+    pub fn wants(&self, name: &str) -> bool {
+        let excluded_whole = self.excluded.iter().any(|(a, s)| s.is_none() && a == name);
+        let listed = self
+            .only
+            .as_ref()
+            .map(|o| o.iter().any(|(a, _)| a == name))
+            .unwrap_or(true);
+        !excluded_whole && listed
+    }
+
+    /// Applies the projection to a rendered resource. `id` and `schemas` are always returned.
+    pub fn apply(&self, mut v: Value) -> Value {
+        let Value::Object(obj) = &mut v else { return v };
+        let always = |k: &str| k == "id" || k == "schemas";
+        if let Some(only) = &self.only {
+            obj.retain(|k, _| always(k) || only.iter().any(|(a, _)| a == k.as_str()));
+            for (a, sub) in only {
+                let Some(sub) = sub else { continue };
+                // `name.givenName` alone keeps only that sub-attribute of `name`, unless `name`
+                // itself is listed too.
+                if only.iter().any(|(b, s)| b == a && s.is_none()) {
+                    continue;
+                }
+                let keep: Vec<&CiName> = only
+                    .iter()
+                    .filter(|(b, _)| b == a)
+                    .filter_map(|(_, s)| s.as_ref())
+                    .collect();
+                if let Some((_, inner)) = obj.iter_mut().find(|(k, _)| a == k.as_str()) {
+                    retain_subs(inner, |k| keep.iter().any(|s| *s == k) || *sub == *k);
+                }
+            }
+        }
+        for (a, sub) in &self.excluded {
+            match sub {
+                None if !always(a.as_str()) => obj.retain(|k, _| a != k.as_str()),
+                Some(sub) => {
+                    if let Some((_, inner)) = obj.iter_mut().find(|(k, _)| a == k.as_str()) {
+                        retain_subs(inner, |k| sub != k);
+                    }
+                }
+                None => {}
+            }
+        }
+        v
+    }
+}
+
+fn retain_subs(v: &mut Value, keep: impl Fn(&str) -> bool + Copy) {
+    match v {
+        Value::Object(o) => o.retain(|k, _| keep(k)),
+        Value::Array(items) => items.iter_mut().for_each(|i| retain_subs(i, keep)),
+        _ => {}
+    }
+}
+
+/// The query of a list request, validated.
+pub struct ListQuery {
+    pub filter: Option<Filter>,
+    /// 1-based.
+    pub start_index: usize,
+    pub count: usize,
+    pub projection: Projection,
+}
+
+impl ListQuery {
+    pub fn from_params(
+        params: &HashMap<String, String>,
+        state: &AppState,
+    ) -> Result<ListQuery, ApiError> {
+        let get = |name: &str| {
+            params
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.as_str())
+        };
+        let int = |name: &str| -> Result<Option<i64>, ApiError> {
+            get(name)
+                .map(|v| {
+                    v.trim().parse::<i64>().map_err(|_| {
+                        ApiError::Invalid(SchemaError::invalid_value(format!(
+                            "{name} must be an integer, got {v:?}"
+                        )))
+                    })
+                })
+                .transpose()
+        };
+        if get("sortBy").is_some() {
+            return Err(ApiError::Invalid(SchemaError::invalid_value(
+                "sortBy is not supported by this server (ServiceProviderConfig sort.supported is false)",
+            )));
+        }
+        let limits = FilterLimits {
+            max_length: state.cfg.max_filter_length,
+            max_depth: state.cfg.max_filter_depth,
+        };
+        let filter = get("filter")
+            .filter(|f| !f.trim().is_empty())
+            .map(|f| Filter::parse(f, limits))
+            .transpose()?;
+        // RFC 7644 §3.4.2.4: startIndex < 1 is read as 1, a negative count as 0.
+        let start_index = int("startIndex")?.unwrap_or(1).max(1) as usize;
+        let count = match int("count")? {
+            None => state.cfg.default_page_size,
+            Some(c) => (c.max(0) as u64).min(state.cfg.max_page_size as u64) as usize,
+        };
+        let projection = Projection::parse(get("attributes"), get("excludedAttributes"))?;
+        Ok(ListQuery {
+            filter,
+            start_index,
+            count,
+            projection,
+        })
+    }
+}

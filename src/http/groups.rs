@@ -1,0 +1,11 @@
+//! `/Groups`: create, read, replace, delete and list groups with their members (the flow shared
+//! with `/Users` lives in `resource`).
+
+use axum::Router;
+use scimlog_schemas::ResourceKind;
+
+use super::{resource, AppState};
+
+pub fn router() -> Router<AppState> {
+    resource::routes(ResourceKind::Group)
+}

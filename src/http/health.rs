@@ -1,0 +1,28 @@
+//! `/healthz`: no token needed; says whether the store answers and where the log stands.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::json;
+
+use super::AppState;
+
+pub fn router() -> Router<AppState> {
+    Router::new().route("/healthz", get(healthz))
+}
+
+async fn healthz(State(state): State<AppState>) -> Response {
+    match state.store.head() {
+        Ok(head) => Json(json!({"status": "ok", "logPosition": head.position})).into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "health check cannot read the log");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(json!({"status": "unavailable"})),
+            )
+                .into_response()
+        }
+    }
+}

@@ -1,0 +1,166 @@
+//! The HTTP layer: the only code that knows axum and status codes. One file per endpoint family,
+//! each exposing its `router()`, merged in [`router`].
+
+mod discovery;
+pub mod error;
+mod extract;
+mod groups;
+mod health;
+mod render;
+mod resource;
+mod users;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::header::{AUTHORIZATION, CONTENT_TYPE};
+use axum::http::{HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::auth::{Principal, TokenStore};
+use crate::config::ServeConfig;
+use crate::log::writer::WriterHandle;
+use crate::log::Store;
+use error::ApiError;
+
+pub const SCIM_CONTENT_TYPE: &str = "application/scim+json";
+
+pub struct Inner {
+    pub store: Store,
+    pub writer: WriterHandle,
+    /// `None` when serving with `--insecure-no-auth`.
+    pub tokens: Option<TokenStore>,
+    pub cfg: ServeConfig,
+    /// e.g. `http://127.0.0.1:8080/scim/v2`, for `meta.location`.
+    pub scim_base: String,
+}
+
+#[derive(Clone)]
+pub struct AppState(Arc<Inner>);
+
+impl std::ops::Deref for AppState {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+impl AppState {
+    pub fn new(inner: Inner) -> AppState {
+        AppState(Arc::new(inner))
+    }
+}
+
+/// The id shared by every event of one request, also sent back as `X-Request-Id`.
+#[derive(Clone, Debug)]
+pub struct RequestId(pub String);
+
+pub fn router(state: AppState) -> Router {
+    let scim = Router::new()
+        .merge(users::router())
+        .merge(groups::router())
+        .merge(discovery::router())
+        .fallback(|| async { ApiError::NotFound("no such SCIM endpoint".into()) })
+        .layer(middleware::from_fn_with_state(state.clone(), authenticate));
+    Router::new()
+        .nest("/scim/v2", scim)
+        .merge(health::router())
+        .layer(DefaultBodyLimit::max(state.cfg.max_body_bytes))
+        .layer(middleware::from_fn(request_context))
+        .with_state(state)
+}
+
+/// Gives each request an id and logs it once it is answered. The path is logged without its
+/// query: filters carry userNames and emails, which stay out of logs.
+async fn request_context(mut req: Request, next: Next) -> Response {
+    let id = Uuid::now_v7().to_string();
+    req.extensions_mut().insert(RequestId(id.clone()));
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let started = Instant::now();
+    let mut resp = next.run(req).await;
+    let status = resp.status().as_u16();
+    let micros = started.elapsed().as_micros() as u64;
+    if resp.status().is_server_error() {
+        tracing::warn!(%method, %path, status, micros, request_id = %id, "request failed");
+    } else {
+        tracing::debug!(%method, %path, status, micros, request_id = %id, "request");
+    }
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        resp.headers_mut().insert("x-request-id", v);
+    }
+    resp
+}
+
+async fn authenticate(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    let principal = match &state.tokens {
+        None => Principal {
+            name: "anonymous".into(),
+            tenant: state.cfg.tenant.clone(),
+        },
+        Some(tokens) => {
+            let presented = req
+                .headers()
+                .get(AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.split_once(' '))
+                .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+                .map(|(_, t)| t.trim().to_string());
+            let Some(presented) = presented else {
+                return ApiError::Unauthorized(
+                    "a bearer token is required (Authorization: Bearer <token>)",
+                )
+                .into_response();
+            };
+            match tokens.authenticate(&presented) {
+                Some(p) => p,
+                None => {
+                    return ApiError::Unauthorized("the bearer token is not valid").into_response()
+                }
+            }
+        }
+    };
+    req.extensions_mut().insert(principal);
+    next.run(req).await
+}
+
+/// A SCIM JSON response with the SCIM media type.
+pub fn scim_response(status: StatusCode, body: &Value) -> Response {
+    let bytes = serde_json::to_vec(body).expect("JSON values serialise");
+    let mut resp = (status, bytes).into_response();
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(SCIM_CONTENT_TYPE));
+    resp
+}
+
+/// A resource response with its `ETag` (and `Location` on creation).
+pub fn resource_response(
+    status: StatusCode,
+    body: &Value,
+    version: u64,
+    location: Option<&str>,
+) -> Response {
+    let mut resp = scim_response(status, body);
+    if let Ok(v) = HeaderValue::from_str(&format!("W/\"{version}\"")) {
+        resp.headers_mut().insert(axum::http::header::ETAG, v);
+    }
+    if let Some(l) = location.and_then(|l| HeaderValue::from_str(l).ok()) {
+        resp.headers_mut().insert(axum::http::header::LOCATION, l);
+    }
+    resp
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
+}
+
+async fn patch_not_supported() -> ApiError {
+    ApiError::NotImplemented(
+        "PATCH is not supported yet (ServiceProviderConfig patch.supported is false); use PUT",
+    )
+}

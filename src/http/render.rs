@@ -1,0 +1,117 @@
+//! Read models rendered as SCIM JSON.
+
+use chrono::SecondsFormat;
+use scimlog_projections::{query, GroupDoc, KvRead, UserDoc};
+use scimlog_schemas::{urn, MemberType, ResourceKind};
+use serde_json::{json, Map, Value};
+
+use super::extract::Projection;
+
+fn meta(
+    base: &str,
+    kind: ResourceKind,
+    id: &str,
+    created: &chrono::DateTime<chrono::Utc>,
+    modified: &chrono::DateTime<chrono::Utc>,
+    version: u64,
+) -> Value {
+    json!({
+        "resourceType": kind.as_str(),
+        "created": created.to_rfc3339_opts(SecondsFormat::Millis, true),
+        "lastModified": modified.to_rfc3339_opts(SecondsFormat::Millis, true),
+        "location": location(base, kind, id),
+        "version": format!("W/\"{version}\""),
+    })
+}
+
+pub fn location(base: &str, kind: ResourceKind, id: &str) -> String {
+    format!("{base}/{}/{id}", kind.endpoint())
+}
+
+pub fn user(kv: &impl KvRead, t: &str, base: &str, doc: &UserDoc, proj: &Projection) -> Value {
+    let mut schemas = vec![Value::from(urn::USER)];
+    if doc.attributes.contains_key(urn::ENTERPRISE_USER) {
+        schemas.push(urn::ENTERPRISE_USER.into());
+    }
+    let mut m = Map::with_capacity(doc.attributes.len() + 5);
+    m.insert("schemas".into(), Value::Array(schemas));
+    m.insert("id".into(), Value::String(doc.id.clone()));
+    m.extend(doc.attributes.iter().map(|(k, v)| (k.clone(), v.clone())));
+    m.insert("active".into(), Value::Bool(doc.active));
+    if proj.wants("groups") {
+        let groups: Vec<Value> = query::groups_of(kv, t, &doc.id, usize::MAX)
+            .into_iter()
+            .filter_map(|g| query::group(kv, t, &g))
+            .map(|g| {
+                json!({"value": g.id, "$ref": location(base, ResourceKind::Group, &g.id), "display": g.display_name, "type": "direct"})
+            })
+            .collect();
+        if !groups.is_empty() {
+            m.insert("groups".into(), Value::Array(groups));
+        }
+    }
+    m.insert(
+        "meta".into(),
+        meta(
+            base,
+            ResourceKind::User,
+            &doc.id,
+            &doc.created,
+            &doc.last_modified,
+            doc.version,
+        ),
+    );
+    proj.apply(Value::Object(m))
+}
+
+pub fn group(kv: &impl KvRead, t: &str, base: &str, doc: &GroupDoc, proj: &Projection) -> Value {
+    let mut m = Map::with_capacity(doc.attributes.len() + 5);
+    m.insert("schemas".into(), json!([urn::GROUP]));
+    m.insert("id".into(), Value::String(doc.id.clone()));
+    m.insert(
+        "displayName".into(),
+        Value::String(doc.display_name.clone()),
+    );
+    m.extend(doc.attributes.iter().map(|(k, v)| (k.clone(), v.clone())));
+    // Members are read only when asked for: `excludedAttributes=members` costs no member reads.
+    if proj.wants("members") && doc.member_count > 0 {
+        let members: Vec<Value> = query::members(kv, t, &doc.id, None, usize::MAX)
+            .into_iter()
+            .map(|mb| {
+                let display = match mb.member_type {
+                    MemberType::User => query::user(kv, t, &mb.id).map(|u| u.display().to_string()),
+                    MemberType::Group => query::group(kv, t, &mb.id).map(|g| g.display_name),
+                };
+                let kind = mb.member_type.kind();
+                let mut v = json!({"value": mb.id, "$ref": location(base, kind, &mb.id), "type": kind.as_str()});
+                if let Some(d) = display {
+                    v["display"] = Value::String(d);
+                }
+                v
+            })
+            .collect();
+        m.insert("members".into(), Value::Array(members));
+    }
+    m.insert(
+        "meta".into(),
+        meta(
+            base,
+            ResourceKind::Group,
+            &doc.id,
+            &doc.created,
+            &doc.last_modified,
+            doc.version,
+        ),
+    );
+    proj.apply(Value::Object(m))
+}
+
+pub fn list_response(total: usize, start_index: usize, resources: Vec<Value>) -> Value {
+    json!({
+        "schemas": [urn::LIST_RESPONSE],
+        "totalResults": total,
+        "startIndex": start_index,
+        "itemsPerPage": resources.len(),
+        "Resources": resources,
+    })
+}

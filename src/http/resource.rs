@@ -1,0 +1,240 @@
+//! The handlers shared by `/Users` and `/Groups`: the resource kind decides how a body is parsed
+//! into a command and how a read model is rendered; the HTTP flow around them is the same.
+
+use std::collections::HashMap;
+
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use scimlog_projections::{query, KvRead};
+use scimlog_schemas::resource::{parse_group, parse_user};
+use scimlog_schemas::ResourceKind;
+use serde_json::Value;
+use uuid::Uuid;
+
+use super::error::ApiError;
+use super::extract::{if_match, if_none_match_hits, Caller, ListQuery, Projection};
+use super::{render, resource_response, scim_response, AppState};
+use crate::command::{Command, Refusal};
+
+/// Renders the current state of one resource with its version, or `None` if it does not exist.
+fn render_one(
+    kv: &impl KvRead,
+    t: &str,
+    base: &str,
+    kind: ResourceKind,
+    id: &str,
+    proj: &Projection,
+) -> Option<(Value, u64)> {
+    match kind {
+        ResourceKind::User => {
+            query::user(kv, t, id).map(|d| (render::user(kv, t, base, &d, proj), d.version))
+        }
+        ResourceKind::Group => {
+            query::group(kv, t, id).map(|d| (render::group(kv, t, base, &d, proj), d.version))
+        }
+    }
+}
+
+fn not_found(kind: ResourceKind, id: &str) -> ApiError {
+    ApiError::Refused(Refusal::NotFound {
+        kind,
+        id: id.into(),
+    })
+}
+
+/// Reads the resource after a write (the response is sent only once the write is durable, so this
+/// read sees it).
+fn respond_written(
+    state: &AppState,
+    caller: &Caller,
+    kind: ResourceKind,
+    id: &str,
+    status: StatusCode,
+) -> Result<Response, ApiError> {
+    let view = state.store.view();
+    let rendered = render_one(
+        &view,
+        caller.tenant(),
+        &state.scim_base,
+        kind,
+        id,
+        &Projection::default(),
+    );
+    if let Some(e) = view.take_error() {
+        return Err(e.into());
+    }
+    let (body, version) = rendered.ok_or_else(|| not_found(kind, id))?;
+    let location =
+        (status == StatusCode::CREATED).then(|| render::location(&state.scim_base, kind, id));
+    Ok(resource_response(
+        status,
+        &body,
+        version,
+        location.as_deref(),
+    ))
+}
+
+fn report_skipped(kind: ResourceKind, id: &str, skipped: &[String]) {
+    if !skipped.is_empty() {
+        tracing::warn!(resource = kind.as_str(), %id, skipped = ?skipped, "unknown member ids skipped");
+    }
+}
+
+pub async fn create(
+    state: &AppState,
+    caller: Caller,
+    kind: ResourceKind,
+    body: Value,
+) -> Result<Response, ApiError> {
+    let id = Uuid::now_v7().to_string();
+    let command = match kind {
+        ResourceKind::User => Command::CreateUser {
+            id,
+            input: parse_user(&body)?,
+        },
+        ResourceKind::Group => Command::CreateGroup {
+            id,
+            input: parse_group(&body)?,
+        },
+    };
+    let committed = state.writer.submit(caller.origin(), command).await?;
+    let d = &committed.decision;
+    report_skipped(kind, &d.resource_id, &d.skipped_members);
+    respond_written(state, &caller, kind, &d.resource_id, StatusCode::CREATED)
+}
+
+pub fn get(
+    state: &AppState,
+    caller: &Caller,
+    kind: ResourceKind,
+    id: &str,
+    headers: &HeaderMap,
+    params: &HashMap<String, String>,
+) -> Result<Response, ApiError> {
+    let param = |n: &str| {
+        params
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(n))
+            .map(|(_, v)| v.as_str())
+    };
+    let proj = Projection::parse(param("attributes"), param("excludedAttributes"))?;
+    let view = state.store.view();
+    let rendered = render_one(&view, caller.tenant(), &state.scim_base, kind, id, &proj);
+    if let Some(e) = view.take_error() {
+        return Err(e.into());
+    }
+    let (body, version) = rendered.ok_or_else(|| not_found(kind, id))?;
+    if if_none_match_hits(headers, version) {
+        let mut resp = StatusCode::NOT_MODIFIED.into_response();
+        if let Ok(v) = format!("W/\"{version}\"").parse() {
+            resp.headers_mut().insert(axum::http::header::ETAG, v);
+        }
+        return Ok(resp);
+    }
+    Ok(resource_response(StatusCode::OK, &body, version, None))
+}
+
+pub async fn replace(
+    state: &AppState,
+    caller: Caller,
+    kind: ResourceKind,
+    id: String,
+    headers: &HeaderMap,
+    body: Value,
+) -> Result<Response, ApiError> {
+    let if_match = if_match(headers);
+    let command = match kind {
+        ResourceKind::User => Command::ReplaceUser {
+            id: id.clone(),
+            input: parse_user(&body)?,
+            if_match,
+        },
+        ResourceKind::Group => Command::ReplaceGroup {
+            id: id.clone(),
+            input: parse_group(&body)?,
+            if_match,
+        },
+    };
+    let committed = state.writer.submit(caller.origin(), command).await?;
+    report_skipped(kind, &id, &committed.decision.skipped_members);
+    respond_written(state, &caller, kind, &id, StatusCode::OK)
+}
+
+pub async fn delete(
+    state: &AppState,
+    caller: Caller,
+    kind: ResourceKind,
+    id: String,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
+    let if_match = if_match(headers);
+    let command = match kind {
+        ResourceKind::User => Command::DeleteUser { id, if_match },
+        ResourceKind::Group => Command::DeleteGroup { id, if_match },
+    };
+    state.writer.submit(caller.origin(), command).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+pub fn list(
+    state: &AppState,
+    caller: &Caller,
+    kind: ResourceKind,
+    params: &HashMap<String, String>,
+) -> Result<Response, ApiError> {
+    let q = ListQuery::from_params(params, state)?;
+    let t = caller.tenant();
+    let view = state.store.view();
+    let ids = query::search_ids(&view, t, kind, q.filter.as_ref(), state.cfg.max_scan)?;
+    let total = ids.len();
+    let resources: Vec<Value> = ids
+        .iter()
+        .skip(q.start_index - 1)
+        .take(q.count)
+        .filter_map(|id| {
+            render_one(&view, t, &state.scim_base, kind, id, &q.projection).map(|(v, _)| v)
+        })
+        .collect();
+    if let Some(e) = view.take_error() {
+        return Err(e.into());
+    }
+    Ok(scim_response(
+        StatusCode::OK,
+        &render::list_response(total, q.start_index, resources),
+    ))
+}
+
+/// The routes of one resource type: `/<Endpoint>` and `/<Endpoint>/{id}`.
+pub fn routes(kind: ResourceKind) -> axum::Router<AppState> {
+    use axum::extract::{Path, Query, State};
+    use axum::routing::get as get_route;
+
+    use super::extract::ScimBody;
+    type Params = Query<HashMap<String, String>>;
+
+    let base = format!("/{}", kind.endpoint());
+    let one = format!("/{}/{{id}}", kind.endpoint());
+    axum::Router::new()
+        .route(
+            &base,
+            get_route(move |State(s): State<AppState>, caller: Caller, Query(p): Params| async move { list(&s, &caller, kind, &p) })
+                .post(move |State(s): State<AppState>, caller: Caller, ScimBody(body): ScimBody| async move {
+                    create(&s, caller, kind, body).await
+                })
+                .fallback(super::method_not_allowed),
+        )
+        .route(
+            &one,
+            get_route(move |State(s): State<AppState>, caller: Caller, Path(id): Path<String>, headers: HeaderMap, Query(p): Params| async move {
+                get(&s, &caller, kind, &id, &headers, &p)
+            })
+            .put(move |State(s): State<AppState>, caller: Caller, Path(id): Path<String>, headers: HeaderMap, ScimBody(body): ScimBody| async move {
+                replace(&s, caller, kind, id, &headers, body).await
+            })
+            .delete(move |State(s): State<AppState>, caller: Caller, Path(id): Path<String>, headers: HeaderMap| async move {
+                delete(&s, caller, kind, id, &headers).await
+            })
+            .patch(super::patch_not_supported)
+            .fallback(super::method_not_allowed),
+        )
+}

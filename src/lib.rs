@@ -1,0 +1,23 @@
+//! `scimlog`: the service and the CLI. All IO lives in this crate, each kind in one module.
+//!
+//! # Layout
+//!
+//! - [`cli`]: the `scimlog` command line (`serve`, `token`).
+//! - [`config`]: [`config::ServeConfig`], every flag, variable, default and limit.
+//! - [`server`]: start, serve, drain and stop.
+//! - [`http`]: the only module that knows axum and status codes; one file per endpoint family.
+//! - [`command`]: pure decisions, request + current read model -> events or a refusal.
+//! - [`log`]: the only module that knows RocksDB: the event log, the read-model store, and the
+//!   single writer with group commit.
+//! - [`auth`]: bearer tokens, stored as hashes.
+//!
+//! A write goes HTTP -> `schemas` parsing -> `command::decide` (on the writer thread) -> events ->
+//! one fsync'd RocksDB batch with the projections' writes -> response.
+
+pub mod auth;
+pub mod cli;
+pub mod command;
+pub mod config;
+pub mod http;
+pub mod log;
+pub mod server;

@@ -1,0 +1,240 @@
+//! The log: the only module that knows RocksDB.
+//!
+//! One RocksDB instance under `<data-dir>/db` with column families:
+//! - `events`: the append-only event log, key = position (u64 big-endian), value = the SHA-256 of
+//!   the canonical event bytes followed by the bytes ([`SealedEvent`]). Never overwritten, never
+//!   deleted.
+//! - `state`: the read models, laid out by `scimlog_projections::keys`.
+//!
+//! Both are written together in one `WriteBatch`, fsync'd, by the single [`writer`]. Reads come
+//! from snapshots through [`StateView`], which implements the projections' `KvRead`.
+
+pub mod writer;
+
+use std::cell::RefCell;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rocksdb::{
+    ColumnFamilyDescriptor, Direction, IteratorMode, Options, SnapshotWithThreadMode, WriteBatch,
+    WriteOptions, DB,
+};
+use scimlog_projections::KvRead;
+use scimlog_schemas::event::{SealedEvent, GENESIS_HASH};
+
+pub const CF_EVENTS: &str = "events";
+pub const CF_STATE: &str = "state";
+
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    #[error("cannot open the store at {path}: {source}")]
+    Open {
+        path: PathBuf,
+        source: rocksdb::Error,
+    },
+    #[error("storage failure: {0}")]
+    Storage(#[from] rocksdb::Error),
+    #[error("log record at position {position} is corrupt: {detail}")]
+    Corrupt { position: u64, detail: String },
+}
+
+/// The position and hash of the last event: where the next append continues the chain.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Head {
+    pub position: u64,
+    pub hash: String,
+}
+
+impl Head {
+    pub fn genesis() -> Head {
+        Head {
+            position: 0,
+            hash: GENESIS_HASH.to_string(),
+        }
+    }
+}
+
+/// The opened store. Cheap to clone (an `Arc`).
+#[derive(Clone)]
+pub struct Store {
+    db: Arc<DB>,
+}
+
+fn db_options() -> Options {
+    let mut opts = Options::default();
+    opts.create_if_missing(true);
+    opts.create_missing_column_families(true);
+    opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+    // Few, larger writes (group commit): a bigger memtable means fewer flushes.
+    opts.set_write_buffer_size(64 << 20);
+    opts.increase_parallelism(2);
+    opts
+}
+
+impl Store {
+    /// Opens (creating if needed) the store under `<data_dir>/db`.
+    pub fn open(data_dir: &Path) -> Result<Store, LogError> {
+        let path = data_dir.join("db");
+        let cfs = [CF_EVENTS, CF_STATE].map(|name| ColumnFamilyDescriptor::new(name, db_options()));
+        let db = DB::open_cf_descriptors(&db_options(), &path, cfs)
+            .map_err(|source| LogError::Open { path, source })?;
+        Ok(Store { db: Arc::new(db) })
+    }
+
+    fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
+        // Both families are created at open; a missing one is a programming error.
+        self.db.cf_handle(name).expect("column family exists")
+    }
+
+    /// The last event's position and hash, read from the end of the `events` family.
+    pub fn head(&self) -> Result<Head, LogError> {
+        let mut it = self.db.iterator_cf(self.cf(CF_EVENTS), IteratorMode::End);
+        match it.next() {
+            None => Ok(Head::genesis()),
+            Some(item) => {
+                let (k, v) = item?;
+                let position = decode_position(&k)?;
+                let sealed = SealedEvent::from_record(&v).map_err(|e| LogError::Corrupt {
+                    position,
+                    detail: e.to_string(),
+                })?;
+                Ok(Head {
+                    position,
+                    hash: sealed.hash_hex(),
+                })
+            }
+        }
+    }
+
+    /// A consistent read view of the read models.
+    pub fn view(&self) -> StateView<'_> {
+        StateView {
+            snapshot: self.db.snapshot(),
+            cf: self.cf(CF_STATE),
+            error: RefCell::new(None),
+        }
+    }
+
+    /// Reads up to `limit` events from `from` (inclusive), in log order.
+    pub fn events_from(
+        &self,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, SealedEvent)>, LogError> {
+        let key = from.to_be_bytes();
+        let it = self.db.iterator_cf(
+            self.cf(CF_EVENTS),
+            IteratorMode::From(&key, Direction::Forward),
+        );
+        let mut out = Vec::new();
+        for item in it.take(limit) {
+            let (k, v) = item?;
+            let position = decode_position(&k)?;
+            let sealed = SealedEvent::from_record(&v).map_err(|e| LogError::Corrupt {
+                position,
+                detail: e.to_string(),
+            })?;
+            out.push((position, sealed));
+        }
+        Ok(out)
+    }
+
+    /// Appends events and read-model writes atomically, fsync'd when `sync`.
+    pub(crate) fn commit(
+        &self,
+        events: &[(u64, SealedEvent)],
+        state_writes: impl IntoIterator<Item = (Vec<u8>, Option<Vec<u8>>)>,
+        sync: bool,
+    ) -> Result<(), LogError> {
+        let mut batch = WriteBatch::default();
+        let events_cf = self.cf(CF_EVENTS);
+        for (position, sealed) in events {
+            batch.put_cf(events_cf, position.to_be_bytes(), sealed.to_record());
+        }
+        let state_cf = self.cf(CF_STATE);
+        for (k, v) in state_writes {
+            match v {
+                Some(v) => batch.put_cf(state_cf, k, v),
+                None => batch.delete_cf(state_cf, k),
+            }
+        }
+        let mut wo = WriteOptions::default();
+        wo.set_sync(sync);
+        self.db.write_opt(batch, &wo)?;
+        Ok(())
+    }
+}
+
+fn decode_position(key: &[u8]) -> Result<u64, LogError> {
+    key.try_into()
+        .map(u64::from_be_bytes)
+        .map_err(|_| LogError::Corrupt {
+            position: 0,
+            detail: format!("event key of {} bytes", key.len()),
+        })
+}
+
+/// A snapshot of the `state` family as the projections' [`KvRead`]. A RocksDB read error is kept
+/// (the first one) and returns "absent" to the caller; whoever folds or answers checks
+/// [`StateView::take_error`] before trusting the result.
+pub struct StateView<'a> {
+    snapshot: SnapshotWithThreadMode<'a, DB>,
+    cf: &'a rocksdb::ColumnFamily,
+    error: RefCell<Option<rocksdb::Error>>,
+}
+
+impl StateView<'_> {
+    pub fn take_error(&self) -> Option<LogError> {
+        self.error.borrow_mut().take().map(LogError::Storage)
+    }
+    fn note(&self, e: rocksdb::Error) {
+        let mut slot = self.error.borrow_mut();
+        if slot.is_none() {
+            *slot = Some(e);
+        }
+    }
+}
+
+impl KvRead for StateView<'_> {
+    fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
+        match self.snapshot.get_cf(self.cf, key) {
+            Ok(v) => v,
+            Err(e) => {
+                self.note(e);
+                None
+            }
+        }
+    }
+
+    fn scan(&self, prefix: &[u8], after: Option<&[u8]>, limit: usize) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let start = match after {
+            Some(a) if a >= prefix => a,
+            _ => prefix,
+        };
+        let it = self
+            .snapshot
+            .iterator_cf(self.cf, IteratorMode::From(start, Direction::Forward));
+        let mut out = Vec::new();
+        for item in it {
+            match item {
+                Ok((k, v)) => {
+                    if !k.starts_with(prefix) {
+                        break;
+                    }
+                    if after.is_some_and(|a| &*k <= a) {
+                        continue;
+                    }
+                    if out.len() >= limit {
+                        break;
+                    }
+                    out.push((k.into_vec(), v.into_vec()));
+                }
+                Err(e) => {
+                    self.note(e);
+                    break;
+                }
+            }
+        }
+        out
+    }
+}

@@ -1,0 +1,169 @@
+//! Starting and stopping the service: open the store, start the writer, bind, serve, and on
+//! shutdown drain in-flight requests and the write queue before the store closes.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::auth::{create_token, valid_tenant, Principal, TokenStore};
+use crate::config::ServeConfig;
+use crate::http::{self, AppState, Inner};
+use crate::log::{writer, Store};
+
+/// A running server.
+pub struct Server {
+    pub addr: SocketAddr,
+    /// The token created on this first start, if one was (shown once).
+    pub created_token: Option<String>,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: JoinHandle<()>,
+}
+
+impl Server {
+    /// Opens everything and starts serving; returns once the listener is bound.
+    pub async fn start(cfg: ServeConfig) -> anyhow::Result<Server> {
+        anyhow::ensure!(
+            valid_tenant(&cfg.tenant),
+            "invalid --tenant {:?}: use a-z, 0-9, '-' and '_'",
+            cfg.tenant
+        );
+        std::fs::create_dir_all(&cfg.data_dir)
+            .with_context(|| format!("cannot create the data dir {}", cfg.data_dir.display()))?;
+        let store = Store::open(&cfg.data_dir)?;
+
+        let (tokens, created_token) = if cfg.insecure_no_auth {
+            tracing::warn!("serving WITHOUT authentication (--insecure-no-auth)");
+            (None, None)
+        } else {
+            let bootstrap = cfg.bootstrap_token.clone().map(|t| {
+                (
+                    t,
+                    Principal {
+                        name: "bootstrap".into(),
+                        tenant: cfg.tenant.clone(),
+                    },
+                )
+            });
+            let tokens = TokenStore::open(&cfg.data_dir, bootstrap)?;
+            let created = if tokens.is_empty() {
+                Some(create_token(&cfg.data_dir, "default", &cfg.tenant)?)
+            } else {
+                None
+            };
+            (Some(tokens), created)
+        };
+
+        let (writer, writer_thread) = writer::start(
+            store.clone(),
+            writer::WriterOptions {
+                queue_depth: cfg.write_queue_depth,
+                group_commit_max: cfg.group_commit_max,
+                sync: true,
+            },
+        )?;
+        let listener = tokio::net::TcpListener::bind(cfg.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", cfg.listen))?;
+        let addr = listener.local_addr()?;
+        let mut cfg = cfg;
+        cfg.listen = addr;
+        let scim_base = format!("{}/scim/v2", cfg.base_url());
+        let drain = Duration::from_millis(cfg.drain_timeout_ms);
+        let state = AppState::new(Inner {
+            store,
+            writer,
+            tokens,
+            cfg,
+            scim_base,
+        });
+        let app = http::router(state);
+
+        let (shutdown, shutdown_rx) = oneshot::channel::<()>();
+        let (drain_start_tx, drain_start) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
+                let _ = shutdown_rx.await;
+                let _ = drain_start_tx.send(());
+            });
+            let serve = std::pin::pin!(std::future::IntoFuture::into_future(serve));
+            let drained = async {
+                let _ = drain_start.await;
+                tokio::time::sleep(drain).await;
+            };
+            tokio::select! {
+                r = serve => if let Err(e) = r { tracing::error!(error = %e, "server stopped with an error") },
+                _ = drained => tracing::warn!(timeout_ms = drain.as_millis() as u64, "in-flight requests did not finish in time"),
+            }
+            // Every handle to the writer is gone with the router: the writer drains its queue and
+            // stops, then the store closes.
+            let joined = tokio::task::spawn_blocking(move || writer_thread.join());
+            if tokio::time::timeout(drain, joined).await.is_err() {
+                tracing::warn!("the writer did not stop in time");
+            }
+        });
+        tracing::info!(%addr, "scimlog listening");
+        Ok(Server {
+            addr,
+            created_token,
+            shutdown: Some(shutdown),
+            task,
+        })
+    }
+
+    /// Stops accepting, lets in-flight requests finish, drains the writer, closes the store.
+    pub async fn stop(mut self) {
+        if let Some(s) = self.shutdown.take() {
+            let _ = s.send(());
+        }
+        let _ = (&mut self.task).await;
+    }
+}
+
+/// `scimlog serve`: runs until SIGINT or SIGTERM.
+pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
+    let server = Server::start(cfg.clone()).await?;
+    let base = format!(
+        "{}/scim/v2",
+        ServeConfig {
+            listen: server.addr,
+            ..cfg
+        }
+        .base_url()
+    );
+    if let Some(token) = &server.created_token {
+        println!(
+            "First start: created the bearer token \"default\". It is shown once; store it now.\n"
+        );
+        println!("  SCIM base URL: {base}");
+        println!("  Bearer token:  {token}\n");
+        println!("Paste both into your IdP's SCIM provisioning settings (Okta: SCIM connector base URL +");
+        println!("HTTP Header auth; Entra ID: Tenant URL + Secret Token). More: scimlog token create --name NAME");
+    } else {
+        println!("scimlog serving SCIM at {base}");
+    }
+    shutdown_signal().await;
+    tracing::info!("shutting down: draining in-flight requests and writes");
+    server.stop().await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}

@@ -1,0 +1,60 @@
+//! Discovery endpoints tell the truth about what is supported.
+
+use crate::support::TestServer;
+
+#[tokio::test]
+async fn discovery_documents() {
+    let s = TestServer::start().await;
+    let spc = s.get("/ServiceProviderConfig").await;
+    assert_eq!(spc.status, 200);
+    assert_eq!(spc.body["etag"]["supported"], true);
+    assert_eq!(spc.body["filter"]["supported"], true);
+    assert_eq!(
+        spc.body["patch"]["supported"], false,
+        "PATCH is not implemented yet"
+    );
+    assert_eq!(spc.body["bulk"]["supported"], false);
+    assert_eq!(spc.body["sort"]["supported"], false);
+    assert_eq!(
+        spc.body["authenticationSchemes"][0]["type"],
+        "oauthbearertoken"
+    );
+    assert_eq!(
+        spc.body["meta"]["location"],
+        s.url("/ServiceProviderConfig").as_str()
+    );
+
+    let rts = s.get("/ResourceTypes").await;
+    assert_eq!(rts.body["totalResults"], 2);
+    let user_rt = s.get("/ResourceTypes/User").await;
+    assert_eq!(user_rt.body["endpoint"], "/Users");
+    assert_eq!(
+        user_rt.body["schemaExtensions"][0]["schema"],
+        "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"
+    );
+
+    let schemas = s.get("/Schemas").await;
+    assert_eq!(schemas.body["totalResults"], 3);
+    let user = s
+        .get("/Schemas/urn:ietf:params:scim:schemas:core:2.0:User")
+        .await;
+    assert_eq!(user.status, 200);
+    let user_name = user.body["attributes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["name"] == "userName")
+        .unwrap();
+    assert_eq!(user_name["uniqueness"], "server");
+    assert_eq!(user_name["caseExact"], false);
+    let password = user.body["attributes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["name"] == "password")
+        .unwrap();
+    assert_eq!(password["returned"], "never");
+    s.get("/Schemas/urn:nope")
+        .await
+        .assert_error(404, None, "urn:nope");
+}

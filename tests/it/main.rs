@@ -1,0 +1,9 @@
+//! Integration tests: one binary, real HTTP, real RocksDB in temp dirs.
+
+mod auth;
+mod discovery;
+mod errors;
+mod groups;
+mod idp_replay;
+mod support;
+mod users;

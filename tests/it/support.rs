@@ -1,0 +1,207 @@
+//! Test support: a real scimlog server on 127.0.0.1:0 over a real RocksDB in a temp dir, and a
+//! small SCIM client.
+
+use std::path::{Path, PathBuf};
+
+use reqwest::header::HeaderMap;
+use reqwest::{Method, StatusCode};
+use scimlog::config::ServeConfig;
+use scimlog::server::Server;
+use serde_json::Value;
+
+pub const TOKEN: &str = "test-token-0123456789";
+
+pub struct TestServer {
+    server: Option<Server>,
+    pub base: String,
+    pub client: reqwest::Client,
+    pub token: String,
+    dir: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+/// A response, read whole.
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Value,
+}
+
+impl Reply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+    pub fn id(&self) -> String {
+        self.body["id"]
+            .as_str()
+            .expect("response has an id")
+            .to_string()
+    }
+    /// Asserts a SCIM error with this status and scimType whose detail mentions `detail_has`.
+    #[track_caller]
+    pub fn assert_error(&self, status: u16, scim_type: Option<&str>, detail_has: &str) {
+        assert_eq!(self.status.as_u16(), status, "body: {}", self.body);
+        assert_eq!(
+            self.body["schemas"][0], "urn:ietf:params:scim:api:messages:2.0:Error",
+            "{}",
+            self.body
+        );
+        assert_eq!(
+            self.body["status"],
+            status.to_string(),
+            "status is a string: {}",
+            self.body
+        );
+        assert_eq!(self.body["scimType"].as_str(), scim_type, "{}", self.body);
+        let detail = self.body["detail"].as_str().unwrap_or_default();
+        assert!(
+            detail.contains(detail_has),
+            "detail {detail:?} should mention {detail_has:?}"
+        );
+        assert_eq!(self.header("content-type"), Some("application/scim+json"));
+    }
+}
+
+pub fn config(dir: &Path) -> ServeConfig {
+    let mut cfg = ServeConfig::with_data_dir(dir);
+    cfg.listen = "127.0.0.1:0".parse().unwrap();
+    cfg.bootstrap_token = Some(TOKEN.into());
+    cfg
+}
+
+impl TestServer {
+    pub async fn start() -> TestServer {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_path_buf();
+        let mut s = TestServer::start_with(config(&dir)).await;
+        s._tmp = Some(tmp);
+        s
+    }
+
+    pub async fn start_with(cfg: ServeConfig) -> TestServer {
+        let dir = cfg.data_dir.clone();
+        let token = cfg.bootstrap_token.clone().unwrap_or_default();
+        let server = Server::start(cfg).await.expect("server starts");
+        TestServer {
+            base: format!("http://{}", server.addr),
+            server: Some(server),
+            client: reqwest::Client::new(),
+            token,
+            dir,
+            _tmp: None,
+        }
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Stops the server (draining it) and starts a new one on the same data dir.
+    pub async fn restart(mut self) -> TestServer {
+        self.server.take().unwrap().stop().await;
+        let tmp = self._tmp.take();
+        let mut s = TestServer::start_with(config(&self.dir)).await;
+        s._tmp = tmp;
+        s
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(s) = self.server.take() {
+            s.stop().await;
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}/scim/v2{}", self.base, path)
+    }
+
+    /// Sends a request with this server's token and, if given, a JSON body.
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        headers: &[(&str, &str)],
+    ) -> Reply {
+        self.send_as(&self.token, method, path, body, headers).await
+    }
+
+    pub async fn send_as(
+        &self,
+        token: &str,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        headers: &[(&str, &str)],
+    ) -> Reply {
+        let url = if path.starts_with("http") {
+            path.to_string()
+        } else {
+            self.url(path)
+        };
+        let mut req = self.client.request(method, url).bearer_auth(token);
+        if let Some(b) = body {
+            req = req
+                .header("content-type", "application/scim+json")
+                .body(serde_json::to_vec(b).unwrap());
+        }
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let resp = req.send().await.expect("request is answered");
+        read(resp).await
+    }
+
+    pub async fn get(&self, path: &str) -> Reply {
+        self.send(Method::GET, path, None, &[]).await
+    }
+    pub async fn post(&self, path: &str, body: &Value) -> Reply {
+        self.send(Method::POST, path, Some(body), &[]).await
+    }
+    pub async fn put(&self, path: &str, body: &Value) -> Reply {
+        self.send(Method::PUT, path, Some(body), &[]).await
+    }
+    pub async fn delete(&self, path: &str) -> Reply {
+        self.send(Method::DELETE, path, None, &[]).await
+    }
+
+    /// The log position reported by /healthz: unchanged means nothing was written.
+    pub async fn log_position(&self) -> u64 {
+        let r = self
+            .client
+            .get(format!("{}/healthz", self.base))
+            .send()
+            .await
+            .unwrap();
+        read(r).await.body["logPosition"].as_u64().unwrap()
+    }
+}
+
+pub async fn read(resp: reqwest::Response) -> Reply {
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let bytes = resp.bytes().await.unwrap();
+    let body = if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes)
+            .unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into()))
+    };
+    Reply {
+        status,
+        headers,
+        body,
+    }
+}
+
+/// Percent-encodes a query value.
+pub fn q(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
