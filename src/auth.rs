@@ -37,15 +37,9 @@ struct TokenFile {
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
     #[error("cannot read or write {path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     #[error("{path} is not a valid token file: {source}")]
-    Format {
-        path: PathBuf,
-        source: serde_json::Error,
-    },
+    Format { path: PathBuf, source: serde_json::Error },
     #[error("a token named {0:?} already exists")]
     Exists(String),
     #[error("no token named {0:?}")]
@@ -59,8 +53,7 @@ pub fn valid_tenant(t: &str) -> bool {
     !b.is_empty()
         && b.len() <= 63
         && b[0].is_ascii_alphanumeric()
-        && b.iter()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-' || *c == b'_')
+        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-' || *c == b'_')
 }
 
 pub fn hash_token(token: &str) -> [u8; 32] {
@@ -80,23 +73,14 @@ fn tokens_path(data_dir: &Path) -> PathBuf {
 
 fn read_file(path: &Path) -> Result<TokenFile, AuthError> {
     match std::fs::read(path) {
-        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|source| AuthError::Format {
-            path: path.into(),
-            source,
-        }),
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|source| AuthError::Format { path: path.into(), source }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(TokenFile::default()),
-        Err(source) => Err(AuthError::Io {
-            path: path.into(),
-            source,
-        }),
+        Err(source) => Err(AuthError::Io { path: path.into(), source }),
     }
 }
 
 fn write_file(path: &Path, file: &TokenFile) -> Result<(), AuthError> {
-    let io = |source| AuthError::Io {
-        path: path.into(),
-        source,
-    };
+    let io = |source| AuthError::Io { path: path.into(), source };
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(io)?;
     }
@@ -157,17 +141,11 @@ pub struct TokenStore {
 }
 
 impl TokenStore {
-    pub fn open(
-        data_dir: &Path,
-        bootstrap: Option<(String, Principal)>,
-    ) -> Result<TokenStore, AuthError> {
+    pub fn open(data_dir: &Path, bootstrap: Option<(String, Principal)>) -> Result<TokenStore, AuthError> {
         let store = TokenStore {
             path: tokens_path(data_dir),
             bootstrap: bootstrap.map(|(token, p)| (hash_token(&token), p)),
-            loaded: Mutex::new(Loaded {
-                stamp: None,
-                tokens: vec![],
-            }),
+            loaded: Mutex::new(Loaded { stamp: None, tokens: vec![] }),
         };
         store.refresh()?;
         Ok(store)
@@ -180,9 +158,7 @@ impl TokenStore {
     }
 
     fn refresh(&self) -> Result<(), AuthError> {
-        let stamp = std::fs::metadata(&self.path)
-            .ok()
-            .and_then(|m| Some((m.modified().ok()?, m.len())));
+        let stamp = std::fs::metadata(&self.path).ok().and_then(|m| Some((m.modified().ok()?, m.len())));
         let mut loaded = self.loaded.lock().expect("token lock");
         if loaded.stamp.is_some() && loaded.stamp == stamp {
             return Ok(());
@@ -194,13 +170,7 @@ impl TokenStore {
             .filter_map(|t| {
                 let mut h = [0u8; 32];
                 hex::decode_to_slice(&t.sha256, &mut h).ok()?;
-                Some((
-                    h,
-                    Principal {
-                        name: t.name,
-                        tenant: t.tenant,
-                    },
-                ))
+                Some((h, Principal { name: t.name, tenant: t.tenant }))
             })
             .collect();
         loaded.stamp = stamp;
@@ -237,26 +207,11 @@ mod tests {
         let token = create_token(dir.path(), "okta", "acme").unwrap();
         assert!(token.starts_with("scimlog_") && token.len() == 72);
         let stored = std::fs::read_to_string(dir.path().join("tokens.json")).unwrap();
-        assert!(
-            !stored.contains(&token[8..]),
-            "the token itself is never stored"
-        );
-        assert_eq!(
-            store.authenticate(&token),
-            Some(Principal {
-                name: "okta".into(),
-                tenant: "acme".into()
-            })
-        );
+        assert!(!stored.contains(&token[8..]), "the token itself is never stored");
+        assert_eq!(store.authenticate(&token), Some(Principal { name: "okta".into(), tenant: "acme".into() }));
         assert_eq!(store.authenticate("scimlog_wrong"), None);
-        assert!(matches!(
-            create_token(dir.path(), "okta", "acme"),
-            Err(AuthError::Exists(_))
-        ));
-        assert!(matches!(
-            create_token(dir.path(), "x", "Bad Tenant"),
-            Err(AuthError::Tenant(_))
-        ));
+        assert!(matches!(create_token(dir.path(), "okta", "acme"), Err(AuthError::Exists(_))));
+        assert!(matches!(create_token(dir.path(), "x", "Bad Tenant"), Err(AuthError::Tenant(_))));
         revoke_token(dir.path(), "okta").unwrap();
         assert_eq!(store.authenticate(&token), None);
     }

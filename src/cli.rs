@@ -7,11 +7,7 @@ use clap::{Parser, Subcommand};
 use crate::config::ServeConfig;
 
 #[derive(Parser)]
-#[command(
-    name = "scimlog",
-    version,
-    about = "Event-sourced SCIM 2.0 identity directory"
-)]
+#[command(name = "scimlog", version, about = "Event-sourced SCIM 2.0 identity directory")]
 pub struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -57,9 +53,7 @@ fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("SCIMLOG_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let json = std::env::var("SCIMLOG_LOG_FORMAT").is_ok_and(|f| f == "json");
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     if json {
         builder.json().init();
     } else {
@@ -72,34 +66,27 @@ pub fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_logging();
     match cli.command {
-        Cmd::Serve(cfg) => tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()?
-            .block_on(crate::server::serve(cfg)),
-        Cmd::Token { command } => {
-            match command {
-                TokenCmd::Create {
-                    name,
-                    tenant,
-                    data_dir,
-                } => {
-                    let token = crate::auth::create_token(&data_dir, &name, &tenant)?;
-                    println!("{token}");
-                    eprintln!("token {name:?} for tenant {tenant:?} created; it is shown once, store it now");
-                    Ok(())
-                }
-                TokenCmd::Revoke { name, data_dir } => {
-                    crate::auth::revoke_token(&data_dir, &name)?;
-                    eprintln!("token {name:?} revoked");
-                    Ok(())
-                }
-                TokenCmd::List { data_dir } => {
-                    for t in crate::auth::list_tokens(&data_dir)? {
-                        println!("{}\t{}\t{}", t.name, t.tenant, t.created_at.to_rfc3339());
-                    }
-                    Ok(())
-                }
-            }
+        Cmd::Serve(cfg) => {
+            tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(crate::server::serve(cfg))
         }
+        Cmd::Token { command } => match command {
+            TokenCmd::Create { name, tenant, data_dir } => {
+                let token = crate::auth::create_token(&data_dir, &name, &tenant)?;
+                println!("{token}");
+                eprintln!("token {name:?} for tenant {tenant:?} created; it is shown once, store it now");
+                Ok(())
+            }
+            TokenCmd::Revoke { name, data_dir } => {
+                crate::auth::revoke_token(&data_dir, &name)?;
+                eprintln!("token {name:?} revoked");
+                Ok(())
+            }
+            TokenCmd::List { data_dir } => {
+                for t in crate::auth::list_tokens(&data_dir)? {
+                    println!("{}\t{}\t{}", t.name, t.tenant, t.created_at.to_rfc3339());
+                }
+                Ok(())
+            }
+        },
     }
 }

@@ -44,6 +44,9 @@ pub struct ServeConfig {
     /// How many resources a filter on unindexed attributes may read before it is refused.
     #[arg(long, env = "SCIMLOG_MAX_SCAN", default_value_t = 200_000)]
     pub max_scan: usize,
+    /// Most operations one PATCH may carry (Entra batches member changes into one PATCH).
+    #[arg(long, env = "SCIMLOG_MAX_PATCH_OPERATIONS", default_value_t = 10_000)]
+    pub max_patch_operations: usize,
     /// How many writes may wait for the writer; beyond it writes get 503 with Retry-After.
     #[arg(long, env = "SCIMLOG_WRITE_QUEUE_DEPTH", default_value_t = 4096)]
     pub write_queue_depth: usize,

@@ -25,11 +25,7 @@ pub struct Server {
 impl Server {
     /// Opens everything and starts serving; returns once the listener is bound.
     pub async fn start(cfg: ServeConfig) -> anyhow::Result<Server> {
-        anyhow::ensure!(
-            valid_tenant(&cfg.tenant),
-            "invalid --tenant {:?}: use a-z, 0-9, '-' and '_'",
-            cfg.tenant
-        );
+        anyhow::ensure!(valid_tenant(&cfg.tenant), "invalid --tenant {:?}: use a-z, 0-9, '-' and '_'", cfg.tenant);
         std::fs::create_dir_all(&cfg.data_dir)
             .with_context(|| format!("cannot create the data dir {}", cfg.data_dir.display()))?;
         let store = Store::open(&cfg.data_dir)?;
@@ -38,21 +34,13 @@ impl Server {
             tracing::warn!("serving WITHOUT authentication (--insecure-no-auth)");
             (None, None)
         } else {
-            let bootstrap = cfg.bootstrap_token.clone().map(|t| {
-                (
-                    t,
-                    Principal {
-                        name: "bootstrap".into(),
-                        tenant: cfg.tenant.clone(),
-                    },
-                )
-            });
+            let bootstrap = cfg
+                .bootstrap_token
+                .clone()
+                .map(|t| (t, Principal { name: "bootstrap".into(), tenant: cfg.tenant.clone() }));
             let tokens = TokenStore::open(&cfg.data_dir, bootstrap)?;
-            let created = if tokens.is_empty() {
-                Some(create_token(&cfg.data_dir, "default", &cfg.tenant)?)
-            } else {
-                None
-            };
+            let created =
+                if tokens.is_empty() { Some(create_token(&cfg.data_dir, "default", &cfg.tenant)?) } else { None };
             (Some(tokens), created)
         };
 
@@ -72,13 +60,7 @@ impl Server {
         cfg.listen = addr;
         let scim_base = format!("{}/scim/v2", cfg.base_url());
         let drain = Duration::from_millis(cfg.drain_timeout_ms);
-        let state = AppState::new(Inner {
-            store,
-            writer,
-            tokens,
-            cfg,
-            scim_base,
-        });
+        let state = AppState::new(Inner { store, writer, tokens, cfg, scim_base });
         let app = http::router(state);
 
         let (shutdown, shutdown_rx) = oneshot::channel::<()>();
@@ -105,12 +87,7 @@ impl Server {
             }
         });
         tracing::info!(%addr, "scimlog listening");
-        Ok(Server {
-            addr,
-            created_token,
-            shutdown: Some(shutdown),
-            task,
-        })
+        Ok(Server { addr, created_token, shutdown: Some(shutdown), task })
     }
 
     /// Stops accepting, lets in-flight requests finish, drains the writer, closes the store.
@@ -125,18 +102,9 @@ impl Server {
 /// `scimlog serve`: runs until SIGINT or SIGTERM.
 pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
     let server = Server::start(cfg.clone()).await?;
-    let base = format!(
-        "{}/scim/v2",
-        ServeConfig {
-            listen: server.addr,
-            ..cfg
-        }
-        .base_url()
-    );
+    let base = format!("{}/scim/v2", ServeConfig { listen: server.addr, ..cfg }.base_url());
     if let Some(token) = &server.created_token {
-        println!(
-            "First start: created the bearer token \"default\". It is shown once; store it now.\n"
-        );
+        println!("First start: created the bearer token \"default\". It is shown once; store it now.\n");
         println!("  SCIM base URL: {base}");
         println!("  Bearer token:  {token}\n");
         println!("Paste both into your IdP's SCIM provisioning settings (Okta: SCIM connector base URL +");

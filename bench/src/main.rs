@@ -158,21 +158,12 @@ async fn main() -> anyhow::Result<()> {
         _server = server;
         _guard = dir;
     }
-    let host = args
-        .url
-        .split("://")
-        .nth(1)
-        .unwrap_or_default()
-        .split(['/', ':'])
-        .next()
-        .unwrap_or_default()
-        .to_string();
+    let host =
+        args.url.split("://").nth(1).unwrap_or_default().split(['/', ':']).next().unwrap_or_default().to_string();
     if !(host == "localhost" || host.starts_with("127.") || host == "[::1]") {
         bail!("refusing to load {host}: benchmarks target loopback addresses only");
     }
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(args.connections)
-        .build()?;
+    let client = reqwest::Client::builder().pool_max_idle_per_host(args.connections).build()?;
     let scim = format!("{}/scim/v2", args.url);
     let auth = format!("Bearer {}", args.token);
     let mut rows = Vec::new();
@@ -210,9 +201,15 @@ async fn main() -> anyhow::Result<()> {
                     let (c, scim, auth) = (c.clone(), scim.clone(), auth.clone());
                     async move {
                         let name = format!("user{:07}%40bench.example", (i * 7919) % n);
-                        let r = c.get(format!("{scim}/Users?filter=userName%20eq%20%22{name}%22&startIndex=1&count=100")).header("authorization", auth).send().await;
+                        let r = c
+                            .get(format!("{scim}/Users?filter=userName%20eq%20%22{name}%22&startIndex=1&count=100"))
+                            .header("authorization", auth)
+                            .send()
+                            .await;
                         match r {
-                            Ok(r) if r.status().is_success() => r.text().await.map(|t| t.contains("\"totalResults\":1")).unwrap_or(false),
+                            Ok(r) if r.status().is_success() => {
+                                r.text().await.map(|t| t.contains("\"totalResults\":1")).unwrap_or(false)
+                            }
                             _ => false,
                         }
                     }
@@ -273,9 +270,7 @@ async fn main() -> anyhow::Result<()> {
     println!(
         "connections: {}, cores: {}",
         args.connections,
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(0)
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
     );
     print_table(&rows);
     Ok(())

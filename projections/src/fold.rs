@@ -11,10 +11,7 @@ use crate::keys;
 use crate::kv::Kv;
 use crate::model::{emails_of, GroupDoc, Member, UserDoc};
 
-pub(crate) fn load<T: DeserializeOwned>(
-    kv: &(impl crate::KvRead + ?Sized),
-    key: &[u8],
-) -> Option<T> {
+pub(crate) fn load<T: DeserializeOwned>(kv: &(impl crate::KvRead + ?Sized), key: &[u8]) -> Option<T> {
     kv.get(key).and_then(|b| serde_json::from_slice(&b).ok())
 }
 
@@ -23,11 +20,7 @@ fn store<T: Serialize>(kv: &mut impl Kv, key: &[u8], doc: &T) {
 }
 
 fn bump_count(kv: &mut impl Kv, key: &[u8], delta: i64) {
-    let n = kv
-        .get(key)
-        .and_then(|b| b.try_into().ok())
-        .map(u64::from_be_bytes)
-        .unwrap_or(0);
+    let n = kv.get(key).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes).unwrap_or(0);
     kv.put(key, &(n as i64 + delta).max(0).to_be_bytes());
 }
 
@@ -45,11 +38,7 @@ fn index_user(kv: &mut impl Kv, t: &str, id: &str, attributes: &Map<String, Valu
     for (k, v) in keys {
         if on {
             kv.put(&k, &v);
-        } else if kv
-            .get(&k)
-            .map(|cur| cur == v || v.is_empty())
-            .unwrap_or(false)
-        {
+        } else if kv.get(&k).map(|cur| cur == v || v.is_empty()).unwrap_or(false) {
             // Only drop a unique index entry that still points at this resource.
             kv.delete(&k);
         }
@@ -70,11 +59,7 @@ fn index_group(kv: &mut impl Kv, t: &str, g: &GroupDoc, on: bool) {
     }
 }
 
-fn apply_changes(
-    attributes: &mut Map<String, Value>,
-    changed: &Map<String, Value>,
-    removed: &[String],
-) {
+fn apply_changes(attributes: &mut Map<String, Value>, changed: &Map<String, Value>, removed: &[String]) {
     for r in removed {
         attributes.remove(r);
     }
@@ -127,10 +112,7 @@ pub fn apply(kv: &mut impl Kv, e: &Event) {
             // The command removed its memberships with events first; this only guards the fold.
             remove_memberships_of(kv, t, id);
         }
-        EventBody::GroupCreated {
-            display_name,
-            attributes,
-        } => {
+        EventBody::GroupCreated { display_name, attributes } => {
             let doc = GroupDoc {
                 id: id.into(),
                 version: e.resource_version,
@@ -184,10 +166,7 @@ pub fn apply(kv: &mut impl Kv, e: &Event) {
             }
             remove_memberships_of(kv, t, id);
         }
-        EventBody::GroupMemberAdded {
-            member_id,
-            member_type,
-        } => {
+        EventBody::GroupMemberAdded { member_id, member_type } => {
             let Some(mut doc) = load::<GroupDoc>(kv, &keys::group(t, id)) else {
                 return;
             };
@@ -195,14 +174,7 @@ pub fn apply(kv: &mut impl Kv, e: &Event) {
             if kv.get(&key).is_none() {
                 doc.member_count += 1;
             }
-            store(
-                kv,
-                &key,
-                &Member {
-                    id: member_id.clone(),
-                    member_type: *member_type,
-                },
-            );
+            store(kv, &key, &Member { id: member_id.clone(), member_type: *member_type });
             kv.put(&keys::membership(t, member_id, id), b"");
             touch_group(kv, e, doc);
         }
@@ -303,55 +275,17 @@ mod tests {
                     active: true,
                 },
             ),
-            ev(
-                2,
-                U,
-                "u2",
-                1,
-                B::UserCreated {
-                    attributes: attrs(json!({"userName": "bob"})),
-                    active: true,
-                },
-            ),
-            ev(
-                3,
-                G,
-                "g1",
-                1,
-                B::GroupCreated {
-                    display_name: "Ops".into(),
-                    attributes: Map::new(),
-                },
-            ),
-            ev(
-                4,
-                G,
-                "g1",
-                2,
-                B::GroupMemberAdded {
-                    member_id: "u1".into(),
-                    member_type: MemberType::User,
-                },
-            ),
-            ev(
-                5,
-                G,
-                "g1",
-                3,
-                B::GroupMemberAdded {
-                    member_id: "u2".into(),
-                    member_type: MemberType::User,
-                },
-            ),
+            ev(2, U, "u2", 1, B::UserCreated { attributes: attrs(json!({"userName": "bob"})), active: true }),
+            ev(3, G, "g1", 1, B::GroupCreated { display_name: "Ops".into(), attributes: Map::new() }),
+            ev(4, G, "g1", 2, B::GroupMemberAdded { member_id: "u1".into(), member_type: MemberType::User }),
+            ev(5, G, "g1", 3, B::GroupMemberAdded { member_id: "u2".into(), member_type: MemberType::User }),
             ev(
                 6,
                 U,
                 "u1",
                 2,
                 B::UserUpdated {
-                    changed: attrs(
-                        json!({"userName": "alice2", "emails": [{"value": "new@x.org"}]}),
-                    ),
+                    changed: attrs(json!({"userName": "alice2", "emails": [{"value": "new@x.org"}]})),
                     removed: vec!["externalId".into()],
                 },
             ),
@@ -361,21 +295,9 @@ mod tests {
                 G,
                 "g1",
                 4,
-                B::GroupRenamed {
-                    display_name: "Operations".into(),
-                    previous_display_name: "Ops".into(),
-                },
+                B::GroupRenamed { display_name: "Operations".into(), previous_display_name: "Ops".into() },
             ),
-            ev(
-                9,
-                G,
-                "g1",
-                5,
-                B::GroupMemberRemoved {
-                    member_id: "u1".into(),
-                    member_type: MemberType::User,
-                },
-            ),
+            ev(9, G, "g1", 5, B::GroupMemberRemoved { member_id: "u1".into(), member_type: MemberType::User }),
             ev(10, U, "u2", 3, B::UserDeleted {}),
         ];
         let mut kv = MemKv::default();
@@ -384,20 +306,14 @@ mod tests {
             match step {
                 1 => {
                     assert_eq!(by_name("ALICE").as_deref(), Some("u1"));
-                    assert_eq!(
-                        query::user_id_by_external_id(kv, "t", "X1").as_deref(),
-                        Some("u1")
-                    );
+                    assert_eq!(query::user_id_by_external_id(kv, "t", "X1").as_deref(), Some("u1"));
                     assert_eq!(query::user_ids_by_email(kv, "t", "a@X.org", 10), vec!["u1"]);
                 }
                 5 => {
                     let g = query::group(kv, "t", "g1").unwrap();
                     assert_eq!((g.member_count, g.version), (2, 3));
                     assert_eq!(query::groups_of(kv, "t", "u1", 10), vec!["g1"]);
-                    let m: Vec<String> = query::members(kv, "t", "g1", None, 10)
-                        .into_iter()
-                        .map(|m| m.id)
-                        .collect();
+                    let m: Vec<String> = query::members(kv, "t", "g1", None, 10).into_iter().map(|m| m.id).collect();
                     assert_eq!(m, ["u1", "u2"]);
                 }
                 6 => {
@@ -409,10 +325,7 @@ mod tests {
                 }
                 7 => assert!(!query::user(kv, "t", "u2").unwrap().active),
                 8 => {
-                    assert_eq!(
-                        query::group_id_by_name(kv, "t", "OPERATIONS").as_deref(),
-                        Some("g1")
-                    );
+                    assert_eq!(query::group_id_by_name(kv, "t", "OPERATIONS").as_deref(), Some("g1"));
                     assert_eq!(query::group_id_by_name(kv, "t", "ops"), None);
                 }
                 9 => {
@@ -443,56 +356,11 @@ mod tests {
         use ResourceKind::{Group as G, User as U};
         let mut kv = MemKv::default();
         for e in [
-            ev(
-                1,
-                U,
-                "u1",
-                1,
-                B::UserCreated {
-                    attributes: attrs(json!({"userName": "a"})),
-                    active: true,
-                },
-            ),
-            ev(
-                2,
-                G,
-                "g1",
-                1,
-                B::GroupCreated {
-                    display_name: "A".into(),
-                    attributes: Map::new(),
-                },
-            ),
-            ev(
-                3,
-                G,
-                "g2",
-                1,
-                B::GroupCreated {
-                    display_name: "B".into(),
-                    attributes: Map::new(),
-                },
-            ),
-            ev(
-                4,
-                G,
-                "g1",
-                2,
-                B::GroupMemberAdded {
-                    member_id: "u1".into(),
-                    member_type: MemberType::User,
-                },
-            ),
-            ev(
-                5,
-                G,
-                "g2",
-                2,
-                B::GroupMemberAdded {
-                    member_id: "g1".into(),
-                    member_type: MemberType::Group,
-                },
-            ),
+            ev(1, U, "u1", 1, B::UserCreated { attributes: attrs(json!({"userName": "a"})), active: true }),
+            ev(2, G, "g1", 1, B::GroupCreated { display_name: "A".into(), attributes: Map::new() }),
+            ev(3, G, "g2", 1, B::GroupCreated { display_name: "B".into(), attributes: Map::new() }),
+            ev(4, G, "g1", 2, B::GroupMemberAdded { member_id: "u1".into(), member_type: MemberType::User }),
+            ev(5, G, "g2", 2, B::GroupMemberAdded { member_id: "g1".into(), member_type: MemberType::Group }),
             ev(6, G, "g1", 3, B::GroupDeleted {}),
         ] {
             apply(&mut kv, &e);

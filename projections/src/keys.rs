@@ -85,10 +85,6 @@ pub fn group_count(t: &str) -> Vec<u8> {
 
 /// The last part of a key (after the final separator), as text.
 pub fn last_part(key: &[u8]) -> String {
-    let start = key
-        .iter()
-        .rposition(|b| *b == SEP)
-        .map(|i| i + 1)
-        .unwrap_or(0);
+    let start = key.iter().rposition(|b| *b == SEP).map(|i| i + 1).unwrap_or(0);
     String::from_utf8_lossy(&key[start..]).into_owned()
 }

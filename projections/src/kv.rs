@@ -66,10 +66,7 @@ pub struct Overlay<'a, B: KvRead + ?Sized> {
 
 impl<'a, B: KvRead + ?Sized> Overlay<'a, B> {
     pub fn new(base: &'a B) -> Self {
-        Overlay {
-            base,
-            writes: BTreeMap::new(),
-        }
+        Overlay { base, writes: BTreeMap::new() }
     }
     /// The pending writes: `None` is a delete.
     pub fn into_writes(self) -> BTreeMap<Vec<u8>, Option<Vec<u8>>> {
@@ -99,23 +96,15 @@ impl<B: KvRead + ?Sized> KvRead for Overlay<'_, B> {
             Some(a) if a >= prefix => Bound::Excluded(a.to_vec()),
             _ => Bound::Included(prefix.to_vec()),
         };
-        let pending: Vec<(&Vec<u8>, &Option<Vec<u8>>)> = self
-            .writes
-            .range((start, Bound::Unbounded))
-            .take_while(|(k, _)| k.starts_with(prefix))
-            .collect();
+        let pending: Vec<(&Vec<u8>, &Option<Vec<u8>>)> =
+            self.writes.range((start, Bound::Unbounded)).take_while(|(k, _)| k.starts_with(prefix)).collect();
         let deletes = pending.iter().filter(|(_, v)| v.is_none()).count();
         let base = self.base.scan(prefix, after, limit.saturating_add(deletes));
-        let mut merged: BTreeMap<Vec<u8>, Option<Vec<u8>>> =
-            base.into_iter().map(|(k, v)| (k, Some(v))).collect();
+        let mut merged: BTreeMap<Vec<u8>, Option<Vec<u8>>> = base.into_iter().map(|(k, v)| (k, Some(v))).collect();
         for (k, v) in pending {
             merged.insert(k.clone(), v.clone());
         }
-        merged
-            .into_iter()
-            .filter_map(|(k, v)| v.map(|v| (k, v)))
-            .take(limit)
-            .collect()
+        merged.into_iter().filter_map(|(k, v)| v.map(|v| (k, v))).take(limit).collect()
     }
 }
 
@@ -141,11 +130,8 @@ mod tests {
         let mut o = Overlay::new(&base);
         o.delete(b"p/a");
         o.put(b"p/bb", b"new");
-        let keys = |v: Vec<(Vec<u8>, Vec<u8>)>| {
-            v.into_iter()
-                .map(|(k, _)| String::from_utf8(k).unwrap())
-                .collect::<Vec<_>>()
-        };
+        let keys =
+            |v: Vec<(Vec<u8>, Vec<u8>)>| v.into_iter().map(|(k, _)| String::from_utf8(k).unwrap()).collect::<Vec<_>>();
         assert_eq!(keys(o.scan(b"p/", None, 10)), ["p/b", "p/bb", "p/c"]);
         assert_eq!(keys(o.scan(b"p/", None, 2)), ["p/b", "p/bb"]);
         assert_eq!(keys(o.scan(b"p/", Some(b"p/bb"), 10)), ["p/c"]);

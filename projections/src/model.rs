@@ -19,20 +19,14 @@ pub struct UserDoc {
 
 impl UserDoc {
     pub fn user_name(&self) -> &str {
-        self.attributes
-            .get("userName")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
+        self.attributes.get("userName").and_then(Value::as_str).unwrap_or_default()
     }
     pub fn external_id(&self) -> Option<&str> {
         self.attributes.get("externalId").and_then(Value::as_str)
     }
     /// The name shown for this user as a group member: displayName, else userName.
     pub fn display(&self) -> &str {
-        self.attributes
-            .get("displayName")
-            .and_then(Value::as_str)
-            .unwrap_or_else(|| self.user_name())
+        self.attributes.get("displayName").and_then(Value::as_str).unwrap_or_else(|| self.user_name())
     }
     pub fn emails(&self) -> impl Iterator<Item = &str> {
         emails_of(&self.attributes)

@@ -42,34 +42,23 @@ pub fn group_id_by_external_id(kv: &impl KvRead, t: &str, external_id: &str) -> 
     text(kv, &keys::group_external_id(t, external_id))
 }
 /// Members of a group in id order, `limit` at a time after `after`.
-pub fn members(
-    kv: &impl KvRead,
-    t: &str,
-    group: &str,
-    after: Option<&str>,
-    limit: usize,
-) -> Vec<Member> {
+pub fn members(kv: &impl KvRead, t: &str, group: &str, after: Option<&str>, limit: usize) -> Vec<Member> {
     let after_key = after.map(|a| keys::member(t, group, a));
     kv.scan(&keys::members(t, group), after_key.as_deref(), limit)
         .into_iter()
         .filter_map(|(_, v)| serde_json::from_slice(&v).ok())
         .collect()
 }
-pub fn is_member(kv: &impl KvRead, t: &str, group: &str, member: &str) -> bool {
-    kv.get(&keys::member(t, group, member)).is_some()
+/// One membership, if `member` is directly in `group`.
+pub fn member(kv: &impl KvRead, t: &str, group: &str, member: &str) -> Option<Member> {
+    load(kv, &keys::member(t, group, member))
 }
 /// Ids of the groups `member` is directly in.
 pub fn groups_of(kv: &impl KvRead, t: &str, member: &str, limit: usize) -> Vec<String> {
-    kv.scan(&keys::memberships(t, member), None, limit)
-        .into_iter()
-        .map(|(k, _)| keys::last_part(&k))
-        .collect()
+    kv.scan(&keys::memberships(t, member), None, limit).into_iter().map(|(k, _)| keys::last_part(&k)).collect()
 }
 fn count(kv: &impl KvRead, key: &[u8]) -> u64 {
-    kv.get(key)
-        .and_then(|b| b.try_into().ok())
-        .map(u64::from_be_bytes)
-        .unwrap_or(0)
+    kv.get(key).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes).unwrap_or(0)
 }
 pub fn user_count(kv: &impl KvRead, t: &str) -> u64 {
     count(kv, &keys::user_count(t))
@@ -99,15 +88,7 @@ impl UserDoc {
         m.insert("id".into(), Value::String(self.id.clone()));
         m.extend(self.attributes.clone());
         m.insert("active".into(), Value::Bool(self.active));
-        m.insert(
-            "meta".into(),
-            meta(
-                ResourceKind::User,
-                &self.created,
-                &self.last_modified,
-                self.version,
-            ),
-        );
+        m.insert("meta".into(), meta(ResourceKind::User, &self.created, &self.last_modified, self.version));
         Value::Object(m)
     }
 }
@@ -116,20 +97,9 @@ impl GroupDoc {
     pub fn filterable(&self) -> Value {
         let mut m = Map::with_capacity(self.attributes.len() + 3);
         m.insert("id".into(), Value::String(self.id.clone()));
-        m.insert(
-            "displayName".into(),
-            Value::String(self.display_name.clone()),
-        );
+        m.insert("displayName".into(), Value::String(self.display_name.clone()));
         m.extend(self.attributes.clone());
-        m.insert(
-            "meta".into(),
-            meta(
-                ResourceKind::Group,
-                &self.created,
-                &self.last_modified,
-                self.version,
-            ),
-        );
+        m.insert("meta".into(), meta(ResourceKind::Group, &self.created, &self.last_modified, self.version));
         Value::Object(m)
     }
 }
@@ -158,20 +128,12 @@ pub enum Lookup {
 /// need both sides indexed.
 pub fn plan(kind: ResourceKind, filter: &Filter) -> Plan {
     match filter {
-        Filter::Compare {
-            path,
-            op: CompareOp::Eq,
-            value: Value::String(v),
-        } => {
+        Filter::Compare { path, op: CompareOp::Eq, value: Value::String(v) } => {
             let core = match kind {
                 ResourceKind::User => registry().user.core_urn,
                 ResourceKind::Group => registry().group.core_urn,
             };
-            if path
-                .schema
-                .as_deref()
-                .is_some_and(|s| !s.eq_ignore_ascii_case(core))
-            {
+            if path.schema.as_deref().is_some_and(|s| !s.eq_ignore_ascii_case(core)) {
                 return Plan::Scan;
             }
             let attr = path.attr.as_str().to_ascii_lowercase();
@@ -232,11 +194,7 @@ pub fn search_ids(
         ResourceKind::Group => keys::groups(t),
     };
     let Some(filter) = filter else {
-        return Ok(kv
-            .scan(&prefix, None, usize::MAX)
-            .into_iter()
-            .map(|(k, _)| keys::last_part(&k))
-            .collect());
+        return Ok(kv.scan(&prefix, None, usize::MAX).into_iter().map(|(k, _)| keys::last_part(&k)).collect());
     };
     match plan(kind, filter) {
         Plan::Lookup(lookups) => {
@@ -244,24 +202,12 @@ pub fn search_ids(
             for l in lookups {
                 match (kind, l) {
                     (_, Lookup::Id(id)) => ids.push(id),
-                    (ResourceKind::User, Lookup::UserName(n)) => {
-                        ids.extend(user_id_by_user_name(kv, t, &n))
-                    }
-                    (ResourceKind::User, Lookup::ExternalId(x)) => {
-                        ids.extend(user_id_by_external_id(kv, t, &x))
-                    }
-                    (ResourceKind::User, Lookup::Email(e)) => {
-                        ids.extend(user_ids_by_email(kv, t, &e, max_scan))
-                    }
-                    (ResourceKind::Group, Lookup::ExternalId(x)) => {
-                        ids.extend(group_id_by_external_id(kv, t, &x))
-                    }
-                    (ResourceKind::Group, Lookup::DisplayName(n)) => {
-                        ids.extend(group_id_by_name(kv, t, &n))
-                    }
-                    (ResourceKind::Group, Lookup::Member(m)) => {
-                        ids.extend(groups_of(kv, t, &m, max_scan))
-                    }
+                    (ResourceKind::User, Lookup::UserName(n)) => ids.extend(user_id_by_user_name(kv, t, &n)),
+                    (ResourceKind::User, Lookup::ExternalId(x)) => ids.extend(user_id_by_external_id(kv, t, &x)),
+                    (ResourceKind::User, Lookup::Email(e)) => ids.extend(user_ids_by_email(kv, t, &e, max_scan)),
+                    (ResourceKind::Group, Lookup::ExternalId(x)) => ids.extend(group_id_by_external_id(kv, t, &x)),
+                    (ResourceKind::Group, Lookup::DisplayName(n)) => ids.extend(group_id_by_name(kv, t, &n)),
+                    (ResourceKind::Group, Lookup::Member(m)) => ids.extend(groups_of(kv, t, &m, max_scan)),
                     _ => {}
                 }
             }
@@ -294,12 +240,8 @@ pub fn search_ids(
                         return Err(QueryError::ScanTooLarge { limit: max_scan });
                     }
                     let doc = match kind {
-                        ResourceKind::User => serde_json::from_slice::<UserDoc>(v)
-                            .ok()
-                            .map(|d| d.filterable()),
-                        ResourceKind::Group => serde_json::from_slice::<GroupDoc>(v)
-                            .ok()
-                            .map(|d| d.filterable()),
+                        ResourceKind::User => serde_json::from_slice::<UserDoc>(v).ok().map(|d| d.filterable()),
+                        ResourceKind::Group => serde_json::from_slice::<GroupDoc>(v).ok().map(|d| d.filterable()),
                     };
                     if doc.is_some_and(|d| filter.matches(schema, &d)) {
                         out.push(keys::last_part(k));
@@ -321,21 +263,9 @@ mod tests {
         let u = ResourceKind::User;
         let g = ResourceKind::Group;
         let table = [
-            (
-                u,
-                r#"userName eq "a""#,
-                Plan::Lookup(vec![Lookup::UserName("a".into())]),
-            ),
-            (
-                u,
-                r#"USERNAME eq "a" and active eq true"#,
-                Plan::Lookup(vec![Lookup::UserName("a".into())]),
-            ),
-            (
-                u,
-                r#"emails.value eq "a@x""#,
-                Plan::Lookup(vec![Lookup::Email("a@x".into())]),
-            ),
+            (u, r#"userName eq "a""#, Plan::Lookup(vec![Lookup::UserName("a".into())])),
+            (u, r#"USERNAME eq "a" and active eq true"#, Plan::Lookup(vec![Lookup::UserName("a".into())])),
+            (u, r#"emails.value eq "a@x""#, Plan::Lookup(vec![Lookup::Email("a@x".into())])),
             (
                 u,
                 r#"externalId eq "1" or id eq "2""#,
@@ -344,16 +274,8 @@ mod tests {
             (u, r#"userName eq "a" or title eq "b""#, Plan::Scan),
             (u, r#"userName co "a""#, Plan::Scan),
             (u, r#"displayName eq "a""#, Plan::Scan),
-            (
-                g,
-                r#"displayName eq "Ops""#,
-                Plan::Lookup(vec![Lookup::DisplayName("Ops".into())]),
-            ),
-            (
-                g,
-                r#"members.value eq "u1""#,
-                Plan::Lookup(vec![Lookup::Member("u1".into())]),
-            ),
+            (g, r#"displayName eq "Ops""#, Plan::Lookup(vec![Lookup::DisplayName("Ops".into())])),
+            (g, r#"members.value eq "u1""#, Plan::Lookup(vec![Lookup::Member("u1".into())])),
             (
                 u,
                 r#"urn:ietf:params:scim:schemas:core:2.0:User:userName eq "a""#,

@@ -43,10 +43,7 @@ pub struct SchemaError {
 
 impl SchemaError {
     pub fn new(scim_type: ScimType, detail: impl Into<String>) -> Self {
-        SchemaError {
-            scim_type,
-            detail: detail.into(),
-        }
+        SchemaError { scim_type, detail: detail.into() }
     }
     pub fn invalid_value(detail: impl Into<String>) -> Self {
         Self::new(ScimType::InvalidValue, detail)

@@ -56,16 +56,10 @@ pub enum EventBody {
     /// A user was provisioned. `attributes` are the canonical SCIM attributes, without `id`,
     /// `meta`, `groups`, `password` and `active`.
     #[serde(rename = "user.created", rename_all = "camelCase")]
-    UserCreated {
-        attributes: Map<String, Value>,
-        active: bool,
-    },
+    UserCreated { attributes: Map<String, Value>, active: bool },
     /// Top-level attributes changed (`changed` holds their new values) or were removed.
     #[serde(rename = "user.updated", rename_all = "camelCase")]
-    UserUpdated {
-        changed: Map<String, Value>,
-        removed: Vec<String>,
-    },
+    UserUpdated { changed: Map<String, Value>, removed: Vec<String> },
     #[serde(rename = "user.deactivated")]
     UserDeactivated {},
     #[serde(rename = "user.reactivated")]
@@ -74,34 +68,19 @@ pub enum EventBody {
     #[serde(rename = "user.deleted")]
     UserDeleted {},
     #[serde(rename = "group.created", rename_all = "camelCase")]
-    GroupCreated {
-        display_name: String,
-        attributes: Map<String, Value>,
-    },
+    GroupCreated { display_name: String, attributes: Map<String, Value> },
     #[serde(rename = "group.renamed", rename_all = "camelCase")]
-    GroupRenamed {
-        display_name: String,
-        previous_display_name: String,
-    },
+    GroupRenamed { display_name: String, previous_display_name: String },
     /// Attributes other than `displayName` and `members` changed or were removed.
     #[serde(rename = "group.updated", rename_all = "camelCase")]
-    GroupUpdated {
-        changed: Map<String, Value>,
-        removed: Vec<String>,
-    },
+    GroupUpdated { changed: Map<String, Value>, removed: Vec<String> },
     /// The group is gone, and with it every membership in it.
     #[serde(rename = "group.deleted")]
     GroupDeleted {},
     #[serde(rename = "group.member_added", rename_all = "camelCase")]
-    GroupMemberAdded {
-        member_id: String,
-        member_type: MemberType,
-    },
+    GroupMemberAdded { member_id: String, member_type: MemberType },
     #[serde(rename = "group.member_removed", rename_all = "camelCase")]
-    GroupMemberRemoved {
-        member_id: String,
-        member_type: MemberType,
-    },
+    GroupMemberRemoved { member_id: String, member_type: MemberType },
 }
 
 /// The event type names, for filters and catalogues.
@@ -233,10 +212,7 @@ impl SealedEvent {
         }
         let mut hash = [0u8; 32];
         hash.copy_from_slice(&record[..32]);
-        Ok(SealedEvent {
-            hash,
-            bytes: record[32..].to_vec(),
-        })
+        Ok(SealedEvent { hash, bytes: record[32..].to_vec() })
     }
     pub fn hash_hex(&self) -> String {
         hex::encode(self.hash)
@@ -281,20 +257,9 @@ impl Event {
 /// Lifts an event of an older schema version to the current one, in place. Every version ever
 /// written stays readable: add a step here whenever a type's `schema_version` is bumped.
 fn upcast(raw: &mut Value) -> Result<(), DecodeError> {
-    let ty = raw
-        .get("type")
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_string();
-    let version = raw
-        .get("schemaVersion")
-        .and_then(Value::as_u64)
-        .unwrap_or(1) as u32;
-    let current = EventType::ALL
-        .iter()
-        .find(|t| t.as_str() == ty)
-        .map(|t| t.schema_version())
-        .unwrap_or(1);
+    let ty = raw.get("type").and_then(Value::as_str).unwrap_or_default().to_string();
+    let version = raw.get("schemaVersion").and_then(Value::as_u64).unwrap_or(1) as u32;
+    let current = EventType::ALL.iter().find(|t| t.as_str() == ty).map(|t| t.schema_version()).unwrap_or(1);
     if version > current {
         return Err(DecodeError::UnknownVersion(ty, version));
     }
@@ -317,9 +282,7 @@ mod tests {
             resource_type: ResourceKind::Group,
             resource_id: "g1".into(),
             resource_version: 3,
-            recorded_at: DateTime::parse_from_rfc3339("2026-01-02T03:04:05Z")
-                .unwrap()
-                .with_timezone(&Utc),
+            recorded_at: DateTime::parse_from_rfc3339("2026-01-02T03:04:05Z").unwrap().with_timezone(&Utc),
             actor: "okta".into(),
             request_id: "r1".into(),
             prev_hash: GENESIS_HASH.into(),
@@ -328,10 +291,7 @@ mod tests {
 
     #[test]
     fn envelope_wire_form() {
-        let e = sample(EventBody::GroupMemberAdded {
-            member_id: "u1".into(),
-            member_type: MemberType::User,
-        });
+        let e = sample(EventBody::GroupMemberAdded { member_id: "u1".into(), member_type: MemberType::User });
         let sealed = e.seal();
         let v = sealed.envelope_json().unwrap();
         assert_eq!(v["type"], "group.member_added");
@@ -346,53 +306,26 @@ mod tests {
     #[test]
     fn every_type_round_trips() {
         let bodies = vec![
-            EventBody::UserCreated {
-                attributes: Map::new(),
-                active: true,
-            },
-            EventBody::UserUpdated {
-                changed: Map::new(),
-                removed: vec!["title".into()],
-            },
+            EventBody::UserCreated { attributes: Map::new(), active: true },
+            EventBody::UserUpdated { changed: Map::new(), removed: vec!["title".into()] },
             EventBody::UserDeactivated {},
             EventBody::UserReactivated {},
             EventBody::UserDeleted {},
-            EventBody::GroupCreated {
-                display_name: "Ops".into(),
-                attributes: Map::new(),
-            },
-            EventBody::GroupRenamed {
-                display_name: "Ops2".into(),
-                previous_display_name: "Ops".into(),
-            },
-            EventBody::GroupUpdated {
-                changed: Map::new(),
-                removed: vec![],
-            },
+            EventBody::GroupCreated { display_name: "Ops".into(), attributes: Map::new() },
+            EventBody::GroupRenamed { display_name: "Ops2".into(), previous_display_name: "Ops".into() },
+            EventBody::GroupUpdated { changed: Map::new(), removed: vec![] },
             EventBody::GroupDeleted {},
-            EventBody::GroupMemberAdded {
-                member_id: "u".into(),
-                member_type: MemberType::User,
-            },
-            EventBody::GroupMemberRemoved {
-                member_id: "g".into(),
-                member_type: MemberType::Group,
-            },
+            EventBody::GroupMemberAdded { member_id: "u".into(), member_type: MemberType::User },
+            EventBody::GroupMemberRemoved { member_id: "g".into(), member_type: MemberType::Group },
         ];
         assert_eq!(bodies.len(), EventType::ALL.len());
         for b in bodies {
             let e = sample(b);
             let sealed = e.seal();
             assert!(sealed.is_intact());
-            let back = SealedEvent::from_record(&sealed.to_record())
-                .unwrap()
-                .decode()
-                .unwrap();
+            let back = SealedEvent::from_record(&sealed.to_record()).unwrap().decode().unwrap();
             assert_eq!(back, e);
-            assert_eq!(
-                serde_json::to_value(&e).unwrap()["type"],
-                e.event_type().as_str()
-            );
+            assert_eq!(serde_json::to_value(&e).unwrap()["type"], e.event_type().as_str());
         }
     }
 

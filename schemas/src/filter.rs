@@ -83,10 +83,7 @@ pub struct FilterLimits {
 
 impl Default for FilterLimits {
     fn default() -> Self {
-        FilterLimits {
-            max_length: 4096,
-            max_depth: 16,
-        }
+        FilterLimits { max_length: 4096, max_depth: 16 }
     }
 }
 
@@ -99,12 +96,7 @@ impl Filter {
                 limits.max_length
             )));
         }
-        let mut p = Parser {
-            src: text,
-            pos: 0,
-            depth: 0,
-            max_depth: limits.max_depth,
-        };
+        let mut p = Parser { src: text, pos: 0, depth: 0, max_depth: limits.max_depth };
         p.skip_ws();
         let f = p.parse_or()?;
         p.skip_ws();
@@ -117,6 +109,47 @@ impl Filter {
     /// Evaluates the filter against a rendered resource (canonical SCIM JSON).
     pub fn matches(&self, schema: &ResourceSchema, resource: &Value) -> bool {
         eval(self, &Scope::Resource(schema), resource)
+    }
+
+    /// Evaluates a value filter (`emails[type eq "work"]`) against one element of the complex
+    /// attribute `attr`.
+    pub fn matches_element(&self, attr: &Attr, element: &Value) -> bool {
+        eval(self, &Scope::Complex(attr), element)
+    }
+
+    /// The `attr eq value` terms of a conjunction (`type eq "work" and primary eq true`): what an
+    /// element must hold to match, used to create a missing element on PATCH. `None` when the
+    /// filter is anything else.
+    pub fn eq_terms(&self) -> Option<Vec<(String, Value)>> {
+        match self {
+            Filter::Compare { path, op: CompareOp::Eq, value } if path.sub.is_none() && path.schema.is_none() => {
+                Some(vec![(path.attr.as_str().to_string(), value.clone())])
+            }
+            Filter::And(a, b) => {
+                let mut terms = a.eq_terms()?;
+                terms.extend(b.eq_terms()?);
+                Some(terms)
+            }
+            _ => None,
+        }
+    }
+
+    /// The values of a disjunction of `value eq "..."` comparisons (`members[value eq "a"]`), so
+    /// that member removals need no scan. `None` when the filter is anything else.
+    pub fn value_eq_list(&self) -> Option<Vec<String>> {
+        match self {
+            Filter::Compare { path, op: CompareOp::Eq, value: Value::String(v) }
+                if path.sub.is_none() && path.schema.is_none() && path.attr.as_str().eq_ignore_ascii_case("value") =>
+            {
+                Some(vec![v.clone()])
+            }
+            Filter::Or(a, b) => {
+                let mut l = a.value_eq_list()?;
+                l.extend(b.value_eq_list()?);
+                Some(l)
+            }
+            _ => None,
+        }
     }
 }
 
@@ -147,19 +180,15 @@ impl<'a> Parser<'a> {
     fn enter(&mut self) -> Result<(), SchemaError> {
         self.depth += 1;
         if self.depth > self.max_depth {
-            return Err(self.error(&format!(
-                "filter nests deeper than the limit of {}",
-                self.max_depth
-            )));
+            return Err(self.error(&format!("filter nests deeper than the limit of {}", self.max_depth)));
         }
         Ok(())
     }
     /// The next bare word (attribute path, operator or keyword) without consuming it.
     fn peek_word(&self) -> &'a str {
         let rest = self.rest();
-        let end = rest
-            .find(|c: char| c.is_whitespace() || matches!(c, '(' | ')' | '[' | ']' | '"'))
-            .unwrap_or(rest.len());
+        let end =
+            rest.find(|c: char| c.is_whitespace() || matches!(c, '(' | ')' | '[' | ']' | '"')).unwrap_or(rest.len());
         &rest[..end]
     }
     fn keyword(&mut self, kw: &str) -> bool {
@@ -245,8 +274,7 @@ impl<'a> Parser<'a> {
         if word.is_empty() {
             return Err(self.error("expected an attribute path"));
         }
-        let path = AttrPath::parse(word)
-            .map_err(|_| self.error(&format!("invalid attribute path {word:?}")))?;
+        let path = AttrPath::parse(word).map_err(|_| self.error(&format!("invalid attribute path {word:?}")))?;
         self.pos += word.len();
         if self.rest().starts_with('[') {
             self.enter()?;
@@ -256,10 +284,7 @@ impl<'a> Parser<'a> {
             self.skip_ws();
             self.expect_char(']', "expected ']'")?;
             self.depth -= 1;
-            return Ok(Filter::ValuePath {
-                path,
-                filter: Box::new(inner),
-            });
+            return Ok(Filter::ValuePath { path, filter: Box::new(inner) });
         }
         self.skip_ws();
         let op_word = self.peek_word();
@@ -297,8 +322,7 @@ impl<'a> Parser<'a> {
                 return Err(self.error("unterminated string"));
             }
             let lit = &rest[..=i];
-            let v: Value =
-                serde_json::from_str(lit).map_err(|_| self.error("invalid string literal"))?;
+            let v: Value = serde_json::from_str(lit).map_err(|_| self.error("invalid string literal"))?;
             self.pos += lit.len();
             return Ok(v);
         }
@@ -310,11 +334,7 @@ impl<'a> Parser<'a> {
             _ => match serde_json::from_str::<serde_json::Number>(word) {
                 Ok(n) => Value::Number(n),
                 Err(_) if word.is_empty() => return Err(self.error("expected a value")),
-                Err(_) => {
-                    return Err(self.error(&format!(
-                        "invalid value {word:?}: strings must be in double quotes"
-                    )))
-                }
+                Err(_) => return Err(self.error(&format!("invalid value {word:?}: strings must be in double quotes"))),
             },
         };
         self.pos += word.len();
@@ -354,18 +374,11 @@ enum Scope<'a> {
 }
 
 fn get_ci<'v>(obj: &'v Value, name: &str) -> Option<&'v Value> {
-    obj.as_object()?
-        .iter()
-        .find(|(k, _)| k.eq_ignore_ascii_case(name))
-        .map(|(_, v)| v)
+    obj.as_object()?.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v)
 }
 
 /// The attribute definition and the values at `path`, flattened over multi-valued attributes.
-fn resolve<'v, 's>(
-    scope: &Scope<'s>,
-    path: &AttrPath,
-    obj: &'v Value,
-) -> (Option<&'s Attr>, Vec<&'v Value>) {
+fn resolve<'v, 's>(scope: &Scope<'s>, path: &AttrPath, obj: &'v Value) -> (Option<&'s Attr>, Vec<&'v Value>) {
     let (def, container) = match scope {
         Scope::Resource(schema) => {
             let def = schema.attr_in(path.schema.as_deref(), path.attr.as_str());
@@ -385,21 +398,16 @@ fn resolve<'v, 's>(
         other => vec![other],
     };
     // With no sub-attribute, a complex multi-valued attribute compares by its `value`.
-    let sub = path.sub.as_ref().map(|s| s.as_str()).or_else(|| {
-        def.filter(|d| d.ty == AttrType::Complex && d.multi_valued)
-            .map(|_| "value")
-    });
+    let sub = path
+        .sub
+        .as_ref()
+        .map(|s| s.as_str())
+        .or_else(|| def.filter(|d| d.ty == AttrType::Complex && d.multi_valued).map(|_| "value"));
     match sub {
         None => (def, elements),
         Some(sub_name) => {
             let sub_def = def.and_then(|d| d.sub(sub_name));
-            (
-                sub_def.or(def),
-                elements
-                    .into_iter()
-                    .filter_map(|e| get_ci(e, sub_name))
-                    .collect(),
-            )
+            (sub_def.or(def), elements.into_iter().filter_map(|e| get_ci(e, sub_name)).collect())
         }
     }
 }
@@ -425,9 +433,7 @@ fn eval(f: &Filter, scope: &Scope<'_>, obj: &Value) -> bool {
         }
         Filter::ValuePath { path, filter } => {
             let def = match scope {
-                Scope::Resource(schema) => {
-                    schema.attr_in(path.schema.as_deref(), path.attr.as_str())
-                }
+                Scope::Resource(schema) => schema.attr_in(path.schema.as_deref(), path.attr.as_str()),
                 Scope::Complex(attr) => attr.sub(path.attr.as_str()),
             };
             let Some(def) = def.filter(|d| d.ty == AttrType::Complex) else {
@@ -458,18 +464,13 @@ fn compare(def: Option<&Attr>, op: CompareOp, actual: &Value, wanted: &Value) ->
     match (actual, wanted) {
         (Value::String(a), Value::String(w)) => {
             if is_date {
-                if let (Ok(a), Ok(w)) = (
-                    chrono::DateTime::parse_from_rfc3339(a),
-                    chrono::DateTime::parse_from_rfc3339(w),
-                ) {
+                if let (Ok(a), Ok(w)) =
+                    (chrono::DateTime::parse_from_rfc3339(a), chrono::DateTime::parse_from_rfc3339(w))
+                {
                     return ordered(op, a.cmp(&w));
                 }
             }
-            let (a, w) = if case_exact {
-                (a.clone(), w.clone())
-            } else {
-                (a.to_lowercase(), w.to_lowercase())
-            };
+            let (a, w) = if case_exact { (a.clone(), w.clone()) } else { (a.to_lowercase(), w.to_lowercase()) };
             match op {
                 CompareOp::Co => a.contains(&w),
                 CompareOp::Sw => a.starts_with(&w),
@@ -483,9 +484,7 @@ fn compare(def: Option<&Attr>, op: CompareOp, actual: &Value, wanted: &Value) ->
         },
         // Booleans only know equality; a string boolean sent by an IdP compares as a boolean.
         (Value::Bool(a), Value::Bool(w)) => op == CompareOp::Eq && a == w,
-        (Value::Bool(a), Value::String(w)) => {
-            op == CompareOp::Eq && w.eq_ignore_ascii_case(&a.to_string())
-        }
+        (Value::Bool(a), Value::String(w)) => op == CompareOp::Eq && w.eq_ignore_ascii_case(&a.to_string()),
         (_, Value::Null) => false,
         _ => false,
     }
@@ -520,32 +519,17 @@ mod tests {
             (r#"userName eq "bjensen""#, r#"userName eq "bjensen""#),
             (r#"USERNAME EQ "A""#, r#"USERNAME eq "A""#),
             ("title pr", "title pr"),
-            (
-                r#"a eq 1 or b eq 2 and c eq 3"#,
-                r#"a eq 1 or b eq 2 and c eq 3"#,
-            ),
-            (
-                r#"(a eq 1 or b eq 2) and c eq 3"#,
-                r#"(a eq 1 or b eq 2) and c eq 3"#,
-            ),
+            (r#"a eq 1 or b eq 2 and c eq 3"#, r#"a eq 1 or b eq 2 and c eq 3"#),
+            (r#"(a eq 1 or b eq 2) and c eq 3"#, r#"(a eq 1 or b eq 2) and c eq 3"#),
             (r#"not (a eq true)"#, r#"not (a eq true)"#),
-            (
-                r#"emails[type eq "work" and value co "@x.com"]"#,
-                r#"emails[type eq "work" and value co "@x.com"]"#,
-            ),
-            (
-                r#"meta.lastModified gt "2011-05-13T04:42:34Z""#,
-                r#"meta.lastModified gt "2011-05-13T04:42:34Z""#,
-            ),
+            (r#"emails[type eq "work" and value co "@x.com"]"#, r#"emails[type eq "work" and value co "@x.com"]"#),
+            (r#"meta.lastModified gt "2011-05-13T04:42:34Z""#, r#"meta.lastModified gt "2011-05-13T04:42:34Z""#),
             (
                 r#"urn:ietf:params:scim:schemas:extension:enterprise:2.0:User:department eq "x""#,
                 r#"urn:ietf:params:scim:schemas:extension:enterprise:2.0:User:department eq "x""#,
             ),
             (r#"externalId eq null"#, r#"externalId eq null"#),
-            (
-                r#"displayName eq "say \"hi\"""#,
-                r#"displayName eq "say \"hi\"""#,
-            ),
+            (r#"displayName eq "say \"hi\"""#, r#"displayName eq "say \"hi\"""#),
         ];
         for (input, printed) in table {
             let f = parse(input).unwrap_or_else(|e| panic!("{input}: {e}"));
@@ -584,10 +568,7 @@ mod tests {
     #[test]
     fn limits_are_enforced() {
         let deep = format!("{}a pr{}", "(".repeat(20), ")".repeat(20));
-        assert!(parse(&deep)
-            .unwrap_err()
-            .detail
-            .contains("deeper than the limit of 16"));
+        assert!(parse(&deep).unwrap_err().detail.contains("deeper than the limit of 16"));
         let long = format!("userName eq \"{}\"", "x".repeat(5000));
         assert!(parse(&long).unwrap_err().detail.contains("limit of 4096"));
     }
@@ -612,14 +593,8 @@ mod tests {
             (r#"name.givenName eq "barbara""#, true),
             (r#"emails co "example.com""#, true),
             (r#"emails.value ew "home.org""#, true),
-            (
-                r#"emails[type eq "work" and value co "@example.com"]"#,
-                true,
-            ),
-            (
-                r#"emails[type eq "home" and value co "@example.com"]"#,
-                false,
-            ),
+            (r#"emails[type eq "work" and value co "@example.com"]"#, true),
+            (r#"emails[type eq "home" and value co "@example.com"]"#, false),
             (r#"title pr"#, false),
             (r#"name pr"#, true),
             (r#"title ne "x""#, true),
@@ -629,15 +604,9 @@ mod tests {
             (r#"meta.lastModified gt "2024-05-13T00:00:00Z""#, true),
             (r#"meta.lastModified lt "2024-05-13T06:42:34+01:00""#, true),
             (r#"meta.lastModified ge "2024-05-13T04:42:34.000Z""#, true),
-            (
-                r#"urn:ietf:params:scim:schemas:extension:enterprise:2.0:User:department eq "sales""#,
-                true,
-            ),
+            (r#"urn:ietf:params:scim:schemas:extension:enterprise:2.0:User:department eq "sales""#, true),
             (r#"not (userName eq "bjensen")"#, false),
-            (
-                r#"userName eq "x" or (active eq true and name.familyName sw "J")"#,
-                true,
-            ),
+            (r#"userName eq "x" or (active eq true and name.familyName sw "J")"#, true),
             (r#"id eq "2819C223""#, false),
         ];
         let schema = &registry().user;

@@ -10,6 +10,7 @@
 //! - [`resource`]: validation and coercion of a User or Group body against the registry.
 //! - [`path`]: [`AttrPath`], an attribute path such as `name.givenName` or an URN-qualified one.
 //! - [`filter`]: the RFC 7644 §3.4.2.2 filter language: parse, print, evaluate.
+//! - [`patch`]: the PATCH engine: PatchOp requests applied to a canonical attribute map.
 //! - [`event`]: the events of the log: past-tense, versioned, hash-chained envelopes.
 //! - [`error`]: [`SchemaError`], every refusal of this layer with its SCIM `scimType`.
 
@@ -17,6 +18,7 @@ pub mod error;
 pub mod event;
 pub mod filter;
 pub mod name;
+pub mod patch;
 pub mod path;
 pub mod registry;
 pub mod resource;

@@ -53,11 +53,7 @@ mod tests {
     use super::*;
     #[test]
     fn compares_without_case() {
-        let cases = [
-            ("userName", "USERNAME", true),
-            ("Émile", "émile", true),
-            ("a", "b", false),
-        ];
+        let cases = [("userName", "USERNAME", true), ("Émile", "émile", true), ("a", "b", false)];
         for (a, b, eq) in cases {
             assert_eq!(CiName::new(a) == CiName::new(b), eq, "{a} vs {b}");
         }

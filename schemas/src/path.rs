@@ -16,21 +16,12 @@ pub struct AttrPath {
 
 impl AttrPath {
     pub fn new(attr: &str) -> Self {
-        AttrPath {
-            schema: None,
-            attr: CiName::new(attr),
-            sub: None,
-        }
+        AttrPath { schema: None, attr: CiName::new(attr), sub: None }
     }
 
     /// Parses an attribute path. The URN prefix, when present, ends at the last `:`.
     pub fn parse(text: &str) -> Result<AttrPath, SchemaError> {
-        let bad = || {
-            SchemaError::new(
-                crate::ScimType::InvalidPath,
-                format!("invalid attribute path {text:?}"),
-            )
-        };
+        let bad = || SchemaError::new(crate::ScimType::InvalidPath, format!("invalid attribute path {text:?}"));
         let (schema, rest) = if text.len() > 4 && text[..4].eq_ignore_ascii_case("urn:") {
             let i = text.rfind(':').ok_or_else(bad)?;
             (Some(text[..i].to_string()), &text[i + 1..])
@@ -44,11 +35,7 @@ impl AttrPath {
             Some(s) if is_attr_name(s) => Some(CiName::new(s)),
             Some(_) => return Err(bad()),
         };
-        Ok(AttrPath {
-            schema,
-            attr: CiName::new(attr),
-            sub,
-        })
+        Ok(AttrPath { schema, attr: CiName::new(attr), sub })
     }
 }
 
@@ -97,13 +84,7 @@ mod tests {
         ];
         for (input, want) in table {
             let got = AttrPath::parse(input).ok();
-            let got = got.as_ref().map(|p| {
-                (
-                    p.schema.as_deref(),
-                    p.attr.as_str(),
-                    p.sub.as_ref().map(|s| s.as_str()),
-                )
-            });
+            let got = got.as_ref().map(|p| (p.schema.as_deref(), p.attr.as_str(), p.sub.as_ref().map(|s| s.as_str())));
             assert_eq!(got, *want, "{input}");
         }
     }

@@ -97,29 +97,10 @@ fn common_attrs() -> Vec<Attr> {
     let mut meta = s("meta", false, Mutability::ReadOnly, Returned::Default);
     meta.ty = AttrType::Complex;
     meta.sub_attributes = vec![
-        s(
-            "resourceType",
-            true,
-            Mutability::ReadOnly,
-            Returned::Default,
-        ),
-        Attr {
-            ty: AttrType::DateTime,
-            ..s("created", false, Mutability::ReadOnly, Returned::Default)
-        },
-        Attr {
-            ty: AttrType::DateTime,
-            ..s(
-                "lastModified",
-                false,
-                Mutability::ReadOnly,
-                Returned::Default,
-            )
-        },
-        Attr {
-            ty: AttrType::Reference,
-            ..s("location", true, Mutability::ReadOnly, Returned::Default)
-        },
+        s("resourceType", true, Mutability::ReadOnly, Returned::Default),
+        Attr { ty: AttrType::DateTime, ..s("created", false, Mutability::ReadOnly, Returned::Default) },
+        Attr { ty: AttrType::DateTime, ..s("lastModified", false, Mutability::ReadOnly, Returned::Default) },
+        Attr { ty: AttrType::Reference, ..s("location", true, Mutability::ReadOnly, Returned::Default) },
         s("version", true, Mutability::ReadOnly, Returned::Default),
     ];
     vec![
@@ -144,10 +125,7 @@ impl ResourceSchema {
     }
     /// The extension whose URN is `urn`, compared without case, with its canonical URN.
     pub fn extension(&self, urn: &str) -> Option<(&str, &[Attr])> {
-        self.extensions
-            .iter()
-            .find(|(u, _)| u.eq_ignore_ascii_case(urn))
-            .map(|(u, a)| (u.as_str(), a.as_slice()))
+        self.extensions.iter().find(|(u, _)| u.eq_ignore_ascii_case(urn)).map(|(u, a)| (u.as_str(), a.as_slice()))
     }
     /// An attribute of the core schema or of an extension, `schema` being the URN or `None`.
     pub fn attr_in(&self, schema: Option<&str>, name: &str) -> Option<&Attr> {
@@ -190,11 +168,7 @@ pub fn registry() -> &'static Registry {
                 attributes: user_attrs,
                 extensions: vec![(ent.id, ent.attributes)],
             },
-            group: ResourceSchema {
-                core_urn: urn::GROUP,
-                attributes: group_attrs,
-                extensions: vec![],
-            },
+            group: ResourceSchema { core_urn: urn::GROUP, attributes: group_attrs, extensions: vec![] },
             documents: vec![user_v, group_v, ent_v],
         }
     })
@@ -211,18 +185,9 @@ mod tests {
         assert_eq!(user_name.name, "userName");
         assert!(!user_name.case_exact);
         assert_eq!(r.user.attr("password").unwrap().returned, Returned::Never);
-        assert_eq!(
-            r.user.attr("groups").unwrap().mutability,
-            Mutability::ReadOnly
-        );
+        assert_eq!(r.user.attr("groups").unwrap().mutability, Mutability::ReadOnly);
         assert!(r.user.attr("id").unwrap().case_exact);
-        assert_eq!(
-            r.user
-                .attr_in(Some(urn::ENTERPRISE_USER), "manager")
-                .unwrap()
-                .ty,
-            AttrType::Complex
-        );
+        assert_eq!(r.user.attr_in(Some(urn::ENTERPRISE_USER), "manager").unwrap().ty, AttrType::Complex);
         assert!(r.group.attr("members").unwrap().multi_valued);
         assert_eq!(r.documents.len(), 3);
         let _: Value = serde_json::from_str(RESOURCE_TYPES_JSON).unwrap();

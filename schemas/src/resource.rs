@@ -24,10 +24,7 @@ pub struct UserInput {
 
 impl UserInput {
     pub fn user_name(&self) -> &str {
-        self.attributes
-            .get("userName")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
+        self.attributes.get("userName").and_then(Value::as_str).unwrap_or_default()
     }
     pub fn external_id(&self) -> Option<&str> {
         self.attributes.get("externalId").and_then(Value::as_str)
@@ -74,24 +71,13 @@ fn type_name(v: &Value) -> &'static str {
 
 fn wrong_type(path: &str, want: &str, got: &Value) -> SchemaError {
     let shown = got.to_string();
-    let shown: String = if shown.len() > 64 {
-        format!("{}...", &shown[..shown.floor_char_boundary(64)])
-    } else {
-        shown
-    };
-    SchemaError::invalid_value(format!(
-        "attribute '{path}' must be {want}, got {} {shown}",
-        type_name(got)
-    ))
+    let shown: String =
+        if shown.len() > 64 { format!("{}...", &shown[..shown.floor_char_boundary(64)]) } else { shown };
+    SchemaError::invalid_value(format!("attribute '{path}' must be {want}, got {} {shown}", type_name(got)))
 }
 
 /// Coerces one value of a single-valued attribute (or one element of a multi-valued one).
-fn coerce_single(
-    attr: &Attr,
-    path: &str,
-    v: &Value,
-    ignored: &mut Vec<String>,
-) -> Result<Value, SchemaError> {
+fn coerce_single(attr: &Attr, path: &str, v: &Value, ignored: &mut Vec<String>) -> Result<Value, SchemaError> {
     match attr.ty {
         AttrType::String | AttrType::Reference | AttrType::Binary => match v {
             Value::String(_) => Ok(v.clone()),
@@ -118,12 +104,9 @@ fn coerce_single(
         AttrType::Complex => {
             let obj = match v {
                 Value::Object(o) => o,
-                // Okta sends roles and entitlements as plain strings.
-                Value::String(_) if attr.multi_valued && attr.sub("value").is_some() => {
-                    return Ok(Value::Object(Map::from_iter([(
-                        "value".to_string(),
-                        v.clone(),
-                    )])));
+                // Okta sends roles and entitlements as plain strings, Entra the manager's id.
+                Value::String(_) if attr.sub("value").is_some() => {
+                    return Ok(Value::Object(Map::from_iter([("value".to_string(), v.clone())])));
                 }
                 _ => return Err(wrong_type(path, "an object", v)),
             };
@@ -144,12 +127,7 @@ fn coerce_single(
     }
 }
 
-fn coerce_value(
-    attr: &Attr,
-    path: &str,
-    v: &Value,
-    ignored: &mut Vec<String>,
-) -> Result<Value, SchemaError> {
+fn coerce_value(attr: &Attr, path: &str, v: &Value, ignored: &mut Vec<String>) -> Result<Value, SchemaError> {
     if attr.multi_valued {
         let items: Vec<&Value> = match v {
             Value::Array(items) => items.iter().collect(),
@@ -243,10 +221,7 @@ fn coerce_attrs(
 
 fn as_object(body: &Value) -> Result<&Map<String, Value>, SchemaError> {
     body.as_object().ok_or_else(|| {
-        SchemaError::invalid_syntax(format!(
-            "the request body must be a JSON object, got {}",
-            type_name(body)
-        ))
+        SchemaError::invalid_syntax(format!("the request body must be a JSON object, got {}", type_name(body)))
     })
 }
 
@@ -263,17 +238,9 @@ pub fn parse_user(body: &Value) -> Result<UserInput, SchemaError> {
     };
     match attributes.get("userName") {
         Some(Value::String(s)) if !s.trim().is_empty() => {}
-        _ => {
-            return Err(SchemaError::invalid_value(
-                "required attribute 'userName' is missing or empty",
-            ))
-        }
+        _ => return Err(SchemaError::invalid_value("required attribute 'userName' is missing or empty")),
     }
-    Ok(UserInput {
-        attributes,
-        active,
-        ignored,
-    })
+    Ok(UserInput { attributes, active, ignored })
 }
 
 /// Validates a Group body for POST or PUT.
@@ -281,34 +248,19 @@ pub fn parse_group(body: &Value) -> Result<GroupInput, SchemaError> {
     let obj = as_object(body)?;
     let mut attributes = Map::new();
     let mut ignored = Vec::new();
-    let members_raw = obj
-        .iter()
-        .find(|(k, _)| k.eq_ignore_ascii_case("members"))
-        .map(|(_, v)| v);
-    let rest: Map<String, Value> = obj
-        .iter()
-        .filter(|(k, _)| !k.eq_ignore_ascii_case("members"))
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
+    let members_raw = obj.iter().find(|(k, _)| k.eq_ignore_ascii_case("members")).map(|(_, v)| v);
+    let rest: Map<String, Value> =
+        obj.iter().filter(|(k, _)| !k.eq_ignore_ascii_case("members")).map(|(k, v)| (k.clone(), v.clone())).collect();
     coerce_attrs(&registry().group, &rest, &mut attributes, &mut ignored)?;
     let display_name = match attributes.remove("displayName") {
         Some(Value::String(s)) if !s.trim().is_empty() => s,
-        _ => {
-            return Err(SchemaError::invalid_value(
-                "required attribute 'displayName' is missing or empty",
-            ))
-        }
+        _ => return Err(SchemaError::invalid_value("required attribute 'displayName' is missing or empty")),
     };
     let members = match members_raw {
         None => None,
         Some(v) => Some(parse_members(v)?),
     };
-    Ok(GroupInput {
-        display_name,
-        attributes,
-        members,
-        ignored,
-    })
+    Ok(GroupInput { display_name, attributes, members, ignored })
 }
 
 /// Parses a `members` value: a list (or one) of `{"value": id, "type": "User"|"Group"}`.
@@ -321,17 +273,9 @@ pub fn parse_members(v: &Value) -> Result<Vec<MemberRef>, SchemaError> {
     let mut out: Vec<MemberRef> = Vec::with_capacity(items.len());
     for item in items {
         let Some(obj) = item.as_object() else {
-            return Err(wrong_type(
-                "members",
-                "a list of objects with a 'value'",
-                item,
-            ));
+            return Err(wrong_type("members", "a list of objects with a 'value'", item));
         };
-        let get = |name: &str| {
-            obj.iter()
-                .find(|(k, _)| k.eq_ignore_ascii_case(name))
-                .map(|(_, v)| v)
-        };
+        let get = |name: &str| obj.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v);
         let value = match get("value") {
             Some(Value::String(s)) if !s.is_empty() => s.clone(),
             Some(other) => return Err(wrong_type("members.value", "a non-empty string", other)),
@@ -397,22 +341,10 @@ mod tests {
             (json!([1]), "must be a JSON object"),
             (json!({"displayName": "x"}), "'userName' is missing"),
             (json!({"userName": ""}), "'userName' is missing"),
-            (
-                json!({"userName": 5}),
-                "'userName' must be a string, got a number 5",
-            ),
-            (
-                json!({"userName": "a", "active": "maybe"}),
-                "'active' must be a boolean, got a string \"maybe\"",
-            ),
-            (
-                json!({"userName": "a", "name": "Babs"}),
-                "'name' must be an object",
-            ),
-            (
-                json!({"userName": "a", "emails": [{"value": 3}]}),
-                "'emails.value' must be a string",
-            ),
+            (json!({"userName": 5}), "'userName' must be a string, got a number 5"),
+            (json!({"userName": "a", "active": "maybe"}), "'active' must be a boolean, got a string \"maybe\""),
+            (json!({"userName": "a", "name": "Babs"}), "'name' must be an object"),
+            (json!({"userName": "a", "emails": [{"value": 3}]}), "'emails.value' must be a string"),
         ];
         for (input, want) in table {
             let e = parse_user(&input).expect_err(&input.to_string());
@@ -422,8 +354,7 @@ mod tests {
 
     #[test]
     fn unknown_and_read_only_attributes_are_reported_not_stored() {
-        let got =
-            parse_user(&json!({"userName": "a", "favouriteColour": "red", "meta": {}})).unwrap();
+        let got = parse_user(&json!({"userName": "a", "favouriteColour": "red", "meta": {}})).unwrap();
         assert_eq!(got.ignored, vec!["favouriteColour".to_string()]);
         assert!(!got.attributes.contains_key("meta"));
     }
@@ -434,27 +365,15 @@ mod tests {
             "members": [{"value": "u1", "type": "User"}, {"value": "u1"}, {"value": "g2", "type": "group"}]}))
         .unwrap();
         assert_eq!(g.display_name, "Ops");
-        assert_eq!(
-            g.attributes,
-            json!({"externalId": "e1"}).as_object().unwrap().clone()
-        );
+        assert_eq!(g.attributes, json!({"externalId": "e1"}).as_object().unwrap().clone());
         assert_eq!(
             g.members.unwrap(),
             vec![
-                MemberRef {
-                    value: "u1".into(),
-                    member_type: Some(MemberType::User)
-                },
-                MemberRef {
-                    value: "g2".into(),
-                    member_type: Some(MemberType::Group)
-                }
+                MemberRef { value: "u1".into(), member_type: Some(MemberType::User) },
+                MemberRef { value: "g2".into(), member_type: Some(MemberType::Group) }
             ]
         );
-        assert!(parse_group(&json!({"members": []}))
-            .unwrap_err()
-            .detail
-            .contains("displayName"));
+        assert!(parse_group(&json!({"members": []})).unwrap_err().detail.contains("displayName"));
         assert!(parse_group(&json!({"displayName": "x", "members": [{"type": "User"}]})).is_err());
     }
 }

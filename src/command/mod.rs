@@ -3,12 +3,15 @@
 //! Nothing here writes, reads a clock or draws a random number: new ids come in with the command,
 //! times and positions are stamped by the writer. Each function is a given/when/then in the tests.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 
 use scimlog_projections::{query, KvRead, UserDoc};
 use scimlog_schemas::event::{EventBody, MemberType, NewEvent, ResourceKind};
-use scimlog_schemas::resource::{GroupInput, MemberRef, UserInput};
-use serde_json::{Map, Value};
+use scimlog_schemas::patch::{self, OpKind, PatchOp};
+use scimlog_schemas::registry::registry;
+use scimlog_schemas::resource::{parse_group, parse_members, parse_user, GroupInput, MemberRef, UserInput};
+use scimlog_schemas::SchemaError;
+use serde_json::{json, Map, Value};
 
 #[derive(Clone, Debug)]
 pub enum Command {
@@ -38,6 +41,17 @@ pub enum Command {
         id: String,
         if_match: Option<u64>,
     },
+    /// Applied on the writer, against the current state: read-modify-write without a race.
+    PatchUser {
+        id: String,
+        ops: Vec<PatchOp>,
+        if_match: Option<u64>,
+    },
+    PatchGroup {
+        id: String,
+        ops: Vec<PatchOp>,
+        if_match: Option<u64>,
+    },
 }
 
 /// Why a command was refused. Nothing of it was written.
@@ -54,6 +68,15 @@ pub enum Refusal {
         current: u64,
         expected: u64,
     },
+    /// The request is invalid against the current state (a PATCH whose result is not a valid
+    /// resource, or whose path names nothing).
+    Invalid(SchemaError),
+}
+
+impl From<SchemaError> for Refusal {
+    fn from(e: SchemaError) -> Self {
+        Refusal::Invalid(e)
+    }
 }
 
 /// What a command did.
@@ -69,34 +92,18 @@ pub struct Decision {
 }
 
 pub fn decide(kv: &impl KvRead, tenant: &str, command: Command) -> Result<Decision, Refusal> {
-    let mut d = Decider {
-        kv,
-        t: tenant,
-        versions: HashMap::new(),
-        events: Vec::new(),
-    };
+    let mut d = Decider { kv, t: tenant, versions: HashMap::new(), events: Vec::new() };
     let (resource_id, created, skipped_members) = match command {
         Command::CreateUser { id, input } => d.create_user(id, input)?,
-        Command::ReplaceUser {
-            id,
-            input,
-            if_match,
-        } => d.replace_user(id, input, if_match)?,
+        Command::ReplaceUser { id, input, if_match } => d.replace_user(id, input, if_match)?,
         Command::DeleteUser { id, if_match } => d.delete_user(id, if_match)?,
         Command::CreateGroup { id, input } => d.create_group(id, input)?,
-        Command::ReplaceGroup {
-            id,
-            input,
-            if_match,
-        } => d.replace_group(id, input, if_match)?,
+        Command::ReplaceGroup { id, input, if_match } => d.replace_group(id, input, if_match)?,
         Command::DeleteGroup { id, if_match } => d.delete_group(id, if_match)?,
+        Command::PatchUser { id, ops, if_match } => d.patch_user(id, &ops, if_match)?,
+        Command::PatchGroup { id, ops, if_match } => d.patch_group(id, &ops, if_match)?,
     };
-    Ok(Decision {
-        events: d.events,
-        resource_id,
-        created,
-        skipped_members,
-    })
+    Ok(Decision { events: d.events, resource_id, created, skipped_members })
 }
 
 type Outcome = Result<(String, bool, Vec<String>), Refusal>;
@@ -111,66 +118,41 @@ struct Decider<'a, K: KvRead> {
 
 fn check_version(if_match: Option<u64>, current: u64) -> Result<(), Refusal> {
     match if_match {
-        Some(expected) if expected != current => {
-            Err(Refusal::VersionMismatch { current, expected })
-        }
+        Some(expected) if expected != current => Err(Refusal::VersionMismatch { current, expected }),
         _ => Ok(()),
     }
 }
 
 /// The top-level attributes that differ: (changed with their new values, removed names).
 fn diff(old: &Map<String, Value>, new: &Map<String, Value>) -> (Map<String, Value>, Vec<String>) {
-    let changed: Map<String, Value> = new
-        .iter()
-        .filter(|(k, v)| old.get(*k) != Some(*v))
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    let removed: Vec<String> = old
-        .keys()
-        .filter(|k| !new.contains_key(*k))
-        .cloned()
-        .collect();
+    let changed: Map<String, Value> =
+        new.iter().filter(|(k, v)| old.get(*k) != Some(*v)).map(|(k, v)| (k.clone(), v.clone())).collect();
+    let removed: Vec<String> = old.keys().filter(|k| !new.contains_key(*k)).cloned().collect();
     (changed, removed)
 }
 
 impl<K: KvRead> Decider<'_, K> {
     fn emit(&mut self, kind: ResourceKind, id: &str, current: u64, body: EventBody) {
-        let v = self
-            .versions
-            .entry((kind, id.to_string()))
-            .or_insert(current);
+        let v = self.versions.entry((kind, id.to_string())).or_insert(current);
         *v += 1;
-        self.events.push(NewEvent {
-            resource_type: kind,
-            resource_id: id.to_string(),
-            resource_version: *v,
-            body,
-        });
+        self.events.push(NewEvent { resource_type: kind, resource_id: id.to_string(), resource_version: *v, body });
     }
 
     fn user(&self, id: &str) -> Result<UserDoc, Refusal> {
-        query::user(self.kv, self.t, id).ok_or_else(|| Refusal::NotFound {
-            kind: ResourceKind::User,
-            id: id.into(),
-        })
+        query::user(self.kv, self.t, id).ok_or_else(|| Refusal::NotFound { kind: ResourceKind::User, id: id.into() })
     }
 
     /// Refuses when `input`'s userName or externalId belongs to a user other than `own_id`.
     fn check_user_unique(&self, input: &UserInput, own_id: Option<&str>) -> Result<(), Refusal> {
         if let Some(other) = query::user_id_by_user_name(self.kv, self.t, input.user_name()) {
             if Some(other.as_str()) != own_id {
-                return Err(Refusal::Uniqueness(format!(
-                    "userName {:?} is already taken",
-                    input.user_name()
-                )));
+                return Err(Refusal::Uniqueness(format!("userName {:?} is already taken", input.user_name())));
             }
         }
         if let Some(x) = input.external_id() {
             if let Some(other) = query::user_id_by_external_id(self.kv, self.t, x) {
                 if Some(other.as_str()) != own_id {
-                    return Err(Refusal::Uniqueness(format!(
-                        "externalId {x:?} is already taken by another user"
-                    )));
+                    return Err(Refusal::Uniqueness(format!("externalId {x:?} is already taken by another user")));
                 }
             }
         }
@@ -180,19 +162,12 @@ impl<K: KvRead> Decider<'_, K> {
     fn create_user(&mut self, id: String, input: UserInput) -> Outcome {
         // Okta re-provisions a deactivated person with a POST: an inactive user with the same
         // userName (or externalId) is reactivated and updated instead of refused.
-        let existing =
-            query::user_id_by_user_name(self.kv, self.t, input.user_name()).or_else(|| {
-                input
-                    .external_id()
-                    .and_then(|x| query::user_id_by_external_id(self.kv, self.t, x))
-            });
+        let existing = query::user_id_by_user_name(self.kv, self.t, input.user_name())
+            .or_else(|| input.external_id().and_then(|x| query::user_id_by_external_id(self.kv, self.t, x)));
         if let Some(existing) = existing {
             let doc = self.user(&existing)?;
             if doc.active {
-                return Err(Refusal::Uniqueness(format!(
-                    "userName {:?} is already taken",
-                    input.user_name()
-                )));
+                return Err(Refusal::Uniqueness(format!("userName {:?} is already taken", input.user_name())));
             }
             let mut input = input;
             input.active = true;
@@ -204,10 +179,7 @@ impl<K: KvRead> Decider<'_, K> {
             ResourceKind::User,
             &id,
             0,
-            EventBody::UserCreated {
-                attributes: input.attributes,
-                active: input.active,
-            },
+            EventBody::UserCreated { attributes: input.attributes, active: input.active },
         );
         Ok((id, true, vec![]))
     }
@@ -218,26 +190,11 @@ impl<K: KvRead> Decider<'_, K> {
         self.check_user_unique(&input, Some(&id))?;
         let (changed, removed) = diff(&doc.attributes, &input.attributes);
         if !changed.is_empty() || !removed.is_empty() {
-            self.emit(
-                ResourceKind::User,
-                &id,
-                doc.version,
-                EventBody::UserUpdated { changed, removed },
-            );
+            self.emit(ResourceKind::User, &id, doc.version, EventBody::UserUpdated { changed, removed });
         }
         match (doc.active, input.active) {
-            (true, false) => self.emit(
-                ResourceKind::User,
-                &id,
-                doc.version,
-                EventBody::UserDeactivated {},
-            ),
-            (false, true) => self.emit(
-                ResourceKind::User,
-                &id,
-                doc.version,
-                EventBody::UserReactivated {},
-            ),
+            (true, false) => self.emit(ResourceKind::User, &id, doc.version, EventBody::UserDeactivated {}),
+            (false, true) => self.emit(ResourceKind::User, &id, doc.version, EventBody::UserReactivated {}),
             _ => {}
         }
         Ok((id, false, vec![]))
@@ -247,12 +204,7 @@ impl<K: KvRead> Decider<'_, K> {
         let doc = self.user(&id)?;
         check_version(if_match, doc.version)?;
         self.leave_all_groups(&id, MemberType::User);
-        self.emit(
-            ResourceKind::User,
-            &id,
-            doc.version,
-            EventBody::UserDeleted {},
-        );
+        self.emit(ResourceKind::User, &id, doc.version, EventBody::UserDeleted {});
         Ok((id, false, vec![]))
     }
 
@@ -265,10 +217,7 @@ impl<K: KvRead> Decider<'_, K> {
                     ResourceKind::Group,
                     &g,
                     group.version,
-                    EventBody::GroupMemberRemoved {
-                        member_id: member.into(),
-                        member_type,
-                    },
+                    EventBody::GroupMemberRemoved { member_id: member.into(), member_type },
                 );
             }
         }
@@ -286,9 +235,7 @@ impl<K: KvRead> Decider<'_, K> {
         if let Some(x) = input.attributes.get("externalId").and_then(Value::as_str) {
             if let Some(other) = query::group_id_by_external_id(self.kv, self.t, x) {
                 if Some(other.as_str()) != own_id {
-                    return Err(Refusal::Uniqueness(format!(
-                        "externalId {x:?} is already taken by another group"
-                    )));
+                    return Err(Refusal::Uniqueness(format!("externalId {x:?} is already taken by another group")));
                 }
             }
         }
@@ -296,17 +243,12 @@ impl<K: KvRead> Decider<'_, K> {
     }
 
     /// Resolves member references to existing resources; unknown ones are returned as skipped.
-    fn resolve_members(
-        &self,
-        group_id: &str,
-        refs: &[MemberRef],
-    ) -> (Vec<(String, MemberType)>, Vec<String>) {
+    fn resolve_members(&self, group_id: &str, refs: &[MemberRef]) -> (Vec<(String, MemberType)>, Vec<String>) {
         let mut found = Vec::new();
         let mut skipped = Vec::new();
         for m in refs {
             let is_user = || query::user(self.kv, self.t, &m.value).is_some();
-            let is_group =
-                || m.value != group_id && query::group(self.kv, self.t, &m.value).is_some();
+            let is_group = || m.value != group_id && query::group(self.kv, self.t, &m.value).is_some();
             let resolved = match m.member_type {
                 Some(MemberType::User) => is_user().then_some(MemberType::User),
                 Some(MemberType::Group) => is_group().then_some(MemberType::Group),
@@ -323,44 +265,35 @@ impl<K: KvRead> Decider<'_, K> {
 
     fn create_group(&mut self, id: String, input: GroupInput) -> Outcome {
         self.check_group_unique(&input, None)?;
-        let (members, skipped) =
-            self.resolve_members(&id, input.members.as_deref().unwrap_or_default());
+        let (members, skipped) = self.resolve_members(&id, input.members.as_deref().unwrap_or_default());
         self.emit(
             ResourceKind::Group,
             &id,
             0,
-            EventBody::GroupCreated {
-                display_name: input.display_name,
-                attributes: input.attributes,
-            },
+            EventBody::GroupCreated { display_name: input.display_name, attributes: input.attributes },
         );
         for (member_id, member_type) in members {
-            self.emit(
-                ResourceKind::Group,
-                &id,
-                0,
-                EventBody::GroupMemberAdded {
-                    member_id,
-                    member_type,
-                },
-            );
+            self.emit(ResourceKind::Group, &id, 0, EventBody::GroupMemberAdded { member_id, member_type });
         }
         Ok((id, true, skipped))
     }
 
-    fn replace_group(&mut self, id: String, input: GroupInput, if_match: Option<u64>) -> Outcome {
-        let doc = query::group(self.kv, self.t, &id).ok_or_else(|| Refusal::NotFound {
-            kind: ResourceKind::Group,
-            id: id.clone(),
-        })?;
-        check_version(if_match, doc.version)?;
-        self.check_group_unique(&input, Some(&id))?;
-        let v = doc.version;
+    fn group(&self, id: &str) -> Result<scimlog_projections::GroupDoc, Refusal> {
+        query::group(self.kv, self.t, id).ok_or_else(|| Refusal::NotFound { kind: ResourceKind::Group, id: id.into() })
+    }
+
+    /// `group.renamed` / `group.updated` for what differs between the stored group and `input`.
+    fn group_attribute_events(
+        &mut self,
+        doc: &scimlog_projections::GroupDoc,
+        input: &GroupInput,
+    ) -> Result<(), Refusal> {
+        self.check_group_unique(input, Some(&doc.id))?;
         if input.display_name != doc.display_name {
             self.emit(
                 ResourceKind::Group,
-                &id,
-                v,
+                &doc.id,
+                doc.version,
                 EventBody::GroupRenamed {
                     display_name: input.display_name.clone(),
                     previous_display_name: doc.display_name.clone(),
@@ -369,61 +302,184 @@ impl<K: KvRead> Decider<'_, K> {
         }
         let (changed, removed) = diff(&doc.attributes, &input.attributes);
         if !changed.is_empty() || !removed.is_empty() {
-            self.emit(
-                ResourceKind::Group,
-                &id,
-                v,
-                EventBody::GroupUpdated { changed, removed },
-            );
+            self.emit(ResourceKind::Group, &doc.id, doc.version, EventBody::GroupUpdated { changed, removed });
         }
+        Ok(())
+    }
+
+    /// Member events for the wanted end state of the memberships in `changes` (member id ->
+    /// `Some(type)` present, `None` absent); unchanged ones emit nothing.
+    fn membership_events(
+        &mut self,
+        doc: &scimlog_projections::GroupDoc,
+        changes: BTreeMap<String, Option<MemberType>>,
+    ) {
+        for (member_id, after) in changes {
+            let was = query::member(self.kv, self.t, &doc.id, &member_id).map(|m| m.member_type);
+            match (was, after) {
+                (None, Some(member_type)) => self.emit(
+                    ResourceKind::Group,
+                    &doc.id,
+                    doc.version,
+                    EventBody::GroupMemberAdded { member_id, member_type },
+                ),
+                (Some(member_type), None) => self.emit(
+                    ResourceKind::Group,
+                    &doc.id,
+                    doc.version,
+                    EventBody::GroupMemberRemoved { member_id, member_type },
+                ),
+                _ => {}
+            }
+        }
+    }
+
+    fn replace_group(&mut self, id: String, input: GroupInput, if_match: Option<u64>) -> Outcome {
+        let doc = self.group(&id)?;
+        check_version(if_match, doc.version)?;
+        self.group_attribute_events(&doc, &input)?;
         // PUT replaces the whole resource (RFC 7644 §3.5.1): absent members means no members.
-        let (wanted, skipped) =
-            self.resolve_members(&id, input.members.as_deref().unwrap_or_default());
-        let wanted_ids: BTreeSet<&str> = wanted.iter().map(|(m, _)| m.as_str()).collect();
-        let current = query::members(self.kv, self.t, &id, None, usize::MAX);
-        for m in &current {
-            if !wanted_ids.contains(m.id.as_str()) {
-                self.emit(
-                    ResourceKind::Group,
-                    &id,
-                    v,
-                    EventBody::GroupMemberRemoved {
-                        member_id: m.id.clone(),
-                        member_type: m.member_type,
-                    },
-                );
-            }
-        }
+        let (wanted, skipped) = self.resolve_members(&id, input.members.as_deref().unwrap_or_default());
+        let mut changes: BTreeMap<String, Option<MemberType>> =
+            query::members(self.kv, self.t, &id, None, usize::MAX).into_iter().map(|m| (m.id, None)).collect();
         for (member_id, member_type) in wanted {
-            if !query::is_member(self.kv, self.t, &id, &member_id) {
-                self.emit(
-                    ResourceKind::Group,
-                    &id,
-                    v,
-                    EventBody::GroupMemberAdded {
-                        member_id,
-                        member_type,
-                    },
-                );
-            }
+            changes.insert(member_id, Some(member_type));
         }
+        self.membership_events(&doc, changes);
         Ok((id, false, skipped))
     }
 
+    fn patch_user(&mut self, id: String, ops: &[PatchOp], if_match: Option<u64>) -> Outcome {
+        let doc = self.user(&id)?;
+        check_version(if_match, doc.version)?;
+        let mut map = doc.attributes.clone();
+        map.insert("active".into(), Value::Bool(doc.active));
+        for op in ops {
+            patch::apply(&registry().user, &mut map, op)?;
+        }
+        // The patched resource is validated as a whole, exactly like a PUT body.
+        let input = parse_user(&Value::Object(map))?;
+        self.replace_user(id, input, None)
+    }
+
+    fn patch_group(&mut self, id: String, ops: &[PatchOp], if_match: Option<u64>) -> Outcome {
+        let doc = self.group(&id)?;
+        check_version(if_match, doc.version)?;
+        let mut map = doc.attributes.clone();
+        map.insert("displayName".into(), Value::String(doc.display_name.clone()));
+        let mut changes: BTreeMap<String, Option<MemberType>> = BTreeMap::new();
+        let mut skipped = Vec::new();
+        for op in ops {
+            // Members never pass through the document: each operation becomes per-member changes,
+            // so a PATCH costs O(members named), whatever the group's size.
+            match &op.path {
+                Some(path) if path.is_attr("members") => self.member_op(&id, op, &mut changes, &mut skipped)?,
+                None => {
+                    let mut rest = op.value.as_object().cloned().unwrap_or_default();
+                    let members_key = rest.keys().find(|k| k.eq_ignore_ascii_case("members")).cloned();
+                    if let Some(k) = members_key {
+                        let value = rest.remove(&k).unwrap_or(Value::Null);
+                        let as_op = PatchOp {
+                            op: op.op,
+                            path_text: Some("members".into()),
+                            path: Some(patch::PatchPath::parse("members", Default::default())?),
+                            value,
+                        };
+                        self.member_op(&id, &as_op, &mut changes, &mut skipped)?;
+                    }
+                    let rest_op = PatchOp { value: Value::Object(rest), ..op.clone() };
+                    patch::apply(&registry().group, &mut map, &rest_op)?;
+                }
+                Some(_) => patch::apply(&registry().group, &mut map, op)?,
+            }
+        }
+        let input = parse_group(&Value::Object(map))?;
+        self.group_attribute_events(&doc, &input)?;
+        self.membership_events(&doc, changes);
+        Ok((id, false, skipped))
+    }
+
+    /// The membership a PATCH operation on `members` asks for, recorded in `changes`.
+    fn member_op(
+        &mut self,
+        group_id: &str,
+        op: &PatchOp,
+        changes: &mut BTreeMap<String, Option<MemberType>>,
+        skipped: &mut Vec<String>,
+    ) -> Result<(), Refusal> {
+        let path = op.path.as_ref().expect("member ops have a path");
+        let invalid = |why: &str| {
+            Refusal::Invalid(SchemaError::new(
+                scimlog_schemas::ScimType::InvalidPath,
+                format!("{:?}: {why}", op.path_text.as_deref().unwrap_or("members")),
+            ))
+        };
+        if path.attr.sub.is_some() || path.sub_after.is_some() {
+            return Err(invalid("members are added and removed whole; sub-attributes cannot be patched"));
+        }
+        // Everyone who is a member once the changes so far are applied.
+        let current = |this: &Self, changes: &BTreeMap<String, Option<MemberType>>| -> Vec<(String, MemberType)> {
+            let mut all: BTreeMap<String, MemberType> = query::members(this.kv, this.t, group_id, None, usize::MAX)
+                .into_iter()
+                .map(|m| (m.id, m.member_type))
+                .collect();
+            for (id, after) in changes {
+                match after {
+                    Some(t) => all.insert(id.clone(), *t),
+                    None => all.remove(id),
+                };
+            }
+            all.into_iter().collect()
+        };
+        match (op.op, &path.filter) {
+            (OpKind::Remove, Some(filter)) => match filter.value_eq_list() {
+                Some(ids) => ids.into_iter().for_each(|m| {
+                    changes.insert(m, None);
+                }),
+                None => {
+                    let attr = registry().group.attr("members").expect("Group has members");
+                    for (m, t) in current(self, changes) {
+                        if filter.matches_element(attr, &json!({"value": m, "type": t.kind().as_str()})) {
+                            changes.insert(m, None);
+                        }
+                    }
+                }
+            },
+            (_, Some(_)) => return Err(invalid("a member filter can only be used to remove members")),
+            (OpKind::Remove, None) if op.value.is_null() || op.value.as_array().is_some_and(|a| a.is_empty()) => {
+                for (m, _) in current(self, changes) {
+                    changes.insert(m, None);
+                }
+            }
+            (OpKind::Remove, None) => {
+                for m in parse_members(&op.value)? {
+                    changes.insert(m.value, None);
+                }
+            }
+            (OpKind::Add | OpKind::Replace, None) => {
+                if op.op == OpKind::Replace {
+                    for (m, _) in current(self, changes) {
+                        changes.insert(m, None);
+                    }
+                }
+                let refs = parse_members(&op.value)?;
+                let (found, unknown) = self.resolve_members(group_id, &refs);
+                skipped.extend(unknown);
+                for (m, t) in found {
+                    changes.insert(m, Some(t));
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn delete_group(&mut self, id: String, if_match: Option<u64>) -> Outcome {
-        let doc = query::group(self.kv, self.t, &id).ok_or_else(|| Refusal::NotFound {
-            kind: ResourceKind::Group,
-            id: id.clone(),
-        })?;
+        let doc = query::group(self.kv, self.t, &id)
+            .ok_or_else(|| Refusal::NotFound { kind: ResourceKind::Group, id: id.clone() })?;
         check_version(if_match, doc.version)?;
         // Its memberships in other groups end with events; its own members go with group.deleted.
         self.leave_all_groups(&id, MemberType::Group);
-        self.emit(
-            ResourceKind::Group,
-            &id,
-            doc.version,
-            EventBody::GroupDeleted {},
-        );
+        self.emit(ResourceKind::Group, &id, doc.version, EventBody::GroupDeleted {});
         Ok((id, false, vec![]))
     }
 }

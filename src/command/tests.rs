@@ -2,9 +2,7 @@
 
 use chrono::{DateTime, Utc};
 use scimlog_projections::{apply, MemKv};
-use scimlog_schemas::event::{
-    Event, EventBody as B, MemberType, NewEvent, ResourceKind, GENESIS_HASH,
-};
+use scimlog_schemas::event::{Event, EventBody as B, MemberType, NewEvent, ResourceKind, GENESIS_HASH};
 use scimlog_schemas::resource::{parse_group, parse_user};
 use serde_json::{json, Value};
 
@@ -42,47 +40,25 @@ fn stamp(position: u64, new: NewEvent) -> Event {
 }
 
 fn create_user(id: &str, body: Value) -> Command {
-    Command::CreateUser {
-        id: id.into(),
-        input: parse_user(&body).unwrap(),
-    }
+    Command::CreateUser { id: id.into(), input: parse_user(&body).unwrap() }
 }
 fn replace_user(id: &str, body: Value) -> Command {
-    Command::ReplaceUser {
-        id: id.into(),
-        input: parse_user(&body).unwrap(),
-        if_match: None,
-    }
+    Command::ReplaceUser { id: id.into(), input: parse_user(&body).unwrap(), if_match: None }
 }
 fn create_group(id: &str, body: Value) -> Command {
-    Command::CreateGroup {
-        id: id.into(),
-        input: parse_group(&body).unwrap(),
-    }
+    Command::CreateGroup { id: id.into(), input: parse_group(&body).unwrap() }
 }
 fn bodies(d: &Decision) -> Vec<(String, u64, Value)> {
     d.events
         .iter()
-        .map(|e| {
-            (
-                e.resource_id.clone(),
-                e.resource_version,
-                serde_json::to_value(&e.body).unwrap(),
-            )
-        })
+        .map(|e| (e.resource_id.clone(), e.resource_version, serde_json::to_value(&e.body).unwrap()))
         .collect()
 }
 
 #[test]
 fn create_user_emits_user_created_without_password() {
-    let d = given_when(
-        vec![],
-        create_user(
-            "u1",
-            json!({"userName": "a", "password": "p", "active": "False"}),
-        ),
-    )
-    .unwrap();
+    let d =
+        given_when(vec![], create_user("u1", json!({"userName": "a", "password": "p", "active": "False"}))).unwrap();
     assert_eq!(
         bodies(&d),
         vec![(
@@ -100,10 +76,7 @@ fn duplicate_user_name_is_refused_case_insensitively() {
         vec![create_user("u1", json!({"userName": "Alice"}))],
         create_user("u2", json!({"userName": "ALICE"})),
     );
-    assert_eq!(
-        r.unwrap_err(),
-        Refusal::Uniqueness("userName \"ALICE\" is already taken".into())
-    );
+    assert_eq!(r.unwrap_err(), Refusal::Uniqueness("userName \"ALICE\" is already taken".into()));
 }
 
 #[test]
@@ -115,29 +88,15 @@ fn post_matching_an_inactive_user_reactivates_it() {
     .unwrap();
     assert_eq!(d.resource_id, "u1");
     assert!(!d.created);
-    let types: Vec<&str> = d
-        .events
-        .iter()
-        .map(|e| e.body.event_type().as_str())
-        .collect();
+    let types: Vec<&str> = d.events.iter().map(|e| e.body.event_type().as_str()).collect();
     assert_eq!(types, ["user.updated", "user.reactivated"]);
     assert_eq!(d.events.last().unwrap().resource_version, 3);
 }
 
 #[test]
 fn put_yields_semantic_events() {
-    let given = vec![create_user(
-        "u1",
-        json!({"userName": "a", "title": "x", "nickName": "n"}),
-    )];
-    let d = given_when(
-        given,
-        replace_user(
-            "u1",
-            json!({"userName": "a", "title": "y", "active": false}),
-        ),
-    )
-    .unwrap();
+    let given = vec![create_user("u1", json!({"userName": "a", "title": "x", "nickName": "n"}))];
+    let d = given_when(given, replace_user("u1", json!({"userName": "a", "title": "y", "active": false}))).unwrap();
     assert_eq!(
         bodies(&d),
         vec![
@@ -146,22 +105,15 @@ fn put_yields_semantic_events() {
                 2,
                 json!({"type": "user.updated", "data": {"changed": {"title": "y"}, "removed": ["nickName"]}})
             ),
-            (
-                "u1".into(),
-                3,
-                json!({"type": "user.deactivated", "data": {}})
-            ),
+            ("u1".into(), 3, json!({"type": "user.deactivated", "data": {}})),
         ]
     );
 }
 
 #[test]
 fn unchanged_put_emits_nothing() {
-    let d = given_when(
-        vec![create_user("u1", json!({"userName": "a"}))],
-        replace_user("u1", json!({"userName": "a"})),
-    )
-    .unwrap();
+    let d = given_when(vec![create_user("u1", json!({"userName": "a"}))], replace_user("u1", json!({"userName": "a"})))
+        .unwrap();
     assert!(d.events.is_empty());
 }
 
@@ -175,33 +127,20 @@ fn stale_if_match_is_refused() {
             if_match: Some(7),
         },
     );
-    assert_eq!(
-        r.unwrap_err(),
-        Refusal::VersionMismatch {
-            current: 1,
-            expected: 7
-        }
-    );
+    assert_eq!(r.unwrap_err(), Refusal::VersionMismatch { current: 1, expected: 7 });
 }
 
 #[test]
 fn group_with_unknown_members_skips_and_reports_them() {
     let d = given_when(
         vec![create_user("u1", json!({"userName": "a"}))],
-        create_group(
-            "g1",
-            json!({"displayName": "Ops", "members": [{"value": "u1"}, {"value": "nope"}]}),
-        ),
+        create_group("g1", json!({"displayName": "Ops", "members": [{"value": "u1"}, {"value": "nope"}]})),
     )
     .unwrap();
     assert_eq!(d.skipped_members, vec!["nope".to_string()]);
     assert_eq!(
         bodies(&d)[1],
-        (
-            "g1".into(),
-            2,
-            json!({"type": "group.member_added", "data": {"memberId": "u1", "memberType": "User"}})
-        )
+        ("g1".into(), 2, json!({"type": "group.member_added", "data": {"memberId": "u1", "memberType": "User"}}))
     );
 }
 
@@ -209,28 +148,12 @@ fn group_with_unknown_members_skips_and_reports_them() {
 fn deleting_a_user_removes_its_memberships_first() {
     let given = vec![
         create_user("u1", json!({"userName": "a"})),
-        create_group(
-            "g1",
-            json!({"displayName": "A", "members": [{"value": "u1"}]}),
-        ),
+        create_group("g1", json!({"displayName": "A", "members": [{"value": "u1"}]})),
     ];
-    let d = given_when(
-        given,
-        Command::DeleteUser {
-            id: "u1".into(),
-            if_match: None,
-        },
-    )
-    .unwrap();
-    let types: Vec<(&str, &str)> = d
-        .events
-        .iter()
-        .map(|e| (e.resource_id.as_str(), e.body.event_type().as_str()))
-        .collect();
-    assert_eq!(
-        types,
-        [("g1", "group.member_removed"), ("u1", "user.deleted")]
-    );
+    let d = given_when(given, Command::DeleteUser { id: "u1".into(), if_match: None }).unwrap();
+    let types: Vec<(&str, &str)> =
+        d.events.iter().map(|e| (e.resource_id.as_str(), e.body.event_type().as_str())).collect();
+    assert_eq!(types, [("g1", "group.member_removed"), ("u1", "user.deleted")]);
 }
 
 #[test]
@@ -238,10 +161,7 @@ fn group_put_diffs_members_and_renames() {
     let given = vec![
         create_user("u1", json!({"userName": "a"})),
         create_user("u2", json!({"userName": "b"})),
-        create_group(
-            "g1",
-            json!({"displayName": "A", "members": [{"value": "u1"}]}),
-        ),
+        create_group("g1", json!({"displayName": "A", "members": [{"value": "u1"}]})),
     ];
     let put = Command::ReplaceGroup {
         id: "g1".into(),
@@ -249,19 +169,8 @@ fn group_put_diffs_members_and_renames() {
         if_match: None,
     };
     let d = given_when(given, put).unwrap();
-    let types: Vec<&str> = d
-        .events
-        .iter()
-        .map(|e| e.body.event_type().as_str())
-        .collect();
-    assert_eq!(
-        types,
-        [
-            "group.renamed",
-            "group.member_removed",
-            "group.member_added"
-        ]
-    );
+    let types: Vec<&str> = d.events.iter().map(|e| e.body.event_type().as_str()).collect();
+    assert_eq!(types, ["group.renamed", "group.member_removed", "group.member_added"]);
     let versions: Vec<u64> = d.events.iter().map(|e| e.resource_version).collect();
     assert_eq!(versions, [3, 4, 5]);
     assert!(
@@ -276,18 +185,6 @@ fn duplicate_group_name_and_missing_resources_are_refused() {
         create_group("g2", json!({"displayName": "OPS"})),
     );
     assert!(matches!(r, Err(Refusal::Uniqueness(_))));
-    let r = given_when(
-        vec![],
-        Command::DeleteGroup {
-            id: "g9".into(),
-            if_match: None,
-        },
-    );
-    assert_eq!(
-        r.unwrap_err(),
-        Refusal::NotFound {
-            kind: ResourceKind::Group,
-            id: "g9".into()
-        }
-    );
+    let r = given_when(vec![], Command::DeleteGroup { id: "g9".into(), if_match: None });
+    assert_eq!(r.unwrap_err(), Refusal::NotFound { kind: ResourceKind::Group, id: "g9".into() });
 }

@@ -15,23 +15,11 @@ use super::{scim_response, AppState};
 
 pub fn router() -> Router<AppState> {
     Router::new()
-        .route(
-            "/ServiceProviderConfig",
-            get(service_provider_config).fallback(super::method_not_allowed),
-        )
-        .route(
-            "/ResourceTypes",
-            get(resource_types).fallback(super::method_not_allowed),
-        )
-        .route(
-            "/ResourceTypes/{id}",
-            get(resource_type).fallback(super::method_not_allowed),
-        )
+        .route("/ServiceProviderConfig", get(service_provider_config).fallback(super::method_not_allowed))
+        .route("/ResourceTypes", get(resource_types).fallback(super::method_not_allowed))
+        .route("/ResourceTypes/{id}", get(resource_type).fallback(super::method_not_allowed))
         .route("/Schemas", get(schemas).fallback(super::method_not_allowed))
-        .route(
-            "/Schemas/{id}",
-            get(schema).fallback(super::method_not_allowed),
-        )
+        .route("/Schemas/{id}", get(schema).fallback(super::method_not_allowed))
         .route("/Me", axum::routing::any(me))
 }
 
@@ -67,28 +55,16 @@ async fn resource_types(State(s): State<AppState>) -> Response {
     scim_response(StatusCode::OK, &list_response(items.len(), 1, items))
 }
 
-async fn resource_type(
-    State(s): State<AppState>,
-    Path(id): Path<String>,
-) -> Result<Response, ApiError> {
+async fn resource_type(State(s): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
     all_resource_types(&s.scim_base)
         .into_iter()
-        .find(|r| {
-            r["id"]
-                .as_str()
-                .is_some_and(|x| x.eq_ignore_ascii_case(&id))
-        })
+        .find(|r| r["id"].as_str().is_some_and(|x| x.eq_ignore_ascii_case(&id)))
         .map(|r| scim_response(StatusCode::OK, &r))
         .ok_or_else(|| ApiError::NotFound(format!("resource type {id:?} not found")))
 }
 
 fn all_schemas(base: &str) -> Vec<Value> {
-    registry()
-        .documents
-        .iter()
-        .cloned()
-        .map(|d| absolute(d, base))
-        .collect()
+    registry().documents.iter().cloned().map(|d| absolute(d, base)).collect()
 }
 
 async fn schemas(State(s): State<AppState>) -> Response {
@@ -99,17 +75,11 @@ async fn schemas(State(s): State<AppState>) -> Response {
 async fn schema(State(s): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
     all_schemas(&s.scim_base)
         .into_iter()
-        .find(|d| {
-            d["id"]
-                .as_str()
-                .is_some_and(|x| x.eq_ignore_ascii_case(&id))
-        })
+        .find(|d| d["id"].as_str().is_some_and(|x| x.eq_ignore_ascii_case(&id)))
         .map(|d| scim_response(StatusCode::OK, &d))
         .ok_or_else(|| ApiError::NotFound(format!("schema {id:?} not found")))
 }
 
 async fn me() -> ApiError {
-    ApiError::NotImplemented(
-        "/Me is not supported: tokens belong to IdP integrations, not to users",
-    )
+    ApiError::NotImplemented("/Me is not supported: tokens belong to IdP integrations, not to users")
 }

@@ -48,12 +48,12 @@ impl From<WriteError> for ApiError {
     fn from(e: WriteError) -> Self {
         match e {
             WriteError::Refused(r) => ApiError::Refused(r),
-            WriteError::QueueFull { depth } => ApiError::Unavailable(format!(
-                "the write queue is full ({depth} writes waiting); retry shortly"
-            )),
-            WriteError::Storage => ApiError::Unavailable(
-                "the store could not commit the write; nothing was written".into(),
-            ),
+            WriteError::QueueFull { depth } => {
+                ApiError::Unavailable(format!("the write queue is full ({depth} writes waiting); retry shortly"))
+            }
+            WriteError::Storage => {
+                ApiError::Unavailable("the store could not commit the write; nothing was written".into())
+            }
             WriteError::Closed => ApiError::Unavailable("the server is shutting down".into()),
         }
     }
@@ -69,12 +69,14 @@ impl ApiError {
     fn parts(&self) -> (StatusCode, Option<&'static str>, String) {
         match self {
             ApiError::Invalid(e) => {
-                let status = if e.scim_type == ScimType::Uniqueness { StatusCode::CONFLICT } else { StatusCode::BAD_REQUEST };
+                let status =
+                    if e.scim_type == ScimType::Uniqueness { StatusCode::CONFLICT } else { StatusCode::BAD_REQUEST };
                 (status, Some(e.scim_type.as_str()), e.detail.clone())
             }
             ApiError::Refused(Refusal::NotFound { kind, id }) => {
                 (StatusCode::NOT_FOUND, None, format!("{} {id:?} not found", kind.as_str()))
             }
+            ApiError::Refused(Refusal::Invalid(e)) => ApiError::Invalid(e.clone()).parts(),
             ApiError::Refused(Refusal::Uniqueness(d)) => (StatusCode::CONFLICT, Some("uniqueness"), d.clone()),
             ApiError::Refused(Refusal::VersionMismatch { current, expected }) => (
                 StatusCode::PRECONDITION_FAILED,
@@ -88,10 +90,14 @@ impl ApiError {
                 None,
                 format!("content type {ct:?} is not accepted; send application/scim+json or application/json"),
             ),
-            ApiError::PayloadTooLarge { limit } => {
-                (StatusCode::PAYLOAD_TOO_LARGE, None, format!("the request body is larger than the limit of {limit} bytes"))
+            ApiError::PayloadTooLarge { limit } => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                None,
+                format!("the request body is larger than the limit of {limit} bytes"),
+            ),
+            ApiError::MethodNotAllowed => {
+                (StatusCode::METHOD_NOT_ALLOWED, None, "method not allowed on this endpoint".into())
             }
-            ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, None, "method not allowed on this endpoint".into()),
             ApiError::NotImplemented(d) => (StatusCode::NOT_IMPLEMENTED, None, (*d).into()),
             ApiError::Unavailable(d) => (StatusCode::SERVICE_UNAVAILABLE, None, d.clone()),
         }
@@ -108,14 +114,11 @@ impl IntoResponse for ApiError {
         let mut resp = super::scim_response(status, &body);
         match status {
             StatusCode::UNAUTHORIZED => {
-                resp.headers_mut().insert(
-                    header::WWW_AUTHENTICATE,
-                    HeaderValue::from_static("Bearer realm=\"scimlog\""),
-                );
+                resp.headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"scimlog\""));
             }
             StatusCode::SERVICE_UNAVAILABLE => {
-                resp.headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             _ => {}
         }

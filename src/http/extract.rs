@@ -25,12 +25,7 @@ impl FromRequest<AppState> for ScimBody {
     async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
         if let Some(ct) = req.headers().get(CONTENT_TYPE) {
             let ct = ct.to_str().unwrap_or_default();
-            let essence = ct
-                .split(';')
-                .next()
-                .unwrap_or_default()
-                .trim()
-                .to_ascii_lowercase();
+            let essence = ct.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
             if essence != "application/scim+json" && essence != "application/json" {
                 return Err(ApiError::UnsupportedMediaType(ct.to_string()));
             }
@@ -40,15 +35,11 @@ impl FromRequest<AppState> for ScimBody {
             if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
                 ApiError::PayloadTooLarge { limit }
             } else {
-                ApiError::Invalid(SchemaError::invalid_syntax(format!(
-                    "cannot read the request body: {rejection}"
-                )))
+                ApiError::Invalid(SchemaError::invalid_syntax(format!("cannot read the request body: {rejection}")))
             }
         })?;
         let value: Value = serde_json::from_slice(&bytes).map_err(|e| {
-            ApiError::Invalid(SchemaError::invalid_syntax(format!(
-                "the request body is not valid JSON: {e}"
-            )))
+            ApiError::Invalid(SchemaError::invalid_syntax(format!("the request body is not valid JSON: {e}")))
         })?;
         Ok(ScimBody(value))
     }
@@ -77,20 +68,10 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
-        let principal = parts
-            .extensions
-            .get::<Principal>()
-            .cloned()
-            .ok_or(ApiError::Unauthorized("authentication required"))?;
-        let request_id = parts
-            .extensions
-            .get::<super::RequestId>()
-            .map(|r| r.0.clone())
-            .unwrap_or_default();
-        Ok(Caller {
-            principal,
-            request_id,
-        })
+        let principal =
+            parts.extensions.get::<Principal>().cloned().ok_or(ApiError::Unauthorized("authentication required"))?;
+        let request_id = parts.extensions.get::<super::RequestId>().map(|r| r.0.clone()).unwrap_or_default();
+        Ok(Caller { principal, request_id })
     }
 }
 
@@ -149,27 +130,17 @@ fn parse_attr_list(s: &str) -> Result<Vec<(CiName, Option<CiName>)>, SchemaError
 }
 
 impl Projection {
-    pub fn parse(
-        attributes: Option<&str>,
-        excluded: Option<&str>,
-    ) -> Result<Projection, SchemaError> {
+    pub fn parse(attributes: Option<&str>, excluded: Option<&str>) -> Result<Projection, SchemaError> {
         Ok(Projection {
             only: attributes.map(parse_attr_list).transpose()?,
-            excluded: excluded
-                .map(parse_attr_list)
-                .transpose()?
-                .unwrap_or_default(),
+            excluded: excluded.map(parse_attr_list).transpose()?.unwrap_or_default(),
         })
     }
 
     /// Whether the top-level attribute `name` is wanted at all (to skip loading it).
     pub fn wants(&self, name: &str) -> bool {
         let excluded_whole = self.excluded.iter().any(|(a, s)| s.is_none() && a == name);
-        let listed = self
-            .only
-            .as_ref()
-            .map(|o| o.iter().any(|(a, _)| a == name))
-            .unwrap_or(true);
+        let listed = self.only.as_ref().map(|o| o.iter().any(|(a, _)| a == name)).unwrap_or(true);
         !excluded_whole && listed
     }
 
@@ -186,11 +157,7 @@ impl Projection {
                 if only.iter().any(|(b, s)| b == a && s.is_none()) {
                     continue;
                 }
-                let keep: Vec<&CiName> = only
-                    .iter()
-                    .filter(|(b, _)| b == a)
-                    .filter_map(|(_, s)| s.as_ref())
-                    .collect();
+                let keep: Vec<&CiName> = only.iter().filter(|(b, _)| b == a).filter_map(|(_, s)| s.as_ref()).collect();
                 if let Some((_, inner)) = obj.iter_mut().find(|(k, _)| a == k.as_str()) {
                     retain_subs(inner, |k| keep.iter().any(|s| *s == k) || *sub == *k);
                 }
@@ -229,23 +196,13 @@ pub struct ListQuery {
 }
 
 impl ListQuery {
-    pub fn from_params(
-        params: &HashMap<String, String>,
-        state: &AppState,
-    ) -> Result<ListQuery, ApiError> {
-        let get = |name: &str| {
-            params
-                .iter()
-                .find(|(k, _)| k.eq_ignore_ascii_case(name))
-                .map(|(_, v)| v.as_str())
-        };
+    pub fn from_params(params: &HashMap<String, String>, state: &AppState) -> Result<ListQuery, ApiError> {
+        let get = |name: &str| params.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str());
         let int = |name: &str| -> Result<Option<i64>, ApiError> {
             get(name)
                 .map(|v| {
                     v.trim().parse::<i64>().map_err(|_| {
-                        ApiError::Invalid(SchemaError::invalid_value(format!(
-                            "{name} must be an integer, got {v:?}"
-                        )))
+                        ApiError::Invalid(SchemaError::invalid_value(format!("{name} must be an integer, got {v:?}")))
                     })
                 })
                 .transpose()
@@ -255,14 +212,8 @@ impl ListQuery {
                 "sortBy is not supported by this server (ServiceProviderConfig sort.supported is false)",
             )));
         }
-        let limits = FilterLimits {
-            max_length: state.cfg.max_filter_length,
-            max_depth: state.cfg.max_filter_depth,
-        };
-        let filter = get("filter")
-            .filter(|f| !f.trim().is_empty())
-            .map(|f| Filter::parse(f, limits))
-            .transpose()?;
+        let limits = FilterLimits { max_length: state.cfg.max_filter_length, max_depth: state.cfg.max_filter_depth };
+        let filter = get("filter").filter(|f| !f.trim().is_empty()).map(|f| Filter::parse(f, limits)).transpose()?;
         // RFC 7644 §3.4.2.4: startIndex < 1 is read as 1, a negative count as 0.
         let start_index = int("startIndex")?.unwrap_or(1).max(1) as usize;
         let count = match int("count")? {
@@ -270,11 +221,6 @@ impl ListQuery {
             Some(c) => (c.max(0) as u64).min(state.cfg.max_page_size as u64) as usize,
         };
         let projection = Projection::parse(get("attributes"), get("excludedAttributes"))?;
-        Ok(ListQuery {
-            filter,
-            start_index,
-            count,
-            projection,
-        })
+        Ok(ListQuery { filter, start_index, count, projection })
     }
 }

@@ -18,11 +18,7 @@ async fn healthz(State(state): State<AppState>) -> Response {
         Ok(head) => Json(json!({"status": "ok", "logPosition": head.position})).into_response(),
         Err(e) => {
             tracing::error!(error = %e, "health check cannot read the log");
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                Json(json!({"status": "unavailable"})),
-            )
-                .into_response()
+            (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "unavailable"}))).into_response()
         }
     }
 }

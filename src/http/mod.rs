@@ -99,10 +99,7 @@ async fn request_context(mut req: Request, next: Next) -> Response {
 
 async fn authenticate(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
     let principal = match &state.tokens {
-        None => Principal {
-            name: "anonymous".into(),
-            tenant: state.cfg.tenant.clone(),
-        },
+        None => Principal { name: "anonymous".into(), tenant: state.cfg.tenant.clone() },
         Some(tokens) => {
             let presented = req
                 .headers()
@@ -112,16 +109,12 @@ async fn authenticate(State(state): State<AppState>, mut req: Request, next: Nex
                 .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
                 .map(|(_, t)| t.trim().to_string());
             let Some(presented) = presented else {
-                return ApiError::Unauthorized(
-                    "a bearer token is required (Authorization: Bearer <token>)",
-                )
-                .into_response();
+                return ApiError::Unauthorized("a bearer token is required (Authorization: Bearer <token>)")
+                    .into_response();
             };
             match tokens.authenticate(&presented) {
                 Some(p) => p,
-                None => {
-                    return ApiError::Unauthorized("the bearer token is not valid").into_response()
-                }
+                None => return ApiError::Unauthorized("the bearer token is not valid").into_response(),
             }
         }
     };
@@ -133,18 +126,12 @@ async fn authenticate(State(state): State<AppState>, mut req: Request, next: Nex
 pub fn scim_response(status: StatusCode, body: &Value) -> Response {
     let bytes = serde_json::to_vec(body).expect("JSON values serialise");
     let mut resp = (status, bytes).into_response();
-    resp.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static(SCIM_CONTENT_TYPE));
+    resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(SCIM_CONTENT_TYPE));
     resp
 }
 
 /// A resource response with its `ETag` (and `Location` on creation).
-pub fn resource_response(
-    status: StatusCode,
-    body: &Value,
-    version: u64,
-    location: Option<&str>,
-) -> Response {
+pub fn resource_response(status: StatusCode, body: &Value, version: u64, location: Option<&str>) -> Response {
     let mut resp = scim_response(status, body);
     if let Ok(v) = HeaderValue::from_str(&format!("W/\"{version}\"")) {
         resp.headers_mut().insert(axum::http::header::ETAG, v);
@@ -157,10 +144,4 @@ pub fn resource_response(
 
 async fn method_not_allowed() -> ApiError {
     ApiError::MethodNotAllowed
-}
-
-async fn patch_not_supported() -> ApiError {
-    ApiError::NotImplemented(
-        "PATCH is not supported yet (ServiceProviderConfig patch.supported is false); use PUT",
-    )
 }

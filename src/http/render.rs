@@ -50,17 +50,7 @@ pub fn user(kv: &impl KvRead, t: &str, base: &str, doc: &UserDoc, proj: &Project
             m.insert("groups".into(), Value::Array(groups));
         }
     }
-    m.insert(
-        "meta".into(),
-        meta(
-            base,
-            ResourceKind::User,
-            &doc.id,
-            &doc.created,
-            &doc.last_modified,
-            doc.version,
-        ),
-    );
+    m.insert("meta".into(), meta(base, ResourceKind::User, &doc.id, &doc.created, &doc.last_modified, doc.version));
     proj.apply(Value::Object(m))
 }
 
@@ -68,10 +58,7 @@ pub fn group(kv: &impl KvRead, t: &str, base: &str, doc: &GroupDoc, proj: &Proje
     let mut m = Map::with_capacity(doc.attributes.len() + 5);
     m.insert("schemas".into(), json!([urn::GROUP]));
     m.insert("id".into(), Value::String(doc.id.clone()));
-    m.insert(
-        "displayName".into(),
-        Value::String(doc.display_name.clone()),
-    );
+    m.insert("displayName".into(), Value::String(doc.display_name.clone()));
     m.extend(doc.attributes.iter().map(|(k, v)| (k.clone(), v.clone())));
     // Members are read only when asked for: `excludedAttributes=members` costs no member reads.
     if proj.wants("members") && doc.member_count > 0 {
@@ -92,17 +79,7 @@ pub fn group(kv: &impl KvRead, t: &str, base: &str, doc: &GroupDoc, proj: &Proje
             .collect();
         m.insert("members".into(), Value::Array(members));
     }
-    m.insert(
-        "meta".into(),
-        meta(
-            base,
-            ResourceKind::Group,
-            &doc.id,
-            &doc.created,
-            &doc.last_modified,
-            doc.version,
-        ),
-    );
+    m.insert("meta".into(), meta(base, ResourceKind::Group, &doc.id, &doc.created, &doc.last_modified, doc.version));
     proj.apply(Value::Object(m))
 }
 

@@ -6,6 +6,8 @@ use std::collections::HashMap;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use scimlog_projections::{query, KvRead};
+use scimlog_schemas::filter::FilterLimits;
+use scimlog_schemas::patch::parse_patch;
 use scimlog_schemas::resource::{parse_group, parse_user};
 use scimlog_schemas::ResourceKind;
 use serde_json::Value;
@@ -26,20 +28,13 @@ fn render_one(
     proj: &Projection,
 ) -> Option<(Value, u64)> {
     match kind {
-        ResourceKind::User => {
-            query::user(kv, t, id).map(|d| (render::user(kv, t, base, &d, proj), d.version))
-        }
-        ResourceKind::Group => {
-            query::group(kv, t, id).map(|d| (render::group(kv, t, base, &d, proj), d.version))
-        }
+        ResourceKind::User => query::user(kv, t, id).map(|d| (render::user(kv, t, base, &d, proj), d.version)),
+        ResourceKind::Group => query::group(kv, t, id).map(|d| (render::group(kv, t, base, &d, proj), d.version)),
     }
 }
 
 fn not_found(kind: ResourceKind, id: &str) -> ApiError {
-    ApiError::Refused(Refusal::NotFound {
-        kind,
-        id: id.into(),
-    })
+    ApiError::Refused(Refusal::NotFound { kind, id: id.into() })
 }
 
 /// Reads the resource after a write (the response is sent only once the write is durable, so this
@@ -50,28 +45,16 @@ fn respond_written(
     kind: ResourceKind,
     id: &str,
     status: StatusCode,
+    proj: &Projection,
 ) -> Result<Response, ApiError> {
     let view = state.store.view();
-    let rendered = render_one(
-        &view,
-        caller.tenant(),
-        &state.scim_base,
-        kind,
-        id,
-        &Projection::default(),
-    );
+    let rendered = render_one(&view, caller.tenant(), &state.scim_base, kind, id, proj);
     if let Some(e) = view.take_error() {
         return Err(e.into());
     }
     let (body, version) = rendered.ok_or_else(|| not_found(kind, id))?;
-    let location =
-        (status == StatusCode::CREATED).then(|| render::location(&state.scim_base, kind, id));
-    Ok(resource_response(
-        status,
-        &body,
-        version,
-        location.as_deref(),
-    ))
+    let location = (status == StatusCode::CREATED).then(|| render::location(&state.scim_base, kind, id));
+    Ok(resource_response(status, &body, version, location.as_deref()))
 }
 
 fn report_skipped(kind: ResourceKind, id: &str, skipped: &[String]) {
@@ -80,27 +63,16 @@ fn report_skipped(kind: ResourceKind, id: &str, skipped: &[String]) {
     }
 }
 
-pub async fn create(
-    state: &AppState,
-    caller: Caller,
-    kind: ResourceKind,
-    body: Value,
-) -> Result<Response, ApiError> {
+pub async fn create(state: &AppState, caller: Caller, kind: ResourceKind, body: Value) -> Result<Response, ApiError> {
     let id = Uuid::now_v7().to_string();
     let command = match kind {
-        ResourceKind::User => Command::CreateUser {
-            id,
-            input: parse_user(&body)?,
-        },
-        ResourceKind::Group => Command::CreateGroup {
-            id,
-            input: parse_group(&body)?,
-        },
+        ResourceKind::User => Command::CreateUser { id, input: parse_user(&body)? },
+        ResourceKind::Group => Command::CreateGroup { id, input: parse_group(&body)? },
     };
     let committed = state.writer.submit(caller.origin(), command).await?;
     let d = &committed.decision;
     report_skipped(kind, &d.resource_id, &d.skipped_members);
-    respond_written(state, &caller, kind, &d.resource_id, StatusCode::CREATED)
+    respond_written(state, &caller, kind, &d.resource_id, StatusCode::CREATED, &Projection::default())
 }
 
 pub fn get(
@@ -111,12 +83,7 @@ pub fn get(
     headers: &HeaderMap,
     params: &HashMap<String, String>,
 ) -> Result<Response, ApiError> {
-    let param = |n: &str| {
-        params
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(n))
-            .map(|(_, v)| v.as_str())
-    };
+    let param = |n: &str| params.iter().find(|(k, _)| k.eq_ignore_ascii_case(n)).map(|(_, v)| v.as_str());
     let proj = Projection::parse(param("attributes"), param("excludedAttributes"))?;
     let view = state.store.view();
     let rendered = render_one(&view, caller.tenant(), &state.scim_base, kind, id, &proj);
@@ -144,20 +111,12 @@ pub async fn replace(
 ) -> Result<Response, ApiError> {
     let if_match = if_match(headers);
     let command = match kind {
-        ResourceKind::User => Command::ReplaceUser {
-            id: id.clone(),
-            input: parse_user(&body)?,
-            if_match,
-        },
-        ResourceKind::Group => Command::ReplaceGroup {
-            id: id.clone(),
-            input: parse_group(&body)?,
-            if_match,
-        },
+        ResourceKind::User => Command::ReplaceUser { id: id.clone(), input: parse_user(&body)?, if_match },
+        ResourceKind::Group => Command::ReplaceGroup { id: id.clone(), input: parse_group(&body)?, if_match },
     };
     let committed = state.writer.submit(caller.origin(), command).await?;
     report_skipped(kind, &id, &committed.decision.skipped_members);
-    respond_written(state, &caller, kind, &id, StatusCode::OK)
+    respond_written(state, &caller, kind, &id, StatusCode::OK, &Projection::default())
 }
 
 pub async fn delete(
@@ -176,6 +135,46 @@ pub async fn delete(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
+/// PATCH (RFC 7644 §3.5.2). A user PATCH answers 200 with the resource; a group PATCH answers
+/// 204 unless the request asks for attributes (`attributes`/`excludedAttributes`), because a
+/// group's members can be many and IdPs (Entra) do not read them back.
+pub async fn patch(
+    state: &AppState,
+    caller: Caller,
+    kind: ResourceKind,
+    id: String,
+    headers: &HeaderMap,
+    params: &HashMap<String, String>,
+    body: Value,
+) -> Result<Response, ApiError> {
+    let param = |n: &str| params.iter().find(|(k, _)| k.eq_ignore_ascii_case(n)).map(|(_, v)| v.as_str());
+    let proj = Projection::parse(param("attributes"), param("excludedAttributes"))?;
+    let limits = FilterLimits { max_length: state.cfg.max_filter_length, max_depth: state.cfg.max_filter_depth };
+    let ops = parse_patch(&body, limits, state.cfg.max_patch_operations)?;
+    let if_match = if_match(headers);
+    let command = match kind {
+        ResourceKind::User => Command::PatchUser { id: id.clone(), ops, if_match },
+        ResourceKind::Group => Command::PatchGroup { id: id.clone(), ops, if_match },
+    };
+    let committed = state.writer.submit(caller.origin(), command).await?;
+    report_skipped(kind, &id, &committed.decision.skipped_members);
+    let asks_for_attributes = param("attributes").is_some() || param("excludedAttributes").is_some();
+    if kind == ResourceKind::Group && !asks_for_attributes {
+        let view = state.store.view();
+        let version = query::group(&view, caller.tenant(), &id).map(|g| g.version);
+        if let Some(e) = view.take_error() {
+            return Err(e.into());
+        }
+        let version = version.ok_or_else(|| not_found(kind, &id))?;
+        let mut resp = StatusCode::NO_CONTENT.into_response();
+        if let Ok(v) = format!("W/\"{version}\"").parse() {
+            resp.headers_mut().insert(axum::http::header::ETAG, v);
+        }
+        return Ok(resp);
+    }
+    respond_written(state, &caller, kind, &id, StatusCode::OK, &proj)
+}
+
 pub fn list(
     state: &AppState,
     caller: &Caller,
@@ -191,17 +190,12 @@ pub fn list(
         .iter()
         .skip(q.start_index - 1)
         .take(q.count)
-        .filter_map(|id| {
-            render_one(&view, t, &state.scim_base, kind, id, &q.projection).map(|(v, _)| v)
-        })
+        .filter_map(|id| render_one(&view, t, &state.scim_base, kind, id, &q.projection).map(|(v, _)| v))
         .collect();
     if let Some(e) = view.take_error() {
         return Err(e.into());
     }
-    Ok(scim_response(
-        StatusCode::OK,
-        &render::list_response(total, q.start_index, resources),
-    ))
+    Ok(scim_response(StatusCode::OK, &render::list_response(total, q.start_index, resources)))
 }
 
 /// The routes of one resource type: `/<Endpoint>` and `/<Endpoint>/{id}`.
@@ -234,7 +228,9 @@ pub fn routes(kind: ResourceKind) -> axum::Router<AppState> {
             .delete(move |State(s): State<AppState>, caller: Caller, Path(id): Path<String>, headers: HeaderMap| async move {
                 delete(&s, caller, kind, id, &headers).await
             })
-            .patch(super::patch_not_supported)
+            .patch(move |State(s): State<AppState>, caller: Caller, Path(id): Path<String>, headers: HeaderMap, Query(p): Params, ScimBody(body): ScimBody| async move {
+                patch(&s, caller, kind, id, &headers, &p, body).await
+            })
             .fallback(super::method_not_allowed),
         )
 }

@@ -16,8 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rocksdb::{
-    ColumnFamilyDescriptor, Direction, IteratorMode, Options, SnapshotWithThreadMode, WriteBatch,
-    WriteOptions, DB,
+    ColumnFamilyDescriptor, Direction, IteratorMode, Options, SnapshotWithThreadMode, WriteBatch, WriteOptions, DB,
 };
 use scimlog_projections::KvRead;
 use scimlog_schemas::event::{SealedEvent, GENESIS_HASH};
@@ -28,10 +27,7 @@ pub const CF_STATE: &str = "state";
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
     #[error("cannot open the store at {path}: {source}")]
-    Open {
-        path: PathBuf,
-        source: rocksdb::Error,
-    },
+    Open { path: PathBuf, source: rocksdb::Error },
     #[error("storage failure: {0}")]
     Storage(#[from] rocksdb::Error),
     #[error("log record at position {position} is corrupt: {detail}")]
@@ -47,10 +43,7 @@ pub struct Head {
 
 impl Head {
     pub fn genesis() -> Head {
-        Head {
-            position: 0,
-            hash: GENESIS_HASH.to_string(),
-        }
+        Head { position: 0, hash: GENESIS_HASH.to_string() }
     }
 }
 
@@ -76,8 +69,8 @@ impl Store {
     pub fn open(data_dir: &Path) -> Result<Store, LogError> {
         let path = data_dir.join("db");
         let cfs = [CF_EVENTS, CF_STATE].map(|name| ColumnFamilyDescriptor::new(name, db_options()));
-        let db = DB::open_cf_descriptors(&db_options(), &path, cfs)
-            .map_err(|source| LogError::Open { path, source })?;
+        let db =
+            DB::open_cf_descriptors(&db_options(), &path, cfs).map_err(|source| LogError::Open { path, source })?;
         Ok(Store { db: Arc::new(db) })
     }
 
@@ -94,46 +87,28 @@ impl Store {
             Some(item) => {
                 let (k, v) = item?;
                 let position = decode_position(&k)?;
-                let sealed = SealedEvent::from_record(&v).map_err(|e| LogError::Corrupt {
-                    position,
-                    detail: e.to_string(),
-                })?;
-                Ok(Head {
-                    position,
-                    hash: sealed.hash_hex(),
-                })
+                let sealed =
+                    SealedEvent::from_record(&v).map_err(|e| LogError::Corrupt { position, detail: e.to_string() })?;
+                Ok(Head { position, hash: sealed.hash_hex() })
             }
         }
     }
 
     /// A consistent read view of the read models.
     pub fn view(&self) -> StateView<'_> {
-        StateView {
-            snapshot: self.db.snapshot(),
-            cf: self.cf(CF_STATE),
-            error: RefCell::new(None),
-        }
+        StateView { snapshot: self.db.snapshot(), cf: self.cf(CF_STATE), error: RefCell::new(None) }
     }
 
     /// Reads up to `limit` events from `from` (inclusive), in log order.
-    pub fn events_from(
-        &self,
-        from: u64,
-        limit: usize,
-    ) -> Result<Vec<(u64, SealedEvent)>, LogError> {
+    pub fn events_from(&self, from: u64, limit: usize) -> Result<Vec<(u64, SealedEvent)>, LogError> {
         let key = from.to_be_bytes();
-        let it = self.db.iterator_cf(
-            self.cf(CF_EVENTS),
-            IteratorMode::From(&key, Direction::Forward),
-        );
+        let it = self.db.iterator_cf(self.cf(CF_EVENTS), IteratorMode::From(&key, Direction::Forward));
         let mut out = Vec::new();
         for item in it.take(limit) {
             let (k, v) = item?;
             let position = decode_position(&k)?;
-            let sealed = SealedEvent::from_record(&v).map_err(|e| LogError::Corrupt {
-                position,
-                detail: e.to_string(),
-            })?;
+            let sealed =
+                SealedEvent::from_record(&v).map_err(|e| LogError::Corrupt { position, detail: e.to_string() })?;
             out.push((position, sealed));
         }
         Ok(out)
@@ -168,10 +143,7 @@ impl Store {
 fn decode_position(key: &[u8]) -> Result<u64, LogError> {
     key.try_into()
         .map(u64::from_be_bytes)
-        .map_err(|_| LogError::Corrupt {
-            position: 0,
-            detail: format!("event key of {} bytes", key.len()),
-        })
+        .map_err(|_| LogError::Corrupt { position: 0, detail: format!("event key of {} bytes", key.len()) })
 }
 
 /// A snapshot of the `state` family as the projections' [`KvRead`]. A RocksDB read error is kept
@@ -211,9 +183,7 @@ impl KvRead for StateView<'_> {
             Some(a) if a >= prefix => a,
             _ => prefix,
         };
-        let it = self
-            .snapshot
-            .iterator_cf(self.cf, IteratorMode::From(start, Direction::Forward));
+        let it = self.snapshot.iterator_cf(self.cf, IteratorMode::From(start, Direction::Forward));
         let mut out = Vec::new();
         for item in it {
             match item {

@@ -72,18 +72,10 @@ impl WriterHandle {
     /// Queues a command and waits until it is durable (or refused).
     pub async fn submit(&self, origin: Origin, command: Command) -> Result<Committed, WriteError> {
         let (reply, rx) = oneshot::channel();
-        self.tx
-            .try_send(WriteRequest {
-                origin,
-                command,
-                reply,
-            })
-            .map_err(|e| match e {
-                mpsc::error::TrySendError::Full(_) => WriteError::QueueFull {
-                    depth: self.queue_depth,
-                },
-                mpsc::error::TrySendError::Closed(_) => WriteError::Closed,
-            })?;
+        self.tx.try_send(WriteRequest { origin, command, reply }).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => WriteError::QueueFull { depth: self.queue_depth },
+            mpsc::error::TrySendError::Closed(_) => WriteError::Closed,
+        })?;
         rx.await.map_err(|_| WriteError::Closed)?
     }
 
@@ -94,10 +86,7 @@ impl WriterHandle {
 }
 
 /// Starts the writer thread. It ends when every [`WriterHandle`] is dropped and the queue is empty.
-pub fn start(
-    store: Store,
-    opts: WriterOptions,
-) -> Result<(WriterHandle, JoinHandle<()>), super::LogError> {
+pub fn start(store: Store, opts: WriterOptions) -> Result<(WriterHandle, JoinHandle<()>), super::LogError> {
     let head = store.head()?;
     let (tx, rx) = mpsc::channel(opts.queue_depth.max(1));
     let (committed_tx, committed) = watch::channel(head.position);
@@ -105,14 +94,7 @@ pub fn start(
         .name("scimlog-writer".into())
         .spawn(move || run(store, rx, head, opts, committed_tx))
         .expect("spawn writer thread");
-    Ok((
-        WriterHandle {
-            tx,
-            queue_depth: opts.queue_depth,
-            committed,
-        },
-        thread,
-    ))
+    Ok((WriterHandle { tx, queue_depth: opts.queue_depth, committed }, thread))
 }
 
 fn run(
@@ -168,10 +150,7 @@ fn commit_batch(store: &Store, batch: Vec<WriteRequest>, head: Head, sync: bool)
                         prev_hash: next.hash.clone(),
                     };
                     let sealed = event.seal();
-                    next = Head {
-                        position: event.position,
-                        hash: sealed.hash_hex(),
-                    };
+                    next = Head { position: event.position, hash: sealed.hash_hex() };
                     apply(&mut overlay, &event);
                     appended.push((event.position, sealed));
                     events.push(event);

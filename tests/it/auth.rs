@@ -15,27 +15,10 @@ async fn missing_or_wrong_tokens_get_401_with_a_challenge() {
     r.assert_error(401, None, "not valid");
     assert!(r.header("www-authenticate").is_some());
     let before = s.log_position().await;
-    s.send_as(
-        "wrong",
-        Method::POST,
-        "/Users",
-        Some(&json!({"userName": "x"})),
-        &[],
-    )
-    .await
-    .assert_error(401, None, "");
-    assert_eq!(
-        s.log_position().await,
-        before,
-        "an unauthenticated write writes nothing"
-    );
+    s.send_as("wrong", Method::POST, "/Users", Some(&json!({"userName": "x"})), &[]).await.assert_error(401, None, "");
+    assert_eq!(s.log_position().await, before, "an unauthenticated write writes nothing");
     // /healthz needs no token.
-    let h = s
-        .client
-        .get(format!("{}/healthz", s.base))
-        .send()
-        .await
-        .unwrap();
+    let h = s.client.get(format!("{}/healthz", s.base)).send().await.unwrap();
     assert_eq!(h.status(), 200);
 }
 
@@ -43,13 +26,7 @@ async fn missing_or_wrong_tokens_get_401_with_a_challenge() {
 async fn a_token_sees_only_its_tenant() {
     let s = TestServer::start().await;
     let id = s.post("/Users", &json!({"userName": "alice"})).await.id();
-    let gid = s
-        .post(
-            "/Groups",
-            &json!({"displayName": "G", "members": [{"value": id}]}),
-        )
-        .await
-        .id();
+    let gid = s.post("/Groups", &json!({"displayName": "G", "members": [{"value": id}]})).await.id();
     let other = scimlog::auth::create_token(s.data_dir(), "acme-okta", "acme").unwrap();
 
     let as_other = |m: Method, p: String, b: Option<serde_json::Value>| {
@@ -57,56 +34,25 @@ async fn a_token_sees_only_its_tenant() {
         let other = other.clone();
         async move { s.send_as(&other, m, &p, b.as_ref(), &[]).await }
     };
-    as_other(Method::GET, format!("/Users/{id}"), None)
-        .await
-        .assert_error(404, None, &id);
-    as_other(Method::GET, format!("/Groups/{gid}"), None)
-        .await
-        .assert_error(404, None, &gid);
-    as_other(
-        Method::PUT,
-        format!("/Users/{id}"),
-        Some(json!({"userName": "x"})),
-    )
-    .await
-    .assert_error(404, None, &id);
-    as_other(Method::DELETE, format!("/Users/{id}"), None)
-        .await
-        .assert_error(404, None, &id);
-    let list = as_other(
-        Method::GET,
-        "/Users?filter=userName%20eq%20%22alice%22".into(),
-        None,
-    )
-    .await;
+    as_other(Method::GET, format!("/Users/{id}"), None).await.assert_error(404, None, &id);
+    as_other(Method::GET, format!("/Groups/{gid}"), None).await.assert_error(404, None, &gid);
+    as_other(Method::PUT, format!("/Users/{id}"), Some(json!({"userName": "x"}))).await.assert_error(404, None, &id);
+    as_other(Method::DELETE, format!("/Users/{id}"), None).await.assert_error(404, None, &id);
+    let list = as_other(Method::GET, "/Users?filter=userName%20eq%20%22alice%22".into(), None).await;
     assert_eq!(list.body["totalResults"], 0);
-    assert_eq!(
-        as_other(Method::GET, "/Users".into(), None).await.body["totalResults"],
-        0
-    );
+    assert_eq!(as_other(Method::GET, "/Users".into(), None).await.body["totalResults"], 0);
     // The other tenant's userName space is its own; members across tenants are unknown.
-    let mine = as_other(
-        Method::POST,
-        "/Users".into(),
-        Some(json!({"userName": "alice"})),
-    )
-    .await;
+    let mine = as_other(Method::POST, "/Users".into(), Some(json!({"userName": "alice"}))).await;
     assert_eq!(mine.status, 201);
-    let g = as_other(
-        Method::POST,
-        "/Groups".into(),
-        Some(json!({"displayName": "G", "members": [{"value": id}]})),
-    )
-    .await;
+    let g =
+        as_other(Method::POST, "/Groups".into(), Some(json!({"displayName": "G", "members": [{"value": id}]}))).await;
     assert_eq!(g.status, 201);
     assert!(g.body.get("members").is_none());
     // And the first tenant still sees exactly its own.
     assert_eq!(s.get("/Users").await.body["totalResults"], 1);
     // Revocation takes effect at the next request.
     scimlog::auth::revoke_token(s.data_dir(), "acme-okta").unwrap();
-    as_other(Method::GET, "/Users".into(), None)
-        .await
-        .assert_error(401, None, "");
+    as_other(Method::GET, "/Users".into(), None).await.assert_error(401, None, "");
 }
 
 #[tokio::test]
@@ -115,10 +61,7 @@ async fn first_start_without_tokens_creates_one_and_stores_only_its_hash() {
     let mut cfg = config(tmp.path());
     cfg.bootstrap_token = None;
     let server = scimlog::server::Server::start(cfg).await.unwrap();
-    let token = server
-        .created_token
-        .clone()
-        .expect("a token is created on first start");
+    let token = server.created_token.clone().expect("a token is created on first start");
     let stored = std::fs::read_to_string(tmp.path().join("tokens.json")).unwrap();
     assert!(!stored.contains(&token));
     let r = reqwest::Client::new()
@@ -146,9 +89,6 @@ async fn insecure_mode_needs_no_token() {
     let s = TestServer::start_with(cfg).await;
     let r = crate::support::read(s.client.get(s.url("/Users")).send().await.unwrap()).await;
     assert_eq!(r.status, 200);
-    assert!(
-        !tmp.path().join("tokens.json").exists(),
-        "no token is created in insecure mode"
-    );
+    assert!(!tmp.path().join("tokens.json").exists(), "no token is created in insecure mode");
     s.stop().await;
 }

@@ -9,20 +9,11 @@ async fn discovery_documents() {
     assert_eq!(spc.status, 200);
     assert_eq!(spc.body["etag"]["supported"], true);
     assert_eq!(spc.body["filter"]["supported"], true);
-    assert_eq!(
-        spc.body["patch"]["supported"], false,
-        "PATCH is not implemented yet"
-    );
+    assert_eq!(spc.body["patch"]["supported"], true);
     assert_eq!(spc.body["bulk"]["supported"], false);
     assert_eq!(spc.body["sort"]["supported"], false);
-    assert_eq!(
-        spc.body["authenticationSchemes"][0]["type"],
-        "oauthbearertoken"
-    );
-    assert_eq!(
-        spc.body["meta"]["location"],
-        s.url("/ServiceProviderConfig").as_str()
-    );
+    assert_eq!(spc.body["authenticationSchemes"][0]["type"], "oauthbearertoken");
+    assert_eq!(spc.body["meta"]["location"], s.url("/ServiceProviderConfig").as_str());
 
     let rts = s.get("/ResourceTypes").await;
     assert_eq!(rts.body["totalResults"], 2);
@@ -35,26 +26,12 @@ async fn discovery_documents() {
 
     let schemas = s.get("/Schemas").await;
     assert_eq!(schemas.body["totalResults"], 3);
-    let user = s
-        .get("/Schemas/urn:ietf:params:scim:schemas:core:2.0:User")
-        .await;
+    let user = s.get("/Schemas/urn:ietf:params:scim:schemas:core:2.0:User").await;
     assert_eq!(user.status, 200);
-    let user_name = user.body["attributes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|a| a["name"] == "userName")
-        .unwrap();
+    let user_name = user.body["attributes"].as_array().unwrap().iter().find(|a| a["name"] == "userName").unwrap();
     assert_eq!(user_name["uniqueness"], "server");
     assert_eq!(user_name["caseExact"], false);
-    let password = user.body["attributes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|a| a["name"] == "password")
-        .unwrap();
+    let password = user.body["attributes"].as_array().unwrap().iter().find(|a| a["name"] == "password").unwrap();
     assert_eq!(password["returned"], "never");
-    s.get("/Schemas/urn:nope")
-        .await
-        .assert_error(404, None, "urn:nope");
+    s.get("/Schemas/urn:nope").await.assert_error(404, None, "urn:nope");
 }

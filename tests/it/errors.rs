@@ -22,15 +22,7 @@ async fn bad_input_table() {
             Some("invalidSyntax"),
             "not valid JSON",
         ),
-        (
-            Method::POST,
-            "/Users".into(),
-            "[1,2]",
-            "application/scim+json",
-            400,
-            Some("invalidSyntax"),
-            "JSON object",
-        ),
+        (Method::POST, "/Users".into(), "[1,2]", "application/scim+json", 400, Some("invalidSyntax"), "JSON object"),
         (
             Method::POST,
             "/Users".into(),
@@ -76,24 +68,8 @@ async fn bad_input_table() {
             Some("uniqueness"),
             "\"TAKEN\"",
         ),
-        (
-            Method::POST,
-            "/Users".into(),
-            r#"{"userName": "a"}"#,
-            "text/plain",
-            415,
-            None,
-            "text/plain",
-        ),
-        (
-            Method::PUT,
-            "/Users/nope".into(),
-            r#"{"userName": "a"}"#,
-            "application/scim+json",
-            404,
-            None,
-            "\"nope\"",
-        ),
+        (Method::POST, "/Users".into(), r#"{"userName": "a"}"#, "text/plain", 415, None, "text/plain"),
+        (Method::PUT, "/Users/nope".into(), r#"{"userName": "a"}"#, "application/scim+json", 404, None, "\"nope\""),
         (
             Method::PUT,
             format!("/Users/{id}"),
@@ -148,59 +124,16 @@ async fn bad_input_table() {
             Some("invalidFilter"),
             "position 12",
         ),
-        (
-            Method::GET,
-            "/Users?count=ten".into(),
-            "",
-            "",
-            400,
-            Some("invalidValue"),
-            "\"ten\"",
-        ),
-        (
-            Method::GET,
-            "/Users/nope".into(),
-            "",
-            "",
-            404,
-            None,
-            "\"nope\"",
-        ),
-        (
-            Method::GET,
-            "/Groups/nope".into(),
-            "",
-            "",
-            404,
-            None,
-            "\"nope\"",
-        ),
+        (Method::GET, "/Users?count=ten".into(), "", "", 400, Some("invalidValue"), "\"ten\""),
+        (Method::GET, "/Users/nope".into(), "", "", 404, None, "\"nope\""),
+        (Method::GET, "/Groups/nope".into(), "", "", 404, None, "\"nope\""),
         (Method::GET, "/Me".into(), "", "", 501, None, "/Me"),
-        (
-            Method::POST,
-            "/Schemas".into(),
-            "{}",
-            "application/scim+json",
-            405,
-            None,
-            "not allowed",
-        ),
-        (
-            Method::DELETE,
-            "/ServiceProviderConfig".into(),
-            "",
-            "",
-            405,
-            None,
-            "not allowed",
-        ),
+        (Method::POST, "/Schemas".into(), "{}", "application/scim+json", 405, None, "not allowed"),
+        (Method::DELETE, "/ServiceProviderConfig".into(), "", "", 405, None, "not allowed"),
         (Method::GET, "/Nowhere".into(), "", "", 404, None, "no such"),
     ];
     for (method, path, body, ct, status, scim_type, detail) in table {
-        let mut req = s
-            .client
-            .request(method.clone(), s.url(&path))
-            .bearer_auth(&s.token);
+        let mut req = s.client.request(method.clone(), s.url(&path)).bearer_auth(&s.token);
         if !ct.is_empty() {
             req = req.header("content-type", ct);
         }
@@ -211,11 +144,7 @@ async fn bad_input_table() {
         eprintln!("{method} {path} {body}");
         r.assert_error(status, scim_type, detail);
     }
-    assert_eq!(
-        s.log_position().await,
-        before,
-        "no refused request wrote anything"
-    );
+    assert_eq!(s.log_position().await, before, "no refused request wrote anything");
 }
 
 #[tokio::test]
@@ -229,40 +158,23 @@ async fn limits_are_enforced() {
     cfg.max_scan = 4;
     let s = TestServer::start_with(cfg).await;
     let big = json!({"userName": "a", "title": "x".repeat(4096)});
-    s.post("/Users", &big)
-        .await
-        .assert_error(413, None, "2048 bytes");
+    s.post("/Users", &big).await.assert_error(413, None, "2048 bytes");
     for i in 0..5 {
-        assert_eq!(
-            s.post("/Users", &json!({"userName": format!("u{i}")}))
-                .await
-                .status,
-            201
-        );
+        assert_eq!(s.post("/Users", &json!({"userName": format!("u{i}")})).await.status, 201);
     }
     let page = s.get("/Users?count=100").await;
-    assert_eq!(
-        page.body["itemsPerPage"], 3,
-        "count is clamped to max_page_size"
-    );
+    assert_eq!(page.body["itemsPerPage"], 3, "count is clamped to max_page_size");
     assert_eq!(page.body["totalResults"], 5);
     let long = format!("userName eq \"{}\"", "x".repeat(80));
-    s.get(&format!("/Users?filter={}", q(&long)))
-        .await
-        .assert_error(400, Some("invalidFilter"), "limit of 64");
-    s.get(&format!("/Users?filter={}", q("((((title pr))))")))
-        .await
-        .assert_error(400, Some("invalidFilter"), "limit of 3");
-    // An unindexed filter may read at most max_scan resources; an indexed one is not limited.
-    s.get(&format!("/Users?filter={}", q("title pr")))
-        .await
-        .assert_error(400, Some("tooMany"), "more than 4");
-    assert_eq!(
-        s.get(&format!("/Users?filter={}", q("userName eq \"u1\"")))
-            .await
-            .body["totalResults"],
-        1
+    s.get(&format!("/Users?filter={}", q(&long))).await.assert_error(400, Some("invalidFilter"), "limit of 64");
+    s.get(&format!("/Users?filter={}", q("((((title pr))))"))).await.assert_error(
+        400,
+        Some("invalidFilter"),
+        "limit of 3",
     );
+    // An unindexed filter may read at most max_scan resources; an indexed one is not limited.
+    s.get(&format!("/Users?filter={}", q("title pr"))).await.assert_error(400, Some("tooMany"), "more than 4");
+    assert_eq!(s.get(&format!("/Users?filter={}", q("userName eq \"u1\""))).await.body["totalResults"], 1);
     let spc = s.get("/ServiceProviderConfig").await;
     assert_eq!(spc.body["filter"]["maxResults"], 3);
     s.stop().await;
@@ -304,15 +216,8 @@ async fn full_write_queue_answers_503_with_retry_after_and_writes_nothing_for_it
             other => panic!("unexpected {other}: {}", r.body),
         }
     }
-    assert!(
-        refused > 0,
-        "64 concurrent writes into a queue of 1 must overflow"
-    );
-    assert_eq!(
-        s.log_position().await,
-        created,
-        "exactly the acknowledged writes are in the log"
-    );
+    assert!(refused > 0, "64 concurrent writes into a queue of 1 must overflow");
+    assert_eq!(s.log_position().await, created, "exactly the acknowledged writes are in the log");
     assert_eq!(s.get("/Users").await.body["totalResults"], created);
     s.stop().await;
 }

@@ -7,13 +7,7 @@ use crate::support::{q, TestServer};
 #[tokio::test]
 async fn group_membership_both_ways() {
     let s = TestServer::start().await;
-    let u1 = s
-        .post(
-            "/Users",
-            &json!({"userName": "u1", "displayName": "User One"}),
-        )
-        .await
-        .id();
+    let u1 = s.post("/Users", &json!({"userName": "u1", "displayName": "User One"})).await.id();
     let u2 = s.post("/Users", &json!({"userName": "u2"})).await.id();
 
     let g = s
@@ -21,20 +15,14 @@ async fn group_membership_both_ways() {
         .await;
     assert_eq!(g.status, 201, "{}", g.body);
     let gid = g.id();
-    assert_eq!(
-        g.header("location").unwrap(),
-        s.url(&format!("/Groups/{gid}"))
-    );
+    assert_eq!(g.header("location").unwrap(), s.url(&format!("/Groups/{gid}")));
     let members = g.body["members"].as_array().unwrap();
     assert_eq!(members.len(), 2);
     let m1 = members.iter().find(|m| m["value"] == u1.as_str()).unwrap();
     assert_eq!(m1["display"], "User One");
     assert_eq!(m1["type"], "User");
     assert_eq!(m1["$ref"], s.url(&format!("/Users/{u1}")).as_str());
-    assert_eq!(
-        g.body["meta"]["version"], "W/\"3\"",
-        "created + two member_added"
-    );
+    assert_eq!(g.body["meta"]["version"], "W/\"3\"", "created + two member_added");
 
     let user = s.get(&format!("/Users/{u1}")).await.body;
     assert_eq!(
@@ -43,50 +31,25 @@ async fn group_membership_both_ways() {
     );
 
     // excludedAttributes=members leaves members out.
-    let slim = s
-        .get(&format!("/Groups/{gid}?excludedAttributes=members"))
-        .await
-        .body;
+    let slim = s.get(&format!("/Groups/{gid}?excludedAttributes=members")).await.body;
     assert!(slim.get("members").is_none());
     assert_eq!(slim["displayName"], "Engineering");
 
     // Filters on members.value and displayName (case-insensitive) use the indexes.
-    let by_member = s
-        .get(&format!(
-            "/Groups?filter={}",
-            q(&format!("members.value eq \"{u2}\""))
-        ))
-        .await;
+    let by_member = s.get(&format!("/Groups?filter={}", q(&format!("members.value eq \"{u2}\"")))).await;
     assert_eq!(by_member.body["totalResults"], 1);
-    let by_name = s
-        .get(&format!(
-            "/Groups?filter={}&excludedAttributes=members",
-            q("displayName eq \"ENGINEERING\"")
-        ))
-        .await;
+    let by_name =
+        s.get(&format!("/Groups?filter={}&excludedAttributes=members", q("displayName eq \"ENGINEERING\""))).await;
     assert_eq!(by_name.body["Resources"][0]["id"], gid.as_str());
     assert!(by_name.body["Resources"][0].get("members").is_none());
 
     // PUT renames and replaces the member list.
-    let put = s
-        .put(
-            &format!("/Groups/{gid}"),
-            &json!({"displayName": "Eng", "members": [{"value": u2}]}),
-        )
-        .await;
+    let put = s.put(&format!("/Groups/{gid}"), &json!({"displayName": "Eng", "members": [{"value": u2}]})).await;
     assert_eq!(put.status, 200, "{}", put.body);
     assert_eq!(put.body["displayName"], "Eng");
     assert_eq!(put.body["members"].as_array().unwrap().len(), 1);
-    assert!(
-        put.body.get("externalId").is_none(),
-        "PUT replaces: externalId was not sent"
-    );
-    assert!(s
-        .get(&format!("/Users/{u1}"))
-        .await
-        .body
-        .get("groups")
-        .is_none());
+    assert!(put.body.get("externalId").is_none(), "PUT replaces: externalId was not sent");
+    assert!(s.get(&format!("/Users/{u1}")).await.body.get("groups").is_none());
 
     // Deleting a member user ends its membership.
     assert_eq!(s.delete(&format!("/Users/{u2}")).await.status, 204);
@@ -94,68 +57,39 @@ async fn group_membership_both_ways() {
     assert!(after.get("members").is_none(), "{after}");
 
     assert_eq!(s.delete(&format!("/Groups/{gid}")).await.status, 204);
-    s.get(&format!("/Groups/{gid}"))
-        .await
-        .assert_error(404, None, &gid);
+    s.get(&format!("/Groups/{gid}")).await.assert_error(404, None, &gid);
 }
 
 #[tokio::test]
 async fn unknown_member_ids_are_skipped_not_fatal() {
     let s = TestServer::start().await;
     let u1 = s.post("/Users", &json!({"userName": "u1"})).await.id();
-    let g = s
-        .post(
-            "/Groups",
-            &json!({"displayName": "Ops", "members": [{"value": "no-such-id"}, {"value": u1}]}),
-        )
-        .await;
+    let g =
+        s.post("/Groups", &json!({"displayName": "Ops", "members": [{"value": "no-such-id"}, {"value": u1}]})).await;
     assert_eq!(g.status, 201, "{}", g.body);
-    let values: Vec<&str> = g.body["members"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["value"].as_str().unwrap())
-        .collect();
+    let values: Vec<&str> =
+        g.body["members"].as_array().unwrap().iter().map(|m| m["value"].as_str().unwrap()).collect();
     assert_eq!(values, [u1.as_str()]);
 }
 
 #[tokio::test]
 async fn group_display_names_are_unique_without_case() {
     let s = TestServer::start().await;
-    assert_eq!(
-        s.post("/Groups", &json!({"displayName": "Sales"}))
-            .await
-            .status,
-        201
-    );
+    assert_eq!(s.post("/Groups", &json!({"displayName": "Sales"})).await.status, 201);
     let before = s.log_position().await;
-    s.post("/Groups", &json!({"displayName": "SALES"}))
-        .await
-        .assert_error(409, Some("uniqueness"), "SALES");
+    s.post("/Groups", &json!({"displayName": "SALES"})).await.assert_error(409, Some("uniqueness"), "SALES");
     assert_eq!(s.log_position().await, before);
 }
 
 #[tokio::test]
 async fn nested_groups_are_members_too() {
     let s = TestServer::start().await;
-    let inner = s
-        .post("/Groups", &json!({"displayName": "Inner"}))
-        .await
-        .id();
-    let outer = s
-        .post(
-            "/Groups",
-            &json!({"displayName": "Outer", "members": [{"value": inner, "type": "Group"}]}),
-        )
-        .await;
+    let inner = s.post("/Groups", &json!({"displayName": "Inner"})).await.id();
+    let outer =
+        s.post("/Groups", &json!({"displayName": "Outer", "members": [{"value": inner, "type": "Group"}]})).await;
     assert_eq!(outer.body["members"][0]["type"], "Group");
     assert_eq!(outer.body["members"][0]["display"], "Inner");
     // Deleting the inner group removes it from the outer one.
     assert_eq!(s.delete(&format!("/Groups/{inner}")).await.status, 204);
-    assert!(s
-        .get(&format!("/Groups/{}", outer.id()))
-        .await
-        .body
-        .get("members")
-        .is_none());
+    assert!(s.get(&format!("/Groups/{}", outer.id())).await.body.get("members").is_none());
 }

@@ -5,5 +5,6 @@ mod discovery;
 mod errors;
 mod groups;
 mod idp_replay;
+mod patch;
 mod support;
 mod users;

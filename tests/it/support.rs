@@ -32,32 +32,17 @@ impl Reply {
         self.headers.get(name).and_then(|v| v.to_str().ok())
     }
     pub fn id(&self) -> String {
-        self.body["id"]
-            .as_str()
-            .expect("response has an id")
-            .to_string()
+        self.body["id"].as_str().expect("response has an id").to_string()
     }
     /// Asserts a SCIM error with this status and scimType whose detail mentions `detail_has`.
     #[track_caller]
     pub fn assert_error(&self, status: u16, scim_type: Option<&str>, detail_has: &str) {
         assert_eq!(self.status.as_u16(), status, "body: {}", self.body);
-        assert_eq!(
-            self.body["schemas"][0], "urn:ietf:params:scim:api:messages:2.0:Error",
-            "{}",
-            self.body
-        );
-        assert_eq!(
-            self.body["status"],
-            status.to_string(),
-            "status is a string: {}",
-            self.body
-        );
+        assert_eq!(self.body["schemas"][0], "urn:ietf:params:scim:api:messages:2.0:Error", "{}", self.body);
+        assert_eq!(self.body["status"], status.to_string(), "status is a string: {}", self.body);
         assert_eq!(self.body["scimType"].as_str(), scim_type, "{}", self.body);
         let detail = self.body["detail"].as_str().unwrap_or_default();
-        assert!(
-            detail.contains(detail_has),
-            "detail {detail:?} should mention {detail_has:?}"
-        );
+        assert!(detail.contains(detail_has), "detail {detail:?} should mention {detail_has:?}");
         assert_eq!(self.header("content-type"), Some("application/scim+json"));
     }
 }
@@ -116,13 +101,7 @@ impl TestServer {
     }
 
     /// Sends a request with this server's token and, if given, a JSON body.
-    pub async fn send(
-        &self,
-        method: Method,
-        path: &str,
-        body: Option<&Value>,
-        headers: &[(&str, &str)],
-    ) -> Reply {
+    pub async fn send(&self, method: Method, path: &str, body: Option<&Value>, headers: &[(&str, &str)]) -> Reply {
         self.send_as(&self.token, method, path, body, headers).await
     }
 
@@ -134,16 +113,10 @@ impl TestServer {
         body: Option<&Value>,
         headers: &[(&str, &str)],
     ) -> Reply {
-        let url = if path.starts_with("http") {
-            path.to_string()
-        } else {
-            self.url(path)
-        };
+        let url = if path.starts_with("http") { path.to_string() } else { self.url(path) };
         let mut req = self.client.request(method, url).bearer_auth(token);
         if let Some(b) = body {
-            req = req
-                .header("content-type", "application/scim+json")
-                .body(serde_json::to_vec(b).unwrap());
+            req = req.header("content-type", "application/scim+json").body(serde_json::to_vec(b).unwrap());
         }
         for (k, v) in headers {
             req = req.header(*k, *v);
@@ -167,12 +140,7 @@ impl TestServer {
 
     /// The log position reported by /healthz: unchanged means nothing was written.
     pub async fn log_position(&self) -> u64 {
-        let r = self
-            .client
-            .get(format!("{}/healthz", self.base))
-            .send()
-            .await
-            .unwrap();
+        let r = self.client.get(format!("{}/healthz", self.base)).send().await.unwrap();
         read(r).await.body["logPosition"].as_u64().unwrap()
     }
 }
@@ -184,23 +152,16 @@ pub async fn read(resp: reqwest::Response) -> Reply {
     let body = if bytes.is_empty() {
         Value::Null
     } else {
-        serde_json::from_slice(&bytes)
-            .unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into()))
+        serde_json::from_slice(&bytes).unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into()))
     };
-    Reply {
-        status,
-        headers,
-        body,
-    }
+    Reply { status, headers, body }
 }
 
 /// Percent-encodes a query value.
 pub fn q(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
             _ => format!("%{b:02X}"),
         })
         .collect()

@@ -27,10 +27,7 @@ async fn user_crud_round_trip() {
     let location = created.header("location").unwrap().to_string();
     assert_eq!(location, s.url(&format!("/Users/{id}")));
     assert_eq!(created.header("etag"), Some("W/\"1\""));
-    assert_eq!(
-        created.header("content-type"),
-        Some("application/scim+json")
-    );
+    assert_eq!(created.header("content-type"), Some("application/scim+json"));
     let b = &created.body;
     assert_eq!(b["userName"], "alice@example.com");
     assert_eq!(b["name"]["givenName"], "Alice");
@@ -47,66 +44,45 @@ async fn user_crud_round_trip() {
 
     // PUT replaces: title added, name.familyName changed, emails removed, deactivated.
     let put = s
-        .put(&format!("/Users/{id}"), &json!({"userName": "alice@example.com", "title": "CTO", "name": {"givenName": "Alice"}, "active": false}))
+        .put(
+            &format!("/Users/{id}"),
+            &json!({"userName": "alice@example.com", "title": "CTO", "name": {"givenName": "Alice"}, "active": false}),
+        )
         .await;
     assert_eq!(put.status, 200, "{}", put.body);
     assert_eq!(put.body["title"], "CTO");
     assert_eq!(put.body["active"], false);
     assert!(put.body.get("emails").is_none());
-    assert_eq!(
-        put.body["meta"]["version"], "W/\"3\"",
-        "user.updated + user.deactivated"
-    );
+    assert_eq!(put.body["meta"]["version"], "W/\"3\"", "user.updated + user.deactivated");
     assert_eq!(put.header("etag"), Some("W/\"3\""));
 
     // Inactive users stay readable and filterable.
-    let list = s
-        .get(&format!("/Users?filter={}", q("active eq false")))
-        .await;
+    let list = s.get(&format!("/Users?filter={}", q("active eq false"))).await;
     assert_eq!(list.body["totalResults"], 1);
 
     let del = s.delete(&format!("/Users/{id}")).await;
     assert_eq!(del.status, 204);
-    s.get(&format!("/Users/{id}"))
-        .await
-        .assert_error(404, None, &id);
-    s.delete(&format!("/Users/{id}"))
-        .await
-        .assert_error(404, None, &id);
+    s.get(&format!("/Users/{id}")).await.assert_error(404, None, &id);
+    s.delete(&format!("/Users/{id}")).await.assert_error(404, None, &id);
 }
 
 #[tokio::test]
 async fn filter_by_user_name_is_case_insensitive_and_lists_have_integer_counts() {
     let s = TestServer::start().await;
     s.post("/Users", &alice()).await;
-    s.post("/Users", &json!({"userName": "bob@example.com"}))
-        .await;
+    s.post("/Users", &json!({"userName": "bob@example.com"})).await;
 
-    let hit = s
-        .get(&format!(
-            "/Users?filter={}&startIndex=1&count=100",
-            q("userName eq \"ALICE@example.COM\"")
-        ))
-        .await;
+    let hit = s.get(&format!("/Users?filter={}&startIndex=1&count=100", q("userName eq \"ALICE@example.COM\""))).await;
     assert_eq!(hit.status, 200);
-    assert_eq!(
-        hit.body["schemas"][0],
-        "urn:ietf:params:scim:api:messages:2.0:ListResponse"
-    );
+    assert_eq!(hit.body["schemas"][0], "urn:ietf:params:scim:api:messages:2.0:ListResponse");
     assert_eq!(hit.body["totalResults"], 1);
     assert_eq!(hit.body["startIndex"], 1);
     assert_eq!(hit.body["itemsPerPage"], 1);
     assert_eq!(hit.body["Resources"][0]["userName"], "alice@example.com");
 
-    let miss = s
-        .get(&format!("/Users?filter={}", q("userName eq \"nobody\"")))
-        .await;
+    let miss = s.get(&format!("/Users?filter={}", q("userName eq \"nobody\""))).await;
     assert_eq!(miss.body["totalResults"], 0);
-    assert_eq!(
-        miss.body["Resources"],
-        json!([]),
-        "Resources is [] when nothing matches"
-    );
+    assert_eq!(miss.body["Resources"], json!([]), "Resources is [] when nothing matches");
 
     for (filter, want) in [
         ("externalId eq \"ext-alice\"", 1),
@@ -124,12 +100,7 @@ async fn filter_by_user_name_is_case_insensitive_and_lists_have_integer_counts()
 async fn paging_is_stable_and_clamped() {
     let s = TestServer::start().await;
     for i in 0..12 {
-        assert_eq!(
-            s.post("/Users", &json!({"userName": format!("user{i:02}")}))
-                .await
-                .status,
-            201
-        );
+        assert_eq!(s.post("/Users", &json!({"userName": format!("user{i:02}")})).await.status, 201);
     }
     let mut seen = Vec::new();
     for start in [1, 6, 11] {
@@ -143,20 +114,10 @@ async fn paging_is_stable_and_clamped() {
     let mut sorted = seen.clone();
     sorted.sort();
     sorted.dedup();
-    assert_eq!(
-        sorted.len(),
-        12,
-        "three pages cover every user once: {seen:?}"
-    );
+    assert_eq!(sorted.len(), 12, "three pages cover every user once: {seen:?}");
     // startIndex below 1 is read as 1; a negative count as 0.
     let r = s.get("/Users?startIndex=0&count=-1").await;
-    assert_eq!(
-        (
-            r.body["startIndex"].as_u64(),
-            r.body["itemsPerPage"].as_u64()
-        ),
-        (Some(1), Some(0))
-    );
+    assert_eq!((r.body["startIndex"].as_u64(), r.body["itemsPerPage"].as_u64()), (Some(1), Some(0)));
     assert_eq!(r.body["totalResults"], 12);
 }
 
@@ -164,12 +125,7 @@ async fn paging_is_stable_and_clamped() {
 async fn data_survives_a_restart() {
     let s = TestServer::start().await;
     let id = s.post("/Users", &alice()).await.id();
-    let g = s
-        .post(
-            "/Groups",
-            &json!({"displayName": "Admins", "members": [{"value": id}]}),
-        )
-        .await;
+    let g = s.post("/Groups", &json!({"displayName": "Admins", "members": [{"value": id}]})).await;
     assert_eq!(g.status, 201);
     let before_user = s.get(&format!("/Users/{id}")).await.body;
     let position = s.log_position().await;
@@ -179,25 +135,11 @@ async fn data_survives_a_restart() {
     assert_eq!(s.log_position().await, position);
     // The new server listens on another free port; everything else is the same.
     let before_user = before_user.to_string().replace(&old_base, &s.base);
-    assert_eq!(
-        s.get(&format!("/Users/{id}")).await.body.to_string(),
-        before_user
-    );
-    let filtered = s
-        .get(&format!(
-            "/Groups?filter={}",
-            q("displayName eq \"admins\"")
-        ))
-        .await;
-    assert_eq!(
-        filtered.body["Resources"][0]["members"][0]["value"],
-        id.as_str()
-    );
+    assert_eq!(s.get(&format!("/Users/{id}")).await.body.to_string(), before_user);
+    let filtered = s.get(&format!("/Groups?filter={}", q("displayName eq \"admins\""))).await;
+    assert_eq!(filtered.body["Resources"][0]["members"][0]["value"], id.as_str());
     // Writes after the restart continue the log.
-    assert_eq!(
-        s.post("/Users", &json!({"userName": "carol"})).await.status,
-        201
-    );
+    assert_eq!(s.post("/Users", &json!({"userName": "carol"})).await.status, 201);
     assert_eq!(s.log_position().await, position + 1);
 }
 
@@ -210,11 +152,7 @@ async fn concurrent_creates_of_one_user_name_yield_exactly_one_201() {
         let url = s.url("/Users");
         let token = s.token.clone();
         tasks.push(tokio::spawn(async move {
-            let name = if i % 2 == 0 {
-                "race@example.com"
-            } else {
-                "RACE@example.com"
-            };
+            let name = if i % 2 == 0 { "race@example.com" } else { "RACE@example.com" };
             client
                 .post(url)
                 .bearer_auth(token)
@@ -231,22 +169,9 @@ async fn concurrent_creates_of_one_user_name_yield_exactly_one_201() {
     for t in tasks {
         statuses.push(t.await.unwrap());
     }
-    assert_eq!(
-        statuses.iter().filter(|s| **s == 201).count(),
-        1,
-        "{statuses:?}"
-    );
-    assert_eq!(
-        statuses.iter().filter(|s| **s == 409).count(),
-        39,
-        "{statuses:?}"
-    );
-    let list = s
-        .get(&format!(
-            "/Users?filter={}",
-            q("userName eq \"race@example.com\"")
-        ))
-        .await;
+    assert_eq!(statuses.iter().filter(|s| **s == 201).count(), 1, "{statuses:?}");
+    assert_eq!(statuses.iter().filter(|s| **s == 409).count(), 39, "{statuses:?}");
+    let list = s.get(&format!("/Users?filter={}", q("userName eq \"race@example.com\""))).await;
     assert_eq!(list.body["totalResults"], 1);
     assert_eq!(s.log_position().await, 1);
 }
@@ -256,27 +181,14 @@ async fn etags_guard_writes_and_reads() {
     let s = TestServer::start().await;
     let id = s.post("/Users", &alice()).await.id();
     let path = format!("/Users/{id}");
-    let r = s
-        .send(Method::GET, &path, None, &[("if-none-match", "W/\"1\"")])
-        .await;
+    let r = s.send(Method::GET, &path, None, &[("if-none-match", "W/\"1\"")]).await;
     assert_eq!(r.status, 304);
     let body = json!({"userName": "alice@example.com", "title": "x"});
-    s.send(Method::PUT, &path, Some(&body), &[("if-match", "W/\"7\"")])
-        .await
-        .assert_error(412, None, "W/\"1\"");
-    let ok = s
-        .send(Method::PUT, &path, Some(&body), &[("if-match", "W/\"1\"")])
-        .await;
+    s.send(Method::PUT, &path, Some(&body), &[("if-match", "W/\"7\"")]).await.assert_error(412, None, "W/\"1\"");
+    let ok = s.send(Method::PUT, &path, Some(&body), &[("if-match", "W/\"1\"")]).await;
     assert_eq!(ok.status, 200);
-    s.send(Method::DELETE, &path, None, &[("if-match", "W/\"1\"")])
-        .await
-        .assert_error(412, None, "W/\"2\"");
-    assert_eq!(
-        s.send(Method::DELETE, &path, None, &[("if-match", "W/\"2\"")])
-            .await
-            .status,
-        204
-    );
+    s.send(Method::DELETE, &path, None, &[("if-match", "W/\"1\"")]).await.assert_error(412, None, "W/\"2\"");
+    assert_eq!(s.send(Method::DELETE, &path, None, &[("if-match", "W/\"2\"")]).await.status, 204);
 }
 
 #[tokio::test]
@@ -289,7 +201,5 @@ async fn post_matching_an_inactive_user_reactivates_it() {
     assert_eq!(again.status, 201, "{}", again.body);
     assert_eq!(again.id(), id, "the existing user came back");
     assert_eq!(again.body["active"], true);
-    s.post("/Users", &alice())
-        .await
-        .assert_error(409, Some("uniqueness"), "alice@example.com");
+    s.post("/Users", &alice()).await.assert_error(409, Some("uniqueness"), "alice@example.com");
 }
