@@ -92,6 +92,12 @@ pub fn apply(kv: &mut impl Kv, e: &Event) {
             };
             index_user(kv, t, id, &doc.attributes, false);
             apply_changes(&mut doc.attributes, changed, removed);
+            // `active` lives beside the attributes: move an assignment change over.
+            if let Some(a) = doc.attributes.remove("active") {
+                doc.active = a.as_bool();
+            } else if removed.iter().any(|r| r == "active") {
+                doc.active = None;
+            }
             index_user(kv, t, id, &doc.attributes, true);
             touch_user(kv, e, doc);
         }
@@ -99,7 +105,7 @@ pub fn apply(kv: &mut impl Kv, e: &Event) {
             let Some(mut doc) = load::<UserDoc>(kv, &keys::user(t, id)) else {
                 return;
             };
-            doc.active = matches!(e.body, EventBody::UserReactivated {});
+            doc.active = Some(matches!(e.body, EventBody::UserReactivated {}));
             touch_user(kv, e, doc);
         }
         EventBody::UserDeleted {} => {
@@ -272,10 +278,10 @@ mod tests {
                     attributes: attrs(
                         json!({"userName": "Alice", "externalId": "X1", "emails": [{"value": "A@x.org"}]}),
                     ),
-                    active: true,
+                    active: Some(true),
                 },
             ),
-            ev(2, U, "u2", 1, B::UserCreated { attributes: attrs(json!({"userName": "bob"})), active: true }),
+            ev(2, U, "u2", 1, B::UserCreated { attributes: attrs(json!({"userName": "bob"})), active: Some(true) }),
             ev(3, G, "g1", 1, B::GroupCreated { display_name: "Ops".into(), attributes: Map::new() }),
             ev(4, G, "g1", 2, B::GroupMemberAdded { member_id: "u1".into(), member_type: MemberType::User }),
             ev(5, G, "g1", 3, B::GroupMemberAdded { member_id: "u2".into(), member_type: MemberType::User }),
@@ -323,7 +329,7 @@ mod tests {
                     assert!(query::user_ids_by_email(kv, "t", "a@x.org", 10).is_empty());
                     assert_eq!(query::user(kv, "t", "u1").unwrap().version, 2);
                 }
-                7 => assert!(!query::user(kv, "t", "u2").unwrap().active),
+                7 => assert!(!query::user(kv, "t", "u2").unwrap().is_active()),
                 8 => {
                     assert_eq!(query::group_id_by_name(kv, "t", "OPERATIONS").as_deref(), Some("g1"));
                     assert_eq!(query::group_id_by_name(kv, "t", "ops"), None);
@@ -356,7 +362,7 @@ mod tests {
         use ResourceKind::{Group as G, User as U};
         let mut kv = MemKv::default();
         for e in [
-            ev(1, U, "u1", 1, B::UserCreated { attributes: attrs(json!({"userName": "a"})), active: true }),
+            ev(1, U, "u1", 1, B::UserCreated { attributes: attrs(json!({"userName": "a"})), active: Some(true) }),
             ev(2, G, "g1", 1, B::GroupCreated { display_name: "A".into(), attributes: Map::new() }),
             ev(3, G, "g2", 1, B::GroupCreated { display_name: "B".into(), attributes: Map::new() }),
             ev(4, G, "g1", 2, B::GroupMemberAdded { member_id: "u1".into(), member_type: MemberType::User }),

@@ -12,12 +12,16 @@ pub struct UserDoc {
     pub version: u64,
     pub created: DateTime<Utc>,
     pub last_modified: DateTime<Utc>,
-    pub active: bool,
+    /// As assigned; `None` (unassigned) counts as active.
+    pub active: Option<bool>,
     /// Canonical SCIM attributes (see `scimlog_schemas::resource::UserInput`).
     pub attributes: Map<String, Value>,
 }
 
 impl UserDoc {
+    pub fn is_active(&self) -> bool {
+        self.active.unwrap_or(true)
+    }
     pub fn user_name(&self) -> &str {
         self.attributes.get("userName").and_then(Value::as_str).unwrap_or_default()
     }

@@ -82,12 +82,13 @@ fn meta(
 }
 
 impl UserDoc {
-    /// The resource as filters see it: attributes plus id, active and meta.
+    /// The resource as filters see it: attributes plus id, meta and `active` as in effect (an
+    /// unassigned `active` filters as true).
     pub fn filterable(&self) -> Value {
         let mut m = Map::with_capacity(self.attributes.len() + 3);
         m.insert("id".into(), Value::String(self.id.clone()));
         m.extend(self.attributes.clone());
-        m.insert("active".into(), Value::Bool(self.active));
+        m.insert("active".into(), Value::Bool(self.is_active()));
         m.insert("meta".into(), meta(ResourceKind::User, &self.created, &self.last_modified, self.version));
         Value::Object(m)
     }

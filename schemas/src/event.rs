@@ -54,10 +54,16 @@ impl MemberType {
 #[serde(tag = "type", content = "data")]
 pub enum EventBody {
     /// A user was provisioned. `attributes` are the canonical SCIM attributes, without `id`,
-    /// `meta`, `groups`, `password` and `active`.
+    /// `meta`, `groups`, `password` and `active`; `active` is absent when it was not assigned.
     #[serde(rename = "user.created", rename_all = "camelCase")]
-    UserCreated { attributes: Map<String, Value>, active: bool },
-    /// Top-level attributes changed (`changed` holds their new values) or were removed.
+    UserCreated {
+        attributes: Map<String, Value>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        active: Option<bool>,
+    },
+    /// Top-level attributes changed (`changed` holds their new values) or were removed. `active`
+    /// appears here only when it becomes assigned or unassigned without changing whether the user
+    /// is active; a change of state is `user.deactivated` / `user.reactivated`.
     #[serde(rename = "user.updated", rename_all = "camelCase")]
     UserUpdated { changed: Map<String, Value>, removed: Vec<String> },
     #[serde(rename = "user.deactivated")]
@@ -306,7 +312,7 @@ mod tests {
     #[test]
     fn every_type_round_trips() {
         let bodies = vec![
-            EventBody::UserCreated { attributes: Map::new(), active: true },
+            EventBody::UserCreated { attributes: Map::new(), active: Some(true) },
             EventBody::UserUpdated { changed: Map::new(), removed: vec!["title".into()] },
             EventBody::UserDeactivated {},
             EventBody::UserReactivated {},

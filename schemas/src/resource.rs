@@ -17,7 +17,8 @@ use crate::registry::{registry, Attr, AttrType, Mutability, ResourceSchema};
 pub struct UserInput {
     /// Canonical attributes, without `id`, `meta`, `schemas`, `groups`, `password`, `active`.
     pub attributes: Map<String, Value>,
-    pub active: bool,
+    /// `None` when the body leaves `active` unassigned; such a user counts as active.
+    pub active: Option<bool>,
     /// Attribute names that were not in the schema, or readOnly: ignored, reported in the logs.
     pub ignored: Vec<String>,
 }
@@ -232,8 +233,8 @@ pub fn parse_user(body: &Value) -> Result<UserInput, SchemaError> {
     let mut ignored = Vec::new();
     coerce_attrs(&registry().user, obj, &mut attributes, &mut ignored)?;
     let active = match attributes.remove("active") {
-        None => true,
-        Some(Value::Bool(b)) => b,
+        None => None,
+        Some(Value::Bool(b)) => Some(b),
         Some(other) => return Err(wrong_type("active", "a boolean", &other)),
     };
     match attributes.get("userName") {
@@ -310,22 +311,22 @@ mod tests {
             (
                 json!({"schemas": ["x"], "UserName": "a@x", "Active": "False", "id": "mine", "password": "secret"}),
                 json!({"userName": "a@x"}),
-                false,
+                Some(false),
             ),
             (
                 json!({"userName": "a", "name": {"GivenName": "A", "familyName": ""}, "emails": {"value": "a@x", "type": "work", "primary": "true"}}),
                 json!({"userName": "a", "name": {"givenName": "A"}, "emails": [{"value": "a@x", "type": "work", "primary": true}]}),
-                true,
+                None,
             ),
             (
                 json!({"userName": "a", "roles": ["urn:r1", {"value": "urn:r2"}], "groups": [{"value": "g"}], "title": null}),
                 json!({"userName": "a", "roles": [{"value": "urn:r1"}, {"value": "urn:r2"}]}),
-                true,
+                None,
             ),
             (
                 json!({"userName": "a", ent: {"department": "Ops", "manager": [{"value": "m1"}]}}),
                 json!({"userName": "a", ent: {"department": "Ops", "manager": {"value": "m1"}}}),
-                true,
+                None,
             ),
         ];
         for (input, want_attrs, want_active) in table {

@@ -166,11 +166,11 @@ impl<K: KvRead> Decider<'_, K> {
             .or_else(|| input.external_id().and_then(|x| query::user_id_by_external_id(self.kv, self.t, x)));
         if let Some(existing) = existing {
             let doc = self.user(&existing)?;
-            if doc.active {
+            if doc.is_active() {
                 return Err(Refusal::Uniqueness(format!("userName {:?} is already taken", input.user_name())));
             }
             let mut input = input;
-            input.active = true;
+            input.active = Some(true);
             self.replace_user(existing.clone(), input, None)?;
             return Ok((existing, false, vec![]));
         }
@@ -188,14 +188,30 @@ impl<K: KvRead> Decider<'_, K> {
         let doc = self.user(&id)?;
         check_version(if_match, doc.version)?;
         self.check_user_unique(&input, Some(&id))?;
-        let (changed, removed) = diff(&doc.attributes, &input.attributes);
+        let (mut changed, mut removed) = diff(&doc.attributes, &input.attributes);
+        let (was, will) = (doc.is_active(), input.active.unwrap_or(true));
+        // Assigning or unassigning `active` without changing the state is an attribute change;
+        // a change of state is its own event (which leaves `active` assigned).
+        if was == will && doc.active != input.active {
+            match input.active {
+                Some(a) => {
+                    changed.insert("active".into(), Value::Bool(a));
+                }
+                None => removed.push("active".into()),
+            }
+        }
         if !changed.is_empty() || !removed.is_empty() {
             self.emit(ResourceKind::User, &id, doc.version, EventBody::UserUpdated { changed, removed });
         }
-        match (doc.active, input.active) {
+        match (was, will) {
             (true, false) => self.emit(ResourceKind::User, &id, doc.version, EventBody::UserDeactivated {}),
             (false, true) => self.emit(ResourceKind::User, &id, doc.version, EventBody::UserReactivated {}),
             _ => {}
+        }
+        // Unassigning the `active` of a deactivated user reactivates it and leaves it unassigned.
+        if was != will && input.active.is_none() {
+            let body = EventBody::UserUpdated { changed: Map::new(), removed: vec!["active".into()] };
+            self.emit(ResourceKind::User, &id, doc.version, body);
         }
         Ok((id, false, vec![]))
     }
@@ -353,7 +369,9 @@ impl<K: KvRead> Decider<'_, K> {
         let doc = self.user(&id)?;
         check_version(if_match, doc.version)?;
         let mut map = doc.attributes.clone();
-        map.insert("active".into(), Value::Bool(doc.active));
+        if let Some(active) = doc.active {
+            map.insert("active".into(), Value::Bool(active));
+        }
         for op in ops {
             patch::apply(&registry().user, &mut map, op)?;
         }

@@ -8,6 +8,7 @@ mod groups;
 mod health;
 mod render;
 mod resource;
+mod search;
 mod users;
 
 use std::sync::Arc;
@@ -65,6 +66,7 @@ pub fn router(state: AppState) -> Router {
         .merge(users::router())
         .merge(groups::router())
         .merge(discovery::router())
+        .merge(search::router())
         .fallback(|| async { ApiError::NotFound("no such SCIM endpoint".into()) })
         .layer(middleware::from_fn_with_state(state.clone(), authenticate));
     Router::new()

@@ -37,7 +37,9 @@ pub fn user(kv: &impl KvRead, t: &str, base: &str, doc: &UserDoc, proj: &Project
     m.insert("schemas".into(), Value::Array(schemas));
     m.insert("id".into(), Value::String(doc.id.clone()));
     m.extend(doc.attributes.iter().map(|(k, v)| (k.clone(), v.clone())));
-    m.insert("active".into(), Value::Bool(doc.active));
+    if let Some(active) = doc.active {
+        m.insert("active".into(), Value::Bool(active));
+    }
     if proj.wants("groups") {
         let groups: Vec<Value> = query::groups_of(kv, t, &doc.id, usize::MAX)
             .into_iter()

@@ -175,27 +175,65 @@ pub async fn patch(
     respond_written(state, &caller, kind, &id, StatusCode::OK, &proj)
 }
 
+/// A list (`GET /Users`) or search (`POST /.search`) over one or more resource types; with
+/// several, the resources of each type follow those of the one before, in a stable order.
 pub fn list(
     state: &AppState,
     caller: &Caller,
-    kind: ResourceKind,
+    kinds: &[ResourceKind],
     params: &HashMap<String, String>,
 ) -> Result<Response, ApiError> {
     let q = ListQuery::from_params(params, state)?;
     let t = caller.tenant();
     let view = state.store.view();
-    let ids = query::search_ids(&view, t, kind, q.filter.as_ref(), state.cfg.max_scan)?;
+    let mut ids: Vec<(ResourceKind, String)> = Vec::new();
+    for kind in kinds {
+        let found = query::search_ids(&view, t, *kind, q.filter.as_ref(), state.cfg.max_scan)?;
+        ids.extend(found.into_iter().map(|id| (*kind, id)));
+    }
     let total = ids.len();
     let resources: Vec<Value> = ids
         .iter()
         .skip(q.start_index - 1)
         .take(q.count)
-        .filter_map(|id| render_one(&view, t, &state.scim_base, kind, id, &q.projection).map(|(v, _)| v))
+        .filter_map(|(kind, id)| render_one(&view, t, &state.scim_base, *kind, id, &q.projection).map(|(v, _)| v))
         .collect();
     if let Some(e) = view.take_error() {
         return Err(e.into());
     }
     Ok(scim_response(StatusCode::OK, &render::list_response(total, q.start_index, resources)))
+}
+
+/// `POST .search` (RFC 7644 §3.4.3): the SearchRequest body read as the list parameters.
+pub fn search(state: &AppState, caller: &Caller, kinds: &[ResourceKind], body: &Value) -> Result<Response, ApiError> {
+    use scimlog_schemas::SchemaError;
+    let obj = body.as_object().ok_or_else(|| SchemaError::invalid_syntax("a SearchRequest must be a JSON object"))?;
+    if let Some(schemas) = obj.iter().find(|(k, _)| k.eq_ignore_ascii_case("schemas")).map(|(_, v)| v) {
+        let ok = schemas
+            .as_array()
+            .is_some_and(|s| s.iter().any(|u| u.as_str() == Some(scimlog_schemas::urn::SEARCH_REQUEST)));
+        if !ok {
+            return Err(SchemaError::invalid_syntax(format!(
+                "a SearchRequest's schemas must be [{:?}], got {schemas}",
+                scimlog_schemas::urn::SEARCH_REQUEST
+            ))
+            .into());
+        }
+    }
+    let mut params = HashMap::new();
+    for (k, v) in obj {
+        let text = match v {
+            Value::String(s) => s.clone(),
+            Value::Number(n) => n.to_string(),
+            Value::Array(items) => items.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(","),
+            Value::Null => continue,
+            other => other.to_string(),
+        };
+        if !k.eq_ignore_ascii_case("schemas") {
+            params.insert(k.clone(), text);
+        }
+    }
+    list(state, caller, kinds, &params)
 }
 
 /// The routes of one resource type: `/<Endpoint>` and `/<Endpoint>/{id}`.
@@ -208,10 +246,18 @@ pub fn routes(kind: ResourceKind) -> axum::Router<AppState> {
 
     let base = format!("/{}", kind.endpoint());
     let one = format!("/{}/{{id}}", kind.endpoint());
+    let search_path = format!("/{}/.search", kind.endpoint());
     axum::Router::new()
         .route(
+            &search_path,
+            axum::routing::post(move |State(s): State<AppState>, caller: Caller, ScimBody(body): ScimBody| async move {
+                search(&s, &caller, &[kind], &body)
+            })
+            .fallback(super::method_not_allowed),
+        )
+        .route(
             &base,
-            get_route(move |State(s): State<AppState>, caller: Caller, Query(p): Params| async move { list(&s, &caller, kind, &p) })
+            get_route(move |State(s): State<AppState>, caller: Caller, Query(p): Params| async move { list(&s, &caller, &[kind], &p) })
                 .post(move |State(s): State<AppState>, caller: Caller, ScimBody(body): ScimBody| async move {
                     create(&s, caller, kind, body).await
                 })

@@ -1,6 +1,7 @@
 //! Integration tests: one binary, real HTTP, real RocksDB in temp dirs.
 
 mod auth;
+mod conformance;
 mod discovery;
 mod errors;
 mod groups;

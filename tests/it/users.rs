@@ -203,3 +203,60 @@ async fn post_matching_an_inactive_user_reactivates_it() {
     assert_eq!(again.body["active"], true);
     s.post("/Users", &alice()).await.assert_error(409, Some("uniqueness"), "alice@example.com");
 }
+
+#[tokio::test]
+async fn search_by_post_on_the_root_and_per_type() {
+    let s = TestServer::start().await;
+    s.post("/Users", &json!({"userName": "sam", "title": "Eng"})).await;
+    s.post("/Users", &json!({"userName": "sue"})).await;
+    s.post("/Groups", &json!({"displayName": "Sales"})).await;
+    let req = json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:SearchRequest"],
+        "filter": "userName sw \"s\"", "attributes": ["userName"], "startIndex": 1, "count": 10});
+    let r = s.post("/Users/.search", &req).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["totalResults"], 2);
+    assert_eq!(r.body["Resources"][0].as_object().unwrap().keys().collect::<Vec<_>>(), ["schemas", "id", "userName"]);
+    // On the root, both types are searched: `displayName pr` matches the group only.
+    let r = s.post("/.search", &json!({"filter": "displayName pr", "excludedAttributes": ["members"]})).await;
+    assert_eq!(r.body["totalResults"], 1, "{}", r.body);
+    assert_eq!(r.body["Resources"][0]["displayName"], "Sales");
+    let r = s.post("/.search", &json!({})).await;
+    assert_eq!(r.body["totalResults"], 3);
+    s.post("/.search", &json!({"schemas": ["urn:wrong"]})).await.assert_error(
+        400,
+        Some("invalidSyntax"),
+        "SearchRequest",
+    );
+    s.post("/.search", &json!({"filter": "userName eq"})).await.assert_error(
+        400,
+        Some("invalidFilter"),
+        "expected a value",
+    );
+}
+
+#[tokio::test]
+async fn unassigned_active_counts_as_active_and_is_not_invented() {
+    let s = TestServer::start().await;
+    let u = s.post("/Users", &json!({"userName": "noactive"})).await;
+    assert!(u.body.get("active").is_none(), "{}", u.body);
+    assert_eq!(s.get(&format!("/Users?filter={}", q("active eq true"))).await.body["totalResults"], 1);
+    let id = s.post("/Users", &json!({"userName": "withactive", "active": true})).await.id();
+    let r = s
+        .send(
+            Method::PATCH,
+            &format!("/Users/{id}"),
+            Some(&json!({"Operations": [{"op": "remove", "path": "active"}]})),
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    assert!(r.body.get("active").is_none(), "removing active leaves it unassigned: {}", r.body);
+    // From a deactivated user, removing `active` reactivates it and leaves it unassigned.
+    let path = format!("/Users/{id}");
+    let deactivate = json!({"Operations": [{"op": "replace", "path": "active", "value": false}]});
+    assert_eq!(s.send(Method::PATCH, &path, Some(&deactivate), &[]).await.body["active"], false);
+    let remove = json!({"Operations": [{"op": "remove", "path": "active"}]});
+    let r = s.send(Method::PATCH, &path, Some(&remove), &[]).await;
+    assert!(r.body.get("active").is_none(), "{}", r.body);
+    assert_eq!(s.get(&format!("/Users?filter={}", q("active eq false"))).await.body["totalResults"], 0);
+}
