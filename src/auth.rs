@@ -12,11 +12,22 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-/// Who made a request: the token's name (the actor in events) and its tenant.
+/// Who made a request: the token's name (the actor in events), its tenant and its role.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Principal {
     pub name: String,
     pub tenant: String,
+    pub role: Role,
+}
+
+/// What a token may do: `scim` tokens provision (what IdPs get); `admin` tokens may also use the
+/// admin API (erasure).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    #[default]
+    Scim,
+    Admin,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -27,6 +38,8 @@ pub struct TokenRecord {
     /// Hex SHA-256 of the token.
     pub sha256: String,
     pub created_at: DateTime<Utc>,
+    #[serde(default)]
+    pub role: Role,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -92,7 +105,7 @@ fn write_file(path: &Path, file: &TokenFile) -> Result<(), AuthError> {
 
 /// Creates a token named `name` for `tenant`, stores its hash and returns the token itself,
 /// which is shown once and never again.
-pub fn create_token(data_dir: &Path, name: &str, tenant: &str) -> Result<String, AuthError> {
+pub fn create_token(data_dir: &Path, name: &str, tenant: &str, role: Role) -> Result<String, AuthError> {
     if !valid_tenant(tenant) {
         return Err(AuthError::Tenant(tenant.into()));
     }
@@ -107,6 +120,7 @@ pub fn create_token(data_dir: &Path, name: &str, tenant: &str) -> Result<String,
         tenant: tenant.into(),
         sha256: hex::encode(hash_token(&token)),
         created_at: Utc::now(),
+        role,
     });
     write_file(&path, &file)?;
     Ok(token)
@@ -170,7 +184,7 @@ impl TokenStore {
             .filter_map(|t| {
                 let mut h = [0u8; 32];
                 hex::decode_to_slice(&t.sha256, &mut h).ok()?;
-                Some((h, Principal { name: t.name, tenant: t.tenant }))
+                Some((h, Principal { name: t.name, tenant: t.tenant, role: t.role }))
             })
             .collect();
         loaded.stamp = stamp;
@@ -204,14 +218,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = TokenStore::open(dir.path(), None).unwrap();
         assert!(store.is_empty());
-        let token = create_token(dir.path(), "okta", "acme").unwrap();
+        let token = create_token(dir.path(), "okta", "acme", Role::Scim).unwrap();
         assert!(token.starts_with("scimlog_") && token.len() == 72);
         let stored = std::fs::read_to_string(dir.path().join("tokens.json")).unwrap();
         assert!(!stored.contains(&token[8..]), "the token itself is never stored");
-        assert_eq!(store.authenticate(&token), Some(Principal { name: "okta".into(), tenant: "acme".into() }));
+        assert_eq!(
+            store.authenticate(&token),
+            Some(Principal { name: "okta".into(), tenant: "acme".into(), role: Role::Scim })
+        );
         assert_eq!(store.authenticate("scimlog_wrong"), None);
-        assert!(matches!(create_token(dir.path(), "okta", "acme"), Err(AuthError::Exists(_))));
-        assert!(matches!(create_token(dir.path(), "x", "Bad Tenant"), Err(AuthError::Tenant(_))));
+        assert!(matches!(create_token(dir.path(), "okta", "acme", Role::Scim), Err(AuthError::Exists(_))));
+        assert!(matches!(create_token(dir.path(), "x", "Bad Tenant", Role::Scim), Err(AuthError::Tenant(_))));
         revoke_token(dir.path(), "okta").unwrap();
         assert_eq!(store.authenticate(&token), None);
     }

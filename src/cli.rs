@@ -1,16 +1,38 @@
-//! The `scimlog` command line: `serve` and `token`.
+//! The `scimlog` command line: `serve`, `token`, `erase`, `keys`, `audit`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use clap::{Parser, Subcommand};
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
 
+use crate::auth::Role;
 use crate::config::ServeConfig;
+use crate::log::keys::{KeyRing, MasterKey, MasterKeySource};
+use crate::log::Store;
 
 #[derive(Parser)]
 #[command(name = "scimlog", version, about = "Event-sourced SCIM 2.0 identity directory")]
 pub struct Cli {
     #[command(subcommand)]
     command: Cmd,
+}
+
+/// The data dir and master key of an existing store.
+#[derive(Args, Clone)]
+struct StoreArgs {
+    #[arg(long, env = "SCIMLOG_DATA_DIR", default_value = "./scimlog-data")]
+    data_dir: PathBuf,
+    #[arg(long, env = "SCIMLOG_MASTER_KEY_FILE")]
+    master_key_file: Option<PathBuf>,
+    #[arg(long = "master-key", env = "SCIMLOG_MASTER_KEY", hide_env_values = true, hide = true)]
+    master_key_hex: Option<String>,
+}
+
+impl StoreArgs {
+    fn source(&self) -> MasterKeySource {
+        MasterKeySource { file: self.master_key_file.clone(), hex: self.master_key_hex.clone() }
+    }
 }
 
 #[derive(Subcommand)]
@@ -22,6 +44,30 @@ enum Cmd {
         #[command(subcommand)]
         command: TokenCmd,
     },
+    /// Erase a person: delete the user if it still exists and destroy its data key, so that its
+    /// personal values in the log can never be read again. Offline: with a server running, use
+    /// POST /api/v1/users/{id}/erase with an admin token instead.
+    Erase {
+        /// `Users/<id>`.
+        resource: String,
+        /// Why (recorded in the `user.erased` event; no personal data).
+        #[arg(long)]
+        reason: String,
+        #[arg(long, default_value = "default")]
+        tenant: String,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Master key operations.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCmd,
+    },
+    /// Read the log back.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCmd,
+    },
 }
 
 #[derive(Subcommand)]
@@ -32,6 +78,8 @@ enum TokenCmd {
         name: String,
         #[arg(long, default_value = "default")]
         tenant: String,
+        #[arg(long, value_enum, default_value_t = Role::Scim)]
+        role: Role,
         #[arg(long, env = "SCIMLOG_DATA_DIR", default_value = "./scimlog-data")]
         data_dir: PathBuf,
     },
@@ -42,10 +90,46 @@ enum TokenCmd {
         #[arg(long, env = "SCIMLOG_DATA_DIR", default_value = "./scimlog-data")]
         data_dir: PathBuf,
     },
-    /// List token names and tenants (never the tokens).
+    /// List token names, tenants and roles (never the tokens).
     List {
         #[arg(long, env = "SCIMLOG_DATA_DIR", default_value = "./scimlog-data")]
         data_dir: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCmd {
+    /// Re-wrap every data key under a new master key (offline). Afterwards start the server with
+    /// the new key; when the old one was `<data-dir>/master.key`, that file is replaced.
+    Rotate {
+        #[arg(long)]
+        new_master_key_file: PathBuf,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Write a new random master key file (mode 0600).
+    Generate { path: PathBuf },
+}
+
+#[derive(Subcommand)]
+enum AuditCmd {
+    /// Walk the hash chain; print the event count and head hash, or the first broken position
+    /// (and exit non-zero).
+    Verify {
+        #[arg(long, env = "SCIMLOG_DATA_DIR", default_value = "./scimlog-data")]
+        data_dir: PathBuf,
+    },
+    /// Events as JSON lines, personal values opened (erased ones read "[erased]"), or with
+    /// `--sealed` exactly as stored and hashed.
+    Export {
+        #[arg(long, default_value_t = 1)]
+        from: u64,
+        #[arg(long)]
+        to: Option<u64>,
+        #[arg(long)]
+        sealed: bool,
+        #[command(flatten)]
+        store: StoreArgs,
     },
 }
 
@@ -61,19 +145,24 @@ fn init_logging() {
     }
 }
 
+fn open_exclusive(data_dir: &Path) -> anyhow::Result<Store> {
+    Store::open(data_dir).with_context(|| {
+        "cannot open the store for writing: if a server runs on this data dir, stop it or use the admin API"
+    })
+}
+
 /// Runs the command line; the process exit code is non-zero on any error.
 pub fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_logging();
+    let runtime = || tokio::runtime::Builder::new_multi_thread().enable_all().build();
     match cli.command {
-        Cmd::Serve(cfg) => {
-            tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(crate::server::serve(cfg))
-        }
+        Cmd::Serve(cfg) => runtime()?.block_on(crate::server::serve(cfg)),
         Cmd::Token { command } => match command {
-            TokenCmd::Create { name, tenant, data_dir } => {
-                let token = crate::auth::create_token(&data_dir, &name, &tenant)?;
+            TokenCmd::Create { name, tenant, role, data_dir } => {
+                let token = crate::auth::create_token(&data_dir, &name, &tenant, role)?;
                 println!("{token}");
-                eprintln!("token {name:?} for tenant {tenant:?} created; it is shown once, store it now");
+                eprintln!("token {name:?} ({role:?}) for tenant {tenant:?} created; it is shown once, store it now");
                 Ok(())
             }
             TokenCmd::Revoke { name, data_dir } => {
@@ -83,8 +172,68 @@ pub fn main() -> anyhow::Result<()> {
             }
             TokenCmd::List { data_dir } => {
                 for t in crate::auth::list_tokens(&data_dir)? {
-                    println!("{}\t{}\t{}", t.name, t.tenant, t.created_at.to_rfc3339());
+                    println!("{}\t{}\t{:?}\t{}", t.name, t.tenant, t.role, t.created_at.to_rfc3339());
                 }
+                Ok(())
+            }
+        },
+        Cmd::Erase { resource, reason, tenant, store } => {
+            let id = resource
+                .strip_prefix("Users/")
+                .filter(|id| !id.is_empty())
+                .with_context(|| format!("expected Users/<id>, got {resource:?}"))?
+                .to_string();
+            let db = open_exclusive(&store.data_dir)?;
+            let keys = Arc::new(KeyRing::open(db.clone(), &store.source(), &store.data_dir)?);
+            let committed = runtime()?.block_on(crate::server::erase_offline(db, keys, &tenant, &id, &reason))?;
+            for e in committed {
+                println!("{}\t{}\t{}", e.position, e.event_type().as_str(), e.resource_id);
+            }
+            Ok(())
+        }
+        Cmd::Keys { command } => match command {
+            KeysCmd::Generate { path } => {
+                crate::log::keys::write_new_key_file(&path)?;
+                eprintln!("wrote a new master key to {}", path.display());
+                Ok(())
+            }
+            KeysCmd::Rotate { new_master_key_file, store } => {
+                let db = open_exclusive(&store.data_dir)?;
+                let ring = KeyRing::open(db, &store.source(), &store.data_dir)?;
+                let new = MasterKey::from_file(&new_master_key_file)?;
+                let n = ring.rotate(&new)?;
+                let default = crate::log::keys::default_path(&store.data_dir);
+                if ring.master_origin() == default.display().to_string() {
+                    crate::log::keys::replace_key_file(&default, &new)?;
+                    eprintln!("re-wrapped {n} data keys; {} now holds the new master key", default.display());
+                } else {
+                    eprintln!(
+                        "re-wrapped {n} data keys; start the server with --master-key-file {}",
+                        new_master_key_file.display()
+                    );
+                }
+                Ok(())
+            }
+        },
+        Cmd::Audit { command } => match command {
+            AuditCmd::Verify { data_dir } => {
+                let db = Store::open_read_only(&data_dir)?;
+                let v = crate::audit::verify(&db)?;
+                println!("ok: {} events, head position {}, head hash {}", v.count, v.head_position, v.head_hash);
+                Ok(())
+            }
+            AuditCmd::Export { from, to, sealed, store } => {
+                let db = Store::open_read_only(&store.data_dir)?;
+                let stdout = std::io::stdout();
+                let mut out = std::io::BufWriter::new(stdout.lock());
+                if sealed {
+                    crate::audit::export(&db, &scimlog_schemas::personal::NoKeys, from, to, false, &mut out)?;
+                } else {
+                    let ring = KeyRing::open_read_only(db.clone(), &store.source(), &store.data_dir)?;
+                    crate::audit::export(&db, &ring, from, to, true, &mut out)?;
+                }
+                use std::io::Write;
+                out.flush()?;
                 Ok(())
             }
         },

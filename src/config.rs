@@ -26,6 +26,13 @@ pub struct ServeConfig {
     /// Serve without authentication (every request acts as `anonymous` in --tenant).
     #[arg(long)]
     pub insecure_no_auth: bool,
+    /// File holding the master key (64 hex characters) that wraps the per-user data keys
+    /// (default: `<data-dir>/master.key`, created on first start).
+    #[arg(long, env = "SCIMLOG_MASTER_KEY_FILE")]
+    pub master_key_file: Option<PathBuf>,
+    /// The master key itself, as 64 hex characters (instead of a file).
+    #[arg(long = "master-key", env = "SCIMLOG_MASTER_KEY", hide_env_values = true, hide = true)]
+    pub master_key_hex: Option<String>,
     /// Largest accepted request body.
     #[arg(long, env = "SCIMLOG_MAX_BODY_BYTES", default_value_t = 1_048_576)]
     pub max_body_bytes: usize,
@@ -70,6 +77,10 @@ impl ServeConfig {
         let mut c = Wrapper::parse_from(["scimlog"]).config;
         c.data_dir = data_dir.into();
         c
+    }
+
+    pub fn master_key_source(&self) -> crate::log::keys::MasterKeySource {
+        crate::log::keys::MasterKeySource { file: self.master_key_file.clone(), hex: self.master_key_hex.clone() }
     }
 
     pub fn base_url(&self) -> String {

@@ -10,10 +10,12 @@
 //! - [`log`]: the only module that knows RocksDB: the event log, the read-model store, and the
 //!   single writer with group commit.
 //! - [`auth`]: bearer tokens, stored as hashes.
+//! - [`audit`]: reading the log back: hash-chain verification, export.
 //!
 //! A write goes HTTP -> `schemas` parsing -> `command::decide` (on the writer thread) -> events ->
 //! one fsync'd RocksDB batch with the projections' writes -> response.
 
+pub mod audit;
 pub mod auth;
 pub mod cli;
 pub mod command;

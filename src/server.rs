@@ -2,15 +2,17 @@
 //! shutdown drain in-flight requests and the write queue before the store closes.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use crate::auth::{create_token, valid_tenant, Principal, TokenStore};
+use crate::auth::{create_token, valid_tenant, Principal, Role, TokenStore};
 use crate::config::ServeConfig;
 use crate::http::{self, AppState, Inner};
+use crate::log::keys::KeyRing;
 use crate::log::{writer, Store};
 
 /// A running server.
@@ -29,6 +31,7 @@ impl Server {
         std::fs::create_dir_all(&cfg.data_dir)
             .with_context(|| format!("cannot create the data dir {}", cfg.data_dir.display()))?;
         let store = Store::open(&cfg.data_dir)?;
+        let keys = Arc::new(KeyRing::open(store.clone(), &cfg.master_key_source(), &cfg.data_dir)?);
 
         let (tokens, created_token) = if cfg.insecure_no_auth {
             tracing::warn!("serving WITHOUT authentication (--insecure-no-auth)");
@@ -37,15 +40,19 @@ impl Server {
             let bootstrap = cfg
                 .bootstrap_token
                 .clone()
-                .map(|t| (t, Principal { name: "bootstrap".into(), tenant: cfg.tenant.clone() }));
+                .map(|t| (t, Principal { name: "bootstrap".into(), tenant: cfg.tenant.clone(), role: Role::Scim }));
             let tokens = TokenStore::open(&cfg.data_dir, bootstrap)?;
-            let created =
-                if tokens.is_empty() { Some(create_token(&cfg.data_dir, "default", &cfg.tenant)?) } else { None };
+            let created = if tokens.is_empty() {
+                Some(create_token(&cfg.data_dir, "default", &cfg.tenant, Role::Scim)?)
+            } else {
+                None
+            };
             (Some(tokens), created)
         };
 
         let (writer, writer_thread) = writer::start(
             store.clone(),
+            keys.clone(),
             writer::WriterOptions {
                 queue_depth: cfg.write_queue_depth,
                 group_commit_max: cfg.group_commit_max,
@@ -60,7 +67,7 @@ impl Server {
         cfg.listen = addr;
         let scim_base = format!("{}/scim/v2", cfg.base_url());
         let drain = Duration::from_millis(cfg.drain_timeout_ms);
-        let state = AppState::new(Inner { store, writer, tokens, cfg, scim_base });
+        let state = AppState::new(Inner { store, keys, writer, tokens, cfg, scim_base });
         let app = http::router(state);
 
         let (shutdown, shutdown_rx) = oneshot::channel::<()>();
@@ -96,6 +103,35 @@ impl Server {
             let _ = s.send(());
         }
         let _ = (&mut self.task).await;
+    }
+}
+
+/// Erases a user through a writer of its own, on a store opened exclusively (no server running).
+pub async fn erase_offline(
+    store: Store,
+    keys: Arc<KeyRing>,
+    tenant: &str,
+    id: &str,
+    reason: &str,
+) -> anyhow::Result<Vec<scimlog_schemas::Event>> {
+    let (writer, thread) =
+        writer::start(store, keys, writer::WriterOptions { queue_depth: 1, group_commit_max: 1, sync: true })?;
+    let origin = writer::Origin {
+        tenant: tenant.to_string(),
+        actor: "cli".into(),
+        request_id: uuid::Uuid::now_v7().to_string(),
+    };
+    let result = writer
+        .submit(origin, crate::command::Command::EraseUser { id: id.to_string(), reason: reason.to_string() })
+        .await;
+    drop(writer);
+    let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+    match result {
+        Ok(c) => Ok(c.events),
+        Err(crate::log::writer::WriteError::Refused(crate::command::Refusal::NotFound { .. })) => {
+            anyhow::bail!("no user {id:?} to erase in tenant {tenant:?} (or it was erased already)")
+        }
+        Err(e) => Err(e.into()),
     }
 }
 

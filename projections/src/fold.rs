@@ -9,7 +9,7 @@ use serde_json::{Map, Value};
 
 use crate::keys;
 use crate::kv::Kv;
-use crate::model::{emails_of, GroupDoc, Member, UserDoc};
+use crate::model::{emails_of, GroupDoc, Member, Tombstone, UserDoc};
 
 pub(crate) fn load<T: DeserializeOwned>(kv: &(impl crate::KvRead + ?Sized), key: &[u8]) -> Option<T> {
     kv.get(key).and_then(|b| serde_json::from_slice(&b).ok())
@@ -114,9 +114,13 @@ pub fn apply(kv: &mut impl Kv, e: &Event) {
             };
             index_user(kv, t, id, &doc.attributes, false);
             kv.delete(&keys::user(t, id));
+            store(kv, &keys::user_tombstone(t, id), &Tombstone { version: e.resource_version, erased: false });
             bump_count(kv, &keys::user_count(t), -1);
             // The command removed its memberships with events first; this only guards the fold.
             remove_memberships_of(kv, t, id);
+        }
+        EventBody::UserErased { .. } => {
+            store(kv, &keys::user_tombstone(t, id), &Tombstone { version: e.resource_version, erased: true });
         }
         EventBody::GroupCreated { display_name, attributes } => {
             let doc = GroupDoc {

@@ -12,6 +12,7 @@
 //! | `ig/ex 0 tenant 0 externalId` | group id |
 //! | `gm 0 tenant 0 group 0 member` | [`crate::Member`] JSON |
 //! | `mg 0 tenant 0 member 0 group` | empty |
+//! | `ud 0 tenant 0 id` | [`crate::model::Tombstone`] of a deleted user |
 //! | `n/u 0 tenant`, `n/g 0 tenant` | resource count, u64 big-endian |
 
 pub const SEP: u8 = 0;
@@ -75,6 +76,10 @@ pub fn membership(t: &str, member: &str, group: &str) -> Vec<u8> {
 }
 pub fn memberships(t: &str, member: &str) -> Vec<u8> {
     prefix(&[b"mg", t.as_bytes(), member.as_bytes()])
+}
+/// What remains of a deleted user: its last version and whether it was erased.
+pub fn user_tombstone(t: &str, id: &str) -> Vec<u8> {
+    join(&[b"ud", t.as_bytes(), id.as_bytes()])
 }
 pub fn user_count(t: &str) -> Vec<u8> {
     join(&[b"n/u", t.as_bytes()])

@@ -66,6 +66,14 @@ impl GroupDoc {
     }
 }
 
+/// A deleted user: enough to erase it later, nothing personal.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Tombstone {
+    pub version: u64,
+    pub erased: bool,
+}
+
 /// One membership, as stored under the group.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

@@ -49,6 +49,10 @@ pub fn members(kv: &impl KvRead, t: &str, group: &str, after: Option<&str>, limi
         .filter_map(|(_, v)| serde_json::from_slice(&v).ok())
         .collect()
 }
+pub fn user_tombstone(kv: &impl KvRead, t: &str, id: &str) -> Option<crate::model::Tombstone> {
+    load(kv, &keys::user_tombstone(t, id))
+}
+
 /// One membership, if `member` is directly in `group`.
 pub fn member(kv: &impl KvRead, t: &str, group: &str, member: &str) -> Option<Member> {
     load(kv, &keys::member(t, group, member))

@@ -9,6 +9,8 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
+use crate::personal::{merge, split, Opener, Sealed, Sealer, ERASED};
+
 /// The `prevHash` of the first event of a log.
 pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
@@ -73,6 +75,10 @@ pub enum EventBody {
     /// The user is gone; its memberships were removed by `group.member_removed` events before it.
     #[serde(rename = "user.deleted")]
     UserDeleted {},
+    /// The user's data key was destroyed: every personal value ever sealed for it is unreadable.
+    /// Follows `user.deleted`. `reason` is the operator's (it must hold no personal data).
+    #[serde(rename = "user.erased")]
+    UserErased { reason: String },
     #[serde(rename = "group.created", rename_all = "camelCase")]
     GroupCreated { display_name: String, attributes: Map<String, Value> },
     #[serde(rename = "group.renamed", rename_all = "camelCase")]
@@ -97,6 +103,7 @@ pub enum EventType {
     UserDeactivated,
     UserReactivated,
     UserDeleted,
+    UserErased,
     GroupCreated,
     GroupRenamed,
     GroupUpdated,
@@ -106,12 +113,13 @@ pub enum EventType {
 }
 
 impl EventType {
-    pub const ALL: [EventType; 11] = [
+    pub const ALL: [EventType; 12] = [
         EventType::UserCreated,
         EventType::UserUpdated,
         EventType::UserDeactivated,
         EventType::UserReactivated,
         EventType::UserDeleted,
+        EventType::UserErased,
         EventType::GroupCreated,
         EventType::GroupRenamed,
         EventType::GroupUpdated,
@@ -126,6 +134,7 @@ impl EventType {
             EventType::UserDeactivated => "user.deactivated",
             EventType::UserReactivated => "user.reactivated",
             EventType::UserDeleted => "user.deleted",
+            EventType::UserErased => "user.erased",
             EventType::GroupCreated => "group.created",
             EventType::GroupRenamed => "group.renamed",
             EventType::GroupUpdated => "group.updated",
@@ -149,6 +158,7 @@ impl EventBody {
             EventBody::UserDeactivated {} => EventType::UserDeactivated,
             EventBody::UserReactivated {} => EventType::UserReactivated,
             EventBody::UserDeleted {} => EventType::UserDeleted,
+            EventBody::UserErased { .. } => EventType::UserErased,
             EventBody::GroupCreated { .. } => EventType::GroupCreated,
             EventBody::GroupRenamed { .. } => EventType::GroupRenamed,
             EventBody::GroupUpdated { .. } => EventType::GroupUpdated,
@@ -227,8 +237,8 @@ impl SealedEvent {
     pub fn is_intact(&self) -> bool {
         Sha256::digest(&self.bytes).as_slice() == self.hash
     }
-    pub fn decode(&self) -> Result<Event, DecodeError> {
-        Event::decode(&self.bytes)
+    pub fn decode(&self, opener: &dyn Opener) -> Result<Event, DecodeError> {
+        Event::decode(&self.bytes, opener)
     }
     /// The envelope as published and exported: the canonical fields plus `hash`.
     pub fn envelope_json(&self) -> Result<Value, DecodeError> {
@@ -240,24 +250,71 @@ impl SealedEvent {
     }
 }
 
+/// The data field of an event type that holds user attributes, and so personal data.
+fn personal_field(event_type: &str) -> Option<&'static str> {
+    match event_type {
+        "user.created" => Some("attributes"),
+        "user.updated" => Some("changed"),
+        _ => None,
+    }
+}
+
 impl Event {
-    /// Serialises and hashes the event. Its `prev_hash` must already be set.
-    pub fn seal(&self) -> SealedEvent {
-        let bytes = serde_json::to_vec(self).expect("events serialise");
+    /// Serialises the event, sealing its personal values with the subject's key, and hashes the
+    /// result: the hash chain covers the sealed bytes, so erasing a key never breaks it. Its
+    /// `prev_hash` must already be set.
+    pub fn seal(&self, sealer: &mut dyn Sealer) -> SealedEvent {
+        let mut v = serde_json::to_value(self).expect("events serialise");
+        let field = personal_field(self.event_type().as_str());
+        if let (Some(field), Some(Value::Object(data))) = (field, v.get_mut("data")) {
+            if let Some(Value::Object(attributes)) = data.get(field) {
+                let (clear, personal) = split(attributes);
+                if !personal.is_empty() {
+                    let plaintext = serde_json::to_vec(&personal).expect("values serialise");
+                    let sealed = Sealed {
+                        subject: self.resource_id.clone(),
+                        attributes: personal.keys().cloned().collect(),
+                        sealed_box: sealer.seal(&self.tenant, &self.resource_id, &plaintext),
+                    };
+                    data.insert(field.to_string(), Value::Object(clear));
+                    data.insert("sealed".to_string(), serde_json::to_value(sealed).expect("sealed serialises"));
+                }
+            }
+        }
+        let bytes = serde_json::to_vec(&v).expect("events serialise");
         let hash: [u8; 32] = Sha256::digest(&bytes).into();
         SealedEvent { hash, bytes }
     }
 
-    /// Parses canonical bytes, lifting older schema versions to the current one.
-    pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
+    /// Parses canonical bytes, lifting older schema versions to the current one and opening
+    /// sealed values with `opener`; values whose key is gone read as [`ERASED`].
+    pub fn decode(bytes: &[u8], opener: &dyn Opener) -> Result<Event, DecodeError> {
         let mut raw: Value = serde_json::from_slice(bytes)?;
         upcast(&mut raw)?;
+        unseal(&mut raw, opener)?;
         Ok(serde_json::from_value(raw)?)
     }
 
     pub fn event_type(&self) -> EventType {
         self.body.event_type()
     }
+}
+
+fn unseal(raw: &mut Value, opener: &dyn Opener) -> Result<(), DecodeError> {
+    let tenant = raw.get("tenant").and_then(Value::as_str).unwrap_or_default().to_string();
+    let field = personal_field(raw.get("type").and_then(Value::as_str).unwrap_or_default());
+    let (Some(field), Some(Value::Object(data))) = (field, raw.get_mut("data")) else { return Ok(()) };
+    let Some(sealed) = data.remove("sealed") else { return Ok(()) };
+    let sealed: Sealed = serde_json::from_value(sealed)?;
+    let personal: Map<String, Value> = opener
+        .open(&tenant, &sealed.subject, &sealed.sealed_box)
+        .and_then(|plain| serde_json::from_slice(&plain).ok())
+        .unwrap_or_else(|| sealed.attributes.iter().map(|a| (a.clone(), Value::String(ERASED.into()))).collect());
+    let slot = data.entry(field.to_string()).or_insert_with(|| Value::Object(Map::new()));
+    if let Value::Object(clear) = slot {
+        merge(clear, personal);
+    }
+    Ok(())
 }
 
 /// Lifts an event of an older schema version to the current one, in place. Every version ever
@@ -276,7 +333,21 @@ fn upcast(raw: &mut Value) -> Result<(), DecodeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::personal::NoKeys;
     use serde_json::json;
+
+    /// Seals by hex-encoding: reversible, for checking the format without crypto.
+    struct HexSealer;
+    impl Sealer for HexSealer {
+        fn seal(&mut self, _: &str, _: &str, plaintext: &[u8]) -> String {
+            hex::encode(plaintext)
+        }
+    }
+    impl Opener for HexSealer {
+        fn open(&self, _: &str, _: &str, sealed_box: &str) -> Option<Vec<u8>> {
+            hex::decode(sealed_box).ok()
+        }
+    }
 
     fn sample(body: EventBody) -> Event {
         Event {
@@ -298,7 +369,7 @@ mod tests {
     #[test]
     fn envelope_wire_form() {
         let e = sample(EventBody::GroupMemberAdded { member_id: "u1".into(), member_type: MemberType::User });
-        let sealed = e.seal();
+        let sealed = e.seal(&mut HexSealer);
         let v = sealed.envelope_json().unwrap();
         assert_eq!(v["type"], "group.member_added");
         assert_eq!(v["data"], json!({"memberId": "u1", "memberType": "User"}));
@@ -317,6 +388,7 @@ mod tests {
             EventBody::UserDeactivated {},
             EventBody::UserReactivated {},
             EventBody::UserDeleted {},
+            EventBody::UserErased { reason: "request 42".into() },
             EventBody::GroupCreated { display_name: "Ops".into(), attributes: Map::new() },
             EventBody::GroupRenamed { display_name: "Ops2".into(), previous_display_name: "Ops".into() },
             EventBody::GroupUpdated { changed: Map::new(), removed: vec![] },
@@ -327,22 +399,43 @@ mod tests {
         assert_eq!(bodies.len(), EventType::ALL.len());
         for b in bodies {
             let e = sample(b);
-            let sealed = e.seal();
+            let sealed = e.seal(&mut HexSealer);
             assert!(sealed.is_intact());
-            let back = SealedEvent::from_record(&sealed.to_record()).unwrap().decode().unwrap();
+            let back = SealedEvent::from_record(&sealed.to_record()).unwrap().decode(&HexSealer).unwrap();
             assert_eq!(back, e);
             assert_eq!(serde_json::to_value(&e).unwrap()["type"], e.event_type().as_str());
         }
     }
 
     #[test]
+    fn personal_values_are_sealed_and_read_as_erased_without_the_key() {
+        let attributes = json!({"userName": "alice", "title": "Eng", "emails": [{"value": "alice@x.org"}]});
+        let mut e =
+            sample(EventBody::UserCreated { attributes: attributes.as_object().unwrap().clone(), active: Some(true) });
+        e.resource_type = ResourceKind::User;
+        let sealed = e.seal(&mut HexSealer);
+        let stored = String::from_utf8(sealed.bytes.clone()).unwrap();
+        assert!(!stored.contains("alice"), "no personal value in clear: {stored}");
+        assert!(stored.contains("\"title\":\"Eng\""), "non-personal values stay readable: {stored}");
+        assert_eq!(sealed.decode(&HexSealer).unwrap(), e);
+        let erased = sealed.decode(&NoKeys).unwrap();
+        match erased.body {
+            EventBody::UserCreated { attributes, .. } => {
+                assert_eq!(Value::Object(attributes), json!({"title": "Eng", "userName": ERASED, "emails": ERASED}));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(sealed.is_intact(), "erasure never touches the hashed bytes");
+    }
+
+    #[test]
     fn tampering_breaks_the_hash_and_unknown_versions_are_refused() {
-        let mut sealed = sample(EventBody::UserDeleted {}).seal();
+        let mut sealed = sample(EventBody::UserDeleted {}).seal(&mut HexSealer);
         sealed.bytes[10] ^= 1;
         assert!(!sealed.is_intact());
         let mut v: Value = serde_json::to_value(sample(EventBody::UserDeleted {})).unwrap();
         v["schemaVersion"] = json!(99);
-        let err = Event::decode(&serde_json::to_vec(&v).unwrap()).unwrap_err();
+        let err = Event::decode(&serde_json::to_vec(&v).unwrap(), &NoKeys).unwrap_err();
         assert!(matches!(err, DecodeError::UnknownVersion(_, 99)));
     }
 }

@@ -12,6 +12,7 @@
 //! - [`filter`]: the RFC 7644 §3.4.2.2 filter language: parse, print, evaluate.
 //! - [`patch`]: the PATCH engine: PatchOp requests applied to a canonical attribute map.
 //! - [`event`]: the events of the log: past-tense, versioned, hash-chained envelopes.
+//! - [`personal`]: which attributes are personal data, sealed in events with their subject's key.
 //! - [`error`]: [`SchemaError`], every refusal of this layer with its SCIM `scimType`.
 
 pub mod error;
@@ -20,6 +21,7 @@ pub mod filter;
 pub mod name;
 pub mod patch;
 pub mod path;
+pub mod personal;
 pub mod registry;
 pub mod resource;
 

@@ -52,6 +52,11 @@ pub enum Command {
         ops: Vec<PatchOp>,
         if_match: Option<u64>,
     },
+    /// Deletes the user if it still exists, then destroys its data key (`user.erased`).
+    EraseUser {
+        id: String,
+        reason: String,
+    },
 }
 
 /// Why a command was refused. Nothing of it was written.
@@ -102,6 +107,7 @@ pub fn decide(kv: &impl KvRead, tenant: &str, command: Command) -> Result<Decisi
         Command::DeleteGroup { id, if_match } => d.delete_group(id, if_match)?,
         Command::PatchUser { id, ops, if_match } => d.patch_user(id, &ops, if_match)?,
         Command::PatchGroup { id, ops, if_match } => d.patch_group(id, &ops, if_match)?,
+        Command::EraseUser { id, reason } => d.erase_user(id, reason)?,
     };
     Ok(Decision { events: d.events, resource_id, created, skipped_members })
 }
@@ -221,6 +227,22 @@ impl<K: KvRead> Decider<'_, K> {
         check_version(if_match, doc.version)?;
         self.leave_all_groups(&id, MemberType::User);
         self.emit(ResourceKind::User, &id, doc.version, EventBody::UserDeleted {});
+        Ok((id, false, vec![]))
+    }
+
+    fn erase_user(&mut self, id: String, reason: String) -> Outcome {
+        let version = match query::user(self.kv, self.t, &id) {
+            Some(doc) => {
+                self.leave_all_groups(&id, MemberType::User);
+                self.emit(ResourceKind::User, &id, doc.version, EventBody::UserDeleted {});
+                doc.version
+            }
+            None => match query::user_tombstone(self.kv, self.t, &id) {
+                Some(t) if !t.erased => t.version,
+                _ => return Err(Refusal::NotFound { kind: ResourceKind::User, id }),
+            },
+        };
+        self.emit(ResourceKind::User, &id, version, EventBody::UserErased { reason });
         Ok((id, false, vec![]))
     }
 

@@ -18,6 +18,7 @@ pub enum ApiError {
     /// The command was refused by the rules of the directory.
     Refused(Refusal),
     Unauthorized(&'static str),
+    Forbidden(&'static str),
     NotFound(String),
     UnsupportedMediaType(String),
     PayloadTooLarge {
@@ -84,6 +85,7 @@ impl ApiError {
                 format!("If-Match names version W/\"{expected}\" but the resource is at W/\"{current}\""),
             ),
             ApiError::Unauthorized(d) => (StatusCode::UNAUTHORIZED, None, (*d).into()),
+            ApiError::Forbidden(d) => (StatusCode::FORBIDDEN, None, (*d).into()),
             ApiError::NotFound(d) => (StatusCode::NOT_FOUND, None, d.clone()),
             ApiError::UnsupportedMediaType(ct) => (
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,

@@ -1,6 +1,7 @@
 //! The HTTP layer: the only code that knows axum and status codes. One file per endpoint family,
 //! each exposing its `router()`, merged in [`router`].
 
+mod admin;
 mod discovery;
 pub mod error;
 mod extract;
@@ -33,6 +34,7 @@ pub const SCIM_CONTENT_TYPE: &str = "application/scim+json";
 
 pub struct Inner {
     pub store: Store,
+    pub keys: Arc<crate::log::keys::KeyRing>,
     pub writer: WriterHandle,
     /// `None` when serving with `--insecure-no-auth`.
     pub tokens: Option<TokenStore>,
@@ -69,8 +71,12 @@ pub fn router(state: AppState) -> Router {
         .merge(search::router())
         .fallback(|| async { ApiError::NotFound("no such SCIM endpoint".into()) })
         .layer(middleware::from_fn_with_state(state.clone(), authenticate));
+    let api = admin::router()
+        .fallback(|| async { ApiError::NotFound("no such API endpoint".into()) })
+        .layer(middleware::from_fn_with_state(state.clone(), authenticate));
     Router::new()
         .nest("/scim/v2", scim)
+        .nest("/api/v1", api)
         .merge(health::router())
         .layer(DefaultBodyLimit::max(state.cfg.max_body_bytes))
         .layer(middleware::from_fn(request_context))
@@ -101,7 +107,9 @@ async fn request_context(mut req: Request, next: Next) -> Response {
 
 async fn authenticate(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
     let principal = match &state.tokens {
-        None => Principal { name: "anonymous".into(), tenant: state.cfg.tenant.clone() },
+        None => {
+            Principal { name: "anonymous".into(), tenant: state.cfg.tenant.clone(), role: crate::auth::Role::Admin }
+        }
         Some(tokens) => {
             let presented = req
                 .headers()

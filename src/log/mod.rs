@@ -5,10 +5,12 @@
 //!   the canonical event bytes followed by the bytes ([`SealedEvent`]). Never overwritten, never
 //!   deleted.
 //! - `state`: the read models, laid out by `scimlog_projections::keys`.
+//! - `keys`: the wrapped per-user data keys that seal personal values in events ([`keys`]).
 //!
 //! Both are written together in one `WriteBatch`, fsync'd, by the single [`writer`]. Reads come
 //! from snapshots through [`StateView`], which implements the projections' `KvRead`.
 
+pub mod keys;
 pub mod writer;
 
 use std::cell::RefCell;
@@ -23,6 +25,7 @@ use scimlog_schemas::event::{SealedEvent, GENESIS_HASH};
 
 pub const CF_EVENTS: &str = "events";
 pub const CF_STATE: &str = "state";
+pub const CF_KEYS: &str = "keys";
 
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
@@ -51,6 +54,8 @@ impl Head {
 #[derive(Clone)]
 pub struct Store {
     db: Arc<DB>,
+    /// A secondary instance's own directory, removed when the last clone goes.
+    _scratch: Option<Arc<tempfile::TempDir>>,
 }
 
 fn db_options() -> Options {
@@ -68,10 +73,32 @@ impl Store {
     /// Opens (creating if needed) the store under `<data_dir>/db`.
     pub fn open(data_dir: &Path) -> Result<Store, LogError> {
         let path = data_dir.join("db");
-        let cfs = [CF_EVENTS, CF_STATE].map(|name| ColumnFamilyDescriptor::new(name, db_options()));
+        let cfs = [CF_EVENTS, CF_STATE, CF_KEYS].map(|name| ColumnFamilyDescriptor::new(name, db_options()));
         let db =
             DB::open_cf_descriptors(&db_options(), &path, cfs).map_err(|source| LogError::Open { path, source })?;
-        Ok(Store { db: Arc::new(db) })
+        Ok(Store { db: Arc::new(db), _scratch: None })
+    }
+
+    /// Opens the store for reading beside a live server (audit, export), as a RocksDB secondary
+    /// instance: it holds every file it reads open, so the server's compactions cannot pull a
+    /// file from under it, and it sees everything committed up to the moment it opens.
+    pub fn open_read_only(data_dir: &Path) -> Result<Store, LogError> {
+        let path = data_dir.join("db");
+        if !path.join("CURRENT").exists() {
+            return Err(LogError::Corrupt { position: 0, detail: format!("no store at {}", path.display()) });
+        }
+        let scratch = tempfile::Builder::new()
+            .prefix("scimlog-reader-")
+            .tempdir()
+            .map_err(|e| LogError::Corrupt { position: 0, detail: format!("cannot create a scratch dir: {e}") })?;
+        let mut opts = db_options();
+        opts.create_if_missing(false);
+        opts.set_max_open_files(-1);
+        let cfs = [CF_EVENTS, CF_STATE, CF_KEYS].map(|name| ColumnFamilyDescriptor::new(name, opts.clone()));
+        let db = DB::open_cf_descriptors_as_secondary(&opts, &path, &scratch.path().to_path_buf(), cfs)
+            .map_err(|source| LogError::Open { path: path.clone(), source })?;
+        db.try_catch_up_with_primary()?;
+        Ok(Store { db: Arc::new(db), _scratch: Some(Arc::new(scratch)) })
     }
 
     fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
@@ -114,14 +141,62 @@ impl Store {
         Ok(out)
     }
 
-    /// Appends events and read-model writes atomically, fsync'd when `sync`.
+    pub(crate) fn get_cf(&self, cf: &str, key: &[u8]) -> Result<Option<Vec<u8>>, LogError> {
+        Ok(self.db.get_cf(self.cf(cf), key)?)
+    }
+
+    pub(crate) fn scan_cf(&self, cf: &str, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, LogError> {
+        let it = self.db.iterator_cf(self.cf(cf), IteratorMode::From(prefix, Direction::Forward));
+        let mut out = Vec::new();
+        for item in it {
+            let (k, v) = item?;
+            if !k.starts_with(prefix) {
+                break;
+            }
+            out.push((k.into_vec(), v.into_vec()));
+        }
+        Ok(out)
+    }
+
+    /// Writes to the `keys` family alone, fsync'd.
+    pub(crate) fn commit_keys(&self, writes: Vec<(Vec<u8>, Option<Vec<u8>>)>) -> Result<(), LogError> {
+        self.commit(&[], std::iter::empty(), writes, true)
+    }
+
+    /// Makes erased data unrecoverable from the files: flushes every family (so the write-ahead
+    /// log that still holds old plaintext read-model values becomes obsolete and is deleted) and
+    /// rewrites the `state` and `keys` families without the deleted entries.
+    pub(crate) fn purge_deleted(&self) -> Result<(), LogError> {
+        let mut flush = rocksdb::FlushOptions::default();
+        flush.set_wait(true);
+        let cfs: Vec<&rocksdb::ColumnFamily> = [CF_EVENTS, CF_STATE, CF_KEYS].iter().map(|n| self.cf(n)).collect();
+        self.db.flush_cfs_opt(&cfs, &flush)?;
+        let mut opts = rocksdb::CompactOptions::default();
+        opts.set_bottommost_level_compaction(rocksdb::BottommostLevelCompaction::Force);
+        opts.set_exclusive_manual_compaction(true);
+        for name in [CF_STATE, CF_KEYS] {
+            self.db.compact_range_cf_opt(self.cf(name), None::<&[u8]>, None::<&[u8]>, &opts);
+        }
+        self.db.flush_wal(true)?;
+        Ok(())
+    }
+
+    /// Appends events, read-model writes and key writes atomically, fsync'd when `sync`.
     pub(crate) fn commit(
         &self,
         events: &[(u64, SealedEvent)],
         state_writes: impl IntoIterator<Item = (Vec<u8>, Option<Vec<u8>>)>,
+        key_writes: Vec<(Vec<u8>, Option<Vec<u8>>)>,
         sync: bool,
     ) -> Result<(), LogError> {
         let mut batch = WriteBatch::default();
+        let keys_cf = self.cf(CF_KEYS);
+        for (k, v) in key_writes {
+            match v {
+                Some(v) => batch.put_cf(keys_cf, k, v),
+                None => batch.delete_cf(keys_cf, k),
+            }
+        }
         let events_cf = self.cf(CF_EVENTS);
         for (position, sealed) in events {
             batch.put_cf(events_cf, position.to_be_bytes(), sealed.to_record());

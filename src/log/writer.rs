@@ -7,14 +7,16 @@
 //!
 //! Serialising writes here is what makes uniqueness and version checks race-free without locks.
 
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use chrono::Utc;
 use scimlog_projections::{apply, Overlay};
-use scimlog_schemas::event::{Event, SealedEvent};
+use scimlog_schemas::event::{Event, EventBody, SealedEvent};
 use tokio::sync::{mpsc, oneshot, watch};
 use uuid::Uuid;
 
+use super::keys::KeyRing;
 use super::{Head, Store};
 use crate::command::{self, Command, Decision, Refusal};
 
@@ -86,19 +88,24 @@ impl WriterHandle {
 }
 
 /// Starts the writer thread. It ends when every [`WriterHandle`] is dropped and the queue is empty.
-pub fn start(store: Store, opts: WriterOptions) -> Result<(WriterHandle, JoinHandle<()>), super::LogError> {
+pub fn start(
+    store: Store,
+    keys: Arc<KeyRing>,
+    opts: WriterOptions,
+) -> Result<(WriterHandle, JoinHandle<()>), super::LogError> {
     let head = store.head()?;
     let (tx, rx) = mpsc::channel(opts.queue_depth.max(1));
     let (committed_tx, committed) = watch::channel(head.position);
     let thread = std::thread::Builder::new()
         .name("scimlog-writer".into())
-        .spawn(move || run(store, rx, head, opts, committed_tx))
+        .spawn(move || run(store, keys, rx, head, opts, committed_tx))
         .expect("spawn writer thread");
     Ok((WriterHandle { tx, queue_depth: opts.queue_depth, committed }, thread))
 }
 
 fn run(
     store: Store,
+    keys: Arc<KeyRing>,
     mut rx: mpsc::Receiver<WriteRequest>,
     mut head: Head,
     opts: WriterOptions,
@@ -113,19 +120,21 @@ fn run(
                 Err(_) => break,
             }
         }
-        head = commit_batch(&store, std::mem::take(&mut batch), head, opts.sync);
+        head = commit_batch(&store, &keys, std::mem::take(&mut batch), head, opts.sync);
         committed.send_replace(head.position);
     }
     tracing::info!(position = head.position, "writer drained and stopped");
 }
 
 /// Decides, folds and commits one batch; answers every request in it. Returns the new head.
-fn commit_batch(store: &Store, batch: Vec<WriteRequest>, head: Head, sync: bool) -> Head {
+fn commit_batch(store: &Store, keys: &KeyRing, batch: Vec<WriteRequest>, head: Head, sync: bool) -> Head {
     let view = store.view();
     let mut overlay = Overlay::new(&view);
     let mut next = head.clone();
     let mut appended: Vec<(u64, SealedEvent)> = Vec::new();
     let mut answers = Vec::with_capacity(batch.len());
+    let mut sealer = keys.batch();
+    let mut erased: Vec<(String, String)> = Vec::new();
     let now = Utc::now();
 
     for req in batch {
@@ -149,7 +158,11 @@ fn commit_batch(store: &Store, batch: Vec<WriteRequest>, head: Head, sync: bool)
                         request_id: req.origin.request_id.clone(),
                         prev_hash: next.hash.clone(),
                     };
-                    let sealed = event.seal();
+                    let sealed = event.seal(&mut sealer);
+                    if let EventBody::UserErased { .. } = event.body {
+                        sealer.discard(&event.tenant, &event.resource_id);
+                        erased.push((event.tenant.clone(), event.resource_id.clone()));
+                    }
                     next = Head { position: event.position, hash: sealed.hash_hex() };
                     apply(&mut overlay, &event);
                     appended.push((event.position, sealed));
@@ -160,15 +173,31 @@ fn commit_batch(store: &Store, batch: Vec<WriteRequest>, head: Head, sync: bool)
         }
     }
 
-    let read_failed = view.take_error();
+    let failed = view.take_error().or_else(|| sealer.take_error());
     let writes = overlay.into_writes();
-    let result = match read_failed {
+    // The view is a snapshot: it must be gone before a purge, or RocksDB keeps the old values
+    // alive for it.
+    drop(view);
+    let mut key_writes = sealer.new_keys();
+    key_writes.extend(erased.iter().map(|(t, s)| (super::keys::data_key_id(t, s), None)));
+    let result = match failed {
         Some(e) => Err(e),
         None if appended.is_empty() => Ok(()),
-        None => store.commit(&appended, writes, sync),
+        None => store.commit(&appended, writes, key_writes, sync),
     };
     match result {
         Ok(()) => {
+            keys.committed(sealer);
+            for (t, s) in &erased {
+                keys.forget(t, s);
+            }
+            if !erased.is_empty() {
+                // The keys are deleted; now make sure no file still holds them or the erased
+                // read-model values. Rare, so done inline before answering.
+                if let Err(e) = store.purge_deleted() {
+                    tracing::error!(error = %e, "purging erased data from the store files failed");
+                }
+            }
             for (reply, answer) in answers {
                 let _ = reply.send(answer);
             }

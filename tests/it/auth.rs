@@ -27,7 +27,7 @@ async fn a_token_sees_only_its_tenant() {
     let s = TestServer::start().await;
     let id = s.post("/Users", &json!({"userName": "alice"})).await.id();
     let gid = s.post("/Groups", &json!({"displayName": "G", "members": [{"value": id}]})).await.id();
-    let other = scimlog::auth::create_token(s.data_dir(), "acme-okta", "acme").unwrap();
+    let other = scimlog::auth::create_token(s.data_dir(), "acme-okta", "acme", scimlog::auth::Role::Scim).unwrap();
 
     let as_other = |m: Method, p: String, b: Option<serde_json::Value>| {
         let s = &s;

@@ -3,6 +3,7 @@
 mod auth;
 mod conformance;
 mod discovery;
+mod erasure;
 mod errors;
 mod groups;
 mod idp_replay;

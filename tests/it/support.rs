@@ -90,10 +90,16 @@ impl TestServer {
         s
     }
 
-    pub async fn stop(mut self) {
+    pub async fn stop(self) {
+        self.stop_keeping_data().await;
+    }
+
+    /// Stops the server; the data dir stays until the returned guard (if any) is dropped.
+    pub async fn stop_keeping_data(mut self) -> Option<tempfile::TempDir> {
         if let Some(s) = self.server.take() {
             s.stop().await;
         }
+        self._tmp.take()
     }
 
     pub fn url(&self, path: &str) -> String {

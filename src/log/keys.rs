@@ -1,0 +1,320 @@
+//! Data keys for personal data (crypto-shredding).
+//!
+//! Every user (subject) gets a random 256-bit data key the first time an event about it carries
+//! personal values. Data keys are stored in the `keys` column family, each wrapped (XChaCha20-
+//! Poly1305) by the operator's master key; the master key never touches the store. Erasing a user
+//! deletes its data key and compacts the family, after which its sealed values cannot be opened
+//! by anyone: the events stay, their hashes stay valid, their personal values are gone.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use rand::RngCore;
+use scimlog_schemas::personal::{Opener, Sealer};
+
+use super::{LogError, Store, CF_KEYS};
+
+const MASTER_CHECK_KEY: &[u8] = b"master-check";
+const MASTER_CHECK_TEXT: &[u8] = b"scimlog master key check v1";
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("cannot read the master key {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("cannot write the master key {path}: {source}")]
+    Write { path: PathBuf, source: std::io::Error },
+    #[error("the master key from {0} is not 64 hex characters (32 bytes)")]
+    Format(String),
+    #[error("the master key from {0} does not open this data dir: wrong key, or the data dir belongs to another key")]
+    Wrong(String),
+    #[error("this data dir was sealed with a master key, but none was given and {0} does not exist; pass --master-key-file or SCIMLOG_MASTER_KEY")]
+    Missing(PathBuf),
+    #[error(transparent)]
+    Log(#[from] LogError),
+}
+
+/// Where the master key comes from, in order: `--master-key-file`, `SCIMLOG_MASTER_KEY` (hex),
+/// or `<data-dir>/master.key`, created on the first start.
+#[derive(Clone, Debug, Default)]
+pub struct MasterKeySource {
+    pub file: Option<PathBuf>,
+    pub hex: Option<String>,
+}
+
+#[derive(Clone)]
+pub struct MasterKey {
+    key: [u8; 32],
+    /// Where it came from, for error messages.
+    pub origin: String,
+}
+
+fn parse_hex_key(text: &str, origin: &str) -> Result<[u8; 32], KeyError> {
+    let mut key = [0u8; 32];
+    hex::decode_to_slice(text.trim(), &mut key).map_err(|_| KeyError::Format(origin.into()))?;
+    Ok(key)
+}
+
+pub fn random_key() -> [u8; 32] {
+    let mut k = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut k);
+    k
+}
+
+/// Writes a new random key as hex to `path` (mode 0600).
+pub fn write_new_key_file(path: &Path) -> Result<(), KeyError> {
+    write_key_file(path, &random_key())
+}
+
+fn write_key_file(path: &Path, key: &[u8; 32]) -> Result<(), KeyError> {
+    let err = |source| KeyError::Write { path: path.into(), source };
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    use std::io::Write;
+    let mut f = opts.open(path).map_err(err)?;
+    f.write_all(format!("{}\n", hex::encode(key)).as_bytes()).map_err(err)?;
+    f.sync_all().map_err(err)
+}
+
+impl MasterKey {
+    pub fn from_file(path: &Path) -> Result<MasterKey, KeyError> {
+        let text = std::fs::read_to_string(path).map_err(|source| KeyError::Read { path: path.into(), source })?;
+        let origin = path.display().to_string();
+        Ok(MasterKey { key: parse_hex_key(&text, &origin)?, origin })
+    }
+
+    /// Resolves the master key for `data_dir`, creating `<data-dir>/master.key` on a first start.
+    pub fn resolve(source: &MasterKeySource, data_dir: &Path, store_is_sealed: bool) -> Result<MasterKey, KeyError> {
+        if let Some(f) = &source.file {
+            return MasterKey::from_file(f);
+        }
+        if let Some(h) = &source.hex {
+            return Ok(MasterKey { key: parse_hex_key(h, "SCIMLOG_MASTER_KEY")?, origin: "SCIMLOG_MASTER_KEY".into() });
+        }
+        let path = default_path(data_dir);
+        if path.exists() {
+            return MasterKey::from_file(&path);
+        }
+        if store_is_sealed {
+            return Err(KeyError::Missing(path));
+        }
+        write_new_key_file(&path)?;
+        MasterKey::from_file(&path)
+    }
+
+    fn cipher(&self) -> XChaCha20Poly1305 {
+        XChaCha20Poly1305::new((&self.key).into())
+    }
+}
+
+pub fn default_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("master.key")
+}
+
+fn encrypt(cipher: &XChaCha20Poly1305, plaintext: &[u8], aad: &[u8]) -> Vec<u8> {
+    let mut nonce = [0u8; 24];
+    rand::rngs::OsRng.fill_bytes(&mut nonce);
+    let ct = cipher
+        .encrypt(XNonce::from_slice(&nonce), Payload { msg: plaintext, aad })
+        .expect("XChaCha20-Poly1305 encryption cannot fail for in-memory buffers");
+    let mut out = nonce.to_vec();
+    out.extend_from_slice(&ct);
+    out
+}
+
+fn decrypt(cipher: &XChaCha20Poly1305, sealed: &[u8], aad: &[u8]) -> Option<Vec<u8>> {
+    if sealed.len() < 24 {
+        return None;
+    }
+    let (nonce, ct) = sealed.split_at(24);
+    cipher.decrypt(XNonce::from_slice(nonce), Payload { msg: ct, aad }).ok()
+}
+
+/// The key of a subject's wrapped data key in the `keys` family.
+pub fn data_key_id(tenant: &str, subject: &str) -> Vec<u8> {
+    let mut k = b"dk\0".to_vec();
+    k.extend_from_slice(tenant.as_bytes());
+    k.push(0);
+    k.extend_from_slice(subject.as_bytes());
+    k
+}
+
+/// The master key and the (cached) data keys of one store.
+pub struct KeyRing {
+    store: Store,
+    master: MasterKey,
+    cache: Mutex<HashMap<Vec<u8>, [u8; 32]>>,
+}
+
+/// The cache holds at most this many unwrapped data keys (32 bytes each).
+const CACHE_MAX: usize = 100_000;
+
+impl KeyRing {
+    /// Opens the key ring, proving the master key against the check value stored with the data
+    /// (or storing one on a first start). A wrong key fails here, never later with garbage.
+    pub fn open(store: Store, source: &MasterKeySource, data_dir: &Path) -> Result<KeyRing, KeyError> {
+        let check = store.get_cf(CF_KEYS, MASTER_CHECK_KEY)?;
+        let master = MasterKey::resolve(source, data_dir, check.is_some())?;
+        KeyRing::with_master(store, master, check)
+    }
+
+    /// Opens the key ring of a read-only store: nothing is created or written.
+    pub fn open_read_only(store: Store, source: &MasterKeySource, data_dir: &Path) -> Result<KeyRing, KeyError> {
+        let check = store.get_cf(CF_KEYS, MASTER_CHECK_KEY)?;
+        let master = match (&source.file, &source.hex) {
+            (None, None) if !default_path(data_dir).exists() => return Err(KeyError::Missing(default_path(data_dir))),
+            _ => MasterKey::resolve(source, data_dir, true)?,
+        };
+        if check.is_none() {
+            return Ok(KeyRing { store, master, cache: Mutex::new(HashMap::new()) });
+        }
+        KeyRing::with_master(store, master, check)
+    }
+
+    fn with_master(store: Store, master: MasterKey, check: Option<Vec<u8>>) -> Result<KeyRing, KeyError> {
+        match check {
+            Some(sealed) => {
+                if decrypt(&master.cipher(), &sealed, b"master-check").as_deref() != Some(MASTER_CHECK_TEXT) {
+                    return Err(KeyError::Wrong(master.origin.clone()));
+                }
+            }
+            None => {
+                let sealed = encrypt(&master.cipher(), MASTER_CHECK_TEXT, b"master-check");
+                store.commit_keys(vec![(MASTER_CHECK_KEY.to_vec(), Some(sealed))])?;
+            }
+        }
+        Ok(KeyRing { store, master, cache: Mutex::new(HashMap::new()) })
+    }
+
+    fn unwrap_key(&self, id: &[u8], wrapped: &[u8]) -> Option<[u8; 32]> {
+        let plain = decrypt(&self.master.cipher(), wrapped, id)?;
+        plain.try_into().ok()
+    }
+
+    /// The subject's data key: `Ok(None)` when it has none (never had, or erased). A read error
+    /// or a key the master key cannot unwrap is an error, never "no key": taking it for absent
+    /// would mint a new key and make the subject's earlier values unreadable.
+    fn data_key(&self, id: &[u8]) -> Result<Option<[u8; 32]>, LogError> {
+        if let Some(k) = self.cache.lock().expect("key cache").get(id) {
+            return Ok(Some(*k));
+        }
+        let Some(wrapped) = self.store.get_cf(CF_KEYS, id)? else { return Ok(None) };
+        let key = self.unwrap_key(id, &wrapped).ok_or_else(|| LogError::Corrupt {
+            position: 0,
+            detail: format!("data key {:?} cannot be unwrapped with the master key", String::from_utf8_lossy(id)),
+        })?;
+        self.remember(id.to_vec(), key);
+        Ok(Some(key))
+    }
+
+    fn remember(&self, id: Vec<u8>, key: [u8; 32]) {
+        let mut cache = self.cache.lock().expect("key cache");
+        if cache.len() >= CACHE_MAX {
+            cache.clear();
+        }
+        cache.insert(id, key);
+    }
+
+    /// Forgets a destroyed key.
+    pub fn forget(&self, tenant: &str, subject: &str) {
+        self.cache.lock().expect("key cache").remove(&data_key_id(tenant, subject));
+    }
+
+    /// A sealer for one commit: keys it creates are written with the commit ([`BatchSealer::
+    /// new_keys`]) and cached only once the commit succeeded ([`KeyRing::committed`]).
+    pub fn batch(&self) -> BatchSealer<'_> {
+        BatchSealer { ring: self, pending: HashMap::new(), failed: None }
+    }
+
+    pub fn committed(&self, sealer: BatchSealer<'_>) {
+        for (id, key) in sealer.pending {
+            self.remember(id, key);
+        }
+    }
+
+    /// Re-wraps every data key and the check value under `new`. Offline (the caller holds the
+    /// store exclusively).
+    pub fn rotate(&self, new: &MasterKey) -> Result<usize, KeyError> {
+        let mut writes = Vec::new();
+        for (id, wrapped) in self.store.scan_cf(CF_KEYS, b"dk\0")? {
+            let key = self.unwrap_key(&id, &wrapped).ok_or_else(|| KeyError::Wrong(self.master.origin.clone()))?;
+            writes.push((id.clone(), Some(encrypt(&new.cipher(), &key, &id))));
+        }
+        let n = writes.len();
+        writes.push((MASTER_CHECK_KEY.to_vec(), Some(encrypt(&new.cipher(), MASTER_CHECK_TEXT, b"master-check"))));
+        self.store.commit_keys(writes)?;
+        Ok(n)
+    }
+
+    pub fn master_origin(&self) -> &str {
+        &self.master.origin
+    }
+}
+
+/// Replaces the key file at `path` with `new` after a rotation (when the old key came from it).
+pub fn replace_key_file(path: &Path, new: &MasterKey) -> Result<(), KeyError> {
+    write_key_file(path, &new.key)
+}
+
+impl Opener for KeyRing {
+    fn open(&self, tenant: &str, subject: &str, sealed_box: &str) -> Option<Vec<u8>> {
+        let key = self.data_key(&data_key_id(tenant, subject)).ok().flatten()?;
+        let sealed = B64.decode(sealed_box).ok()?;
+        decrypt(&XChaCha20Poly1305::new((&key).into()), &sealed, subject.as_bytes())
+    }
+}
+
+pub struct BatchSealer<'a> {
+    ring: &'a KeyRing,
+    pending: HashMap<Vec<u8>, [u8; 32]>,
+    /// The first failure to read a key: the batch must not be committed.
+    failed: Option<LogError>,
+}
+
+impl BatchSealer<'_> {
+    /// The wrapped keys created by this batch, to commit with it.
+    pub fn new_keys(&self) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
+        self.pending.iter().map(|(id, key)| (id.clone(), Some(encrypt(&self.ring.master.cipher(), key, id)))).collect()
+    }
+
+    pub fn take_error(&mut self) -> Option<LogError> {
+        self.failed.take()
+    }
+
+    /// Drops a key created in this batch (its subject was erased in the same batch).
+    pub fn discard(&mut self, tenant: &str, subject: &str) {
+        self.pending.remove(&data_key_id(tenant, subject));
+    }
+}
+
+impl Sealer for BatchSealer<'_> {
+    fn seal(&mut self, tenant: &str, subject: &str, plaintext: &[u8]) -> String {
+        let id = data_key_id(tenant, subject);
+        let existing = match self.pending.get(&id) {
+            Some(k) => Ok(Some(*k)),
+            None => self.ring.data_key(&id),
+        };
+        let key = match existing {
+            Ok(Some(k)) => k,
+            Ok(None) => {
+                let k = random_key();
+                self.pending.insert(id, k);
+                k
+            }
+            Err(e) => {
+                self.failed.get_or_insert(e);
+                return String::new();
+            }
+        };
+        B64.encode(encrypt(&XChaCha20Poly1305::new((&key).into()), plaintext, subject.as_bytes()))
+    }
+}
