@@ -68,6 +68,32 @@ enum Cmd {
         #[command(subcommand)]
         command: AuditCmd,
     },
+    /// Print events from NATS as JSON lines, from a durable consumer that resumes where it left
+    /// off (explicit acks: an event not printed is delivered again).
+    Tail {
+        #[arg(long, env = "SCIMLOG_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+        nats_url: String,
+        #[arg(long, env = "SCIMLOG_NATS_STREAM", default_value = "SCIMLOG")]
+        stream: String,
+        /// One subject filter, e.g. 'scimlog.*.group.>'.
+        #[arg(long, default_value = "scimlog.>")]
+        subject: String,
+        /// Durable consumer name; without it, an ephemeral consumer reads from the start.
+        #[arg(long)]
+        durable: Option<String>,
+    },
+    /// Send a range of the log to NATS again. Within the stream's duplicate window JetStream
+    /// drops them; beyond it they are appended again and consumers de-duplicate by event id.
+    Republish {
+        #[arg(long)]
+        from: u64,
+        #[arg(long)]
+        to: Option<u64>,
+        #[command(flatten)]
+        nats: crate::bus::NatsConfig,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
 }
 
 #[derive(Subcommand)]
@@ -215,6 +241,20 @@ pub fn main() -> anyhow::Result<()> {
                 Ok(())
             }
         },
+        Cmd::Tail { nats_url, stream, subject, durable } => {
+            let opts =
+                crate::bus::tail::TailOptions { url: nats_url, stream, subject, durable, max: None, idle_exit: None };
+            let mut out = std::io::stdout();
+            runtime()?.block_on(crate::bus::tail::tail(&opts, &mut out))?;
+            Ok(())
+        }
+        Cmd::Republish { from, to, nats, store } => {
+            let db = Store::open_read_only(&store.data_dir)?;
+            let ring = KeyRing::open_read_only(db.clone(), &store.source(), &store.data_dir)?;
+            let (sent, dup) = runtime()?.block_on(crate::bus::republish(&nats, &db, &ring, from, to))?;
+            eprintln!("republished {sent} events ({dup} dropped by JetStream as duplicates)");
+            Ok(())
+        }
         Cmd::Audit { command } => match command {
             AuditCmd::Verify { data_dir } => {
                 let db = Store::open_read_only(&data_dir)?;

@@ -60,6 +60,8 @@ pub struct ServeConfig {
     /// How many queued writes share one commit (one fsync).
     #[arg(long, env = "SCIMLOG_GROUP_COMMIT_MAX", default_value_t = 256)]
     pub group_commit_max: usize,
+    #[command(flatten)]
+    pub nats: crate::bus::NatsConfig,
     /// On shutdown, how long in-flight requests may take to finish.
     #[arg(long, env = "SCIMLOG_DRAIN_TIMEOUT_MS", default_value_t = 10_000)]
     pub drain_timeout_ms: u64,

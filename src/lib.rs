@@ -10,6 +10,7 @@
 //! - [`log`]: the only module that knows RocksDB: the event log, the read-model store, and the
 //!   single writer with group commit.
 //! - [`auth`]: bearer tokens, stored as hashes.
+//! - [`bus`]: the only module that knows NATS: the JetStream publisher and `scimlog tail`.
 //! - [`audit`]: reading the log back: hash-chain verification, export.
 //!
 //! A write goes HTTP -> `schemas` parsing -> `command::decide` (on the writer thread) -> events ->
@@ -17,6 +18,7 @@
 
 pub mod audit;
 pub mod auth;
+pub mod bus;
 pub mod cli;
 pub mod command;
 pub mod config;

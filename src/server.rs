@@ -50,6 +50,7 @@ impl Server {
             (Some(tokens), created)
         };
 
+        let (shutdown_bus, bus_shutdown) = tokio::sync::watch::channel(false);
         let (writer, writer_thread) = writer::start(
             store.clone(),
             keys.clone(),
@@ -67,7 +68,15 @@ impl Server {
         cfg.listen = addr;
         let scim_base = format!("{}/scim/v2", cfg.base_url());
         let drain = Duration::from_millis(cfg.drain_timeout_ms);
-        let state = AppState::new(Inner { store, keys, writer, tokens, cfg, scim_base });
+        let (publisher, publisher_task) = match &cfg.nats.nats_url {
+            Some(_) => {
+                let (status, task) =
+                    crate::bus::start(cfg.nats.clone(), store.clone(), keys.clone(), writer.committed(), bus_shutdown);
+                (Some(status), Some(task))
+            }
+            None => (None, None),
+        };
+        let state = AppState::new(Inner { store, keys, publisher, writer, tokens, cfg, scim_base });
         let app = http::router(state);
 
         let (shutdown, shutdown_rx) = oneshot::channel::<()>();
@@ -85,6 +94,11 @@ impl Server {
             tokio::select! {
                 r = serve => if let Err(e) = r { tracing::error!(error = %e, "server stopped with an error") },
                 _ = drained => tracing::warn!(timeout_ms = drain.as_millis() as u64, "in-flight requests did not finish in time"),
+            }
+            // The publisher stops where it is: the stream itself says where to resume.
+            let _ = shutdown_bus.send(true);
+            if let Some(t) = publisher_task {
+                let _ = tokio::time::timeout(drain, t).await;
             }
             // Every handle to the writer is gone with the router: the writer drains its queue and
             // stops, then the store closes.

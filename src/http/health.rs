@@ -15,7 +15,20 @@ pub fn router() -> Router<AppState> {
 
 async fn healthz(State(state): State<AppState>) -> Response {
     match state.store.head() {
-        Ok(head) => Json(json!({"status": "ok", "logPosition": head.position})).into_response(),
+        Ok(head) => {
+            let mut body = json!({"status": "ok", "logPosition": head.position});
+            if let Some(p) = &state.publisher {
+                let (publisher_state, error) = p.state();
+                let published = p.published();
+                body["publisher"] = json!({
+                    "state": publisher_state,
+                    "publishedPosition": published,
+                    "lag": head.position.saturating_sub(published),
+                    "lastError": error,
+                });
+            }
+            Json(body).into_response()
+        }
         Err(e) => {
             tracing::error!(error = %e, "health check cannot read the log");
             (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "unavailable"}))).into_response()

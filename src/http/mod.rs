@@ -35,6 +35,8 @@ pub const SCIM_CONTENT_TYPE: &str = "application/scim+json";
 pub struct Inner {
     pub store: Store,
     pub keys: Arc<crate::log::keys::KeyRing>,
+    /// `None` when NATS publishing is off.
+    pub publisher: Option<Arc<crate::bus::PublisherStatus>>,
     pub writer: WriterHandle,
     /// `None` when serving with `--insecure-no-auth`.
     pub tokens: Option<TokenStore>,

@@ -7,6 +7,7 @@ mod erasure;
 mod errors;
 mod groups;
 mod idp_replay;
+mod nats;
 mod patch;
 mod support;
 mod users;

@@ -13,6 +13,7 @@ pub const TOKEN: &str = "test-token-0123456789";
 
 pub struct TestServer {
     server: Option<Server>,
+    cfg: ServeConfig,
     pub base: String,
     pub client: reqwest::Client,
     pub token: String,
@@ -66,8 +67,9 @@ impl TestServer {
     pub async fn start_with(cfg: ServeConfig) -> TestServer {
         let dir = cfg.data_dir.clone();
         let token = cfg.bootstrap_token.clone().unwrap_or_default();
-        let server = Server::start(cfg).await.expect("server starts");
+        let server = Server::start(cfg.clone()).await.expect("server starts");
         TestServer {
+            cfg,
             base: format!("http://{}", server.addr),
             server: Some(server),
             client: reqwest::Client::new(),
@@ -75,6 +77,11 @@ impl TestServer {
             dir,
             _tmp: None,
         }
+    }
+
+    /// Keeps `tmp` (the data dir's owner) alive as long as this server.
+    pub fn adopt_dir(&mut self, tmp: tempfile::TempDir) {
+        self._tmp = Some(tmp);
     }
 
     pub fn data_dir(&self) -> &Path {
@@ -85,7 +92,7 @@ impl TestServer {
     pub async fn restart(mut self) -> TestServer {
         self.server.take().unwrap().stop().await;
         let tmp = self._tmp.take();
-        let mut s = TestServer::start_with(config(&self.dir)).await;
+        let mut s = TestServer::start_with(self.cfg.clone()).await;
         s._tmp = tmp;
         s
     }
@@ -171,4 +178,89 @@ pub fn q(s: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
+}
+
+/// A real `nats-server` with JetStream on a free loopback port and a temp store dir. Fails the
+/// test loudly when nats-server is not installed (`./scripts/setup` installs it).
+pub struct NatsServer {
+    child: Option<std::process::Child>,
+    pub port: u16,
+    pub store_dir: tempfile::TempDir,
+}
+
+impl NatsServer {
+    pub fn start() -> NatsServer {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut n = NatsServer { child: None, port, store_dir: tempfile::tempdir().unwrap() };
+        n.spawn();
+        n
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    fn spawn(&mut self) {
+        let child = std::process::Command::new("nats-server")
+            .args(["-js", "-a", "127.0.0.1", "-p", &self.port.to_string(), "-sd"])
+            .arg(self.store_dir.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("nats-server must be installed for these tests (./scripts/setup installs it)");
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(std::time::Instant::now() < deadline, "nats-server did not start on port {}", self.port);
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    /// Kills it at once (SIGKILL), as a crash would.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it again on the same port and store.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Every message of a stream, in order: (sequence, subject, headers, payload as JSON).
+pub async fn stream_messages(url: &str, stream: &str) -> Vec<(u64, String, async_nats::HeaderMap, Value)> {
+    let client = async_nats::connect(url).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    let mut s = js.get_stream(stream).await.unwrap();
+    let last = s.info().await.unwrap().state.last_sequence;
+    let mut out = Vec::new();
+    for seq in 1..=last {
+        if let Ok(m) = s.get_raw_message(seq).await {
+            out.push((seq, m.subject.to_string(), m.headers.clone(), serde_json::from_slice(&m.payload).unwrap()));
+        }
+    }
+    out
+}
+
+/// Waits until `cond` holds, polling, for at most `secs` seconds.
+pub async fn eventually<F, Fut>(secs: u64, what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while !cond().await {
+        assert!(std::time::Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 }

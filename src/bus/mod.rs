@@ -1,0 +1,342 @@
+//! The bus: the only code that knows NATS. The publisher tails the log and puts every event on
+//! JetStream; it never runs inside a request, and NATS being down never slows or fails a write.
+//!
+//! Exactly-once and gap-free by construction: each event is published with `Nats-Msg-Id` = its
+//! event id and `Nats-Expected-Last-Sequence` = the stream's last sequence, in log order, so the
+//! stream holds the log in order and nothing else. Where to resume is read from the stream itself
+//! (the `Scimlog-Position` header of its last message), never from local state: if NATS lost
+//! acknowledged messages (Debian's nats-server 2.9 syncs its file store every 60 s), the stream's
+//! tail says so and the missing events are sent again from the log.
+
+pub mod tail;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_nats::jetstream::{self, context::Publish, stream};
+use async_nats::HeaderMap;
+use scimlog_schemas::event::SealedEvent;
+use scimlog_schemas::personal::Opener;
+use serde_json::{json, Value};
+use tokio::sync::watch;
+
+use crate::log::Store;
+
+pub const HEADER_POSITION: &str = "Scimlog-Position";
+pub const HEADER_EVENT_ID: &str = "Scimlog-Event-Id";
+pub const HEADER_EVENT_TYPE: &str = "Scimlog-Event-Type";
+pub const HEADER_SCHEMA_VERSION: &str = "Scimlog-Schema-Version";
+pub const HEADER_REQUEST_ID: &str = "Scimlog-Request-Id";
+/// Marks messages sent by `scimlog republish`: the publisher skips them when it looks for where
+/// to resume.
+pub const HEADER_REPUBLISHED: &str = "Scimlog-Republished";
+
+#[derive(Clone, Debug, clap::Args)]
+pub struct NatsConfig {
+    /// NATS server URL; publishing is on when set (e.g. nats://127.0.0.1:4222).
+    #[arg(long, env = "SCIMLOG_NATS_URL")]
+    pub nats_url: Option<String>,
+    /// JetStream stream name (subjects `scimlog.>`).
+    #[arg(long, env = "SCIMLOG_NATS_STREAM", default_value = "SCIMLOG")]
+    pub nats_stream: String,
+    /// How long the stream keeps events. This bounds how long subscribers' copies of personal
+    /// values live on in NATS after an erasure.
+    #[arg(long, env = "SCIMLOG_NATS_MAX_AGE_S", default_value_t = 7 * 24 * 3600)]
+    pub nats_max_age_s: u64,
+    /// JetStream's de-duplication window (by `Nats-Msg-Id`).
+    #[arg(long, env = "SCIMLOG_NATS_DUPLICATE_WINDOW_S", default_value_t = 120)]
+    pub nats_duplicate_window_s: u64,
+    /// Stream replicas (1 for a single server).
+    #[arg(long, env = "SCIMLOG_NATS_REPLICAS", default_value_t = 1)]
+    pub nats_replicas: usize,
+    /// Publishes awaiting their ack at once.
+    #[arg(long, env = "SCIMLOG_NATS_MAX_IN_FLIGHT", default_value_t = 256)]
+    pub nats_max_in_flight: usize,
+}
+
+/// What the publisher is doing, for `/healthz` and the logs.
+#[derive(Default)]
+pub struct PublisherStatus {
+    published: AtomicU64,
+    state: Mutex<(String, Option<String>)>,
+}
+
+impl PublisherStatus {
+    /// The last log position known to be in the stream.
+    pub fn published(&self) -> u64 {
+        self.published.load(Ordering::Relaxed)
+    }
+    pub fn state(&self) -> (String, Option<String>) {
+        self.state.lock().expect("status lock").clone()
+    }
+    fn set(&self, state: &str, error: Option<String>) {
+        let mut s = self.state.lock().expect("status lock");
+        if s.0 != state {
+            match &error {
+                Some(e) => tracing::warn!(state, error = %e, "publisher"),
+                None => tracing::info!(state, "publisher"),
+            }
+        }
+        *s = (state.to_string(), error);
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    #[error("NATS: {0}")]
+    Nats(String),
+    #[error(transparent)]
+    Log(#[from] crate::log::LogError),
+    #[error("event at position {0} cannot be decoded: {1}")]
+    Decode(u64, String),
+}
+
+fn nats<E: std::fmt::Display>(e: E) -> BusError {
+    BusError::Nats(e.to_string())
+}
+
+/// The subject of an event: `scimlog.<tenant>.<resource>.<event>`, e.g.
+/// `scimlog.acme.group.member_added` (the event type is `<resource>.<event>`).
+pub fn subject(tenant: &str, event_type: &str) -> String {
+    format!("scimlog.{tenant}.{event_type}")
+}
+
+pub fn stream_config(cfg: &NatsConfig) -> stream::Config {
+    stream::Config {
+        name: cfg.nats_stream.clone(),
+        subjects: vec!["scimlog.>".into()],
+        retention: stream::RetentionPolicy::Limits,
+        storage: stream::StorageType::File,
+        max_age: Duration::from_secs(cfg.nats_max_age_s),
+        duplicate_window: Duration::from_secs(cfg.nats_duplicate_window_s),
+        num_replicas: cfg.nats_replicas,
+        ..Default::default()
+    }
+}
+
+/// Creates the stream, or brings an existing one to the configured settings.
+async fn ensure_stream(js: &jetstream::Context, cfg: &NatsConfig) -> Result<stream::Stream, BusError> {
+    let wanted = stream_config(cfg);
+    let mut stream = js.get_or_create_stream(wanted.clone()).await.map_err(nats)?;
+    let current = stream.info().await.map_err(nats)?.config.clone();
+    if current.subjects != wanted.subjects
+        || current.max_age != wanted.max_age
+        || current.duplicate_window != wanted.duplicate_window
+        || current.num_replicas != wanted.num_replicas
+    {
+        js.update_stream(wanted).await.map_err(nats)?;
+        stream = js.get_stream(&cfg.nats_stream).await.map_err(nats)?;
+    }
+    Ok(stream)
+}
+
+/// The envelope as published: personal values opened (subscribers need them; erased ones read
+/// `[erased]`), plus `hash`, the hash of the stored (sealed) form that `scimlog audit` verifies.
+pub fn published_body(sealed: &SealedEvent, opener: &dyn Opener) -> Result<(scimlog_schemas::Event, Vec<u8>), String> {
+    let event = sealed.decode(opener).map_err(|e| e.to_string())?;
+    let mut v: Value = serde_json::to_value(&event).map_err(|e| e.to_string())?;
+    v["hash"] = json!(sealed.hash_hex());
+    Ok((event, serde_json::to_vec(&v).map_err(|e| e.to_string())?))
+}
+
+pub fn headers(event: &scimlog_schemas::Event) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert(HEADER_POSITION, event.position.to_string().as_str());
+    h.insert(HEADER_EVENT_ID, event.id.to_string().as_str());
+    h.insert(HEADER_EVENT_TYPE, event.event_type().as_str());
+    h.insert(HEADER_SCHEMA_VERSION, event.schema_version.to_string().as_str());
+    h.insert(HEADER_REQUEST_ID, event.request_id.as_str());
+    h
+}
+
+/// Where to resume: (next log position to publish, the stream's last sequence).
+async fn resume_point(stream: &mut stream::Stream) -> Result<(u64, u64), BusError> {
+    let last = stream.info().await.map_err(nats)?.state.last_sequence;
+    let mut seq = last;
+    while seq > 0 {
+        match stream.get_raw_message(seq).await {
+            Ok(msg) => {
+                if msg.headers.get(HEADER_REPUBLISHED).is_some() {
+                    seq -= 1;
+                    continue;
+                }
+                let position =
+                    msg.headers.get(HEADER_POSITION).and_then(|v| v.as_str().parse::<u64>().ok()).ok_or_else(|| {
+                        BusError::Nats(format!("stream message {seq} has no {HEADER_POSITION} header"))
+                    })?;
+                return Ok((position + 1, last));
+            }
+            // Aged out: the stream was filled by this publisher, so sequence = position.
+            Err(_) => return Ok((seq + 1, last)),
+        }
+    }
+    Ok((1, last))
+}
+
+/// Starts the publisher. It runs until `shutdown` turns true.
+pub fn start(
+    cfg: NatsConfig,
+    store: Store,
+    opener: Arc<dyn Opener + Send + Sync>,
+    committed: watch::Receiver<u64>,
+    shutdown: watch::Receiver<bool>,
+) -> (Arc<PublisherStatus>, tokio::task::JoinHandle<()>) {
+    let status = Arc::new(PublisherStatus::default());
+    status.set("starting", None);
+    let s = status.clone();
+    let task = tokio::spawn(async move {
+        let mut backoff = Duration::from_millis(100);
+        let mut shutdown = shutdown;
+        loop {
+            if *shutdown.borrow() {
+                break;
+            }
+            let session = session(&cfg, &store, &*opener, committed.clone(), shutdown.clone(), &s);
+            match session.await {
+                Ok(()) => break,
+                Err(e) => {
+                    s.set("retrying", Some(e.to_string()));
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = shutdown.changed() => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+        s.set("stopped", None);
+    });
+    (status, task)
+}
+
+/// One connection's worth of publishing; returns Ok only on shutdown.
+async fn session(
+    cfg: &NatsConfig,
+    store: &Store,
+    opener: &(dyn Opener + Send + Sync),
+    mut committed: watch::Receiver<u64>,
+    mut shutdown: watch::Receiver<bool>,
+    status: &PublisherStatus,
+) -> Result<(), BusError> {
+    let url = cfg.nats_url.as_deref().unwrap_or_default();
+    let client = async_nats::ConnectOptions::new()
+        .connection_timeout(Duration::from_secs(2))
+        .max_reconnects(Some(3))
+        .connect(url)
+        .await
+        .map_err(nats)?;
+    let js = jetstream::new(client);
+    let mut stream = ensure_stream(&js, cfg).await?;
+    loop {
+        let (mut next, mut last_seq) = resume_point(&mut stream).await?;
+        status.published.store(next - 1, Ordering::Relaxed);
+        status.set("publishing", None);
+        'publish: loop {
+            if *shutdown.borrow() {
+                return Ok(());
+            }
+            let head = *committed.borrow_and_update();
+            if next > head {
+                tokio::select! {
+                    _ = committed.changed() => {}
+                    _ = shutdown.changed() => {}
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {
+                        // Idle: make sure the stream still holds what it acknowledged (a NATS
+                        // restart can lose its tail); if not, resend from where it stands.
+                        if stream.info().await.map_err(nats)?.state.last_sequence != last_seq {
+                            tracing::warn!(last_seq, "the stream's last sequence changed while idle; resyncing");
+                            break 'publish;
+                        }
+                    }
+                }
+                continue;
+            }
+            let page = store.events_from(next, cfg.nats_max_in_flight.max(1))?;
+            let mut acks = Vec::with_capacity(page.len());
+            for (i, (position, sealed)) in page.iter().enumerate() {
+                let (event, body) = published_body(sealed, opener).map_err(|e| BusError::Decode(*position, e))?;
+                let publish = Publish::build()
+                    .payload(body.into())
+                    .headers(headers(&event))
+                    .message_id(event.id.to_string())
+                    .expected_last_sequence(last_seq + i as u64);
+                acks.push(
+                    js.send_publish(subject(&event.tenant, event.event_type().as_str()), publish)
+                        .await
+                        .map_err(nats)?,
+                );
+            }
+            for (i, ack) in acks.into_iter().enumerate() {
+                let want = last_seq + 1;
+                match ack.await {
+                    Ok(a) if a.sequence == want && !a.duplicate => {
+                        last_seq = want;
+                        next = page[i].0 + 1;
+                        status.published.store(page[i].0, Ordering::Relaxed);
+                    }
+                    Ok(a) => {
+                        tracing::warn!(
+                            position = page[i].0,
+                            seq = a.sequence,
+                            duplicate = a.duplicate,
+                            "stream out of step; resyncing"
+                        );
+                        break 'publish;
+                    }
+                    Err(e) if e.kind() == jetstream::context::PublishErrorKind::WrongLastSequence => {
+                        // The stream is not where we thought (it lost its tail, or someone else
+                        // wrote): ask it where it stands.
+                        tracing::warn!(position = page[i].0, "stream's last sequence moved; resyncing");
+                        break 'publish;
+                    }
+                    Err(e) => return Err(nats(e)),
+                }
+            }
+        }
+    }
+}
+
+/// Sends positions `from..=to` again (marked as republished). JetStream drops those still inside
+/// its de-duplication window; beyond it they are appended again, and consumers de-duplicate by
+/// event id.
+pub async fn republish(
+    cfg: &NatsConfig,
+    store: &Store,
+    opener: &(dyn Opener + Send + Sync),
+    from: u64,
+    to: Option<u64>,
+) -> Result<(u64, u64), BusError> {
+    let url = cfg.nats_url.as_deref().ok_or_else(|| BusError::Nats("--nats-url is required".into()))?;
+    let client = async_nats::connect(url).await.map_err(nats)?;
+    let js = jetstream::new(client);
+    ensure_stream(&js, cfg).await?;
+    let (mut sent, mut duplicates) = (0u64, 0u64);
+    let mut next = from.max(1);
+    loop {
+        let page = store.events_from(next, cfg.nats_max_in_flight.max(1))?;
+        let page: Vec<_> = page.into_iter().take_while(|(p, _)| to.is_none_or(|t| *p <= t)).collect();
+        if page.is_empty() {
+            return Ok((sent, duplicates));
+        }
+        let mut acks = Vec::new();
+        for (position, sealed) in &page {
+            let (event, body) = published_body(sealed, opener).map_err(|e| BusError::Decode(*position, e))?;
+            let mut h = headers(&event);
+            h.insert(HEADER_REPUBLISHED, "true");
+            let publish = Publish::build().payload(body.into()).headers(h).message_id(event.id.to_string());
+            acks.push(
+                js.send_publish(subject(&event.tenant, event.event_type().as_str()), publish).await.map_err(nats)?,
+            );
+        }
+        for ack in acks {
+            let a = ack.await.map_err(nats)?;
+            if a.duplicate {
+                duplicates += 1;
+            } else {
+                sent += 1;
+            }
+        }
+        next = page.last().map(|(p, _)| p + 1).unwrap_or(next);
+    }
+}
