@@ -5,6 +5,7 @@ mod conformance;
 mod discovery;
 mod erasure;
 mod errors;
+mod event_schemas;
 mod groups;
 mod idp_replay;
 mod nats;

@@ -36,6 +36,7 @@ async fn assert_stream_is_the_log(nats: &NatsServer, s: &TestServer) {
     assert_eq!(msgs.len() as u64, head, "one message per event");
     let mut ids = HashSet::new();
     for (seq, subject, headers, body) in &msgs {
+        crate::support::validate_event(body);
         assert_eq!(body["position"], *seq, "stream sequence = log position");
         assert_eq!(headers.get("Scimlog-Position").unwrap().as_str(), seq.to_string());
         let id = body["id"].as_str().unwrap();

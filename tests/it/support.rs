@@ -264,3 +264,28 @@ where
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
+
+/// Validates an event (stored or published form) against `schemas/events/envelope.json` and the
+/// schema of its type. Panics with the errors.
+pub fn validate_event(event: &Value) {
+    use std::sync::OnceLock;
+    static SCHEMAS: OnceLock<std::collections::HashMap<String, jsonschema::Validator>> = OnceLock::new();
+    let schemas = SCHEMAS.get_or_init(|| {
+        let dir = format!("{}/schemas/events", env!("CARGO_MANIFEST_DIR"));
+        std::fs::read_dir(&dir)
+            .unwrap()
+            .flatten()
+            .map(|e| {
+                let name = e.file_name().to_string_lossy().trim_end_matches(".json").to_string();
+                let schema: Value = serde_json::from_str(&std::fs::read_to_string(e.path()).unwrap()).unwrap();
+                (name, jsonschema::validator_for(&schema).unwrap())
+            })
+            .collect()
+    });
+    let ty = event["type"].as_str().unwrap_or_default();
+    for name in ["envelope", ty] {
+        let v = schemas.get(name).unwrap_or_else(|| panic!("no schema for {name:?}"));
+        let errors: Vec<String> = v.iter_errors(event).map(|e| format!("{} at {}", e, e.instance_path)).collect();
+        assert!(errors.is_empty(), "event fails {name}.json: {errors:?}\n{event}");
+    }
+}
