@@ -54,6 +54,9 @@ pub struct ServeConfig {
     /// Most operations one PATCH may carry (Entra batches member changes into one PATCH).
     #[arg(long, env = "SCIMLOG_MAX_PATCH_OPERATIONS", default_value_t = 10_000)]
     pub max_patch_operations: usize,
+    /// How long an RFC 9865 cursor stays valid, in seconds.
+    #[arg(long, env = "SCIMLOG_CURSOR_TIMEOUT_S", default_value_t = 3600)]
+    pub cursor_timeout_s: u64,
     /// How many writes may wait for the writer; beyond it writes get 503 with Retry-After.
     #[arg(long, env = "SCIMLOG_WRITE_QUEUE_DEPTH", default_value_t = 4096)]
     pub write_queue_depth: usize,

@@ -258,6 +258,54 @@ pub fn search_ids(
     }
 }
 
+/// Orders `ids` by the attribute at `path` (RFC 7644 §3.4.2.3); resources without a value come
+/// last in ascending order. Reads every resource: refused beyond `max_scan`.
+pub fn sort_ids(
+    kv: &impl KvRead,
+    t: &str,
+    kind: ResourceKind,
+    ids: Vec<String>,
+    path: &scimlog_schemas::AttrPath,
+    descending: bool,
+    max_scan: usize,
+) -> Result<Vec<String>, QueryError> {
+    if ids.len() > max_scan {
+        return Err(QueryError::ScanTooLarge { limit: max_scan });
+    }
+    let schema = match kind {
+        ResourceKind::User => &registry().user,
+        ResourceKind::Group => &registry().group,
+    };
+    let mut keyed: Vec<(Option<Value>, Option<&scimlog_schemas::registry::Attr>, String)> = ids
+        .into_iter()
+        .map(|id| {
+            let doc = match kind {
+                ResourceKind::User => user(kv, t, &id).map(|d| d.filterable()),
+                ResourceKind::Group => group(kv, t, &id).map(|d| d.filterable()),
+            };
+            let (def, key) = match &doc {
+                Some(d) => {
+                    let (def, values) = scimlog_schemas::filter::values_at(schema, path, d);
+                    (def, values.first().map(|v| (*v).clone()))
+                }
+                None => (None, None),
+            };
+            (key, def, id)
+        })
+        .collect();
+    keyed.sort_by(|(a, def, ida), (b, _, idb)| {
+        let o = match (a, b) {
+            (Some(a), Some(b)) => scimlog_schemas::filter::compare_values(*def, a, b),
+            (Some(_), None) => std::cmp::Ordering::Less,
+            (None, Some(_)) => std::cmp::Ordering::Greater,
+            (None, None) => std::cmp::Ordering::Equal,
+        };
+        let o = if descending { o.reverse() } else { o };
+        o.then_with(|| ida.cmp(idb))
+    });
+    Ok(keyed.into_iter().map(|(_, _, id)| id).collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

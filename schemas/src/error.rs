@@ -16,6 +16,10 @@ pub enum ScimType {
     InvalidValue,
     InvalidVers,
     Sensitive,
+    /// RFC 9865: a cursor that was not issued by this server for this query.
+    InvalidCursor,
+    /// RFC 9865: a cursor past its `cursorTimeout`.
+    ExpiredCursor,
 }
 
 impl ScimType {
@@ -31,6 +35,8 @@ impl ScimType {
             ScimType::InvalidValue => "invalidValue",
             ScimType::InvalidVers => "invalidVers",
             ScimType::Sensitive => "sensitive",
+            ScimType::InvalidCursor => "invalidCursor",
+            ScimType::ExpiredCursor => "expiredCursor",
         }
     }
 }

@@ -366,6 +366,42 @@ fn write_operand(f: &mut fmt::Formatter<'_>, x: &Filter, in_and: bool) -> fmt::R
     }
 }
 
+/// The values at `path` in a rendered resource (flattened over multi-valued attributes, a
+/// multi-valued complex attribute read through its `value`), with the attribute's definition.
+pub fn values_at<'v, 's>(
+    schema: &'s ResourceSchema,
+    path: &AttrPath,
+    resource: &'v Value,
+) -> (Option<&'s Attr>, Vec<&'v Value>) {
+    resolve(&Scope::Resource(schema), path, resource)
+}
+
+/// Orders two values of one attribute: strings without case unless `caseExact`, date-times as
+/// instants, numbers and booleans naturally.
+pub fn compare_values(def: Option<&Attr>, a: &Value, b: &Value) -> Ordering {
+    let case_exact = def.map(|d| d.case_exact).unwrap_or(false);
+    let is_date = def.map(|d| d.ty == AttrType::DateTime).unwrap_or(false);
+    match (a, b) {
+        (Value::String(x), Value::String(y)) => {
+            if is_date {
+                if let (Ok(x), Ok(y)) =
+                    (chrono::DateTime::parse_from_rfc3339(x), chrono::DateTime::parse_from_rfc3339(y))
+                {
+                    return x.cmp(&y);
+                }
+            }
+            if case_exact {
+                x.cmp(y)
+            } else {
+                x.to_lowercase().cmp(&y.to_lowercase())
+            }
+        }
+        (Value::Number(x), Value::Number(y)) => x.as_f64().partial_cmp(&y.as_f64()).unwrap_or(Ordering::Equal),
+        (Value::Bool(x), Value::Bool(y)) => x.cmp(y),
+        _ => Ordering::Equal,
+    }
+}
+
 /// Where attribute names are looked up: a resource's schema, or a complex attribute's sub-attributes
 /// inside a value path.
 enum Scope<'a> {

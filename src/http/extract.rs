@@ -186,13 +186,48 @@ fn retain_subs(v: &mut Value, keep: impl Fn(&str) -> bool + Copy) {
     }
 }
 
+/// How a list is paged: by index (RFC 7644, the default) or by cursor (RFC 9865).
+#[derive(Debug, PartialEq, Eq)]
+pub enum Paging {
+    /// 1-based `startIndex`.
+    Index { start: usize },
+    /// `cursor=` (empty for the first page) or the cursor of the page before.
+    Cursor(Option<String>),
+}
+
 /// The query of a list request, validated.
 pub struct ListQuery {
     pub filter: Option<Filter>,
-    /// 1-based.
-    pub start_index: usize,
+    /// The filter as sent, for cursor fingerprints.
+    pub filter_text: String,
+    pub paging: Paging,
     pub count: usize,
     pub projection: Projection,
+    /// `sortBy` and whether `sortOrder` is descending.
+    pub sort: Option<(scimlog_schemas::AttrPath, bool)>,
+}
+
+/// Entra sometimes URL-encodes a filter value twice (`userName eq "a%40b.com"`): a string value
+/// that still holds `%XX` escapes after the query was decoded, and decodes to valid UTF-8, is
+/// decoded once more.
+fn decode_twice_encoded(f: &mut Filter) {
+    match f {
+        Filter::Compare { value: serde_json::Value::String(s), .. } => {
+            let has_escape =
+                s.as_bytes().windows(3).any(|w| w[0] == b'%' && w[1].is_ascii_hexdigit() && w[2].is_ascii_hexdigit());
+            if has_escape {
+                if let Ok(d) = percent_encoding::percent_decode_str(s).decode_utf8() {
+                    *s = d.into_owned();
+                }
+            }
+        }
+        Filter::And(a, b) | Filter::Or(a, b) => {
+            decode_twice_encoded(a);
+            decode_twice_encoded(b);
+        }
+        Filter::Not(a) | Filter::ValuePath { filter: a, .. } => decode_twice_encoded(a),
+        _ => {}
+    }
 }
 
 impl ListQuery {
@@ -207,20 +242,43 @@ impl ListQuery {
                 })
                 .transpose()
         };
-        if get("sortBy").is_some() {
-            return Err(ApiError::Invalid(SchemaError::invalid_value(
-                "sortBy is not supported by this server (ServiceProviderConfig sort.supported is false)",
-            )));
-        }
+        let sort = match get("sortBy").filter(|s| !s.trim().is_empty()) {
+            None => None,
+            Some(by) => {
+                let path = scimlog_schemas::AttrPath::parse(by.trim())
+                    .map_err(|_| SchemaError::invalid_value(format!("sortBy {by:?} is not an attribute path")))?;
+                let descending = match get("sortOrder").map(|o| o.trim().to_ascii_lowercase()).as_deref() {
+                    None | Some("") | Some("ascending") => false,
+                    Some("descending") => true,
+                    Some(other) => {
+                        return Err(SchemaError::invalid_value(format!(
+                            "sortOrder must be \"ascending\" or \"descending\", got {other:?}"
+                        ))
+                        .into())
+                    }
+                };
+                Some((path, descending))
+            }
+        };
         let limits = FilterLimits { max_length: state.cfg.max_filter_length, max_depth: state.cfg.max_filter_depth };
-        let filter = get("filter").filter(|f| !f.trim().is_empty()).map(|f| Filter::parse(f, limits)).transpose()?;
-        // RFC 7644 §3.4.2.4: startIndex < 1 is read as 1, a negative count as 0.
-        let start_index = int("startIndex")?.unwrap_or(1).max(1) as usize;
+        let filter_text = get("filter").unwrap_or_default().trim().to_string();
+        let mut filter = (!filter_text.is_empty()).then(|| Filter::parse(&filter_text, limits)).transpose()?;
+        if let Some(f) = &mut filter {
+            decode_twice_encoded(f);
+        }
+        let paging = match (get("cursor"), get("startIndex")) {
+            (Some(_), Some(_)) => {
+                return Err(SchemaError::invalid_value("use either cursor or startIndex, not both (RFC 9865)").into())
+            }
+            (Some(c), None) => Paging::Cursor((!c.is_empty()).then(|| c.to_string())),
+            // RFC 7644 §3.4.2.4: startIndex < 1 is read as 1, a negative count as 0.
+            (None, _) => Paging::Index { start: int("startIndex")?.unwrap_or(1).max(1) as usize },
+        };
         let count = match int("count")? {
             None => state.cfg.default_page_size,
             Some(c) => (c.max(0) as u64).min(state.cfg.max_page_size as u64) as usize,
         };
         let projection = Projection::parse(get("attributes"), get("excludedAttributes"))?;
-        Ok(ListQuery { filter, start_index, count, projection })
+        Ok(ListQuery { filter, filter_text, paging, count, projection, sort })
     }
 }

@@ -2,6 +2,7 @@
 //! each exposing its `router()`, merged in [`router`].
 
 mod admin;
+mod cursor;
 mod discovery;
 pub mod error;
 mod extract;

@@ -85,6 +85,20 @@ pub fn group(kv: &impl KvRead, t: &str, base: &str, doc: &GroupDoc, proj: &Proje
     proj.apply(Value::Object(m))
 }
 
+/// An RFC 9865 page: `nextCursor` while there is more, no `startIndex`.
+pub fn cursor_list_response(total: usize, resources: Vec<Value>, next_cursor: Option<String>) -> Value {
+    let mut v = json!({
+        "schemas": [urn::LIST_RESPONSE],
+        "totalResults": total,
+        "itemsPerPage": resources.len(),
+    });
+    if let Some(c) = next_cursor {
+        v["nextCursor"] = Value::String(c);
+    }
+    v["Resources"] = Value::Array(resources);
+    v
+}
+
 pub fn list_response(total: usize, start_index: usize, resources: Vec<Value>) -> Value {
     json!({
         "schemas": [urn::LIST_RESPONSE],

@@ -14,8 +14,8 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use super::error::ApiError;
-use super::extract::{if_match, if_none_match_hits, Caller, ListQuery, Projection};
-use super::{render, resource_response, scim_response, AppState};
+use super::extract::{if_match, if_none_match_hits, Caller, ListQuery, Paging, Projection};
+use super::{cursor, render, resource_response, scim_response, AppState};
 use crate::command::{Command, Refusal};
 
 /// Renders the current state of one resource with its version, or `None` if it does not exist.
@@ -188,20 +188,55 @@ pub fn list(
     let view = state.store.view();
     let mut ids: Vec<(ResourceKind, String)> = Vec::new();
     for kind in kinds {
-        let found = query::search_ids(&view, t, *kind, q.filter.as_ref(), state.cfg.max_scan)?;
+        let mut found = query::search_ids(&view, t, *kind, q.filter.as_ref(), state.cfg.max_scan)?;
+        if let Some((path, descending)) = &q.sort {
+            found = query::sort_ids(&view, t, *kind, found, path, *descending, state.cfg.max_scan)?;
+        }
         ids.extend(found.into_iter().map(|id| (*kind, id)));
     }
     let total = ids.len();
+    // Results of one type without sortBy are in id order: a cursor can then point after an id.
+    let id_ordered = kinds.len() == 1 && q.sort.is_none();
+    let (start, next_cursor) = match &q.paging {
+        Paging::Index { start } => (start - 1, None),
+        Paging::Cursor(token) => {
+            let kinds_text: Vec<&str> = kinds.iter().map(|k| k.as_str()).collect();
+            let sort_text = q.sort.as_ref().map(|(p, d)| format!("{p}:{d}")).unwrap_or_default();
+            let fp = cursor::fingerprint(&[t, &kinds_text.join(","), &q.filter_text, &sort_text]);
+            let secret = state.keys.derived_secret("cursor");
+            let now = chrono::Utc::now().timestamp();
+            let start = match token {
+                None => 0,
+                Some(c) => {
+                    let st = cursor::open(&secret, &fp, c, now)?;
+                    match st.after.filter(|_| id_ordered) {
+                        Some(after) => ids.partition_point(|(_, id)| id.as_str() <= after.as_str()),
+                        None => st.offset,
+                    }
+                }
+            };
+            let end = (start + q.count).min(total);
+            let next = (end < total).then(|| {
+                let after = if id_ordered && end > start { Some(ids[end - 1].1.clone()) } else { None };
+                cursor::issue(&secret, &fp, end, after, now, state.cfg.cursor_timeout_s)
+            });
+            (start, next)
+        }
+    };
     let resources: Vec<Value> = ids
         .iter()
-        .skip(q.start_index - 1)
+        .skip(start)
         .take(q.count)
         .filter_map(|(kind, id)| render_one(&view, t, &state.scim_base, *kind, id, &q.projection).map(|(v, _)| v))
         .collect();
     if let Some(e) = view.take_error() {
         return Err(e.into());
     }
-    Ok(scim_response(StatusCode::OK, &render::list_response(total, q.start_index, resources)))
+    let body = match &q.paging {
+        Paging::Index { start } => render::list_response(total, *start, resources),
+        Paging::Cursor(_) => render::cursor_list_response(total, resources, next_cursor),
+    };
+    Ok(scim_response(StatusCode::OK, &body))
 }
 
 /// `POST .search` (RFC 7644 §3.4.3): the SearchRequest body read as the list parameters.

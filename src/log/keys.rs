@@ -255,6 +255,17 @@ impl KeyRing {
         Ok(n)
     }
 
+    /// A secret for another purpose (e.g. signing cursors), derived from the master key, so that
+    /// it needs no storage of its own and changes with a rotation.
+    pub fn derived_secret(&self, label: &str) -> [u8; 32] {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        h.update(self.master.key);
+        h.update(b"scimlog derived secret:");
+        h.update(label.as_bytes());
+        h.finalize().into()
+    }
+
     pub fn master_origin(&self) -> &str {
         &self.master.origin
     }

@@ -11,7 +11,12 @@ async fn discovery_documents() {
     assert_eq!(spc.body["filter"]["supported"], true);
     assert_eq!(spc.body["patch"]["supported"], true);
     assert_eq!(spc.body["bulk"]["supported"], false);
-    assert_eq!(spc.body["sort"]["supported"], false);
+    assert_eq!(spc.body["sort"]["supported"], true);
+    assert_eq!(spc.body["pagination"]["cursor"], true);
+    assert_eq!(spc.body["pagination"]["index"], true);
+    assert_eq!(spc.body["pagination"]["defaultPaginationMethod"], "index");
+    assert_eq!(spc.body["pagination"]["maxPageSize"], 1000);
+    assert_eq!(spc.body["pagination"]["cursorTimeout"], 3600);
     assert_eq!(spc.body["authenticationSchemes"][0]["type"], "oauthbearertoken");
     assert_eq!(spc.body["meta"]["location"], s.url("/ServiceProviderConfig").as_str());
 

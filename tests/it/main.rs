@@ -8,6 +8,7 @@ mod errors;
 mod event_schemas;
 mod groups;
 mod idp_replay;
+mod listing;
 mod nats;
 mod patch;
 mod support;
