@@ -54,6 +54,12 @@ pub struct ServeConfig {
     /// Most operations one PATCH may carry (Entra batches member changes into one PATCH).
     #[arg(long, env = "SCIMLOG_MAX_PATCH_OPERATIONS", default_value_t = 10_000)]
     pub max_patch_operations: usize,
+    /// Most operations in one `/Bulk` request (`maxOperations`); more get 413.
+    #[arg(long, env = "SCIMLOG_BULK_MAX_OPERATIONS", default_value_t = 1000)]
+    pub bulk_max_operations: usize,
+    /// Largest `/Bulk` body (`maxPayloadSize`); larger get 413.
+    #[arg(long, env = "SCIMLOG_BULK_MAX_PAYLOAD_BYTES", default_value_t = 1_048_576)]
+    pub bulk_max_payload_bytes: usize,
     /// How long an RFC 9865 cursor stays valid, in seconds.
     #[arg(long, env = "SCIMLOG_CURSOR_TIMEOUT_S", default_value_t = 3600)]
     pub cursor_timeout_s: u64,

@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use scimlog_projections::{query, KvRead, UserDoc};
 use scimlog_schemas::event::{EventBody, MemberType, NewEvent, ResourceKind};
+use scimlog_schemas::filter::FilterLimits;
 use scimlog_schemas::patch::{self, OpKind, PatchOp};
 use scimlog_schemas::registry::registry;
 use scimlog_schemas::resource::{parse_group, parse_members, parse_user, GroupInput, MemberRef, UserInput};
@@ -57,6 +58,57 @@ pub enum Command {
         id: String,
         reason: String,
     },
+    /// RFC 7644 §3.7: operations in order, later ones seeing earlier ones and their `bulkId`s;
+    /// everything that succeeds commits in one batch; stops after `fail_on_errors` errors.
+    Bulk {
+        ops: Vec<BulkOp>,
+        fail_on_errors: Option<usize>,
+        limits: FilterLimits,
+        max_patch_operations: usize,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BulkMethod {
+    Post,
+    Put,
+    Patch,
+    Delete,
+}
+
+impl BulkMethod {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BulkMethod::Post => "POST",
+            BulkMethod::Put => "PUT",
+            BulkMethod::Patch => "PATCH",
+            BulkMethod::Delete => "DELETE",
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct BulkOp {
+    pub method: BulkMethod,
+    pub bulk_id: Option<String>,
+    pub path: String,
+    pub data: Value,
+    /// `If-Match` of the operation (its `version`).
+    pub version: Option<u64>,
+    /// The id a POST creates.
+    pub new_id: String,
+}
+
+/// What became of one bulk operation.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BulkResult {
+    pub method: BulkMethod,
+    pub bulk_id: Option<String>,
+    /// The resource, when the operation named or created one.
+    pub resource: Option<(ResourceKind, String)>,
+    /// The resource's version after the operation (absent after a DELETE).
+    pub version: Option<u64>,
+    pub outcome: Result<u16, Refusal>,
 }
 
 /// Why a command was refused. Nothing of it was written.
@@ -94,9 +146,21 @@ pub struct Decision {
     pub created: bool,
     /// Member ids of a group write that name no resource: skipped, reported.
     pub skipped_members: Vec<String>,
+    /// One entry per bulk operation processed.
+    pub bulk: Vec<BulkResult>,
 }
 
 pub fn decide(kv: &impl KvRead, tenant: &str, command: Command) -> Result<Decision, Refusal> {
+    match command {
+        Command::Bulk { ops, fail_on_errors, limits, max_patch_operations } => {
+            Ok(bulk::decide_bulk(kv, tenant, ops, fail_on_errors, limits, max_patch_operations))
+        }
+        single => decide_single(kv, tenant, single),
+    }
+}
+
+/// Any command but `Bulk` (whose operations are each decided here).
+fn decide_single(kv: &impl KvRead, tenant: &str, command: Command) -> Result<Decision, Refusal> {
     let mut d = Decider { kv, t: tenant, versions: HashMap::new(), events: Vec::new() };
     let (resource_id, created, skipped_members) = match command {
         Command::CreateUser { id, input } => d.create_user(id, input)?,
@@ -108,8 +172,13 @@ pub fn decide(kv: &impl KvRead, tenant: &str, command: Command) -> Result<Decisi
         Command::PatchUser { id, ops, if_match } => d.patch_user(id, &ops, if_match)?,
         Command::PatchGroup { id, ops, if_match } => d.patch_group(id, &ops, if_match)?,
         Command::EraseUser { id, reason } => d.erase_user(id, reason)?,
+        Command::Bulk { .. } => {
+            return Err(Refusal::Invalid(SchemaError::invalid_value(
+                "a bulk operation cannot hold another bulk request",
+            )))
+        }
     };
-    Ok(Decision { events: d.events, resource_id, created, skipped_members })
+    Ok(Decision { events: d.events, resource_id, created, skipped_members, bulk: vec![] })
 }
 
 type Outcome = Result<(String, bool, Vec<String>), Refusal>;
@@ -524,5 +593,6 @@ impl<K: KvRead> Decider<'_, K> {
     }
 }
 
+mod bulk;
 #[cfg(test)]
 mod tests;

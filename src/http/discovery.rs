@@ -40,6 +40,11 @@ fn absolute(mut v: Value, base: &str) -> Value {
 async fn service_provider_config(State(s): State<AppState>) -> Response {
     let mut doc = absolute(document(SERVICE_PROVIDER_CONFIG_JSON), &s.scim_base);
     doc["filter"]["maxResults"] = s.cfg.max_page_size.into();
+    doc["bulk"] = serde_json::json!({
+        "supported": true,
+        "maxOperations": s.cfg.bulk_max_operations,
+        "maxPayloadSize": s.cfg.bulk_max_payload_bytes,
+    });
     doc["pagination"]["defaultPageSize"] = s.cfg.default_page_size.into();
     doc["pagination"]["maxPageSize"] = s.cfg.max_page_size.into();
     doc["pagination"]["cursorTimeout"] = s.cfg.cursor_timeout_s.into();

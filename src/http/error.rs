@@ -24,6 +24,11 @@ pub enum ApiError {
     PayloadTooLarge {
         limit: usize,
     },
+    /// RFC 7644 §3.7.4: more bulk operations than `maxOperations`.
+    PayloadTooLargeOperations {
+        count: usize,
+        limit: usize,
+    },
     MethodNotAllowed,
     NotImplemented(&'static str),
     /// Try again later: the write queue is full, or the store failed. Nothing was written.
@@ -97,6 +102,11 @@ impl ApiError {
                 None,
                 format!("the request body is larger than the limit of {limit} bytes"),
             ),
+            ApiError::PayloadTooLargeOperations { count, limit } => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                Some("tooMany"),
+                format!("{count} bulk operations, more than maxOperations ({limit})"),
+            ),
             ApiError::MethodNotAllowed => {
                 (StatusCode::METHOD_NOT_ALLOWED, None, "method not allowed on this endpoint".into())
             }
@@ -106,13 +116,21 @@ impl ApiError {
     }
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
+impl ApiError {
+    /// The status and the SCIM error document (also used inside bulk responses).
+    pub fn document(&self) -> (StatusCode, serde_json::Value) {
         let (status, scim_type, detail) = self.parts();
         let mut body = json!({"schemas": [urn::ERROR], "status": status.as_u16().to_string(), "detail": detail});
         if let Some(t) = scim_type {
             body["scimType"] = t.into();
         }
+        (status, body)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, body) = self.document();
         let mut resp = super::scim_response(status, &body);
         match status {
             StatusCode::UNAUTHORIZED => {

@@ -2,6 +2,7 @@
 //! each exposing its `router()`, merged in [`router`].
 
 mod admin;
+mod bulk;
 mod cursor;
 mod discovery;
 pub mod error;
@@ -72,6 +73,7 @@ pub fn router(state: AppState) -> Router {
         .merge(groups::router())
         .merge(discovery::router())
         .merge(search::router())
+        .merge(bulk::router(state.cfg.bulk_max_payload_bytes))
         .fallback(|| async { ApiError::NotFound("no such SCIM endpoint".into()) })
         .layer(middleware::from_fn_with_state(state.clone(), authenticate));
     let api = admin::router()

@@ -10,7 +10,9 @@ async fn discovery_documents() {
     assert_eq!(spc.body["etag"]["supported"], true);
     assert_eq!(spc.body["filter"]["supported"], true);
     assert_eq!(spc.body["patch"]["supported"], true);
-    assert_eq!(spc.body["bulk"]["supported"], false);
+    assert_eq!(spc.body["bulk"]["supported"], true);
+    assert_eq!(spc.body["bulk"]["maxOperations"], 1000);
+    assert_eq!(spc.body["bulk"]["maxPayloadSize"], 1048576);
     assert_eq!(spc.body["sort"]["supported"], true);
     assert_eq!(spc.body["pagination"]["cursor"], true);
     assert_eq!(spc.body["pagination"]["index"], true);

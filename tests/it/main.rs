@@ -1,6 +1,7 @@
 //! Integration tests: one binary, real HTTP, real RocksDB in temp dirs.
 
 mod auth;
+mod bulk;
 mod conformance;
 mod discovery;
 mod erasure;
