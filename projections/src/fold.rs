@@ -83,6 +83,7 @@ pub fn apply(kv: &mut impl Kv, e: &Event) {
                 attributes: attributes.clone(),
             };
             index_user(kv, t, id, &doc.attributes, true);
+            kv.put(&keys::last_modified(keys::USER_LM, t, &doc.last_modified, id), b"");
             store(kv, &keys::user(t, id), &doc);
             bump_count(kv, &keys::user_count(t), 1);
         }
@@ -113,6 +114,7 @@ pub fn apply(kv: &mut impl Kv, e: &Event) {
                 return;
             };
             index_user(kv, t, id, &doc.attributes, false);
+            kv.delete(&keys::last_modified(keys::USER_LM, t, &doc.last_modified, id));
             kv.delete(&keys::user(t, id));
             store(kv, &keys::user_tombstone(t, id), &Tombstone { version: e.resource_version, erased: false });
             bump_count(kv, &keys::user_count(t), -1);
@@ -133,6 +135,7 @@ pub fn apply(kv: &mut impl Kv, e: &Event) {
                 member_count: 0,
             };
             index_group(kv, t, &doc, true);
+            kv.put(&keys::last_modified(keys::GROUP_LM, t, &doc.last_modified, id), b"");
             store(kv, &keys::group(t, id), &doc);
             bump_count(kv, &keys::group_count(t), 1);
         }
@@ -159,6 +162,7 @@ pub fn apply(kv: &mut impl Kv, e: &Event) {
                 return;
             };
             index_group(kv, t, &doc, false);
+            kv.delete(&keys::last_modified(keys::GROUP_LM, t, &doc.last_modified, id));
             kv.delete(&keys::group(t, id));
             bump_count(kv, &keys::group_count(t), -1);
             // Deleting a group ends every membership in it (and its own memberships in others).
@@ -225,13 +229,21 @@ fn remove_memberships_of(kv: &mut impl Kv, t: &str, member: &str) {
     }
 }
 
+/// Moves a resource's `meta.lastModified` index entry to the event's time.
+fn move_last_modified(kv: &mut impl Kv, tag: &str, e: &Event, id: &str, old: &chrono::DateTime<chrono::Utc>) {
+    kv.delete(&keys::last_modified(tag, &e.tenant, old, id));
+    kv.put(&keys::last_modified(tag, &e.tenant, &e.recorded_at, id), b"");
+}
+
 fn touch_user(kv: &mut impl Kv, e: &Event, mut doc: UserDoc) {
+    move_last_modified(kv, keys::USER_LM, e, &doc.id, &doc.last_modified);
     doc.version = e.resource_version;
     doc.last_modified = e.recorded_at;
     store(kv, &keys::user(&e.tenant, &doc.id), &doc);
 }
 
 fn touch_group(kv: &mut impl Kv, e: &Event, mut doc: GroupDoc) {
+    move_last_modified(kv, keys::GROUP_LM, e, &doc.id, &doc.last_modified);
     doc.version = e.resource_version;
     doc.last_modified = e.recorded_at;
     store(kv, &keys::group(&e.tenant, &doc.id), &doc);

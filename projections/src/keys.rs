@@ -12,6 +12,7 @@
 //! | `ig/ex 0 tenant 0 externalId` | group id |
 //! | `gm 0 tenant 0 group 0 member` | [`crate::Member`] JSON |
 //! | `mg 0 tenant 0 member 0 group` | empty |
+//! | `iu/lm 0 tenant 0 lastModified 0 id`, `ig/lm ...` | empty (range index on meta.lastModified) |
 //! | `ud 0 tenant 0 id` | [`crate::model::Tombstone`] of a deleted user |
 //! | `n/u 0 tenant`, `n/g 0 tenant` | resource count, u64 big-endian |
 
@@ -77,6 +78,20 @@ pub fn membership(t: &str, member: &str, group: &str) -> Vec<u8> {
 pub fn memberships(t: &str, member: &str) -> Vec<u8> {
     prefix(&[b"mg", t.as_bytes(), member.as_bytes()])
 }
+/// The `meta.lastModified` index of a resource type: `<tag> 0 tenant 0 <RFC 3339, nanoseconds,
+/// UTC: fixed width, so byte order is time order> 0 id`.
+pub fn last_modified(tag: &str, t: &str, ts: &chrono::DateTime<chrono::Utc>, id: &str) -> Vec<u8> {
+    join(&[tag.as_bytes(), t.as_bytes(), lm_text(ts).as_bytes(), id.as_bytes()])
+}
+pub fn last_modified_prefix(tag: &str, t: &str) -> Vec<u8> {
+    prefix(&[tag.as_bytes(), t.as_bytes()])
+}
+pub fn lm_text(ts: &chrono::DateTime<chrono::Utc>) -> String {
+    ts.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
+}
+pub const USER_LM: &str = "iu/lm";
+pub const GROUP_LM: &str = "ig/lm";
+
 /// What remains of a deleted user: its last version and whether it was erased.
 pub fn user_tombstone(t: &str, id: &str) -> Vec<u8> {
     join(&[b"ud", t.as_bytes(), id.as_bytes()])

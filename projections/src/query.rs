@@ -127,12 +127,24 @@ pub enum Lookup {
     DisplayName(String),
     /// Groups that have this member.
     Member(String),
+    /// A range of `meta.lastModified`: the comparison and the bound (index text form).
+    LastModified(CompareOp, String),
 }
 
 /// Plans a filter for a resource kind. Conjunctions use whichever side is indexed; disjunctions
 /// need both sides indexed.
 pub fn plan(kind: ResourceKind, filter: &Filter) -> Plan {
     match filter {
+        Filter::Compare { path, op, value: Value::String(v) }
+            if path.attr.as_str().eq_ignore_ascii_case("meta")
+                && path.sub.as_ref().is_some_and(|s| s.as_str().eq_ignore_ascii_case("lastModified"))
+                && matches!(op, CompareOp::Eq | CompareOp::Gt | CompareOp::Ge | CompareOp::Lt | CompareOp::Le) =>
+        {
+            match chrono::DateTime::parse_from_rfc3339(v) {
+                Ok(ts) => Plan::Lookup(vec![Lookup::LastModified(*op, keys::lm_text(&ts.with_timezone(&chrono::Utc)))]),
+                Err(_) => Plan::Scan,
+            }
+        }
         Filter::Compare { path, op: CompareOp::Eq, value: Value::String(v) } => {
             let core = match kind {
                 ResourceKind::User => registry().user.core_urn,
@@ -166,6 +178,55 @@ pub fn plan(kind: ResourceKind, filter: &Filter) -> Plan {
             _ => Plan::Scan,
         },
         _ => Plan::Scan,
+    }
+}
+
+/// Ids whose `meta.lastModified` satisfies `op bound`, read from the range index.
+fn last_modified_range(
+    kv: &impl KvRead,
+    t: &str,
+    kind: ResourceKind,
+    op: CompareOp,
+    bound: &str,
+    max_scan: usize,
+) -> Result<Vec<String>, QueryError> {
+    let tag = match kind {
+        ResourceKind::User => keys::USER_LM,
+        ResourceKind::Group => keys::GROUP_LM,
+    };
+    let prefix = keys::last_modified_prefix(tag, t);
+    let key_at = |suffix: &[u8]| {
+        let mut k = prefix.clone();
+        k.extend_from_slice(bound.as_bytes());
+        k.extend_from_slice(suffix);
+        k
+    };
+    // Keys sort by time (fixed-width text); entries at exactly `bound` sit between `bound` and
+    // `bound` + 0x01.
+    let (mut after, stop): (Option<Vec<u8>>, Option<Vec<u8>>) = match op {
+        CompareOp::Gt => (Some(key_at(&[1])), None),
+        CompareOp::Ge => (Some(key_at(&[])), None),
+        CompareOp::Eq => (Some(key_at(&[])), Some(key_at(&[1]))),
+        CompareOp::Lt => (None, Some(key_at(&[]))),
+        CompareOp::Le => (None, Some(key_at(&[1]))),
+        _ => return Ok(vec![]),
+    };
+    let mut out = Vec::new();
+    loop {
+        let batch = kv.scan(&prefix, after.as_deref(), 512);
+        if batch.is_empty() {
+            return Ok(out);
+        }
+        for (k, _) in &batch {
+            if stop.as_ref().is_some_and(|s| k >= s) {
+                return Ok(out);
+            }
+            out.push(keys::last_part(k));
+            if out.len() > max_scan {
+                return Err(QueryError::ScanTooLarge { limit: max_scan });
+            }
+        }
+        after = batch.last().map(|(k, _)| k.clone());
     }
 }
 
@@ -213,6 +274,9 @@ pub fn search_ids(
                     (ResourceKind::Group, Lookup::ExternalId(x)) => ids.extend(group_id_by_external_id(kv, t, &x)),
                     (ResourceKind::Group, Lookup::DisplayName(n)) => ids.extend(group_id_by_name(kv, t, &n)),
                     (ResourceKind::Group, Lookup::Member(m)) => ids.extend(groups_of(kv, t, &m, max_scan)),
+                    (_, Lookup::LastModified(op, bound)) => {
+                        ids.extend(last_modified_range(kv, t, kind, op, &bound, max_scan)?)
+                    }
                     _ => {}
                 }
             }
@@ -334,6 +398,12 @@ mod tests {
                 r#"urn:ietf:params:scim:schemas:core:2.0:User:userName eq "a""#,
                 Plan::Lookup(vec![Lookup::UserName("a".into())]),
             ),
+            (
+                g,
+                r#"meta.lastModified gt "2024-05-13T06:42:34+02:00""#,
+                Plan::Lookup(vec![Lookup::LastModified(CompareOp::Gt, "2024-05-13T04:42:34.000000000Z".into())]),
+            ),
+            (u, r#"meta.lastModified gt "yesterday""#, Plan::Scan),
         ];
         for (kind, f, want) in table {
             let filter = Filter::parse(f, FilterLimits::default()).unwrap();

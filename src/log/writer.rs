@@ -10,7 +10,7 @@
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use chrono::Utc;
+use chrono::{SubsecRound, Utc};
 use scimlog_projections::{apply, Overlay};
 use scimlog_schemas::event::{Event, EventBody, SealedEvent};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -135,7 +135,9 @@ fn commit_batch(store: &Store, keys: &KeyRing, batch: Vec<WriteRequest>, head: H
     let mut answers = Vec::with_capacity(batch.len());
     let mut sealer = keys.batch();
     let mut erased: Vec<(String, String)> = Vec::new();
-    let now = Utc::now();
+    // Milliseconds: the precision `meta.lastModified` is shown with, so that a client filtering
+    // with a value it was given matches the resource it came from.
+    let now = Utc::now().trunc_subsecs(3);
 
     for req in batch {
         let decided = command::decide(&overlay, &req.origin.tenant, req.command);

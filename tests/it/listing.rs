@@ -81,3 +81,30 @@ async fn twice_encoded_filter_values_are_decoded() {
     let r = s.get("/Users?filter=userName%20eq%20%22entra%2540example.com%22").await;
     assert_eq!(r.body["totalResults"], 1, "{}", r.body);
 }
+
+#[tokio::test]
+async fn meta_last_modified_ranges_use_the_index_and_follow_changes() {
+    let s = TestServer::start().await;
+    let mut stamps = Vec::new();
+    let mut ids = Vec::new();
+    for n in ["lm1", "lm2", "lm3"] {
+        let r = s.post("/Users", &json!({"userName": n})).await;
+        stamps.push(r.body["meta"]["lastModified"].as_str().unwrap().to_string());
+        ids.push(r.id());
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let count = |f: String| {
+        let s = &s;
+        async move { names(&s.get(&format!("/Users?filter={}&sortBy=userName", q(&f))).await.body) }
+    };
+    assert_eq!(count(format!("meta.lastModified gt \"{}\"", stamps[0])).await, ["lm2", "lm3"]);
+    assert_eq!(count(format!("meta.lastModified ge \"{}\"", stamps[1])).await, ["lm2", "lm3"]);
+    assert_eq!(count(format!("meta.lastModified lt \"{}\"", stamps[1])).await, ["lm1"]);
+    assert_eq!(count(format!("meta.lastModified le \"{}\"", stamps[1])).await, ["lm1", "lm2"]);
+    assert_eq!(count(format!("meta.lastModified eq \"{}\"", stamps[2])).await, ["lm3"]);
+    // A change moves the resource in the index.
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    s.put(&format!("/Users/{}", ids[0]), &json!({"userName": "lm1", "title": "moved"})).await;
+    assert_eq!(count(format!("meta.lastModified gt \"{}\"", stamps[2])).await, ["lm1"]);
+    assert_eq!(count(format!("meta.lastModified lt \"{}\"", stamps[1])).await, Vec::<String>::new());
+}
