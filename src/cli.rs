@@ -68,6 +68,23 @@ enum Cmd {
         #[command(subcommand)]
         command: AuditCmd,
     },
+    /// Load a `scimlog audit export --sealed` into an empty data dir (needs the source's master
+    /// key): hashes and chain are checked, events stored byte for byte, read models folded.
+    Import {
+        file: PathBuf,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Rebuild every read model from the log: `--verify` proves it equal to the live one (beside a
+    /// running server), `--rebuild` replaces the live one (server stopped).
+    Replay {
+        #[arg(long)]
+        verify: bool,
+        #[arg(long)]
+        rebuild: bool,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
     /// Print events from NATS as JSON lines, from a durable consumer that resumes where it left
     /// off (explicit acks: an event not printed is delivered again).
     Tail {
@@ -146,7 +163,8 @@ enum AuditCmd {
         data_dir: PathBuf,
     },
     /// Events as JSON lines, personal values opened (erased ones read "[erased]"), or with
-    /// `--sealed` exactly as stored and hashed.
+    /// `--sealed` exactly as stored and hashed, preceded by the wrapped data keys, which is what
+    /// `scimlog import` reads back.
     Export {
         #[arg(long, default_value_t = 1)]
         from: u64,
@@ -154,6 +172,47 @@ enum AuditCmd {
         to: Option<u64>,
         #[arg(long)]
         sealed: bool,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Every event that touched a resource, oldest first: `Users/<id>`, `Groups/<id>`, or
+    /// `--user-name NAME`.
+    History {
+        resource: Option<String>,
+        #[arg(long)]
+        user_name: Option<String>,
+        #[arg(long, default_value = "default")]
+        tenant: String,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Events by time, actor, type, tenant.
+    Log {
+        /// RFC 3339.
+        #[arg(long)]
+        since: Option<chrono::DateTime<chrono::Utc>>,
+        #[arg(long)]
+        until: Option<chrono::DateTime<chrono::Utc>>,
+        #[arg(long)]
+        actor: Option<String>,
+        /// e.g. user.deactivated; may repeat.
+        #[arg(long = "type")]
+        types: Vec<String>,
+        #[arg(long)]
+        tenant: Option<String>,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// The directory (or one resource) as it stood at a time (RFC 3339) or log position.
+    AsOf {
+        at: String,
+        resource: Option<String>,
+        #[arg(long, default_value = "default")]
+        tenant: String,
         #[command(flatten)]
         store: StoreArgs,
     },
@@ -169,6 +228,35 @@ fn init_logging() {
     } else {
         builder.init();
     }
+}
+
+fn print_events(events: &[scimlog_schemas::Event], json: bool) -> anyhow::Result<()> {
+    use std::io::Write;
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    for e in events {
+        if json {
+            serde_json::to_writer(&mut out, e)?;
+            writeln!(out)?;
+        } else {
+            let data = serde_json::to_value(&e.body)?["data"].to_string();
+            writeln!(
+                out,
+                "{:>8}  {}  {:<22} {}/{} v{}  actor={} request={}  {}",
+                e.position,
+                e.recorded_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                e.event_type().as_str(),
+                e.resource_type.endpoint(),
+                e.resource_id,
+                e.resource_version,
+                e.actor,
+                e.request_id,
+                data
+            )?;
+        }
+    }
+    out.flush()?;
+    Ok(())
 }
 
 fn open_exclusive(data_dir: &Path) -> anyhow::Result<Store> {
@@ -241,6 +329,46 @@ pub fn main() -> anyhow::Result<()> {
                 Ok(())
             }
         },
+        Cmd::Import { file, store } => {
+            let db = open_exclusive(&store.data_dir)?;
+            let ring = KeyRing::open(db.clone(), &store.source(), &store.data_dir)?;
+            let f = std::io::BufReader::new(
+                std::fs::File::open(&file).with_context(|| format!("cannot read {}", file.display()))?,
+            );
+            let n = crate::audit::import(&db, &ring, f)?;
+            eprintln!("imported {n} events");
+            Ok(())
+        }
+        Cmd::Replay { verify, rebuild, store } => {
+            anyhow::ensure!(verify != rebuild, "give exactly one of --verify or --rebuild");
+            let db = if rebuild { open_exclusive(&store.data_dir)? } else { Store::open_read_only(&store.data_dir)? };
+            let ring = if rebuild {
+                KeyRing::open(db.clone(), &store.source(), &store.data_dir)?
+            } else {
+                KeyRing::open_read_only(db.clone(), &store.source(), &store.data_dir)?
+            };
+            let head = db.head()?.position;
+            let started = std::time::Instant::now();
+            let kv = crate::audit::fold_until(&db, &ring, Some(head), &mut |p| {
+                eprintln!("replayed {p}/{head} events ({:.0} events/s)", p as f64 / started.elapsed().as_secs_f64())
+            })?;
+            eprintln!("replayed {head} events in {:.2} s", started.elapsed().as_secs_f64());
+            if rebuild {
+                db.replace_state(kv.0.into_iter().collect())?;
+                println!("rebuilt every read model from {head} events");
+                return Ok(());
+            }
+            let d = crate::audit::compare(&db, &kv)?;
+            if d.count == 0 {
+                println!("ok: the read models rebuilt from {head} events equal the live ones");
+                Ok(())
+            } else {
+                for (k, live, rebuilt) in &d.first {
+                    println!("differs: {k}\n  live:    {live:?}\n  rebuilt: {rebuilt:?}");
+                }
+                anyhow::bail!("{} keys differ between the live and the rebuilt read models", d.count)
+            }
+        }
         Cmd::Tail { nats_url, stream, subject, durable } => {
             let opts =
                 crate::bus::tail::TailOptions { url: nats_url, stream, subject, durable, max: None, idle_exit: None };
@@ -267,6 +395,9 @@ pub fn main() -> anyhow::Result<()> {
                 let stdout = std::io::stdout();
                 let mut out = std::io::BufWriter::new(stdout.lock());
                 if sealed {
+                    if let Ok(ring) = KeyRing::open_read_only(db.clone(), &store.source(), &store.data_dir) {
+                        crate::audit::export_keys(&ring, &mut out)?;
+                    }
                     crate::audit::export(&db, &scimlog_schemas::personal::NoKeys, from, to, false, &mut out)?;
                 } else {
                     let ring = KeyRing::open_read_only(db.clone(), &store.source(), &store.data_dir)?;
@@ -274,6 +405,56 @@ pub fn main() -> anyhow::Result<()> {
                 }
                 use std::io::Write;
                 out.flush()?;
+                Ok(())
+            }
+            AuditCmd::History { resource, user_name, tenant, json, store } => {
+                let db = Store::open_read_only(&store.data_dir)?;
+                let ring = KeyRing::open_read_only(db.clone(), &store.source(), &store.data_dir)?;
+                let id = match (resource.as_deref(), user_name.as_deref()) {
+                    (Some(r), None) => r
+                        .split_once('/')
+                        .map(|(_, id)| id.to_string())
+                        .with_context(|| format!("expected Users/<id> or Groups/<id>, got {r:?}"))?,
+                    (None, Some(n)) => crate::audit::user_id_by_name(&db, &ring, &tenant, n)?
+                        .with_context(|| format!("no user named {n:?} in tenant {tenant:?}"))?,
+                    _ => anyhow::bail!("give Users/<id>, Groups/<id> or --user-name"),
+                };
+                print_events(&crate::audit::history(&db, &ring, &tenant, &id)?, json)
+            }
+            AuditCmd::Log { since, until, actor, types, tenant, json, store } => {
+                let db = Store::open_read_only(&store.data_dir)?;
+                let ring = KeyRing::open_read_only(db.clone(), &store.source(), &store.data_dir)?;
+                let filter = crate::audit::EventFilter { since, until, actor, types, tenant };
+                print_events(&crate::audit::log(&db, &ring, &filter)?, json)
+            }
+            AuditCmd::AsOf { at, resource, tenant, store } => {
+                let db = Store::open_read_only(&store.data_dir)?;
+                let ring = KeyRing::open_read_only(db.clone(), &store.source(), &store.data_dir)?;
+                let position = match at.parse::<u64>() {
+                    Ok(p) => p,
+                    Err(_) => {
+                        let t = chrono::DateTime::parse_from_rfc3339(&at)
+                            .with_context(|| format!("{at:?} is neither a position nor an RFC 3339 time"))?;
+                        crate::audit::position_at(&db, t.with_timezone(&chrono::Utc))?
+                    }
+                };
+                let kv = crate::audit::fold_until(&db, &ring, Some(position), &mut |p| eprintln!("... position {p}"))?;
+                let out = match resource.as_deref() {
+                    None => crate::audit::summary(&kv, &tenant),
+                    Some(r) => {
+                        let (kind, id) = match r.split_once('/') {
+                            Some(("Users", id)) => (scimlog_schemas::ResourceKind::User, id),
+                            Some(("Groups", id)) => (scimlog_schemas::ResourceKind::Group, id),
+                            _ => anyhow::bail!("expected Users/<id> or Groups/<id>, got {r:?}"),
+                        };
+                        crate::audit::render(&kv, &tenant, kind, id)
+                            .with_context(|| format!("{r} did not exist at position {position}"))?
+                    }
+                };
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::json!({"asOfPosition": position, "state": out}))?
+                );
                 Ok(())
             }
         },

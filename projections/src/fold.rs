@@ -72,6 +72,10 @@ fn apply_changes(attributes: &mut Map<String, Value>, changed: &Map<String, Valu
 pub fn apply(kv: &mut impl Kv, e: &Event) {
     let t = e.tenant.as_str();
     let id = e.resource_id.as_str();
+    kv.put(&keys::history(t, id, e.position), b"");
+    if let EventBody::GroupMemberAdded { member_id, .. } | EventBody::GroupMemberRemoved { member_id, .. } = &e.body {
+        kv.put(&keys::history(t, member_id, e.position), b"");
+    }
     match &e.body {
         EventBody::UserCreated { attributes, active } => {
             let doc = UserDoc {

@@ -13,6 +13,7 @@
 //! | `gm 0 tenant 0 group 0 member` | [`crate::Member`] JSON |
 //! | `mg 0 tenant 0 member 0 group` | empty |
 //! | `iu/lm 0 tenant 0 lastModified 0 id`, `ig/lm ...` | empty (range index on meta.lastModified) |
+//! | `h 0 tenant 0 id 0 position` | empty (history: events that touched the resource) |
 //! | `ud 0 tenant 0 id` | [`crate::model::Tombstone`] of a deleted user |
 //! | `n/u 0 tenant`, `n/g 0 tenant` | resource count, u64 big-endian |
 
@@ -91,6 +92,15 @@ pub fn lm_text(ts: &chrono::DateTime<chrono::Utc>) -> String {
 }
 pub const USER_LM: &str = "iu/lm";
 pub const GROUP_LM: &str = "ig/lm";
+
+/// The history index: one key per event that touched a resource (the resource itself, and a
+/// member's memberships), `h 0 tenant 0 id 0 position (u64 big-endian)`.
+pub fn history(t: &str, id: &str, position: u64) -> Vec<u8> {
+    join(&[b"h", t.as_bytes(), id.as_bytes(), &position.to_be_bytes()])
+}
+pub fn history_prefix(t: &str, id: &str) -> Vec<u8> {
+    prefix(&[b"h", t.as_bytes(), id.as_bytes()])
+}
 
 /// What remains of a deleted user: its last version and whether it was erased.
 pub fn user_tombstone(t: &str, id: &str) -> Vec<u8> {

@@ -49,6 +49,15 @@ pub fn members(kv: &impl KvRead, t: &str, group: &str, after: Option<&str>, limi
         .filter_map(|(_, v)| serde_json::from_slice(&v).ok())
         .collect()
 }
+/// Positions of the events that touched a resource (its own, and memberships of a member), oldest
+/// first.
+pub fn history_positions(kv: &impl KvRead, t: &str, id: &str) -> Vec<u64> {
+    kv.scan(&keys::history_prefix(t, id), None, usize::MAX)
+        .into_iter()
+        .filter_map(|(k, _)| k.get(k.len() - 8..).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes))
+        .collect()
+}
+
 pub fn user_tombstone(kv: &impl KvRead, t: &str, id: &str) -> Option<crate::model::Tombstone> {
     load(kv, &keys::user_tombstone(t, id))
 }

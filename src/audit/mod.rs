@@ -1,12 +1,21 @@
-//! Reading the log back: hash-chain verification and export. (History, as-of and replay grow
-//! here.) Everything here reads through `log::Store`; nothing here writes.
+//! Reading the log back: hash-chain verification, export and import, history, the directory as
+//! of a moment, and rebuilding the read models to prove them equal to the live ones. The folds
+//! are the live ones (`scimlog_projections::apply`). Only `import` and a rebuild write, and
+//! only to a store nobody else uses.
 
 use std::io::Write;
 
-use scimlog_schemas::event::GENESIS_HASH;
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use scimlog_projections::{apply, keys, query, KvRead, MemKv};
+use scimlog_schemas::event::{Event, EventBody, SealedEvent, GENESIS_HASH};
 use scimlog_schemas::personal::Opener;
+use scimlog_schemas::ResourceKind;
 use serde::Deserialize;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
 
+use crate::log::keys::{KeyError, KeyRing};
 use crate::log::{LogError, Store};
 
 /// What `audit verify` proved.
@@ -25,6 +34,8 @@ pub enum AuditError {
     Log(#[from] LogError),
     #[error("cannot write the output: {0}")]
     Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Keys(#[from] KeyError),
 }
 
 #[derive(Deserialize)]
@@ -114,4 +125,310 @@ pub fn export(
             next = position + 1;
         }
     }
+}
+
+/// Which events `audit log` prints.
+#[derive(Debug, Default, Clone)]
+pub struct EventFilter {
+    pub since: Option<chrono::DateTime<chrono::Utc>>,
+    pub until: Option<chrono::DateTime<chrono::Utc>>,
+    pub actor: Option<String>,
+    pub types: Vec<String>,
+    pub tenant: Option<String>,
+}
+
+impl EventFilter {
+    fn accepts(&self, e: &Event) -> bool {
+        self.since.is_none_or(|s| e.recorded_at >= s)
+            && self.until.is_none_or(|u| e.recorded_at <= u)
+            && self.actor.as_deref().is_none_or(|a| a == e.actor)
+            && (self.types.is_empty() || self.types.iter().any(|t| t == e.event_type().as_str()))
+            && self.tenant.as_deref().is_none_or(|t| t == e.tenant)
+    }
+}
+
+/// Calls `f` with every event from `from` on, in log order, opened with `opener`.
+pub fn each_event(
+    store: &Store,
+    opener: &dyn Opener,
+    from: u64,
+    mut f: impl FnMut(Event) -> Result<bool, AuditError>,
+) -> Result<(), AuditError> {
+    let mut next = from.max(1);
+    loop {
+        let page = store.events_from(next, PAGE)?;
+        if page.is_empty() {
+            return Ok(());
+        }
+        for (position, sealed) in page {
+            let event = sealed.decode(opener).map_err(|e| AuditError::Broken { position, what: e.to_string() })?;
+            if !f(event)? {
+                return Ok(());
+            }
+            next = position + 1;
+        }
+    }
+}
+
+/// `audit log`: the events the filter accepts.
+pub fn log(store: &Store, opener: &dyn Opener, filter: &EventFilter) -> Result<Vec<Event>, AuditError> {
+    let mut out = Vec::new();
+    each_event(store, opener, 1, |e| {
+        if filter.accepts(&e) {
+            out.push(e);
+        }
+        Ok(true)
+    })?;
+    Ok(out)
+}
+
+/// `audit history`: every event that touched a resource (for a user, also its memberships),
+/// oldest first, read through the history index.
+pub fn history(store: &Store, opener: &dyn Opener, tenant: &str, id: &str) -> Result<Vec<Event>, AuditError> {
+    let view = store.view();
+    let positions = query::history_positions(&view, tenant, id);
+    if let Some(e) = view.take_error() {
+        return Err(e.into());
+    }
+    let mut out = Vec::with_capacity(positions.len());
+    for position in positions {
+        for (p, sealed) in store.events_from(position, 1)? {
+            if p == position {
+                out.push(sealed.decode(opener).map_err(|e| AuditError::Broken { position, what: e.to_string() })?);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The id of the user that has (or last had) `user_name`: the live index first, then the log.
+pub fn user_id_by_name(
+    store: &Store,
+    opener: &dyn Opener,
+    tenant: &str,
+    user_name: &str,
+) -> Result<Option<String>, AuditError> {
+    let view = store.view();
+    if let Some(id) = query::user_id_by_user_name(&view, tenant, user_name) {
+        return Ok(Some(id));
+    }
+    let folded = scimlog_schemas::name::fold(user_name);
+    let mut found = None;
+    each_event(store, opener, 1, |e| {
+        let named = match &e.body {
+            EventBody::UserCreated { attributes, .. } => attributes.get("userName"),
+            EventBody::UserUpdated { changed, .. } => changed.get("userName"),
+            _ => None,
+        };
+        if e.tenant == tenant && named.and_then(Value::as_str).is_some_and(|n| scimlog_schemas::name::fold(n) == folded)
+        {
+            found = Some(e.resource_id.clone());
+        }
+        Ok(true)
+    })?;
+    Ok(found)
+}
+
+/// The position of the last event recorded at or before `at`.
+pub fn position_at(store: &Store, at: chrono::DateTime<chrono::Utc>) -> Result<u64, AuditError> {
+    let mut last = 0;
+    each_event(store, &scimlog_schemas::personal::NoKeys, 1, |e| {
+        if e.recorded_at > at {
+            return Ok(false);
+        }
+        last = e.position;
+        Ok(true)
+    })?;
+    Ok(last)
+}
+
+/// Every read model as it stood after `position`, folded by the same code as the live ones.
+/// `progress` is called now and then with the position reached.
+pub fn fold_until(
+    store: &Store,
+    opener: &dyn Opener,
+    position: Option<u64>,
+    progress: &mut dyn FnMut(u64),
+) -> Result<MemKv, AuditError> {
+    let mut kv = MemKv::default();
+    each_event(store, opener, 1, |e| {
+        if position.is_some_and(|p| e.position > p) {
+            return Ok(false);
+        }
+        apply(&mut kv, &e);
+        if e.position % 10_000 == 0 {
+            progress(e.position);
+        }
+        Ok(true)
+    })?;
+    Ok(kv)
+}
+
+/// A resource as it stood in `kv`, as SCIM-like JSON (attributes, id, meta; a group's members;
+/// a user's groups).
+pub fn render(kv: &MemKv, tenant: &str, kind: ResourceKind, id: &str) -> Option<Value> {
+    match kind {
+        ResourceKind::User => query::user(kv, tenant, id).map(|u| {
+            let mut v = u.filterable();
+            if u.active.is_none() {
+                v.as_object_mut().map(|o| o.remove("active"));
+            }
+            let groups: Vec<Value> = query::groups_of(kv, tenant, id, usize::MAX)
+                .into_iter()
+                .map(|g| json!({"value": g, "display": query::group(kv, tenant, &g).map(|g| g.display_name)}))
+                .collect();
+            if !groups.is_empty() {
+                v["groups"] = Value::Array(groups);
+            }
+            v
+        }),
+        ResourceKind::Group => query::group(kv, tenant, id).map(|g| {
+            let mut v = g.filterable();
+            let members: Vec<Value> = query::members(kv, tenant, id, None, usize::MAX)
+                .into_iter()
+                .map(|m| json!({"value": m.id, "type": m.member_type.kind().as_str()}))
+                .collect();
+            if !members.is_empty() {
+                v["members"] = Value::Array(members);
+            }
+            v
+        }),
+    }
+}
+
+/// The directory of a tenant in `kv`: counts and every resource's id and name.
+pub fn summary(kv: &MemKv, tenant: &str) -> Value {
+    let users: Vec<Value> = kv
+        .scan(&keys::users(tenant), None, usize::MAX)
+        .into_iter()
+        .filter_map(|(_, v)| serde_json::from_slice::<scimlog_projections::UserDoc>(&v).ok())
+        .map(|u| json!({"id": u.id, "userName": u.user_name(), "active": u.is_active(), "version": u.version}))
+        .collect();
+    let groups: Vec<Value> = kv
+        .scan(&keys::groups(tenant), None, usize::MAX)
+        .into_iter()
+        .filter_map(|(_, v)| serde_json::from_slice::<scimlog_projections::GroupDoc>(&v).ok())
+        .map(|g| json!({"id": g.id, "displayName": g.display_name, "members": g.member_count, "version": g.version}))
+        .collect();
+    json!({"tenant": tenant, "users": users.len(), "groups": groups.len(), "Users": users, "Groups": groups})
+}
+
+/// Where a rebuilt read model differs from the live one.
+#[derive(Debug, Default)]
+pub struct Differences {
+    pub count: usize,
+    /// The first few: key (escaped), live value, rebuilt value.
+    pub first: Vec<(String, Option<String>, Option<String>)>,
+}
+
+fn show(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).replace('\0', "\u{241f}")
+}
+
+/// Compares a rebuilt state with the live `state` family, key by key.
+pub fn compare(store: &Store, rebuilt: &MemKv) -> Result<Differences, AuditError> {
+    let live = store.scan_state()?;
+    let mut d = Differences::default();
+    let mut note = |k: &[u8], a: Option<&[u8]>, b: Option<&[u8]>| {
+        d.count += 1;
+        if d.first.len() < 10 {
+            d.first.push((show(k), a.map(show), b.map(show)));
+        }
+    };
+    let mut li = live.iter().peekable();
+    let mut ri = rebuilt.0.iter().peekable();
+    loop {
+        match (li.peek(), ri.peek()) {
+            (None, None) => break,
+            (Some((lk, lv)), None) => {
+                note(lk, Some(lv), None);
+                li.next();
+            }
+            (None, Some((rk, rv))) => {
+                note(rk, None, Some(rv));
+                ri.next();
+            }
+            (Some((lk, lv)), Some((rk, rv))) => match lk.as_slice().cmp(rk.as_slice()) {
+                std::cmp::Ordering::Less => {
+                    note(lk, Some(lv), None);
+                    li.next();
+                }
+                std::cmp::Ordering::Greater => {
+                    note(rk, None, Some(rv));
+                    ri.next();
+                }
+                std::cmp::Ordering::Equal => {
+                    if lv != *rv {
+                        note(lk, Some(lv), Some(rv));
+                    }
+                    li.next();
+                    ri.next();
+                }
+            },
+        }
+    }
+    Ok(d)
+}
+
+/// Imports a sealed export (with its key lines) into an empty store: events are checked against
+/// their hashes and the chain, stored byte for byte, and folded. Returns the number of events.
+pub fn import(store: &Store, keys: &KeyRing, lines: impl std::io::BufRead) -> Result<u64, AuditError> {
+    if store.head()?.position != 0 {
+        return Err(AuditError::Broken { position: 0, what: "import needs an empty data dir".into() });
+    }
+    let mut expected_prev = GENESIS_HASH.to_string();
+    let mut count = 0u64;
+    let mut batch: Vec<(u64, SealedEvent)> = Vec::new();
+    let mut state = MemKv::default();
+    for (n, line) in lines.lines().enumerate() {
+        let line = line?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let broken =
+            |what: String| AuditError::Broken { position: n as u64 + 1, what: format!("line {}: {what}", n + 1) };
+        let mut v: Value = serde_json::from_str(&line).map_err(|e| broken(e.to_string()))?;
+        if let Some(k) = v.get("dataKey") {
+            let id =
+                k["id"].as_str().and_then(|s| B64.decode(s).ok()).ok_or_else(|| broken("bad dataKey id".into()))?;
+            let wrapped =
+                k["wrapped"].as_str().and_then(|s| B64.decode(s).ok()).ok_or_else(|| broken("bad dataKey".into()))?;
+            keys.restore(id, wrapped)?;
+            continue;
+        }
+        let hash = v.as_object_mut().and_then(|o| o.remove("hash")).and_then(|h| h.as_str().map(String::from));
+        let bytes = serde_json::to_vec(&v).map_err(|e| broken(e.to_string()))?;
+        let sealed = SealedEvent { hash: Sha256::digest(&bytes).into(), bytes };
+        if hash.as_deref() != Some(sealed.hash_hex().as_str()) {
+            return Err(broken("the hash does not match the event: the export was altered".into()));
+        }
+        let fields: ChainFields = serde_json::from_slice(&sealed.bytes).map_err(|e| broken(e.to_string()))?;
+        if fields.prev_hash != expected_prev || fields.position != count + 1 {
+            return Err(broken("the events are not a contiguous chain from the first".into()));
+        }
+        let event = sealed.decode(keys).map_err(|e| broken(e.to_string()))?;
+        apply(&mut state, &event);
+        expected_prev = sealed.hash_hex();
+        count += 1;
+        batch.push((fields.position, sealed));
+        if batch.len() >= PAGE {
+            store.append_raw(&std::mem::take(&mut batch))?;
+        }
+    }
+    store.append_raw(&batch)?;
+    store.replace_state(state.0.into_iter().collect())?;
+    Ok(count)
+}
+
+/// Writes the key lines that make a sealed export importable (wrapped keys: useless without the
+/// master key).
+pub fn export_keys(keys: &KeyRing, out: &mut dyn Write) -> Result<u64, AuditError> {
+    let mut n = 0;
+    for (id, wrapped) in keys.wrapped_keys()? {
+        serde_json::to_writer(&mut *out, &json!({"dataKey": {"id": B64.encode(&id), "wrapped": B64.encode(&wrapped)}}))
+            .map_err(std::io::Error::from)?;
+        out.write_all(b"\n")?;
+        n += 1;
+    }
+    Ok(n)
 }

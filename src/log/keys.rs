@@ -266,6 +266,28 @@ impl KeyRing {
         h.finalize().into()
     }
 
+    /// Every wrapped data key and the master check value (for a lossless export).
+    pub fn wrapped_keys(&self) -> Result<Vec<(Vec<u8>, Vec<u8>)>, KeyError> {
+        let mut all = self.store.scan_cf(CF_KEYS, b"dk\0")?;
+        if let Some(check) = self.store.get_cf(CF_KEYS, MASTER_CHECK_KEY)? {
+            all.push((MASTER_CHECK_KEY.to_vec(), check));
+        }
+        Ok(all)
+    }
+
+    /// Restores a wrapped key from an export. The master key must be the one it was wrapped with.
+    pub fn restore(&self, id: Vec<u8>, wrapped: Vec<u8>) -> Result<(), KeyError> {
+        if id == MASTER_CHECK_KEY {
+            if decrypt(&self.master.cipher(), &wrapped, b"master-check").as_deref() != Some(MASTER_CHECK_TEXT) {
+                return Err(KeyError::Wrong(self.master.origin.clone()));
+            }
+        } else if self.unwrap_key(&id, &wrapped).is_none() {
+            return Err(KeyError::Wrong(self.master.origin.clone()));
+        }
+        self.store.commit_keys(vec![(id, Some(wrapped))])?;
+        Ok(())
+    }
+
     pub fn master_origin(&self) -> &str {
         &self.master.origin
     }

@@ -123,7 +123,10 @@ impl Store {
 
     /// A consistent read view of the read models.
     pub fn view(&self) -> StateView<'_> {
-        StateView { snapshot: self.db.snapshot(), cf: self.cf(CF_STATE), error: RefCell::new(None) }
+        // A secondary instance cannot take snapshots, and needs none: it does not change after
+        // it caught up with the primary.
+        let snapshot = self._scratch.is_none().then(|| self.db.snapshot());
+        StateView { db: &self.db, snapshot, cf: self.cf(CF_STATE), error: RefCell::new(None) }
     }
 
     /// Reads up to `limit` events from `from` (inclusive), in log order.
@@ -156,6 +159,27 @@ impl Store {
             out.push((k.into_vec(), v.into_vec()));
         }
         Ok(out)
+    }
+
+    /// Every entry of the `state` family, in key order.
+    pub fn scan_state(&self) -> Result<Vec<(Vec<u8>, Vec<u8>)>, LogError> {
+        self.scan_cf(CF_STATE, b"")
+    }
+
+    /// Appends already sealed events as they are (import), fsync'd.
+    pub fn append_raw(&self, events: &[(u64, SealedEvent)]) -> Result<(), LogError> {
+        self.commit(events, std::iter::empty(), vec![], true)
+    }
+
+    /// Replaces the whole `state` family (offline rebuild, import).
+    pub fn replace_state(&self, entries: Vec<(Vec<u8>, Vec<u8>)>) -> Result<(), LogError> {
+        let old = self.scan_state()?;
+        let mut writes: Vec<(Vec<u8>, Option<Vec<u8>>)> = old.into_iter().map(|(k, _)| (k, None)).collect();
+        writes.extend(entries.into_iter().map(|(k, v)| (k, Some(v))));
+        for chunk in writes.chunks(10_000) {
+            self.commit(&[], chunk.iter().cloned(), vec![], true)?;
+        }
+        Ok(())
     }
 
     /// Writes to the `keys` family alone, fsync'd.
@@ -225,7 +249,8 @@ fn decode_position(key: &[u8]) -> Result<u64, LogError> {
 /// (the first one) and returns "absent" to the caller; whoever folds or answers checks
 /// [`StateView::take_error`] before trusting the result.
 pub struct StateView<'a> {
-    snapshot: SnapshotWithThreadMode<'a, DB>,
+    db: &'a DB,
+    snapshot: Option<SnapshotWithThreadMode<'a, DB>>,
     cf: &'a rocksdb::ColumnFamily,
     error: RefCell<Option<rocksdb::Error>>,
 }
@@ -244,7 +269,11 @@ impl StateView<'_> {
 
 impl KvRead for StateView<'_> {
     fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
-        match self.snapshot.get_cf(self.cf, key) {
+        let got = match &self.snapshot {
+            Some(s) => s.get_cf(self.cf, key),
+            None => self.db.get_cf(self.cf, key),
+        };
+        match got {
             Ok(v) => v,
             Err(e) => {
                 self.note(e);
@@ -258,7 +287,11 @@ impl KvRead for StateView<'_> {
             Some(a) if a >= prefix => a,
             _ => prefix,
         };
-        let it = self.snapshot.iterator_cf(self.cf, IteratorMode::From(start, Direction::Forward));
+        let mode = IteratorMode::From(start, Direction::Forward);
+        let it = match &self.snapshot {
+            Some(s) => s.iterator_cf(self.cf, mode),
+            None => self.db.iterator_cf(self.cf, mode),
+        };
         let mut out = Vec::new();
         for item in it {
             match item {
