@@ -25,7 +25,8 @@ struct Args {
     /// Start a scimlog server in this process on a temp data dir instead of using --url.
     #[arg(long)]
     spawn: bool,
-    /// Comma-separated scenarios: create-users, lookup, get-by-id, list-page, healthz.
+    /// Comma-separated scenarios: create-users, lookup, get-by-id, list-page, group-push,
+    /// replay (needs --spawn), healthz.
     #[arg(long, default_value = "create-users,lookup,get-by-id")]
     scenario: String,
     /// Concurrent connections.
@@ -43,6 +44,8 @@ struct Args {
 }
 
 struct Row {
+    /// Resident memory of this process (server and load generator when --spawn) after the run.
+    rss_mb: f64,
     scenario: String,
     requests: u64,
     errors: u64,
@@ -67,13 +70,13 @@ fn fmt_us(us: u64) -> String {
 }
 
 fn print_table(rows: &[Row]) {
-    println!("| scenario | requests | errors | req/s | p50 | p90 | p99 | max |");
-    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    println!("| scenario | requests | errors | req/s | p50 | p90 | p99 | max | RSS |");
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     for r in rows {
         let mut l = r.latencies_us.clone();
         l.sort_unstable();
         println!(
-            "| {} | {} | {} | {:.0} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {:.0} | {} | {} | {} | {} | {:.0} MB |",
             r.scenario,
             r.requests,
             r.errors,
@@ -82,6 +85,7 @@ fn print_table(rows: &[Row]) {
             fmt_us(pct(&l, 0.9)),
             fmt_us(pct(&l, 0.99)),
             fmt_us(l.last().copied().unwrap_or(0)),
+            r.rss_mb,
         );
     }
 }
@@ -121,12 +125,24 @@ where
         latencies_us.extend(w.await.unwrap_or_default());
     }
     Row {
+        rss_mb: rss_mb(),
         scenario: name.to_string(),
         requests: latencies_us.len() as u64,
         errors: errors.load(Ordering::Relaxed),
         seconds: started.elapsed().as_secs_f64(),
         latencies_us,
     }
+}
+
+/// This process's resident set size, from /proc.
+fn rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(0.0)
 }
 
 fn user_body(i: u64) -> serde_json::Value {
@@ -147,8 +163,10 @@ async fn main() -> anyhow::Result<()> {
     let mut args = Args::parse();
     let _guard;
     let _server;
+    let mut data_dir: Option<std::path::PathBuf> = None;
     if args.spawn {
         let dir = tempfile::tempdir()?;
+        data_dir = Some(dir.path().to_path_buf());
         let mut cfg = scimlog::config::ServeConfig::with_data_dir(dir.path());
         cfg.listen = "127.0.0.1:0".parse()?;
         cfg.bootstrap_token = Some("bench-token".into());
@@ -254,6 +272,96 @@ async fn main() -> anyhow::Result<()> {
                     }
                 })
                 .await
+            }
+            "group-push" => {
+                // One PATCH adding and one removing a member, on groups of 10, 1 000 and 10 000
+                // members: the cost must not grow with the group's size.
+                let mut ids: Vec<String> = Vec::new();
+                let mut cursor = String::new();
+                while ids.len() < 10_000 {
+                    let page: serde_json::Value = c
+                        .get(format!("{scim}/Users?count=1000&attributes=id&cursor={cursor}"))
+                        .header("authorization", &auth)
+                        .send()
+                        .await?
+                        .json()
+                        .await?;
+                    ids.extend(
+                        page["Resources"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .filter_map(|r| r["id"].as_str().map(String::from)),
+                    );
+                    match page["nextCursor"].as_str() {
+                        Some(next) => cursor = next.replace('+', "%2B").replace('/', "%2F").replace('=', "%3D"),
+                        None => break,
+                    }
+                }
+                anyhow::ensure!(ids.len() >= 20, "group-push needs at least 20 users: run create-users first");
+                let mut last = None;
+                for size in [10usize, 1_000, 10_000] {
+                    // Members are added in PATCHes of 1000 (users may repeat ids beyond the seeded count).
+                    let gid = c
+                        .post(format!("{scim}/Groups"))
+                        .header("authorization", &auth)
+                        .header("content-type", "application/scim+json")
+                        .body(json!({"displayName": format!("push-{size}-{}", rows.len())}).to_string())
+                        .send()
+                        .await?
+                        .json::<serde_json::Value>()
+                        .await?["id"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string();
+                    let all: Vec<String> = (0..size).map(|i| format!("{}", ids[i % ids.len()])).collect();
+                    let mut distinct: Vec<String> = all.clone();
+                    distinct.sort();
+                    distinct.dedup();
+                    for chunk in distinct.chunks(1000) {
+                        let value: Vec<serde_json::Value> = chunk.iter().map(|id| json!({"value": id})).collect();
+                        c.patch(format!("{scim}/Groups/{gid}"))
+                            .header("authorization", &auth)
+                            .header("content-type", "application/scim+json")
+                            .body(json!({"Operations": [{"op": "add", "path": "members", "value": value}]}).to_string())
+                            .send()
+                            .await?;
+                    }
+                    let (c2, scim2, auth2, gid2, ids2) =
+                        (c.clone(), scim.clone(), auth.clone(), gid.clone(), Arc::new(ids.clone()));
+                    let row = drive(&format!("group-push PATCH add+remove ({} members)", distinct.len()), &args, args.requests.min(2000), move |i| {
+                        let (c, scim, auth, gid, ids) = (c2.clone(), scim2.clone(), auth2.clone(), gid2.clone(), ids2.clone());
+                        async move {
+                            let id = &ids[(i as usize) % ids.len()];
+                            let op = if i % 2 == 0 { json!({"op": "remove", "path": format!("members[value eq \"{id}\"]")}) } else { json!({"op": "add", "path": "members", "value": [{"value": id}]}) };
+                            matches!(c.patch(format!("{scim}/Groups/{gid}")).header("authorization", auth).header("content-type", "application/scim+json")
+                                .body(json!({"Operations": [op]}).to_string()).send().await, Ok(r) if r.status().is_success())
+                        }
+                    })
+                    .await;
+                    if let Some(prev) = last.replace(row) {
+                        rows.push(prev);
+                    }
+                }
+                last.expect("three sizes ran")
+            }
+            "replay" => {
+                let dir = data_dir.clone().ok_or_else(|| anyhow::anyhow!("replay needs --spawn"))?;
+                let store = scimlog::log::Store::open_read_only(&dir)?;
+                let keys = scimlog::log::keys::KeyRing::open_read_only(store.clone(), &Default::default(), &dir)?;
+                let head = store.head()?.position;
+                let started = Instant::now();
+                let kv = scimlog::audit::fold_until(&store, &keys, None, &mut |_| {})?;
+                let seconds = started.elapsed().as_secs_f64();
+                drop(kv);
+                Row {
+                    rss_mb: rss_mb(),
+                    scenario: format!("replay: rebuild all read models ({head} events, opening sealed values)"),
+                    requests: head,
+                    errors: 0,
+                    seconds,
+                    latencies_us: vec![],
+                }
             }
             "healthz" => {
                 let base = args.url.clone();
