@@ -270,6 +270,11 @@ pub fn render(kv: &MemKv, tenant: &str, kind: ResourceKind, id: &str) -> Option<
     match kind {
         ResourceKind::User => query::user(kv, tenant, id).map(|u| {
             let mut v = u.filterable();
+            let mut schemas = vec![json!(scimlog_schemas::urn::USER)];
+            if u.attributes.contains_key(scimlog_schemas::urn::ENTERPRISE_USER) {
+                schemas.push(json!(scimlog_schemas::urn::ENTERPRISE_USER));
+            }
+            v["schemas"] = Value::Array(schemas);
             if u.active.is_none() {
                 v.as_object_mut().map(|o| o.remove("active"));
             }
@@ -284,6 +289,7 @@ pub fn render(kv: &MemKv, tenant: &str, kind: ResourceKind, id: &str) -> Option<
         }),
         ResourceKind::Group => query::group(kv, tenant, id).map(|g| {
             let mut v = g.filterable();
+            v["schemas"] = json!([scimlog_schemas::urn::GROUP]);
             let members: Vec<Value> = query::members(kv, tenant, id, None, usize::MAX)
                 .into_iter()
                 .map(|m| json!({"value": m.id, "type": m.member_type.kind().as_str()}))
