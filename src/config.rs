@@ -33,6 +33,17 @@ pub struct ServeConfig {
     /// The master key itself, as 64 hex characters (instead of a file).
     #[arg(long = "master-key", env = "SCIMLOG_MASTER_KEY", hide_env_values = true, hide = true)]
     pub master_key_hex: Option<String>,
+    /// Namespace of role and entitlement URNs (`urn:<ns>:role:...`); `testkube` accepts
+    /// Testkube's URNs unchanged.
+    #[arg(long, env = "SCIMLOG_URN_NAMESPACE", default_value = "scimlog")]
+    pub urn_namespace: String,
+    /// The organization that environments and resource groups named by grants are created in.
+    #[arg(long, env = "SCIMLOG_DEFAULT_ORGANIZATION", default_value = "default")]
+    pub default_organization: String,
+    /// How responses show roles and entitlements: `objects` (`[{"value": ...}]`, as Entra sends
+    /// them) or `strings` (`["urn:..."]`, as Okta sends them).
+    #[arg(long, env = "SCIMLOG_GRANT_SHAPE", value_enum, default_value_t = GrantShape::Objects)]
+    pub grant_shape: GrantShape,
     /// Largest accepted request body.
     #[arg(long, env = "SCIMLOG_MAX_BODY_BYTES", default_value_t = 1_048_576)]
     pub max_body_bytes: usize,
@@ -74,6 +85,12 @@ pub struct ServeConfig {
     /// On shutdown, how long in-flight requests may take to finish.
     #[arg(long, env = "SCIMLOG_DRAIN_TIMEOUT_MS", default_value_t = 10_000)]
     pub drain_timeout_ms: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum GrantShape {
+    Objects,
+    Strings,
 }
 
 #[derive(Parser)]

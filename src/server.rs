@@ -58,6 +58,8 @@ impl Server {
                 queue_depth: cfg.write_queue_depth,
                 group_commit_max: cfg.group_commit_max,
                 sync: true,
+                namespace: cfg.urn_namespace.clone(),
+                default_organization: cfg.default_organization.clone(),
             },
         )?;
         let listener = tokio::net::TcpListener::bind(cfg.listen)
@@ -76,7 +78,8 @@ impl Server {
             }
             None => (None, None),
         };
-        let state = AppState::new(Inner { store, keys, publisher, writer, tokens, cfg, scim_base });
+        let writer_thread = std::sync::Mutex::new(Some(writer_thread));
+        let state = AppState::new(Inner { store, keys, publisher, writer, writer_thread, tokens, cfg, scim_base });
         let app = http::router(state);
 
         let (shutdown, shutdown_rx) = oneshot::channel::<()>();
@@ -86,13 +89,13 @@ impl Server {
                 let _ = shutdown_rx.await;
                 let _ = drain_start_tx.send(());
             });
-            let serve = std::pin::pin!(std::future::IntoFuture::into_future(serve));
+            let mut serve = Box::pin(std::future::IntoFuture::into_future(serve));
             let drained = async {
                 let _ = drain_start.await;
                 tokio::time::sleep(drain).await;
             };
             tokio::select! {
-                r = serve => if let Err(e) = r { tracing::error!(error = %e, "server stopped with an error") },
+                r = &mut serve => if let Err(e) = r { tracing::error!(error = %e, "server stopped with an error") },
                 _ = drained => tracing::warn!(timeout_ms = drain.as_millis() as u64, "in-flight requests did not finish in time"),
             }
             // The publisher stops where it is: the stream itself says where to resume.
@@ -100,12 +103,9 @@ impl Server {
             if let Some(t) = publisher_task {
                 let _ = tokio::time::timeout(drain, t).await;
             }
-            // Every handle to the writer is gone with the router: the writer drains its queue and
-            // stops, then the store closes.
-            let joined = tokio::task::spawn_blocking(move || writer_thread.join());
-            if tokio::time::timeout(drain, joined).await.is_err() {
-                tracing::warn!("the writer did not stop in time");
-            }
+            // Dropping the server drops the state, which closes and joins the writer (it drains
+            // its queue first) before the store closes: see `Drop for http::Inner`.
+            drop(serve);
         });
         tracing::info!(%addr, "scimlog listening");
         Ok(Server { addr, created_token, shutdown: Some(shutdown), task })
@@ -128,8 +128,17 @@ pub async fn erase_offline(
     id: &str,
     reason: &str,
 ) -> anyhow::Result<Vec<scimlog_schemas::Event>> {
-    let (writer, thread) =
-        writer::start(store, keys, writer::WriterOptions { queue_depth: 1, group_commit_max: 1, sync: true })?;
+    let (writer, thread) = writer::start(
+        store,
+        keys,
+        writer::WriterOptions {
+            queue_depth: 1,
+            group_commit_max: 1,
+            sync: true,
+            namespace: String::new(),
+            default_organization: String::new(),
+        },
+    )?;
     let origin = writer::Origin {
         tenant: tenant.to_string(),
         actor: "cli".into(),

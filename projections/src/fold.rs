@@ -7,9 +7,12 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
+use crate::access;
 use crate::keys;
 use crate::kv::Kv;
 use crate::model::{emails_of, GroupDoc, Member, Tombstone, UserDoc};
+use scimlog_schemas::access::ScopeKind;
+use scimlog_schemas::{urn, ResourceKind};
 
 pub(crate) fn load<T: DeserializeOwned>(kv: &(impl crate::KvRead + ?Sized), key: &[u8]) -> Option<T> {
     kv.get(key).and_then(|b| serde_json::from_slice(&b).ok())
@@ -60,11 +63,43 @@ fn index_group(kv: &mut impl Kv, t: &str, g: &GroupDoc, on: bool) {
 }
 
 fn apply_changes(attributes: &mut Map<String, Value>, changed: &Map<String, Value>, removed: &[String]) {
+    let before = attributes.clone();
     for r in removed {
         attributes.remove(r);
     }
     for (k, v) in changed {
         attributes.insert(k.clone(), v.clone());
+    }
+    // Roles and entitlements that are grants change only through their own events: an update
+    // of the plain values beside them keeps them.
+    keep_grants(&before, attributes);
+    if let Some(Value::Object(old_ext)) = before.get(urn::GROUP_ACCESS) {
+        let ext = attributes.entry(urn::GROUP_ACCESS.to_string()).or_insert_with(|| Value::Object(Map::new()));
+        if let Value::Object(new_ext) = ext {
+            keep_grants(old_ext, new_ext);
+        }
+    }
+    tidy_grants(attributes);
+}
+
+fn keep_grants(before: &Map<String, Value>, after: &mut Map<String, Value>) {
+    for attr in ["roles", "entitlements"] {
+        let grants: Vec<Value> = before
+            .get(attr)
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter(|v| v.get("value").and_then(Value::as_str).is_some_and(access::is_urn))
+            .cloned()
+            .collect();
+        if grants.is_empty() {
+            continue;
+        }
+        let list = after.entry(attr.to_string()).or_insert_with(|| Value::Array(vec![]));
+        if let Value::Array(items) = list {
+            items.retain(|v| !v.get("value").and_then(Value::as_str).is_some_and(access::is_urn));
+            items.extend(grants);
+        }
     }
 }
 
@@ -124,6 +159,12 @@ pub fn apply(kv: &mut impl Kv, e: &Event) {
             bump_count(kv, &keys::user_count(t), -1);
             // The command removed its memberships with events first; this only guards the fold.
             remove_memberships_of(kv, t, id);
+            // Its grants and hosts go with it.
+            remove_grants_of(kv, t, id);
+            for (k, _) in kv.scan(&keys::user_hosts(t, id), None, usize::MAX) {
+                kv.delete(&keys::host(t, &keys::last_part(&k)));
+                kv.delete(&k);
+            }
         }
         EventBody::UserErased { .. } => {
             store(kv, &keys::user_tombstone(t, id), &Tombstone { version: e.resource_version, erased: true });
@@ -183,6 +224,7 @@ pub fn apply(kv: &mut impl Kv, e: &Event) {
                 }
             }
             remove_memberships_of(kv, t, id);
+            remove_grants_of(kv, t, id);
         }
         EventBody::GroupMemberAdded { member_id, member_type } => {
             let Some(mut doc) = load::<GroupDoc>(kv, &keys::group(t, id)) else {
@@ -195,6 +237,21 @@ pub fn apply(kv: &mut impl Kv, e: &Event) {
             store(kv, &key, &Member { id: member_id.clone(), member_type: *member_type });
             kv.put(&keys::membership(t, member_id, id), b"");
             touch_group(kv, e, doc);
+        }
+        EventBody::RoleAssigned { role, value } => grant_added(kv, e, "roles", role, value),
+        EventBody::EntitlementGranted { entitlement, value } => grant_added(kv, e, "entitlements", entitlement, value),
+        EventBody::RoleRevoked { role } => grant_removed(kv, e, "roles", role),
+        EventBody::EntitlementRevoked { entitlement } => grant_removed(kv, e, "entitlements", entitlement),
+        EventBody::OrganizationCreated { slug } => scope_created(kv, e, ScopeKind::Organization, slug),
+        EventBody::EnvironmentCreated { slug } => scope_created(kv, e, ScopeKind::Environment, slug),
+        EventBody::ResourceGroupCreated { slug } => scope_created(kv, e, ScopeKind::ResourceGroup, slug),
+        EventBody::HostUserLinked { user_id } => {
+            kv.put(&keys::host(t, id), user_id.as_bytes());
+            kv.put(&keys::user_host(t, user_id, id), b"");
+        }
+        EventBody::HostUserUnlinked { user_id } => {
+            kv.delete(&keys::host(t, id));
+            kv.delete(&keys::user_host(t, user_id, id));
         }
         EventBody::GroupMemberRemoved { member_id, .. } => {
             let Some(mut doc) = load::<GroupDoc>(kv, &keys::group(t, id)) else {
@@ -209,6 +266,105 @@ pub fn apply(kv: &mut impl Kv, e: &Event) {
             touch_group(kv, e, doc);
         }
     }
+}
+
+/// The list of roles or entitlements in a subject's attributes (a group's live in the access
+/// extension).
+fn grant_list<'a>(attributes: &'a mut Map<String, Value>, kind: ResourceKind, attr: &str) -> &'a mut Vec<Value> {
+    let container = if kind == ResourceKind::Group {
+        let ext = attributes.entry(urn::GROUP_ACCESS.to_string()).or_insert_with(|| Value::Object(Map::new()));
+        if !ext.is_object() {
+            *ext = Value::Object(Map::new());
+        }
+        ext.as_object_mut().expect("object")
+    } else {
+        attributes
+    };
+    let list = container.entry(attr.to_string()).or_insert_with(|| Value::Array(vec![]));
+    if !list.is_array() {
+        *list = Value::Array(vec![]);
+    }
+    list.as_array_mut().expect("array")
+}
+
+/// Drops empty grant lists (and an empty access extension).
+fn tidy_grants(attributes: &mut Map<String, Value>) {
+    let empty = |v: &Value| v.as_array().is_some_and(|a| a.is_empty());
+    attributes.retain(|k, v| !((k == "roles" || k == "entitlements") && empty(v)));
+    if let Some(Value::Object(ext)) = attributes.get_mut(urn::GROUP_ACCESS) {
+        ext.retain(|_, v| !empty(v));
+        if ext.is_empty() {
+            attributes.remove(urn::GROUP_ACCESS);
+        }
+    }
+}
+
+/// Applies `f` to the subject's attributes and touches its version.
+fn edit_subject(kv: &mut impl Kv, e: &Event, f: impl FnOnce(&mut Map<String, Value>)) {
+    let (t, id) = (e.tenant.as_str(), e.resource_id.as_str());
+    match e.resource_type {
+        ResourceKind::User => {
+            let Some(mut doc) = load::<UserDoc>(kv, &keys::user(t, id)) else { return };
+            f(&mut doc.attributes);
+            tidy_grants(&mut doc.attributes);
+            touch_user(kv, e, doc);
+        }
+        ResourceKind::Group => {
+            let Some(mut doc) = load::<GroupDoc>(kv, &keys::group(t, id)) else { return };
+            f(&mut doc.attributes);
+            tidy_grants(&mut doc.attributes);
+            touch_group(kv, e, doc);
+        }
+        _ => {}
+    }
+}
+
+fn same_urn(v: &Value, urn: &str) -> bool {
+    v.get("value").and_then(Value::as_str).is_some_and(|x| x.eq_ignore_ascii_case(urn))
+}
+
+fn grant_added(kv: &mut impl Kv, e: &Event, attr: &str, urn: &str, value: &Value) {
+    let kind = e.resource_type;
+    edit_subject(kv, e, |attributes| {
+        let list = grant_list(attributes, kind, attr);
+        list.retain(|v| !same_urn(v, urn));
+        list.push(value.clone());
+    });
+    if let Some(grant) = access::parse_any(attr, urn) {
+        let (t, id) = (e.tenant.as_str(), e.resource_id.as_str());
+        kv.put(&keys::grant_by_scope(t, &access::grant_scope_key(&grant), id, urn), b"");
+        store(kv, &keys::grant(t, id, urn), &access::GrantRecord { urn: urn.to_string(), grant, position: e.position });
+    }
+}
+
+fn grant_removed(kv: &mut impl Kv, e: &Event, attr: &str, urn: &str) {
+    let kind = e.resource_type;
+    edit_subject(kv, e, |attributes| grant_list(attributes, kind, attr).retain(|v| !same_urn(v, urn)));
+    let (t, id) = (e.tenant.as_str(), e.resource_id.as_str());
+    if let Some(grant) = access::parse_any(attr, urn) {
+        kv.delete(&keys::grant_by_scope(t, &access::grant_scope_key(&grant), id, urn));
+    }
+    kv.delete(&keys::grant(t, id, urn));
+}
+
+fn remove_grants_of(kv: &mut impl Kv, t: &str, subject: &str) {
+    for (k, v) in kv.scan(&keys::grants_of(t, subject), None, usize::MAX) {
+        if let Ok(rec) = serde_json::from_slice::<access::GrantRecord>(&v) {
+            kv.delete(&keys::grant_by_scope(t, &access::grant_scope_key(&rec.grant), subject, &rec.urn));
+        }
+        kv.delete(&k);
+    }
+}
+
+fn scope_created(kv: &mut impl Kv, e: &Event, kind: ScopeKind, slug: &str) {
+    let doc = access::ScopeDoc {
+        kind,
+        slug: slug.to_string(),
+        created: e.recorded_at,
+        created_by: e.actor.clone(),
+        position: e.position,
+    };
+    store(kv, &keys::scope(&e.tenant, kind.as_str(), slug), &doc);
 }
 
 fn remove_memberships_of(kv: &mut impl Kv, t: &str, member: &str) {

@@ -14,6 +14,10 @@
 //! | `mg 0 tenant 0 member 0 group` | empty |
 //! | `iu/lm 0 tenant 0 lastModified 0 id`, `ig/lm ...` | empty (range index on meta.lastModified) |
 //! | `h 0 tenant 0 id 0 position` | empty (history: events that touched the resource) |
+//! | `gs 0 tenant 0 subject 0 urn` | [`crate::access::GrantRecord`] (grants by subject) |
+//! | `gc 0 tenant 0 kind:scope 0 subject 0 urn` | empty (grants by scope) |
+//! | `sc 0 tenant 0 kind 0 slug` | [`crate::access::ScopeDoc`] |
+//! | `hs 0 tenant 0 host`, `uh 0 tenant 0 user 0 host` | user id, empty (hosts) |
 //! | `ud 0 tenant 0 id` | [`crate::model::Tombstone`] of a deleted user |
 //! | `n/u 0 tenant`, `n/g 0 tenant` | resource count, u64 big-endian |
 
@@ -100,6 +104,38 @@ pub fn history(t: &str, id: &str, position: u64) -> Vec<u8> {
 }
 pub fn history_prefix(t: &str, id: &str) -> Vec<u8> {
     prefix(&[b"h", t.as_bytes(), id.as_bytes()])
+}
+
+/// A grant held by a subject (user or group): `gs 0 tenant 0 subject 0 urn` -> grant record.
+pub fn grant(t: &str, subject: &str, urn: &str) -> Vec<u8> {
+    join(&[b"gs", t.as_bytes(), subject.as_bytes(), urn.as_bytes()])
+}
+pub fn grants_of(t: &str, subject: &str) -> Vec<u8> {
+    prefix(&[b"gs", t.as_bytes(), subject.as_bytes()])
+}
+/// The same grant by its scope: `gc 0 tenant 0 kind:scope 0 subject 0 urn` -> empty.
+pub fn grant_by_scope(t: &str, scope: &str, subject: &str, urn: &str) -> Vec<u8> {
+    join(&[b"gc", t.as_bytes(), scope.as_bytes(), subject.as_bytes(), urn.as_bytes()])
+}
+pub fn grants_in_scope(t: &str, scope: &str) -> Vec<u8> {
+    prefix(&[b"gc", t.as_bytes(), scope.as_bytes()])
+}
+/// An organization, environment or resource group: `sc 0 tenant 0 kind 0 slug` -> scope doc.
+pub fn scope(t: &str, kind: &str, slug: &str) -> Vec<u8> {
+    join(&[b"sc", t.as_bytes(), kind.as_bytes(), slug.as_bytes()])
+}
+pub fn scopes(t: &str, kind: &str) -> Vec<u8> {
+    prefix(&[b"sc", t.as_bytes(), kind.as_bytes()])
+}
+/// The user a host belongs to: `hs 0 tenant 0 host` -> user id; and back, `uh 0 tenant 0 user 0 host`.
+pub fn host(t: &str, host: &str) -> Vec<u8> {
+    join(&[b"hs", t.as_bytes(), host.as_bytes()])
+}
+pub fn user_host(t: &str, user: &str, host: &str) -> Vec<u8> {
+    join(&[b"uh", t.as_bytes(), user.as_bytes(), host.as_bytes()])
+}
+pub fn user_hosts(t: &str, user: &str) -> Vec<u8> {
+    prefix(&[b"uh", t.as_bytes(), user.as_bytes()])
 }
 
 /// What remains of a deleted user: its last version and whether it was erased.

@@ -9,11 +9,13 @@
 //! - [`model`]: the stored documents, [`UserDoc`] and [`GroupDoc`].
 //! - [`fold`]: [`apply`], one event into the read models. No IO beyond the trait, no clock: the
 //!   event carries its time.
+//! - [`access`]: grants by subject and scope, scopes, hosts, effective access with provenance.
 //! - [`query`]: lookups and the query planner (filter -> index lookups + residual evaluation).
 //!
 //! Memberships are stored one key per (group, member) in both directions, never as a growing
 //! document: adding or removing a member costs O(1) whatever the group's size.
 
+pub mod access;
 pub mod fold;
 pub mod keys;
 pub mod kv;

@@ -143,6 +143,10 @@ pub enum Lookup {
 /// Plans a filter for a resource kind. Conjunctions use whichever side is indexed; disjunctions
 /// need both sides indexed.
 pub fn plan(kind: ResourceKind, filter: &Filter) -> Plan {
+    // Only Users and Groups are searched; below, `_` stands for Group.
+    if !kind.is_scim() {
+        return Plan::Scan;
+    }
     match filter {
         Filter::Compare { path, op, value: Value::String(v) }
             if path.attr.as_str().eq_ignore_ascii_case("meta")
@@ -157,7 +161,7 @@ pub fn plan(kind: ResourceKind, filter: &Filter) -> Plan {
         Filter::Compare { path, op: CompareOp::Eq, value: Value::String(v) } => {
             let core = match kind {
                 ResourceKind::User => registry().user.core_urn,
-                ResourceKind::Group => registry().group.core_urn,
+                _ => registry().group.core_urn,
             };
             if path.schema.as_deref().is_some_and(|s| !s.eq_ignore_ascii_case(core)) {
                 return Plan::Scan;
@@ -201,7 +205,7 @@ fn last_modified_range(
 ) -> Result<Vec<String>, QueryError> {
     let tag = match kind {
         ResourceKind::User => keys::USER_LM,
-        ResourceKind::Group => keys::GROUP_LM,
+        _ => keys::GROUP_LM,
     };
     let prefix = keys::last_modified_prefix(tag, t);
     let key_at = |suffix: &[u8]| {
@@ -254,19 +258,23 @@ pub fn search_ids(
     filter: Option<&Filter>,
     max_scan: usize,
 ) -> Result<Vec<String>, QueryError> {
+    // Only Users and Groups are searched; below, `_` stands for Group.
+    if !kind.is_scim() {
+        return Ok(vec![]);
+    }
     let schema = match kind {
         ResourceKind::User => &registry().user,
-        ResourceKind::Group => &registry().group,
+        _ => &registry().group,
     };
     let load_filterable = |id: &str| -> Option<Value> {
         match kind {
             ResourceKind::User => user(kv, t, id).map(|d| d.filterable()),
-            ResourceKind::Group => group(kv, t, id).map(|d| d.filterable()),
+            _ => group(kv, t, id).map(|d| d.filterable()),
         }
     };
     let prefix = match kind {
         ResourceKind::User => keys::users(t),
-        ResourceKind::Group => keys::groups(t),
+        _ => keys::groups(t),
     };
     let Some(filter) = filter else {
         return Ok(kv.scan(&prefix, None, usize::MAX).into_iter().map(|(k, _)| keys::last_part(&k)).collect());
@@ -319,7 +327,7 @@ pub fn search_ids(
                     }
                     let doc = match kind {
                         ResourceKind::User => serde_json::from_slice::<UserDoc>(v).ok().map(|d| d.filterable()),
-                        ResourceKind::Group => serde_json::from_slice::<GroupDoc>(v).ok().map(|d| d.filterable()),
+                        _ => serde_json::from_slice::<GroupDoc>(v).ok().map(|d| d.filterable()),
                     };
                     if doc.is_some_and(|d| filter.matches(schema, &d)) {
                         out.push(keys::last_part(k));
@@ -345,16 +353,19 @@ pub fn sort_ids(
     if ids.len() > max_scan {
         return Err(QueryError::ScanTooLarge { limit: max_scan });
     }
+    if !kind.is_scim() {
+        return Ok(ids);
+    }
     let schema = match kind {
         ResourceKind::User => &registry().user,
-        ResourceKind::Group => &registry().group,
+        _ => &registry().group,
     };
     let mut keyed: Vec<(Option<Value>, Option<&scimlog_schemas::registry::Attr>, String)> = ids
         .into_iter()
         .map(|id| {
             let doc = match kind {
                 ResourceKind::User => user(kv, t, &id).map(|d| d.filterable()),
-                ResourceKind::Group => group(kv, t, &id).map(|d| d.filterable()),
+                _ => group(kv, t, &id).map(|d| d.filterable()),
             };
             let (def, key) = match &doc {
                 Some(d) => {

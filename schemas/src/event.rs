@@ -18,6 +18,10 @@ pub const GENESIS_HASH: &str = "000000000000000000000000000000000000000000000000
 pub enum ResourceKind {
     User,
     Group,
+    Organization,
+    Environment,
+    ResourceGroup,
+    Host,
 }
 
 impl ResourceKind {
@@ -25,12 +29,24 @@ impl ResourceKind {
         match self {
             ResourceKind::User => "User",
             ResourceKind::Group => "Group",
+            ResourceKind::Organization => "Organization",
+            ResourceKind::Environment => "Environment",
+            ResourceKind::ResourceGroup => "ResourceGroup",
+            ResourceKind::Host => "Host",
         }
+    }
+    /// Users and Groups: the resource types served over SCIM (and searched by filters).
+    pub fn is_scim(self) -> bool {
+        matches!(self, ResourceKind::User | ResourceKind::Group)
     }
     pub fn endpoint(self) -> &'static str {
         match self {
             ResourceKind::User => "Users",
             ResourceKind::Group => "Groups",
+            ResourceKind::Organization => "Organizations",
+            ResourceKind::Environment => "Environments",
+            ResourceKind::ResourceGroup => "ResourceGroups",
+            ResourceKind::Host => "Hosts",
         }
     }
 }
@@ -93,6 +109,29 @@ pub enum EventBody {
     GroupMemberAdded { member_id: String, member_type: MemberType },
     #[serde(rename = "group.member_removed", rename_all = "camelCase")]
     GroupMemberRemoved { member_id: String, member_type: MemberType },
+    /// A role was given to the subject (the event's resource: a user, or a group and so its
+    /// members). `role` is the canonical URN; `value` the element as the subject carries it.
+    #[serde(rename = "role.assigned", rename_all = "camelCase")]
+    RoleAssigned { role: String, value: Value },
+    #[serde(rename = "role.revoked", rename_all = "camelCase")]
+    RoleRevoked { role: String },
+    #[serde(rename = "entitlement.granted", rename_all = "camelCase")]
+    EntitlementGranted { entitlement: String, value: Value },
+    #[serde(rename = "entitlement.revoked", rename_all = "camelCase")]
+    EntitlementRevoked { entitlement: String },
+    /// A scope came into being (the first time a grant named it, or the tenant's default
+    /// organization). Its id is its slug.
+    #[serde(rename = "organization.created", rename_all = "camelCase")]
+    OrganizationCreated { slug: String },
+    #[serde(rename = "environment.created", rename_all = "camelCase")]
+    EnvironmentCreated { slug: String },
+    #[serde(rename = "resource_group.created", rename_all = "camelCase")]
+    ResourceGroupCreated { slug: String },
+    /// A host (device; the event's resource) now belongs to a user.
+    #[serde(rename = "host.user_linked", rename_all = "camelCase")]
+    HostUserLinked { user_id: String },
+    #[serde(rename = "host.user_unlinked", rename_all = "camelCase")]
+    HostUserUnlinked { user_id: String },
 }
 
 /// The event type names, for filters and catalogues.
@@ -110,10 +149,19 @@ pub enum EventType {
     GroupDeleted,
     GroupMemberAdded,
     GroupMemberRemoved,
+    RoleAssigned,
+    RoleRevoked,
+    EntitlementGranted,
+    EntitlementRevoked,
+    OrganizationCreated,
+    EnvironmentCreated,
+    ResourceGroupCreated,
+    HostUserLinked,
+    HostUserUnlinked,
 }
 
 impl EventType {
-    pub const ALL: [EventType; 12] = [
+    pub const ALL: [EventType; 21] = [
         EventType::UserCreated,
         EventType::UserUpdated,
         EventType::UserDeactivated,
@@ -126,6 +174,15 @@ impl EventType {
         EventType::GroupDeleted,
         EventType::GroupMemberAdded,
         EventType::GroupMemberRemoved,
+        EventType::RoleAssigned,
+        EventType::RoleRevoked,
+        EventType::EntitlementGranted,
+        EventType::EntitlementRevoked,
+        EventType::OrganizationCreated,
+        EventType::EnvironmentCreated,
+        EventType::ResourceGroupCreated,
+        EventType::HostUserLinked,
+        EventType::HostUserUnlinked,
     ];
     pub fn as_str(self) -> &'static str {
         match self {
@@ -141,6 +198,15 @@ impl EventType {
             EventType::GroupDeleted => "group.deleted",
             EventType::GroupMemberAdded => "group.member_added",
             EventType::GroupMemberRemoved => "group.member_removed",
+            EventType::RoleAssigned => "role.assigned",
+            EventType::RoleRevoked => "role.revoked",
+            EventType::EntitlementGranted => "entitlement.granted",
+            EventType::EntitlementRevoked => "entitlement.revoked",
+            EventType::OrganizationCreated => "organization.created",
+            EventType::EnvironmentCreated => "environment.created",
+            EventType::ResourceGroupCreated => "resource_group.created",
+            EventType::HostUserLinked => "host.user_linked",
+            EventType::HostUserUnlinked => "host.user_unlinked",
         }
     }
     /// The current schema version of the type's `data`. Bump it when the data changes shape, and
@@ -165,6 +231,15 @@ impl EventBody {
             EventBody::GroupDeleted {} => EventType::GroupDeleted,
             EventBody::GroupMemberAdded { .. } => EventType::GroupMemberAdded,
             EventBody::GroupMemberRemoved { .. } => EventType::GroupMemberRemoved,
+            EventBody::RoleAssigned { .. } => EventType::RoleAssigned,
+            EventBody::RoleRevoked { .. } => EventType::RoleRevoked,
+            EventBody::EntitlementGranted { .. } => EventType::EntitlementGranted,
+            EventBody::EntitlementRevoked { .. } => EventType::EntitlementRevoked,
+            EventBody::OrganizationCreated { .. } => EventType::OrganizationCreated,
+            EventBody::EnvironmentCreated { .. } => EventType::EnvironmentCreated,
+            EventBody::ResourceGroupCreated { .. } => EventType::ResourceGroupCreated,
+            EventBody::HostUserLinked { .. } => EventType::HostUserLinked,
+            EventBody::HostUserUnlinked { .. } => EventType::HostUserUnlinked,
         }
     }
 }
@@ -395,6 +470,21 @@ mod tests {
             EventBody::GroupDeleted {},
             EventBody::GroupMemberAdded { member_id: "u".into(), member_type: MemberType::User },
             EventBody::GroupMemberRemoved { member_id: "g".into(), member_type: MemberType::Group },
+            EventBody::RoleAssigned {
+                role: "urn:x:role:environment:prod:admin".into(),
+                value: json!({"value": "urn:x:role:environment:prod:admin"}),
+            },
+            EventBody::RoleRevoked { role: "urn:x:role:environment:prod:admin".into() },
+            EventBody::EntitlementGranted {
+                entitlement: "urn:x:entitlement:environment:prod".into(),
+                value: json!({"value": "e"}),
+            },
+            EventBody::EntitlementRevoked { entitlement: "urn:x:entitlement:environment:prod".into() },
+            EventBody::OrganizationCreated { slug: "default".into() },
+            EventBody::EnvironmentCreated { slug: "prod".into() },
+            EventBody::ResourceGroupCreated { slug: "rg".into() },
+            EventBody::HostUserLinked { user_id: "u".into() },
+            EventBody::HostUserUnlinked { user_id: "u".into() },
         ];
         assert_eq!(bodies.len(), EventType::ALL.len());
         for b in bodies {

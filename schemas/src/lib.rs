@@ -4,6 +4,7 @@
 //!
 //! # Layout
 //!
+//! - [`access`]: the role and entitlement URN grammar.
 //! - [`name`]: [`CiName`], attribute and resource names compared without case.
 //! - [`registry`]: the SCIM schema documents (`schemas/scim/*.json`, served by `/Schemas`) and the
 //!   attribute registry built from them (type, multiValued, caseExact, mutability, returned).
@@ -15,6 +16,7 @@
 //! - [`personal`]: which attributes are personal data, sealed in events with their subject's key.
 //! - [`error`]: [`SchemaError`], every refusal of this layer with its SCIM `scimType`.
 
+pub mod access;
 pub mod error;
 pub mod event;
 pub mod filter;
@@ -36,6 +38,8 @@ pub mod urn {
     pub const USER: &str = "urn:ietf:params:scim:schemas:core:2.0:User";
     pub const GROUP: &str = "urn:ietf:params:scim:schemas:core:2.0:Group";
     pub const ENTERPRISE_USER: &str = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User";
+    /// Our extension: roles and entitlements of a Group, inherited by its members.
+    pub const GROUP_ACCESS: &str = "urn:scimlog:params:scim:schemas:extension:access:2.0:Group";
     pub const LIST_RESPONSE: &str = "urn:ietf:params:scim:api:messages:2.0:ListResponse";
     pub const ERROR: &str = "urn:ietf:params:scim:api:messages:2.0:Error";
     pub const SEARCH_REQUEST: &str = "urn:ietf:params:scim:api:messages:2.0:SearchRequest";

@@ -13,6 +13,7 @@ use crate::urn;
 pub const USER_SCHEMA_JSON: &str = include_str!("../scim/User.json");
 pub const GROUP_SCHEMA_JSON: &str = include_str!("../scim/Group.json");
 pub const ENTERPRISE_USER_SCHEMA_JSON: &str = include_str!("../scim/EnterpriseUser.json");
+pub const GROUP_ACCESS_SCHEMA_JSON: &str = include_str!("../scim/GroupAccess.json");
 pub const RESOURCE_TYPES_JSON: &str = include_str!("../scim/ResourceTypes.json");
 pub const SERVICE_PROVIDER_CONFIG_JSON: &str = include_str!("../scim/ServiceProviderConfig.json");
 
@@ -158,6 +159,7 @@ pub fn registry() -> &'static Registry {
         let (user, user_v) = parse_doc(USER_SCHEMA_JSON);
         let (group, group_v) = parse_doc(GROUP_SCHEMA_JSON);
         let (ent, ent_v) = parse_doc(ENTERPRISE_USER_SCHEMA_JSON);
+        let (access, access_v) = parse_doc(GROUP_ACCESS_SCHEMA_JSON);
         let mut user_attrs = common_attrs();
         user_attrs.extend(user.attributes);
         let mut group_attrs = common_attrs();
@@ -168,8 +170,12 @@ pub fn registry() -> &'static Registry {
                 attributes: user_attrs,
                 extensions: vec![(ent.id, ent.attributes)],
             },
-            group: ResourceSchema { core_urn: urn::GROUP, attributes: group_attrs, extensions: vec![] },
-            documents: vec![user_v, group_v, ent_v],
+            group: ResourceSchema {
+                core_urn: urn::GROUP,
+                attributes: group_attrs,
+                extensions: vec![(access.id, access.attributes)],
+            },
+            documents: vec![user_v, group_v, ent_v, access_v],
         }
     })
 }
@@ -189,7 +195,8 @@ mod tests {
         assert!(r.user.attr("id").unwrap().case_exact);
         assert_eq!(r.user.attr_in(Some(urn::ENTERPRISE_USER), "manager").unwrap().ty, AttrType::Complex);
         assert!(r.group.attr("members").unwrap().multi_valued);
-        assert_eq!(r.documents.len(), 3);
+        assert_eq!(r.documents.len(), 4);
+        assert!(r.group.attr_in(Some(urn::GROUP_ACCESS), "roles").unwrap().multi_valued);
         let _: Value = serde_json::from_str(RESOURCE_TYPES_JSON).unwrap();
         let _: Value = serde_json::from_str(SERVICE_PROVIDER_CONFIG_JSON).unwrap();
     }

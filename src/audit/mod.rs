@@ -299,6 +299,7 @@ pub fn render(kv: &MemKv, tenant: &str, kind: ResourceKind, id: &str) -> Option<
             }
             v
         }),
+        _ => None,
     }
 }
 

@@ -12,7 +12,7 @@ use scimlog_schemas::resource::{parse_group, parse_user};
 use scimlog_schemas::{ResourceKind, SchemaError, ScimType};
 use serde_json::Value;
 
-use super::{decide_single, BulkMethod, BulkOp, BulkResult, Command, Decision, Refusal};
+use super::{decide_single, BulkMethod, BulkOp, BulkResult, Command, Ctx, Decision, Refusal};
 
 /// Replaces every `"bulkId:<id>"` string with the id that operation created.
 fn resolve_refs(v: &mut Value, created: &HashMap<String, String>) -> Result<(), SchemaError> {
@@ -104,6 +104,12 @@ fn to_command(
         },
         (BulkMethod::Delete, ResourceKind::User) => Command::DeleteUser { id: need_id()?, if_match: op.version },
         (BulkMethod::Delete, ResourceKind::Group) => Command::DeleteGroup { id: need_id()?, if_match: op.version },
+        (_, other) => {
+            return Err(SchemaError::new(
+                ScimType::InvalidPath,
+                format!("bulk operations are for Users and Groups, not {}", other.as_str()),
+            ))
+        }
     })
 }
 
@@ -128,7 +134,7 @@ fn provisional(tenant: &str, new: &scimlog_schemas::NewEvent) -> Event {
 
 pub(super) fn decide_bulk(
     kv: &impl KvRead,
-    tenant: &str,
+    ctx: &Ctx,
     ops: Vec<BulkOp>,
     fail_on_errors: Option<usize>,
     limits: FilterLimits,
@@ -161,17 +167,17 @@ pub(super) fn decide_bulk(
                 continue;
             }
         };
-        match decide_single(&overlay, tenant, command) {
+        match decide_single(&overlay, ctx, command) {
             Ok(d) => {
                 for e in &d.events {
-                    apply(&mut overlay, &provisional(tenant, e));
+                    apply(&mut overlay, &provisional(ctx.tenant, e));
                 }
                 if let (BulkMethod::Post, Some(b)) = (op.method, &op.bulk_id) {
                     created.insert(b.clone(), d.resource_id.clone());
                 }
                 let version = match kind {
-                    ResourceKind::User => query::user(&overlay, tenant, &d.resource_id).map(|u| u.version),
-                    ResourceKind::Group => query::group(&overlay, tenant, &d.resource_id).map(|g| g.version),
+                    ResourceKind::User => query::user(&overlay, ctx.tenant, &d.resource_id).map(|u| u.version),
+                    _ => query::group(&overlay, ctx.tenant, &d.resource_id).map(|g| g.version),
                 };
                 let status = match op.method {
                     BulkMethod::Post => 201,

@@ -3,14 +3,16 @@
 //! Nothing here writes, reads a clock or draws a random number: new ids come in with the command,
 //! times and positions are stamped by the writer. Each function is a given/when/then in the tests.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use scimlog_projections::{query, KvRead, UserDoc};
+use scimlog_projections::{access, query, KvRead, UserDoc};
+use scimlog_schemas::access::{parse_grant, Grant, ScopeKind};
 use scimlog_schemas::event::{EventBody, MemberType, NewEvent, ResourceKind};
 use scimlog_schemas::filter::FilterLimits;
 use scimlog_schemas::patch::{self, OpKind, PatchOp};
 use scimlog_schemas::registry::registry;
 use scimlog_schemas::resource::{parse_group, parse_members, parse_user, GroupInput, MemberRef, UserInput};
+use scimlog_schemas::urn;
 use scimlog_schemas::SchemaError;
 use serde_json::{json, Map, Value};
 
@@ -57,6 +59,14 @@ pub enum Command {
     EraseUser {
         id: String,
         reason: String,
+    },
+    /// Links a host (device) to a user named by id, userName or externalId.
+    LinkHost {
+        host_id: String,
+        user: String,
+    },
+    UnlinkHost {
+        host_id: String,
     },
     /// RFC 7644 §3.7: operations in order, later ones seeing earlier ones and their `bulkId`s;
     /// everything that succeeds commits in one batch; stops after `fail_on_errors` errors.
@@ -150,18 +160,36 @@ pub struct Decision {
     pub bulk: Vec<BulkResult>,
 }
 
-pub fn decide(kv: &impl KvRead, tenant: &str, command: Command) -> Result<Decision, Refusal> {
+/// What a decision depends on besides the read models and the command.
+#[derive(Clone, Copy, Debug)]
+pub struct Ctx<'a> {
+    pub tenant: &'a str,
+    /// The role/entitlement URN namespace (`urn:<ns>:...`).
+    pub namespace: &'a str,
+    /// The organization environments and resource groups are created in.
+    pub default_organization: &'a str,
+}
+
+pub fn decide(kv: &impl KvRead, ctx: &Ctx, command: Command) -> Result<Decision, Refusal> {
     match command {
         Command::Bulk { ops, fail_on_errors, limits, max_patch_operations } => {
-            Ok(bulk::decide_bulk(kv, tenant, ops, fail_on_errors, limits, max_patch_operations))
+            Ok(bulk::decide_bulk(kv, ctx, ops, fail_on_errors, limits, max_patch_operations))
         }
-        single => decide_single(kv, tenant, single),
+        single => decide_single(kv, ctx, single),
     }
 }
 
 /// Any command but `Bulk` (whose operations are each decided here).
-fn decide_single(kv: &impl KvRead, tenant: &str, command: Command) -> Result<Decision, Refusal> {
-    let mut d = Decider { kv, t: tenant, versions: HashMap::new(), events: Vec::new() };
+fn decide_single(kv: &impl KvRead, ctx: &Ctx, command: Command) -> Result<Decision, Refusal> {
+    let mut d = Decider {
+        kv,
+        t: ctx.tenant,
+        ns: ctx.namespace,
+        default_org: ctx.default_organization,
+        versions: HashMap::new(),
+        events: Vec::new(),
+        created_scopes: BTreeSet::new(),
+    };
     let (resource_id, created, skipped_members) = match command {
         Command::CreateUser { id, input } => d.create_user(id, input)?,
         Command::ReplaceUser { id, input, if_match } => d.replace_user(id, input, if_match)?,
@@ -172,6 +200,8 @@ fn decide_single(kv: &impl KvRead, tenant: &str, command: Command) -> Result<Dec
         Command::PatchUser { id, ops, if_match } => d.patch_user(id, &ops, if_match)?,
         Command::PatchGroup { id, ops, if_match } => d.patch_group(id, &ops, if_match)?,
         Command::EraseUser { id, reason } => d.erase_user(id, reason)?,
+        Command::LinkHost { host_id, user } => d.link_host(host_id, &user)?,
+        Command::UnlinkHost { host_id } => d.unlink_host(host_id)?,
         Command::Bulk { .. } => {
             return Err(Refusal::Invalid(SchemaError::invalid_value(
                 "a bulk operation cannot hold another bulk request",
@@ -183,9 +213,16 @@ fn decide_single(kv: &impl KvRead, tenant: &str, command: Command) -> Result<Dec
 
 type Outcome = Result<(String, bool, Vec<String>), Refusal>;
 
+/// Grants keyed by canonical URN: the parsed grant, the element as stored, and its attribute.
+type Grants = BTreeMap<String, (Grant, Value, &'static str)>;
+
 struct Decider<'a, K: KvRead> {
     kv: &'a K,
     t: &'a str,
+    ns: &'a str,
+    default_org: &'a str,
+    /// Scopes this decision creates, so that two grants naming one create it once.
+    created_scopes: BTreeSet<(ScopeKind, String)>,
     /// Versions of resources touched so far by this decision.
     versions: HashMap<(ResourceKind, String), u64>,
     events: Vec<NewEvent>,
@@ -250,12 +287,10 @@ impl<K: KvRead> Decider<'_, K> {
             return Ok((existing, false, vec![]));
         }
         self.check_user_unique(&input, None)?;
-        self.emit(
-            ResourceKind::User,
-            &id,
-            0,
-            EventBody::UserCreated { attributes: input.attributes, active: input.active },
-        );
+        let mut attributes = input.attributes;
+        let grants = self.take_grants(&mut attributes, ResourceKind::User, true)?;
+        self.emit(ResourceKind::User, &id, 0, EventBody::UserCreated { attributes, active: input.active });
+        self.grant_events(ResourceKind::User, &id, 0, BTreeMap::new(), grants);
         Ok((id, true, vec![]))
     }
 
@@ -263,7 +298,11 @@ impl<K: KvRead> Decider<'_, K> {
         let doc = self.user(&id)?;
         check_version(if_match, doc.version)?;
         self.check_user_unique(&input, Some(&id))?;
-        let (mut changed, mut removed) = diff(&doc.attributes, &input.attributes);
+        let mut new_attributes = input.attributes.clone();
+        let new_grants = self.take_grants(&mut new_attributes, ResourceKind::User, true)?;
+        let mut old_attributes = doc.attributes.clone();
+        let old_grants = self.take_grants(&mut old_attributes, ResourceKind::User, false)?;
+        let (mut changed, mut removed) = diff(&old_attributes, &new_attributes);
         let (was, will) = (doc.is_active(), input.active.unwrap_or(true));
         // Assigning or unassigning `active` without changing the state is an attribute change;
         // a change of state is its own event (which leaves `active` assigned).
@@ -288,6 +327,7 @@ impl<K: KvRead> Decider<'_, K> {
             let body = EventBody::UserUpdated { changed: Map::new(), removed: vec!["active".into()] };
             self.emit(ResourceKind::User, &id, doc.version, body);
         }
+        self.grant_events(ResourceKind::User, &id, doc.version, old_grants, new_grants);
         Ok((id, false, vec![]))
     }
 
@@ -313,6 +353,155 @@ impl<K: KvRead> Decider<'_, K> {
         };
         self.emit(ResourceKind::User, &id, version, EventBody::UserErased { reason });
         Ok((id, false, vec![]))
+    }
+
+    /// Takes the roles and entitlements out of a subject's attributes (a group's live in the
+    /// access extension), keyed by canonical URN. `strict`: URNs are parsed in the configured
+    /// namespace and a malformed one refuses the request; else (stored values) unparsable ones
+    /// are dropped.
+    fn take_grants(
+        &self,
+        attributes: &mut Map<String, Value>,
+        kind: ResourceKind,
+        strict: bool,
+    ) -> Result<Grants, Refusal> {
+        let mut out = Grants::new();
+        let container = match kind {
+            ResourceKind::Group => attributes.get_mut(urn::GROUP_ACCESS).and_then(Value::as_object_mut),
+            _ => Some(&mut *attributes),
+        };
+        if let Some(c) = container {
+            for attr in ["roles", "entitlements"] {
+                let Some(Value::Array(items)) = c.remove(attr) else { continue };
+                // Values that are not URNs (plain role names some IdPs send for their own use)
+                // are kept as ordinary attribute values; every URN must be ours and well formed.
+                let mut plain = Vec::new();
+                for mut el in items {
+                    let Some(text) = el.get("value").and_then(Value::as_str).map(String::from) else {
+                        if strict {
+                            return Err(
+                                SchemaError::invalid_value(format!("an element of {attr} has no 'value'")).into()
+                            );
+                        }
+                        continue;
+                    };
+                    if !access::is_urn(&text) {
+                        plain.push(el);
+                        continue;
+                    }
+                    let (grant, urn) = if strict {
+                        let g = parse_grant(self.ns, attr, &text)?;
+                        let urn = g.urn(self.ns);
+                        (g, urn)
+                    } else {
+                        match access::parse_any(attr, &text) {
+                            Some(g) => (g, text.clone()),
+                            None => continue,
+                        }
+                    };
+                    el["value"] = Value::String(urn.clone());
+                    out.insert(urn, (grant, el, attr));
+                }
+                if !plain.is_empty() {
+                    c.insert(attr.to_string(), Value::Array(plain));
+                }
+            }
+        }
+        if kind == ResourceKind::Group
+            && attributes.get(urn::GROUP_ACCESS).and_then(Value::as_object).is_some_and(|o| o.is_empty())
+        {
+            attributes.remove(urn::GROUP_ACCESS);
+        }
+        Ok(out)
+    }
+
+    /// Events for the difference between a subject's grants before and after; a scope a new grant
+    /// names is created first if it does not exist.
+    fn grant_events(&mut self, kind: ResourceKind, id: &str, version: u64, old: Grants, new: Grants) {
+        for (urn, (grant, el, attr)) in &new {
+            if old.get(urn).map(|o| &o.1) == Some(el) {
+                continue;
+            }
+            self.ensure_scope(grant);
+            let body = if *attr == "roles" {
+                EventBody::RoleAssigned { role: urn.clone(), value: el.clone() }
+            } else {
+                EventBody::EntitlementGranted { entitlement: urn.clone(), value: el.clone() }
+            };
+            self.emit(kind, id, version, body);
+        }
+        for (urn, (_, _, attr)) in &old {
+            if !new.contains_key(urn) {
+                let body = if *attr == "roles" {
+                    EventBody::RoleRevoked { role: urn.clone() }
+                } else {
+                    EventBody::EntitlementRevoked { entitlement: urn.clone() }
+                };
+                self.emit(kind, id, version, body);
+            }
+        }
+    }
+
+    /// Creates the scope a grant names (matched by id or slug, without case) if it is new;
+    /// environments and resource groups live in the default organization, created with them.
+    fn ensure_scope(&mut self, grant: &Grant) {
+        let Some((kind, name)) = grant.named_scope() else { return };
+        if kind != ScopeKind::Organization {
+            let org = self.default_org.to_ascii_lowercase();
+            self.create_scope(ScopeKind::Organization, org);
+        }
+        self.create_scope(kind, name.to_ascii_lowercase());
+    }
+
+    fn create_scope(&mut self, kind: ScopeKind, slug: String) {
+        if access::scope(self.kv, self.t, kind, &slug).is_some() || !self.created_scopes.insert((kind, slug.clone())) {
+            return;
+        }
+        let (resource, body) = match kind {
+            ScopeKind::Organization => {
+                (ResourceKind::Organization, EventBody::OrganizationCreated { slug: slug.clone() })
+            }
+            ScopeKind::Environment => (ResourceKind::Environment, EventBody::EnvironmentCreated { slug: slug.clone() }),
+            ScopeKind::ResourceGroup => {
+                (ResourceKind::ResourceGroup, EventBody::ResourceGroupCreated { slug: slug.clone() })
+            }
+        };
+        self.emit(resource, &slug, 0, body);
+    }
+
+    /// A user named by id, userName or externalId (as an application knows it from SSO).
+    fn find_user(&self, name: &str) -> Option<String> {
+        query::user(self.kv, self.t, name)
+            .map(|u| u.id)
+            .or_else(|| query::user_id_by_user_name(self.kv, self.t, name))
+            .or_else(|| query::user_id_by_external_id(self.kv, self.t, name))
+    }
+
+    fn host_version(&self, host_id: &str) -> u64 {
+        query::history_positions(self.kv, self.t, host_id).len() as u64
+    }
+
+    fn link_host(&mut self, host_id: String, user: &str) -> Outcome {
+        let user_id =
+            self.find_user(user).ok_or_else(|| Refusal::NotFound { kind: ResourceKind::User, id: user.to_string() })?;
+        let version = self.host_version(&host_id);
+        match access::host_user(self.kv, self.t, &host_id) {
+            Some(current) if current == user_id => {}
+            Some(current) => {
+                self.emit(ResourceKind::Host, &host_id, version, EventBody::HostUserUnlinked { user_id: current });
+                self.emit(ResourceKind::Host, &host_id, version, EventBody::HostUserLinked { user_id });
+            }
+            None => self.emit(ResourceKind::Host, &host_id, version, EventBody::HostUserLinked { user_id }),
+        }
+        Ok((host_id, false, vec![]))
+    }
+
+    fn unlink_host(&mut self, host_id: String) -> Outcome {
+        let user_id = access::host_user(self.kv, self.t, &host_id)
+            .ok_or_else(|| Refusal::NotFound { kind: ResourceKind::Host, id: host_id.clone() })?;
+        let version = self.host_version(&host_id);
+        self.emit(ResourceKind::Host, &host_id, version, EventBody::HostUserUnlinked { user_id });
+        Ok((host_id, false, vec![]))
     }
 
     /// `group.member_removed` for every group `member` is in, so that subscribers see each
@@ -373,12 +562,15 @@ impl<K: KvRead> Decider<'_, K> {
     fn create_group(&mut self, id: String, input: GroupInput) -> Outcome {
         self.check_group_unique(&input, None)?;
         let (members, skipped) = self.resolve_members(&id, input.members.as_deref().unwrap_or_default());
+        let mut attributes = input.attributes;
+        let grants = self.take_grants(&mut attributes, ResourceKind::Group, true)?;
         self.emit(
             ResourceKind::Group,
             &id,
             0,
-            EventBody::GroupCreated { display_name: input.display_name, attributes: input.attributes },
+            EventBody::GroupCreated { display_name: input.display_name, attributes },
         );
+        self.grant_events(ResourceKind::Group, &id, 0, BTreeMap::new(), grants);
         for (member_id, member_type) in members {
             self.emit(ResourceKind::Group, &id, 0, EventBody::GroupMemberAdded { member_id, member_type });
         }
@@ -407,10 +599,15 @@ impl<K: KvRead> Decider<'_, K> {
                 },
             );
         }
-        let (changed, removed) = diff(&doc.attributes, &input.attributes);
+        let mut new_attributes = input.attributes.clone();
+        let new_grants = self.take_grants(&mut new_attributes, ResourceKind::Group, true)?;
+        let mut old_attributes = doc.attributes.clone();
+        let old_grants = self.take_grants(&mut old_attributes, ResourceKind::Group, false)?;
+        let (changed, removed) = diff(&old_attributes, &new_attributes);
         if !changed.is_empty() || !removed.is_empty() {
             self.emit(ResourceKind::Group, &doc.id, doc.version, EventBody::GroupUpdated { changed, removed });
         }
+        self.grant_events(ResourceKind::Group, &doc.id, doc.version, old_grants, new_grants);
         Ok(())
     }
 

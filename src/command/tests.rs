@@ -13,14 +13,16 @@ fn given_when(given: Vec<Command>, when: Command) -> Result<Decision, Refusal> {
     let mut kv = MemKv::default();
     let mut position = 0;
     for c in given {
-        let d = decide(&kv, "t", c).expect("given commands succeed");
+        let d = decide(&kv, &CTX, c).expect("given commands succeed");
         for new in d.events {
             position += 1;
             apply(&mut kv, &stamp(position, new));
         }
     }
-    decide(&kv, "t", when)
+    decide(&kv, &CTX, when)
 }
+
+const CTX: Ctx<'static> = Ctx { tenant: "t", namespace: "testkube", default_organization: "acme" };
 
 fn stamp(position: u64, new: NewEvent) -> Event {
     Event {

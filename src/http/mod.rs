@@ -1,6 +1,7 @@
 //! The HTTP layer: the only code that knows axum and status codes. One file per endpoint family,
 //! each exposing its `router()`, merged in [`router`].
 
+mod access;
 mod admin;
 mod bulk;
 mod cursor;
@@ -40,11 +41,26 @@ pub struct Inner {
     /// `None` when NATS publishing is off.
     pub publisher: Option<Arc<crate::bus::PublisherStatus>>,
     pub writer: WriterHandle,
+    /// Joined when the state goes, so that the store is closed by then (see `Drop`).
+    pub writer_thread: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
     /// `None` when serving with `--insecure-no-auth`.
     pub tokens: Option<TokenStore>,
     pub cfg: ServeConfig,
     /// e.g. `http://127.0.0.1:8080/scim/v2`, for `meta.location`.
     pub scim_base: String,
+}
+
+/// When the last handle to the state goes (server stopped, or its runtime dropped), the writer
+/// is closed and joined here: it drains its queue and drops its handle of the store, so the
+/// store is closed before this returns, never by a thread that outlives the server (a RocksDB
+/// closing while the process exits aborts it).
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.writer.close();
+        if let Some(thread) = self.writer_thread.lock().ok().and_then(|mut t| t.take()) {
+            let _ = thread.join();
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -77,6 +93,7 @@ pub fn router(state: AppState) -> Router {
         .fallback(|| async { ApiError::NotFound("no such SCIM endpoint".into()) })
         .layer(middleware::from_fn_with_state(state.clone(), authenticate));
     let api = admin::router()
+        .merge(access::router())
         .fallback(|| async { ApiError::NotFound("no such API endpoint".into()) })
         .layer(middleware::from_fn_with_state(state.clone(), authenticate));
     Router::new()

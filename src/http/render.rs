@@ -6,6 +6,7 @@ use scimlog_schemas::{urn, MemberType, ResourceKind};
 use serde_json::{json, Map, Value};
 
 use super::extract::Projection;
+use crate::config::GrantShape;
 
 fn meta(
     base: &str,
@@ -24,11 +25,33 @@ fn meta(
     })
 }
 
+/// Roles and entitlements as plain strings (Okta's shape), when configured so.
+pub fn shape_grants(m: &mut Map<String, Value>, shape: GrantShape) {
+    if shape != GrantShape::Strings {
+        return;
+    }
+    let flatten = |c: &mut Map<String, Value>| {
+        for attr in ["roles", "entitlements"] {
+            if let Some(Value::Array(items)) = c.get_mut(attr) {
+                for item in items.iter_mut() {
+                    if let Some(v) = item.get("value").cloned() {
+                        *item = v;
+                    }
+                }
+            }
+        }
+    };
+    flatten(m);
+    if let Some(Value::Object(ext)) = m.get_mut(urn::GROUP_ACCESS) {
+        flatten(ext);
+    }
+}
+
 pub fn location(base: &str, kind: ResourceKind, id: &str) -> String {
     format!("{base}/{}/{id}", kind.endpoint())
 }
 
-pub fn user(kv: &impl KvRead, t: &str, base: &str, doc: &UserDoc, proj: &Projection) -> Value {
+pub fn user(kv: &impl KvRead, t: &str, base: &str, doc: &UserDoc, proj: &Projection, shape: GrantShape) -> Value {
     let mut schemas = vec![Value::from(urn::USER)];
     if doc.attributes.contains_key(urn::ENTERPRISE_USER) {
         schemas.push(urn::ENTERPRISE_USER.into());
@@ -53,10 +76,11 @@ pub fn user(kv: &impl KvRead, t: &str, base: &str, doc: &UserDoc, proj: &Project
         }
     }
     m.insert("meta".into(), meta(base, ResourceKind::User, &doc.id, &doc.created, &doc.last_modified, doc.version));
+    shape_grants(&mut m, shape);
     proj.apply(Value::Object(m))
 }
 
-pub fn group(kv: &impl KvRead, t: &str, base: &str, doc: &GroupDoc, proj: &Projection) -> Value {
+pub fn group(kv: &impl KvRead, t: &str, base: &str, doc: &GroupDoc, proj: &Projection, shape: GrantShape) -> Value {
     let mut m = Map::with_capacity(doc.attributes.len() + 5);
     m.insert("schemas".into(), json!([urn::GROUP]));
     m.insert("id".into(), Value::String(doc.id.clone()));
@@ -82,6 +106,12 @@ pub fn group(kv: &impl KvRead, t: &str, base: &str, doc: &GroupDoc, proj: &Proje
         m.insert("members".into(), Value::Array(members));
     }
     m.insert("meta".into(), meta(base, ResourceKind::Group, &doc.id, &doc.created, &doc.last_modified, doc.version));
+    if doc.attributes.contains_key(urn::GROUP_ACCESS) {
+        if let Some(Value::Array(schemas)) = m.get_mut("schemas") {
+            schemas.push(Value::from(urn::GROUP_ACCESS));
+        }
+    }
+    shape_grants(&mut m, shape);
     proj.apply(Value::Object(m))
 }
 

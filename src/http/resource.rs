@@ -19,17 +19,19 @@ use super::{cursor, render, resource_response, scim_response, AppState};
 use crate::command::{Command, Refusal};
 
 /// Renders the current state of one resource with its version, or `None` if it does not exist.
+/// (This module serves Users and Groups only: in its matches `_` stands for Group.)
 fn render_one(
     kv: &impl KvRead,
     t: &str,
-    base: &str,
+    state: &AppState,
     kind: ResourceKind,
     id: &str,
     proj: &Projection,
 ) -> Option<(Value, u64)> {
+    let (base, shape) = (state.scim_base.as_str(), state.cfg.grant_shape);
     match kind {
-        ResourceKind::User => query::user(kv, t, id).map(|d| (render::user(kv, t, base, &d, proj), d.version)),
-        ResourceKind::Group => query::group(kv, t, id).map(|d| (render::group(kv, t, base, &d, proj), d.version)),
+        ResourceKind::User => query::user(kv, t, id).map(|d| (render::user(kv, t, base, &d, proj, shape), d.version)),
+        _ => query::group(kv, t, id).map(|d| (render::group(kv, t, base, &d, proj, shape), d.version)),
     }
 }
 
@@ -48,7 +50,7 @@ fn respond_written(
     proj: &Projection,
 ) -> Result<Response, ApiError> {
     let view = state.store.view();
-    let rendered = render_one(&view, caller.tenant(), &state.scim_base, kind, id, proj);
+    let rendered = render_one(&view, caller.tenant(), state, kind, id, proj);
     if let Some(e) = view.take_error() {
         return Err(e.into());
     }
@@ -67,7 +69,7 @@ pub async fn create(state: &AppState, caller: Caller, kind: ResourceKind, body: 
     let id = Uuid::now_v7().to_string();
     let command = match kind {
         ResourceKind::User => Command::CreateUser { id, input: parse_user(&body)? },
-        ResourceKind::Group => Command::CreateGroup { id, input: parse_group(&body)? },
+        _ => Command::CreateGroup { id, input: parse_group(&body)? },
     };
     let committed = state.writer.submit(caller.origin(), command).await?;
     let d = &committed.decision;
@@ -86,7 +88,7 @@ pub fn get(
     let param = |n: &str| params.iter().find(|(k, _)| k.eq_ignore_ascii_case(n)).map(|(_, v)| v.as_str());
     let proj = Projection::parse(param("attributes"), param("excludedAttributes"))?;
     let view = state.store.view();
-    let rendered = render_one(&view, caller.tenant(), &state.scim_base, kind, id, &proj);
+    let rendered = render_one(&view, caller.tenant(), state, kind, id, &proj);
     if let Some(e) = view.take_error() {
         return Err(e.into());
     }
@@ -112,7 +114,7 @@ pub async fn replace(
     let if_match = if_match(headers);
     let command = match kind {
         ResourceKind::User => Command::ReplaceUser { id: id.clone(), input: parse_user(&body)?, if_match },
-        ResourceKind::Group => Command::ReplaceGroup { id: id.clone(), input: parse_group(&body)?, if_match },
+        _ => Command::ReplaceGroup { id: id.clone(), input: parse_group(&body)?, if_match },
     };
     let committed = state.writer.submit(caller.origin(), command).await?;
     report_skipped(kind, &id, &committed.decision.skipped_members);
@@ -129,7 +131,7 @@ pub async fn delete(
     let if_match = if_match(headers);
     let command = match kind {
         ResourceKind::User => Command::DeleteUser { id, if_match },
-        ResourceKind::Group => Command::DeleteGroup { id, if_match },
+        _ => Command::DeleteGroup { id, if_match },
     };
     state.writer.submit(caller.origin(), command).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
@@ -154,7 +156,7 @@ pub async fn patch(
     let if_match = if_match(headers);
     let command = match kind {
         ResourceKind::User => Command::PatchUser { id: id.clone(), ops, if_match },
-        ResourceKind::Group => Command::PatchGroup { id: id.clone(), ops, if_match },
+        _ => Command::PatchGroup { id: id.clone(), ops, if_match },
     };
     let committed = state.writer.submit(caller.origin(), command).await?;
     report_skipped(kind, &id, &committed.decision.skipped_members);
@@ -227,7 +229,7 @@ pub fn list(
         .iter()
         .skip(start)
         .take(q.count)
-        .filter_map(|(kind, id)| render_one(&view, t, &state.scim_base, *kind, id, &q.projection).map(|(v, _)| v))
+        .filter_map(|(kind, id)| render_one(&view, t, state, *kind, id, &q.projection).map(|(v, _)| v))
         .collect();
     if let Some(e) = view.take_error() {
         return Err(e.into());

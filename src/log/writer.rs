@@ -53,7 +53,7 @@ pub enum WriteError {
     Closed,
 }
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct WriterOptions {
     /// How many requests may wait for the writer before new ones are refused with 503.
     pub queue_depth: usize,
@@ -61,11 +61,16 @@ pub struct WriterOptions {
     pub group_commit_max: usize,
     /// fsync every commit. Off only for benchmarks that say so.
     pub sync: bool,
+    /// The role/entitlement URN namespace.
+    pub namespace: String,
+    /// The organization environments and resource groups are created in.
+    pub default_organization: String,
 }
 
 #[derive(Clone)]
 pub struct WriterHandle {
-    tx: mpsc::Sender<WriteRequest>,
+    /// `None` once closed.
+    tx: Option<mpsc::Sender<WriteRequest>>,
     queue_depth: usize,
     committed: watch::Receiver<u64>,
 }
@@ -74,11 +79,18 @@ impl WriterHandle {
     /// Queues a command and waits until it is durable (or refused).
     pub async fn submit(&self, origin: Origin, command: Command) -> Result<Committed, WriteError> {
         let (reply, rx) = oneshot::channel();
-        self.tx.try_send(WriteRequest { origin, command, reply }).map_err(|e| match e {
+        let tx = self.tx.as_ref().ok_or(WriteError::Closed)?;
+        tx.try_send(WriteRequest { origin, command, reply }).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => WriteError::QueueFull { depth: self.queue_depth },
             mpsc::error::TrySendError::Closed(_) => WriteError::Closed,
         })?;
         rx.await.map_err(|_| WriteError::Closed)?
+    }
+
+    /// Drops this handle's end of the queue: once every handle is closed (or dropped), the
+    /// writer drains what is queued and stops.
+    pub fn close(&mut self) {
+        self.tx = None;
     }
 
     /// The position of the last committed event; changes after every commit.
@@ -94,13 +106,14 @@ pub fn start(
     opts: WriterOptions,
 ) -> Result<(WriterHandle, JoinHandle<()>), super::LogError> {
     let head = store.head()?;
+    let queue_depth = opts.queue_depth;
     let (tx, rx) = mpsc::channel(opts.queue_depth.max(1));
     let (committed_tx, committed) = watch::channel(head.position);
     let thread = std::thread::Builder::new()
         .name("scimlog-writer".into())
         .spawn(move || run(store, keys, rx, head, opts, committed_tx))
         .expect("spawn writer thread");
-    Ok((WriterHandle { tx, queue_depth: opts.queue_depth, committed }, thread))
+    Ok((WriterHandle { tx: Some(tx), queue_depth, committed }, thread))
 }
 
 fn run(
@@ -120,14 +133,15 @@ fn run(
                 Err(_) => break,
             }
         }
-        head = commit_batch(&store, &keys, std::mem::take(&mut batch), head, opts.sync);
+        head = commit_batch(&store, &keys, std::mem::take(&mut batch), head, &opts);
         committed.send_replace(head.position);
     }
     tracing::info!(position = head.position, "writer drained and stopped");
 }
 
 /// Decides, folds and commits one batch; answers every request in it. Returns the new head.
-fn commit_batch(store: &Store, keys: &KeyRing, batch: Vec<WriteRequest>, head: Head, sync: bool) -> Head {
+fn commit_batch(store: &Store, keys: &KeyRing, batch: Vec<WriteRequest>, head: Head, opts: &WriterOptions) -> Head {
+    let sync = opts.sync;
     let view = store.view();
     let mut overlay = Overlay::new(&view);
     let mut next = head.clone();
@@ -140,7 +154,12 @@ fn commit_batch(store: &Store, keys: &KeyRing, batch: Vec<WriteRequest>, head: H
     let now = Utc::now().trunc_subsecs(3);
 
     for req in batch {
-        let decided = command::decide(&overlay, &req.origin.tenant, req.command);
+        let ctx = command::Ctx {
+            tenant: &req.origin.tenant,
+            namespace: &opts.namespace,
+            default_organization: &opts.default_organization,
+        };
+        let decided = command::decide(&overlay, &ctx, req.command);
         match decided {
             Err(refusal) => answers.push((req.reply, Err(WriteError::Refused(refusal)))),
             Ok(decision) => {

@@ -95,6 +95,8 @@ async fn history_log_and_as_of_match_what_the_api_showed() {
     )
     .unwrap();
     assert_eq!(at_time, p1, "the position as of the creation time");
+    drop((store, keys));
+    s.stop().await;
 }
 
 /// Applies `tamper` to the `events` family of a copy of the data dir, then verifies it.
@@ -258,6 +260,8 @@ async fn export_and_import_round_trip_to_identical_read_models() {
     let other_keys = KeyRing::open(other_store.clone(), &MasterKeySource::default(), other.path()).unwrap();
     let err = scimlog::audit::import(&other_store, &other_keys, std::io::Cursor::new(altered.as_bytes())).unwrap_err();
     assert!(err.to_string().contains("the hash does not match"), "{err}");
+    drop((store, keys));
+    s.stop().await;
 }
 
 #[test]

@@ -32,7 +32,7 @@ async fn discovery_documents() {
     );
 
     let schemas = s.get("/Schemas").await;
-    assert_eq!(schemas.body["totalResults"], 3);
+    assert_eq!(schemas.body["totalResults"], 4);
     let user = s.get("/Schemas/urn:ietf:params:scim:schemas:core:2.0:User").await;
     assert_eq!(user.status, 200);
     let user_name = user.body["attributes"].as_array().unwrap().iter().find(|a| a["name"] == "userName").unwrap();

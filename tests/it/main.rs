@@ -1,5 +1,6 @@
 //! Integration tests: one binary, real HTTP, real RocksDB in temp dirs.
 
+mod access;
 mod audit;
 mod auth;
 mod bulk;

@@ -1,0 +1,252 @@
+//! Roles, entitlements, environments and hosts over HTTP: what applications ask the directory.
+
+use reqwest::Method;
+use serde_json::{json, Value};
+
+use crate::support::{config, q, TestServer};
+
+const PROD_ADMIN: &str = "urn:scimlog:role:environment:prod:admin";
+const GROUP_ACCESS: &str = "urn:scimlog:params:scim:schemas:extension:access:2.0:Group";
+
+async fn api(s: &TestServer, method: Method, path: &str, body: Option<Value>) -> crate::support::Reply {
+    s.send(method, &format!("{}/api/v1{path}", s.base), body.as_ref(), &[]).await
+}
+
+async fn check(s: &TestServer, user: &str, role: &str, env: &str) -> Value {
+    api(s, Method::GET, &format!("/access/check?user={}&role={}&environment={}", q(user), q(role), q(env)), None)
+        .await
+        .body
+}
+
+async fn events_of_type(s: &TestServer, ty: &str) -> usize {
+    let store = scimlog::log::Store::open_read_only(s.data_dir()).unwrap();
+    let filter = scimlog::audit::EventFilter { types: vec![ty.into()], ..Default::default() };
+    scimlog::audit::log(&store, &scimlog_schemas::personal::NoKeys, &filter).unwrap().len()
+}
+
+#[tokio::test]
+async fn okta_strings_and_entra_objects_become_grants() {
+    let s = TestServer::start().await;
+    let before = s.log_position().await;
+    // Okta: plain strings; the environment and the default organization come into being.
+    let okta = s.post("/Users", &json!({"userName": "okta.user", "externalId": "00u1", "roles": [PROD_ADMIN]})).await;
+    assert_eq!(okta.status, 201, "{}", okta.body);
+    assert_eq!(okta.body["roles"], json!([{"value": PROD_ADMIN}]));
+    assert_eq!(
+        s.log_position().await,
+        before + 4,
+        "user.created, organization.created, environment.created, role.assigned"
+    );
+    let envs = api(&s, Method::GET, "/environments", None).await.body;
+    assert_eq!(envs["Resources"][0]["slug"], "prod");
+    assert_eq!(envs["Resources"][0]["createdBy"], "bootstrap");
+    assert_eq!(api(&s, Method::GET, "/organizations", None).await.body["Resources"][0]["slug"], "default");
+
+    // Entra: objects, and PATCH through a value filter on primary.
+    let entra = s
+        .post("/Users", &json!({"userName": "entra.user", "entitlements": [{"value": "urn:scimlog:entitlement:resource-group:rg-a"}]}))
+        .await;
+    let id = entra.id();
+    let patch = json!({"Operations": [{"op": "Add", "path": "roles[primary eq \"True\"].value", "value": "urn:scimlog:role:environment:Staging:viewer"}]});
+    let r = s.send(Method::PATCH, &format!("/Users/{id}"), Some(&patch), &[]).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["roles"][0]["primary"], true);
+    let access = api(&s, Method::GET, &format!("/users/{id}/access"), None).await.body;
+    let urns: Vec<&str> = access["grants"].as_array().unwrap().iter().map(|g| g["urn"].as_str().unwrap()).collect();
+    assert_eq!(urns, ["urn:scimlog:entitlement:resource-group:rg-a", "urn:scimlog:role:environment:Staging:viewer"]);
+    assert_eq!(api(&s, Method::GET, "/resource-groups", None).await.body["totalResults"], 1);
+    assert_eq!(
+        api(&s, Method::GET, "/environments", None).await.body["totalResults"],
+        2,
+        "Staging matched as staging, created once"
+    );
+
+    // Removing a role revokes it; plain values that are not URNs stay plain attribute values.
+    let r = s.put(&format!("/Users/{id}"), &json!({"userName": "entra.user", "roles": ["Employee"]})).await;
+    assert_eq!(r.body["roles"], json!([{"value": "Employee"}]));
+    assert!(api(&s, Method::GET, &format!("/users/{id}/access"), None).await.body["grants"]
+        .as_array()
+        .unwrap()
+        .is_empty());
+    assert_eq!(events_of_type(&s, "role.revoked").await, 1);
+    assert_eq!(events_of_type(&s, "entitlement.revoked").await, 1);
+}
+
+#[tokio::test]
+async fn malformed_urns_are_refused_and_write_nothing() {
+    let s = TestServer::start().await;
+    let id = s.post("/Users", &json!({"userName": "u"})).await.id();
+    let before = s.log_position().await;
+    for (path, body, bad) in [
+        (
+            "/Users",
+            json!({"userName": "x", "roles": ["urn:scimlog:role:planet:earth:admin"]}),
+            "urn:scimlog:role:planet:earth:admin",
+        ),
+        ("/Users", json!({"userName": "x", "roles": ["urn:other:role:environment:prod:admin"]}), "urn:other"),
+        (
+            "/Users",
+            json!({"userName": "x", "entitlements": [{"value": "urn:scimlog:entitlement:organization:o"}]}),
+            "organization:o",
+        ),
+        (
+            "/Groups",
+            json!({"displayName": "g", GROUP_ACCESS: {"roles": [{"value": "urn:scimlog:role:environment:prod"}]}}),
+            "environment:prod",
+        ),
+    ] {
+        s.post(path, &body).await.assert_error(400, Some("invalidValue"), bad);
+    }
+    let patch =
+        json!({"Operations": [{"op": "add", "path": "roles", "value": ["urn:scimlog:role:environment:a b:c"]}]});
+    s.send(Method::PATCH, &format!("/Users/{id}"), Some(&patch), &[]).await.assert_error(
+        400,
+        Some("invalidValue"),
+        "a b",
+    );
+    assert_eq!(s.log_position().await, before);
+    assert_eq!(api(&s, Method::GET, "/environments", None).await.body["totalResults"], 0);
+}
+
+#[tokio::test]
+async fn group_roles_flow_to_members_and_the_check_says_why() {
+    let s = TestServer::start().await;
+    let alice = s.post("/Users", &json!({"userName": "alice@x.org", "externalId": "ext-alice"})).await.id();
+    let bob = s.post("/Users", &json!({"userName": "bob@x.org", "active": false})).await.id();
+    let g = s
+        .post(
+            "/Groups",
+            &json!({"displayName": "Engineers", "members": [{"value": alice}, {"value": bob}],
+            GROUP_ACCESS: {"roles": [{"value": PROD_ADMIN}]}}),
+        )
+        .await;
+    assert_eq!(g.status, 201, "{}", g.body);
+    let gid = g.id();
+    assert!(g.body["schemas"].as_array().unwrap().contains(&json!(GROUP_ACCESS)));
+
+    // By id, userName or externalId; with the group as provenance.
+    for who in [alice.as_str(), "ALICE@x.org", "ext-alice"] {
+        let c = check(&s, who, "admin", "prod").await;
+        assert_eq!(c["allowed"], true, "{c}");
+        assert_eq!(c["grant"]["source"]["groupDisplayName"], "Engineers");
+        assert!(c["reason"].as_str().unwrap().contains("through group \"Engineers\""), "{c}");
+        assert!(c["grant"]["grantedAtPosition"].as_u64().unwrap() > 0);
+    }
+    assert_eq!(check(&s, &alice, "admin", "staging").await["allowed"], false);
+    let c = check(&s, "nobody@x.org", "admin", "prod").await;
+    assert_eq!(
+        (c["allowed"].as_bool(), c["reason"].as_str()),
+        (Some(false), Some("user \"nobody@x.org\" is not provisioned"))
+    );
+    let c = check(&s, &bob, "admin", "prod").await;
+    assert_eq!((c["allowed"].as_bool(), c["reason"].as_str()), (Some(false), Some("the user is deactivated")));
+
+    let members = api(&s, Method::GET, "/environments/prod/members", None).await.body;
+    assert_eq!(members["totalResults"], 2);
+
+    // Leaving the group takes the role away at once; so does removing the role from the group.
+    let remove = json!({"Operations": [{"op": "remove", "path": format!("members[value eq \"{alice}\"]")}]});
+    s.send(Method::PATCH, &format!("/Groups/{gid}"), Some(&remove), &[]).await;
+    assert_eq!(check(&s, &alice, "admin", "prod").await["allowed"], false);
+    let add = json!({"Operations": [{"op": "add", "path": "members", "value": [{"value": alice}]}]});
+    s.send(Method::PATCH, &format!("/Groups/{gid}"), Some(&add), &[]).await;
+    assert_eq!(check(&s, &alice, "admin", "prod").await["allowed"], true);
+    let drop_role = json!({"Operations": [{"op": "remove", "path": format!("{GROUP_ACCESS}:roles")}]});
+    let r = s.send(Method::PATCH, &format!("/Groups/{gid}"), Some(&drop_role), &[]).await;
+    assert_eq!(r.status, 204);
+    assert_eq!(check(&s, &alice, "admin", "prod").await["allowed"], false);
+    assert_eq!(api(&s, Method::GET, "/environments/prod/members", None).await.body["totalResults"], 0);
+
+    // A direct wildcard role applies to every environment.
+    s.put(&format!("/Users/{alice}"), &json!({"userName": "alice@x.org", "externalId": "ext-alice", "roles": ["urn:scimlog:role:environment:*:viewer"]})).await;
+    let c = check(&s, &alice, "viewer", "anything").await;
+    assert_eq!(c["allowed"], true);
+    assert_eq!(c["grant"]["source"]["type"], "direct");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_environment_named_by_concurrent_grants_is_created_once() {
+    let s = TestServer::start().await;
+    let mut tasks = Vec::new();
+    for i in 0..30 {
+        let (client, url, token) = (s.client.clone(), s.url("/Users"), s.token.clone());
+        tasks.push(tokio::spawn(async move {
+            let body = json!({"userName": format!("race{i}"), "roles": ["urn:scimlog:role:environment:Race:member"]});
+            client
+                .post(url)
+                .bearer_auth(token)
+                .header("content-type", "application/scim+json")
+                .body(body.to_string())
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), 201);
+    }
+    assert_eq!(events_of_type(&s, "environment.created").await, 1);
+    assert_eq!(events_of_type(&s, "organization.created").await, 1);
+    assert_eq!(api(&s, Method::GET, "/environments/race/members", None).await.body["totalResults"], 30);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn hosts_link_to_users() {
+    let s = TestServer::start().await;
+    let ent = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User";
+    let a = s
+        .post(
+            "/Users",
+            &json!({"userName": "carol", "displayName": "Carol", ent: {"department": "Ops"}, "roles": [PROD_ADMIN]}),
+        )
+        .await
+        .id();
+    let b = s.post("/Users", &json!({"userName": "dave", "externalId": "ext-dave"})).await.id();
+    s.post("/Groups", &json!({"displayName": "Ops", "members": [{"value": a}]})).await;
+    let r = api(&s, Method::PUT, "/hosts/laptop-7/user", Some(json!({"user": "carol"}))).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["userId"], a.as_str());
+    assert_eq!(r.body["department"], "Ops");
+    assert_eq!(r.body["groups"][0]["display"], "Ops");
+    assert_eq!(r.body["grants"][0]["urn"], PROD_ADMIN);
+    // Many hosts per user; re-linking a host moves it.
+    api(&s, Method::PUT, "/hosts/phone-1/user", Some(json!({"user": a}))).await;
+    let before = s.log_position().await;
+    let moved = api(&s, Method::PUT, "/hosts/laptop-7/user", Some(json!({"user": "ext-dave"}))).await;
+    assert_eq!(moved.body["userId"], b.as_str());
+    assert_eq!(s.log_position().await, before + 2, "host.user_unlinked then host.user_linked");
+    api(&s, Method::PUT, "/hosts/laptop-7/user", Some(json!({"user": b}))).await;
+    assert_eq!(s.log_position().await, before + 2, "linking to the same user again writes nothing");
+    assert_eq!(api(&s, Method::DELETE, "/hosts/laptop-7/user", None).await.status, 204);
+    api(&s, Method::GET, "/hosts/laptop-7/user", None).await.assert_error(404, None, "laptop-7");
+    api(&s, Method::DELETE, "/hosts/laptop-7/user", None).await.assert_error(404, None, "laptop-7");
+    api(&s, Method::PUT, "/hosts/x/user", Some(json!({"user": "nobody"}))).await.assert_error(404, None, "nobody");
+    assert_eq!(api(&s, Method::GET, "/hosts/phone-1/user", None).await.body["userName"], "carol");
+    // Deleting the user ends its host links.
+    s.delete(&format!("/Users/{a}")).await;
+    api(&s, Method::GET, "/hosts/phone-1/user", None).await.assert_error(404, None, "phone-1");
+}
+
+#[tokio::test]
+async fn testkube_namespace_and_string_shape() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = config(tmp.path());
+    cfg.urn_namespace = "testkube".into();
+    cfg.grant_shape = scimlog::config::GrantShape::Strings;
+    let mut s = TestServer::start_with(cfg).await;
+    s.adopt_dir(tmp);
+    let r = s
+        .post("/Users", &json!({"userName": "tk", "roles": [{"value": "urn:testkube:role:environment:dev:admin"}]}))
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert_eq!(r.body["roles"], json!(["urn:testkube:role:environment:dev:admin"]), "strings, as Okta sends them");
+    s.post("/Users", &json!({"userName": "x", "roles": [PROD_ADMIN]})).await.assert_error(
+        400,
+        Some("invalidValue"),
+        "testkube",
+    );
+    assert_eq!(check(&s, "tk", "admin", "dev").await["allowed"], true);
+    s.stop().await;
+}
