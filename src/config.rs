@@ -44,6 +44,10 @@ pub struct ServeConfig {
     /// them) or `strings` (`["urn:..."]`, as Okta sends them).
     #[arg(long, env = "SCIMLOG_GRANT_SHAPE", value_enum, default_value_t = GrantShape::Objects)]
     pub grant_shape: GrantShape,
+    /// The shape for one tenant, overriding `--grant-shape`: `TENANT=strings|objects`; repeat for
+    /// several tenants (`SCIMLOG_TENANT_GRANT_SHAPES`: comma-separated).
+    #[arg(long = "tenant-grant-shape", env = "SCIMLOG_TENANT_GRANT_SHAPES", value_delimiter = ',', value_parser = parse_tenant_shape)]
+    pub tenant_grant_shapes: Vec<(String, GrantShape)>,
     /// Largest accepted request body.
     #[arg(long, env = "SCIMLOG_MAX_BODY_BYTES", default_value_t = 1_048_576)]
     pub max_body_bytes: usize,
@@ -93,6 +97,16 @@ pub enum GrantShape {
     Strings,
 }
 
+fn parse_tenant_shape(s: &str) -> Result<(String, GrantShape), String> {
+    let (tenant, shape) = s.split_once('=').ok_or_else(|| format!("expected TENANT=strings|objects, got {s:?}"))?;
+    let shape = match shape {
+        "strings" => GrantShape::Strings,
+        "objects" => GrantShape::Objects,
+        other => return Err(format!("shape must be strings or objects, got {other:?}")),
+    };
+    Ok((tenant.to_string(), shape))
+}
+
 #[derive(Parser)]
 struct Wrapper {
     #[command(flatten)]
@@ -109,6 +123,11 @@ impl ServeConfig {
 
     pub fn master_key_source(&self) -> crate::log::keys::MasterKeySource {
         crate::log::keys::MasterKeySource { file: self.master_key_file.clone(), hex: self.master_key_hex.clone() }
+    }
+
+    /// The grant shape responses use for `tenant`.
+    pub fn grant_shape_for(&self, tenant: &str) -> GrantShape {
+        self.tenant_grant_shapes.iter().find(|(t, _)| t == tenant).map(|(_, s)| *s).unwrap_or(self.grant_shape)
     }
 
     pub fn base_url(&self) -> String {

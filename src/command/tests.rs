@@ -190,3 +190,54 @@ fn duplicate_group_name_and_missing_resources_are_refused() {
     let r = given_when(vec![], Command::DeleteGroup { id: "g9".into(), if_match: None });
     assert_eq!(r.unwrap_err(), Refusal::NotFound { kind: ResourceKind::Group, id: "g9".into() });
 }
+
+#[test]
+fn a_role_naming_a_new_environment_creates_it_first() {
+    let d = given_when(
+        vec![],
+        create_user("u1", json!({"userName": "a", "roles": ["urn:testkube:role:environment:Prod:admin"]})),
+    )
+    .unwrap();
+    let got: Vec<(String, String, u64)> = d
+        .events
+        .iter()
+        .map(|e| (e.body.event_type().as_str().to_string(), e.resource_id.clone(), e.resource_version))
+        .collect();
+    let want = [
+        ("user.created", "u1", 1),
+        ("organization.created", "acme", 1),
+        ("environment.created", "prod", 1),
+        ("role.assigned", "u1", 2),
+    ];
+    assert_eq!(got, want.map(|(a, b, c)| (a.to_string(), b.to_string(), c)));
+    assert!(
+        matches!(&d.events[0].body, B::UserCreated { attributes, .. } if !attributes.contains_key("roles")),
+        "roles travel as their own events"
+    );
+}
+
+#[test]
+fn changing_roles_assigns_and_revokes_the_difference() {
+    let given = vec![create_user(
+        "u1",
+        json!({"userName": "a", "roles": ["urn:testkube:role:environment:prod:admin", "Employee"]}),
+    )];
+    let d = given_when(
+        given,
+        replace_user(
+            "u1",
+            json!({"userName": "a", "roles": ["urn:testkube:role:environment:prod:viewer", "Employee"],
+            "entitlements": ["urn:testkube:entitlement:environment:prod"]}),
+        ),
+    )
+    .unwrap();
+    let types: Vec<&str> = d.events.iter().map(|e| e.body.event_type().as_str()).collect();
+    assert_eq!(
+        types,
+        ["entitlement.granted", "role.assigned", "role.revoked"],
+        "the environment exists already; Employee is no grant"
+    );
+    let malformed =
+        given_when(vec![], create_user("u2", json!({"userName": "b", "roles": ["urn:testkube:role:env:prod:admin"]})));
+    assert!(matches!(malformed, Err(Refusal::Invalid(e)) if e.detail.contains("urn:testkube:role:env:prod:admin")));
+}

@@ -28,7 +28,7 @@ fn render_one(
     id: &str,
     proj: &Projection,
 ) -> Option<(Value, u64)> {
-    let (base, shape) = (state.scim_base.as_str(), state.cfg.grant_shape);
+    let (base, shape) = (state.scim_base.as_str(), state.cfg.grant_shape_for(t));
     match kind {
         ResourceKind::User => query::user(kv, t, id).map(|d| (render::user(kv, t, base, &d, proj, shape), d.version)),
         _ => query::group(kv, t, id).map(|d| (render::group(kv, t, base, &d, proj, shape), d.version)),

@@ -250,3 +250,19 @@ async fn testkube_namespace_and_string_shape() {
     assert_eq!(check(&s, "tk", "admin", "dev").await["allowed"], true);
     s.stop().await;
 }
+
+#[tokio::test]
+async fn the_grant_shape_is_chosen_per_tenant() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = config(tmp.path());
+    cfg.tenant_grant_shapes = vec![("okta-shop".into(), scimlog::config::GrantShape::Strings)];
+    let mut s = TestServer::start_with(cfg).await;
+    s.adopt_dir(tmp);
+    let okta = scimlog::auth::create_token(s.data_dir(), "okta", "okta-shop", scimlog::auth::Role::Scim).unwrap();
+    let body = json!({"userName": "shape", "roles": [PROD_ADMIN]});
+    let strings = s.send_as(&okta, Method::POST, "/Users", Some(&body), &[]).await;
+    assert_eq!(strings.body["roles"], json!([PROD_ADMIN]));
+    let objects = s.post("/Users", &body).await;
+    assert_eq!(objects.body["roles"], json!([{"value": PROD_ADMIN}]), "other tenants keep the default");
+    s.stop().await;
+}
