@@ -1,0 +1,141 @@
+//! Hostile and broken input: each answered with a clear 4xx and no write; start-up faults with a
+//! clear error and a non-zero exit; tenancy across every endpoint family.
+
+use reqwest::Method;
+use serde_json::json;
+
+use crate::support::{q, TestServer};
+
+#[tokio::test]
+async fn hostile_bodies_and_parameters() {
+    let s = TestServer::start().await;
+    s.post("/Users", &json!({"userName": "x"})).await;
+    let before = s.log_position().await;
+    let send_raw = |body: Vec<u8>| {
+        let s = &s;
+        async move {
+            let r = s
+                .client
+                .post(s.url("/Users"))
+                .bearer_auth(&s.token)
+                .header("content-type", "application/scim+json")
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            crate::support::read(r).await
+        }
+    };
+    // Nesting far beyond any schema: the JSON parser's depth limit answers.
+    let deep = format!("{}1{}", "[".repeat(5000), "]".repeat(5000));
+    send_raw(deep.into_bytes()).await.assert_error(400, Some("invalidSyntax"), "not valid JSON");
+    let deep_obj = format!("{{\"userName\":\"d\",\"name\":{}1{}}}", "{\"a\":".repeat(3000), "}".repeat(3000));
+    send_raw(deep_obj.into_bytes()).await.assert_error(400, Some("invalidSyntax"), "not valid JSON");
+    // Invalid UTF-8.
+    send_raw(b"{\"userName\": \"\xff\xfe\"}".to_vec()).await.assert_error(400, Some("invalidSyntax"), "not valid JSON");
+    // A huge array in a multi-valued attribute stays within the body limit or is refused by it.
+    let emails: Vec<_> = (0..60_000).map(|i| json!({"value": format!("{i}@x")})).collect();
+    send_raw(json!({"userName": "many", "emails": emails}).to_string().into_bytes())
+        .await
+        .assert_error(413, None, "limit");
+    // Long strings: userName beyond the body limit.
+    send_raw(json!({"userName": "u".repeat(2_000_000)}).to_string().into_bytes())
+        .await
+        .assert_error(413, None, "limit");
+    // Filter bombs.
+    let bomb = format!("{}userName pr{}", "(".repeat(2000), ")".repeat(2000));
+    s.get(&format!("/Users?filter={}", q(&bomb))).await.assert_error(400, Some("invalidFilter"), "limit");
+    let long_or = vec!["userName eq \"a\""; 400].join(" or ");
+    s.get(&format!("/Users?filter={}", q(&long_or))).await.assert_error(400, Some("invalidFilter"), "4096");
+    // Paging extremes are read as the RFC says, not refused.
+    let r = s.get("/Users?count=-1&startIndex=0").await;
+    assert_eq!((r.status.as_u16(), r.body["itemsPerPage"].as_u64()), (200, Some(0)));
+    let r = s.get("/Users?count=99999999999&startIndex=99999999999").await;
+    assert_eq!(
+        (r.status.as_u16(), r.body["itemsPerPage"].as_u64(), r.body["totalResults"].as_u64()),
+        (200, Some(0), Some(1))
+    );
+    s.get("/Users?count=1e99").await.assert_error(400, Some("invalidValue"), "1e99");
+    // Wrong content types, with and without bodies.
+    let r = s
+        .client
+        .post(s.url("/Users"))
+        .bearer_auth(&s.token)
+        .header("content-type", "application/xml")
+        .body("<u/>")
+        .send()
+        .await
+        .unwrap();
+    crate::support::read(r).await.assert_error(415, None, "application/xml");
+    assert_eq!(s.log_position().await, before, "nothing hostile was written");
+}
+
+#[tokio::test]
+async fn a_data_dir_that_cannot_be_created_stops_start_up_with_a_clear_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("a-file");
+    std::fs::write(&file, b"not a directory").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_scimlog"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--token", "t"])
+        .arg("--data-dir")
+        .arg(file.join("data"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot create the data dir"), "{err}");
+    // A data dir locked by a running server: the second start says so.
+    let s = TestServer::start().await;
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_scimlog"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--token", "t"])
+        .arg("--data-dir")
+        .arg(s.data_dir())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("cannot open the store"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn no_endpoint_crosses_tenants() {
+    let s = TestServer::start().await;
+    let uid =
+        s.post("/Users", &json!({"userName": "mine", "roles": ["urn:scimlog:role:environment:prod:admin"]})).await.id();
+    let gid = s.post("/Groups", &json!({"displayName": "Mine", "members": [{"value": uid}]})).await.id();
+    s.send(Method::PUT, &format!("{}/api/v1/hosts/h1/user", s.base), Some(&json!({"user": uid})), &[]).await;
+    let other = scimlog::auth::create_token(s.data_dir(), "other", "other", scimlog::auth::Role::Admin).unwrap();
+    let before = s.log_position().await;
+    let as_other = |m: Method, p: String, b: Option<serde_json::Value>| {
+        let (s, other) = (&s, other.clone());
+        async move { s.send_as(&other, m, &p, b.as_ref(), &[]).await }
+    };
+    let patch = json!({"Operations": [{"op": "replace", "value": {"active": false}}]});
+    as_other(Method::PATCH, format!("/Users/{uid}"), Some(patch.clone())).await.assert_error(404, None, &uid);
+    as_other(Method::PATCH, format!("/Groups/{gid}"), Some(patch)).await.assert_error(404, None, &gid);
+    let search = as_other(Method::POST, "/.search".into(), Some(json!({"filter": "userName eq \"mine\""}))).await;
+    assert_eq!(search.body["totalResults"], 0);
+    let bulk = json!({"Operations": [{"method": "DELETE", "path": format!("/Users/{uid}")}, {"method": "PATCH", "path": format!("/Groups/{gid}"),
+        "data": {"Operations": [{"op": "remove", "path": "members"}]}}]});
+    let r = as_other(Method::POST, "/Bulk".into(), Some(bulk)).await;
+    let statuses: Vec<&str> =
+        r.body["Operations"].as_array().unwrap().iter().map(|o| o["status"].as_str().unwrap()).collect();
+    assert_eq!(statuses, ["404", "404"]);
+    let api = |p: &str| format!("{}/api/v1{p}", s.base);
+    as_other(Method::GET, api(&format!("/users/{uid}/access")), None).await.assert_error(404, None, &uid);
+    let c = as_other(Method::GET, api(&format!("/access/check?user={uid}&role=admin&environment=prod")), None).await;
+    assert_eq!(c.body["allowed"], false);
+    assert_eq!(as_other(Method::GET, api("/environments"), None).await.body["totalResults"], 0);
+    as_other(Method::GET, api("/hosts/h1/user"), None).await.assert_error(404, None, "h1");
+    as_other(Method::DELETE, api("/hosts/h1/user"), None).await.assert_error(404, None, "h1");
+    as_other(Method::POST, api(&format!("/users/{uid}/erase")), Some(json!({"reason": "x"})))
+        .await
+        .assert_error(404, None, &uid);
+    assert_eq!(s.log_position().await, before, "the other tenant changed nothing here");
+    assert_eq!(s.get(&format!("/Groups/{gid}")).await.body["members"][0]["value"], uid.as_str());
+    s.stop().await;
+}
