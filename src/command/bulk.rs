@@ -153,22 +153,11 @@ pub(super) fn decide_bulk(
             resolve_refs(&mut data, &created).and_then(|_| parse_path(&op.path, &created)).and_then(|(kind, id)| {
                 to_command(&op, data, kind, id.clone(), limits, max_patch_operations).map(|c| (kind, c))
             });
-        let (kind, command) = match prepared {
-            Ok(p) => p,
-            Err(e) => {
-                errors += 1;
-                out.bulk.push(BulkResult {
-                    method: op.method,
-                    bulk_id: op.bulk_id,
-                    resource: None,
-                    version: None,
-                    outcome: Err(Refusal::Invalid(e)),
-                });
-                continue;
-            }
-        };
-        match decide_single(&overlay, ctx, command) {
-            Ok(d) => {
+        let decided = prepared
+            .map_err(Refusal::Invalid)
+            .and_then(|(kind, command)| decide_single(&overlay, ctx, command).map(|d| (kind, d)));
+        match decided {
+            Ok((kind, d)) => {
                 for e in &d.events {
                     apply(&mut overlay, &provisional(ctx.tenant, e));
                 }

@@ -167,24 +167,11 @@ async fn group_roles_flow_to_members_and_the_check_says_why() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_environment_named_by_concurrent_grants_is_created_once() {
     let s = TestServer::start().await;
-    let mut tasks = Vec::new();
-    for i in 0..30 {
-        let (client, url, token) = (s.client.clone(), s.url("/Users"), s.token.clone());
-        tasks.push(tokio::spawn(async move {
-            let body = json!({"userName": format!("race{i}"), "roles": ["urn:scimlog:role:environment:Race:member"]});
-            client
-                .post(url)
-                .bearer_auth(token)
-                .header("content-type", "application/scim+json")
-                .body(body.to_string())
-                .send()
-                .await
-                .unwrap()
-                .status()
-        }));
-    }
-    for t in tasks {
-        assert_eq!(t.await.unwrap(), 201);
+    let bodies = (0..30)
+        .map(|i| json!({"userName": format!("race{i}"), "roles": ["urn:scimlog:role:environment:Race:member"]}))
+        .collect();
+    for r in crate::support::post_concurrently(&s, "/Users", bodies).await {
+        assert_eq!(r.status, 201, "{}", r.body);
     }
     assert_eq!(events_of_type(&s, "environment.created").await, 1);
     assert_eq!(events_of_type(&s, "organization.created").await, 1);

@@ -114,23 +114,9 @@ async fn writes_during_a_nats_outage_all_arrive_once_in_order() {
 async fn restarting_scimlog_mid_publish_loses_and_duplicates_nothing() {
     let nats = NatsServer::start();
     let s = server_with(&nats).await;
-    let mut tasks = Vec::new();
-    for i in 0..300 {
-        let (client, url, token) = (s.client.clone(), s.url("/Users"), s.token.clone());
-        tasks.push(tokio::spawn(async move {
-            client
-                .post(url)
-                .bearer_auth(token)
-                .header("content-type", "application/scim+json")
-                .body(json!({"userName": format!("r{i}")}).to_string())
-                .send()
-                .await
-                .unwrap()
-                .status()
-        }));
-    }
-    for t in tasks {
-        assert_eq!(t.await.unwrap(), 201);
+    let bodies = (0..300).map(|i| json!({"userName": format!("r{i}")})).collect();
+    for r in crate::support::post_concurrently(&s, "/Users", bodies).await {
+        assert_eq!(r.status, 201);
     }
     // Stop at once, whatever the publisher has done so far, and start again.
     let s = s.restart().await;

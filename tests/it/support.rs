@@ -170,6 +170,32 @@ pub async fn read(resp: reqwest::Response) -> Reply {
     Reply { status, headers, body }
 }
 
+/// POSTs every body to `path` at once (one task each) and returns the replies in order.
+pub async fn post_concurrently(s: &TestServer, path: &str, bodies: Vec<Value>) -> Vec<Reply> {
+    let tasks: Vec<_> = bodies
+        .into_iter()
+        .map(|body| {
+            let (client, url, token) = (s.client.clone(), s.url(path), s.token.clone());
+            tokio::spawn(async move {
+                let r = client
+                    .post(url)
+                    .bearer_auth(token)
+                    .header("content-type", "application/scim+json")
+                    .body(body.to_string())
+                    .send()
+                    .await
+                    .expect("request is answered");
+                read(r).await
+            })
+        })
+        .collect();
+    let mut out = Vec::with_capacity(tasks.len());
+    for t in tasks {
+        out.push(t.await.expect("request task"));
+    }
+    out
+}
+
 /// Percent-encodes a query value.
 pub fn q(s: &str) -> String {
     s.bytes()

@@ -146,29 +146,11 @@ async fn data_survives_a_restart() {
 #[tokio::test]
 async fn concurrent_creates_of_one_user_name_yield_exactly_one_201() {
     let s = TestServer::start().await;
-    let mut tasks = Vec::new();
-    for i in 0..40 {
-        let client = s.client.clone();
-        let url = s.url("/Users");
-        let token = s.token.clone();
-        tasks.push(tokio::spawn(async move {
-            let name = if i % 2 == 0 { "race@example.com" } else { "RACE@example.com" };
-            client
-                .post(url)
-                .bearer_auth(token)
-                .header("content-type", "application/scim+json")
-                .body(json!({"userName": name}).to_string())
-                .send()
-                .await
-                .unwrap()
-                .status()
-                .as_u16()
-        }));
-    }
-    let mut statuses = Vec::new();
-    for t in tasks {
-        statuses.push(t.await.unwrap());
-    }
+    let bodies = (0..40)
+        .map(|i| json!({"userName": if i % 2 == 0 { "race@example.com" } else { "RACE@example.com" }}))
+        .collect();
+    let statuses: Vec<u16> =
+        crate::support::post_concurrently(&s, "/Users", bodies).await.iter().map(|r| r.status.as_u16()).collect();
     assert_eq!(statuses.iter().filter(|s| **s == 201).count(), 1, "{statuses:?}");
     assert_eq!(statuses.iter().filter(|s| **s == 409).count(), 39, "{statuses:?}");
     let list = s.get(&format!("/Users?filter={}", q("userName eq \"race@example.com\""))).await;
