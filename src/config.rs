@@ -86,6 +86,19 @@ pub struct ServeConfig {
     pub group_commit_max: usize,
     #[command(flatten)]
     pub nats: crate::bus::NatsConfig,
+    /// PEM certificate chain: serve HTTPS (TLS 1.2+) instead of HTTP; needs --tls-key.
+    #[arg(long, env = "SCIMLOG_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-cert.
+    #[arg(long, env = "SCIMLOG_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Most open connections; more are closed at once.
+    #[arg(long, env = "SCIMLOG_MAX_CONNECTIONS", default_value_t = 1024)]
+    pub max_connections: usize,
+    /// How long a client may take to send a request head (or a TLS handshake): slow clients
+    /// (slowloris) are cut off.
+    #[arg(long, env = "SCIMLOG_HEADER_READ_TIMEOUT_MS", default_value_t = 10_000)]
+    pub header_read_timeout_ms: u64,
     /// On shutdown, how long in-flight requests may take to finish.
     #[arg(long, env = "SCIMLOG_DRAIN_TIMEOUT_MS", default_value_t = 10_000)]
     pub drain_timeout_ms: u64,
@@ -133,6 +146,7 @@ impl ServeConfig {
     pub fn base_url(&self) -> String {
         match &self.public_url {
             Some(u) => u.trim_end_matches('/').to_string(),
+            None if self.tls_cert.is_some() => format!("https://{}", self.listen),
             None => format!("http://{}", self.listen),
         }
     }

@@ -62,6 +62,10 @@ impl Server {
                 default_organization: cfg.default_organization.clone(),
             },
         )?;
+        let tls = match (&cfg.tls_cert, &cfg.tls_key) {
+            (Some(cert), Some(key)) => Some(http::serve::tls_acceptor(cert, key)?),
+            _ => None,
+        };
         let listener = tokio::net::TcpListener::bind(cfg.listen)
             .await
             .with_context(|| format!("cannot listen on {}", cfg.listen))?;
@@ -70,6 +74,12 @@ impl Server {
         cfg.listen = addr;
         let scim_base = format!("{}/scim/v2", cfg.base_url());
         let drain = Duration::from_millis(cfg.drain_timeout_ms);
+        let serve_options = http::serve::ServeOptions {
+            tls,
+            max_connections: cfg.max_connections,
+            header_read_timeout: Duration::from_millis(cfg.header_read_timeout_ms),
+            drain,
+        };
         let (publisher, publisher_task) = match &cfg.nats.nats_url {
             Some(_) => {
                 let (status, task) =
@@ -83,29 +93,15 @@ impl Server {
         let app = http::router(state);
 
         let (shutdown, shutdown_rx) = oneshot::channel::<()>();
-        let (drain_start_tx, drain_start) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
-            let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
-                let _ = shutdown_rx.await;
-                let _ = drain_start_tx.send(());
-            });
-            let mut serve = Box::pin(std::future::IntoFuture::into_future(serve));
-            let drained = async {
-                let _ = drain_start.await;
-                tokio::time::sleep(drain).await;
-            };
-            tokio::select! {
-                r = &mut serve => if let Err(e) = r { tracing::error!(error = %e, "server stopped with an error") },
-                _ = drained => tracing::warn!(timeout_ms = drain.as_millis() as u64, "in-flight requests did not finish in time"),
-            }
+            http::serve::run(listener, app, serve_options, shutdown_rx).await;
             // The publisher stops where it is: the stream itself says where to resume.
             let _ = shutdown_bus.send(true);
             if let Some(t) = publisher_task {
                 let _ = tokio::time::timeout(drain, t).await;
             }
-            // Dropping the server drops the state, which closes and joins the writer (it drains
+            // With the router gone, the state goes, which closes and joins the writer (it drains
             // its queue first) before the store closes: see `Drop for http::Inner`.
-            drop(serve);
         });
         tracing::info!(%addr, "scimlog listening");
         Ok(Server { addr, created_token, shutdown: Some(shutdown), task })

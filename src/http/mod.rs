@@ -13,6 +13,7 @@ mod health;
 mod render;
 mod resource;
 mod search;
+pub mod serve;
 mod users;
 
 use std::sync::Arc;

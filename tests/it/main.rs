@@ -17,4 +17,5 @@ mod listing;
 mod nats;
 mod patch;
 mod support;
+mod transport;
 mod users;
