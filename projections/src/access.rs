@@ -53,7 +53,7 @@ pub struct Effective {
 /// Whether a role or entitlement value is a URN (and so must be a grant of ours); other values
 /// are plain attribute values.
 pub fn is_urn(value: &str) -> bool {
-    value.len() > 4 && value[..4].eq_ignore_ascii_case("urn:")
+    value.len() > 4 && value.get(..4).is_some_and(|p| p.eq_ignore_ascii_case("urn:"))
 }
 
 /// Parses a stored URN, whatever its namespace (the namespace is its second segment).

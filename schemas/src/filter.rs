@@ -347,22 +347,29 @@ impl fmt::Display for Filter {
         match self {
             Filter::Compare { path, op, value } => write!(f, "{path} {} {value}", op.as_str()),
             Filter::Present(p) => write!(f, "{p} pr"),
+            // `and` binds tighter than `or`, and both group from the left: a right operand of
+            // the same operator, or an `or` inside an `and`, needs parentheses to print back
+            // into the same tree.
             Filter::And(a, b) => {
-                write_operand(f, a, true)?;
+                write_operand(f, a, matches!(**a, Filter::Or(..)))?;
                 f.write_str(" and ")?;
-                write_operand(f, b, true)
+                write_operand(f, b, matches!(**b, Filter::Or(..) | Filter::And(..)))
             }
-            Filter::Or(a, b) => write!(f, "{a} or {b}"),
+            Filter::Or(a, b) => {
+                write!(f, "{a} or ")?;
+                write_operand(f, b, matches!(**b, Filter::Or(..)))
+            }
             Filter::Not(a) => write!(f, "not ({a})"),
             Filter::ValuePath { path, filter } => write!(f, "{path}[{filter}]"),
         }
     }
 }
 
-fn write_operand(f: &mut fmt::Formatter<'_>, x: &Filter, in_and: bool) -> fmt::Result {
-    match x {
-        Filter::Or(..) if in_and => write!(f, "({x})"),
-        _ => write!(f, "{x}"),
+fn write_operand(f: &mut fmt::Formatter<'_>, x: &Filter, parenthesise: bool) -> fmt::Result {
+    if parenthesise {
+        write!(f, "({x})")
+    } else {
+        write!(f, "{x}")
     }
 }
 
@@ -558,6 +565,10 @@ mod tests {
             (r#"a eq 1 or b eq 2 and c eq 3"#, r#"a eq 1 or b eq 2 and c eq 3"#),
             (r#"(a eq 1 or b eq 2) and c eq 3"#, r#"(a eq 1 or b eq 2) and c eq 3"#),
             (r#"not (a eq true)"#, r#"not (a eq true)"#),
+            // Found by the fuzzer: right-nested operators keep their grouping.
+            (r#"a pr or (b pr or c pr)"#, r#"a pr or (b pr or c pr)"#),
+            (r#"a pr and (b pr and c pr)"#, r#"a pr and (b pr and c pr)"#),
+            (r#"(a pr or b pr) or c pr"#, r#"a pr or b pr or c pr"#),
             (r#"emails[type eq "work" and value co "@x.com"]"#, r#"emails[type eq "work" and value co "@x.com"]"#),
             (r#"meta.lastModified gt "2011-05-13T04:42:34Z""#, r#"meta.lastModified gt "2011-05-13T04:42:34Z""#),
             (

@@ -22,7 +22,7 @@ impl AttrPath {
     /// Parses an attribute path. The URN prefix, when present, ends at the last `:`.
     pub fn parse(text: &str) -> Result<AttrPath, SchemaError> {
         let bad = || SchemaError::new(crate::ScimType::InvalidPath, format!("invalid attribute path {text:?}"));
-        let (schema, rest) = if text.len() > 4 && text[..4].eq_ignore_ascii_case("urn:") {
+        let (schema, rest) = if text.len() > 4 && text.get(..4).is_some_and(|p| p.eq_ignore_ascii_case("urn:")) {
             let i = text.rfind(':').ok_or_else(bad)?;
             (Some(text[..i].to_string()), &text[i + 1..])
         } else {
@@ -81,6 +81,8 @@ mod tests {
             ("a.b.c", None),
             ("", None),
             ("urn:x:", None),
+            // Found by the fuzzer: a multi-byte character across byte 4 must not panic.
+            ("act˂O'Malley", None),
         ];
         for (input, want) in table {
             let got = AttrPath::parse(input).ok();
