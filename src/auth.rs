@@ -171,11 +171,12 @@ impl TokenStore {
         self.bootstrap.is_none() && self.loaded.lock().expect("token lock").tokens.is_empty()
     }
 
-    fn refresh(&self) -> Result<(), AuthError> {
+    /// Re-reads the token file if it changed; `true` when it did.
+    pub fn refresh(&self) -> Result<bool, AuthError> {
         let stamp = std::fs::metadata(&self.path).ok().and_then(|m| Some((m.modified().ok()?, m.len())));
         let mut loaded = self.loaded.lock().expect("token lock");
         if loaded.stamp.is_some() && loaded.stamp == stamp {
-            return Ok(());
+            return Ok(false);
         }
         let file = read_file(&self.path)?;
         loaded.tokens = file
@@ -188,7 +189,21 @@ impl TokenStore {
             })
             .collect();
         loaded.stamp = stamp;
-        Ok(())
+        Ok(true)
+    }
+
+    /// The tokens of the file (not the bootstrap token), per tenant: (name, role).
+    pub fn by_tenant(&self) -> std::collections::BTreeMap<String, Vec<(String, String)>> {
+        let loaded = self.loaded.lock().expect("token lock");
+        let mut out: std::collections::BTreeMap<String, Vec<(String, String)>> = Default::default();
+        for (_, p) in &loaded.tokens {
+            let role = match p.role {
+                Role::Scim => "scim",
+                Role::Admin => "admin",
+            };
+            out.entry(p.tenant.clone()).or_default().push((p.name.clone(), role.to_string()));
+        }
+        out
     }
 
     /// The principal a presented token belongs to. Every stored hash is compared in constant time,
@@ -197,6 +212,11 @@ impl TokenStore {
         if let Err(e) = self.refresh() {
             tracing::error!(error = %e, "cannot reload tokens; keeping the last good set");
         }
+        self.authenticate_loaded(presented)
+    }
+
+    /// Like [`TokenStore::authenticate`], without looking at the file again.
+    pub fn authenticate_loaded(&self, presented: &str) -> Option<Principal> {
         let h = hash_token(presented);
         let loaded = self.loaded.lock().expect("token lock");
         let mut found = None;

@@ -51,6 +51,7 @@ impl Server {
         };
 
         let (shutdown_bus, bus_shutdown) = tokio::sync::watch::channel(false);
+        let bus_shutdown_for_tokens = bus_shutdown.clone();
         let (writer, writer_thread) = writer::start(
             store.clone(),
             keys.clone(),
@@ -90,6 +91,25 @@ impl Server {
         };
         let writer_thread = std::sync::Mutex::new(Some(writer_thread));
         let state = AppState::new(Inner { store, keys, publisher, writer, writer_thread, tokens, cfg, scim_base });
+        // Token changes made while the server was down, then every second (requests that meet a
+        // changed file record it themselves, before they go on).
+        http::reconcile_tokens(&state).await;
+        let token_task = {
+            let (state, mut stop) = (state.clone(), bus_shutdown_for_tokens);
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        _ = stop.changed() => return,
+                    }
+                    if let Some(tokens) = &state.tokens {
+                        if matches!(tokens.refresh(), Ok(true)) {
+                            http::reconcile_tokens(&state).await;
+                        }
+                    }
+                }
+            })
+        };
         let app = http::router(state);
 
         let (shutdown, shutdown_rx) = oneshot::channel::<()>();
@@ -100,6 +120,8 @@ impl Server {
             if let Some(t) = publisher_task {
                 let _ = tokio::time::timeout(drain, t).await;
             }
+            // Its handle of the state must be gone too before the store can close.
+            let _ = token_task.await;
             // With the router gone, the state goes, which closes and joins the writer (it drains
             // its queue first) before the store closes: see `Drop for http::Inner`.
         });

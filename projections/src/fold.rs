@@ -253,6 +253,8 @@ pub fn apply(kv: &mut impl Kv, e: &Event) {
             kv.delete(&keys::host(t, id));
             kv.delete(&keys::user_host(t, user_id, id));
         }
+        EventBody::TokenCreated { role } => kv.put(&keys::token(t, id), role.as_bytes()),
+        EventBody::TokenRevoked {} => kv.delete(&keys::token(t, id)),
         EventBody::GroupMemberRemoved { member_id, .. } => {
             let Some(mut doc) = load::<GroupDoc>(kv, &keys::group(t, id)) else {
                 return;

@@ -138,6 +138,16 @@ pub fn user_hosts(t: &str, user: &str) -> Vec<u8> {
     prefix(&[b"uh", t.as_bytes(), user.as_bytes()])
 }
 
+/// A token known to the audit trail: `tk 0 tenant 0 name` -> its role.
+pub fn token(t: &str, name: &str) -> Vec<u8> {
+    join(&[b"tk", t.as_bytes(), name.as_bytes()])
+}
+pub fn tokens(t: &str) -> Vec<u8> {
+    prefix(&[b"tk", t.as_bytes()])
+}
+/// Every tenant's tokens.
+pub const ALL_TOKENS: &[u8] = b"tk\0";
+
 /// What remains of a deleted user: its last version and whether it was erased.
 pub fn user_tombstone(t: &str, id: &str) -> Vec<u8> {
     join(&[b"ud", t.as_bytes(), id.as_bytes()])

@@ -58,6 +58,19 @@ pub fn history_positions(kv: &impl KvRead, t: &str, id: &str) -> Vec<u64> {
         .collect()
 }
 
+/// The tokens the audit trail knows, for every tenant: (tenant, name, role).
+pub fn known_tokens(kv: &impl KvRead) -> Vec<(String, String, String)> {
+    kv.scan(keys::ALL_TOKENS, None, usize::MAX)
+        .into_iter()
+        .filter_map(|(k, v)| {
+            let mut parts = k.split(|b| *b == keys::SEP).skip(1);
+            let tenant = String::from_utf8(parts.next()?.to_vec()).ok()?;
+            let name = String::from_utf8(parts.next()?.to_vec()).ok()?;
+            Some((tenant, name, String::from_utf8(v).ok()?))
+        })
+        .collect()
+}
+
 pub fn user_tombstone(kv: &impl KvRead, t: &str, id: &str) -> Option<crate::model::Tombstone> {
     load(kv, &keys::user_tombstone(t, id))
 }

@@ -22,6 +22,8 @@ pub enum ResourceKind {
     Environment,
     ResourceGroup,
     Host,
+    /// A bearer token (its name); never its secret.
+    Token,
 }
 
 impl ResourceKind {
@@ -33,6 +35,7 @@ impl ResourceKind {
             ResourceKind::Environment => "Environment",
             ResourceKind::ResourceGroup => "ResourceGroup",
             ResourceKind::Host => "Host",
+            ResourceKind::Token => "Token",
         }
     }
     /// Users and Groups: the resource types served over SCIM (and searched by filters).
@@ -47,6 +50,7 @@ impl ResourceKind {
             ResourceKind::Environment => "Environments",
             ResourceKind::ResourceGroup => "ResourceGroups",
             ResourceKind::Host => "Hosts",
+            ResourceKind::Token => "Tokens",
         }
     }
 }
@@ -132,6 +136,12 @@ pub enum EventBody {
     HostUserLinked { user_id: String },
     #[serde(rename = "host.user_unlinked", rename_all = "camelCase")]
     HostUserUnlinked { user_id: String },
+    /// A bearer token (the event's resource is its name) appeared in the token file; no secret
+    /// or hash is recorded.
+    #[serde(rename = "token.created", rename_all = "camelCase")]
+    TokenCreated { role: String },
+    #[serde(rename = "token.revoked")]
+    TokenRevoked {},
 }
 
 /// The event type names, for filters and catalogues.
@@ -158,10 +168,12 @@ pub enum EventType {
     ResourceGroupCreated,
     HostUserLinked,
     HostUserUnlinked,
+    TokenCreated,
+    TokenRevoked,
 }
 
 impl EventType {
-    pub const ALL: [EventType; 21] = [
+    pub const ALL: [EventType; 23] = [
         EventType::UserCreated,
         EventType::UserUpdated,
         EventType::UserDeactivated,
@@ -183,6 +195,8 @@ impl EventType {
         EventType::ResourceGroupCreated,
         EventType::HostUserLinked,
         EventType::HostUserUnlinked,
+        EventType::TokenCreated,
+        EventType::TokenRevoked,
     ];
     pub fn as_str(self) -> &'static str {
         match self {
@@ -207,6 +221,8 @@ impl EventType {
             EventType::ResourceGroupCreated => "resource_group.created",
             EventType::HostUserLinked => "host.user_linked",
             EventType::HostUserUnlinked => "host.user_unlinked",
+            EventType::TokenCreated => "token.created",
+            EventType::TokenRevoked => "token.revoked",
         }
     }
     /// The current schema version of the type's `data`. Bump it when the data changes shape, and
@@ -240,6 +256,8 @@ impl EventBody {
             EventBody::ResourceGroupCreated { .. } => EventType::ResourceGroupCreated,
             EventBody::HostUserLinked { .. } => EventType::HostUserLinked,
             EventBody::HostUserUnlinked { .. } => EventType::HostUserUnlinked,
+            EventBody::TokenCreated { .. } => EventType::TokenCreated,
+            EventBody::TokenRevoked {} => EventType::TokenRevoked,
         }
     }
 }
@@ -485,6 +503,8 @@ mod tests {
             EventBody::ResourceGroupCreated { slug: "rg".into() },
             EventBody::HostUserLinked { user_id: "u".into() },
             EventBody::HostUserUnlinked { user_id: "u".into() },
+            EventBody::TokenCreated { role: "scim".into() },
+            EventBody::TokenRevoked {},
         ];
         assert_eq!(bodies.len(), EventType::ALL.len());
         for b in bodies {

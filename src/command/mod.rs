@@ -68,6 +68,10 @@ pub enum Command {
     UnlinkHost {
         host_id: String,
     },
+    /// Brings the audit trail's tokens of the tenant to the token file's: (name, role) pairs.
+    ReconcileTokens {
+        tokens: Vec<(String, String)>,
+    },
     /// RFC 7644 §3.7: operations in order, later ones seeing earlier ones and their `bulkId`s;
     /// everything that succeeds commits in one batch; stops after `fail_on_errors` errors.
     Bulk {
@@ -202,6 +206,7 @@ fn decide_single(kv: &impl KvRead, ctx: &Ctx, command: Command) -> Result<Decisi
         Command::EraseUser { id, reason } => d.erase_user(id, reason)?,
         Command::LinkHost { host_id, user } => d.link_host(host_id, &user)?,
         Command::UnlinkHost { host_id } => d.unlink_host(host_id)?,
+        Command::ReconcileTokens { tokens } => d.reconcile_tokens(tokens)?,
         Command::Bulk { .. } => {
             return Err(Refusal::Invalid(SchemaError::invalid_value(
                 "a bulk operation cannot hold another bulk request",
@@ -477,14 +482,14 @@ impl<K: KvRead> Decider<'_, K> {
             .or_else(|| query::user_id_by_external_id(self.kv, self.t, name))
     }
 
-    fn host_version(&self, host_id: &str) -> u64 {
+    fn version_from_history(&self, host_id: &str) -> u64 {
         query::history_positions(self.kv, self.t, host_id).len() as u64
     }
 
     fn link_host(&mut self, host_id: String, user: &str) -> Outcome {
         let user_id =
             self.find_user(user).ok_or_else(|| Refusal::NotFound { kind: ResourceKind::User, id: user.to_string() })?;
-        let version = self.host_version(&host_id);
+        let version = self.version_from_history(&host_id);
         match access::host_user(self.kv, self.t, &host_id) {
             Some(current) if current == user_id => {}
             Some(current) => {
@@ -496,10 +501,32 @@ impl<K: KvRead> Decider<'_, K> {
         Ok((host_id, false, vec![]))
     }
 
+    fn reconcile_tokens(&mut self, wanted: Vec<(String, String)>) -> Outcome {
+        let known: BTreeMap<String, String> = query::known_tokens(self.kv)
+            .into_iter()
+            .filter(|(t, _, _)| t == self.t)
+            .map(|(_, name, role)| (name, role))
+            .collect();
+        let wanted: BTreeMap<String, String> = wanted.into_iter().collect();
+        for (name, role) in &known {
+            if wanted.get(name) != Some(role) {
+                let version = self.version_from_history(name);
+                self.emit(ResourceKind::Token, name, version, EventBody::TokenRevoked {});
+            }
+        }
+        for (name, role) in &wanted {
+            if known.get(name) != Some(role) {
+                let version = self.version_from_history(name);
+                self.emit(ResourceKind::Token, name, version, EventBody::TokenCreated { role: role.clone() });
+            }
+        }
+        Ok((String::new(), false, vec![]))
+    }
+
     fn unlink_host(&mut self, host_id: String) -> Outcome {
         let user_id = access::host_user(self.kv, self.t, &host_id)
             .ok_or_else(|| Refusal::NotFound { kind: ResourceKind::Host, id: host_id.clone() })?;
-        let version = self.host_version(&host_id);
+        let version = self.version_from_history(&host_id);
         self.emit(ResourceKind::Host, &host_id, version, EventBody::HostUserUnlinked { user_id });
         Ok((host_id, false, vec![]))
     }

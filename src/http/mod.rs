@@ -145,7 +145,14 @@ async fn authenticate(State(state): State<AppState>, mut req: Request, next: Nex
                 return ApiError::Unauthorized("a bearer token is required (Authorization: Bearer <token>)")
                     .into_response();
             };
-            match tokens.authenticate(&presented) {
+            // A changed token file is written to the audit trail before the request goes on,
+            // so that what a new token does follows its `token.created`.
+            match tokens.refresh() {
+                Ok(true) => reconcile_tokens(&state).await,
+                Ok(false) => {}
+                Err(e) => tracing::error!(error = %e, "cannot reload tokens; keeping the last good set"),
+            }
+            match tokens.authenticate_loaded(&presented) {
                 Some(p) => p,
                 None => return ApiError::Unauthorized("the bearer token is not valid").into_response(),
             }
@@ -153,6 +160,37 @@ async fn authenticate(State(state): State<AppState>, mut req: Request, next: Nex
     };
     req.extensions_mut().insert(principal);
     next.run(req).await
+}
+
+/// Records the token file's changes as `token.created` / `token.revoked` events (names, tenants
+/// and roles only), one command per tenant that differs.
+pub async fn reconcile_tokens(state: &AppState) {
+    let Some(tokens) = &state.tokens else { return };
+    let wanted = tokens.by_tenant();
+    let known = {
+        let view = state.store.view();
+        scimlog_projections::query::known_tokens(&view)
+    };
+    let mut tenants: std::collections::BTreeSet<String> = wanted.keys().cloned().collect();
+    tenants.extend(known.iter().map(|(t, _, _)| t.clone()));
+    for tenant in tenants {
+        let mut want = wanted.get(&tenant).cloned().unwrap_or_default();
+        let mut have: Vec<(String, String)> =
+            known.iter().filter(|(t, _, _)| *t == tenant).map(|(_, n, r)| (n.clone(), r.clone())).collect();
+        want.sort();
+        have.sort();
+        if want == have {
+            continue;
+        }
+        let origin = crate::log::writer::Origin {
+            tenant: tenant.clone(),
+            actor: "token-file".into(),
+            request_id: Uuid::now_v7().to_string(),
+        };
+        if let Err(e) = state.writer.submit(origin, crate::command::Command::ReconcileTokens { tokens: want }).await {
+            tracing::error!(error = %e, %tenant, "cannot record token changes");
+        }
+    }
 }
 
 /// A SCIM JSON response with the SCIM media type.

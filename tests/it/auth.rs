@@ -53,6 +53,31 @@ async fn a_token_sees_only_its_tenant() {
     // Revocation takes effect at the next request.
     scimlog::auth::revoke_token(s.data_dir(), "acme-okta").unwrap();
     as_other(Method::GET, "/Users".into(), None).await.assert_error(401, None, "");
+    // Both changes are in the audit trail, without the secret.
+    let store = scimlog::log::Store::open_read_only(s.data_dir()).unwrap();
+    let mut out = Vec::new();
+    scimlog::audit::export(&store, &scimlog_schemas::personal::NoKeys, 1, None, false, &mut out).unwrap();
+    let text = String::from_utf8(out).unwrap();
+    let token_events: Vec<(String, String, String)> = text
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|e| e["resourceType"] == "Token")
+        .map(|e| {
+            (
+                e["type"].as_str().unwrap().into(),
+                e["tenant"].as_str().unwrap().into(),
+                e["resourceId"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        token_events,
+        [
+            ("token.created".into(), "acme".into(), "acme-okta".into()),
+            ("token.revoked".into(), "acme".into(), "acme-okta".into())
+        ]
+    );
+    assert!(!text.contains(&other[8..]), "no secret in the log");
 }
 
 #[tokio::test]

@@ -59,6 +59,11 @@ async fn every_event_type_matches_its_schema() {
         .await;
     assert_eq!(r.status, 200);
     s.delete(&format!("/Users/{u}")).await;
+    // Token changes are recorded (the request after a change records it).
+    scimlog::auth::create_token(s.data_dir(), "temp", "default", scimlog::auth::Role::Scim).unwrap();
+    s.get("/Users?count=0").await;
+    scimlog::auth::revoke_token(s.data_dir(), "temp").unwrap();
+    s.get("/Users?count=0").await;
 
     let store = Store::open_read_only(s.data_dir()).unwrap();
     let ring = KeyRing::open_read_only(store.clone(), &MasterKeySource::default(), s.data_dir()).unwrap();

@@ -109,6 +109,8 @@ async fn no_endpoint_crosses_tenants() {
     let gid = s.post("/Groups", &json!({"displayName": "Mine", "members": [{"value": uid}]})).await.id();
     s.send(Method::PUT, &format!("{}/api/v1/hosts/h1/user", s.base), Some(&json!({"user": uid})), &[]).await;
     let other = scimlog::auth::create_token(s.data_dir(), "other", "other", scimlog::auth::Role::Admin).unwrap();
+    // The first request after the token file changed records the new token (`token.created`).
+    s.get("/Users?count=0").await;
     let before = s.log_position().await;
     let as_other = |m: Method, p: String, b: Option<serde_json::Value>| {
         let (s, other) = (&s, other.clone());
