@@ -18,6 +18,8 @@ use crate::log::{writer, Store};
 /// A running server.
 pub struct Server {
     pub addr: SocketAddr,
+    /// Storage fault injection, for tests.
+    pub faults: crate::log::FaultInjector,
     /// The token created on this first start, if one was (shown once).
     pub created_token: Option<String>,
     shutdown: Option<oneshot::Sender<()>>,
@@ -31,6 +33,7 @@ impl Server {
         std::fs::create_dir_all(&cfg.data_dir)
             .with_context(|| format!("cannot create the data dir {}", cfg.data_dir.display()))?;
         let store = Store::open(&cfg.data_dir)?;
+        let faults = store.faults();
         let keys = Arc::new(KeyRing::open(store.clone(), &cfg.master_key_source(), &cfg.data_dir)?);
 
         let (tokens, created_token) = if cfg.insecure_no_auth {
@@ -126,7 +129,7 @@ impl Server {
             // its queue first) before the store closes: see `Drop for http::Inner`.
         });
         tracing::info!(%addr, "scimlog listening");
-        Ok(Server { addr, created_token, shutdown: Some(shutdown), task })
+        Ok(Server { addr, faults, created_token, shutdown: Some(shutdown), task })
     }
 
     /// Stops accepting, lets in-flight requests finish, drains the writer, closes the store.

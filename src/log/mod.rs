@@ -33,6 +33,8 @@ pub enum LogError {
     Open { path: PathBuf, source: rocksdb::Error },
     #[error("storage failure: {0}")]
     Storage(#[from] rocksdb::Error),
+    #[error("injected storage fault")]
+    Injected,
     #[error("log record at position {position} is corrupt: {detail}")]
     Corrupt { position: u64, detail: String },
 }
@@ -51,9 +53,25 @@ impl Head {
 }
 
 /// The opened store. Cheap to clone (an `Arc`).
+/// Makes the next commits fail, as a full disk or an I/O error would: the tests of what a
+/// storage failure does to requests and to the state. Nothing outside the process reaches it.
+#[derive(Clone, Default)]
+pub struct FaultInjector(Arc<std::sync::atomic::AtomicU64>);
+
+impl FaultInjector {
+    pub fn fail_next_commits(&self, n: u64) {
+        self.0.store(n, std::sync::atomic::Ordering::SeqCst);
+    }
+    fn take(&self) -> bool {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.0.fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1)).is_ok()
+    }
+}
+
 #[derive(Clone)]
 pub struct Store {
     db: Arc<DB>,
+    faults: FaultInjector,
     /// A secondary instance's own directory, removed when the last clone goes.
     _scratch: Option<Arc<tempfile::TempDir>>,
 }
@@ -76,7 +94,7 @@ impl Store {
         let cfs = [CF_EVENTS, CF_STATE, CF_KEYS].map(|name| ColumnFamilyDescriptor::new(name, db_options()));
         let db =
             DB::open_cf_descriptors(&db_options(), &path, cfs).map_err(|source| LogError::Open { path, source })?;
-        Ok(Store { db: Arc::new(db), _scratch: None })
+        Ok(Store { db: Arc::new(db), faults: FaultInjector::default(), _scratch: None })
     }
 
     /// Opens the store for reading beside a live server (audit, export), as a RocksDB secondary
@@ -98,7 +116,7 @@ impl Store {
         let db = DB::open_cf_descriptors_as_secondary(&opts, &path, &scratch.path().to_path_buf(), cfs)
             .map_err(|source| LogError::Open { path: path.clone(), source })?;
         db.try_catch_up_with_primary()?;
-        Ok(Store { db: Arc::new(db), _scratch: Some(Arc::new(scratch)) })
+        Ok(Store { db: Arc::new(db), faults: FaultInjector::default(), _scratch: Some(Arc::new(scratch)) })
     }
 
     fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
@@ -119,6 +137,10 @@ impl Store {
                 Ok(Head { position, hash: sealed.hash_hex() })
             }
         }
+    }
+
+    pub fn faults(&self) -> FaultInjector {
+        self.faults.clone()
     }
 
     /// A consistent read view of the read models.
@@ -213,6 +235,9 @@ impl Store {
         key_writes: Vec<(Vec<u8>, Option<Vec<u8>>)>,
         sync: bool,
     ) -> Result<(), LogError> {
+        if self.faults.take() {
+            return Err(LogError::Injected);
+        }
         let mut batch = WriteBatch::default();
         let keys_cf = self.cf(CF_KEYS);
         for (k, v) in key_writes {

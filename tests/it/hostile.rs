@@ -141,3 +141,33 @@ async fn no_endpoint_crosses_tenants() {
     assert_eq!(s.get(&format!("/Groups/{gid}")).await.body["members"][0]["value"], uid.as_str());
     s.stop().await;
 }
+
+#[tokio::test]
+async fn a_storage_failure_answers_503_writes_nothing_and_the_server_goes_on() {
+    let s = TestServer::start().await;
+    let id = s.post("/Users", &json!({"userName": "before"})).await.id();
+    let before = s.log_position().await;
+    s.faults().fail_next_commits(2);
+    let r = s.post("/Users", &json!({"userName": "during"})).await;
+    r.assert_error(503, None, "nothing was written");
+    assert_eq!(r.header("retry-after"), Some("1"));
+    let patch = json!({"Operations": [{"op": "replace", "value": {"title": "x"}}]});
+    s.send(Method::PATCH, &format!("/Users/{id}"), Some(&patch), &[]).await.assert_error(
+        503,
+        None,
+        "nothing was written",
+    );
+    assert_eq!(s.log_position().await, before, "the failed commits left no event");
+    assert_eq!(s.get(&format!("/Users?filter={}", q("userName eq \"during\""))).await.body["totalResults"], 0);
+    assert!(s.get(&format!("/Users/{id}")).await.body.get("title").is_none());
+    // The writer's head did not move: the next writes continue the chain.
+    assert_eq!(s.post("/Users", &json!({"userName": "during"})).await.status, 201);
+    assert_eq!(s.log_position().await, before + 1);
+    let store = scimlog::log::Store::open_read_only(s.data_dir()).unwrap();
+    assert_eq!(scimlog::audit::verify(&store).unwrap().count, before + 1);
+    let keys = scimlog::log::keys::KeyRing::open_read_only(store.clone(), &Default::default(), s.data_dir()).unwrap();
+    let rebuilt = scimlog::audit::fold_until(&store, &keys, None, &mut |_| {}).unwrap();
+    assert_eq!(scimlog::audit::compare(&store, &rebuilt).unwrap().count, 0);
+    drop((store, keys));
+    s.stop().await;
+}

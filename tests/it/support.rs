@@ -84,6 +84,10 @@ impl TestServer {
         self._tmp = Some(tmp);
     }
 
+    pub fn faults(&self) -> scimlog::log::FaultInjector {
+        self.server.as_ref().expect("running").faults.clone()
+    }
+
     pub fn data_dir(&self) -> &Path {
         &self.dir
     }
