@@ -171,3 +171,65 @@ async fn a_storage_failure_answers_503_writes_nothing_and_the_server_goes_on() {
     drop((store, keys));
     s.stop().await;
 }
+
+#[tokio::test]
+async fn default_logs_carry_ids_not_personal_data() {
+    let tmp = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let log = tmp.path().join("stderr.log");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_scimlog"))
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--token", "t"])
+        .arg("--data-dir")
+        .arg(tmp.path().join("data"))
+        .env_remove("SCIMLOG_LOG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}/scim/v2");
+    let client = reqwest::Client::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while client.get(format!("http://127.0.0.1:{port}/healthz")).send().await.is_err() {
+        assert!(std::time::Instant::now() < deadline);
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let secret_name = "very.private.person@example.com";
+    let post = |body: serde_json::Value| {
+        let (client, base) = (client.clone(), base.clone());
+        async move {
+            client
+                .post(format!("{base}/Users"))
+                .bearer_auth("t")
+                .header("content-type", "application/scim+json")
+                .body(body.to_string())
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    post(json!({"userName": secret_name, "password": "hunter2-secret"})).await;
+    post(json!({"userName": secret_name})).await; // 409
+    client
+        .get(format!("{base}/Users?filter={}", q(&format!("userName eq \"{secret_name}\""))))
+        .bearer_auth("t")
+        .send()
+        .await
+        .unwrap();
+    let g = json!({"displayName": "G", "members": [{"value": "no-such-member"}]});
+    client
+        .post(format!("{base}/Groups"))
+        .bearer_auth("t")
+        .header("content-type", "application/scim+json")
+        .body(g.to_string())
+        .send()
+        .await
+        .unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("scimlog listening"), "the log was captured: {text}");
+    assert!(text.contains("no-such-member"), "ids are logged (skipped members): {text}");
+    for secret in [secret_name, "hunter2-secret", "very.private"] {
+        assert!(!text.contains(secret), "{secret:?} in the default log:\n{text}");
+    }
+}

@@ -221,3 +221,23 @@ async fn republish_within_the_window_is_deduplicated_and_publishing_goes_on() {
     assert_stream_is_the_log(&nats, &s).await;
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flapping_nats_ends_with_every_event_once() {
+    let mut nats = NatsServer::start();
+    let s = server_with(&nats).await;
+    for round in 0..3 {
+        for i in 0..40 {
+            assert_eq!(s.post("/Users", &json!({"userName": format!("flap{round}-{i}")})).await.status, 201);
+            if i == 20 {
+                nats.kill();
+            }
+        }
+        assert!(health(&s).await["publisher"]["lag"].as_u64().unwrap() > 0, "the lag shows while NATS is down");
+        nats.restart();
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    caught_up(&s).await;
+    assert_stream_is_the_log(&nats, &s).await;
+    s.stop().await;
+}
