@@ -25,8 +25,10 @@ struct Args {
     /// Start a scimlog server in this process on a temp data dir instead of using --url.
     #[arg(long)]
     spawn: bool,
-    /// Comma-separated scenarios: create-users, lookup, get-by-id, list-page, group-push,
-    /// replay (needs --spawn), healthz.
+    /// Comma-separated scenarios: create-users, lookup, get-by-id, list-page, okta-import,
+    /// group-push, replay (needs --spawn), healthz, trivial (an empty axum handler: the HTTP
+    /// stack's ceiling), log-append (raw RocksDB commits of 1/16/128 records, fsync on and off:
+    /// the disk's ceiling).
     #[arg(long, default_value = "create-users,lookup,get-by-id")]
     scenario: String,
     /// Concurrent connections.
@@ -143,6 +145,46 @@ fn rss_mb() -> f64 {
         })
         .map(|kb| kb / 1024.0)
         .unwrap_or(0.0)
+}
+
+/// Raw RocksDB commits of `n` 300-byte records per batch, fsync on and off: the disk's limit
+/// for a single writer. Each row reports batches/s as req/s and latency per batch.
+fn log_append(seconds: u64) -> anyhow::Result<Vec<Row>> {
+    let dir = tempfile::tempdir()?;
+    let mut opts = rocksdb::Options::default();
+    opts.create_if_missing(true);
+    let db = rocksdb::DB::open(&opts, dir.path())?;
+    let record = vec![b'x'; 300];
+    let mut rows = Vec::new();
+    let mut key = 0u64;
+    for sync in [true, false] {
+        for n in [1usize, 16, 128] {
+            let mut wo = rocksdb::WriteOptions::default();
+            wo.set_sync(sync);
+            let started = Instant::now();
+            let mut lat = Vec::new();
+            while started.elapsed() < Duration::from_secs(seconds) && lat.len() < 200_000 {
+                let t = Instant::now();
+                let mut batch = rocksdb::WriteBatch::default();
+                for _ in 0..n {
+                    key += 1;
+                    batch.put(key.to_be_bytes(), &record);
+                }
+                db.write_opt(batch, &wo)?;
+                lat.push(t.elapsed().as_micros() as u64);
+            }
+            let secs = started.elapsed().as_secs_f64();
+            rows.push(Row {
+                rss_mb: rss_mb(),
+                scenario: format!("log-append: batches of {n} ({:.0} records/s), fsync {}", (lat.len() * n) as f64 / secs, if sync { "on" } else { "OFF" }),
+                requests: lat.len() as u64,
+                errors: 0,
+                seconds: secs,
+                latencies_us: lat,
+            });
+        }
+    }
+    Ok(rows)
 }
 
 fn user_body(i: u64) -> serde_json::Value {
@@ -362,6 +404,50 @@ async fn main() -> anyhow::Result<()> {
                     seconds,
                     latencies_us: vec![],
                 }
+            }
+            "okta-import" => {
+                // Okta's import: the whole directory, a page of 100 at a time (cursor paging).
+                let started = Instant::now();
+                let mut cursor = String::new();
+                let (mut pages, mut users, mut lat) = (0u64, 0u64, Vec::new());
+                loop {
+                    let t = Instant::now();
+                    let page: serde_json::Value = c
+                        .get(format!("{scim}/Users?count=100&cursor={cursor}"))
+                        .header("authorization", &auth)
+                        .send()
+                        .await?
+                        .json()
+                        .await?;
+                    lat.push(t.elapsed().as_micros() as u64);
+                    pages += 1;
+                    users += page["Resources"].as_array().map(|a| a.len() as u64).unwrap_or(0);
+                    match page["nextCursor"].as_str() {
+                        Some(next) => cursor = next.replace('+', "%2B").replace('/', "%2F").replace('=', "%3D"),
+                        None => break,
+                    }
+                    if started.elapsed() > Duration::from_secs(args.duration_s) {
+                        break;
+                    }
+                }
+                Row { rss_mb: rss_mb(), scenario: format!("okta-import: {users} users in {pages} pages of 100 (one connection)"), requests: pages, errors: 0, seconds: started.elapsed().as_secs_f64(), latencies_us: lat }
+            }
+            "trivial" => {
+                let app = axum::Router::new().route("/", axum::routing::get(|| async { "ok" }));
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+                let url = format!("http://{}/", listener.local_addr()?);
+                tokio::spawn(async move { axum::serve(listener, app).await });
+                drive("trivial axum handler (HTTP stack ceiling)", &args, args.requests, move |_| {
+                    let (c, url) = (c.clone(), url.clone());
+                    async move { matches!(c.get(url).send().await, Ok(r) if r.status().is_success()) }
+                })
+                .await
+            }
+            "log-append" => {
+                for row in log_append(args.duration_s.min(5))? {
+                    rows.push(row);
+                }
+                continue;
             }
             "healthz" => {
                 let base = args.url.clone();

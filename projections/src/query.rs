@@ -86,6 +86,24 @@ pub fn groups_of(kv: &impl KvRead, t: &str, member: &str, limit: usize) -> Vec<S
 fn count(kv: &impl KvRead, key: &[u8]) -> u64 {
     kv.get(key).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes).unwrap_or(0)
 }
+/// Ids of a resource type in id order, `limit` of them after `after`: one page of the whole
+/// collection at O(page) cost, whatever its size.
+pub fn ids_after(kv: &impl KvRead, t: &str, kind: ResourceKind, after: Option<&str>, limit: usize) -> Vec<String> {
+    let (prefix, after_key) = match kind {
+        ResourceKind::User => (keys::users(t), after.map(|a| keys::user(t, a))),
+        _ => (keys::groups(t), after.map(|a| keys::group(t, a))),
+    };
+    kv.scan(&prefix, after_key.as_deref(), limit).into_iter().map(|(k, _)| keys::last_part(&k)).collect()
+}
+
+/// How many resources of a type the tenant has.
+pub fn count_of(kv: &impl KvRead, t: &str, kind: ResourceKind) -> u64 {
+    match kind {
+        ResourceKind::User => user_count(kv, t),
+        _ => group_count(kv, t),
+    }
+}
+
 pub fn user_count(kv: &impl KvRead, t: &str) -> u64 {
     count(kv, &keys::user_count(t))
 }

@@ -188,6 +188,36 @@ pub fn list(
     let q = ListQuery::from_params(params, state)?;
     let t = caller.tenant();
     let view = state.store.view();
+    // Results of one type without sortBy are in id order: a cursor can then point after an id.
+    let id_ordered = kinds.len() == 1 && q.sort.is_none();
+    let cursor_context = || {
+        let kinds_text: Vec<&str> = kinds.iter().map(|k| k.as_str()).collect();
+        let sort_text = q.sort.as_ref().map(|(p, d)| format!("{p}:{d}")).unwrap_or_default();
+        let fp = cursor::fingerprint(&[t, &kinds_text.join(","), &q.filter_text, &sort_text]);
+        (state.keys.derived_secret("cursor"), fp, chrono::Utc::now().timestamp())
+    };
+    // Paging a whole collection by cursor (Okta's import) reads one page from the cursor's key:
+    // O(page), whatever the directory's size.
+    if let (Paging::Cursor(token), true, None) = (&q.paging, id_ordered, &q.filter) {
+        let kind = kinds[0];
+        let (secret, fp, now) = cursor_context();
+        let after = match token {
+            None => None,
+            Some(c) => cursor::open(&secret, &fp, c, now)?.after,
+        };
+        let mut page = query::ids_after(&view, t, kind, after.as_deref(), q.count + 1);
+        let more = page.len() > q.count;
+        page.truncate(q.count);
+        let total = query::count_of(&view, t, kind) as usize;
+        let next = (more && !page.is_empty())
+            .then(|| cursor::issue(&secret, &fp, 0, page.last().cloned(), now, state.cfg.cursor_timeout_s));
+        let resources: Vec<Value> =
+            page.iter().filter_map(|id| render_one(&view, t, state, kind, id, &q.projection).map(|(v, _)| v)).collect();
+        if let Some(e) = view.take_error() {
+            return Err(e.into());
+        }
+        return Ok(scim_response(StatusCode::OK, &render::cursor_list_response(total, resources, next)));
+    }
     let mut ids: Vec<(ResourceKind, String)> = Vec::new();
     for kind in kinds {
         let mut found = query::search_ids(&view, t, *kind, q.filter.as_ref(), state.cfg.max_scan)?;
@@ -197,16 +227,10 @@ pub fn list(
         ids.extend(found.into_iter().map(|id| (*kind, id)));
     }
     let total = ids.len();
-    // Results of one type without sortBy are in id order: a cursor can then point after an id.
-    let id_ordered = kinds.len() == 1 && q.sort.is_none();
     let (start, next_cursor) = match &q.paging {
         Paging::Index { start } => (start - 1, None),
         Paging::Cursor(token) => {
-            let kinds_text: Vec<&str> = kinds.iter().map(|k| k.as_str()).collect();
-            let sort_text = q.sort.as_ref().map(|(p, d)| format!("{p}:{d}")).unwrap_or_default();
-            let fp = cursor::fingerprint(&[t, &kinds_text.join(","), &q.filter_text, &sort_text]);
-            let secret = state.keys.derived_secret("cursor");
-            let now = chrono::Utc::now().timestamp();
+            let (secret, fp, now) = cursor_context();
             let start = match token {
                 None => 0,
                 Some(c) => {
