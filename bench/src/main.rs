@@ -176,7 +176,11 @@ fn log_append(seconds: u64) -> anyhow::Result<Vec<Row>> {
             let secs = started.elapsed().as_secs_f64();
             rows.push(Row {
                 rss_mb: rss_mb(),
-                scenario: format!("log-append: batches of {n} ({:.0} records/s), fsync {}", (lat.len() * n) as f64 / secs, if sync { "on" } else { "OFF" }),
+                scenario: format!(
+                    "log-append: batches of {n} ({:.0} records/s), fsync {}",
+                    (lat.len() * n) as f64 / secs,
+                    if sync { "on" } else { "OFF" }
+                ),
                 requests: lat.len() as u64,
                 errors: 0,
                 seconds: secs,
@@ -430,7 +434,14 @@ async fn main() -> anyhow::Result<()> {
                         break;
                     }
                 }
-                Row { rss_mb: rss_mb(), scenario: format!("okta-import: {users} users in {pages} pages of 100 (one connection)"), requests: pages, errors: 0, seconds: started.elapsed().as_secs_f64(), latencies_us: lat }
+                Row {
+                    rss_mb: rss_mb(),
+                    scenario: format!("okta-import: {users} users in {pages} pages of 100 (one connection)"),
+                    requests: pages,
+                    errors: 0,
+                    seconds: started.elapsed().as_secs_f64(),
+                    latencies_us: lat,
+                }
             }
             "trivial" => {
                 let app = axum::Router::new().route("/", axum::routing::get(|| async { "ok" }));
