@@ -10,7 +10,8 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(f) = Filter::parse(text, FilterLimits::default()) {
         let user = serde_json::json!({"userName": "b", "emails": [{"value": "b@x", "type": "work"}], "meta": {"lastModified": "2011-05-13T04:42:34Z"}});
         let _ = f.matches(&registry().user, &user);
-        let again = Filter::parse(&f.to_string(), FilterLimits { max_length: usize::MAX, max_depth: usize::MAX }).expect("printed filters parse");
+        let again = Filter::parse(&f.to_string(), FilterLimits { max_length: usize::MAX, max_depth: usize::MAX })
+            .expect("printed filters parse");
         assert_eq!(again, f);
     }
 });

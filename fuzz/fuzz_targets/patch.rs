@@ -9,7 +9,10 @@ use scimlog_schemas::resource::parse_user;
 fuzz_target!(|data: &[u8]| {
     let Ok(body) = serde_json::from_slice::<serde_json::Value>(data) else { return };
     if let Ok(ops) = parse_patch(&body, FilterLimits::default(), 100) {
-        let mut doc = serde_json::json!({"userName": "a", "emails": [{"value": "a@x", "type": "work"}]}).as_object().unwrap().clone();
+        let mut doc = serde_json::json!({"userName": "a", "emails": [{"value": "a@x", "type": "work"}]})
+            .as_object()
+            .unwrap()
+            .clone();
         for op in &ops {
             if apply(&registry().user, &mut doc, op).is_err() {
                 return;
