@@ -233,3 +233,28 @@ async fn default_logs_carry_ids_not_personal_data() {
         assert!(!text.contains(secret), "{secret:?} in the default log:\n{text}");
     }
 }
+
+#[test]
+fn a_full_disk_at_start_stops_start_up_with_a_clear_error() {
+    use std::os::unix::process::CommandExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_scimlog"));
+    cmd.args(["serve", "--listen", "127.0.0.1:0", "--token", "t"]).arg("--data-dir").arg(tmp.path());
+    // No file may grow past 4 KiB, as on a full disk: writes fail (EFBIG) instead of the
+    // process being killed by SIGXFSZ.
+    unsafe {
+        cmd.pre_exec(|| {
+            let limit = libc::rlimit { rlim_cur: 4096, rlim_max: 4096 };
+            if libc::setrlimit(libc::RLIMIT_FSIZE, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+            Ok(())
+        });
+    }
+    let out = cmd.output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert_eq!(out.status.code(), Some(1), "a clean exit with an error, not a crash: {err}");
+    assert!(err.contains("scimlog: cannot open the store") && err.contains("File too large"), "{err}");
+}
