@@ -136,6 +136,11 @@ where
     }
 }
 
+/// A cursor as a query value (cursors are base64 with `+`, `/` and `=`).
+fn encode_cursor(cursor: &str) -> String {
+    cursor.replace('+', "%2B").replace('/', "%2F").replace('=', "%3D")
+}
+
 /// This process's resident set size, from /proc.
 fn rss_mb() -> f64 {
     std::fs::read_to_string("/proc/self/status")
@@ -340,7 +345,7 @@ async fn main() -> anyhow::Result<()> {
                             .filter_map(|r| r["id"].as_str().map(String::from)),
                     );
                     match page["nextCursor"].as_str() {
-                        Some(next) => cursor = next.replace('+', "%2B").replace('/', "%2F").replace('=', "%3D"),
+                        Some(next) => cursor = encode_cursor(next),
                         None => break,
                     }
                 }
@@ -427,7 +432,7 @@ async fn main() -> anyhow::Result<()> {
                     pages += 1;
                     users += page["Resources"].as_array().map(|a| a.len() as u64).unwrap_or(0);
                     match page["nextCursor"].as_str() {
-                        Some(next) => cursor = next.replace('+', "%2B").replace('/', "%2F").replace('=', "%3D"),
+                        Some(next) => cursor = encode_cursor(next),
                         None => break,
                     }
                     if started.elapsed() > Duration::from_secs(args.duration_s) {
