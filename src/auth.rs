@@ -142,7 +142,9 @@ pub fn list_tokens(data_dir: &Path) -> Result<Vec<TokenRecord>, AuthError> {
 }
 
 struct Loaded {
-    stamp: Option<(SystemTime, u64)>,
+    /// The file's (mtime, length) when last read: `None` before the first read, `Some(None)`
+    /// when there was no file (checked again by `stat` alone, like a present one).
+    stamp: Option<Option<(SystemTime, u64)>>,
     tokens: Vec<([u8; 32], Principal)>,
 }
 
@@ -175,7 +177,7 @@ impl TokenStore {
     pub fn refresh(&self) -> Result<bool, AuthError> {
         let stamp = std::fs::metadata(&self.path).ok().and_then(|m| Some((m.modified().ok()?, m.len())));
         let mut loaded = self.loaded.lock().expect("token lock");
-        if loaded.stamp.is_some() && loaded.stamp == stamp {
+        if loaded.stamp == Some(stamp) {
             return Ok(false);
         }
         let file = read_file(&self.path)?;
@@ -188,7 +190,7 @@ impl TokenStore {
                 Some((h, Principal { name: t.name, tenant: t.tenant, role: t.role }))
             })
             .collect();
-        loaded.stamp = stamp;
+        loaded.stamp = Some(stamp);
         Ok(true)
     }
 

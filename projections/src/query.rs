@@ -330,16 +330,15 @@ pub fn search_ids(
             }
             ids.sort();
             ids.dedup();
-            // Members are not part of a group's filterable form: an index hit on them is final
-            // only when the filter is exactly that comparison.
-            let member_only = matches!(plan(kind, filter), Plan::Lookup(ref l) if l.len() == 1 && matches!(l[0], Lookup::Member(_)))
-                && matches!(filter, Filter::Compare { .. });
+            // When the filter is exactly one comparison that an index answers exactly, a hit is
+            // final and the resource is not read here: members (not part of a group's filterable
+            // form), and userName (its index key is folded as the filter compares it). This is
+            // the lookup every IdP makes before each create.
+            let index_is_final = matches!(filter, Filter::Compare { .. })
+                && matches!(plan(kind, filter), Plan::Lookup(ref l) if l.len() == 1 && matches!(l[0], Lookup::Member(_) | Lookup::UserName(_)));
             Ok(ids
                 .into_iter()
-                .filter(|id| match load_filterable(id) {
-                    Some(doc) => member_only || filter.matches(schema, &doc),
-                    None => false,
-                })
+                .filter(|id| index_is_final || load_filterable(id).is_some_and(|doc| filter.matches(schema, &doc)))
                 .collect())
         }
         Plan::Scan => {

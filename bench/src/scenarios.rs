@@ -1,0 +1,714 @@
+//! One function per scenario. Each seeds what it needs and pushes its rows onto [`Bench::rows`].
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use futures::StreamExt;
+use serde_json::{json, Value};
+
+use hyper::Method;
+
+use crate::client::Conn;
+use crate::load::{self, drive, Row};
+use crate::target::{Nats, Scimlog, Trivial, TOKEN};
+use crate::Args;
+
+/// A start-up measured at one directory size.
+pub struct Startup {
+    users: usize,
+    events: u64,
+    data_mb: f64,
+    stop: Duration,
+    start: Duration,
+    rss_mb: Option<f64>,
+}
+
+pub fn print_startups(rows: &[Startup]) {
+    println!("| users | events | data dir | stop (SIGTERM to exit) | start-up (spawn to first /healthz 200) | RSS after start-up |");
+    println!("| ---: | ---: | ---: | ---: | ---: | ---: |");
+    for s in rows {
+        println!(
+            "| {} | {} | {:.0} MB | {} ms | {} ms | {} |",
+            s.users,
+            s.events,
+            s.data_mb,
+            s.stop.as_millis(),
+            s.start.as_millis(),
+            s.rss_mb.map(|m| format!("{m:.0} MB")).unwrap_or_else(|| "-".into())
+        );
+    }
+}
+
+pub struct Bench {
+    args: Args,
+    /// A connection with the token (copied per worker) and one without, for /healthz.
+    conn: Conn,
+    health: Conn,
+    server: Option<Scimlog>,
+    /// Makes this run's userNames unique, so that runs against one --url server do not collide.
+    tag: String,
+    /// The users this run created: (index in their userName, id).
+    users: Vec<(u64, String)>,
+    next_user: u64,
+    pub rows: Vec<Row>,
+    pub startups: Vec<Startup>,
+}
+
+fn user_name(tag: &str, i: u64) -> String {
+    format!("user{i:07}-{tag}@bench.example")
+}
+
+/// A user as Okta creates one.
+fn user_body(tag: &str, i: u64) -> Value {
+    json!({
+        "schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"],
+        "userName": user_name(tag, i),
+        "externalId": format!("00u{tag}{i:011}"),
+        "name": {"givenName": "Bench", "familyName": format!("User{i}")},
+        "displayName": format!("Bench User {i}"),
+        "emails": [{"value": user_name(tag, i), "type": "work", "primary": true}],
+        "active": true,
+        "password": "not-stored-ever"
+    })
+}
+
+/// A cursor as a query value (cursors are base64 with `+`, `/` and `=`).
+fn encode_cursor(cursor: &str) -> String {
+    cursor.replace('+', "%2B").replace('/', "%2F").replace('=', "%3D")
+}
+
+/// The SCIM requests the scenarios make, on the caller's connection.
+#[derive(Clone)]
+struct Api {
+    tag: String,
+}
+
+const SCIM: &str = "/scim/v2";
+
+impl Api {
+    async fn create_user(&self, conn: &mut Conn, i: u64) -> Option<String> {
+        let body = user_body(&self.tag, i).to_string();
+        match conn.request(Method::POST, &format!("{SCIM}/Users"), Some(body)).await {
+            Ok((status, body)) if status.as_u16() == 201 => {
+                serde_json::from_slice::<Value>(&body).ok()?["id"].as_str().map(String::from)
+            }
+            _ => None,
+        }
+    }
+
+    async fn lookup(&self, conn: &mut Conn, i: u64) -> bool {
+        let name = user_name(&self.tag, i).replace('@', "%40");
+        match conn.get(&format!("{SCIM}/Users?filter=userName%20eq%20%22{name}%22")).await {
+            Ok((status, body)) if status.is_success() => {
+                std::str::from_utf8(&body).is_ok_and(|t| t.contains("\"totalResults\":1"))
+            }
+            _ => false,
+        }
+    }
+
+    async fn get(&self, conn: &mut Conn, path: &str) -> bool {
+        matches!(conn.get(&format!("{SCIM}/{path}")).await, Ok((status, _)) if status.is_success())
+    }
+
+    async fn send(&self, conn: &mut Conn, method: Method, path: &str, body: Value) -> bool {
+        let r = conn.request(method, &format!("{SCIM}/{path}"), Some(body.to_string())).await;
+        matches!(r, Ok((status, _)) if status.is_success())
+    }
+
+    async fn create_group(&self, conn: &mut Conn, name: &str) -> anyhow::Result<String> {
+        let body = json!({"displayName": name}).to_string();
+        let (status, body) = conn.request(Method::POST, &format!("{SCIM}/Groups"), Some(body)).await?;
+        anyhow::ensure!(status.as_u16() == 201, "creating group {name}: {status}");
+        serde_json::from_slice::<Value>(&body)?["id"].as_str().map(String::from).context("no group id")
+    }
+
+    /// Adds members in PATCHes of 1000, as Okta's group push does on a first sync.
+    async fn add_members(&self, conn: &mut Conn, group: &str, ids: &[String]) -> anyhow::Result<()> {
+        for chunk in ids.chunks(1000) {
+            let value: Vec<Value> = chunk.iter().map(|id| json!({"value": id})).collect();
+            let op = json!({"Operations": [{"op": "add", "path": "members", "value": value}]});
+            let ok = self.send(conn, Method::PATCH, &format!("Groups/{group}"), op).await;
+            anyhow::ensure!(ok, "adding members to {group} failed");
+        }
+        Ok(())
+    }
+
+    /// One member added or removed, as a group push sends it.
+    async fn push(&self, conn: &mut Conn, group: &str, member: &str, add: bool) -> bool {
+        let op = if add {
+            json!({"op": "add", "path": "members", "value": [{"value": member}]})
+        } else {
+            json!({"op": "remove", "path": format!("members[value eq \"{member}\"]")})
+        };
+        self.send(conn, Method::PATCH, &format!("Groups/{group}"), json!({"Operations": [op]})).await
+    }
+}
+
+impl Bench {
+    pub async fn new(mut args: Args) -> anyhow::Result<Bench> {
+        let server = if args.spawn {
+            let bin = match &args.server_bin {
+                Some(b) => b.clone(),
+                None => Scimlog::default_bin()?,
+            };
+            let s = Scimlog::start(bin).await?;
+            args.url = s.url.clone();
+            args.token = TOKEN.into();
+            Some(s)
+        } else {
+            None
+        };
+        crate::check_loopback(&args.url)?;
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_nanos();
+        Ok(Bench {
+            conn: Conn::new(&args.url, &args.token)?,
+            health: Conn::new(&args.url, "")?,
+            server,
+            tag: format!("{:06x}", nanos % 0xff_ffff),
+            users: Vec::new(),
+            next_user: 0,
+            rows: Vec::new(),
+            startups: Vec::new(),
+            args,
+        })
+    }
+
+    fn api(&self) -> Api {
+        Api { tag: self.tag.clone() }
+    }
+
+    /// Records a row with the server's RSS now (unless the row has its own).
+    fn push(&mut self, mut row: Row) {
+        if row.rss_mb.is_none() {
+            row.rss_mb = self.server.as_ref().and_then(|s| s.rss_mb());
+        }
+        self.push_raw(row);
+    }
+
+    /// Records a row that has nothing to do with the server's memory (the ceilings).
+    fn push_raw(&mut self, row: Row) {
+        eprintln!("  {}: {:.0}/s, p99 {}", row.scenario, row.rate(), load::fmt_us(row.percentile_us(0.99)));
+        self.rows.push(row);
+    }
+
+    /// [`drive`] with the CPU time the server (`pid`) and this process spent per operation.
+    async fn measure<F, Fut>(&self, name: &str, pid: Option<u32>, requests: u64, limit: Duration, op: F) -> Row
+    where
+        F: Fn(Conn, u64) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = (Conn, bool)> + Send,
+    {
+        let me = std::process::id();
+        let (server0, own0) = (pid.and_then(load::cpu_time), load::cpu_time(me));
+        let mut row = drive(name, &self.conn, self.args.connections, requests, limit, op).await;
+        let per_op = |before: Option<Duration>, after: Option<Duration>| {
+            Some((after? - before?).as_secs_f64() * 1e6 / row.requests.max(1) as f64)
+        };
+        row.server_cpu_us = per_op(server0, pid.and_then(load::cpu_time));
+        row.generator_cpu_us = per_op(own0, load::cpu_time(me));
+        row
+    }
+
+    fn server_pid(&self) -> Option<u32> {
+        self.server.as_ref().and_then(|s| s.pid())
+    }
+
+    fn server(&mut self, scenario: &str) -> anyhow::Result<&mut Scimlog> {
+        self.server.as_mut().with_context(|| format!("{scenario} needs --spawn"))
+    }
+
+    fn need_users(&self, scenario: &str) -> anyhow::Result<()> {
+        if self.users.is_empty() {
+            bail!("{scenario} needs users: put create-users before it");
+        }
+        Ok(())
+    }
+
+    async fn healthz_json(&mut self) -> anyhow::Result<Value> {
+        let (status, body) = self.health.get("/healthz").await?;
+        anyhow::ensure!(status.is_success(), "/healthz answered {status}");
+        Ok(serde_json::from_slice(&body)?)
+    }
+
+    async fn log_position(&mut self) -> anyhow::Result<u64> {
+        self.healthz_json().await?["logPosition"].as_u64().context("/healthz without logPosition")
+    }
+
+    pub async fn run(&mut self, scenario: &str, size: u64) -> anyhow::Result<()> {
+        eprintln!("{scenario} ({} users so far)", self.users.len());
+        match scenario {
+            "create-users" => self.create_users(size).await,
+            "lookup" => self.lookup().await,
+            "get-by-id" => self.get_by_id().await,
+            "list-page" => self.list_page().await,
+            "startup" => self.startup().await,
+            "okta-import" => self.okta_import().await,
+            "group-push" => self.group_push().await,
+            "mixed" => self.mixed().await,
+            "replay" => self.replay().await,
+            "publish" => self.publish().await,
+            "healthz" => self.healthz().await,
+            "trivial" => self.trivial().await,
+            "log-append" => {
+                for row in log_append(self.args.duration_s.min(5))? {
+                    self.push_raw(row);
+                }
+                Ok(())
+            }
+            other => bail!("unknown scenario {other:?}"),
+        }
+    }
+
+    /// POST /Users until the directory holds `size` users of this run (bounded by
+    /// --seed-timeout-s), recording their ids.
+    async fn create_users(&mut self, size: u64) -> anyhow::Result<()> {
+        let have = self.users.len() as u64;
+        if have >= size {
+            return Ok(());
+        }
+        let (offset, n) = (self.next_user, size - have);
+        self.next_user += n;
+        let created = Arc::new(Mutex::new(Vec::with_capacity(n as usize)));
+        let (api, sink) = (self.api(), created.clone());
+        let name = format!("create-users {have}→{size} (POST /Users, fsync on)");
+        let limit = Duration::from_secs(self.args.seed_timeout_s);
+        let row = self
+            .measure(&name, self.server_pid(), n, limit, move |mut conn, i| {
+                let (api, sink) = (api.clone(), sink.clone());
+                async move {
+                    let id = api.create_user(&mut conn, offset + i).await;
+                    let ok = id.is_some();
+                    if let Some(id) = id {
+                        sink.lock().unwrap().push((offset + i, id));
+                    }
+                    (conn, ok)
+                }
+            })
+            .await;
+        let mut created = std::mem::take(&mut *created.lock().unwrap());
+        created.sort_unstable();
+        self.users.extend(created);
+        self.push(row);
+        Ok(())
+    }
+
+    async fn lookup(&mut self) -> anyhow::Result<()> {
+        self.need_users("lookup")?;
+        let (api, users) = (self.api(), Arc::new(self.users.iter().map(|u| u.0).collect::<Vec<_>>()));
+        let name = format!("lookup filter=userName eq ({} users)", users.len());
+        let row = self
+            .measure(&name, self.server_pid(), self.args.requests, self.args.limit(), move |mut conn, i| {
+                let (api, users) = (api.clone(), users.clone());
+                async move {
+                    let ok = api.lookup(&mut conn, users[(i as usize * 7919) % users.len()]).await;
+                    (conn, ok)
+                }
+            })
+            .await;
+        self.push(row);
+        Ok(())
+    }
+
+    fn ids(&self) -> Arc<Vec<String>> {
+        Arc::new(self.users.iter().map(|u| u.1.clone()).collect())
+    }
+
+    async fn get_by_id(&mut self) -> anyhow::Result<()> {
+        self.need_users("get-by-id")?;
+        let (api, ids) = (self.api(), self.ids());
+        let name = format!("GET /Users/{{id}} ({} users)", ids.len());
+        let row = self
+            .measure(&name, self.server_pid(), self.args.requests, self.args.limit(), move |mut conn, i| {
+                let (api, ids) = (api.clone(), ids.clone());
+                async move {
+                    let ok = api.get(&mut conn, &format!("Users/{}", ids[(i as usize * 7919) % ids.len()])).await;
+                    (conn, ok)
+                }
+            })
+            .await;
+        self.push(row);
+        Ok(())
+    }
+
+    async fn list_page(&mut self) -> anyhow::Result<()> {
+        self.need_users("list-page")?;
+        let (api, n) = (self.api(), self.users.len() as u64);
+        let name = format!("GET /Users?startIndex=…&count=100 ({n} users)");
+        let row = self
+            .measure(&name, self.server_pid(), self.args.requests.min(2000), self.args.limit(), move |mut conn, i| {
+                let api = api.clone();
+                async move {
+                    let ok = api.get(&mut conn, &format!("Users?startIndex={}&count=100", 1 + (i * 100) % n)).await;
+                    (conn, ok)
+                }
+            })
+            .await;
+        self.push(row);
+        Ok(())
+    }
+
+    /// Stops the server (SIGTERM) and starts it again on the same data dir.
+    async fn startup(&mut self) -> anyhow::Result<()> {
+        let events = self.log_position().await?;
+        let users = self.users.len();
+        let server = self.server("startup")?;
+        let data_mb = load::dir_bytes(server.data_dir()) as f64 / 1e6;
+        let (stop, start) = server.restart(None).await?;
+        let rss_mb = server.rss_mb();
+        eprintln!("  start-up at {users} users: {} ms", start.as_millis());
+        self.startups.push(Startup { users, events, data_mb, stop, start, rss_mb });
+        Ok(())
+    }
+
+    /// Okta's import: the whole directory, a page of 100 at a time, on one connection.
+    async fn okta_import(&mut self) -> anyhow::Result<()> {
+        let started = Instant::now();
+        let mut conn = self.conn.try_clone();
+        let mut cursor = String::new();
+        let (mut pages, mut users, mut latencies) = (0u64, 0u64, Vec::new());
+        loop {
+            let t = Instant::now();
+            let (status, body) = conn.get(&format!("{SCIM}/Users?count=100&cursor={cursor}")).await?;
+            anyhow::ensure!(status.is_success(), "a page answered {status}");
+            latencies.push(t.elapsed().as_micros() as u64);
+            let page: Value = serde_json::from_slice(&body)?;
+            pages += 1;
+            users += page["Resources"].as_array().map_or(0, |a| a.len() as u64);
+            match page["nextCursor"].as_str() {
+                Some(next) => cursor = encode_cursor(next),
+                None => break,
+            }
+            if started.elapsed() > Duration::from_secs(self.args.seed_timeout_s) {
+                break;
+            }
+        }
+        self.push(Row {
+            scenario: format!("okta-import: {users} users in {pages} pages of 100 (pages/s; one connection)"),
+            requests: pages,
+            errors: 0,
+            seconds: started.elapsed().as_secs_f64(),
+            latencies_us: latencies,
+            rss_mb: None,
+            server_cpu_us: None,
+            generator_cpu_us: None,
+        });
+        Ok(())
+    }
+
+    /// PATCH one member in or out of groups of 10, 10k and 100k members (capped at the users
+    /// there are): the cost must not grow with the group.
+    async fn group_push(&mut self) -> anyhow::Result<()> {
+        self.need_users("group-push")?;
+        let ids = self.ids();
+        let mut sizes: Vec<usize> = [10, 10_000, 100_000].iter().map(|&s| s.min(ids.len())).collect();
+        sizes.dedup();
+        for size in sizes {
+            let api = self.api();
+            let mut conn = self.conn.try_clone();
+            let group = api.create_group(&mut conn, &format!("push-{size}-{}", self.tag)).await?;
+            api.add_members(&mut conn, &group, &ids[..size]).await?;
+            // Even pushes add a user from outside the seed, odd ones remove it again.
+            let ids = ids.clone();
+            let row = self
+                .measure(
+                    &format!("group-push PATCH one member ({size} members)"),
+                    self.server_pid(),
+                    self.args.requests.min(5000),
+                    self.args.limit(),
+                    move |mut conn, i| {
+                        let (api, group) = (api.clone(), group.clone());
+                        let member = ids[(size + (i as usize / 2)) % ids.len()].clone();
+                        async move {
+                            let ok = api.push(&mut conn, &group, &member, i % 2 == 0).await;
+                            (conn, ok)
+                        }
+                    },
+                )
+                .await;
+            self.push(row);
+        }
+        Ok(())
+    }
+
+    /// An IdP-like mix: per 20 requests, 10 lookups by userName, 3 GETs by id, 2 creates, 2
+    /// PUTs, 1 deactivation and 2 group pushes (on a group of 1000).
+    async fn mixed(&mut self) -> anyhow::Result<()> {
+        self.need_users("mixed")?;
+        let api = self.api();
+        let users = Arc::new(self.users.clone());
+        let mut conn = self.conn.try_clone();
+        let group = api.create_group(&mut conn, &format!("mixed-{}", self.tag)).await?;
+        let first: Vec<String> = users.iter().take(1000).map(|u| u.1.clone()).collect();
+        api.add_members(&mut conn, &group, &first).await?;
+        let offset = self.next_user;
+        let requests = self.args.requests;
+        self.next_user += requests;
+        let name = format!(
+            "mixed IdP traffic ({} users; 50% lookup, 15% GET, 10% POST, 10% PUT, 5% deactivate, 10% group push)",
+            users.len()
+        );
+        let row = self
+            .measure(&name, self.server_pid(), requests, self.args.limit(), move |mut conn, i| {
+                let (api, users, group) = (api.clone(), users.clone(), group.clone());
+                async move {
+                    let (index, id) = &users[(i as usize * 7919) % users.len()];
+                    let ok = match i % 20 {
+                        0..=9 => api.lookup(&mut conn, *index).await,
+                        10..=12 => api.get(&mut conn, &format!("Users/{id}")).await,
+                        13..=14 => api.create_user(&mut conn, offset + i).await.is_some(),
+                        15..=16 => {
+                            let mut body = user_body(&api.tag, *index);
+                            body["displayName"] = json!(format!("Renamed {i}"));
+                            api.send(&mut conn, Method::PUT, &format!("Users/{id}"), body).await
+                        }
+                        17 => {
+                            let op = json!({
+                                "schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
+                                "Operations": [{"op": "replace", "value": {"active": false}}]
+                            });
+                            api.send(&mut conn, Method::PATCH, &format!("Users/{id}"), op).await
+                        }
+                        _ => api.push(&mut conn, &group, id, i % 40 < 20).await,
+                    };
+                    (conn, ok)
+                }
+            })
+            .await;
+        self.push(row);
+        Ok(())
+    }
+
+    /// Rebuilds every read model from the log, in this process, as `scimlog replay` does.
+    async fn replay(&mut self) -> anyhow::Result<()> {
+        let dir = self.server("replay")?.data_dir().to_path_buf();
+        let store = scimlog::log::Store::open_read_only(&dir)?;
+        let keys = scimlog::log::keys::KeyRing::open_read_only(store.clone(), &Default::default(), &dir)?;
+        let head = store.head()?.position;
+        let started = Instant::now();
+        let cpu0 = load::cpu_time(std::process::id());
+        let kv = scimlog::audit::fold_until(&store, &keys, None, &mut |_| {})?;
+        let seconds = started.elapsed().as_secs_f64();
+        let cpu = load::cpu_time(std::process::id()).zip(cpu0).map(|(a, b)| (a - b).as_secs_f64() * 1e6 / head as f64);
+        let rss = load::rss_mb(std::process::id());
+        drop(kv);
+        self.push(Row {
+            scenario: format!(
+                "replay: rebuild all read models from {head} events (events/s; CPU and RSS of the replaying process)"
+            ),
+            requests: head,
+            errors: 0,
+            seconds,
+            latencies_us: vec![],
+            rss_mb: rss,
+            server_cpu_us: cpu,
+            generator_cpu_us: None,
+        });
+        Ok(())
+    }
+
+    /// Events from the log to JetStream: first the whole backlog (the server restarted with
+    /// NATS configured publishes everything it has), then, under creates, the lag from a 201 to
+    /// the event's delivery by a JetStream consumer (it was stored and acknowledged by then).
+    async fn publish(&mut self) -> anyhow::Result<()> {
+        let nats = Nats::start().await?;
+        let head = self.log_position().await?;
+        self.server("publish")?.restart(Some(&nats.url)).await?;
+        let started = Instant::now();
+        let cpu0 = self.server_pid().and_then(load::cpu_time);
+        loop {
+            let published = self.healthz_json().await?["publisher"]["publishedPosition"].as_u64().unwrap_or(0);
+            if published >= head {
+                break;
+            }
+            anyhow::ensure!(
+                started.elapsed() < Duration::from_secs(self.args.seed_timeout_s),
+                "the publisher reached {published} of {head} events in --seed-timeout-s"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let cpu = self
+            .server_pid()
+            .and_then(load::cpu_time)
+            .zip(cpu0)
+            .map(|(a, b)| (a - b).as_secs_f64() * 1e6 / head as f64);
+        self.push(Row {
+            scenario: format!("publish: backlog of {head} events to JetStream (events/s)"),
+            requests: head,
+            errors: 0,
+            seconds: started.elapsed().as_secs_f64(),
+            latencies_us: vec![],
+            rss_mb: None,
+            server_cpu_us: cpu,
+            generator_cpu_us: None,
+        });
+
+        let js = async_nats::jetstream::new(async_nats::connect(&nats.url).await?);
+        let consumer = js
+            .get_stream("SCIMLOG")
+            .await?
+            .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig {
+                filter_subject: "scimlog.*.user.created".into(),
+                deliver_policy: async_nats::jetstream::consumer::DeliverPolicy::New,
+                ..Default::default()
+            })
+            .await?;
+        let mut messages = consumer.messages().await?;
+        let delivered: Arc<Mutex<HashMap<String, Instant>>> = Default::default();
+        let reader = {
+            let delivered = delivered.clone();
+            tokio::spawn(async move {
+                while let Some(Ok(m)) = messages.next().await {
+                    let at = Instant::now();
+                    if let Ok(v) = serde_json::from_slice::<Value>(&m.payload) {
+                        if let Some(id) = v["resourceId"].as_str() {
+                            delivered.lock().unwrap().insert(id.to_string(), at);
+                        }
+                    }
+                }
+            })
+        };
+        let answered: Arc<Mutex<HashMap<String, Instant>>> = Default::default();
+        let (api, sink, offset) = (self.api(), answered.clone(), self.next_user);
+        let requests = self.args.requests.min(20_000);
+        self.next_user += requests;
+        let load = self
+            .measure(
+                "(creates while publishing)",
+                self.server_pid(),
+                requests,
+                self.args.limit(),
+                move |mut conn, i| {
+                    let (api, sink) = (api.clone(), sink.clone());
+                    async move {
+                        let id = api.create_user(&mut conn, offset + i).await;
+                        let at = Instant::now();
+                        let ok = id.map(|id| sink.lock().unwrap().insert(id, at)).is_some();
+                        (conn, ok)
+                    }
+                },
+            )
+            .await;
+        let answered = std::mem::take(&mut *answered.lock().unwrap());
+        let waited = Instant::now();
+        while delivered.lock().unwrap().len() < answered.len() && waited.elapsed() < Duration::from_secs(30) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        reader.abort();
+        // Negative lags (delivered before the HTTP answer reached the generator) count as 0.
+        let lags: Vec<u64> = {
+            let delivered = delivered.lock().unwrap();
+            answered
+                .iter()
+                .filter_map(|(id, at)| delivered.get(id).map(|d| d.saturating_duration_since(*at).as_micros() as u64))
+                .collect()
+        };
+        self.push(Row {
+            scenario: format!(
+                "publish lag: 201 → delivered by a JetStream consumer, during {:.0} creates/s (errors = never delivered)",
+                load.rate()
+            ),
+            requests: lags.len() as u64,
+            errors: answered.len() as u64 - lags.len() as u64 + load.errors,
+            seconds: load.seconds,
+            latencies_us: lags,
+            rss_mb: None,
+            server_cpu_us: load.server_cpu_us,
+            generator_cpu_us: load.generator_cpu_us,
+        });
+        self.server("publish")?.restart(None).await?;
+        nats.stop().await
+    }
+
+    async fn healthz(&mut self) -> anyhow::Result<()> {
+        let row = self
+            .measure(
+                "GET /healthz (HTTP stack + log head)",
+                self.server_pid(),
+                self.args.requests,
+                self.args.limit(),
+                |mut conn, _| async move {
+                    let ok = matches!(conn.get("/healthz").await, Ok((status, _)) if status.is_success());
+                    (conn, ok)
+                },
+            )
+            .await;
+        self.push(row);
+        Ok(())
+    }
+
+    /// The same generator against an empty axum handler in its own process: the HTTP stack's
+    /// ceiling on this machine.
+    async fn trivial(&mut self) -> anyhow::Result<()> {
+        let trivial = Trivial::start().await?;
+        let conn = Conn::new(&trivial.url, "")?;
+        let me = std::process::id();
+        let own0 = load::cpu_time(me);
+        let server0 = load::cpu_time(trivial.pid);
+        let mut row = drive(
+            "trivial axum handler (HTTP stack ceiling)",
+            &conn,
+            self.args.connections,
+            self.args.requests,
+            self.args.limit(),
+            |mut conn, _| async move {
+                let ok = matches!(conn.get("/").await, Ok((status, _)) if status.is_success());
+                (conn, ok)
+            },
+        )
+        .await;
+        let per_op =
+            |a: Option<Duration>, b: Option<Duration>| Some((a? - b?).as_secs_f64() * 1e6 / row.requests.max(1) as f64);
+        row.server_cpu_us = per_op(load::cpu_time(trivial.pid), server0);
+        row.generator_cpu_us = per_op(load::cpu_time(me), own0);
+        row.rss_mb = load::rss_mb(trivial.pid);
+        self.push_raw(row);
+        Ok(())
+    }
+}
+
+/// Raw RocksDB commits of `n` 300-byte records per batch, fsync on and off: the disk's limit
+/// for a single writer. Each row reports batches/s and the latency per batch.
+fn log_append(seconds: u64) -> anyhow::Result<Vec<Row>> {
+    let dir = tempfile::tempdir()?;
+    let mut opts = rocksdb::Options::default();
+    opts.create_if_missing(true);
+    let db = rocksdb::DB::open(&opts, dir.path())?;
+    let record = vec![b'x'; 300];
+    let mut rows = Vec::new();
+    let mut key = 0u64;
+    for sync in [true, false] {
+        for n in [1usize, 16, 128] {
+            let mut wo = rocksdb::WriteOptions::default();
+            wo.set_sync(sync);
+            let started = Instant::now();
+            let mut latencies = Vec::new();
+            while started.elapsed() < Duration::from_secs(seconds) && latencies.len() < 200_000 {
+                let t = Instant::now();
+                let mut batch = rocksdb::WriteBatch::default();
+                for _ in 0..n {
+                    key += 1;
+                    batch.put(key.to_be_bytes(), &record);
+                }
+                db.write_opt(batch, &wo)?;
+                latencies.push(t.elapsed().as_micros() as u64);
+            }
+            let seconds = started.elapsed().as_secs_f64();
+            rows.push(Row {
+                scenario: format!(
+                    "RocksDB commits of {n} records ({:.0} records/s), fsync {} (disk ceiling)",
+                    (latencies.len() * n) as f64 / seconds,
+                    if sync { "on" } else { "OFF" }
+                ),
+                requests: latencies.len() as u64,
+                errors: 0,
+                seconds,
+                latencies_us: latencies,
+                rss_mb: None,
+                server_cpu_us: None,
+                generator_cpu_us: None,
+            });
+        }
+    }
+    Ok(rows)
+}

@@ -1,0 +1,187 @@
+//! The processes under test, each in its own process so that the memory and CPU figures are
+//! theirs: the scimlog binary on a temp data dir (restarted to time start-up), nats-server for the
+//! publish scenario, and the trivial handler that gives the HTTP stack's ceiling.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use tokio::io::AsyncBufReadExt;
+use tokio::process::{Child, Command};
+
+pub const TOKEN: &str = "bench-token";
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Sends SIGTERM (the server's graceful stop) and waits for the process to end.
+async fn terminate(child: &mut Child) -> anyhow::Result<()> {
+    if let Some(pid) = child.id() {
+        std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status()?;
+    }
+    tokio::time::timeout(Duration::from_secs(120), child.wait())
+        .await
+        .context("the process did not stop in 120 s")??;
+    Ok(())
+}
+
+/// `scimlog serve` on a temp data dir, with the default (durable: fsync on) settings.
+pub struct Scimlog {
+    bin: PathBuf,
+    dir: tempfile::TempDir,
+    port: u16,
+    child: Option<Child>,
+    pub url: String,
+}
+
+impl Scimlog {
+    /// The `scimlog` binary beside this one (`cargo build --release` puts both in one place).
+    pub fn default_bin() -> anyhow::Result<PathBuf> {
+        let bin = std::env::current_exe()?.with_file_name("scimlog");
+        anyhow::ensure!(
+            bin.exists(),
+            "{} is missing: build it first (cargo build --release --workspace) or pass --server-bin",
+            bin.display()
+        );
+        Ok(bin)
+    }
+
+    /// Starts a server on a new temp data dir; returns once /healthz answers.
+    pub async fn start(bin: PathBuf) -> anyhow::Result<Scimlog> {
+        let dir = tempfile::Builder::new().prefix("scimlog-bench-").tempdir()?;
+        let port = free_port()?;
+        let mut s = Scimlog { bin, dir, port, child: None, url: format!("http://127.0.0.1:{port}") };
+        s.spawn(None).await?;
+        Ok(s)
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(|c| c.id())
+    }
+
+    pub fn rss_mb(&self) -> Option<f64> {
+        crate::load::rss_mb(self.pid()?)
+    }
+
+    /// Starts the process and waits for /healthz; returns how long that took.
+    async fn spawn(&mut self, nats_url: Option<&str>) -> anyhow::Result<Duration> {
+        let stderr = std::fs::File::create(self.dir.path().with_extension("stderr"))?;
+        let mut cmd = Command::new(&self.bin);
+        cmd.args(["serve", "--listen", &format!("127.0.0.1:{}", self.port), "--token", TOKEN])
+            .arg("--data-dir")
+            .arg(self.dir.path())
+            .env("SCIMLOG_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .kill_on_drop(true);
+        if let Some(url) = nats_url {
+            cmd.args(["--nats-url", url]);
+        }
+        let started = Instant::now();
+        let mut child = cmd.spawn().with_context(|| format!("starting {}", self.bin.display()))?;
+        let mut health = crate::client::Conn::new(&self.url, "")?;
+        loop {
+            if matches!(health.get("/healthz").await, Ok((status, _)) if status.is_success()) {
+                break;
+            }
+            if let Some(status) = child.try_wait()? {
+                let log = std::fs::read_to_string(self.dir.path().with_extension("stderr")).unwrap_or_default();
+                bail!("scimlog exited with {status} before answering:\n{log}");
+            }
+            anyhow::ensure!(started.elapsed() < Duration::from_secs(300), "scimlog did not answer within 300 s");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let took = started.elapsed();
+        self.child = Some(child);
+        Ok(took)
+    }
+
+    /// Stops the server (SIGTERM: drains, then closes the store) and starts it again on the same
+    /// data dir; returns (stop time, start-up time to the first healthy answer).
+    pub async fn restart(&mut self, nats_url: Option<&str>) -> anyhow::Result<(Duration, Duration)> {
+        let t = Instant::now();
+        if let Some(mut child) = self.child.take() {
+            terminate(&mut child).await?;
+        }
+        let stop = t.elapsed();
+        let start = self.spawn(nats_url).await?;
+        Ok((stop, start))
+    }
+}
+
+impl Drop for Scimlog {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(self.dir.path().with_extension("stderr"));
+    }
+}
+
+/// `nats-server -js` on a free loopback port and a temp store dir.
+pub struct Nats {
+    child: Child,
+    _dir: tempfile::TempDir,
+    pub url: String,
+}
+
+impl Nats {
+    pub async fn start() -> anyhow::Result<Nats> {
+        let dir = tempfile::Builder::new().prefix("scimlog-bench-nats-").tempdir()?;
+        let port = free_port()?;
+        let child = Command::new("nats-server")
+            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .context("the publish scenario needs nats-server on PATH (apt install nats-server)")?;
+        let started = Instant::now();
+        while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+            anyhow::ensure!(started.elapsed() < Duration::from_secs(20), "nats-server did not listen within 20 s");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(Nats { child, _dir: dir, url: format!("nats://127.0.0.1:{port}") })
+    }
+
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        terminate(&mut self.child).await
+    }
+}
+
+/// The trivial handler, as a child process running this binary with `--serve-trivial`.
+pub struct Trivial {
+    _child: Child,
+    pub url: String,
+    pub pid: u32,
+}
+
+impl Trivial {
+    pub async fn start() -> anyhow::Result<Trivial> {
+        let mut child = Command::new(std::env::current_exe()?)
+            .arg("--serve-trivial")
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()?;
+        let stdout = child.stdout.take().context("stdout")?;
+        let line = tokio::io::BufReader::new(stdout).lines().next_line().await?.context("no address printed")?;
+        let pid = child.id().context("pid")?;
+        Ok(Trivial { _child: child, url: format!("http://{}", line.trim()), pid })
+    }
+}
+
+/// The body of the `--serve-trivial` process: an axum router with one handler answering "ok",
+/// on a runtime shaped like the server's (tokio's multi-threaded default).
+pub fn serve_trivial() -> anyhow::Result<()> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(async {
+        let app = axum::Router::new().route("/", axum::routing::get(|| async { "ok" }));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        println!("{}", listener.local_addr()?);
+        axum::serve(listener, app).await?;
+        Ok(())
+    })
+}
