@@ -73,8 +73,14 @@ fn settings() -> (u64, usize) {
     (seed, n)
 }
 
+/// Read at run time: a test binary reused from a build in another checkout (one shared target
+/// dir) would otherwise look in that checkout.
+fn manifest_dir() -> String {
+    std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_string())
+}
+
 fn corpus(file: &str) -> String {
-    std::fs::read_to_string(format!("{}/tests/corpus/{file}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+    std::fs::read_to_string(format!("{}/tests/corpus/{file}", manifest_dir())).unwrap()
 }
 
 #[test]

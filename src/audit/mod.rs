@@ -244,22 +244,67 @@ pub fn position_at(store: &Store, at: chrono::DateTime<chrono::Utc>) -> Result<u
 
 /// Every read model as it stood after `position`, folded by the same code as the live ones.
 /// `progress` is called now and then with the position reached.
+///
+/// The fold is one thread (it is a fold: each event sees the state its predecessors left), but
+/// decoding is most of the work (parsing, opening sealed values, unwrapping data keys), so a
+/// reader thread hands pages of stored events in turn to one decoder per core, and this thread
+/// folds the decoded pages in the order they were read.
 pub fn fold_until(
     store: &Store,
-    opener: &dyn Opener,
+    opener: &(dyn Opener + Sync),
     position: Option<u64>,
     progress: &mut dyn FnMut(u64),
 ) -> Result<MemKv, AuditError> {
+    let last = position.unwrap_or(u64::MAX);
+    let decoders = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 8);
     let mut kv = MemKv::default();
-    each_event(store, opener, 1, |e| {
-        if position.is_some_and(|p| e.position > p) {
-            return Ok(false);
+    std::thread::scope(|s| {
+        let (mut to_decoders, mut from_decoders) = (Vec::new(), Vec::new());
+        for _ in 0..decoders {
+            let (pages_tx, pages) = std::sync::mpsc::sync_channel::<Vec<(u64, SealedEvent)>>(2);
+            let (decoded_tx, decoded) = std::sync::mpsc::sync_channel::<Result<Vec<Event>, AuditError>>(2);
+            s.spawn(move || {
+                for page in pages {
+                    let events: Result<Vec<Event>, AuditError> = page
+                        .into_iter()
+                        .map(|(position, sealed)| {
+                            sealed.decode(opener).map_err(|e| AuditError::Broken { position, what: e.to_string() })
+                        })
+                        .collect();
+                    // A closed channel means the fold stopped (an error): stop too.
+                    if decoded_tx.send(events).is_err() {
+                        return;
+                    }
+                }
+            });
+            to_decoders.push(pages_tx);
+            from_decoders.push(decoded);
         }
-        apply(&mut kv, &e);
-        if e.position % 10_000 == 0 {
-            progress(e.position);
+        // Page k goes to decoder k % n. When the reader ends it drops its senders: each decoder
+        // finishes its queue and closes, and the fold meets the first closed one in turn.
+        let reader = s.spawn(move || -> Result<(), AuditError> {
+            let mut next = 1;
+            for k in 0.. {
+                let mut page = store.events_from(next, PAGE)?;
+                let Some(&(end, _)) = page.last() else { return Ok(()) };
+                page.retain(|(p, _)| *p <= last);
+                if page.is_empty() || to_decoders[k % to_decoders.len()].send(page).is_err() || end >= last {
+                    return Ok(());
+                }
+                next = end + 1;
+            }
+            Ok(())
+        });
+        for k in 0.. {
+            let Ok(events) = from_decoders[k % from_decoders.len()].recv() else { break };
+            for e in events? {
+                apply(&mut kv, &e);
+                if e.position % 10_000 == 0 {
+                    progress(e.position);
+                }
+            }
         }
-        Ok(true)
+        reader.join().expect("the log reader does not panic")
     })?;
     Ok(kv)
 }

@@ -60,6 +60,11 @@ impl Drop for Inner {
         self.writer.close();
         if let Some(thread) = self.writer_thread.lock().ok().and_then(|mut t| t.take()) {
             let _ = thread.join();
+            // Only the server's own state flushes (the writer has stopped: nothing is written
+            // after this), so that the next start has no log to replay.
+            if let Err(e) = self.store.flush() {
+                tracing::warn!(error = %e, "flushing the store on stop failed; the next start replays its log");
+            }
         }
     }
 }

@@ -10,7 +10,7 @@ use scimlog_schemas::event::SealedEvent;
 use scimlog_schemas::personal::NoKeys;
 use serde_json::{json, Value};
 
-use crate::support::{config, TestServer};
+use crate::support::{config, manifest_dir, TestServer};
 
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
@@ -267,7 +267,7 @@ async fn export_and_import_round_trip_to_identical_read_models() {
 #[test]
 fn every_stored_event_version_stays_readable() {
     // One stored event of every type at schema version 1, as written by an earlier build.
-    let path = format!("{}/tests/fixtures/events/v1.jsonl", env!("CARGO_MANIFEST_DIR"));
+    let path = format!("{}/tests/fixtures/events/v1.jsonl", manifest_dir());
     let text = std::fs::read_to_string(path).unwrap();
     let mut types = std::collections::BTreeSet::new();
     for line in text.lines() {

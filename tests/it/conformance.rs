@@ -1,7 +1,7 @@
 //! The independent SCIM conformance checker scim2-tester (PyPI), run against a live server.
 //! `./scripts/setup` installs it in a venv; without it this test fails and says so.
 
-use crate::support::TestServer;
+use crate::support::{manifest_dir, TestServer};
 
 fn python() -> String {
     if let Ok(p) = std::env::var("SCIMLOG_PYTHON") {
@@ -15,7 +15,7 @@ fn python() -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scim2_tester_reports_no_failure() {
     let s = TestServer::start().await;
-    let script = format!("{}/tests/conformance/scim2_tester_check.py", env!("CARGO_MANIFEST_DIR"));
+    let script = format!("{}/tests/conformance/scim2_tester_check.py", manifest_dir());
     let python = python();
     let out = tokio::process::Command::new(&python)
         .arg(&script)

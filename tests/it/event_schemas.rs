@@ -8,7 +8,7 @@ use scimlog::log::keys::{KeyRing, MasterKeySource};
 use scimlog::log::Store;
 use serde_json::{json, Value};
 
-use crate::support::{validate_event, TestServer};
+use crate::support::{manifest_dir, validate_event, TestServer};
 
 #[tokio::test]
 async fn every_event_type_matches_its_schema() {
@@ -79,7 +79,7 @@ async fn every_event_type_matches_its_schema() {
         // Regenerate the event fixtures of the current schema versions with
         // SCIMLOG_WRITE_EVENT_FIXTURES=1 (old versions' fixtures are never rewritten).
         if !opened && std::env::var("SCIMLOG_WRITE_EVENT_FIXTURES").is_ok() {
-            let path = format!("{}/tests/fixtures/events/v1.jsonl", env!("CARGO_MANIFEST_DIR"));
+            let path = format!("{}/tests/fixtures/events/v1.jsonl", manifest_dir());
             std::fs::write(path, &text).unwrap();
         }
         for line in text.lines() {

@@ -8,10 +8,10 @@ use std::collections::HashMap;
 use reqwest::Method;
 use serde_json::Value;
 
-use crate::support::TestServer;
+use crate::support::{manifest_dir, TestServer};
 
 fn fixture(name: &str) -> Value {
-    let path = format!("{}/tests/fixtures/idp/{name}.json", env!("CARGO_MANIFEST_DIR"));
+    let path = format!("{}/tests/fixtures/idp/{name}.json", manifest_dir());
     serde_json::from_str(&std::fs::read_to_string(&path).expect("fixture exists")).expect("fixture is JSON")
 }
 
