@@ -17,6 +17,10 @@
 //!
 //! Micro-benchmarks (criterion) live in `benches/micro.rs`: `cargo bench -p scimlog-bench`.
 
+// The same allocator as the server's binary, for the replay measured in this process.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod client;
 mod load;
 mod scenarios;
