@@ -99,6 +99,13 @@ pub struct ServeConfig {
     /// (slowloris) are cut off.
     #[arg(long, env = "SCIMLOG_HEADER_READ_TIMEOUT_MS", default_value_t = 10_000)]
     pub header_read_timeout_ms: u64,
+    /// RocksDB block cache (hot blocks of the log and read models), in MiB. With the memtable
+    /// budget, it bounds the server's memory; the OS page cache holds the rest of the files.
+    #[arg(long, env = "SCIMLOG_BLOCK_CACHE_MB", default_value_t = 64)]
+    pub block_cache_mb: usize,
+    /// All RocksDB memtables together (recent writes not yet in files), in MiB.
+    #[arg(long, env = "SCIMLOG_MEMTABLE_BUDGET_MB", default_value_t = 128)]
+    pub memtable_budget_mb: usize,
     /// On shutdown, how long in-flight requests may take to finish.
     #[arg(long, env = "SCIMLOG_DRAIN_TIMEOUT_MS", default_value_t = 10_000)]
     pub drain_timeout_ms: u64,
@@ -132,6 +139,13 @@ impl ServeConfig {
         let mut c = Wrapper::parse_from(["scimlog"]).config;
         c.data_dir = data_dir.into();
         c
+    }
+
+    pub fn store_memory(&self) -> crate::log::StoreMemory {
+        crate::log::StoreMemory {
+            block_cache_bytes: self.block_cache_mb << 20,
+            memtable_budget_bytes: self.memtable_budget_mb.max(2) << 20,
+        }
     }
 
     pub fn master_key_source(&self) -> crate::log::keys::MasterKeySource {

@@ -32,7 +32,7 @@ impl Server {
         anyhow::ensure!(valid_tenant(&cfg.tenant), "invalid --tenant {:?}: use a-z, 0-9, '-' and '_'", cfg.tenant);
         std::fs::create_dir_all(&cfg.data_dir)
             .with_context(|| format!("cannot create the data dir {}", cfg.data_dir.display()))?;
-        let store = Store::open(&cfg.data_dir)?;
+        let store = Store::open_with(&cfg.data_dir, &cfg.store_memory())?;
         let faults = store.faults();
         let keys = Arc::new(KeyRing::open(store.clone(), &cfg.master_key_source(), &cfg.data_dir)?);
 

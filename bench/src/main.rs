@@ -67,6 +67,10 @@ pub struct Args {
     /// Time limit per measured scenario, in seconds.
     #[arg(long, default_value_t = 30)]
     duration_s: u64,
+    /// How many times to run each read-only scenario (lookup, get-by-id, list-page, healthz,
+    /// trivial); the table shows the run of median throughput and the spread.
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
     /// Time limit for seeding a directory size, in seconds.
     #[arg(long, default_value_t = 900)]
     seed_timeout_s: u64,

@@ -15,6 +15,9 @@ use crate::load::{self, drive, Row};
 use crate::target::{Nats, Scimlog, Trivial, TOKEN};
 use crate::Args;
 
+/// Scenarios that change nothing, so that running them again measures the same thing.
+const REPEATABLE: &[&str] = &["lookup", "get-by-id", "list-page", "healthz", "trivial"];
+
 /// Connections creating users while the publish lag is measured.
 const PUBLISH_LAG_CONNECTIONS: usize = 4;
 
@@ -255,7 +258,26 @@ impl Bench {
         self.healthz_json().await?["logPosition"].as_u64().context("/healthz without logPosition")
     }
 
+    /// Runs a scenario; the read-only ones --runs times, keeping the run of median throughput
+    /// (its percentiles are those of a real run) and noting the spread in its name.
     pub async fn run(&mut self, scenario: &str, size: u64) -> anyhow::Result<()> {
+        let runs = if REPEATABLE.contains(&scenario) { self.args.runs.max(1) } else { 1 };
+        let before = self.rows.len();
+        for _ in 0..runs {
+            self.run_once(scenario, size).await?;
+        }
+        if runs > 1 {
+            let mut rows: Vec<Row> = self.rows.drain(before..).collect();
+            rows.sort_by(|a, b| a.rate().total_cmp(&b.rate()));
+            let (low, high) = (rows[0].rate(), rows[rows.len() - 1].rate());
+            let mut median = rows.swap_remove(rows.len() / 2);
+            median.scenario = format!("{} [median of {runs} runs: {low:.0}–{high:.0}/s]", median.scenario);
+            self.rows.push(median);
+        }
+        Ok(())
+    }
+
+    async fn run_once(&mut self, scenario: &str, size: u64) -> anyhow::Result<()> {
         eprintln!("{scenario} ({} users so far)", self.users.len());
         match scenario {
             "create-users" => self.create_users(size).await,

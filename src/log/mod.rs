@@ -76,16 +76,31 @@ pub struct Store {
     _scratch: Option<Arc<tempfile::TempDir>>,
 }
 
-fn db_options() -> Options {
+/// Memory bounds of a store, from the configuration (`--block-cache-mb`, `--memtable-budget-mb`).
+#[derive(Clone, Copy, Debug)]
+pub struct StoreMemory {
+    /// The block cache shared by the store's families.
+    pub block_cache_bytes: usize,
+    /// All families' memtables together.
+    pub memtable_budget_bytes: usize,
+}
+
+impl Default for StoreMemory {
+    fn default() -> Self {
+        StoreMemory { block_cache_bytes: 64 << 20, memtable_budget_bytes: 128 << 20 }
+    }
+}
+
+fn db_options(memory: &StoreMemory, cache: &rocksdb::Cache) -> Options {
     let mut opts = Options::default();
     opts.create_if_missing(true);
     opts.create_missing_column_families(true);
     opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
     // Few, larger writes (group commit): a bigger memtable means fewer flushes.
-    opts.set_write_buffer_size(64 << 20);
+    opts.set_write_buffer_size((64 << 20).min(memory.memtable_budget_bytes / 2).max(1 << 20));
     // All families' memtables together stay under this (the largest is flushed first): resident
     // memory at a million users is bounded by it, the block cache and the files' indexes.
-    opts.set_db_write_buffer_size(128 << 20);
+    opts.set_db_write_buffer_size(memory.memtable_budget_bytes);
     opts.increase_parallelism(2);
     // Point reads (a lookup, a uniqueness check before a create) skip the files that cannot hold
     // the key thanks to bloom filters; hot data blocks stay in one cache shared by every family,
@@ -95,7 +110,7 @@ fn db_options() -> Options {
     // users fell from 10k/s to 750/s.
     let mut table = rocksdb::BlockBasedOptions::default();
     table.set_bloom_filter(10.0, false);
-    table.set_block_cache(block_cache());
+    table.set_block_cache(cache);
     opts.set_block_based_table_factory(&table);
     opts
 }
@@ -105,29 +120,27 @@ fn db_options() -> Options {
 /// and a byte search of the files then finds a value if it is anywhere (in LZ4 blocks it may not
 /// appear literally). It costs disk, not time: decompression was under 1% of a lookup's CPU at a
 /// million users. The log (`events`) and the keys stay LZ4-compressed.
-fn family_options(name: &str) -> Options {
-    let mut opts = db_options();
+fn family_options(name: &str, memory: &StoreMemory, cache: &rocksdb::Cache) -> Options {
+    let mut opts = db_options(memory, cache);
     if name == CF_STATE {
         opts.set_compression_type(rocksdb::DBCompressionType::None);
     }
     opts
 }
 
-/// Size of the block cache shared by every store of the process.
-const BLOCK_CACHE_BYTES: usize = 64 << 20;
-
-fn block_cache() -> &'static rocksdb::Cache {
-    static CACHE: std::sync::OnceLock<rocksdb::Cache> = std::sync::OnceLock::new();
-    CACHE.get_or_init(|| rocksdb::Cache::new_lru_cache(BLOCK_CACHE_BYTES))
-}
-
 impl Store {
-    /// Opens (creating if needed) the store under `<data_dir>/db`.
+    /// Opens (creating if needed) the store under `<data_dir>/db`, with the default memory bounds.
     pub fn open(data_dir: &Path) -> Result<Store, LogError> {
+        Store::open_with(data_dir, &StoreMemory::default())
+    }
+
+    pub fn open_with(data_dir: &Path, memory: &StoreMemory) -> Result<Store, LogError> {
         let path = data_dir.join("db");
-        let cfs = [CF_EVENTS, CF_STATE, CF_KEYS].map(|name| ColumnFamilyDescriptor::new(name, family_options(name)));
-        let db =
-            DB::open_cf_descriptors(&db_options(), &path, cfs).map_err(|source| LogError::Open { path, source })?;
+        let cache = rocksdb::Cache::new_lru_cache(memory.block_cache_bytes);
+        let cfs = [CF_EVENTS, CF_STATE, CF_KEYS]
+            .map(|name| ColumnFamilyDescriptor::new(name, family_options(name, memory, &cache)));
+        let db = DB::open_cf_descriptors(&db_options(memory, &cache), &path, cfs)
+            .map_err(|source| LogError::Open { path, source })?;
         Ok(Store { db: Arc::new(db), faults: FaultInjector::default(), _scratch: None })
     }
 
@@ -143,11 +156,13 @@ impl Store {
             .prefix("scimlog-reader-")
             .tempdir()
             .map_err(|e| LogError::Corrupt { position: 0, detail: format!("cannot create a scratch dir: {e}") })?;
-        let mut opts = db_options();
+        let (memory, cache) =
+            (StoreMemory::default(), rocksdb::Cache::new_lru_cache(StoreMemory::default().block_cache_bytes));
+        let mut opts = db_options(&memory, &cache);
         opts.create_if_missing(false);
         opts.set_max_open_files(-1);
         let cfs = [CF_EVENTS, CF_STATE, CF_KEYS].map(|name| {
-            let mut o = family_options(name);
+            let mut o = family_options(name, &memory, &cache);
             o.set_max_open_files(-1);
             ColumnFamilyDescriptor::new(name, o)
         });

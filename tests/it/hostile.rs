@@ -258,3 +258,43 @@ fn a_full_disk_at_start_stops_start_up_with_a_clear_error() {
     assert_eq!(out.status.code(), Some(1), "a clean exit with an error, not a crash: {err}");
     assert!(err.contains("scimlog: cannot open the store") && err.contains("File too large"), "{err}");
 }
+
+/// The memory bounds are bounds, not hints: with a 2 MiB memtable budget, a few MiB of users are
+/// written to files while the server runs (RSS cannot grow with the writes), and all of them
+/// read back.
+#[tokio::test]
+async fn memtable_budget_is_enforced_while_running() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = crate::support::config(tmp.path());
+    cfg.memtable_budget_mb = 2;
+    cfg.block_cache_mb = 1;
+    let s = TestServer::start_with(cfg).await;
+    let tables = |dir: &std::path::Path| {
+        std::fs::read_dir(dir.join("db"))
+            .unwrap()
+            .flatten()
+            .filter(|e| e.path().extension().is_some_and(|x| x == "sst"))
+            .count()
+    };
+    assert_eq!(tables(s.data_dir()), 0, "a new store has no table files");
+    for chunk in 0..4 {
+        let ops: Vec<_> = (0..1000)
+            .map(|i| {
+                let n = chunk * 1000 + i;
+                json!({"method": "POST", "path": "/Users", "bulkId": format!("b{n}"), "data": {
+                    "userName": format!("budget{n:05}@example.com"),
+                    "name": {"givenName": "Budget", "familyName": format!("User {n}")},
+                    "emails": [{"value": format!("budget{n:05}@example.com"), "type": "work"}]}})
+            })
+            .collect();
+        let body = json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:BulkRequest"], "Operations": ops});
+        assert_eq!(s.post("/Bulk", &body).await.status, 200);
+    }
+    assert!(tables(s.data_dir()) > 0, "2 MiB of memtables cannot hold 4000 users: some were flushed to files");
+    assert_eq!(s.get("/Users?count=1").await.body["totalResults"], 4000);
+    assert_eq!(
+        s.get(&format!("/Users?filter={}", q(r#"userName eq "budget00042@example.com""#))).await.body["totalResults"],
+        1
+    );
+    s.stop().await;
+}
