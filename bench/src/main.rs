@@ -61,6 +61,10 @@ pub struct Args {
     /// Concurrent connections.
     #[arg(long, default_value_t = 64)]
     connections: usize,
+    /// Concurrent connections of create-users (seeding): durable creates rely on group commit,
+    /// which needs writes in flight together.
+    #[arg(long, default_value_t = 64)]
+    seed_connections: usize,
     /// Requests per measured scenario (upper bound).
     #[arg(long, default_value_t = 20_000)]
     requests: u64,
@@ -135,9 +139,10 @@ fn print_header(args: &Args) {
         .unwrap_or(0.0);
     println!();
     println!(
-        "machine: {} cores ({cpu}), {mem_gb:.0} GB; load generator on the same cores; {} connections; server fsyncs every commit",
+        "machine: {} cores ({cpu}), {mem_gb:.0} GB; load generator on the same cores; {} connections ({} for create-users); server fsyncs every commit",
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
         args.connections,
+        args.seed_connections,
     );
 }
 

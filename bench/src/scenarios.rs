@@ -313,10 +313,11 @@ impl Bench {
         self.next_user += n;
         let created = Arc::new(Mutex::new(Vec::with_capacity(n as usize)));
         let (api, sink) = (self.api(), created.clone());
-        let name = format!("create-users {have}→{size} (POST /Users, fsync on)");
+        let name =
+            format!("create-users {have}→{size} (POST /Users, fsync on, {} connections)", self.args.seed_connections);
         let limit = Duration::from_secs(self.args.seed_timeout_s);
         let row = self
-            .measure(&name, self.server_pid(), n, limit, move |mut conn, i| {
+            .measure_on(self.args.seed_connections, &name, self.server_pid(), n, limit, move |mut conn, i| {
                 let (api, sink) = (api.clone(), sink.clone());
                 async move {
                     let id = api.create_user(&mut conn, offset + i).await;
@@ -668,7 +669,7 @@ impl Bench {
     async fn healthz(&mut self) -> anyhow::Result<()> {
         let row = self
             .measure(
-                "GET /healthz (HTTP stack + log head)",
+                "GET /healthz (HTTP stack + log head + store memory figures)",
                 self.server_pid(),
                 self.args.requests,
                 self.args.limit(),

@@ -76,6 +76,13 @@ pub struct Store {
     _scratch: Option<Arc<tempfile::TempDir>>,
 }
 
+#[derive(Clone, Copy, Debug, Default)]
+pub struct MemoryUsage {
+    pub memtables: u64,
+    pub block_cache: u64,
+    pub table_readers: u64,
+}
+
 /// Memory bounds of a store, from the configuration (`--block-cache-mb`, `--memtable-budget-mb`).
 #[derive(Clone, Copy, Debug)]
 pub struct StoreMemory {
@@ -260,6 +267,21 @@ impl Store {
     /// Writes to the `keys` family alone, fsync'd.
     pub(crate) fn commit_keys(&self, writes: Vec<(Vec<u8>, Option<Vec<u8>>)>) -> Result<(), LogError> {
         self.commit(&[], std::iter::empty(), writes, true)
+    }
+
+    /// What RocksDB holds in memory, in bytes: memtables, the block cache, and the open files'
+    /// indexes and filters (which stay outside the cache). Shown by /healthz.
+    pub fn memory_usage(&self) -> Result<MemoryUsage, LogError> {
+        let mut usage = MemoryUsage::default();
+        for name in [CF_EVENTS, CF_STATE, CF_KEYS] {
+            let cf = self.cf(name);
+            let prop = |p| self.db.property_int_value_cf(cf, p).map(|v| v.unwrap_or(0));
+            usage.memtables += prop(rocksdb::properties::CUR_SIZE_ALL_MEM_TABLES)?;
+            usage.table_readers += prop(rocksdb::properties::ESTIMATE_TABLE_READERS_MEM)?;
+            // One cache shared by the families: the same figure from each.
+            usage.block_cache = prop(rocksdb::properties::BLOCK_CACHE_USAGE)?;
+        }
+        Ok(usage)
     }
 
     /// Writes every memtable to its files (a clean stop): the next open then has no write-ahead
