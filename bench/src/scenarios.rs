@@ -254,6 +254,24 @@ impl Bench {
         Ok(serde_json::from_slice(&body)?)
     }
 
+    /// Waits (at most 5 minutes) until the store has no flush or compaction running, so that a
+    /// measurement does not depend on where the compactions after a seeding happen to be.
+    async fn settle(&mut self) -> anyhow::Result<()> {
+        let started = Instant::now();
+        loop {
+            let store = self.healthz_json().await?["store"].clone();
+            let busy =
+                store["runningCompactions"].as_u64().unwrap_or(0) + store["runningFlushes"].as_u64().unwrap_or(0);
+            if busy == 0 || started.elapsed() > Duration::from_secs(300) {
+                if started.elapsed() > Duration::from_secs(1) {
+                    eprintln!("  (waited {:.0} s for the store's compactions)", started.elapsed().as_secs_f64());
+                }
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     async fn log_position(&mut self) -> anyhow::Result<u64> {
         self.healthz_json().await?["logPosition"].as_u64().context("/healthz without logPosition")
     }
@@ -262,6 +280,9 @@ impl Bench {
     /// (its percentiles are those of a real run) and noting the spread in its name.
     pub async fn run(&mut self, scenario: &str, size: u64) -> anyhow::Result<()> {
         let runs = if REPEATABLE.contains(&scenario) { self.args.runs.max(1) } else { 1 };
+        if scenario != "create-users" {
+            self.settle().await?;
+        }
         let before = self.rows.len();
         for _ in 0..runs {
             self.run_once(scenario, size).await?;
@@ -669,7 +690,7 @@ impl Bench {
     async fn healthz(&mut self) -> anyhow::Result<()> {
         let row = self
             .measure(
-                "GET /healthz (HTTP stack + log head + store memory figures)",
+                "GET /healthz (HTTP stack + log head + store figures)",
                 self.server_pid(),
                 self.args.requests,
                 self.args.limit(),

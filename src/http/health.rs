@@ -17,9 +17,8 @@ async fn healthz(State(state): State<AppState>) -> Response {
     match state.store.head() {
         Ok(head) => {
             let mut body = json!({"status": "ok", "logPosition": head.position});
-            if let Ok(m) = state.store.memory_usage() {
-                body["storeMemoryBytes"] =
-                    json!({"memtables": m.memtables, "blockCache": m.block_cache, "tableReaders": m.table_readers});
+            if let Ok(stats) = state.store.stats() {
+                body["store"] = json!(stats);
             }
             if let Some(p) = &state.publisher {
                 let (publisher_state, error) = p.state();

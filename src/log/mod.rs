@@ -76,11 +76,15 @@ pub struct Store {
     _scratch: Option<Arc<tempfile::TempDir>>,
 }
 
-#[derive(Clone, Copy, Debug, Default)]
-pub struct MemoryUsage {
-    pub memtables: u64,
-    pub block_cache: u64,
-    pub table_readers: u64,
+#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StoreStats {
+    pub memtable_bytes: u64,
+    pub block_cache_bytes: u64,
+    pub table_reader_bytes: u64,
+    pub running_compactions: u64,
+    pub running_flushes: u64,
+    pub pending_compaction_bytes: u64,
 }
 
 /// Memory bounds of a store, from the configuration (`--block-cache-mb`, `--memtable-budget-mb`).
@@ -269,19 +273,24 @@ impl Store {
         self.commit(&[], std::iter::empty(), writes, true)
     }
 
-    /// What RocksDB holds in memory, in bytes: memtables, the block cache, and the open files'
-    /// indexes and filters (which stay outside the cache). Shown by /healthz.
-    pub fn memory_usage(&self) -> Result<MemoryUsage, LogError> {
-        let mut usage = MemoryUsage::default();
+    /// What RocksDB holds in memory, in bytes (memtables, the block cache, and the open files'
+    /// indexes and filters, which stay outside the cache), and its background work. Shown by
+    /// /healthz; the benchmarks wait for compactions to end before measuring reads.
+    pub fn stats(&self) -> Result<StoreStats, LogError> {
+        use rocksdb::properties as p;
+        let mut stats = StoreStats::default();
         for name in [CF_EVENTS, CF_STATE, CF_KEYS] {
             let cf = self.cf(name);
             let prop = |p| self.db.property_int_value_cf(cf, p).map(|v| v.unwrap_or(0));
-            usage.memtables += prop(rocksdb::properties::CUR_SIZE_ALL_MEM_TABLES)?;
-            usage.table_readers += prop(rocksdb::properties::ESTIMATE_TABLE_READERS_MEM)?;
+            stats.memtable_bytes += prop(p::CUR_SIZE_ALL_MEM_TABLES)?;
+            stats.table_reader_bytes += prop(p::ESTIMATE_TABLE_READERS_MEM)?;
+            stats.pending_compaction_bytes += prop(p::ESTIMATE_PENDING_COMPACTION_BYTES)?;
             // One cache shared by the families: the same figure from each.
-            usage.block_cache = prop(rocksdb::properties::BLOCK_CACHE_USAGE)?;
+            stats.block_cache_bytes = prop(p::BLOCK_CACHE_USAGE)?;
         }
-        Ok(usage)
+        stats.running_compactions = self.db.property_int_value(p::NUM_RUNNING_COMPACTIONS)?.unwrap_or(0);
+        stats.running_flushes = self.db.property_int_value(p::NUM_RUNNING_FLUSHES)?.unwrap_or(0);
+        Ok(stats)
     }
 
     /// Writes every memtable to its files (a clean stop): the next open then has no write-ahead
