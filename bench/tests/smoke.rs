@@ -1,0 +1,66 @@
+//! The load generator end to end, small: every scenario runs against a real server process (and a
+//! real nats-server for `publish`) and reports its rows without errors. Timings are printed, never
+//! asserted.
+
+use std::process::Command;
+
+#[test]
+fn every_scenario_runs_and_reports_without_errors() {
+    let out = Command::new(env!("CARGO_BIN_EXE_scimlog-bench"))
+        .args([
+            "--spawn",
+            "--users",
+            "300,600",
+            "--requests",
+            "300",
+            "--duration-s",
+            "5",
+            "--runs",
+            "2",
+            "--connections",
+            "8",
+            "--scenario",
+            "create-users,lookup,get-by-id,list-page,startup,okta-import,group-push,mixed,replay,publish,healthz,trivial,log-append",
+        ])
+        .output()
+        .expect("scimlog-bench runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "scimlog-bench failed\n{stdout}\n{stderr}");
+    println!("{stdout}");
+
+    let rows: Vec<Vec<&str>> = stdout
+        .lines()
+        .filter(|l| {
+            l.starts_with("| ") && !l.starts_with("| scenario") && !l.starts_with("| users") && !l.starts_with("| ---")
+        })
+        .map(|l| l.split('|').map(str::trim).collect())
+        .collect();
+    let scenario_rows: Vec<&Vec<&str>> = rows.iter().filter(|r| r.len() == 13).collect();
+    for wanted in [
+        "create-users 0→300",
+        "create-users 300→600",
+        "lookup filter=userName eq (300 users) [median of 2 runs",
+        "lookup filter=userName eq (600 users)",
+        "GET /Users/{id} (600 users)",
+        "GET /Users?startIndex",
+        "okta-import: 600 users in 6 pages",
+        "group-push PATCH one member (10 members)",
+        "group-push PATCH one member (600 members)",
+        "mixed IdP traffic",
+        "replay: rebuild all read models",
+        "publish: backlog",
+        "publish lag",
+        "GET /healthz",
+        "trivial axum handler",
+        "RocksDB commits of 128 records",
+    ] {
+        assert!(scenario_rows.iter().any(|r| r[1].starts_with(wanted)), "no row {wanted:?} in\n{stdout}");
+    }
+    for r in &scenario_rows {
+        assert_eq!(r[3], "0", "errors in {:?}", r[1]);
+        assert_ne!(r[2], "0", "no operations in {:?}", r[1]);
+    }
+    // One start-up row per directory size.
+    assert_eq!(rows.iter().filter(|r| r.len() == 8).count(), 2, "{stdout}");
+}
