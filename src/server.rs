@@ -93,7 +93,17 @@ impl Server {
             None => (None, None),
         };
         let writer_thread = std::sync::Mutex::new(Some(writer_thread));
-        let state = AppState::new(Inner { store, keys, publisher, writer, writer_thread, tokens, cfg, scim_base });
+        let state = AppState::new(Inner {
+            store,
+            keys,
+            publisher,
+            writer,
+            writer_thread,
+            tokens,
+            cfg,
+            scim_base,
+            page_hints: Default::default(),
+        });
         // Token changes made while the server was down, then every second (requests that meet a
         // changed file record it themselves, before they go on).
         http::reconcile_tokens(&state).await;

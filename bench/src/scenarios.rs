@@ -306,7 +306,8 @@ impl Bench {
             "get-by-id" => self.get_by_id().await,
             "list-page" => self.list_page().await,
             "startup" => self.startup().await,
-            "okta-import" => self.okta_import().await,
+            "okta-import" => self.import(false).await,
+            "cursor-import" => self.import(true).await,
             "group-push" => self.group_push().await,
             "mixed" => self.mixed().await,
             "replay" => self.replay().await,
@@ -425,36 +426,49 @@ impl Bench {
         Ok(())
     }
 
-    /// Okta's import: the whole directory, a page of 100 at a time, on one connection.
-    async fn okta_import(&mut self) -> anyhow::Result<()> {
+    /// The whole directory, a page of 100 at a time, on one connection: as Okta imports
+    /// (`startIndex=1, 101, ...`), or by RFC 9865 cursors (`cursor=`, then each `nextCursor`).
+    async fn import(&mut self, by_cursor: bool) -> anyhow::Result<()> {
         let started = Instant::now();
+        let cpu0 = self.server_pid().and_then(load::cpu_time);
         let mut conn = self.conn.try_clone();
         let mut cursor = String::new();
         let (mut pages, mut users, mut latencies) = (0u64, 0u64, Vec::new());
         loop {
+            let url = match by_cursor {
+                true => format!("{SCIM}/Users?count=100&cursor={cursor}"),
+                false => format!("{SCIM}/Users?count=100&startIndex={}", users + 1),
+            };
             let t = Instant::now();
-            let (status, body) = conn.get(&format!("{SCIM}/Users?count=100&cursor={cursor}")).await?;
+            let (status, body) = conn.get(&url).await?;
             anyhow::ensure!(status.is_success(), "a page answered {status}");
             latencies.push(t.elapsed().as_micros() as u64);
             let page: Value = serde_json::from_slice(&body)?;
             pages += 1;
-            users += page["Resources"].as_array().map_or(0, |a| a.len() as u64);
-            match page["nextCursor"].as_str() {
-                Some(next) => cursor = encode_cursor(next),
-                None => break,
-            }
-            if started.elapsed() > Duration::from_secs(self.args.seed_timeout_s) {
+            let got = page["Resources"].as_array().map_or(0, |a| a.len() as u64);
+            users += got;
+            let more = match by_cursor {
+                true => page["nextCursor"].as_str().map(|next| cursor = encode_cursor(next)).is_some(),
+                false => got > 0 && users < page["totalResults"].as_u64().unwrap_or(0),
+            };
+            if !more || started.elapsed() > Duration::from_secs(self.args.seed_timeout_s) {
                 break;
             }
         }
+        let server_cpu_us = self
+            .server_pid()
+            .and_then(load::cpu_time)
+            .zip(cpu0)
+            .map(|(a, b)| (a - b).as_secs_f64() * 1e6 / pages.max(1) as f64);
+        let how = if by_cursor { "cursor-import: RFC 9865 cursors" } else { "okta-import: startIndex" };
         self.push(Row {
-            scenario: format!("okta-import: {users} users in {pages} pages of 100 (pages/s; one connection)"),
+            scenario: format!("{how}, {users} users in {pages} pages of 100 (pages/s; one connection)"),
             requests: pages,
             errors: 0,
             seconds: started.elapsed().as_secs_f64(),
             latencies_us: latencies,
             rss_mb: None,
-            server_cpu_us: None,
+            server_cpu_us,
             generator_cpu_us: None,
         });
         Ok(())

@@ -20,7 +20,7 @@ fn every_scenario_runs_and_reports_without_errors() {
             "--connections",
             "8",
             "--scenario",
-            "create-users,lookup,get-by-id,list-page,startup,okta-import,group-push,mixed,replay,publish,healthz,trivial,log-append",
+            "create-users,lookup,get-by-id,list-page,startup,okta-import,cursor-import,group-push,mixed,replay,publish,healthz,trivial,log-append",
         ])
         .output()
         .expect("scimlog-bench runs");
@@ -44,7 +44,8 @@ fn every_scenario_runs_and_reports_without_errors() {
         "lookup filter=userName eq (600 users)",
         "GET /Users/{id} (600 users)",
         "GET /Users?startIndex",
-        "okta-import: 600 users in 6 pages",
+        "okta-import: startIndex, 600 users in 6 pages",
+        "cursor-import: RFC 9865 cursors, 600 users in 6 pages",
         "group-push PATCH one member (10 members)",
         "group-push PATCH one member (600 members)",
         "mixed IdP traffic",

@@ -9,6 +9,11 @@ pub trait KvRead {
     /// Up to `limit` entries whose key starts with `prefix` and sorts after `after` (if given),
     /// in key order.
     fn scan(&self, prefix: &[u8], after: Option<&[u8]>, limit: usize) -> Vec<(Vec<u8>, Vec<u8>)>;
+    /// As [`KvRead::scan`], keys only: for walks that need no values (ids of a collection), so a
+    /// store can skip copying them.
+    fn scan_keys(&self, prefix: &[u8], after: Option<&[u8]>, limit: usize) -> Vec<Vec<u8>> {
+        self.scan(prefix, after, limit).into_iter().map(|(k, _)| k).collect()
+    }
 }
 
 pub trait Kv: KvRead {
@@ -22,6 +27,9 @@ impl<T: KvRead + ?Sized> KvRead for &T {
     }
     fn scan(&self, prefix: &[u8], after: Option<&[u8]>, limit: usize) -> Vec<(Vec<u8>, Vec<u8>)> {
         (**self).scan(prefix, after, limit)
+    }
+    fn scan_keys(&self, prefix: &[u8], after: Option<&[u8]>, limit: usize) -> Vec<Vec<u8>> {
+        (**self).scan_keys(prefix, after, limit)
     }
 }
 

@@ -93,7 +93,31 @@ pub fn ids_after(kv: &impl KvRead, t: &str, kind: ResourceKind, after: Option<&s
         ResourceKind::User => (keys::users(t), after.map(|a| keys::user(t, a))),
         _ => (keys::groups(t), after.map(|a| keys::group(t, a))),
     };
-    kv.scan(&prefix, after_key.as_deref(), limit).into_iter().map(|(k, _)| keys::last_part(&k)).collect()
+    kv.scan_keys(&prefix, after_key.as_deref(), limit).into_iter().map(|k| keys::last_part(&k)).collect()
+}
+
+/// The id at 1-based `index` of a resource type in id order: a walk over keys alone, O(index).
+/// For a client's first page at a far `startIndex`; sequential pages resume after the last id.
+pub fn id_at(kv: &impl KvRead, t: &str, kind: ResourceKind, index: u64) -> Option<String> {
+    if index == 0 {
+        return None;
+    }
+    let prefix = match kind {
+        ResourceKind::User => keys::users(t),
+        _ => keys::groups(t),
+    };
+    let (mut after, mut left) = (None::<Vec<u8>>, index);
+    loop {
+        let batch = kv.scan_keys(&prefix, after.as_deref(), 4096);
+        if batch.is_empty() {
+            return None;
+        }
+        if (batch.len() as u64) >= left {
+            return Some(keys::last_part(&batch[left as usize - 1]));
+        }
+        left -= batch.len() as u64;
+        after = batch.last().cloned();
+    }
 }
 
 /// How many resources of a type the tenant has.
@@ -308,7 +332,7 @@ pub fn search_ids(
         _ => keys::groups(t),
     };
     let Some(filter) = filter else {
-        return Ok(kv.scan(&prefix, None, usize::MAX).into_iter().map(|(k, _)| keys::last_part(&k)).collect());
+        return Ok(kv.scan_keys(&prefix, None, usize::MAX).into_iter().map(|k| keys::last_part(&k)).collect());
     };
     match plan(kind, filter) {
         Plan::Lookup(lookups) => {

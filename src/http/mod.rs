@@ -49,6 +49,8 @@ pub struct Inner {
     pub cfg: ServeConfig,
     /// e.g. `http://127.0.0.1:8080/scim/v2`, for `meta.location`.
     pub scim_base: String,
+    /// Where index paging left off, so that the next page starts there.
+    pub page_hints: resource::PageHints,
 }
 
 /// When the last handle to the state goes (server stopped, or its runtime dropped), the writer

@@ -218,6 +218,31 @@ pub fn list(
         }
         return Ok(scim_response(StatusCode::OK, &render::cursor_list_response(total, resources, next)));
     }
+    // Index paging over a whole collection (Okta's import asks startIndex=1, 101, 201, ...):
+    // each page resumes after the last id of the page before it, O(page) whatever the
+    // directory's size; only a first request at a far startIndex walks the keys to it. Ids are
+    // time-ordered (UUIDv7), so new resources land at the end and do not shift earlier pages.
+    if let (Paging::Index { start }, true, None) = (&q.paging, id_ordered, &q.filter) {
+        let (kind, start) = (kinds[0], *start);
+        let total = query::count_of(&view, t, kind) as usize;
+        let after = match start {
+            1 => None,
+            _ => state.page_hints.get(t, kind, start).or_else(|| query::id_at(&view, t, kind, start as u64 - 1)),
+        };
+        let page = match (start, &after) {
+            (2.., None) => vec![],
+            _ => query::ids_after(&view, t, kind, after.as_deref(), q.count),
+        };
+        if let Some(last) = page.last() {
+            state.page_hints.put(t, kind, start + page.len(), last.clone());
+        }
+        let resources: Vec<Value> =
+            page.iter().filter_map(|id| render_one(&view, t, state, kind, id, &q.projection).map(|(v, _)| v)).collect();
+        if let Some(e) = view.take_error() {
+            return Err(e.into());
+        }
+        return Ok(scim_response(StatusCode::OK, &render::list_response(total, start, resources)));
+    }
     let mut ids: Vec<(ResourceKind, String)> = Vec::new();
     for kind in kinds {
         let mut found = query::search_ids(&view, t, *kind, q.filter.as_ref(), state.cfg.max_scan)?;
@@ -263,6 +288,35 @@ pub fn list(
         Paging::Cursor(_) => render::cursor_list_response(total, resources, next_cursor),
     };
     Ok(scim_response(StatusCode::OK, &body))
+}
+
+/// Where index paging left off: (tenant, type, next startIndex) → the last id served before it.
+/// Bounded; a hint older than ten minutes is not used (the walk to the index is, once).
+#[derive(Default)]
+pub struct PageHints(std::sync::Mutex<HashMap<(String, ResourceKind, usize), (String, std::time::Instant)>>);
+
+const PAGE_HINTS_MAX: usize = 10_000;
+const PAGE_HINT_TTL: std::time::Duration = std::time::Duration::from_secs(600);
+
+impl PageHints {
+    fn get(&self, tenant: &str, kind: ResourceKind, start: usize) -> Option<String> {
+        let hints = self.0.lock().expect("page hints lock");
+        hints
+            .get(&(tenant.to_string(), kind, start))
+            .filter(|(_, at)| at.elapsed() < PAGE_HINT_TTL)
+            .map(|(id, _)| id.clone())
+    }
+
+    fn put(&self, tenant: &str, kind: ResourceKind, next_start: usize, last_id: String) {
+        let mut hints = self.0.lock().expect("page hints lock");
+        if hints.len() >= PAGE_HINTS_MAX {
+            hints.retain(|_, (_, at)| at.elapsed() < PAGE_HINT_TTL);
+            if hints.len() >= PAGE_HINTS_MAX {
+                hints.clear();
+            }
+        }
+        hints.insert((tenant.to_string(), kind, next_start), (last_id, std::time::Instant::now()));
+    }
 }
 
 /// `POST .search` (RFC 7644 §3.4.3): the SearchRequest body read as the list parameters.

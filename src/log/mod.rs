@@ -434,4 +434,31 @@ impl KvRead for StateView<'_> {
         }
         out
     }
+    fn scan_keys(&self, prefix: &[u8], after: Option<&[u8]>, limit: usize) -> Vec<Vec<u8>> {
+        let start = match after {
+            Some(a) if a >= prefix => a,
+            _ => prefix,
+        };
+        // The raw iterator hands out the key in place: values are never copied.
+        let mut it = match &self.snapshot {
+            Some(s) => s.raw_iterator_cf(self.cf),
+            None => self.db.raw_iterator_cf(self.cf),
+        };
+        it.seek(start);
+        let mut out = Vec::new();
+        while out.len() < limit {
+            let Some(k) = it.key() else { break };
+            if !k.starts_with(prefix) {
+                break;
+            }
+            if !after.is_some_and(|a| k <= a) {
+                out.push(k.to_vec());
+            }
+            it.next();
+        }
+        if let Err(e) = it.status() {
+            self.note(e);
+        }
+        out
+    }
 }

@@ -121,6 +121,45 @@ async fn paging_is_stable_and_clamped() {
     assert_eq!(r.body["totalResults"], 12);
 }
 
+/// Okta imports with startIndex=1, 101, 201, ...: each page resumes after the last one served
+/// (O(page) at a million users), so a deletion between pages skips nobody; a first request at any
+/// startIndex still answers by position.
+#[tokio::test]
+async fn index_paging_resumes_after_the_page_before() {
+    let s = TestServer::start().await;
+    for i in 0..12 {
+        assert_eq!(s.post("/Users", &json!({"userName": format!("walk{i:02}")})).await.status, 201);
+    }
+    let all: Vec<String> = s.get("/Users?count=100").await.body["Resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["userName"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(all.len(), 12);
+    // Fresh requests at any position answer by position (ids in creation order).
+    for (start, count) in [(4, 3), (12, 5), (13, 5), (7, 1)] {
+        let page = s.get(&format!("/Users?startIndex={start}&count={count}")).await.body;
+        let got: Vec<&str> =
+            page["Resources"].as_array().unwrap().iter().map(|r| r["userName"].as_str().unwrap()).collect();
+        let want: Vec<&str> = all.iter().skip(start - 1).take(count).map(String::as_str).collect();
+        assert_eq!(got, want, "startIndex={start}&count={count}");
+        assert_eq!((page["startIndex"].as_u64(), page["totalResults"].as_u64()), (Some(start as u64), Some(12)));
+    }
+    // A walk with a deletion between its pages sees every remaining user once.
+    let first = s.get("/Users?startIndex=1&count=5").await.body;
+    let gone = first["Resources"][1]["id"].as_str().unwrap().to_string();
+    assert_eq!(s.delete(&format!("/Users/{gone}")).await.status, 204);
+    let mut seen: Vec<String> =
+        first["Resources"].as_array().unwrap().iter().map(|r| r["userName"].as_str().unwrap().to_string()).collect();
+    for start in [6, 11] {
+        let page = s.get(&format!("/Users?startIndex={start}&count=5")).await.body;
+        assert_eq!(page["totalResults"], 11);
+        seen.extend(page["Resources"].as_array().unwrap().iter().map(|r| r["userName"].as_str().unwrap().to_string()));
+    }
+    assert_eq!(seen, all, "the walk covers every user once, in order, the deleted one seen before it went");
+}
+
 #[tokio::test]
 async fn data_survives_a_restart() {
     let s = TestServer::start().await;
