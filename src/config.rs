@@ -104,7 +104,7 @@ pub struct ServeConfig {
     #[arg(long, env = "SCIMLOG_BLOCK_CACHE_MB", default_value_t = 64)]
     pub block_cache_mb: usize,
     /// All RocksDB memtables together (recent writes not yet in files), in MiB.
-    #[arg(long, env = "SCIMLOG_MEMTABLE_BUDGET_MB", default_value_t = 128)]
+    #[arg(long, env = "SCIMLOG_MEMTABLE_BUDGET_MB", default_value_t = 64)]
     pub memtable_budget_mb: usize,
     /// On shutdown, how long in-flight requests may take to finish.
     #[arg(long, env = "SCIMLOG_DRAIN_TIMEOUT_MS", default_value_t = 10_000)]

@@ -486,6 +486,9 @@ impl Bench {
             let mut conn = self.conn.try_clone();
             let group = api.create_group(&mut conn, &format!("push-{size}-{}", self.tag)).await?;
             api.add_members(&mut conn, &group, &ids[..size]).await?;
+            // Adding 100k members is a lot of writes: let their flushes and compactions end, or
+            // the measurement of the pushes would carry them.
+            self.settle().await?;
             // Even pushes add a user from outside the seed, odd ones remove it again.
             let ids = ids.clone();
             let row = self

@@ -98,7 +98,7 @@ pub struct StoreMemory {
 
 impl Default for StoreMemory {
     fn default() -> Self {
-        StoreMemory { block_cache_bytes: 64 << 20, memtable_budget_bytes: 128 << 20 }
+        StoreMemory { block_cache_bytes: 64 << 20, memtable_budget_bytes: 64 << 20 }
     }
 }
 
