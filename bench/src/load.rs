@@ -23,6 +23,20 @@ pub struct Row {
 }
 
 impl Row {
+    /// A row of `ops` operations over `seconds`, no errors, the rest to be filled in.
+    pub fn new(scenario: String, ops: u64, seconds: f64, latencies_us: Vec<u64>) -> Row {
+        Row {
+            scenario,
+            requests: ops,
+            errors: 0,
+            seconds,
+            latencies_us,
+            rss_mb: None,
+            server_cpu_us: None,
+            generator_cpu_us: None,
+        }
+    }
+
     pub fn rate(&self) -> f64 {
         self.requests as f64 / self.seconds.max(1e-9)
     }
@@ -115,15 +129,26 @@ where
     for w in workers {
         latencies_us.extend(w.await.unwrap_or_default());
     }
-    Row {
-        scenario: name.to_string(),
-        requests: latencies_us.len() as u64,
-        errors: errors.load(Ordering::Relaxed),
-        seconds: started.elapsed().as_secs_f64(),
-        latencies_us,
-        rss_mb: None,
-        server_cpu_us: None,
-        generator_cpu_us: None,
+    let mut row = Row::new(name.to_string(), latencies_us.len() as u64, started.elapsed().as_secs_f64(), latencies_us);
+    row.errors = errors.load(Ordering::Relaxed);
+    row
+}
+
+/// The CPU time a process spends from now on (`None` when there is no process to read).
+pub struct CpuClock {
+    pid: Option<u32>,
+    start: Option<Duration>,
+}
+
+impl CpuClock {
+    pub fn start(pid: Option<u32>) -> CpuClock {
+        CpuClock { pid, start: pid.and_then(cpu_time) }
+    }
+
+    /// Microseconds of CPU per operation since `start`.
+    pub fn per_op_us(&self, ops: u64) -> Option<f64> {
+        let spent = self.pid.and_then(cpu_time)? - self.start?;
+        Some(spent.as_secs_f64() * 1e6 / ops.max(1) as f64)
     }
 }
 

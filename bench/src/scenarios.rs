@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use hyper::Method;
 
 use crate::client::Conn;
-use crate::load::{self, drive, Row};
+use crate::load::{self, drive, CpuClock, Row};
 use crate::target::{Nats, Scimlog, Trivial, TOKEN};
 use crate::Args;
 
@@ -206,11 +206,13 @@ impl Bench {
         F: Fn(Conn, u64) -> Fut + Send + Sync + 'static,
         Fut: std::future::Future<Output = (Conn, bool)> + Send,
     {
-        self.measure_on(self.args.connections, name, pid, requests, limit, op).await
+        self.measure_on(&self.conn, self.args.connections, name, pid, requests, limit, op).await
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn measure_on<F, Fut>(
         &self,
+        conn: &Conn,
         connections: usize,
         name: &str,
         pid: Option<u32>,
@@ -222,14 +224,10 @@ impl Bench {
         F: Fn(Conn, u64) -> Fut + Send + Sync + 'static,
         Fut: std::future::Future<Output = (Conn, bool)> + Send,
     {
-        let me = std::process::id();
-        let (server0, own0) = (pid.and_then(load::cpu_time), load::cpu_time(me));
-        let mut row = drive(name, &self.conn, connections, requests, limit, op).await;
-        let per_op = |before: Option<Duration>, after: Option<Duration>| {
-            Some((after? - before?).as_secs_f64() * 1e6 / row.requests.max(1) as f64)
-        };
-        row.server_cpu_us = per_op(server0, pid.and_then(load::cpu_time));
-        row.generator_cpu_us = per_op(own0, load::cpu_time(me));
+        let (server, own) = (CpuClock::start(pid), CpuClock::start(Some(std::process::id())));
+        let mut row = drive(name, conn, connections, requests, limit, op).await;
+        row.server_cpu_us = server.per_op_us(row.requests);
+        row.generator_cpu_us = own.per_op_us(row.requests);
         row
     }
 
@@ -339,17 +337,25 @@ impl Bench {
             format!("create-users {have}→{size} (POST /Users, fsync on, {} connections)", self.args.seed_connections);
         let limit = Duration::from_secs(self.args.seed_timeout_s);
         let row = self
-            .measure_on(self.args.seed_connections, &name, self.server_pid(), n, limit, move |mut conn, i| {
-                let (api, sink) = (api.clone(), sink.clone());
-                async move {
-                    let id = api.create_user(&mut conn, offset + i).await;
-                    let ok = id.is_some();
-                    if let Some(id) = id {
-                        sink.lock().unwrap().push((offset + i, id));
+            .measure_on(
+                &self.conn,
+                self.args.seed_connections,
+                &name,
+                self.server_pid(),
+                n,
+                limit,
+                move |mut conn, i| {
+                    let (api, sink) = (api.clone(), sink.clone());
+                    async move {
+                        let id = api.create_user(&mut conn, offset + i).await;
+                        let ok = id.is_some();
+                        if let Some(id) = id {
+                            sink.lock().unwrap().push((offset + i, id));
+                        }
+                        (conn, ok)
                     }
-                    (conn, ok)
-                }
-            })
+                },
+            )
             .await;
         let mut created = std::mem::take(&mut *created.lock().unwrap());
         created.sort_unstable();
@@ -430,7 +436,7 @@ impl Bench {
     /// (`startIndex=1, 101, ...`), or by RFC 9865 cursors (`cursor=`, then each `nextCursor`).
     async fn import(&mut self, by_cursor: bool) -> anyhow::Result<()> {
         let started = Instant::now();
-        let cpu0 = self.server_pid().and_then(load::cpu_time);
+        let cpu = CpuClock::start(self.server_pid());
         let mut conn = self.conn.try_clone();
         let mut cursor = String::new();
         let (mut pages, mut users, mut latencies) = (0u64, 0u64, Vec::new());
@@ -455,22 +461,11 @@ impl Bench {
                 break;
             }
         }
-        let server_cpu_us = self
-            .server_pid()
-            .and_then(load::cpu_time)
-            .zip(cpu0)
-            .map(|(a, b)| (a - b).as_secs_f64() * 1e6 / pages.max(1) as f64);
         let how = if by_cursor { "cursor-import: RFC 9865 cursors" } else { "okta-import: startIndex" };
-        self.push(Row {
-            scenario: format!("{how}, {users} users in {pages} pages of 100 (pages/s; one connection)"),
-            requests: pages,
-            errors: 0,
-            seconds: started.elapsed().as_secs_f64(),
-            latencies_us: latencies,
-            rss_mb: None,
-            server_cpu_us,
-            generator_cpu_us: None,
-        });
+        let name = format!("{how}, {users} users in {pages} pages of 100 (pages/s; one connection)");
+        let mut row = Row::new(name, pages, started.elapsed().as_secs_f64(), latencies);
+        row.server_cpu_us = cpu.per_op_us(pages);
+        self.push(row);
         Ok(())
     }
 
@@ -567,24 +562,16 @@ impl Bench {
         let keys = scimlog::log::keys::KeyRing::open_read_only(store.clone(), &Default::default(), &dir)?;
         let head = store.head()?.position;
         let started = Instant::now();
-        let cpu0 = load::cpu_time(std::process::id());
+        let cpu = CpuClock::start(Some(std::process::id()));
         let kv = scimlog::audit::fold_until(&store, &keys, None, &mut |_| {})?;
-        let seconds = started.elapsed().as_secs_f64();
-        let cpu = load::cpu_time(std::process::id()).zip(cpu0).map(|(a, b)| (a - b).as_secs_f64() * 1e6 / head as f64);
-        let rss = load::rss_mb(std::process::id());
+        let name = format!(
+            "replay: rebuild all read models from {head} events (events/s; CPU and RSS of the replaying process)"
+        );
+        let mut row = Row::new(name, head, started.elapsed().as_secs_f64(), vec![]);
+        row.server_cpu_us = cpu.per_op_us(head);
+        row.rss_mb = load::rss_mb(std::process::id());
         drop(kv);
-        self.push(Row {
-            scenario: format!(
-                "replay: rebuild all read models from {head} events (events/s; CPU and RSS of the replaying process)"
-            ),
-            requests: head,
-            errors: 0,
-            seconds,
-            latencies_us: vec![],
-            rss_mb: rss,
-            server_cpu_us: cpu,
-            generator_cpu_us: None,
-        });
+        self.push(row);
         Ok(())
     }
 
@@ -596,7 +583,7 @@ impl Bench {
         let head = self.log_position().await?;
         self.server("publish")?.restart(Some(&nats.url)).await?;
         let started = Instant::now();
-        let cpu0 = self.server_pid().and_then(load::cpu_time);
+        let cpu = CpuClock::start(self.server_pid());
         loop {
             let published = self.healthz_json().await?["publisher"]["publishedPosition"].as_u64().unwrap_or(0);
             if published >= head {
@@ -608,21 +595,10 @@ impl Bench {
             );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        let cpu = self
-            .server_pid()
-            .and_then(load::cpu_time)
-            .zip(cpu0)
-            .map(|(a, b)| (a - b).as_secs_f64() * 1e6 / head as f64);
-        self.push(Row {
-            scenario: format!("publish: backlog of {head} events to JetStream (events/s)"),
-            requests: head,
-            errors: 0,
-            seconds: started.elapsed().as_secs_f64(),
-            latencies_us: vec![],
-            rss_mb: None,
-            server_cpu_us: cpu,
-            generator_cpu_us: None,
-        });
+        let name = format!("publish: backlog of {head} events to JetStream (events/s)");
+        let mut row = Row::new(name, head, started.elapsed().as_secs_f64(), vec![]);
+        row.server_cpu_us = cpu.per_op_us(head);
+        self.push(row);
 
         let js = async_nats::jetstream::new(async_nats::connect(&nats.url).await?);
         let consumer = js
@@ -657,6 +633,7 @@ impl Bench {
         // where it only measures the queue in front of a CPU shared by three processes.
         let load = self
             .measure_on(
+                &self.conn,
                 PUBLISH_LAG_CONNECTIONS,
                 "(creates while publishing)",
                 self.server_pid(),
@@ -687,19 +664,14 @@ impl Bench {
                 .filter_map(|(id, at)| delivered.get(id).map(|d| d.saturating_duration_since(*at).as_micros() as u64))
                 .collect()
         };
-        self.push(Row {
-            scenario: format!(
-                "publish lag: 201 → delivered by a JetStream consumer, during {:.0} creates/s on {PUBLISH_LAG_CONNECTIONS} connections (errors = never delivered)",
-                load.rate()
-            ),
-            requests: lags.len() as u64,
-            errors: answered.len() as u64 - lags.len() as u64 + load.errors,
-            seconds: load.seconds,
-            latencies_us: lags,
-            rss_mb: None,
-            server_cpu_us: load.server_cpu_us,
-            generator_cpu_us: load.generator_cpu_us,
-        });
+        let name = format!(
+            "publish lag: 201 → delivered by a JetStream consumer, during {:.0} creates/s on {PUBLISH_LAG_CONNECTIONS} connections (errors = never delivered)",
+            load.rate()
+        );
+        let mut row = Row::new(name, lags.len() as u64, load.seconds, lags);
+        row.errors = answered.len() as u64 - row.requests + load.errors;
+        (row.server_cpu_us, row.generator_cpu_us) = (load.server_cpu_us, load.generator_cpu_us);
+        self.push(row);
         self.server("publish")?.restart(None).await?;
         nats.stop().await
     }
@@ -726,25 +698,20 @@ impl Bench {
     async fn trivial(&mut self) -> anyhow::Result<()> {
         let trivial = Trivial::start().await?;
         let conn = Conn::new(&trivial.url, "")?;
-        let me = std::process::id();
-        let own0 = load::cpu_time(me);
-        let server0 = load::cpu_time(trivial.pid);
-        let mut row = drive(
-            "trivial axum handler (HTTP stack ceiling)",
-            &conn,
-            self.args.connections,
-            self.args.requests,
-            self.args.limit(),
-            |mut conn, _| async move {
-                let ok = matches!(conn.get("/").await, Ok((status, _)) if status.is_success());
-                (conn, ok)
-            },
-        )
-        .await;
-        let per_op =
-            |a: Option<Duration>, b: Option<Duration>| Some((a? - b?).as_secs_f64() * 1e6 / row.requests.max(1) as f64);
-        row.server_cpu_us = per_op(load::cpu_time(trivial.pid), server0);
-        row.generator_cpu_us = per_op(load::cpu_time(me), own0);
+        let mut row = self
+            .measure_on(
+                &conn,
+                self.args.connections,
+                "trivial axum handler (HTTP stack ceiling)",
+                Some(trivial.pid),
+                self.args.requests,
+                self.args.limit(),
+                |mut conn, _| async move {
+                    let ok = matches!(conn.get("/").await, Ok((status, _)) if status.is_success());
+                    (conn, ok)
+                },
+            )
+            .await;
         row.rss_mb = load::rss_mb(trivial.pid);
         self.push_raw(row);
         Ok(())
@@ -778,20 +745,12 @@ fn log_append(seconds: u64) -> anyhow::Result<Vec<Row>> {
                 latencies.push(t.elapsed().as_micros() as u64);
             }
             let seconds = started.elapsed().as_secs_f64();
-            rows.push(Row {
-                scenario: format!(
-                    "RocksDB commits of {n} records ({:.0} records/s), fsync {} (disk ceiling)",
-                    (latencies.len() * n) as f64 / seconds,
-                    if sync { "on" } else { "OFF" }
-                ),
-                requests: latencies.len() as u64,
-                errors: 0,
-                seconds,
-                latencies_us: latencies,
-                rss_mb: None,
-                server_cpu_us: None,
-                generator_cpu_us: None,
-            });
+            let name = format!(
+                "RocksDB commits of {n} records ({:.0} records/s), fsync {} (disk ceiling)",
+                (latencies.len() * n) as f64 / seconds,
+                if sync { "on" } else { "OFF" }
+            );
+            rows.push(Row::new(name, latencies.len() as u64, seconds, latencies));
         }
     }
     Ok(rows)

@@ -196,58 +196,89 @@ pub fn list(
         let fp = cursor::fingerprint(&[t, &kinds_text.join(","), &q.filter_text, &sort_text]);
         (state.keys.derived_secret("cursor"), fp, chrono::Utc::now().timestamp())
     };
-    // Paging a whole collection by cursor (Okta's import) reads one page from the cursor's key:
-    // O(page), whatever the directory's size.
-    if let (Paging::Cursor(token), true, None) = (&q.paging, id_ordered, &q.filter) {
-        let kind = kinds[0];
-        let (secret, fp, now) = cursor_context();
-        let after = match token {
-            None => None,
-            Some(c) => cursor::open(&secret, &fp, c, now)?.after,
-        };
-        let mut page = query::ids_after(&view, t, kind, after.as_deref(), q.count + 1);
-        let more = page.len() > q.count;
-        page.truncate(q.count);
-        let total = query::count_of(&view, t, kind) as usize;
-        let next = (more && !page.is_empty())
-            .then(|| cursor::issue(&secret, &fp, 0, page.last().cloned(), now, state.cfg.cursor_timeout_s));
-        let resources: Vec<Value> =
-            page.iter().filter_map(|id| render_one(&view, t, state, kind, id, &q.projection).map(|(v, _)| v)).collect();
-        if let Some(e) = view.take_error() {
-            return Err(e.into());
-        }
-        return Ok(scim_response(StatusCode::OK, &render::cursor_list_response(total, resources, next)));
+    let (total, page, next_cursor) = match (id_ordered, &q.filter) {
+        (true, None) => whole_collection_page(state, &view, t, kinds[0], &q, cursor_context)?,
+        _ => search_page(state, &view, t, kinds, &q, id_ordered, cursor_context)?,
+    };
+    let resources: Vec<Value> = page
+        .iter()
+        .filter_map(|(kind, id)| render_one(&view, t, state, *kind, id, &q.projection).map(|(v, _)| v))
+        .collect();
+    if let Some(e) = view.take_error() {
+        return Err(e.into());
     }
-    // Index paging over a whole collection (Okta's import asks startIndex=1, 101, 201, ...):
-    // each page resumes after the last id of the page before it, O(page) whatever the
-    // directory's size; only a first request at a far startIndex walks the keys to it. Ids are
-    // time-ordered (UUIDv7), so new resources land at the end and do not shift earlier pages.
-    if let (Paging::Index { start }, true, None) = (&q.paging, id_ordered, &q.filter) {
-        let (kind, start) = (kinds[0], *start);
-        let total = query::count_of(&view, t, kind) as usize;
-        let after = match start {
-            1 => None,
-            _ => state.page_hints.get(t, kind, start).or_else(|| query::id_at(&view, t, kind, start as u64 - 1)),
-        };
-        let page = match (start, &after) {
-            (2.., None) => vec![],
-            _ => query::ids_after(&view, t, kind, after.as_deref(), q.count),
-        };
-        if let Some(last) = page.last() {
-            state.page_hints.put(t, kind, start + page.len(), last.clone());
+    let body = match &q.paging {
+        Paging::Index { start } => render::list_response(total, *start, resources),
+        Paging::Cursor(_) => render::cursor_list_response(total, resources, next_cursor),
+    };
+    Ok(scim_response(StatusCode::OK, &body))
+}
+
+/// (total, the page's resources, the next cursor when paging by cursor).
+type Page = (usize, Vec<(ResourceKind, String)>, Option<String>);
+
+/// One page of a whole collection, O(page) whatever the directory's size: it starts after an id,
+/// the cursor's, or for `startIndex` (Okta's import asks 1, 101, 201, ...) the last id of the page
+/// before, remembered in `PageHints`; only a first request at a far startIndex walks the keys
+/// to it. Ids are time-ordered (UUIDv7), so new resources land at the end and do not shift
+/// earlier pages.
+fn whole_collection_page(
+    state: &AppState,
+    view: &impl KvRead,
+    t: &str,
+    kind: ResourceKind,
+    q: &ListQuery,
+    cursor_context: impl Fn() -> ([u8; 32], String, i64),
+) -> Result<Page, ApiError> {
+    let total = query::count_of(view, t, kind) as usize;
+    let (ids, next) = match &q.paging {
+        Paging::Cursor(token) => {
+            let (secret, fp, now) = cursor_context();
+            let after = match token {
+                None => None,
+                Some(c) => cursor::open(&secret, &fp, c, now)?.after,
+            };
+            let mut ids = query::ids_after(view, t, kind, after.as_deref(), q.count + 1);
+            let more = ids.len() > q.count;
+            ids.truncate(q.count);
+            let next = (more && !ids.is_empty())
+                .then(|| cursor::issue(&secret, &fp, 0, ids.last().cloned(), now, state.cfg.cursor_timeout_s));
+            (ids, next)
         }
-        let resources: Vec<Value> =
-            page.iter().filter_map(|id| render_one(&view, t, state, kind, id, &q.projection).map(|(v, _)| v)).collect();
-        if let Some(e) = view.take_error() {
-            return Err(e.into());
+        Paging::Index { start } => {
+            let start = *start;
+            let after = match start {
+                1 => None,
+                _ => state.page_hints.get(t, kind, start).or_else(|| query::id_at(view, t, kind, start as u64 - 1)),
+            };
+            let ids = match (start, &after) {
+                (2.., None) => vec![],
+                _ => query::ids_after(view, t, kind, after.as_deref(), q.count),
+            };
+            if let Some(last) = ids.last() {
+                state.page_hints.put(t, kind, start + ids.len(), last.clone());
+            }
+            (ids, None)
         }
-        return Ok(scim_response(StatusCode::OK, &render::list_response(total, start, resources)));
-    }
+    };
+    Ok((total, ids.into_iter().map(|id| (kind, id)).collect(), next))
+}
+
+/// One page of a filtered or sorted list, or of several types: every match is listed first.
+fn search_page(
+    state: &AppState,
+    view: &impl KvRead,
+    t: &str,
+    kinds: &[ResourceKind],
+    q: &ListQuery,
+    id_ordered: bool,
+    cursor_context: impl Fn() -> ([u8; 32], String, i64),
+) -> Result<Page, ApiError> {
     let mut ids: Vec<(ResourceKind, String)> = Vec::new();
     for kind in kinds {
-        let mut found = query::search_ids(&view, t, *kind, q.filter.as_ref(), state.cfg.max_scan)?;
+        let mut found = query::search_ids(view, t, *kind, q.filter.as_ref(), state.cfg.max_scan)?;
         if let Some((path, descending)) = &q.sort {
-            found = query::sort_ids(&view, t, *kind, found, path, *descending, state.cfg.max_scan)?;
+            found = query::sort_ids(view, t, *kind, found, path, *descending, state.cfg.max_scan)?;
         }
         ids.extend(found.into_iter().map(|id| (*kind, id)));
     }
@@ -274,20 +305,7 @@ pub fn list(
             (start, next)
         }
     };
-    let resources: Vec<Value> = ids
-        .iter()
-        .skip(start)
-        .take(q.count)
-        .filter_map(|(kind, id)| render_one(&view, t, state, *kind, id, &q.projection).map(|(v, _)| v))
-        .collect();
-    if let Some(e) = view.take_error() {
-        return Err(e.into());
-    }
-    let body = match &q.paging {
-        Paging::Index { start } => render::list_response(total, *start, resources),
-        Paging::Cursor(_) => render::cursor_list_response(total, resources, next_cursor),
-    };
-    Ok(scim_response(StatusCode::OK, &body))
+    Ok((total, ids.into_iter().skip(start).take(q.count).collect(), next_cursor))
 }
 
 /// Where index paging left off: (tenant, type, next startIndex) → the last id served before it.

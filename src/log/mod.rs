@@ -167,8 +167,8 @@ impl Store {
             .prefix("scimlog-reader-")
             .tempdir()
             .map_err(|e| LogError::Corrupt { position: 0, detail: format!("cannot create a scratch dir: {e}") })?;
-        let (memory, cache) =
-            (StoreMemory::default(), rocksdb::Cache::new_lru_cache(StoreMemory::default().block_cache_bytes));
+        let memory = StoreMemory::default();
+        let cache = rocksdb::Cache::new_lru_cache(memory.block_cache_bytes);
         let mut opts = db_options(&memory, &cache);
         opts.create_if_missing(false);
         opts.set_max_open_files(-1);
