@@ -4,7 +4,6 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::time::SystemTime;
 
 use chrono::{DateTime, Utc};
 use rand::RngCore;
@@ -20,14 +19,47 @@ pub struct Principal {
     pub role: Role,
 }
 
-/// What a token may do: `scim` tokens provision (what IdPs get); `admin` tokens may also use the
-/// admin API (erasure).
+/// What a token may do: `scim` tokens provision (what IdPs get); `hosts` tokens link devices to
+/// users (what a device-management system gets) and may not provision; `admin` tokens may do
+/// both and use the admin API (erasure). Every role may ask the access API.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     #[default]
     Scim,
+    Hosts,
     Admin,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Scim => "scim",
+            Role::Hosts => "hosts",
+            Role::Admin => "admin",
+        }
+    }
+    /// SCIM writes and reads (`/scim/v2`).
+    pub fn may_provision(self) -> bool {
+        match self {
+            Role::Scim | Role::Admin => true,
+            Role::Hosts => false,
+        }
+    }
+    /// Linking and unlinking hosts: it decides whose access a device carries.
+    pub fn may_link_hosts(self) -> bool {
+        match self {
+            Role::Hosts | Role::Admin => true,
+            Role::Scim => false,
+        }
+    }
+    /// The admin API (erasure).
+    pub fn may_administer(self) -> bool {
+        match self {
+            Role::Admin => true,
+            Role::Scim | Role::Hosts => false,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -59,6 +91,8 @@ pub enum AuthError {
     Unknown(String),
     #[error("invalid tenant {0:?}: use 1 to 63 of a-z, 0-9, '-' and '_', starting with a letter or digit")]
     Tenant(String),
+    #[error("invalid token name {0:?}: use 1 to 128 of letters, digits, '-', '_', '.' and '@'")]
+    Name(String),
 }
 
 pub fn valid_tenant(t: &str) -> bool {
@@ -95,12 +129,23 @@ fn read_file(path: &Path) -> Result<TokenFile, AuthError> {
 fn write_file(path: &Path, file: &TokenFile) -> Result<(), AuthError> {
     let io = |source| AuthError::Io { path: path.into(), source };
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(io)?;
+        crate::files::create_private_dir(dir).map_err(io)?;
     }
-    let tmp = path.with_extension("json.tmp");
     let bytes = serde_json::to_vec_pretty(file).expect("token file serialises");
-    std::fs::write(&tmp, bytes).map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(io)
+    crate::files::replace_private(path, &bytes).map_err(io)
+}
+
+/// Reads, changes and writes the token file under its lock: two CLI commands at once (a rotation
+/// script) take turns, so neither's change is lost.
+fn edit_file<T>(path: &Path, f: impl FnOnce(&mut TokenFile) -> Result<T, AuthError>) -> Result<T, AuthError> {
+    if let Some(dir) = path.parent() {
+        crate::files::create_private_dir(dir).map_err(|source| AuthError::Io { path: path.into(), source })?;
+    }
+    let _lock = crate::files::FileLock::acquire(path).map_err(|source| AuthError::Io { path: path.into(), source })?;
+    let mut file = read_file(path)?;
+    let out = f(&mut file)?;
+    write_file(path, &file)?;
+    Ok(out)
 }
 
 /// Creates a token named `name` for `tenant`, stores its hash and returns the token itself,
@@ -109,42 +154,89 @@ pub fn create_token(data_dir: &Path, name: &str, tenant: &str, role: Role) -> Re
     if !valid_tenant(tenant) {
         return Err(AuthError::Tenant(tenant.into()));
     }
-    let path = tokens_path(data_dir);
-    let mut file = read_file(&path)?;
-    if file.tokens.iter().any(|t| t.name == name) {
-        return Err(AuthError::Exists(name.into()));
+    if !valid_token_name(name) {
+        return Err(AuthError::Name(name.into()));
     }
-    let token = generate_token();
-    file.tokens.push(TokenRecord {
-        name: name.into(),
-        tenant: tenant.into(),
-        sha256: hex::encode(hash_token(&token)),
-        created_at: Utc::now(),
-        role,
-    });
-    write_file(&path, &file)?;
-    Ok(token)
+    edit_file(&tokens_path(data_dir), |file| {
+        if file.tokens.iter().any(|t| t.name == name) {
+            return Err(AuthError::Exists(name.into()));
+        }
+        let token = generate_token();
+        file.tokens.push(TokenRecord {
+            name: name.into(),
+            tenant: tenant.into(),
+            sha256: hex::encode(hash_token(&token)),
+            created_at: Utc::now(),
+            role,
+        });
+        Ok(token)
+    })
 }
 
 pub fn revoke_token(data_dir: &Path, name: &str) -> Result<(), AuthError> {
-    let path = tokens_path(data_dir);
-    let mut file = read_file(&path)?;
-    let before = file.tokens.len();
-    file.tokens.retain(|t| t.name != name);
-    if file.tokens.len() == before {
-        return Err(AuthError::Unknown(name.into()));
+    edit_file(&tokens_path(data_dir), |file| {
+        let before = file.tokens.len();
+        file.tokens.retain(|t| t.name != name);
+        if file.tokens.len() == before {
+            return Err(AuthError::Unknown(name.into()));
+        }
+        Ok(())
+    })
+}
+
+/// Token names become event resource ids and log fields: printable, no separators.
+pub fn valid_token_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 128
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '@'))
+}
+
+/// A record of the file as a principal, if it is valid.
+fn valid_record(path: &Path, t: TokenRecord) -> Option<([u8; 32], Principal)> {
+    let mut h = [0u8; 32];
+    let hash_ok = hex::decode_to_slice(&t.sha256, &mut h).is_ok();
+    if !valid_tenant(&t.tenant) || !valid_token_name(&t.name) || !hash_ok {
+        tracing::error!(
+            file = %path.display(),
+            name = %t.name.escape_debug(),
+            "a token record has an invalid tenant, name or hash; it is ignored"
+        );
+        return None;
     }
-    write_file(&path, &file)
+    Some((h, Principal { name: t.name, tenant: t.tenant, role: t.role }))
 }
 
 pub fn list_tokens(data_dir: &Path) -> Result<Vec<TokenRecord>, AuthError> {
     Ok(read_file(&tokens_path(data_dir))?.tokens)
 }
 
+/// What identifies one version of the token file: it is replaced by a rename, so every write
+/// gives a new inode; mtime, ctime (nanoseconds) and length catch an edit in place as well.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Stamp {
+    inode: u64,
+    len: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl Stamp {
+    fn of(path: &Path) -> Option<Stamp> {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(path).ok()?;
+        Some(Stamp {
+            inode: m.ino(),
+            len: m.len(),
+            mtime: (m.mtime(), m.mtime_nsec()),
+            ctime: (m.ctime(), m.ctime_nsec()),
+        })
+    }
+}
+
 struct Loaded {
-    /// The file's (mtime, length) when last read: `None` before the first read, `Some(None)`
-    /// when there was no file (checked again by `stat` alone, like a present one).
-    stamp: Option<Option<(SystemTime, u64)>>,
+    /// The file's stamp when last read: `None` before the first read, `Some(None)` when there
+    /// was no file (checked again by `stat` alone, like a present one).
+    stamp: Option<Option<Stamp>>,
     tokens: Vec<([u8; 32], Principal)>,
 }
 
@@ -173,23 +265,17 @@ impl TokenStore {
         self.bootstrap.is_none() && self.loaded.lock().expect("token lock").tokens.is_empty()
     }
 
-    /// Re-reads the token file if it changed; `true` when it did.
+    /// Re-reads the token file if it changed; `true` when it did. A record whose tenant, name or
+    /// hash is not valid (a hand edit) is left out, with an error in the log: a tenant such as
+    /// `"a\u0000x"` would otherwise reach into another tenant's keys.
     pub fn refresh(&self) -> Result<bool, AuthError> {
-        let stamp = std::fs::metadata(&self.path).ok().and_then(|m| Some((m.modified().ok()?, m.len())));
+        let stamp = Stamp::of(&self.path);
         let mut loaded = self.loaded.lock().expect("token lock");
         if loaded.stamp == Some(stamp) {
             return Ok(false);
         }
         let file = read_file(&self.path)?;
-        loaded.tokens = file
-            .tokens
-            .into_iter()
-            .filter_map(|t| {
-                let mut h = [0u8; 32];
-                hex::decode_to_slice(&t.sha256, &mut h).ok()?;
-                Some((h, Principal { name: t.name, tenant: t.tenant, role: t.role }))
-            })
-            .collect();
+        loaded.tokens = file.tokens.into_iter().filter_map(|t| valid_record(&self.path, t)).collect();
         loaded.stamp = Some(stamp);
         Ok(true)
     }
@@ -199,11 +285,7 @@ impl TokenStore {
         let loaded = self.loaded.lock().expect("token lock");
         let mut out: std::collections::BTreeMap<String, Vec<(String, String)>> = Default::default();
         for (_, p) in &loaded.tokens {
-            let role = match p.role {
-                Role::Scim => "scim",
-                Role::Admin => "admin",
-            };
-            out.entry(p.tenant.clone()).or_default().push((p.name.clone(), role.to_string()));
+            out.entry(p.tenant.clone()).or_default().push((p.name.clone(), p.role.as_str().to_string()));
         }
         out
     }

@@ -10,6 +10,7 @@ use crate::auth::Role;
 use crate::config::ServeConfig;
 use crate::log::keys::{KeyRing, MasterKey, MasterKeySource};
 use crate::log::Store;
+use scimlog_schemas::ResourceKind;
 
 #[derive(Parser)]
 #[command(name = "scimlog", version, about = "Event-sourced SCIM 2.0 identity directory")]
@@ -161,6 +162,10 @@ enum AuditCmd {
     Verify {
         #[arg(long, env = "SCIMLOG_DATA_DIR", default_value = "./scimlog-data")]
         data_dir: PathBuf,
+        /// A head recorded earlier (`POSITION:HASH`, as this command prints it): the log must
+        /// still hold it. Without one, events removed from the end go unnoticed. Repeatable.
+        #[arg(long = "expect", value_name = "POSITION:HASH")]
+        expect: Vec<crate::audit::Anchor>,
     },
     /// Events as JSON lines, personal values opened (erased ones read "[erased]"), or with
     /// `--sealed` exactly as stored and hashed, preceded by the wrapped data keys, which is what
@@ -175,7 +180,8 @@ enum AuditCmd {
         #[command(flatten)]
         store: StoreArgs,
     },
-    /// Every event that touched a resource, oldest first: `Users/<id>`, `Groups/<id>`, or
+    /// Every event that touched a resource, oldest first: `Users/<id>`, `Groups/<id>` (also
+    /// `Hosts/`, `Environments/`, `Organizations/`, `ResourceGroups/`, `Tokens/`), or
     /// `--user-name NAME`.
     History {
         resource: Option<String>,
@@ -332,10 +338,8 @@ pub fn main() -> anyhow::Result<()> {
         Cmd::Import { file, store } => {
             let db = open_exclusive(&store.data_dir)?;
             let ring = KeyRing::open(db.clone(), &store.source(), &store.data_dir)?;
-            let f = std::io::BufReader::new(
-                std::fs::File::open(&file).with_context(|| format!("cannot read {}", file.display()))?,
-            );
-            let n = crate::audit::import(&db, &ring, f)?;
+            std::fs::File::open(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let n = crate::audit::import(&db, &ring, || std::fs::File::open(&file).map(std::io::BufReader::new))?;
             eprintln!("imported {n} events");
             Ok(())
         }
@@ -384,10 +388,15 @@ pub fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Audit { command } => match command {
-            AuditCmd::Verify { data_dir } => {
+            AuditCmd::Verify { data_dir, expect } => {
                 let db = Store::open_read_only(&data_dir)?;
                 let v = crate::audit::verify(&db)?;
+                crate::audit::check_anchors(&db, &v, &expect)?;
                 println!("ok: {} events, head position {}, head hash {}", v.count, v.head_position, v.head_hash);
+                if !expect.is_empty() {
+                    println!("ok: the log holds the {} recorded anchor(s)", expect.len());
+                }
+                println!("record the head to check later: --expect {}:{}", v.head_position, v.head_hash);
                 Ok(())
             }
             AuditCmd::Export { from, to, sealed, store } => {
@@ -410,16 +419,16 @@ pub fn main() -> anyhow::Result<()> {
             AuditCmd::History { resource, user_name, tenant, json, store } => {
                 let db = Store::open_read_only(&store.data_dir)?;
                 let ring = KeyRing::open_read_only(db.clone(), &store.source(), &store.data_dir)?;
-                let id = match (resource.as_deref(), user_name.as_deref()) {
-                    (Some(r), None) => r
-                        .split_once('/')
-                        .map(|(_, id)| id.to_string())
-                        .with_context(|| format!("expected Users/<id> or Groups/<id>, got {r:?}"))?,
-                    (None, Some(n)) => crate::audit::user_id_by_name(&db, &ring, &tenant, n)?
-                        .with_context(|| format!("no user named {n:?} in tenant {tenant:?}"))?,
+                let (kind, id) = match (resource.as_deref(), user_name.as_deref()) {
+                    (Some(r), None) => parse_resource(r)?,
+                    (None, Some(n)) => (
+                        ResourceKind::User,
+                        crate::audit::user_id_by_name(&db, &ring, &tenant, n)?
+                            .with_context(|| format!("no user named {n:?} in tenant {tenant:?}"))?,
+                    ),
                     _ => anyhow::bail!("give Users/<id>, Groups/<id> or --user-name"),
                 };
-                print_events(&crate::audit::history(&db, &ring, &tenant, &id)?, json)
+                print_events(&crate::audit::history(&db, &ring, &tenant, kind, &id)?, json)
             }
             AuditCmd::Log { since, until, actor, types, tenant, json, store } => {
                 let db = Store::open_read_only(&store.data_dir)?;
@@ -459,4 +468,24 @@ pub fn main() -> anyhow::Result<()> {
             }
         },
     }
+}
+
+/// `Users/<id>`, `Groups/<id>`, `Hosts/<id>`, ...: a resource kind by its endpoint, and an id.
+fn parse_resource(r: &str) -> anyhow::Result<(ResourceKind, String)> {
+    const KINDS: [ResourceKind; 7] = [
+        ResourceKind::User,
+        ResourceKind::Group,
+        ResourceKind::Organization,
+        ResourceKind::Environment,
+        ResourceKind::ResourceGroup,
+        ResourceKind::Host,
+        ResourceKind::Token,
+    ];
+    let (endpoint, id) = r.split_once('/').with_context(|| format!("expected Users/<id> or Groups/<id>, got {r:?}"))?;
+    let kind = KINDS.into_iter().find(|k| k.endpoint().eq_ignore_ascii_case(endpoint)).with_context(|| {
+        let names: Vec<&str> = KINDS.iter().map(|k| k.endpoint()).collect();
+        format!("{endpoint:?} is not one of {}", names.join(", "))
+    })?;
+    anyhow::ensure!(!id.is_empty(), "no id after {endpoint}/");
+    Ok((kind, id.to_string()))
 }

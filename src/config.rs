@@ -23,6 +23,9 @@ pub struct ServeConfig {
     /// A bootstrap bearer token (its hash is kept in memory only), named `bootstrap`.
     #[arg(long = "token", env = "SCIMLOG_TOKEN", hide_env_values = true)]
     pub bootstrap_token: Option<String>,
+    /// A file holding the bootstrap token (instead of --token, which shows in the process list).
+    #[arg(long, env = "SCIMLOG_TOKEN_FILE", conflicts_with = "bootstrap_token")]
+    pub token_file: Option<PathBuf>,
     /// Serve without authentication (every request acts as `anonymous` in --tenant).
     #[arg(long)]
     pub insecure_no_auth: bool,
@@ -66,6 +69,14 @@ pub struct ServeConfig {
     /// How many resources a filter on unindexed attributes may read before it is refused.
     #[arg(long, env = "SCIMLOG_MAX_SCAN", default_value_t = 200_000)]
     pub max_scan: usize,
+    /// Most members one request may name (a group's POST or PUT, or one PATCH's operations
+    /// together): the single writer's work per request stays bounded.
+    #[arg(long, env = "SCIMLOG_MAX_MEMBERS_PER_REQUEST", default_value_t = 20_000)]
+    pub max_members_per_request: usize,
+    /// Most elements of one multi-valued attribute (emails, roles, ...), in a request and in the
+    /// resource it makes.
+    #[arg(long, env = "SCIMLOG_MAX_VALUES_PER_ATTRIBUTE", default_value_t = 1_000)]
+    pub max_values_per_attribute: usize,
     /// Most operations one PATCH may carry (Entra batches member changes into one PATCH).
     #[arg(long, env = "SCIMLOG_MAX_PATCH_OPERATIONS", default_value_t = 10_000)]
     pub max_patch_operations: usize,
@@ -139,6 +150,15 @@ impl ServeConfig {
         let mut c = Wrapper::parse_from(["scimlog"]).config;
         c.data_dir = data_dir.into();
         c
+    }
+
+    /// What one write may ask of the writer.
+    pub fn write_limits(&self) -> crate::command::WriteLimits {
+        crate::command::WriteLimits {
+            members_per_request: self.max_members_per_request,
+            values_per_attribute: self.max_values_per_attribute,
+            member_visits: self.max_scan,
+        }
     }
 
     pub fn store_memory(&self) -> crate::log::StoreMemory {

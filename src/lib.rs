@@ -12,6 +12,7 @@
 //! - [`auth`]: bearer tokens, stored as hashes.
 //! - [`bus`]: the only module that knows NATS: the JetStream publisher and `scimlog tail`.
 //! - [`audit`]: reading the log back: hash-chain verification, export.
+//! - [`files`]: private, atomic, locked files (keys, tokens) and the permission checks at start.
 //!
 //! A write goes HTTP -> `schemas` parsing -> `command::decide` (on the writer thread) -> events ->
 //! one fsync'd RocksDB batch with the projections' writes -> response.
@@ -22,6 +23,7 @@ pub mod bus;
 pub mod cli;
 pub mod command;
 pub mod config;
+pub mod files;
 pub mod http;
 pub mod log;
 pub mod server;

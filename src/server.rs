@@ -20,6 +20,8 @@ pub struct Server {
     pub addr: SocketAddr,
     /// Storage fault injection, for tests.
     pub faults: crate::log::FaultInjector,
+    /// The open store (tests hold a reader on it across a write).
+    pub store: Store,
     /// The token created on this first start, if one was (shown once).
     pub created_token: Option<String>,
     shutdown: Option<oneshot::Sender<()>>,
@@ -30,11 +32,29 @@ impl Server {
     /// Opens everything and starts serving; returns once the listener is bound.
     pub async fn start(cfg: ServeConfig) -> anyhow::Result<Server> {
         anyhow::ensure!(valid_tenant(&cfg.tenant), "invalid --tenant {:?}: use a-z, 0-9, '-' and '_'", cfg.tenant);
-        std::fs::create_dir_all(&cfg.data_dir)
+        // The store holds plaintext read models, the token file and (by default) the master key:
+        // everything this process creates is for its owner alone.
+        crate::files::restrict_umask();
+        crate::files::create_private_dir(&cfg.data_dir)
             .with_context(|| format!("cannot create the data dir {}", cfg.data_dir.display()))?;
+        warn_about_files(&cfg);
+        let mut cfg = cfg;
+        if let Some(path) = cfg.token_file.clone() {
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("cannot read --token-file {}", path.display()))?;
+            let token = text.trim();
+            anyhow::ensure!(
+                token.len() >= 16,
+                "--token-file {} holds no token of 16 or more characters",
+                path.display()
+            );
+            cfg.bootstrap_token = Some(token.to_string());
+        }
         let store = Store::open_with(&cfg.data_dir, &cfg.store_memory())?;
         let faults = store.faults();
+        let server_store = store.clone();
         let keys = Arc::new(KeyRing::open(store.clone(), &cfg.master_key_source(), &cfg.data_dir)?);
+        crate::audit::rebuild_if_stale(&store, keys.as_ref())?;
 
         let (tokens, created_token) = if cfg.insecure_no_auth {
             tracing::warn!("serving WITHOUT authentication (--insecure-no-auth)");
@@ -46,7 +66,11 @@ impl Server {
                 .map(|t| (t, Principal { name: "bootstrap".into(), tenant: cfg.tenant.clone(), role: Role::Scim }));
             let tokens = TokenStore::open(&cfg.data_dir, bootstrap)?;
             let created = if tokens.is_empty() {
-                Some(create_token(&cfg.data_dir, "default", &cfg.tenant, Role::Scim)?)
+                let token = create_token(&cfg.data_dir, "default", &cfg.tenant, Role::Scim)?;
+                let path = initial_token_path(&cfg.data_dir);
+                crate::files::replace_private(&path, format!("{token}\n").as_bytes())
+                    .with_context(|| format!("cannot write the first token to {}", path.display()))?;
+                Some(token)
             } else {
                 None
             };
@@ -64,6 +88,7 @@ impl Server {
                 sync: true,
                 namespace: cfg.urn_namespace.clone(),
                 default_organization: cfg.default_organization.clone(),
+                limits: cfg.write_limits(),
             },
         )?;
         let tls = match (&cfg.tls_cert, &cfg.tls_key) {
@@ -74,7 +99,6 @@ impl Server {
             .await
             .with_context(|| format!("cannot listen on {}", cfg.listen))?;
         let addr = listener.local_addr()?;
-        let mut cfg = cfg;
         cfg.listen = addr;
         let scim_base = format!("{}/scim/v2", cfg.base_url());
         let drain = Duration::from_millis(cfg.drain_timeout_ms);
@@ -139,7 +163,7 @@ impl Server {
             // its queue first) before the store closes: see `Drop for http::Inner`.
         });
         tracing::info!(%addr, "scimlog listening");
-        Ok(Server { addr, faults, created_token, shutdown: Some(shutdown), task })
+        Ok(Server { addr, faults, store: server_store, created_token, shutdown: Some(shutdown), task })
     }
 
     /// Stops accepting, lets in-flight requests finish, drains the writer, closes the store.
@@ -168,6 +192,7 @@ pub async fn erase_offline(
             sync: true,
             namespace: String::new(),
             default_organization: String::new(),
+            limits: crate::command::WriteLimits::DEFAULT,
         },
     )?;
     let origin = writer::Origin {
@@ -189,14 +214,41 @@ pub async fn erase_offline(
     }
 }
 
+/// Where the token created on a first start is written (0600), instead of stdout.
+pub fn initial_token_path(data_dir: &std::path::Path) -> std::path::PathBuf {
+    data_dir.join("initial-token")
+}
+
+/// Warns about files others can read, and about a master key kept beside the data it opens.
+fn warn_about_files(cfg: &ServeConfig) {
+    let key = cfg.master_key_file.clone().unwrap_or_else(|| crate::log::keys::default_path(&cfg.data_dir));
+    let tokens = cfg.data_dir.join("tokens.json");
+    let db = cfg.data_dir.join("db");
+    crate::files::warn_if_loose(&[
+        (&cfg.data_dir, "the data dir"),
+        (&db, "the store"),
+        (&tokens, "the token file"),
+        (&key, "the master key"),
+    ]);
+    if cfg.master_key_hex.is_none() && key.parent() == Some(cfg.data_dir.as_path()) {
+        tracing::warn!(
+            key = %key.display(),
+            "the master key is inside the data dir: a copy or backup of the dir carries the key that opens \
+             it, also after an erasure; keep it apart with --master-key-file"
+        );
+    }
+}
+
 /// `scimlog serve`: runs until SIGINT or SIGTERM.
 pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
     let server = Server::start(cfg.clone()).await?;
+    let path = initial_token_path(&cfg.data_dir);
     let base = format!("{}/scim/v2", ServeConfig { listen: server.addr, ..cfg }.base_url());
-    if let Some(token) = &server.created_token {
-        println!("First start: created the bearer token \"default\". It is shown once; store it now.\n");
+    if server.created_token.is_some() {
+        println!("First start: created the bearer token \"default\" and wrote it to {}", path.display());
+        println!("(mode 0600: readable by you alone; it is not printed, so it stays out of logs).\n");
         println!("  SCIM base URL: {base}");
-        println!("  Bearer token:  {token}\n");
+        println!("  Bearer token:  cat {}\n", path.display());
         println!("Paste both into your IdP's SCIM provisioning settings (Okta: SCIM connector base URL +");
         println!("HTTP Header auth; Entra ID: Tenant URL + Secret Token). More: scimlog token create --name NAME");
     } else {

@@ -19,7 +19,12 @@ use scimlog_schemas::registry::registry;
 use scimlog_schemas::resource::parse_user;
 use serde_json::{json, Value};
 
-const CTX: Ctx<'static> = Ctx { tenant: "bench", namespace: "scimlog", default_organization: "default" };
+const CTX: Ctx<'static> = Ctx {
+    tenant: "bench",
+    namespace: "scimlog",
+    default_organization: "default",
+    limits: scimlog::command::WriteLimits::DEFAULT,
+};
 
 fn user(i: u64) -> Value {
     json!({
@@ -198,6 +203,7 @@ fn log_append(c: &mut Criterion) {
                 sync,
                 namespace: "scimlog".into(),
                 default_organization: "default".into(),
+                limits: scimlog::command::WriteLimits::DEFAULT,
             };
             let (handle, thread) = writer::start(store, keys, opts).unwrap();
             let origin = Origin { tenant: "bench".into(), actor: "bench".into(), request_id: "r".into() };

@@ -37,6 +37,24 @@ pub struct ScopeDoc {
     /// The token that caused its creation.
     pub created_by: String,
     pub position: u64,
+    /// The organization an environment or resource group belongs to; `None` for an organization,
+    /// and for a scope created before organizations were recorded (it belongs to the default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub organization: Option<String>,
+}
+
+impl ScopeDoc {
+    /// This environment as the place an access question is asked about.
+    pub fn as_environment<'a>(&'a self, default_organization: &'a str) -> Environment<'a> {
+        Environment { slug: &self.slug, organization: self.organization.as_deref().unwrap_or(default_organization) }
+    }
+}
+
+/// An existing environment and the organization it belongs to: where "may X do Y" is asked.
+#[derive(Clone, Copy, Debug)]
+pub struct Environment<'a> {
+    pub slug: &'a str,
+    pub organization: &'a str,
 }
 
 /// A grant a user holds, directly or through a group.
@@ -131,32 +149,46 @@ pub fn effective(kv: &impl KvRead, t: &str, user: &str) -> Vec<Effective> {
     out
 }
 
-/// Whether an effective grant gives `role` (a role name or a full URN; `None`: any role or
-/// entitlement) in environment `env`. Organization-wide roles apply to every environment.
-pub fn allows(e: &Effective, role: Option<&str>, env: &str) -> bool {
-    match &e.grant {
-        Grant::Role { scope_kind, scope, role: r } => {
-            let role_ok = role.is_none_or(|want| want.eq_ignore_ascii_case(r) || want.eq_ignore_ascii_case(&e.urn));
-            let scope_ok = match scope_kind {
-                ScopeKind::Environment => scope == "*" || scope.eq_ignore_ascii_case(env),
-                ScopeKind::Organization => true,
-                ScopeKind::ResourceGroup => false,
-            };
-            role_ok && scope_ok
+/// Whether a grant applies inside `env`: an environment role naming it or `*`; an organization
+/// role naming the organization `env` belongs to, or `*`; an entitlement to it. Resource-group
+/// grants never do. The access check and the environment's member list both decide with this.
+pub fn applies_in(grant: &Grant, env: Environment<'_>) -> bool {
+    match grant {
+        Grant::Role { scope_kind: ScopeKind::Environment, scope, .. } => {
+            scope == "*" || scope.eq_ignore_ascii_case(env.slug)
         }
-        Grant::Entitlement { scope_kind: ScopeKind::Environment, name } => {
-            role.is_none() && name.eq_ignore_ascii_case(env)
+        Grant::Role { scope_kind: ScopeKind::Organization, scope, .. } => {
+            scope == "*" || scope.eq_ignore_ascii_case(env.organization)
         }
-        Grant::Entitlement { .. } => false,
+        Grant::Role { scope_kind: ScopeKind::ResourceGroup, .. } => false,
+        Grant::Entitlement { scope_kind: ScopeKind::Environment, name } => name.eq_ignore_ascii_case(env.slug),
+        Grant::Entitlement { scope_kind: ScopeKind::Organization | ScopeKind::ResourceGroup, .. } => false,
     }
 }
 
-/// Users who have some access to a scope, each with the first grant that gives it: direct
-/// holders, and members (transitively) of groups that hold a grant on it. `*` grants count.
-pub fn scope_members(kv: &impl KvRead, t: &str, kind: ScopeKind, slug: &str) -> Vec<(String, Effective)> {
+/// Whether an effective grant gives `role` (a role name or a full URN; `None`: any role or
+/// entitlement) in `env`.
+pub fn allows(e: &Effective, role: Option<&str>, env: Environment<'_>) -> bool {
+    let role_ok = match (&e.grant, role) {
+        (_, None) => true,
+        (Grant::Role { role: r, .. }, Some(want)) => want.eq_ignore_ascii_case(r) || want.eq_ignore_ascii_case(&e.urn),
+        (Grant::Entitlement { .. }, Some(_)) => false,
+    };
+    role_ok && applies_in(&e.grant, env)
+}
+
+/// Users who have some access to an environment, each with the first grant that gives it: direct
+/// holders, and members (transitively) of groups that hold a grant that [`applies_in`] it.
+pub fn environment_members(kv: &impl KvRead, t: &str, env: Environment<'_>) -> Vec<(String, Effective)> {
     let mut out: Vec<(String, Effective)> = Vec::new();
     let mut seen = BTreeSet::new();
-    for key in [scope_key(kind, slug), scope_key(kind, "*")] {
+    let scopes = [
+        scope_key(ScopeKind::Environment, env.slug),
+        scope_key(ScopeKind::Environment, "*"),
+        scope_key(ScopeKind::Organization, env.organization),
+        scope_key(ScopeKind::Organization, "*"),
+    ];
+    for key in scopes {
         for (k, _) in kv.scan(&keys::grants_in_scope(t, &key), None, usize::MAX) {
             // ... 0 subject 0 urn: the last two parts.
             let parts: Vec<&[u8]> = k.split(|b| *b == keys::SEP).collect();
@@ -164,28 +196,20 @@ pub fn scope_members(kv: &impl KvRead, t: &str, kind: ScopeKind, slug: &str) -> 
             let (subject, urn) =
                 (String::from_utf8_lossy(subject).into_owned(), String::from_utf8_lossy(urn).into_owned());
             let Some(record) = load::<GrantRecord>(kv, &keys::grant(t, &subject, &urn)) else { continue };
-            if query::user(kv, t, &subject).is_some() {
-                if seen.insert(subject.clone()) {
-                    out.push((
-                        subject,
-                        Effective { urn, grant: record.grant, via_group: None, position: record.position },
-                    ));
-                }
+            if !applies_in(&record.grant, env) {
                 continue;
             }
-            let name = query::group(kv, t, &subject).map(|g| g.display_name).unwrap_or_default();
-            for user in users_in_group(kv, t, &subject) {
+            let holders = if query::user(kv, t, &subject).is_some() {
+                vec![(subject, None)]
+            } else {
+                let name = query::group(kv, t, &subject).map(|g| g.display_name).unwrap_or_default();
+                let via = Some((subject.clone(), name));
+                users_in_group(kv, t, &subject).into_iter().map(|u| (u, via.clone())).collect()
+            };
+            for (user, via_group) in holders {
                 if seen.insert(user.clone()) {
-                    let via = Some((subject.clone(), name.clone()));
-                    out.push((
-                        user,
-                        Effective {
-                            urn: urn.clone(),
-                            grant: record.grant.clone(),
-                            via_group: via,
-                            position: record.position,
-                        },
-                    ));
+                    let grant = record.grant.clone();
+                    out.push((user, Effective { urn: urn.clone(), grant, via_group, position: record.position }));
                 }
             }
         }

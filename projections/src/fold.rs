@@ -107,9 +107,11 @@ fn keep_grants(before: &Map<String, Value>, after: &mut Map<String, Value>) {
 pub fn apply(kv: &mut impl Kv, e: &Event) {
     let t = e.tenant.as_str();
     let id = e.resource_id.as_str();
-    kv.put(&keys::history(t, id, e.position), b"");
-    if let EventBody::GroupMemberAdded { member_id, .. } | EventBody::GroupMemberRemoved { member_id, .. } = &e.body {
-        kv.put(&keys::history(t, member_id, e.position), b"");
+    kv.put(&keys::history(t, e.resource_type.as_str(), id, e.position), b"");
+    if let EventBody::GroupMemberAdded { member_id, member_type }
+    | EventBody::GroupMemberRemoved { member_id, member_type } = &e.body
+    {
+        kv.put(&keys::history(t, member_type.kind().as_str(), member_id, e.position), b"");
     }
     match &e.body {
         EventBody::UserCreated { attributes, active } => {
@@ -211,12 +213,14 @@ pub fn apply(kv: &mut impl Kv, e: &Event) {
             kv.delete(&keys::group(t, id));
             bump_count(kv, &keys::group_count(t), -1);
             // Deleting a group ends every membership in it (and its own memberships in others).
+            // Paged from the last key seen: each page costs its own size, so a group of n
+            // members is O(n) also over an overlay that holds the deletes so far.
             let prefix = keys::members(t, id);
+            let mut after: Option<Vec<u8>> = None;
             loop {
-                let batch = kv.scan(&prefix, None, 1024);
-                if batch.is_empty() {
-                    break;
-                }
+                let batch = kv.scan(&prefix, after.as_deref(), 1024);
+                let Some((last, _)) = batch.last() else { break };
+                after = Some(last.clone());
                 for (k, _) in batch {
                     let member = keys::last_part(&k);
                     kv.delete(&k);
@@ -242,9 +246,13 @@ pub fn apply(kv: &mut impl Kv, e: &Event) {
         EventBody::EntitlementGranted { entitlement, value } => grant_added(kv, e, "entitlements", entitlement, value),
         EventBody::RoleRevoked { role } => grant_removed(kv, e, "roles", role),
         EventBody::EntitlementRevoked { entitlement } => grant_removed(kv, e, "entitlements", entitlement),
-        EventBody::OrganizationCreated { slug } => scope_created(kv, e, ScopeKind::Organization, slug),
-        EventBody::EnvironmentCreated { slug } => scope_created(kv, e, ScopeKind::Environment, slug),
-        EventBody::ResourceGroupCreated { slug } => scope_created(kv, e, ScopeKind::ResourceGroup, slug),
+        EventBody::OrganizationCreated { slug } => scope_created(kv, e, ScopeKind::Organization, slug, None),
+        EventBody::EnvironmentCreated { slug, organization } => {
+            scope_created(kv, e, ScopeKind::Environment, slug, organization.clone())
+        }
+        EventBody::ResourceGroupCreated { slug, organization } => {
+            scope_created(kv, e, ScopeKind::ResourceGroup, slug, organization.clone())
+        }
         EventBody::HostUserLinked { user_id } => {
             kv.put(&keys::host(t, id), user_id.as_bytes());
             kv.put(&keys::user_host(t, user_id, id), b"");
@@ -358,24 +366,25 @@ fn remove_grants_of(kv: &mut impl Kv, t: &str, subject: &str) {
     }
 }
 
-fn scope_created(kv: &mut impl Kv, e: &Event, kind: ScopeKind, slug: &str) {
+fn scope_created(kv: &mut impl Kv, e: &Event, kind: ScopeKind, slug: &str, organization: Option<String>) {
     let doc = access::ScopeDoc {
         kind,
         slug: slug.to_string(),
         created: e.recorded_at,
         created_by: e.actor.clone(),
         position: e.position,
+        organization,
     };
     store(kv, &keys::scope(&e.tenant, kind.as_str(), slug), &doc);
 }
 
 fn remove_memberships_of(kv: &mut impl Kv, t: &str, member: &str) {
     let prefix = keys::memberships(t, member);
+    let mut after: Option<Vec<u8>> = None;
     loop {
-        let batch = kv.scan(&prefix, None, 1024);
-        if batch.is_empty() {
-            break;
-        }
+        let batch = kv.scan(&prefix, after.as_deref(), 1024);
+        let Some((last, _)) = batch.last() else { break };
+        after = Some(last.clone());
         for (k, _) in batch {
             let group = keys::last_part(&k);
             kv.delete(&k);

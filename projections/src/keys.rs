@@ -13,7 +13,7 @@
 //! | `gm 0 tenant 0 group 0 member` | [`crate::Member`] JSON |
 //! | `mg 0 tenant 0 member 0 group` | empty |
 //! | `iu/lm 0 tenant 0 lastModified 0 id`, `ig/lm ...` | empty (range index on meta.lastModified) |
-//! | `h 0 tenant 0 id 0 position` | empty (history: events that touched the resource) |
+//! | `h 0 tenant 0 kind 0 id 0 position` | empty (history: events that touched the resource) |
 //! | `gs 0 tenant 0 subject 0 urn` | [`crate::access::GrantRecord`] (grants by subject) |
 //! | `gc 0 tenant 0 kind:scope 0 subject 0 urn` | empty (grants by scope) |
 //! | `sc 0 tenant 0 kind 0 slug` | [`crate::access::ScopeDoc`] |
@@ -98,13 +98,22 @@ pub const USER_LM: &str = "iu/lm";
 pub const GROUP_LM: &str = "ig/lm";
 
 /// The history index: one key per event that touched a resource (the resource itself, and a
-/// member's memberships), `h 0 tenant 0 id 0 position (u64 big-endian)`.
-pub fn history(t: &str, id: &str, position: u64) -> Vec<u8> {
-    join(&[b"h", t.as_bytes(), id.as_bytes(), &position.to_be_bytes()])
+/// member's memberships), `h 0 tenant 0 kind 0 id 0 position (u64 big-endian)`. The kind
+/// (`ResourceKind::as_str`) keeps a host, an environment, a token and a user that share a name
+/// apart: each has its own history and version.
+pub fn history(t: &str, kind: &str, id: &str, position: u64) -> Vec<u8> {
+    join(&[b"h", t.as_bytes(), kind.as_bytes(), id.as_bytes(), &position.to_be_bytes()])
 }
-pub fn history_prefix(t: &str, id: &str) -> Vec<u8> {
-    prefix(&[b"h", t.as_bytes(), id.as_bytes()])
+pub fn history_prefix(t: &str, kind: &str, id: &str) -> Vec<u8> {
+    prefix(&[b"h", t.as_bytes(), kind.as_bytes(), id.as_bytes()])
 }
+
+/// The version of the read models' key layout (under [`LAYOUT`]). A server that finds another
+/// version (or none, over a non-empty log) rebuilds every read model from the log at start.
+/// 2: history keys carry the resource kind; userNames and displayNames folded with NFKC.
+pub const LAYOUT_VERSION: u32 = 2;
+/// The key that holds [`LAYOUT_VERSION`] (u32 big-endian); no tag of a read model starts so.
+pub const LAYOUT: &[u8] = b"_layout";
 
 /// A grant held by a subject (user or group): `gs 0 tenant 0 subject 0 urn` -> grant record.
 pub fn grant(t: &str, subject: &str, urn: &str) -> Vec<u8> {

@@ -41,6 +41,87 @@ pub fn group_id_by_name(kv: &impl KvRead, t: &str, display_name: &str) -> Option
 pub fn group_id_by_external_id(kv: &impl KvRead, t: &str, external_id: &str) -> Option<String> {
     text(kv, &keys::group_external_id(t, external_id))
 }
+/// How the access API and host links name a user (`by=`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UserBy {
+    Id,
+    UserName,
+    ExternalId,
+    /// Any of the three; two different users matching is an error, never a guess.
+    Any,
+}
+
+impl UserBy {
+    pub fn parse(s: &str) -> Option<UserBy> {
+        match s {
+            "id" => Some(UserBy::Id),
+            "userName" => Some(UserBy::UserName),
+            "externalId" => Some(UserBy::ExternalId),
+            "any" => Some(UserBy::Any),
+            _ => None,
+        }
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UserBy::Id => "id",
+            UserBy::UserName => "userName",
+            UserBy::ExternalId => "externalId",
+            UserBy::Any => "any",
+        }
+    }
+}
+
+/// `name` matches more than one user (one by id, another by userName or externalId).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AmbiguousUser {
+    pub name: String,
+    /// (how it matched, the user id), each user once.
+    pub matches: Vec<(UserBy, String)>,
+}
+
+impl std::fmt::Display for AmbiguousUser {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let how: Vec<String> = self.matches.iter().map(|(by, id)| format!("{} of user {id}", by.as_str())).collect();
+        write!(
+            f,
+            "{:?} names {} different users ({}); say which with by=id, by=userName or by=externalId",
+            self.name,
+            self.matches.len(),
+            how.join(", ")
+        )
+    }
+}
+
+/// The id of the user `name` names, matched as `by` says. With [`UserBy::Any`]: by id, by
+/// userName, by externalId, and an [`AmbiguousUser`] when they name different users.
+pub fn find_user(kv: &impl KvRead, t: &str, name: &str, by: UserBy) -> Result<Option<String>, AmbiguousUser> {
+    let by_id = || user(kv, t, name).map(|u| u.id);
+    match by {
+        UserBy::Id => return Ok(by_id()),
+        UserBy::UserName => return Ok(user_id_by_user_name(kv, t, name)),
+        UserBy::ExternalId => return Ok(user_id_by_external_id(kv, t, name)),
+        UserBy::Any => {}
+    }
+    let mut matches: Vec<(UserBy, String)> = Vec::with_capacity(3);
+    let found = [
+        (UserBy::Id, by_id()),
+        (UserBy::UserName, user_id_by_user_name(kv, t, name)),
+        (UserBy::ExternalId, user_id_by_external_id(kv, t, name)),
+    ];
+    for (how, id) in found {
+        if let Some(id) = id {
+            if !matches.iter().any(|(_, seen)| *seen == id) {
+                matches.push((how, id));
+            }
+        }
+    }
+    match matches.len() {
+        0 => Ok(None),
+        1 => Ok(matches.pop().map(|(_, id)| id)),
+        _ => Err(AmbiguousUser { name: name.to_string(), matches }),
+    }
+}
+
 /// Members of a group in id order, `limit` at a time after `after`.
 pub fn members(kv: &impl KvRead, t: &str, group: &str, after: Option<&str>, limit: usize) -> Vec<Member> {
     let after_key = after.map(|a| keys::member(t, group, a));
@@ -51,8 +132,8 @@ pub fn members(kv: &impl KvRead, t: &str, group: &str, after: Option<&str>, limi
 }
 /// Positions of the events that touched a resource (its own, and memberships of a member), oldest
 /// first.
-pub fn history_positions(kv: &impl KvRead, t: &str, id: &str) -> Vec<u64> {
-    kv.scan(&keys::history_prefix(t, id), None, usize::MAX)
+pub fn history_positions(kv: &impl KvRead, t: &str, kind: ResourceKind, id: &str) -> Vec<u64> {
+    kv.scan(&keys::history_prefix(t, kind.as_str(), id), None, usize::MAX)
         .into_iter()
         .filter_map(|(k, _)| k.get(k.len() - 8..).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes))
         .collect()

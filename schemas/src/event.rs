@@ -127,10 +127,20 @@ pub enum EventBody {
     /// organization). Its id is its slug.
     #[serde(rename = "organization.created", rename_all = "camelCase")]
     OrganizationCreated { slug: String },
+    /// Environments and resource groups belong to one organization (schema version 2; in
+    /// version 1 it was not recorded, and such a scope belongs to the default organization).
     #[serde(rename = "environment.created", rename_all = "camelCase")]
-    EnvironmentCreated { slug: String },
+    EnvironmentCreated {
+        slug: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        organization: Option<String>,
+    },
     #[serde(rename = "resource_group.created", rename_all = "camelCase")]
-    ResourceGroupCreated { slug: String },
+    ResourceGroupCreated {
+        slug: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        organization: Option<String>,
+    },
     /// A host (device; the event's resource) now belongs to a user.
     #[serde(rename = "host.user_linked", rename_all = "camelCase")]
     HostUserLinked { user_id: String },
@@ -228,7 +238,31 @@ impl EventType {
     /// The current schema version of the type's `data`. Bump it when the data changes shape, and
     /// teach [`upcast`] to lift the older version.
     pub fn schema_version(self) -> u32 {
-        1
+        match self {
+            // 2: `organization` recorded.
+            EventType::EnvironmentCreated | EventType::ResourceGroupCreated => 2,
+            EventType::UserCreated
+            | EventType::UserUpdated
+            | EventType::UserDeactivated
+            | EventType::UserReactivated
+            | EventType::UserDeleted
+            | EventType::UserErased
+            | EventType::GroupCreated
+            | EventType::GroupRenamed
+            | EventType::GroupUpdated
+            | EventType::GroupDeleted
+            | EventType::GroupMemberAdded
+            | EventType::GroupMemberRemoved
+            | EventType::RoleAssigned
+            | EventType::RoleRevoked
+            | EventType::EntitlementGranted
+            | EventType::EntitlementRevoked
+            | EventType::OrganizationCreated
+            | EventType::HostUserLinked
+            | EventType::HostUserUnlinked
+            | EventType::TokenCreated
+            | EventType::TokenRevoked => 1,
+        }
     }
 }
 
@@ -299,6 +333,8 @@ pub enum DecodeError {
     Body(#[from] serde_json::Error),
     #[error("event type {0:?} version {1} is newer than this build knows")]
     UnknownVersion(String, u32),
+    #[error(transparent)]
+    Open(#[from] crate::personal::OpenError),
 }
 
 /// One log record: the SHA-256 of the canonical bytes, then the bytes.
@@ -399,10 +435,10 @@ fn unseal(raw: &mut Value, opener: &dyn Opener) -> Result<(), DecodeError> {
     let (Some(field), Some(Value::Object(data))) = (field, raw.get_mut("data")) else { return Ok(()) };
     let Some(sealed) = data.remove("sealed") else { return Ok(()) };
     let sealed: Sealed = serde_json::from_value(sealed)?;
-    let personal: Map<String, Value> = opener
-        .open(&tenant, &sealed.subject, &sealed.sealed_box)
-        .and_then(|plain| serde_json::from_slice(&plain).ok())
-        .unwrap_or_else(|| sealed.attributes.iter().map(|a| (a.clone(), Value::String(ERASED.into()))).collect());
+    let personal: Map<String, Value> = match opener.open(&tenant, &sealed.subject, &sealed.sealed_box)? {
+        Some(plain) => serde_json::from_slice(&plain)?,
+        None => sealed.attributes.iter().map(|a| (a.clone(), Value::String(ERASED.into()))).collect(),
+    };
     let slot = data.entry(field.to_string()).or_insert_with(|| Value::Object(Map::new()));
     if let Value::Object(clear) = slot {
         merge(clear, personal);
@@ -419,14 +455,15 @@ fn upcast(raw: &mut Value) -> Result<(), DecodeError> {
     if version > current {
         return Err(DecodeError::UnknownVersion(ty, version));
     }
-    // No type has changed shape yet: version 1 is current everywhere.
+    // environment.created / resource_group.created 1 -> 2 added an optional `organization`:
+    // a version 1 event reads as it is (no organization recorded). No other type changed shape.
     Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::personal::NoKeys;
+    use crate::personal::{NoKeys, OpenError};
     use serde_json::json;
 
     /// Seals by hex-encoding: reversible, for checking the format without crypto.
@@ -437,8 +474,8 @@ mod tests {
         }
     }
     impl Opener for HexSealer {
-        fn open(&self, _: &str, _: &str, sealed_box: &str) -> Option<Vec<u8>> {
-            hex::decode(sealed_box).ok()
+        fn open(&self, _: &str, subject: &str, sealed_box: &str) -> Result<Option<Vec<u8>>, OpenError> {
+            hex::decode(sealed_box).map(Some).map_err(|e| OpenError { subject: subject.into(), detail: e.to_string() })
         }
     }
 
@@ -499,8 +536,8 @@ mod tests {
             },
             EventBody::EntitlementRevoked { entitlement: "urn:x:entitlement:environment:prod".into() },
             EventBody::OrganizationCreated { slug: "default".into() },
-            EventBody::EnvironmentCreated { slug: "prod".into() },
-            EventBody::ResourceGroupCreated { slug: "rg".into() },
+            EventBody::EnvironmentCreated { slug: "prod".into(), organization: Some("default".into()) },
+            EventBody::ResourceGroupCreated { slug: "rg".into(), organization: Some("default".into()) },
             EventBody::HostUserLinked { user_id: "u".into() },
             EventBody::HostUserUnlinked { user_id: "u".into() },
             EventBody::TokenCreated { role: "scim".into() },
@@ -519,19 +556,19 @@ mod tests {
 
     #[test]
     fn personal_values_are_sealed_and_read_as_erased_without_the_key() {
-        let attributes = json!({"userName": "alice", "title": "Eng", "emails": [{"value": "alice@x.org"}]});
+        let attributes = json!({"userName": "alice", "userType": "Eng", "emails": [{"value": "alice@x.org"}]});
         let mut e =
             sample(EventBody::UserCreated { attributes: attributes.as_object().unwrap().clone(), active: Some(true) });
         e.resource_type = ResourceKind::User;
         let sealed = e.seal(&mut HexSealer);
         let stored = String::from_utf8(sealed.bytes.clone()).unwrap();
         assert!(!stored.contains("alice"), "no personal value in clear: {stored}");
-        assert!(stored.contains("\"title\":\"Eng\""), "non-personal values stay readable: {stored}");
+        assert!(stored.contains("\"userType\":\"Eng\""), "non-personal values stay readable: {stored}");
         assert_eq!(sealed.decode(&HexSealer).unwrap(), e);
         let erased = sealed.decode(&NoKeys).unwrap();
         match erased.body {
             EventBody::UserCreated { attributes, .. } => {
-                assert_eq!(Value::Object(attributes), json!({"title": "Eng", "userName": ERASED, "emails": ERASED}));
+                assert_eq!(Value::Object(attributes), json!({"userType": "Eng", "userName": ERASED, "emails": ERASED}));
             }
             other => panic!("{other:?}"),
         }

@@ -400,7 +400,7 @@ pub fn compare_values(def: Option<&Attr>, a: &Value, b: &Value) -> Ordering {
             if case_exact {
                 x.cmp(y)
             } else {
-                x.to_lowercase().cmp(&y.to_lowercase())
+                crate::name::fold(x).cmp(&crate::name::fold(y))
             }
         }
         (Value::Number(x), Value::Number(y)) => x.as_f64().partial_cmp(&y.as_f64()).unwrap_or(Ordering::Equal),
@@ -513,7 +513,7 @@ fn compare(def: Option<&Attr>, op: CompareOp, actual: &Value, wanted: &Value) ->
                     return ordered(op, a.cmp(&w));
                 }
             }
-            let (a, w) = if case_exact { (a.clone(), w.clone()) } else { (a.to_lowercase(), w.to_lowercase()) };
+            let (a, w) = if case_exact { (a.clone(), w.clone()) } else { (crate::name::fold(a), crate::name::fold(w)) };
             match op {
                 CompareOp::Co => a.contains(&w),
                 CompareOp::Sw => a.starts_with(&w),

@@ -15,15 +15,25 @@ impl CiName {
     pub fn as_str(&self) -> &str {
         &self.0
     }
-    /// The form used as an index key: Unicode lower case.
+    /// The form used as an index key: see [`fold`].
     pub fn folded(&self) -> String {
         fold(&self.0)
     }
 }
 
-/// Case folding used by every case-insensitive index, so that all of them agree.
+/// The one case folding of every case-insensitive comparison, index and filter, so that all of
+/// them agree: ASCII letters lowered; any other text is put in Unicode compatibility form (NFKC),
+/// lowered, and put in NFKC again. Characters that are compatibility variants of one another
+/// fold to one form (U+212A KELVIN SIGN and `K`, fullwidth `ｋ` and `k`, the ligature `ﬁ` and
+/// `fi`), so two userNames that differ only by such characters are one identity: the index
+/// refuses the second as a duplicate, and a lookup by either finds the same user.
 pub fn fold(s: &str) -> String {
-    s.to_lowercase()
+    use unicode_normalization::UnicodeNormalization;
+    if s.is_ascii() {
+        return s.to_ascii_lowercase();
+    }
+    let lowered = s.nfkc().collect::<String>().to_lowercase();
+    lowered.nfkc().collect()
 }
 
 impl PartialEq for CiName {
@@ -53,7 +63,19 @@ mod tests {
     use super::*;
     #[test]
     fn compares_without_case() {
-        let cases = [("userName", "USERNAME", true), ("Émile", "émile", true), ("a", "b", false)];
+        let cases = [
+            ("userName", "USERNAME", true),
+            ("Émile", "émile", true),
+            // Composed and decomposed forms of the same letter.
+            ("\u{e9}mile", "e\u{301}mile", true),
+            ("a", "b", false),
+            // Compatibility variants are one identity.
+            ("\u{212A}im", "kim", true),
+            ("\u{FF4B}im", "Kim", true),
+            ("\u{FB01}nn", "finn", true),
+            // Look-alikes from other scripts are not the same letters.
+            ("\u{43A}im", "kim", false),
+        ];
         for (a, b, eq) in cases {
             assert_eq!(CiName::new(a) == CiName::new(b), eq, "{a} vs {b}");
         }

@@ -228,6 +228,14 @@ fn same_element(a: &Value, b: &Value) -> bool {
     }
 }
 
+/// What [`same_element`] compares, as a key: the `value` if there is one, else the whole element.
+fn element_identity(el: &Value) -> String {
+    match el.get("value") {
+        Some(v) => format!("v{v}"),
+        None => format!("w{el}"),
+    }
+}
+
 fn merge_into(target: &mut Value, attr: &Attr, value: &Value) {
     match (target.as_object_mut(), value) {
         (Some(t), Value::Object(v)) => {
@@ -367,11 +375,19 @@ fn apply_whole(
             };
             let items = match (op, map.get(name)) {
                 (OpKind::Add, Some(Value::Array(existing))) => {
+                    // One pass with an index by element identity: O(n) however many are added.
                     let mut items = existing.clone();
+                    let mut index: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+                    for (i, el) in items.iter().enumerate() {
+                        index.entry(element_identity(el)).or_insert(i);
+                    }
                     for v in new {
-                        match items.iter_mut().find(|el| same_element(el, &v)) {
-                            Some(el) => merge_into(el, attr, &v),
-                            None => items.push(v),
+                        match index.get(&element_identity(&v)) {
+                            Some(&i) => merge_into(&mut items[i], attr, &v),
+                            None => {
+                                index.insert(element_identity(&v), items.len());
+                                items.push(v);
+                            }
                         }
                     }
                     items

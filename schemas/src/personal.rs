@@ -10,12 +10,21 @@ use serde_json::{Map, Value};
 use crate::urn;
 
 /// Top-level User attributes that are personal data. Extension attributes are named
-/// `<extension URN>:<attribute>`.
+/// `<extension URN>:<attribute>`. Decided per attribute (README "Personal data and erasure"):
+/// whatever names, reaches or singles out the person is sealed, including `externalId` (Entra
+/// maps it to the mail nickname), `title` and `department`. Left in clear, because audit and
+/// replay need them and they say nothing of who the person is: `active`, `userType`,
+/// `preferredLanguage`, `locale`, `timezone`, the enterprise `organization`, `division`,
+/// `costCenter` and `manager.value` (an id), `roles`/`entitlements` (grants; their `display`
+/// names the grant, not the person) and `groups`. `manager.displayName` is readOnly and never
+/// stored.
 pub const PERSONAL_USER_ATTRIBUTES: &[&str] = &[
     "userName",
+    "externalId",
     "name",
     "displayName",
     "nickName",
+    "title",
     "profileUrl",
     "emails",
     "phoneNumbers",
@@ -24,6 +33,7 @@ pub const PERSONAL_USER_ATTRIBUTES: &[&str] = &[
     "addresses",
     "x509Certificates",
     "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User:employeeNumber",
+    "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User:department",
 ];
 
 /// What a sealed value reads as once its key is destroyed.
@@ -95,18 +105,26 @@ pub trait Sealer {
     fn seal(&mut self, tenant: &str, subject: &str, plaintext: &[u8]) -> String;
 }
 
-/// Opens what a [`Sealer`] sealed; `None` when the subject's key is gone (erased) or the box is
-/// not valid.
+/// Opens what a [`Sealer`] sealed. `Ok(None)`: the subject's key is gone (erased), and only
+/// then do its values read `[erased]`. A key that cannot be read (a storage error) or does not
+/// open the box is an [`OpenError`], never taken for erased: a reader stops and says so.
 pub trait Opener {
-    fn open(&self, tenant: &str, subject: &str, sealed_box: &str) -> Option<Vec<u8>>;
+    fn open(&self, tenant: &str, subject: &str, sealed_box: &str) -> Result<Option<Vec<u8>>, OpenError>;
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("cannot open the sealed values of subject {subject:?}: {detail}")]
+pub struct OpenError {
+    pub subject: String,
+    pub detail: String,
 }
 
 /// Opens nothing: every sealed value reads as erased. For tools that run without keys.
 pub struct NoKeys;
 
 impl Opener for NoKeys {
-    fn open(&self, _: &str, _: &str, _: &str) -> Option<Vec<u8>> {
-        None
+    fn open(&self, _: &str, _: &str, _: &str) -> Result<Option<Vec<u8>>, OpenError> {
+        Ok(None)
     }
 }
 
@@ -119,17 +137,25 @@ mod tests {
     fn split_and_merge_are_inverse() {
         let attrs = json!({
             "userName": "a", "title": "Eng", "emails": [{"value": "a@x"}], "externalId": "e",
-            urn::ENTERPRISE_USER: {"employeeNumber": "7", "department": "Ops"}
+            "userType": "Employee",
+            urn::ENTERPRISE_USER: {"employeeNumber": "7", "department": "Ops", "costCenter": "42"}
         });
         let attrs = attrs.as_object().unwrap();
         let (mut clear, personal) = split(attrs);
         assert_eq!(
             Value::Object(clear.clone()),
-            json!({"title": "Eng", "externalId": "e", urn::ENTERPRISE_USER: {"department": "Ops"}})
+            json!({"userType": "Employee", urn::ENTERPRISE_USER: {"costCenter": "42"}})
         );
         assert_eq!(
             personal.keys().cloned().collect::<Vec<_>>(),
-            ["userName", "emails", "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User:employeeNumber"]
+            [
+                "userName",
+                "title",
+                "emails",
+                "externalId",
+                "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User:employeeNumber",
+                "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User:department",
+            ]
         );
         merge(&mut clear, personal);
         for (k, v) in attrs {

@@ -77,11 +77,28 @@ fn wrong_type(path: &str, want: &str, got: &Value) -> SchemaError {
     SchemaError::invalid_value(format!("attribute '{path}' must be {want}, got {} {shown}", type_name(got)))
 }
 
+/// Refuses control characters (C0 and DEL) in a string: they are never part of a name, an id or
+/// an address, and NUL separates the parts of index keys. Only a `formatted` text (an address
+/// on several lines) may hold tab, line feed and carriage return.
+pub fn no_controls(path: &str, s: &str, multi_line: bool) -> Result<(), SchemaError> {
+    let allowed = |c: char| multi_line && matches!(c, '\t' | '\n' | '\r');
+    match s.chars().find(|c| (c.is_ascii_control()) && !allowed(*c)) {
+        None => Ok(()),
+        Some(c) => Err(SchemaError::invalid_value(format!(
+            "attribute '{path}' holds the control character U+{:04X}, which no value may contain",
+            c as u32
+        ))),
+    }
+}
+
 /// Coerces one value of a single-valued attribute (or one element of a multi-valued one).
 fn coerce_single(attr: &Attr, path: &str, v: &Value, ignored: &mut Vec<String>) -> Result<Value, SchemaError> {
     match attr.ty {
         AttrType::String | AttrType::Reference | AttrType::Binary => match v {
-            Value::String(_) => Ok(v.clone()),
+            Value::String(s) => {
+                no_controls(path, s, attr.name == "formatted" || attr.ty == AttrType::Binary)?;
+                Ok(v.clone())
+            }
             _ => Err(wrong_type(path, "a string", v)),
         },
         AttrType::Boolean => match v {
@@ -118,6 +135,12 @@ fn coerce_single(attr: &Attr, path: &str, v: &Value, ignored: &mut Vec<String>) 
                     continue;
                 };
                 if is_empty(sv) {
+                    continue;
+                }
+                // The server's to set, not the client's, like a readOnly attribute at the top:
+                // `manager.displayName` would be another person's name, stored unasked.
+                if sub.mutability == Mutability::ReadOnly {
+                    ignored.push(format!("{path}.{}", sub.name));
                     continue;
                 }
                 let sub_path = format!("{path}.{}", sub.name);
@@ -272,13 +295,18 @@ pub fn parse_members(v: &Value) -> Result<Vec<MemberRef>, SchemaError> {
         one => vec![one],
     };
     let mut out: Vec<MemberRef> = Vec::with_capacity(items.len());
+    // Duplicates are dropped in one pass: O(n) for the largest list a body can hold.
+    let mut seen: std::collections::HashSet<String> = std::collections::HashSet::with_capacity(items.len());
     for item in items {
         let Some(obj) = item.as_object() else {
             return Err(wrong_type("members", "a list of objects with a 'value'", item));
         };
         let get = |name: &str| obj.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v);
         let value = match get("value") {
-            Some(Value::String(s)) if !s.is_empty() => s.clone(),
+            Some(Value::String(s)) if !s.is_empty() => {
+                no_controls("members.value", s, false)?;
+                s.clone()
+            }
             Some(other) => return Err(wrong_type("members.value", "a non-empty string", other)),
             None => return Err(SchemaError::invalid_value("a member has no 'value'")),
         };
@@ -292,7 +320,7 @@ pub fn parse_members(v: &Value) -> Result<Vec<MemberRef>, SchemaError> {
                 )))
             }
         };
-        if !out.iter().any(|m| m.value == value) {
+        if seen.insert(value.clone()) {
             out.push(MemberRef { value, member_type });
         }
     }
@@ -358,6 +386,32 @@ mod tests {
         let got = parse_user(&json!({"userName": "a", "favouriteColour": "red", "meta": {}})).unwrap();
         assert_eq!(got.ignored, vec!["favouriteColour".to_string()]);
         assert!(!got.attributes.contains_key("meta"));
+        // readOnly sub-attributes too: the manager's displayName is another person's name.
+        let ent = crate::urn::ENTERPRISE_USER;
+        let got =
+            parse_user(&json!({"userName": "b", ent: {"manager": {"value": "m1", "displayName": "Alice"}}})).unwrap();
+        assert_eq!(got.attributes[ent], json!({"manager": {"value": "m1"}}));
+        assert_eq!(got.ignored, vec![format!("{ent}:manager.displayName")]);
+    }
+
+    #[test]
+    fn control_characters_are_refused_with_the_attribute_named() {
+        let bad = [
+            (json!({"userName": "a\u{0}b"}), "'userName' holds the control character U+0000"),
+            (json!({"userName": "a", "externalId": "x\u{1f}y"}), "'externalId' holds the control character U+001F"),
+            (
+                json!({"userName": "a", "emails": [{"value": "a\n@x.org"}]}),
+                "'emails.value' holds the control character U+000A",
+            ),
+        ];
+        for (body, want) in bad {
+            let e = parse_user(&body).unwrap_err();
+            assert!(e.detail.contains(want), "{body}: {}", e.detail);
+        }
+        let ok = json!({"userName": "a", "addresses": [{"formatted": "1 Main St\nSpringfield"}]});
+        assert!(parse_user(&ok).is_ok(), "a formatted address has lines");
+        let e = parse_group(&json!({"displayName": "g", "members": [{"value": "u\u{0}"}]})).unwrap_err();
+        assert!(e.detail.contains("'members.value' holds the control character U+0000"), "{}", e.detail);
     }
 
     #[test]

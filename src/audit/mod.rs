@@ -32,7 +32,7 @@ pub enum AuditError {
     Broken { position: u64, what: String },
     #[error(transparent)]
     Log(#[from] LogError),
-    #[error("cannot write the output: {0}")]
+    #[error("cannot read or write: {0}")]
     Io(#[from] std::io::Error),
     #[error(transparent)]
     Keys(#[from] KeyError),
@@ -86,6 +86,50 @@ pub fn verify(store: &Store) -> Result<Verified, AuditError> {
         }
     }
     Ok(Verified { count, head_position: expected_position - 1, head_hash: expected_prev })
+}
+
+/// A recorded head: the log must still hold this event (position and hash). `verify` alone cannot
+/// see events removed from the end of the log; a recorded anchor can.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Anchor {
+    pub position: u64,
+    pub hash: String,
+}
+
+impl std::str::FromStr for Anchor {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Anchor, String> {
+        let (p, h) = s.split_once(':').ok_or_else(|| format!("expected POSITION:HASH, got {s:?}"))?;
+        let position =
+            p.parse::<u64>().ok().filter(|p| *p > 0).ok_or_else(|| format!("{p:?} is not a position (1, 2, ...)"))?;
+        let hash = h.to_ascii_lowercase();
+        if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(format!("{h:?} is not a SHA-256 in hex (64 characters)"));
+        }
+        Ok(Anchor { position, hash })
+    }
+}
+
+/// Checks a verified log against recorded anchors: each must be there, with the same hash.
+pub fn check_anchors(store: &Store, verified: &Verified, anchors: &[Anchor]) -> Result<(), AuditError> {
+    for a in anchors {
+        let broken = |what: String| AuditError::Broken { position: a.position, what };
+        if a.position > verified.head_position {
+            return Err(broken(format!(
+                "the log ends at position {}, before the recorded anchor at {}: events were removed from its end",
+                verified.head_position, a.position
+            )));
+        }
+        let stored = store.events_from(a.position, 1)?.into_iter().next().map(|(_, s)| s.hash_hex());
+        if stored.as_deref() != Some(a.hash.as_str()) {
+            return Err(broken(format!(
+                "the event here has hash {}, not the recorded {}: the log was rewritten",
+                stored.unwrap_or_default(),
+                a.hash
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Writes events `from..=to` as JSON lines. `opened`: personal values opened with the keys
@@ -184,9 +228,15 @@ pub fn log(store: &Store, opener: &dyn Opener, filter: &EventFilter) -> Result<V
 
 /// `audit history`: every event that touched a resource (for a user, also its memberships),
 /// oldest first, read through the history index.
-pub fn history(store: &Store, opener: &dyn Opener, tenant: &str, id: &str) -> Result<Vec<Event>, AuditError> {
+pub fn history(
+    store: &Store,
+    opener: &dyn Opener,
+    tenant: &str,
+    kind: ResourceKind,
+    id: &str,
+) -> Result<Vec<Event>, AuditError> {
     let view = store.view();
-    let positions = query::history_positions(&view, tenant, id);
+    let positions = query::history_positions(&view, tenant, kind, id);
     if let Some(e) = view.take_error() {
         return Err(e.into());
     }
@@ -246,6 +296,32 @@ pub fn position_at(store: &Store, at: chrono::DateTime<chrono::Utc>) -> Result<u
 /// `progress` is called now and then with the position reached.
 ///
 /// The fold is one thread (it is a fold: each event sees the state its predecessors left), but
+/// Rebuilds every read model from the log when they were written with another key layout than
+/// this code's (`keys::LAYOUT_VERSION`), before a server serves from them; marks a new, empty
+/// store as current. Returns the number of events folded (0: nothing to do).
+pub fn rebuild_if_stale(store: &Store, opener: &(dyn Opener + Sync)) -> Result<u64, AuditError> {
+    let layout = store.layout_version()?;
+    if layout == Some(keys::LAYOUT_VERSION) {
+        return Ok(0);
+    }
+    let head = store.head()?.position;
+    if head == 0 {
+        store.mark_layout_current()?;
+        return Ok(0);
+    }
+    tracing::warn!(
+        found = layout.unwrap_or(1),
+        current = keys::LAYOUT_VERSION,
+        events = head,
+        "the read models were laid out by another version: rebuilding them from the log"
+    );
+    let started = std::time::Instant::now();
+    let kv = fold_until(store, opener, Some(head), &mut |_| {})?;
+    store.replace_state(kv.0.into_iter().collect())?;
+    tracing::info!(events = head, seconds = started.elapsed().as_secs_f64(), "read models rebuilt");
+    Ok(head)
+}
+
 /// decoding is most of the work (parsing, opening sealed values, unwrapping data keys), so a
 /// reader thread hands pages of stored events in turn to one decoder per core, and this thread
 /// folds the decoded pages in the order they were read.
@@ -379,7 +455,9 @@ fn show(b: &[u8]) -> String {
 
 /// Compares a rebuilt state with the live `state` family, key by key.
 pub fn compare(store: &Store, rebuilt: &MemKv) -> Result<Differences, AuditError> {
-    let live = store.scan_state()?;
+    // The layout mark is not a read model: no fold writes it.
+    let mut live = store.scan_state()?;
+    live.retain(|(k, _)| k.as_slice() != keys::LAYOUT);
     let mut d = Differences::default();
     let mut note = |k: &[u8], a: Option<&[u8]>, b: Option<&[u8]>| {
         d.count += 1;
@@ -422,54 +500,110 @@ pub fn compare(store: &Store, rebuilt: &MemKv) -> Result<Differences, AuditError
     Ok(d)
 }
 
-/// Imports a sealed export (with its key lines) into an empty store: events are checked against
-/// their hashes and the chain, stored byte for byte, and folded. Returns the number of events.
-pub fn import(store: &Store, keys: &KeyRing, lines: impl std::io::BufRead) -> Result<u64, AuditError> {
+/// Imports a `--sealed` export into an empty store. The whole input is read and checked first
+/// (JSON, hashes, one contiguous chain, every event decodable), and only then written, so a
+/// broken line anywhere leaves the store as empty as it was. `open` gives the input from its
+/// start, once per pass.
+pub fn import<R: std::io::BufRead>(
+    store: &Store,
+    keys: &KeyRing,
+    open: impl Fn() -> std::io::Result<R>,
+) -> Result<u64, AuditError> {
     if store.head()?.position != 0 {
         return Err(AuditError::Broken { position: 0, what: "import needs an empty data dir".into() });
     }
-    let mut expected_prev = GENESIS_HASH.to_string();
-    let mut count = 0u64;
+    // Pass 1: check everything, write nothing. Personal values are not opened here (no key is
+    // restored yet); the events must still decode.
+    let mut chain = ChainCheck::default();
+    for (n, line) in open()?.lines().enumerate() {
+        if let Some(ImportLine::Event(position, sealed)) = parse_import_line(n, &line?, &mut chain)? {
+            sealed
+                .decode(&scimlog_schemas::personal::NoKeys)
+                .map_err(|e| AuditError::Broken { position, what: format!("line {}: {e}", n + 1) })?;
+        }
+    }
+    // Pass 2: restore the keys, append the events, fold the read models.
+    let mut chain = ChainCheck::default();
     let mut batch: Vec<(u64, SealedEvent)> = Vec::new();
     let mut state = MemKv::default();
-    for (n, line) in lines.lines().enumerate() {
-        let line = line?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let broken =
-            |what: String| AuditError::Broken { position: n as u64 + 1, what: format!("line {}: {what}", n + 1) };
-        let mut v: Value = serde_json::from_str(&line).map_err(|e| broken(e.to_string()))?;
-        if let Some(k) = v.get("dataKey") {
-            let id =
-                k["id"].as_str().and_then(|s| B64.decode(s).ok()).ok_or_else(|| broken("bad dataKey id".into()))?;
-            let wrapped =
-                k["wrapped"].as_str().and_then(|s| B64.decode(s).ok()).ok_or_else(|| broken("bad dataKey".into()))?;
-            keys.restore(id, wrapped)?;
-            continue;
-        }
-        let hash = v.as_object_mut().and_then(|o| o.remove("hash")).and_then(|h| h.as_str().map(String::from));
-        let bytes = serde_json::to_vec(&v).map_err(|e| broken(e.to_string()))?;
-        let sealed = SealedEvent { hash: Sha256::digest(&bytes).into(), bytes };
-        if hash.as_deref() != Some(sealed.hash_hex().as_str()) {
-            return Err(broken("the hash does not match the event: the export was altered".into()));
-        }
-        let fields: ChainFields = serde_json::from_slice(&sealed.bytes).map_err(|e| broken(e.to_string()))?;
-        if fields.prev_hash != expected_prev || fields.position != count + 1 {
-            return Err(broken("the events are not a contiguous chain from the first".into()));
-        }
-        let event = sealed.decode(keys).map_err(|e| broken(e.to_string()))?;
-        apply(&mut state, &event);
-        expected_prev = sealed.hash_hex();
-        count += 1;
-        batch.push((fields.position, sealed));
-        if batch.len() >= PAGE {
-            store.append_raw(&std::mem::take(&mut batch))?;
+    for (n, line) in open()?.lines().enumerate() {
+        match parse_import_line(n, &line?, &mut chain)? {
+            None => {}
+            Some(ImportLine::Key(id, wrapped)) => keys.restore(id, wrapped)?,
+            Some(ImportLine::Event(position, sealed)) => {
+                let event = sealed
+                    .decode(keys)
+                    .map_err(|e| AuditError::Broken { position, what: format!("line {}: {e}", n + 1) })?;
+                apply(&mut state, &event);
+                batch.push((position, sealed));
+                if batch.len() >= PAGE {
+                    store.append_raw(&std::mem::take(&mut batch))?;
+                }
+            }
         }
     }
     store.append_raw(&batch)?;
     store.replace_state(state.0.into_iter().collect())?;
-    Ok(count)
+    Ok(chain.count)
+}
+
+/// Where an import stands in the chain it reads.
+struct ChainCheck {
+    expected_prev: String,
+    count: u64,
+}
+
+impl Default for ChainCheck {
+    fn default() -> Self {
+        ChainCheck { expected_prev: GENESIS_HASH.to_string(), count: 0 }
+    }
+}
+
+enum ImportLine {
+    /// A wrapped data key: (key id, wrapped key).
+    Key(Vec<u8>, Vec<u8>),
+    Event(u64, SealedEvent),
+}
+
+/// Parses line `n` (0-based) of an export and checks it continues `chain`.
+fn parse_import_line(n: usize, line: &str, chain: &mut ChainCheck) -> Result<Option<ImportLine>, AuditError> {
+    if line.trim().is_empty() {
+        return Ok(None);
+    }
+    let broken = |what: String| AuditError::Broken { position: n as u64 + 1, what: format!("line {}: {what}", n + 1) };
+    let mut v: Value = serde_json::from_str(line).map_err(|e| broken(e.to_string()))?;
+    if let Some(k) = v.get("dataKey") {
+        let id = k["id"].as_str().and_then(|s| B64.decode(s).ok()).ok_or_else(|| broken("bad dataKey id".into()))?;
+        let wrapped =
+            k["wrapped"].as_str().and_then(|s| B64.decode(s).ok()).ok_or_else(|| broken("bad dataKey".into()))?;
+        return Ok(Some(ImportLine::Key(id, wrapped)));
+    }
+    if is_opened(&v) {
+        return Err(broken(
+            "this is an opened export (personal values in clear), which cannot be imported: \
+             export with `scimlog audit export --sealed`"
+                .into(),
+        ));
+    }
+    let hash = v.as_object_mut().and_then(|o| o.remove("hash")).and_then(|h| h.as_str().map(String::from));
+    let bytes = serde_json::to_vec(&v).map_err(|e| broken(e.to_string()))?;
+    let sealed = SealedEvent { hash: Sha256::digest(&bytes).into(), bytes };
+    if hash.as_deref() != Some(sealed.hash_hex().as_str()) {
+        return Err(broken("the hash does not match the event: the export was altered".into()));
+    }
+    let fields: ChainFields = serde_json::from_slice(&sealed.bytes).map_err(|e| broken(e.to_string()))?;
+    if fields.prev_hash != chain.expected_prev || fields.position != chain.count + 1 {
+        return Err(broken("the events are not a contiguous chain from the first".into()));
+    }
+    chain.expected_prev = sealed.hash_hex();
+    chain.count += 1;
+    Ok(Some(ImportLine::Event(fields.position, sealed)))
+}
+
+/// An event of an opened export: a `user.created` always carries a userName, which the stored
+/// (sealed) form holds under `data.sealed`; the opened form has it in clear.
+fn is_opened(v: &Value) -> bool {
+    v["type"] == "user.created" && v["data"].get("sealed").is_none()
 }
 
 /// Writes the key lines that make a sealed export importable (wrapped keys: useless without the

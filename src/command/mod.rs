@@ -5,6 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+use scimlog_projections::query::UserBy;
 use scimlog_projections::{access, query, KvRead, UserDoc};
 use scimlog_schemas::access::{parse_grant, Grant, ScopeKind};
 use scimlog_schemas::event::{EventBody, MemberType, NewEvent, ResourceKind};
@@ -60,10 +61,11 @@ pub enum Command {
         id: String,
         reason: String,
     },
-    /// Links a host (device) to a user named by id, userName or externalId.
+    /// Links a host (device) to a user named by id, userName or externalId (`by`).
     LinkHost {
         host_id: String,
         user: String,
+        by: UserBy,
     },
     UnlinkHost {
         host_id: String,
@@ -164,6 +166,29 @@ pub struct Decision {
     pub bulk: Vec<BulkResult>,
 }
 
+/// The membership changes of one group PATCH so far.
+#[derive(Default)]
+struct MemberChanges {
+    /// Per member: `Some(type)` is a member after the PATCH, `None` is not.
+    changes: BTreeMap<String, Option<MemberType>>,
+    /// Everyone who is a member with the changes so far applied, once an operation needed it.
+    current: Option<BTreeMap<String, MemberType>>,
+    /// Members handed out by `current_members` so far (bounded by `--max-scan`).
+    visited: usize,
+}
+
+impl MemberChanges {
+    fn set(&mut self, id: String, after: Option<MemberType>) {
+        if let Some(current) = &mut self.current {
+            match after {
+                Some(t) => current.insert(id.clone(), t),
+                None => current.remove(&id),
+            };
+        }
+        self.changes.insert(id, after);
+    }
+}
+
 /// What a decision depends on besides the read models and the command.
 #[derive(Clone, Copy, Debug)]
 pub struct Ctx<'a> {
@@ -172,6 +197,90 @@ pub struct Ctx<'a> {
     pub namespace: &'a str,
     /// The organization environments and resource groups are created in.
     pub default_organization: &'a str,
+    pub limits: WriteLimits,
+}
+
+/// Bounds on the work one write may ask of the single writer, which every tenant shares
+/// (`--max-members-per-request`, `--max-values-per-attribute`, `--max-scan`). Beyond them the
+/// write is refused (400) before anything is decided.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WriteLimits {
+    /// Members named by one request (a group's POST or PUT, or all operations of one PATCH).
+    pub members_per_request: usize,
+    /// Elements of one multi-valued attribute (emails, roles, ...), in a request and in the
+    /// resource it makes.
+    pub values_per_attribute: usize,
+    /// Members one PATCH may read to apply filters other than `value eq` and remove-or-replace
+    /// of all members.
+    pub member_visits: usize,
+}
+
+impl WriteLimits {
+    pub const DEFAULT: WriteLimits =
+        WriteLimits { members_per_request: 20_000, values_per_attribute: 1_000, member_visits: 200_000 };
+
+    /// Each multi-valued attribute of a resource (also inside extensions) within the limit.
+    fn check_values(&self, attributes: &Map<String, Value>) -> Result<(), Refusal> {
+        for (name, value) in attributes {
+            match value {
+                Value::Array(items) if items.len() > self.values_per_attribute => {
+                    return Err(Refusal::Invalid(SchemaError::invalid_value(format!(
+                        "{name} has {} values, more than the limit of {} (--max-values-per-attribute)",
+                        items.len(),
+                        self.values_per_attribute
+                    ))));
+                }
+                Value::Object(inner) if name.starts_with("urn:") => self.check_values(inner)?,
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn check_members(&self, named: usize) -> Result<(), Refusal> {
+        if named <= self.members_per_request {
+            return Ok(());
+        }
+        Err(Refusal::Invalid(SchemaError::invalid_value(format!(
+            "the request names {named} members, more than the limit of {} (--max-members-per-request); \
+             send them in several requests",
+            self.members_per_request
+        ))))
+    }
+
+    /// The operations of a PATCH: members named in all of them together, and every other list.
+    fn check_patch(&self, ops: &[PatchOp]) -> Result<(), Refusal> {
+        let count = |v: &Value| match v {
+            Value::Array(a) => a.len(),
+            Value::Null => 0,
+            _ => 1,
+        };
+        let mut members = 0usize;
+        for op in ops {
+            match (&op.path, &op.value) {
+                (Some(path), value) if path.is_attr("members") => members = members.saturating_add(count(value)),
+                (Some(_), Value::Array(items)) if items.len() > self.values_per_attribute => {
+                    let path = op.path_text.as_deref().unwrap_or_default();
+                    return Err(Refusal::Invalid(SchemaError::invalid_value(format!(
+                        "the operation on {path:?} has {} values, more than the limit of {} \
+                         (--max-values-per-attribute)",
+                        items.len(),
+                        self.values_per_attribute
+                    ))));
+                }
+                (Some(_), _) => {}
+                (None, Value::Object(map)) => {
+                    let mut rest = map.clone();
+                    if let Some(k) = map.keys().find(|k| k.eq_ignore_ascii_case("members")) {
+                        members = members.saturating_add(rest.remove(k).as_ref().map(count).unwrap_or(0));
+                    }
+                    self.check_values(&rest)?;
+                }
+                (None, _) => {}
+            }
+        }
+        self.check_members(members)
+    }
 }
 
 pub fn decide(kv: &impl KvRead, ctx: &Ctx, command: Command) -> Result<Decision, Refusal> {
@@ -190,6 +299,7 @@ fn decide_single(kv: &impl KvRead, ctx: &Ctx, command: Command) -> Result<Decisi
         t: ctx.tenant,
         ns: ctx.namespace,
         default_org: ctx.default_organization,
+        limits: ctx.limits,
         versions: HashMap::new(),
         events: Vec::new(),
         created_scopes: BTreeSet::new(),
@@ -204,7 +314,7 @@ fn decide_single(kv: &impl KvRead, ctx: &Ctx, command: Command) -> Result<Decisi
         Command::PatchUser { id, ops, if_match } => d.patch_user(id, &ops, if_match)?,
         Command::PatchGroup { id, ops, if_match } => d.patch_group(id, &ops, if_match)?,
         Command::EraseUser { id, reason } => d.erase_user(id, reason)?,
-        Command::LinkHost { host_id, user } => d.link_host(host_id, &user)?,
+        Command::LinkHost { host_id, user, by } => d.link_host(host_id, &user, by)?,
         Command::UnlinkHost { host_id } => d.unlink_host(host_id)?,
         Command::ReconcileTokens { tokens } => d.reconcile_tokens(tokens)?,
         Command::Bulk { .. } => {
@@ -226,6 +336,7 @@ struct Decider<'a, K: KvRead> {
     t: &'a str,
     ns: &'a str,
     default_org: &'a str,
+    limits: WriteLimits,
     /// Scopes this decision creates, so that two grants naming one create it once.
     created_scopes: BTreeSet<(ScopeKind, String)>,
     /// Versions of resources touched so far by this decision.
@@ -277,6 +388,7 @@ impl<K: KvRead> Decider<'_, K> {
     }
 
     fn create_user(&mut self, id: String, input: UserInput) -> Outcome {
+        self.limits.check_values(&input.attributes)?;
         // Okta re-provisions a deactivated person with a POST: an inactive user with the same
         // userName (or externalId) is reactivated and updated instead of refused.
         let existing = query::user_id_by_user_name(self.kv, self.t, input.user_name())
@@ -300,6 +412,7 @@ impl<K: KvRead> Decider<'_, K> {
     }
 
     fn replace_user(&mut self, id: String, input: UserInput, if_match: Option<u64>) -> Outcome {
+        self.limits.check_values(&input.attributes)?;
         let doc = self.user(&id)?;
         check_version(if_match, doc.version)?;
         self.check_user_unique(&input, Some(&id))?;
@@ -448,17 +561,22 @@ impl<K: KvRead> Decider<'_, K> {
     }
 
     /// Creates the scope a grant names (matched by id or slug, without case) if it is new;
-    /// environments and resource groups live in the default organization, created with them.
+    /// environments and resource groups are created in the default organization (created with
+    /// them), and record it: an organization role then applies to them only if it names it.
     fn ensure_scope(&mut self, grant: &Grant) {
         let Some((kind, name)) = grant.named_scope() else { return };
-        if kind != ScopeKind::Organization {
-            let org = self.default_org.to_ascii_lowercase();
-            self.create_scope(ScopeKind::Organization, org);
-        }
-        self.create_scope(kind, name.to_ascii_lowercase());
+        let organization = match kind {
+            ScopeKind::Organization => None,
+            ScopeKind::Environment | ScopeKind::ResourceGroup => {
+                let org = self.default_org.to_ascii_lowercase();
+                self.create_scope(ScopeKind::Organization, org.clone(), None);
+                Some(org)
+            }
+        };
+        self.create_scope(kind, name.to_ascii_lowercase(), organization);
     }
 
-    fn create_scope(&mut self, kind: ScopeKind, slug: String) {
+    fn create_scope(&mut self, kind: ScopeKind, slug: String, organization: Option<String>) {
         if access::scope(self.kv, self.t, kind, &slug).is_some() || !self.created_scopes.insert((kind, slug.clone())) {
             return;
         }
@@ -466,30 +584,26 @@ impl<K: KvRead> Decider<'_, K> {
             ScopeKind::Organization => {
                 (ResourceKind::Organization, EventBody::OrganizationCreated { slug: slug.clone() })
             }
-            ScopeKind::Environment => (ResourceKind::Environment, EventBody::EnvironmentCreated { slug: slug.clone() }),
+            ScopeKind::Environment => {
+                (ResourceKind::Environment, EventBody::EnvironmentCreated { slug: slug.clone(), organization })
+            }
             ScopeKind::ResourceGroup => {
-                (ResourceKind::ResourceGroup, EventBody::ResourceGroupCreated { slug: slug.clone() })
+                (ResourceKind::ResourceGroup, EventBody::ResourceGroupCreated { slug: slug.clone(), organization })
             }
         };
         self.emit(resource, &slug, 0, body);
     }
 
-    /// A user named by id, userName or externalId (as an application knows it from SSO).
-    fn find_user(&self, name: &str) -> Option<String> {
-        query::user(self.kv, self.t, name)
-            .map(|u| u.id)
-            .or_else(|| query::user_id_by_user_name(self.kv, self.t, name))
-            .or_else(|| query::user_id_by_external_id(self.kv, self.t, name))
+    /// The version a host's or token's next event gets: the events of its history so far.
+    fn version_from_history(&self, kind: ResourceKind, id: &str) -> u64 {
+        query::history_positions(self.kv, self.t, kind, id).len() as u64
     }
 
-    fn version_from_history(&self, host_id: &str) -> u64 {
-        query::history_positions(self.kv, self.t, host_id).len() as u64
-    }
-
-    fn link_host(&mut self, host_id: String, user: &str) -> Outcome {
-        let user_id =
-            self.find_user(user).ok_or_else(|| Refusal::NotFound { kind: ResourceKind::User, id: user.to_string() })?;
-        let version = self.version_from_history(&host_id);
+    fn link_host(&mut self, host_id: String, user: &str, by: UserBy) -> Outcome {
+        let user_id = query::find_user(self.kv, self.t, user, by)
+            .map_err(|ambiguous| Refusal::Uniqueness(ambiguous.to_string()))?
+            .ok_or_else(|| Refusal::NotFound { kind: ResourceKind::User, id: user.to_string() })?;
+        let version = self.version_from_history(ResourceKind::Host, &host_id);
         match access::host_user(self.kv, self.t, &host_id) {
             Some(current) if current == user_id => {}
             Some(current) => {
@@ -510,13 +624,13 @@ impl<K: KvRead> Decider<'_, K> {
         let wanted: BTreeMap<String, String> = wanted.into_iter().collect();
         for (name, role) in &known {
             if wanted.get(name) != Some(role) {
-                let version = self.version_from_history(name);
+                let version = self.version_from_history(ResourceKind::Token, name);
                 self.emit(ResourceKind::Token, name, version, EventBody::TokenRevoked {});
             }
         }
         for (name, role) in &wanted {
             if known.get(name) != Some(role) {
-                let version = self.version_from_history(name);
+                let version = self.version_from_history(ResourceKind::Token, name);
                 self.emit(ResourceKind::Token, name, version, EventBody::TokenCreated { role: role.clone() });
             }
         }
@@ -526,7 +640,7 @@ impl<K: KvRead> Decider<'_, K> {
     fn unlink_host(&mut self, host_id: String) -> Outcome {
         let user_id = access::host_user(self.kv, self.t, &host_id)
             .ok_or_else(|| Refusal::NotFound { kind: ResourceKind::Host, id: host_id.clone() })?;
-        let version = self.version_from_history(&host_id);
+        let version = self.version_from_history(ResourceKind::Host, &host_id);
         self.emit(ResourceKind::Host, &host_id, version, EventBody::HostUserUnlinked { user_id });
         Ok((host_id, false, vec![]))
     }
@@ -587,6 +701,7 @@ impl<K: KvRead> Decider<'_, K> {
     }
 
     fn create_group(&mut self, id: String, input: GroupInput) -> Outcome {
+        self.check_group_input(&input)?;
         self.check_group_unique(&input, None)?;
         let (members, skipped) = self.resolve_members(&id, input.members.as_deref().unwrap_or_default());
         let mut attributes = input.attributes;
@@ -665,7 +780,13 @@ impl<K: KvRead> Decider<'_, K> {
         }
     }
 
+    fn check_group_input(&self, input: &GroupInput) -> Result<(), Refusal> {
+        self.limits.check_members(input.members.as_ref().map_or(0, Vec::len))?;
+        self.limits.check_values(&input.attributes)
+    }
+
     fn replace_group(&mut self, id: String, input: GroupInput, if_match: Option<u64>) -> Outcome {
+        self.check_group_input(&input)?;
         let doc = self.group(&id)?;
         check_version(if_match, doc.version)?;
         self.group_attribute_events(&doc, &input)?;
@@ -681,6 +802,7 @@ impl<K: KvRead> Decider<'_, K> {
     }
 
     fn patch_user(&mut self, id: String, ops: &[PatchOp], if_match: Option<u64>) -> Outcome {
+        self.limits.check_patch(ops)?;
         let doc = self.user(&id)?;
         check_version(if_match, doc.version)?;
         let mut map = doc.attributes.clone();
@@ -696,11 +818,12 @@ impl<K: KvRead> Decider<'_, K> {
     }
 
     fn patch_group(&mut self, id: String, ops: &[PatchOp], if_match: Option<u64>) -> Outcome {
+        self.limits.check_patch(ops)?;
         let doc = self.group(&id)?;
         check_version(if_match, doc.version)?;
         let mut map = doc.attributes.clone();
         map.insert("displayName".into(), Value::String(doc.display_name.clone()));
-        let mut changes: BTreeMap<String, Option<MemberType>> = BTreeMap::new();
+        let mut changes = MemberChanges::default();
         let mut skipped = Vec::new();
         for op in ops {
             // Members never pass through the document: each operation becomes per-member changes,
@@ -727,9 +850,46 @@ impl<K: KvRead> Decider<'_, K> {
             }
         }
         let input = parse_group(&Value::Object(map))?;
+        self.limits.check_values(&input.attributes)?;
         self.group_attribute_events(&doc, &input)?;
-        self.membership_events(&doc, changes);
+        self.membership_events(&doc, changes.changes);
         Ok((id, false, skipped))
+    }
+
+    /// Everyone who is a member once `changes` are applied: the group's members are read once
+    /// per PATCH (the first time an operation needs them), then kept up to date. Each call
+    /// counts the members it hands out against `--max-scan`.
+    fn current_members(
+        &self,
+        group_id: &str,
+        changes: &mut MemberChanges,
+    ) -> Result<Vec<(String, MemberType)>, Refusal> {
+        if changes.current.is_none() {
+            let mut all: BTreeMap<String, MemberType> = query::members(self.kv, self.t, group_id, None, usize::MAX)
+                .into_iter()
+                .map(|m| (m.id, m.member_type))
+                .collect();
+            for (id, after) in &changes.changes {
+                match after {
+                    Some(t) => all.insert(id.clone(), *t),
+                    None => all.remove(id),
+                };
+            }
+            changes.current = Some(all);
+        }
+        let current = changes.current.as_ref().expect("loaded above");
+        changes.visited = changes.visited.saturating_add(current.len());
+        if changes.visited > self.limits.member_visits {
+            return Err(Refusal::Invalid(SchemaError::new(
+                scimlog_schemas::ScimType::TooMany,
+                format!(
+                    "this PATCH would read {} members of the group, more than the limit of {} (--max-scan); \
+                     remove members by value (members[value eq \"...\"]) or in several requests",
+                    changes.visited, self.limits.member_visits
+                ),
+            )));
+        }
+        Ok(current.iter().map(|(id, t)| (id.clone(), *t)).collect())
     }
 
     /// The membership a PATCH operation on `members` asks for, recorded in `changes`.
@@ -737,7 +897,7 @@ impl<K: KvRead> Decider<'_, K> {
         &mut self,
         group_id: &str,
         op: &PatchOp,
-        changes: &mut BTreeMap<String, Option<MemberType>>,
+        changes: &mut MemberChanges,
         skipped: &mut Vec<String>,
     ) -> Result<(), Refusal> {
         let path = op.path.as_ref().expect("member ops have a path");
@@ -750,56 +910,40 @@ impl<K: KvRead> Decider<'_, K> {
         if path.attr.sub.is_some() || path.sub_after.is_some() {
             return Err(invalid("members are added and removed whole; sub-attributes cannot be patched"));
         }
-        // Everyone who is a member once the changes so far are applied.
-        let current = |this: &Self, changes: &BTreeMap<String, Option<MemberType>>| -> Vec<(String, MemberType)> {
-            let mut all: BTreeMap<String, MemberType> = query::members(this.kv, this.t, group_id, None, usize::MAX)
-                .into_iter()
-                .map(|m| (m.id, m.member_type))
-                .collect();
-            for (id, after) in changes {
-                match after {
-                    Some(t) => all.insert(id.clone(), *t),
-                    None => all.remove(id),
-                };
-            }
-            all.into_iter().collect()
-        };
         match (op.op, &path.filter) {
             (OpKind::Remove, Some(filter)) => match filter.value_eq_list() {
-                Some(ids) => ids.into_iter().for_each(|m| {
-                    changes.insert(m, None);
-                }),
+                Some(ids) => ids.into_iter().for_each(|m| changes.set(m, None)),
                 None => {
                     let attr = registry().group.attr("members").expect("Group has members");
-                    for (m, t) in current(self, changes) {
+                    for (m, t) in self.current_members(group_id, changes)? {
                         if filter.matches_element(attr, &json!({"value": m, "type": t.kind().as_str()})) {
-                            changes.insert(m, None);
+                            changes.set(m, None);
                         }
                     }
                 }
             },
             (_, Some(_)) => return Err(invalid("a member filter can only be used to remove members")),
             (OpKind::Remove, None) if op.value.is_null() || op.value.as_array().is_some_and(|a| a.is_empty()) => {
-                for (m, _) in current(self, changes) {
-                    changes.insert(m, None);
+                for (m, _) in self.current_members(group_id, changes)? {
+                    changes.set(m, None);
                 }
             }
             (OpKind::Remove, None) => {
                 for m in parse_members(&op.value)? {
-                    changes.insert(m.value, None);
+                    changes.set(m.value, None);
                 }
             }
             (OpKind::Add | OpKind::Replace, None) => {
                 if op.op == OpKind::Replace {
-                    for (m, _) in current(self, changes) {
-                        changes.insert(m, None);
+                    for (m, _) in self.current_members(group_id, changes)? {
+                        changes.set(m, None);
                     }
                 }
                 let refs = parse_members(&op.value)?;
                 let (found, unknown) = self.resolve_members(group_id, &refs);
                 skipped.extend(unknown);
                 for (m, t) in found {
-                    changes.insert(m, Some(t));
+                    changes.set(m, Some(t));
                 }
             }
         }

@@ -22,7 +22,8 @@ fn given_when(given: Vec<Command>, when: Command) -> Result<Decision, Refusal> {
     decide(&kv, &CTX, when)
 }
 
-const CTX: Ctx<'static> = Ctx { tenant: "t", namespace: "testkube", default_organization: "acme" };
+const CTX: Ctx<'static> =
+    Ctx { tenant: "t", namespace: "testkube", default_organization: "acme", limits: WriteLimits::DEFAULT };
 
 fn stamp(position: u64, new: NewEvent) -> Event {
     Event {

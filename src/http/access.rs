@@ -1,6 +1,8 @@
 //! The access API (`/api/v1`, any token of the tenant): what applications ask the directory.
 //! A user may be named by SCIM id, userName or externalId, since an application knows the person
-//! from its SSO login.
+//! from its SSO login: `by=id|userName|externalId` says which; without it, a name that matches two
+//! different users is answered 409, never guessed. Host links are written by `hosts` (or
+//! `admin`) tokens only: they decide whose access a device carries.
 
 use std::collections::HashMap;
 
@@ -10,6 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use scimlog_projections::access::{self, Effective, ScopeDoc};
+use scimlog_projections::query::UserBy;
 use scimlog_projections::{query, KvRead, UserDoc};
 use scimlog_schemas::access::ScopeKind;
 use scimlog_schemas::{ResourceKind, SchemaError};
@@ -31,11 +34,22 @@ pub fn router() -> Router<AppState> {
         .route("/hosts/{host_id}/user", get(host_user).put(link_host).delete(unlink_host))
 }
 
-/// The user `name` names: SCIM id, userName, or externalId.
-fn find_user(kv: &impl KvRead, t: &str, name: &str) -> Option<UserDoc> {
-    query::user(kv, t, name)
-        .or_else(|| query::user_id_by_user_name(kv, t, name).and_then(|id| query::user(kv, t, &id)))
-        .or_else(|| query::user_id_by_external_id(kv, t, name).and_then(|id| query::user(kv, t, &id)))
+/// `by` from a query string or a body: absent means [`UserBy::Any`].
+fn parse_by(by: Option<&str>) -> Result<UserBy, ApiError> {
+    match by {
+        None => Ok(UserBy::Any),
+        Some(b) => UserBy::parse(b).ok_or_else(|| {
+            SchemaError::invalid_value(format!("by {b:?} is not one of id, userName, externalId, any")).into()
+        }),
+    }
+}
+
+/// The user `name` names, as `by` says; two different users is a 409.
+fn find_user(kv: &impl KvRead, t: &str, name: &str, by: UserBy) -> Result<Option<UserDoc>, ApiError> {
+    match query::find_user(kv, t, name, by) {
+        Ok(id) => Ok(id.and_then(|id| query::user(kv, t, &id))),
+        Err(ambiguous) => Err(Refusal::Uniqueness(ambiguous.to_string()).into()),
+    }
 }
 
 fn grant_json(e: &Effective) -> Value {
@@ -52,10 +66,16 @@ fn access_json(kv: &impl KvRead, t: &str, user: &UserDoc) -> Value {
     json!({"userId": user.id, "userName": user.user_name(), "active": user.is_active(), "grants": grants})
 }
 
-async fn user_access(State(s): State<AppState>, caller: Caller, Path(id): Path<String>) -> Result<Response, ApiError> {
+async fn user_access(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Query(p): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let by = parse_by(p.get("by").map(String::as_str))?;
     let view = s.store.view();
     let t = caller.tenant();
-    let body = find_user(&view, t, &id).map(|u| access_json(&view, t, &u));
+    let body = find_user(&view, t, &id, by)?.map(|u| access_json(&view, t, &u));
     if let Some(e) = view.take_error() {
         return Err(e.into());
     }
@@ -63,8 +83,9 @@ async fn user_access(State(s): State<AppState>, caller: Caller, Path(id): Path<S
     Ok(Json(body).into_response())
 }
 
-/// `GET /api/v1/access/check?user=U&role=R&environment=E`: the answer and the reason. Without
-/// `role`, any role or entitlement on the environment counts.
+/// `GET /api/v1/access/check?user=U&role=R&environment=E[&by=B]`: the answer and the reason.
+/// Without `role`, any role or entitlement on the environment counts. An environment that does
+/// not exist gives no access to anyone.
 async fn check(
     State(s): State<AppState>,
     caller: Caller,
@@ -77,42 +98,68 @@ async fn check(
         .filter(|e| !e.is_empty())
         .ok_or_else(|| SchemaError::invalid_value("'environment' is required"))?;
     let role = p.get("role").filter(|r| !r.is_empty()).map(String::as_str);
+    let by = parse_by(p.get("by").map(String::as_str))?;
     let view = s.store.view();
     let t = caller.tenant();
-    let answer = match find_user(&view, t, user) {
-        // With SCIM provisioning on, nobody gets in before the IdP provisions them.
-        None => json!({"allowed": false, "reason": format!("user {user:?} is not provisioned")}),
-        Some(u) if !u.is_active() => json!({"allowed": false, "userId": u.id, "reason": "the user is deactivated"}),
-        Some(u) => {
-            let effective = access::effective(&view, t, &u.id);
-            match effective.iter().find(|e| access::allows(e, role, env)) {
-                Some(e) => {
-                    let how = match &e.via_group {
-                        None => "held directly".to_string(),
-                        Some((_, name)) => format!("through group {name:?}"),
-                    };
-                    json!({"allowed": true, "userId": u.id, "reason": format!("{} {how}", e.urn), "grant": grant_json(e)})
-                }
-                None => json!({"allowed": false, "userId": u.id, "reason": match role {
-                    Some(r) => format!("no grant gives role {r:?} in environment {env:?}"),
-                    None => format!("no grant gives access to environment {env:?}"),
-                }}),
-            }
-        }
-    };
+    let answer = decide_access(&view, t, &s.cfg.default_organization, user, by, role, env)?;
     if let Some(e) = view.take_error() {
         return Err(e.into());
     }
     Ok(Json(answer).into_response())
 }
 
-fn scope_json(d: &ScopeDoc) -> Value {
-    json!({"id": d.slug, "slug": d.slug, "kind": d.kind, "created": d.created, "createdBy": d.created_by, "createdAtPosition": d.position})
+fn decide_access(
+    kv: &impl KvRead,
+    t: &str,
+    default_org: &str,
+    user: &str,
+    by: UserBy,
+    role: Option<&str>,
+    env: &str,
+) -> Result<Value, ApiError> {
+    let Some(u) = find_user(kv, t, user, by)? else {
+        // With SCIM provisioning on, nobody gets in before the IdP provisions them.
+        return Ok(json!({"allowed": false, "reason": format!("user {user:?} is not provisioned")}));
+    };
+    if !u.is_active() {
+        return Ok(json!({"allowed": false, "userId": u.id, "reason": "the user is deactivated"}));
+    }
+    let Some(scope) = access::scope(kv, t, ScopeKind::Environment, env) else {
+        return Ok(json!({"allowed": false, "userId": u.id, "reason": format!("environment {env:?} does not exist")}));
+    };
+    let environment = scope.as_environment(default_org);
+    let effective = access::effective(kv, t, &u.id);
+    Ok(match effective.iter().find(|e| access::allows(e, role, environment)) {
+        Some(e) => {
+            let how = match &e.via_group {
+                None => "held directly".to_string(),
+                Some((_, name)) => format!("through group {name:?}"),
+            };
+            json!({"allowed": true, "userId": u.id, "reason": format!("{} {how}", e.urn), "grant": grant_json(e)})
+        }
+        None => json!({"allowed": false, "userId": u.id, "reason": match role {
+            Some(r) => format!("no grant gives role {r:?} in environment {env:?}"),
+            None => format!("no grant gives access to environment {env:?}"),
+        }}),
+    })
+}
+
+fn scope_json(d: &ScopeDoc, default_org: &str) -> Value {
+    let mut v = json!({"id": d.slug, "slug": d.slug, "kind": d.kind, "created": d.created, "createdBy": d.created_by, "createdAtPosition": d.position});
+    match d.kind {
+        ScopeKind::Environment | ScopeKind::ResourceGroup => {
+            v["organization"] = json!(d.organization.as_deref().unwrap_or(default_org));
+        }
+        ScopeKind::Organization => {}
+    }
+    v
 }
 
 async fn list_scopes(State(s): State<AppState>, caller: Caller, kind: ScopeKind) -> Result<Response, ApiError> {
     let view = s.store.view();
-    let items: Vec<Value> = access::scopes(&view, caller.tenant(), kind).iter().map(scope_json).collect();
+    let default_org = &s.cfg.default_organization;
+    let items: Vec<Value> =
+        access::scopes(&view, caller.tenant(), kind).iter().map(|d| scope_json(d, default_org)).collect();
     if let Some(e) = view.take_error() {
         return Err(e.into());
     }
@@ -129,7 +176,8 @@ async fn environment_members(
     let Some(env) = access::scope(&view, t, ScopeKind::Environment, &name) else {
         return Err(ApiError::NotFound(format!("environment {name:?} not found")));
     };
-    let members: Vec<Value> = access::scope_members(&view, t, ScopeKind::Environment, &env.slug)
+    let default_org = &s.cfg.default_organization;
+    let members: Vec<Value> = access::environment_members(&view, t, env.as_environment(default_org))
         .into_iter()
         .filter_map(|(uid, e)| query::user(&view, t, &uid).map(|u| (u, e)))
         .map(|(u, e)| json!({"userId": u.id, "userName": u.user_name(), "active": u.is_active(), "grant": grant_json(&e)}))
@@ -137,7 +185,7 @@ async fn environment_members(
     if let Some(e) = view.take_error() {
         return Err(e.into());
     }
-    Ok(Json(json!({"environment": scope_json(&env), "totalResults": members.len(), "members": members}))
+    Ok(Json(json!({"environment": scope_json(&env, default_org), "totalResults": members.len(), "members": members}))
         .into_response())
 }
 
@@ -182,13 +230,21 @@ async fn host_user(
     Ok(Json(body).into_response())
 }
 
-/// `PUT /api/v1/hosts/{host_id}/user {"user": "<id | userName | externalId>"}`.
+fn may_link_hosts(caller: &Caller) -> Result<(), ApiError> {
+    if caller.principal.role.may_link_hosts() {
+        return Ok(());
+    }
+    Err(ApiError::Forbidden("linking hosts needs a hosts or admin token (scimlog token create --role hosts)"))
+}
+
+/// `PUT /api/v1/hosts/{host_id}/user {"user": "<id | userName | externalId>", "by": "..."}`.
 async fn link_host(
     State(s): State<AppState>,
     caller: Caller,
     Path(host_id): Path<String>,
     ScimBody(body): ScimBody,
 ) -> Result<Response, ApiError> {
+    may_link_hosts(&caller)?;
     valid_host_id(&host_id)?;
     let user = body
         .get("user")
@@ -196,7 +252,12 @@ async fn link_host(
         .filter(|u| !u.is_empty())
         .ok_or_else(|| SchemaError::invalid_value("'user' (id, userName or externalId) is required"))?
         .to_string();
-    s.writer.submit(caller.origin(), Command::LinkHost { host_id: host_id.clone(), user }).await?;
+    let by = match body.get("by") {
+        None | Some(Value::Null) => UserBy::Any,
+        Some(Value::String(b)) => parse_by(Some(b))?,
+        Some(other) => return Err(SchemaError::invalid_value(format!("by {other} is not a string")).into()),
+    };
+    s.writer.submit(caller.origin(), Command::LinkHost { host_id: host_id.clone(), user, by }).await?;
     host_user(State(s), caller, Path(host_id)).await
 }
 
@@ -205,6 +266,7 @@ async fn unlink_host(
     caller: Caller,
     Path(host_id): Path<String>,
 ) -> Result<Response, ApiError> {
+    may_link_hosts(&caller)?;
     valid_host_id(&host_id)?;
     s.writer.submit(caller.origin(), Command::UnlinkHost { host_id }).await?;
     Ok(StatusCode::NO_CONTENT.into_response())

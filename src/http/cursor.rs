@@ -34,10 +34,14 @@ pub fn fingerprint(parts: &[&str]) -> String {
     hex::encode(&h.finalize()[..12])
 }
 
+/// The tag's length in bytes: HMAC-SHA256 truncated to 128 bits. A cursor must carry exactly this
+/// many: a shorter tag is guessed in a few hundred tries.
+const TAG_BYTES: usize = 16;
+
 fn mac(secret: &[u8; 32], payload: &[u8]) -> Vec<u8> {
     let mut m = HmacSha256::new_from_slice(secret).expect("HMAC takes any key length");
     m.update(payload);
-    m.finalize().into_bytes()[..16].to_vec()
+    m.finalize().into_bytes()[..TAG_BYTES].to_vec()
 }
 
 pub fn issue(secret: &[u8; 32], query: &str, offset: usize, after: Option<String>, now: i64, timeout_s: u64) -> String {
@@ -52,6 +56,9 @@ pub fn open(secret: &[u8; 32], query: &str, cursor: &str, now: i64) -> Result<Cu
     let (payload, tag) = cursor.split_once('.').ok_or_else(invalid)?;
     let payload = B64.decode(payload).map_err(|_| invalid())?;
     let tag = B64.decode(tag).map_err(|_| invalid())?;
+    if tag.len() != TAG_BYTES {
+        return Err(invalid());
+    }
     let mut m = HmacSha256::new_from_slice(secret).expect("HMAC takes any key length");
     m.update(&payload);
     m.verify_truncated_left(&tag).map_err(|_| invalid())?;
@@ -82,5 +89,24 @@ mod tests {
         assert_eq!(open(&secret, "q1", &forged, 1000).unwrap_err().scim_type, ScimType::InvalidCursor);
         assert_eq!(open(&secret, "q1", &c, 1061).unwrap_err().scim_type, ScimType::ExpiredCursor);
         assert_eq!(open(&secret, "q1", "garbage", 1000).unwrap_err().scim_type, ScimType::InvalidCursor);
+    }
+
+    /// A forger who shortens the tag must not get a 1-in-256 chance per try: every one of the 256
+    /// one-byte tags, and the right tag cut short or made longer, is refused.
+    #[test]
+    fn a_truncated_or_extended_tag_is_refused() {
+        let secret = [7u8; 32];
+        let c = issue(&secret, "q1", 10, None, 1000, 60);
+        let (payload, tag) = c.split_once('.').unwrap();
+        let tag = B64.decode(tag).unwrap();
+        for len in [1, 8, 15] {
+            let short = format!("{payload}.{}", B64.encode(&tag[..len]));
+            assert_eq!(open(&secret, "q1", &short, 1000).unwrap_err().scim_type, ScimType::InvalidCursor, "{len}");
+        }
+        let long = format!("{payload}.{}", B64.encode([tag.as_slice(), &[0]].concat()));
+        assert_eq!(open(&secret, "q1", &long, 1000).unwrap_err().scim_type, ScimType::InvalidCursor);
+        let accepted =
+            (0..=255u8).filter(|b| open(&secret, "q1", &format!("{payload}.{}", B64.encode([*b])), 1000).is_ok());
+        assert_eq!(accepted.count(), 0);
     }
 }

@@ -33,6 +33,8 @@ pub enum ApiError {
     NotImplemented(&'static str),
     /// Try again later: the write queue is full, or the store failed. Nothing was written.
     Unavailable(String),
+    /// A bug on our side (a panic while deciding a write); the cause is logged, never sent.
+    Internal(&'static str),
 }
 
 impl From<SchemaError> for ApiError {
@@ -60,7 +62,8 @@ impl From<WriteError> for ApiError {
             WriteError::Storage => {
                 ApiError::Unavailable("the store could not commit the write; nothing was written".into())
             }
-            WriteError::Closed => ApiError::Unavailable("the server is shutting down".into()),
+            WriteError::Closed => ApiError::Unavailable("the writer has stopped; nothing was written".into()),
+            WriteError::Internal => ApiError::Internal("internal error while deciding the write; nothing was written"),
         }
     }
 }
@@ -112,6 +115,7 @@ impl ApiError {
             }
             ApiError::NotImplemented(d) => (StatusCode::NOT_IMPLEMENTED, None, (*d).into()),
             ApiError::Unavailable(d) => (StatusCode::SERVICE_UNAVAILABLE, None, d.clone()),
+            ApiError::Internal(d) => (StatusCode::INTERNAL_SERVER_ERROR, None, (*d).into()),
         }
     }
 }

@@ -1,4 +1,5 @@
-//! `/healthz`: no token needed; says whether the store answers and where the log stands.
+//! `/healthz`: no token needed; says whether the store answers, the writer runs, and where the
+//! log stands.
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -14,9 +15,17 @@ pub fn router() -> Router<AppState> {
 }
 
 async fn healthz(State(state): State<AppState>) -> Response {
+    if !state.writer.is_running() {
+        tracing::error!("health check: the writer has stopped");
+        let body = json!({"status": "unavailable", "reason": "the writer has stopped"});
+        return (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
+    }
     match state.store.head() {
         Ok(head) => {
-            let mut body = json!({"status": "ok", "logPosition": head.position});
+            let purges = state.writer.purges();
+            let mut body = json!({"status": "ok", "logPosition": head.position, "purges": {
+                "pending": purges.pending(), "done": purges.done(), "failed": purges.failed(),
+            }});
             if let Ok(stats) = state.store.stats() {
                 body["store"] = json!(stats);
             }

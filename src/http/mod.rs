@@ -19,7 +19,7 @@ mod users;
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::header::{AUTHORIZATION, CONTENT_TYPE};
 use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
@@ -98,30 +98,47 @@ pub fn router(state: AppState) -> Router {
         .merge(discovery::router())
         .merge(search::router())
         .merge(bulk::router(state.cfg.bulk_max_payload_bytes))
+        .route_layer(middleware::from_fn(note_route))
         .fallback(|| async { ApiError::NotFound("no such SCIM endpoint".into()) })
+        .layer(middleware::from_fn(provisioning_only))
         .layer(middleware::from_fn_with_state(state.clone(), authenticate));
     let api = admin::router()
         .merge(access::router())
+        .route_layer(middleware::from_fn(note_route))
         .fallback(|| async { ApiError::NotFound("no such API endpoint".into()) })
         .layer(middleware::from_fn_with_state(state.clone(), authenticate));
     Router::new()
         .nest("/scim/v2", scim)
         .nest("/api/v1", api)
-        .merge(health::router())
+        .merge(health::router().route_layer(middleware::from_fn(note_route)))
         .layer(DefaultBodyLimit::max(state.cfg.max_body_bytes))
         .layer(middleware::from_fn(request_context))
         .with_state(state)
 }
 
-/// Gives each request an id and logs it once it is answered. The path is logged without its
-/// query: filters carry userNames and emails, which stay out of logs.
+/// The route a request matched (`/scim/v2/Users/{id}`), carried out on its response so that the
+/// outermost layer can log it.
+#[derive(Clone, Debug)]
+struct RouteTemplate(String);
+
+/// Notes the matched route on the response (a route layer: it runs once routing is done).
+async fn note_route(matched: MatchedPath, req: Request, next: Next) -> Response {
+    let template = RouteTemplate(matched.as_str().to_string());
+    let mut resp = next.run(req).await;
+    resp.extensions_mut().insert(template);
+    resp
+}
+
+/// Gives each request an id and logs it once it is answered. What is logged is the route
+/// template, never the path itself: paths (`/api/v1/users/{id}/access` with a userName) and
+/// queries (filters) carry userNames and emails, which stay out of logs.
 async fn request_context(mut req: Request, next: Next) -> Response {
     let id = Uuid::now_v7().to_string();
     req.extensions_mut().insert(RequestId(id.clone()));
     let method = req.method().clone();
-    let path = req.uri().path().to_string();
     let started = Instant::now();
     let mut resp = next.run(req).await;
+    let path = resp.extensions().get::<RouteTemplate>().map_or("(no route)", |r| r.0.as_str()).to_string();
     let status = resp.status().as_u16();
     let micros = started.elapsed().as_micros() as u64;
     if resp.status().is_server_error() {
@@ -167,6 +184,16 @@ async fn authenticate(State(state): State<AppState>, mut req: Request, next: Nex
     };
     req.extensions_mut().insert(principal);
     next.run(req).await
+}
+
+/// `/scim/v2` is for tokens that provision (after [`authenticate`]): a `hosts` token is refused.
+async fn provisioning_only(req: Request, next: Next) -> Response {
+    match req.extensions().get::<Principal>() {
+        Some(p) if p.role.may_provision() => next.run(req).await,
+        Some(_) => ApiError::Forbidden("this token may not provision (its role is hosts); use a scim or admin token")
+            .into_response(),
+        None => ApiError::Unauthorized("a bearer token is required (Authorization: Bearer <token>)").into_response(),
+    }
 }
 
 /// Records the token file's changes as `token.created` / `token.revoked` events (names, tenants

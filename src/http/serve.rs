@@ -38,15 +38,15 @@ pub enum TlsError {
 
 /// A TLS acceptor from PEM files: TLS 1.2 and 1.3 only, ALPN http/1.1.
 pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, TlsError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let read = |p: &Path| std::fs::read(p).map_err(|source| TlsError::Read { path: p.display().to_string(), source });
-    let certs: Vec<_> = rustls_pemfile::certs(&mut read(cert)?.as_slice()).filter_map(Result::ok).collect();
+    let certs: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_slice_iter(&read(cert)?).filter_map(Result::ok).collect();
     if certs.is_empty() {
         return Err(TlsError::NoCert(cert.display().to_string()));
     }
-    let key_der = rustls_pemfile::private_key(&mut read(key)?.as_slice())
-        .ok()
-        .flatten()
-        .ok_or_else(|| TlsError::NoKey(key.display().to_string()))?;
+    let key_der = PrivateKeyDer::from_pem_slice(&read(key)?).map_err(|_| TlsError::NoKey(key.display().to_string()))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?

@@ -15,7 +15,7 @@ use base64::Engine;
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use rand::RngCore;
-use scimlog_schemas::personal::{Opener, Sealer};
+use scimlog_schemas::personal::{OpenError, Opener, Sealer};
 
 use super::{LogError, Store, CF_KEYS};
 
@@ -28,6 +28,8 @@ pub enum KeyError {
     Read { path: PathBuf, source: std::io::Error },
     #[error("cannot write the master key {path}: {source}")]
     Write { path: PathBuf, source: std::io::Error },
+    #[error("{0} already exists: a master key is never overwritten (it is the only way to open the data it sealed); choose another path")]
+    Exists(PathBuf),
     #[error("the master key from {0} is not 64 hex characters (32 bytes)")]
     Format(String),
     #[error("the master key from {0} does not open this data dir: wrong key, or the data dir belongs to another key")]
@@ -65,24 +67,14 @@ pub fn random_key() -> [u8; 32] {
     k
 }
 
-/// Writes a new random key as hex to `path` (mode 0600).
+/// Writes a new random key as hex to a new file at `path` (mode 0600); an existing file is
+/// never overwritten.
 pub fn write_new_key_file(path: &Path) -> Result<(), KeyError> {
-    write_key_file(path, &random_key())
-}
-
-fn write_key_file(path: &Path, key: &[u8; 32]) -> Result<(), KeyError> {
-    let err = |source| KeyError::Write { path: path.into(), source };
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
-    }
-    use std::io::Write;
-    let mut f = opts.open(path).map_err(err)?;
-    f.write_all(format!("{}\n", hex::encode(key)).as_bytes()).map_err(err)?;
-    f.sync_all().map_err(err)
+    let text = format!("{}\n", hex::encode(random_key()));
+    crate::files::write_new_private(path, text.as_bytes()).map_err(|source| match source.kind() {
+        std::io::ErrorKind::AlreadyExists => KeyError::Exists(path.into()),
+        _ => KeyError::Write { path: path.into(), source },
+    })
 }
 
 impl MasterKey {
@@ -153,6 +145,10 @@ pub struct KeyRing {
     store: Store,
     master: MasterKey,
     cache: Mutex<HashMap<Vec<u8>, [u8; 32]>>,
+    /// Counts destroyed keys. A key read from the store is cached only if no key was destroyed
+    /// since the read began: a reader that fetched a key just before its erasure committed must
+    /// not put it back into the cache after [`KeyRing::forget`].
+    forgotten: std::sync::atomic::AtomicU64,
 }
 
 /// The cache holds at most this many unwrapped data keys (32 bytes each).
@@ -175,7 +171,7 @@ impl KeyRing {
             _ => MasterKey::resolve(source, data_dir, true)?,
         };
         if check.is_none() {
-            return Ok(KeyRing { store, master, cache: Mutex::new(HashMap::new()) });
+            return Ok(KeyRing::new(store, master));
         }
         KeyRing::with_master(store, master, check)
     }
@@ -192,7 +188,11 @@ impl KeyRing {
                 store.commit_keys(vec![(MASTER_CHECK_KEY.to_vec(), Some(sealed))])?;
             }
         }
-        Ok(KeyRing { store, master, cache: Mutex::new(HashMap::new()) })
+        Ok(KeyRing::new(store, master))
+    }
+
+    fn new(store: Store, master: MasterKey) -> KeyRing {
+        KeyRing { store, master, cache: Mutex::new(HashMap::new()), forgotten: Default::default() }
     }
 
     fn unwrap_key(&self, id: &[u8], wrapped: &[u8]) -> Option<[u8; 32]> {
@@ -207,12 +207,13 @@ impl KeyRing {
         if let Some(k) = self.cache.lock().expect("key cache").get(id) {
             return Ok(Some(*k));
         }
+        let generation = self.forgotten.load(std::sync::atomic::Ordering::SeqCst);
         let Some(wrapped) = self.store.get_cf(CF_KEYS, id)? else { return Ok(None) };
         let key = self.unwrap_key(id, &wrapped).ok_or_else(|| LogError::Corrupt {
             position: 0,
             detail: format!("data key {:?} cannot be unwrapped with the master key", String::from_utf8_lossy(id)),
         })?;
-        self.remember(id.to_vec(), key);
+        self.remember_unless_forgotten_since(generation, id.to_vec(), key);
         Ok(Some(key))
     }
 
@@ -224,9 +225,24 @@ impl KeyRing {
         cache.insert(id, key);
     }
 
-    /// Forgets a destroyed key.
+    /// Caches a key read from the store when no key was destroyed since `generation` (checked
+    /// under the cache lock, which `forget` takes too).
+    fn remember_unless_forgotten_since(&self, generation: u64, id: Vec<u8>, key: [u8; 32]) {
+        let mut cache = self.cache.lock().expect("key cache");
+        if self.forgotten.load(std::sync::atomic::Ordering::SeqCst) != generation {
+            return;
+        }
+        if cache.len() >= CACHE_MAX {
+            cache.clear();
+        }
+        cache.insert(id, key);
+    }
+
+    /// Forgets a destroyed key, for good: a read of it that began before cannot cache it again.
     pub fn forget(&self, tenant: &str, subject: &str) {
-        self.cache.lock().expect("key cache").remove(&data_key_id(tenant, subject));
+        let mut cache = self.cache.lock().expect("key cache");
+        self.forgotten.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        cache.remove(&data_key_id(tenant, subject));
     }
 
     /// A sealer for one commit: keys it creates are written with the commit ([`BatchSealer::
@@ -293,16 +309,25 @@ impl KeyRing {
     }
 }
 
-/// Replaces the key file at `path` with `new` after a rotation (when the old key came from it).
+/// Replaces the key file at `path` with `new` after a rotation (when the old key came from it),
+/// atomically: a crash leaves the old key or the new one, never an empty file.
 pub fn replace_key_file(path: &Path, new: &MasterKey) -> Result<(), KeyError> {
-    write_key_file(path, &new.key)
+    let text = format!("{}\n", hex::encode(new.key));
+    crate::files::replace_private(path, text.as_bytes()).map_err(|source| KeyError::Write { path: path.into(), source })
 }
 
 impl Opener for KeyRing {
-    fn open(&self, tenant: &str, subject: &str, sealed_box: &str) -> Option<Vec<u8>> {
-        let key = self.data_key(&data_key_id(tenant, subject)).ok().flatten()?;
-        let sealed = B64.decode(sealed_box).ok()?;
+    /// `Ok(None)` only when the subject has no key (it was erased); a read error, or a box the
+    /// key does not open, is an error: readers stop rather than show real values as erased.
+    fn open(&self, tenant: &str, subject: &str, sealed_box: &str) -> Result<Option<Vec<u8>>, OpenError> {
+        let fail = |detail: String| OpenError { subject: subject.to_string(), detail };
+        let Some(key) = self.data_key(&data_key_id(tenant, subject)).map_err(|e| fail(e.to_string()))? else {
+            return Ok(None);
+        };
+        let sealed = B64.decode(sealed_box).map_err(|e| fail(format!("the sealed box is not base64: {e}")))?;
         decrypt(&XChaCha20Poly1305::new((&key).into()), &sealed, subject.as_bytes())
+            .map(Some)
+            .ok_or_else(|| fail("the subject's key does not open the sealed box".into()))
     }
 }
 
@@ -349,5 +374,57 @@ impl Sealer for BatchSealer<'_> {
             }
         };
         B64.encode(encrypt(&XChaCha20Poly1305::new((&key).into()), plaintext, subject.as_bytes()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ring() -> (tempfile::TempDir, KeyRing) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let ring = KeyRing::open(store, &MasterKeySource::default(), dir.path()).unwrap();
+        (dir, ring)
+    }
+
+    /// Only a missing key reads as erased; a key that is there but cannot be used is an error,
+    /// so no reader (the publisher, an export) ever shows a real person's values as erased.
+    #[test]
+    fn a_key_that_cannot_be_used_is_an_error_never_erased() {
+        let (_dir, ring) = ring();
+        let mut sealer = ring.batch();
+        let sealed = sealer.seal("t", "alice", b"{\"userName\":\"alice\"}");
+        ring.store.commit_keys(sealer.new_keys()).unwrap();
+        ring.committed(sealer);
+        assert_eq!(ring.open("t", "alice", &sealed).unwrap().as_deref(), Some(&b"{\"userName\":\"alice\"}"[..]));
+        assert_eq!(ring.open("t", "nobody", &sealed).unwrap(), None, "no key: erased");
+        // A wrapped key the master key cannot unwrap (damaged), read past the cache.
+        ring.store.commit_keys(vec![(data_key_id("t", "bob"), Some(vec![7u8; 72]))]).unwrap();
+        let err = ring.open("t", "bob", &sealed).unwrap_err();
+        assert!(err.detail.contains("cannot be unwrapped"), "{err}");
+        // A box the subject's key does not open.
+        let err = ring.open("t", "alice", "AAAA").unwrap_err();
+        assert!(err.detail.contains("does not open"), "{err}");
+    }
+
+    /// A key read before its erasure committed is not cached after the erasure forgot it.
+    #[test]
+    fn a_forgotten_key_never_comes_back_into_the_cache() {
+        let (_dir, ring) = ring();
+        let mut sealer = ring.batch();
+        let sealed = sealer.seal("t", "carol", b"{}");
+        ring.store.commit_keys(sealer.new_keys()).unwrap();
+        let id = data_key_id("t", "carol");
+        // A reader starts: it notes the generation and reads the wrapped key...
+        let generation = ring.forgotten.load(std::sync::atomic::Ordering::SeqCst);
+        let key = ring.unwrap_key(&id, &ring.store.get_cf(CF_KEYS, &id).unwrap().unwrap()).unwrap();
+        // ...the erasure commits (the key is deleted) and forgets it...
+        ring.store.commit_keys(vec![(id.clone(), None)]).unwrap();
+        ring.forget("t", "carol");
+        // ...and the reader would cache what it read: it must not.
+        ring.remember_unless_forgotten_since(generation, id.clone(), key);
+        assert!(!ring.cache.lock().unwrap().contains_key(&id));
+        assert_eq!(ring.open("t", "carol", &sealed).unwrap(), None, "erased");
     }
 }

@@ -11,6 +11,7 @@
 //! from snapshots through [`StateView`], which implements the projections' `KvRead`.
 
 pub mod keys;
+pub mod purge;
 pub mod writer;
 
 use std::cell::RefCell;
@@ -52,22 +53,36 @@ impl Head {
     }
 }
 
-/// The opened store. Cheap to clone (an `Arc`).
 /// Makes the next commits fail, as a full disk or an I/O error would: the tests of what a
 /// storage failure does to requests and to the state. Nothing outside the process reaches it.
+/// It can also make the writer's next decisions panic, as a bug would: the test that the writer
+/// survives one.
 #[derive(Clone, Default)]
-pub struct FaultInjector(Arc<std::sync::atomic::AtomicU64>);
+pub struct FaultInjector {
+    commits: Arc<std::sync::atomic::AtomicU64>,
+    decide_panics: Arc<std::sync::atomic::AtomicU64>,
+}
 
 impl FaultInjector {
     pub fn fail_next_commits(&self, n: u64) {
-        self.0.store(n, std::sync::atomic::Ordering::SeqCst);
+        self.commits.store(n, std::sync::atomic::Ordering::SeqCst);
+    }
+    pub fn panic_in_next_decides(&self, n: u64) {
+        self.decide_panics.store(n, std::sync::atomic::Ordering::SeqCst);
     }
     fn take(&self) -> bool {
         use std::sync::atomic::Ordering::SeqCst;
-        self.0.fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1)).is_ok()
+        self.commits.fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1)).is_ok()
+    }
+    pub(crate) fn maybe_panic_in_decide(&self) {
+        use std::sync::atomic::Ordering::SeqCst;
+        if self.decide_panics.fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1)).is_ok() {
+            panic!("injected panic in decide");
+        }
     }
 }
 
+/// The opened store. Cheap to clone (an `Arc`).
 #[derive(Clone)]
 pub struct Store {
     db: Arc<DB>,
@@ -257,7 +272,8 @@ impl Store {
         self.commit(events, std::iter::empty(), vec![], true)
     }
 
-    /// Replaces the whole `state` family (offline rebuild, import).
+    /// Replaces the whole `state` family (offline rebuild, import), and marks it as laid out by
+    /// this version of the code.
     pub fn replace_state(&self, entries: Vec<(Vec<u8>, Vec<u8>)>) -> Result<(), LogError> {
         let old = self.scan_state()?;
         let mut writes: Vec<(Vec<u8>, Option<Vec<u8>>)> = old.into_iter().map(|(k, _)| (k, None)).collect();
@@ -265,7 +281,24 @@ impl Store {
         for chunk in writes.chunks(10_000) {
             self.commit(&[], chunk.iter().cloned(), vec![], true)?;
         }
-        Ok(())
+        self.mark_layout_current()
+    }
+
+    /// The key layout version the read models were written with (`None`: not recorded, as in
+    /// stores written before it was).
+    pub fn layout_version(&self) -> Result<Option<u32>, LogError> {
+        let Some(v) = self.get_cf(CF_STATE, scimlog_projections::keys::LAYOUT)? else { return Ok(None) };
+        let bytes: [u8; 4] = v.as_slice().try_into().map_err(|_| LogError::Corrupt {
+            position: 0,
+            detail: format!("the read-model layout version is {} bytes, not 4", v.len()),
+        })?;
+        Ok(Some(u32::from_be_bytes(bytes)))
+    }
+
+    /// Records that the read models are laid out as this code lays them out.
+    pub fn mark_layout_current(&self) -> Result<(), LogError> {
+        let version = scimlog_projections::keys::LAYOUT_VERSION.to_be_bytes().to_vec();
+        self.commit(&[], [(scimlog_projections::keys::LAYOUT.to_vec(), Some(version))], vec![], true)
     }
 
     /// Writes to the `keys` family alone, fsync'd.
@@ -303,22 +336,55 @@ impl Store {
         Ok(())
     }
 
-    /// Makes erased data unrecoverable from the files: flushes every family (so the write-ahead
-    /// log that still holds old plaintext read-model values becomes obsolete and is deleted) and
-    /// rewrites the `state` and `keys` families without the deleted entries.
-    pub(crate) fn purge_deleted(&self) -> Result<(), LogError> {
+    /// The sequence number of the oldest live snapshot, `None` when there is none.
+    pub(crate) fn oldest_snapshot_sequence(&self) -> Result<Option<u64>, LogError> {
+        let live = self.db.property_int_value(rocksdb::properties::NUM_SNAPSHOTS)?.unwrap_or(0);
+        if live == 0 {
+            return Ok(None);
+        }
+        Ok(Some(self.db.property_int_value("rocksdb.oldest-snapshot-sequence")?.unwrap_or(0)))
+    }
+
+    /// The store's last sequence number (of the last committed write).
+    pub(crate) fn latest_sequence(&self) -> u64 {
+        self.db.latest_sequence_number()
+    }
+
+    /// Makes erased data unrecoverable from the files, once no snapshot can see it: flushes every
+    /// family (so the write-ahead log that still holds old values becomes obsolete and is
+    /// deleted), then rewrites the files that hold the given keys, or the whole `state` family
+    /// when they are not known, and the files of the destroyed data keys. A failed compaction is
+    /// an error (the purge is reported failed), never ignored.
+    pub(crate) fn purge_ranges(&self, state_keys: Option<&[Vec<u8>]>, key_ids: &[Vec<u8>]) -> Result<(), LogError> {
         let mut flush = rocksdb::FlushOptions::default();
         flush.set_wait(true);
         let cfs: Vec<&rocksdb::ColumnFamily> = [CF_EVENTS, CF_STATE, CF_KEYS].iter().map(|n| self.cf(n)).collect();
         self.db.flush_cfs_opt(&cfs, &flush)?;
         let mut opts = rocksdb::CompactOptions::default();
         opts.set_bottommost_level_compaction(rocksdb::BottommostLevelCompaction::Force);
-        opts.set_exclusive_manual_compaction(true);
-        for name in [CF_STATE, CF_KEYS] {
-            self.db.compact_range_cf_opt(self.cf(name), None::<&[u8]>, None::<&[u8]>, &opts);
+        let state = self.cf(CF_STATE);
+        match state_keys {
+            Some(keys) => {
+                for k in keys {
+                    self.db.compact_range_cf_opt(state, Some(k), Some(k), &opts);
+                }
+            }
+            None => self.db.compact_range_cf_opt(state, None::<&[u8]>, None::<&[u8]>, &opts),
+        }
+        for k in key_ids {
+            self.db.compact_range_cf_opt(self.cf(CF_KEYS), Some(k), Some(k), &opts);
+        }
+        if let Some(e) = self.background_error()? {
+            return Err(LogError::Corrupt { position: 0, detail: format!("a compaction failed: {e}") });
         }
         self.db.flush_wal(true)?;
         Ok(())
+    }
+
+    /// RocksDB's background error count, if any (compactions report failures only there).
+    fn background_error(&self) -> Result<Option<u64>, LogError> {
+        let n = self.db.property_int_value(rocksdb::properties::BACKGROUND_ERRORS)?.unwrap_or(0);
+        Ok((n > 0).then_some(n))
     }
 
     /// Appends events, read-model writes and key writes atomically, fsync'd when `sync`.

@@ -7,6 +7,8 @@
 //!
 //! Serialising writes here is what makes uniqueness and version checks race-free without locks.
 
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -39,6 +41,8 @@ struct WriteRequest {
 pub struct Committed {
     pub events: Vec<Event>,
     pub decision: Decision,
+    /// The purge of an erasure in this commit (a ticket of [`super::purge::PurgeStatus`]).
+    pub purge: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +55,10 @@ pub enum WriteError {
     Storage,
     #[error("the writer has stopped")]
     Closed,
+    /// A bug: deciding or folding this request panicked. Nothing of its batch was written; the
+    /// writer goes on with the next one.
+    #[error("internal error while deciding the write; nothing was written")]
+    Internal,
 }
 
 #[derive(Clone, Debug)]
@@ -65,6 +73,8 @@ pub struct WriterOptions {
     pub namespace: String,
     /// The organization environments and resource groups are created in.
     pub default_organization: String,
+    /// What one write may ask of the writer.
+    pub limits: command::WriteLimits,
 }
 
 #[derive(Clone)]
@@ -73,6 +83,17 @@ pub struct WriterHandle {
     tx: Option<mpsc::Sender<WriteRequest>>,
     queue_depth: usize,
     committed: watch::Receiver<u64>,
+    running: Arc<AtomicBool>,
+    purges: Arc<super::purge::PurgeStatus>,
+}
+
+/// Clears the writer's running flag when its thread ends, however it ends.
+struct RunningGuard(Arc<AtomicBool>);
+
+impl Drop for RunningGuard {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::SeqCst);
+    }
 }
 
 impl WriterHandle {
@@ -84,13 +105,24 @@ impl WriterHandle {
             mpsc::error::TrySendError::Full(_) => WriteError::QueueFull { depth: self.queue_depth },
             mpsc::error::TrySendError::Closed(_) => WriteError::Closed,
         })?;
-        rx.await.map_err(|_| WriteError::Closed)?
+        // A reply dropped unanswered: the batch panicked (the writer goes on) or the writer is gone.
+        rx.await.map_err(|_| if self.is_running() { WriteError::Internal } else { WriteError::Closed })?
     }
 
     /// Drops this handle's end of the queue: once every handle is closed (or dropped), the
     /// writer drains what is queued and stops.
     pub fn close(&mut self) {
         self.tx = None;
+    }
+
+    /// The erasures' purges: pending, done, failed.
+    pub fn purges(&self) -> &super::purge::PurgeStatus {
+        &self.purges
+    }
+
+    /// Whether the writer thread is alive: `/healthz` is not "ok" without it.
+    pub fn is_running(&self) -> bool {
+        self.running.load(Ordering::SeqCst)
     }
 
     /// The position of the last committed event; changes after every commit.
@@ -109,11 +141,21 @@ pub fn start(
     let queue_depth = opts.queue_depth;
     let (tx, rx) = mpsc::channel(opts.queue_depth.max(1));
     let (committed_tx, committed) = watch::channel(head.position);
+    let running = Arc::new(AtomicBool::new(true));
+    let guard = RunningGuard(running.clone());
+    let (purger, purge_thread) = super::purge::start(store.clone());
+    let purges = purger.status.clone();
     let thread = std::thread::Builder::new()
         .name("scimlog-writer".into())
-        .spawn(move || run(store, keys, rx, head, opts, committed_tx))
+        .spawn(move || {
+            let _guard = guard;
+            run(store, keys, rx, head, opts, committed_tx, &purger);
+            // Queued purges finish before the writer counts as stopped (and the store closes).
+            drop(purger);
+            let _ = purge_thread.join();
+        })
         .expect("spawn writer thread");
-    Ok((WriterHandle { tx: Some(tx), queue_depth, committed }, thread))
+    Ok((WriterHandle { tx: Some(tx), queue_depth, committed, running, purges }, thread))
 }
 
 fn run(
@@ -123,6 +165,7 @@ fn run(
     mut head: Head,
     opts: WriterOptions,
     committed: watch::Sender<u64>,
+    purger: &super::purge::Purger,
 ) {
     let mut batch = Vec::with_capacity(opts.group_commit_max);
     while let Some(first) = rx.blocking_recv() {
@@ -133,14 +176,27 @@ fn run(
                 Err(_) => break,
             }
         }
-        head = commit_batch(&store, &keys, std::mem::take(&mut batch), head, &opts);
+        // A panic while sealing or folding leaves the overlay half-written: the whole batch is
+        // dropped (its requests learn of it as the reply senders go: 500), and the head stays.
+        let taken = std::mem::take(&mut batch);
+        match catch_unwind(AssertUnwindSafe(|| commit_batch(&store, &keys, taken, head.clone(), &opts, purger))) {
+            Ok(new_head) => head = new_head,
+            Err(_) => tracing::error!(position = head.position, "a write batch panicked; it was discarded"),
+        }
         committed.send_replace(head.position);
     }
     tracing::info!(position = head.position, "writer drained and stopped");
 }
 
 /// Decides, folds and commits one batch; answers every request in it. Returns the new head.
-fn commit_batch(store: &Store, keys: &KeyRing, batch: Vec<WriteRequest>, head: Head, opts: &WriterOptions) -> Head {
+fn commit_batch(
+    store: &Store,
+    keys: &KeyRing,
+    batch: Vec<WriteRequest>,
+    head: Head,
+    opts: &WriterOptions,
+    purger: &super::purge::Purger,
+) -> Head {
     let sync = opts.sync;
     let view = store.view();
     let mut overlay = Overlay::new(&view);
@@ -149,6 +205,8 @@ fn commit_batch(store: &Store, keys: &KeyRing, batch: Vec<WriteRequest>, head: H
     let mut answers = Vec::with_capacity(batch.len());
     let mut sealer = keys.batch();
     let mut erased: Vec<(String, String)> = Vec::new();
+    // People deleted in this batch: their read-model keys are the ones this batch deletes.
+    let mut deleted: std::collections::HashSet<(String, String)> = std::collections::HashSet::new();
     // Milliseconds: the precision `meta.lastModified` is shown with, so that a client filtering
     // with a value it was given matches the resource it came from.
     let now = Utc::now().trunc_subsecs(3);
@@ -158,11 +216,20 @@ fn commit_batch(store: &Store, keys: &KeyRing, batch: Vec<WriteRequest>, head: H
             tenant: &req.origin.tenant,
             namespace: &opts.namespace,
             default_organization: &opts.default_organization,
+            limits: opts.limits,
         };
-        let decided = command::decide(&overlay, &ctx, req.command);
+        // `decide` only reads: a panic in it (a bug) costs this request alone.
+        let decided = catch_unwind(AssertUnwindSafe(|| {
+            store.faults().maybe_panic_in_decide();
+            command::decide(&overlay, &ctx, req.command)
+        }));
         match decided {
-            Err(refusal) => answers.push((req.reply, Err(WriteError::Refused(refusal)))),
-            Ok(decision) => {
+            Err(_) => {
+                tracing::error!(request_id = %req.origin.request_id, "deciding a write panicked; answered 500");
+                answers.push((req.reply, Err(WriteError::Internal)));
+            }
+            Ok(Err(refusal)) => answers.push((req.reply, Err(WriteError::Refused(refusal)))),
+            Ok(Ok(decision)) => {
                 let mut events = Vec::with_capacity(decision.events.len());
                 for new in &decision.events {
                     let event = Event {
@@ -180,16 +247,22 @@ fn commit_batch(store: &Store, keys: &KeyRing, batch: Vec<WriteRequest>, head: H
                         prev_hash: next.hash.clone(),
                     };
                     let sealed = event.seal(&mut sealer);
-                    if let EventBody::UserErased { .. } = event.body {
-                        sealer.discard(&event.tenant, &event.resource_id);
-                        erased.push((event.tenant.clone(), event.resource_id.clone()));
+                    match event.body {
+                        EventBody::UserErased { .. } => {
+                            sealer.discard(&event.tenant, &event.resource_id);
+                            erased.push((event.tenant.clone(), event.resource_id.clone()));
+                        }
+                        EventBody::UserDeleted {} => {
+                            deleted.insert((event.tenant.clone(), event.resource_id.clone()));
+                        }
+                        _ => {}
                     }
                     next = Head { position: event.position, hash: sealed.hash_hex() };
                     apply(&mut overlay, &event);
                     appended.push((event.position, sealed));
                     events.push(event);
                 }
-                answers.push((req.reply, Ok(Committed { events, decision })));
+                answers.push((req.reply, Ok(Committed { events, decision, purge: None })));
             }
         }
     }
@@ -199,12 +272,28 @@ fn commit_batch(store: &Store, keys: &KeyRing, batch: Vec<WriteRequest>, head: H
     // The view is a snapshot: it must be gone before a purge, or RocksDB keeps the old values
     // alive for it.
     drop(view);
+    let purge_job = (!erased.is_empty()).then(|| super::purge::PurgeJob {
+        sequence: 0,
+        state_keys: erased
+            .iter()
+            .all(|p| deleted.contains(p))
+            .then(|| writes.iter().filter(|(_, v)| v.is_none()).map(|(k, _)| k.clone()).collect()),
+        key_ids: erased.iter().map(|(t, s)| super::keys::data_key_id(t, s)).collect(),
+    });
     let mut key_writes = sealer.new_keys();
     key_writes.extend(erased.iter().map(|(t, s)| (super::keys::data_key_id(t, s), None)));
     let result = match failed {
         Some(e) => Err(e),
         None if appended.is_empty() => Ok(()),
-        None => store.commit(&appended, writes, key_writes, sync),
+        None => {
+            // The log's invariant, checked against the store itself: this batch continues the
+            // stored head (position and hash), so positions stay gap-free and prevHash links.
+            // Only this thread appends; a failure is a bug, and the batch is dropped (500).
+            store.head().and_then(|stored| {
+                assert_eq!(stored, head, "the batch continues the stored head");
+                store.commit(&appended, writes, key_writes, sync)
+            })
+        }
     };
     match result {
         Ok(()) => {
@@ -212,14 +301,15 @@ fn commit_batch(store: &Store, keys: &KeyRing, batch: Vec<WriteRequest>, head: H
             for (t, s) in &erased {
                 keys.forget(t, s);
             }
-            if !erased.is_empty() {
-                // The keys are deleted; now make sure no file still holds them or the erased
-                // read-model values. Rare, so done inline before answering.
-                if let Err(e) = store.purge_deleted() {
-                    tracing::error!(error = %e, "purging erased data from the store files failed");
+            // The keys are deleted; the purge thread makes sure no file still holds them or the
+            // erased read-model values, once no older snapshot can see them.
+            let ticket =
+                purge_job.map(|job| purger.submit(super::purge::PurgeJob { sequence: store.latest_sequence(), ..job }));
+            for (reply, mut answer) in answers {
+                if let Ok(c) = &mut answer {
+                    c.purge =
+                        ticket.filter(|_| c.events.iter().any(|e| matches!(e.body, EventBody::UserErased { .. })));
                 }
-            }
-            for (reply, answer) in answers {
                 let _ = reply.send(answer);
             }
             next

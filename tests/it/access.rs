@@ -157,11 +157,12 @@ async fn group_roles_flow_to_members_and_the_check_says_why() {
     assert_eq!(check(&s, &alice, "admin", "prod").await["allowed"], false);
     assert_eq!(api(&s, Method::GET, "/environments/prod/members", None).await.body["totalResults"], 0);
 
-    // A direct wildcard role applies to every environment.
+    // A direct wildcard role applies to every environment there is (and to none that is not).
     s.put(&format!("/Users/{alice}"), &json!({"userName": "alice@x.org", "externalId": "ext-alice", "roles": ["urn:scimlog:role:environment:*:viewer"]})).await;
-    let c = check(&s, &alice, "viewer", "anything").await;
+    let c = check(&s, &alice, "viewer", "prod").await;
     assert_eq!(c["allowed"], true);
     assert_eq!(c["grant"]["source"]["type"], "direct");
+    assert_eq!(check(&s, &alice, "viewer", "anything").await["allowed"], false, "no such environment");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -192,24 +193,30 @@ async fn hosts_link_to_users() {
         .id();
     let b = s.post("/Users", &json!({"userName": "dave", "externalId": "ext-dave"})).await.id();
     s.post("/Groups", &json!({"displayName": "Ops", "members": [{"value": a}]})).await;
-    let r = api(&s, Method::PUT, "/hosts/laptop-7/user", Some(json!({"user": "carol"}))).await;
+    // Host links are written with a hosts token (a device-management system's).
+    let hosts = s.new_token(scimlog::auth::Role::Hosts);
+    let host = |method: Method, path: &str, body: Option<Value>| {
+        let (s, hosts, url) = (&s, hosts.clone(), format!("{}/api/v1{path}", s.base));
+        async move { s.send_as(&hosts, method, &url, body.as_ref(), &[]).await }
+    };
+    let r = host(Method::PUT, "/hosts/laptop-7/user", Some(json!({"user": "carol"}))).await;
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.body["userId"], a.as_str());
     assert_eq!(r.body["department"], "Ops");
     assert_eq!(r.body["groups"][0]["display"], "Ops");
     assert_eq!(r.body["grants"][0]["urn"], PROD_ADMIN);
     // Many hosts per user; re-linking a host moves it.
-    api(&s, Method::PUT, "/hosts/phone-1/user", Some(json!({"user": a}))).await;
+    host(Method::PUT, "/hosts/phone-1/user", Some(json!({"user": a}))).await;
     let before = s.log_position().await;
-    let moved = api(&s, Method::PUT, "/hosts/laptop-7/user", Some(json!({"user": "ext-dave"}))).await;
+    let moved = host(Method::PUT, "/hosts/laptop-7/user", Some(json!({"user": "ext-dave"}))).await;
     assert_eq!(moved.body["userId"], b.as_str());
     assert_eq!(s.log_position().await, before + 2, "host.user_unlinked then host.user_linked");
-    api(&s, Method::PUT, "/hosts/laptop-7/user", Some(json!({"user": b}))).await;
+    host(Method::PUT, "/hosts/laptop-7/user", Some(json!({"user": b}))).await;
     assert_eq!(s.log_position().await, before + 2, "linking to the same user again writes nothing");
-    assert_eq!(api(&s, Method::DELETE, "/hosts/laptop-7/user", None).await.status, 204);
+    assert_eq!(host(Method::DELETE, "/hosts/laptop-7/user", None).await.status, 204);
     api(&s, Method::GET, "/hosts/laptop-7/user", None).await.assert_error(404, None, "laptop-7");
-    api(&s, Method::DELETE, "/hosts/laptop-7/user", None).await.assert_error(404, None, "laptop-7");
-    api(&s, Method::PUT, "/hosts/x/user", Some(json!({"user": "nobody"}))).await.assert_error(404, None, "nobody");
+    host(Method::DELETE, "/hosts/laptop-7/user", None).await.assert_error(404, None, "laptop-7");
+    host(Method::PUT, "/hosts/x/user", Some(json!({"user": "nobody"}))).await.assert_error(404, None, "nobody");
     assert_eq!(api(&s, Method::GET, "/hosts/phone-1/user", None).await.body["userName"], "carol");
     // Deleting the user ends its host links.
     s.delete(&format!("/Users/{a}")).await;

@@ -8,6 +8,7 @@ use scimlog::log::keys::{KeyRing, MasterKeySource};
 use scimlog::log::Store;
 use scimlog_schemas::event::SealedEvent;
 use scimlog_schemas::personal::NoKeys;
+use scimlog_schemas::ResourceKind;
 use serde_json::{json, Value};
 
 use crate::support::{config, manifest_dir, TestServer};
@@ -59,7 +60,7 @@ async fn history_log_and_as_of_match_what_the_api_showed() {
 
     let store = Store::open_read_only(s.data_dir()).unwrap();
     let keys = ring(&store, s.data_dir());
-    let history = scimlog::audit::history(&store, &keys, "default", &id).unwrap();
+    let history = scimlog::audit::history(&store, &keys, "default", ResourceKind::User, &id).unwrap();
     let kinds: Vec<&str> = history.iter().map(|e| e.event_type().as_str()).collect();
     assert_eq!(kinds, ["user.created", "user.updated", "user.deactivated", "group.member_added"]);
     assert!(history.iter().all(|e| e.actor == "bootstrap" && !e.request_id.is_empty()));
@@ -67,7 +68,7 @@ async fn history_log_and_as_of_match_what_the_api_showed() {
         scimlog::audit::user_id_by_name(&store, &keys, "default", "HIST").unwrap().as_deref(),
         Some(id.as_str())
     );
-    assert_eq!(scimlog::audit::history(&store, &keys, "default", &gid).unwrap().len(), 2);
+    assert_eq!(scimlog::audit::history(&store, &keys, "default", ResourceKind::Group, &gid).unwrap().len(), 2);
 
     let filter = scimlog::audit::EventFilter { types: vec!["user.deactivated".into()], ..Default::default() };
     assert_eq!(scimlog::audit::log(&store, &keys, &filter).unwrap().len(), 1);
@@ -101,6 +102,15 @@ async fn history_log_and_as_of_match_what_the_api_showed() {
 
 /// Applies `tamper` to the `events` family of a copy of the data dir, then verifies it.
 fn verify_after(dir: &Path, tamper: impl FnOnce(&rocksdb::DB)) -> Result<scimlog::audit::Verified, String> {
+    verify_expecting(dir, &[], tamper)
+}
+
+/// [`verify_after`], then the recorded anchors (`audit verify --expect`).
+fn verify_expecting(
+    dir: &Path,
+    anchors: &[scimlog::audit::Anchor],
+    tamper: impl FnOnce(&rocksdb::DB),
+) -> Result<scimlog::audit::Verified, String> {
     let copy = tempfile::tempdir().unwrap();
     copy_dir(dir, copy.path());
     {
@@ -109,7 +119,9 @@ fn verify_after(dir: &Path, tamper: impl FnOnce(&rocksdb::DB)) -> Result<scimlog
         tamper(&db);
     }
     let store = Store::open_read_only(copy.path()).unwrap();
-    scimlog::audit::verify(&store).map_err(|e| e.to_string())
+    let verified = scimlog::audit::verify(&store).map_err(|e| e.to_string())?;
+    scimlog::audit::check_anchors(&store, &verified, anchors).map_err(|e| e.to_string())?;
+    Ok(verified)
 }
 
 #[tokio::test]
@@ -159,6 +171,20 @@ async fn verify_detects_every_kind_of_tampering() {
         db.put_cf(cf, key(3), a).unwrap();
     });
     assert!(reordered.unwrap_err().starts_with("position 2: the event says position 3"), "a reordered pair");
+
+    // Events removed from the end leave a valid chain: only a recorded anchor shows the loss.
+    let anchor: scimlog::audit::Anchor = format!("{}:{}", ok.head_position, ok.head_hash).parse().unwrap();
+    let cut = |db: &rocksdb::DB| db.delete_cf(db.cf_handle("events").unwrap(), key(6)).unwrap();
+    assert_eq!(verify_after(&dir, cut).unwrap().count, 5, "the shorter chain still verifies");
+    let err = verify_expecting(&dir, &[anchor.clone()], cut).unwrap_err();
+    assert!(err.contains("the log ends at position 5, before the recorded anchor at 6"), "{err}");
+    assert_eq!(verify_expecting(&dir, &[anchor.clone()], |_| {}).unwrap().count, 6, "an untouched log holds it");
+    let other = scimlog::audit::Anchor { position: 6, hash: "ab".repeat(32) };
+    let err = verify_expecting(&dir, &[other], |_| {}).unwrap_err();
+    assert!(err.contains("not the recorded abab"), "{err}");
+    for bad in ["6", "0:ab", "x:ab", &format!("6:{}", "g".repeat(64))] {
+        assert!(bad.parse::<scimlog::audit::Anchor>().is_err(), "{bad}");
+    }
 }
 
 #[tokio::test]
@@ -246,20 +272,35 @@ async fn export_and_import_round_trip_to_identical_read_models() {
     std::fs::copy(s.data_dir().join("master.key"), target.path().join("master.key")).unwrap();
     let imported = Store::open(target.path()).unwrap();
     let target_keys = KeyRing::open(imported.clone(), &MasterKeySource::default(), target.path()).unwrap();
-    let n = scimlog::audit::import(&imported, &target_keys, std::io::Cursor::new(&export)).unwrap();
+    let n = scimlog::audit::import(&imported, &target_keys, || Ok(std::io::Cursor::new(&export))).unwrap();
     assert_eq!(n, s.log_position().await);
     assert_eq!(imported.scan_state().unwrap(), store.scan_state().unwrap(), "byte-identical read models");
     assert_eq!(scimlog::audit::verify(&imported).unwrap().head_hash, scimlog::audit::verify(&store).unwrap().head_hash);
     // A second import into the same store is refused, and an altered export is refused.
-    assert!(scimlog::audit::import(&imported, &target_keys, std::io::Cursor::new(&export)).is_err());
+    assert!(scimlog::audit::import(&imported, &target_keys, || Ok(std::io::Cursor::new(&export))).is_err());
     let altered =
         String::from_utf8(export.clone()).unwrap().replace("\"actor\":\"bootstrap\"", "\"actor\":\"mallory\"");
     let other = tempfile::tempdir().unwrap();
     std::fs::copy(s.data_dir().join("master.key"), other.path().join("master.key")).unwrap();
     let other_store = Store::open(other.path()).unwrap();
     let other_keys = KeyRing::open(other_store.clone(), &MasterKeySource::default(), other.path()).unwrap();
-    let err = scimlog::audit::import(&other_store, &other_keys, std::io::Cursor::new(altered.as_bytes())).unwrap_err();
+    let err =
+        scimlog::audit::import(&other_store, &other_keys, || Ok(std::io::Cursor::new(altered.as_bytes()))).unwrap_err();
     assert!(err.to_string().contains("the hash does not match"), "{err}");
+    // The whole file is checked before anything is written: a bad last line leaves it empty.
+    let mut truncated = String::from_utf8(export.clone()).unwrap();
+    truncated.push_str("{\"not\": \"an event\"}\n");
+    let err = scimlog::audit::import(&other_store, &other_keys, || Ok(std::io::Cursor::new(truncated.as_bytes())))
+        .unwrap_err();
+    assert!(err.to_string().contains("the hash does not match"), "{err}");
+    assert_eq!(other_store.head().unwrap().position, 0, "nothing was written");
+    assert!(other_store.scan_state().unwrap().is_empty());
+    // An opened export is refused with the way out, not as an altered one.
+    let mut opened = Vec::new();
+    scimlog::audit::export(&store, &keys, 1, None, true, &mut opened).unwrap();
+    let err = scimlog::audit::import(&other_store, &other_keys, || Ok(std::io::Cursor::new(&opened))).unwrap_err();
+    assert!(err.to_string().contains("--sealed"), "{err}");
+    assert_eq!(other_store.head().unwrap().position, 0, "nothing was written");
     drop((store, keys));
     s.stop().await;
 }

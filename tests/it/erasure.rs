@@ -49,12 +49,19 @@ async fn erasing_a_user_with_history() {
     let (name, email, email2) =
         (format!("erase-{tag}"), format!("first-{tag}@example.com"), format!("second-{tag}@example.com"));
     let id = s
-        .post("/Users", &json!({"userName": name, "emails": [{"value": email, "type": "work"}], "title": "Engineer"}))
+        .post(
+            "/Users",
+            &json!({"userName": name, "emails": [{"value": email, "type": "work"}], "title": "Engineer",
+                "externalId": format!("ext-{tag}"), "userType": "Contractor",
+                "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User": {"department": format!("dept-{tag}"),
+                    "manager": {"value": "mgr-1", "displayName": format!("Manager {tag}")}}}),
+        )
         .await
         .id();
     s.put(
         &format!("/Users/{id}"),
-        &json!({"userName": name, "emails": [{"value": email2, "type": "work"}], "title": "Engineer"}),
+        &json!({"userName": name, "emails": [{"value": email2, "type": "work"}], "title": "Engineer",
+            "userType": "Contractor"}),
     )
     .await;
     let patch = json!({"Operations": [{"op": "replace", "path": "displayName", "value": format!("Display {tag}")}]});
@@ -98,19 +105,67 @@ async fn erasing_a_user_with_history() {
     let opened = export(s.data_dir(), true, &MasterKeySource::default());
     assert!(!opened.contains(&email) && !opened.contains(&email2) && !opened.contains(&name), "{opened}");
     assert!(opened.contains("\"userName\":\"[erased]\""));
-    assert!(opened.contains("\"title\":\"Engineer\""), "non-personal values stay readable");
+    assert!(opened.contains("\"userType\":\"Contractor\""), "non-personal values stay readable");
+    for sealed in [format!("ext-{tag}"), format!("dept-{tag}"), "Engineer".to_string()] {
+        assert!(!opened.contains(&sealed), "{sealed} is sealed, so erased");
+    }
+    // The manager's name was never stored (readOnly); the manager's id stays.
+    assert!(!opened.contains(&format!("Manager {tag}")) && opened.contains("mgr-1"));
     assert!(opened.contains(&keep_name), "other people's values stay readable");
     assert!(opened.contains("\"type\":\"user.erased\"") && opened.contains("ticket 1234"));
 
     // Once the server has stopped, no file of the data dir holds any of the person's values.
     let dir = s.data_dir().to_path_buf();
     let _data = s.stop_keeping_data().await;
-    for needle in [&email, &email2, &name] {
+    for needle in [&email, &email2, &name, &format!("ext-{tag}"), &format!("dept-{tag}")] {
         let hits = files_containing(&dir, needle.as_bytes());
         assert!(hits.is_empty(), "{needle:?} still in {hits:?}");
     }
     // ... while the other person's values are still there (the search would find them).
     assert!(!files_containing(&dir, keep_name.as_bytes()).is_empty());
+}
+
+/// A reader that started before an erasure (its snapshot can still see the values) holds the
+/// purge back, never the writer; once it ends, the purge runs, and no file of the data dir holds
+/// the person's values while the server keeps running.
+#[tokio::test]
+async fn the_purge_waits_for_readers_that_started_before_the_erasure() {
+    let s = TestServer::start().await;
+    let tag = uuid::Uuid::new_v4().simple().to_string();
+    let (name, email) = (format!("held-{tag}"), format!("held-{tag}@example.com"));
+    let id = s.post("/Users", &json!({"userName": name, "emails": [{"value": email}]})).await.id();
+    let keep_name = format!("kept-{}", uuid::Uuid::new_v4().simple());
+    s.post("/Users", &json!({"userName": keep_name})).await;
+    let admin = s.new_token(Role::Admin);
+    let health = || async {
+        let r = s.client.get(format!("{}/healthz", s.base)).send().await.unwrap();
+        crate::support::read(r).await.body["purges"].clone()
+    };
+
+    let store = s.store();
+    let reader = store.view();
+    let url = format!("{}/api/v1/users/{id}/erase", s.base);
+    let r = s.send_as(&admin, Method::POST, &url, Some(&json!({"reason": "ticket 99"})), &[]).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["purge"], "pending", "a reader from before the erasure is still open");
+    assert_eq!(health().await["pending"], 1);
+    // Writes keep flowing meanwhile.
+    assert_eq!(s.post("/Users", &json!({"userName": format!("after-{tag}")})).await.status, 201);
+    assert_eq!(health().await["pending"], 1, "still waiting for the reader");
+    drop(reader);
+    crate::support::eventually(20, "the purge is done", || async { health().await["pending"] == 0 }).await;
+    assert_eq!(health().await["done"], 1);
+    for needle in [&email, &name] {
+        let hits = files_containing(s.data_dir(), needle.as_bytes());
+        assert!(hits.is_empty(), "{needle:?} still in {hits:?}");
+    }
+    assert!(!files_containing(s.data_dir(), keep_name.as_bytes()).is_empty(), "the control value is found");
+    // An erasure with no reader in the way is purged before it is answered.
+    let other = s.post("/Users", &json!({"userName": format!("quick-{tag}")})).await.id();
+    let url = format!("{}/api/v1/users/{other}/erase", s.base);
+    let r = s.send_as(&admin, Method::POST, &url, Some(&json!({"reason": "ticket 100"})), &[]).await;
+    assert_eq!(r.body["purge"], "done", "{}", r.body);
+    s.stop().await;
 }
 
 #[tokio::test]

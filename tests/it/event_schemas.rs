@@ -42,11 +42,11 @@ async fn every_event_type_matches_its_schema() {
     assert_eq!(r.status, 201, "{}", r.body);
     let granted = r.id();
     s.put(&format!("/Users/{granted}"), &json!({"userName": "granted"})).await;
-    let h = s
-        .send(Method::PUT, &format!("{}/api/v1/hosts/laptop-1/user", s.base), Some(&json!({"user": "granted"})), &[])
-        .await;
+    let hosts = s.new_token(scimlog::auth::Role::Hosts);
+    let host_path = format!("{}/api/v1/hosts/laptop-1/user", s.base);
+    let h = s.send_as(&hosts, Method::PUT, &host_path, Some(&json!({"user": "granted"})), &[]).await;
     assert_eq!(h.status, 200, "{}", h.body);
-    s.send(Method::DELETE, &format!("{}/api/v1/hosts/laptop-1/user", s.base), None, &[]).await;
+    s.send_as(&hosts, Method::DELETE, &host_path, None, &[]).await;
     let admin = scimlog::auth::create_token(s.data_dir(), "admin", "default", scimlog::auth::Role::Admin).unwrap();
     let r = s
         .send_as(

@@ -18,4 +18,5 @@ mod nats;
 mod patch;
 mod support;
 mod transport;
+mod trust;
 mod users;

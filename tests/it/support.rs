@@ -84,8 +84,26 @@ impl TestServer {
         self._tmp = Some(tmp);
     }
 
+    /// The running server's store.
+    pub fn store(&self) -> scimlog::log::Store {
+        self.server.as_ref().expect("running").store.clone()
+    }
+
     pub fn faults(&self) -> scimlog::log::FaultInjector {
         self.server.as_ref().expect("running").faults.clone()
+    }
+
+    /// A new token of this server's tenant with `role` (named after the role, numbered).
+    pub fn new_token(&self, role: scimlog::auth::Role) -> String {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        scimlog::auth::create_token(&self.dir, &format!("{}-{n}", role.as_str()), &self.cfg.tenant, role)
+            .expect("token created")
+    }
+
+    /// The token the server created on its first start (when no bootstrap token was given).
+    pub fn created_token(&self) -> Option<String> {
+        self.server.as_ref().and_then(|s| s.created_token.clone())
     }
 
     pub fn data_dir(&self) -> &Path {
