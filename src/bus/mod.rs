@@ -60,9 +60,16 @@ pub struct NatsConfig {
 pub struct PublisherStatus {
     published: AtomicU64,
     state: Mutex<(String, Option<String>)>,
+    /// Resumes that could not tell where the log stands in the stream (a possible gap).
+    gaps: AtomicU64,
+    last_gap: Mutex<Option<String>>,
 }
 
 impl PublisherStatus {
+    /// Possible gaps found so far, and the last one's description.
+    pub fn gaps(&self) -> (u64, Option<String>) {
+        (self.gaps.load(Ordering::Relaxed), self.last_gap.lock().expect("status lock").clone())
+    }
     /// The last log position known to be in the stream.
     pub fn published(&self) -> u64 {
         self.published.load(Ordering::Relaxed)
@@ -140,6 +147,22 @@ pub fn published_body(sealed: &SealedEvent, opener: &dyn Opener) -> Result<(scim
     Ok((event, serde_json::to_vec(&v).map_err(|e| e.to_string())?))
 }
 
+/// Whether a stored event is a `user.erased` (read from its clear envelope, without keys).
+fn is_erasure(sealed: &SealedEvent) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Type<'a> {
+        #[serde(rename = "type", borrow)]
+        ty: &'a str,
+    }
+    serde_json::from_slice::<Type>(&sealed.bytes).is_ok_and(|t| t.ty == "user.erased")
+}
+
+/// The tenant and user of a `user.erased` event.
+fn erased_subject(sealed: &SealedEvent, position: u64) -> Result<(String, String), BusError> {
+    let e = sealed.decode(&scimlog_schemas::personal::NoKeys).map_err(|e| BusError::Decode(position, e.to_string()))?;
+    Ok((e.tenant, e.resource_id))
+}
+
 pub fn headers(event: &scimlog_schemas::Event) -> HeaderMap {
     let mut h = HeaderMap::new();
     h.insert(HEADER_POSITION, event.position.to_string().as_str());
@@ -150,28 +173,75 @@ pub fn headers(event: &scimlog_schemas::Event) -> HeaderMap {
     h
 }
 
-/// Where to resume: (next log position to publish, the stream's last sequence).
-async fn resume_point(stream: &mut stream::Stream) -> Result<(u64, u64), BusError> {
-    let last = stream.info().await.map_err(nats)?.state.last_sequence;
+/// Where to resume: (next log position to publish, the stream's last sequence), from the last
+/// message this publisher wrote (republished copies are skipped; so are messages that are gone,
+/// deleted after an erasure or aged out). Any other error reading the stream is an error, and the
+/// session retries: a NATS that does not answer never counts as "aged out".
+async fn resume_point(stream: &mut stream::Stream, status: &PublisherStatus) -> Result<(u64, u64), BusError> {
+    let state = stream.info().await.map_err(nats)?.state.clone();
+    let last = state.last_sequence;
     let mut seq = last;
-    while seq > 0 {
+    while seq >= state.first_sequence.max(1) {
         match stream.get_raw_message(seq).await {
+            Ok(msg) if msg.headers.get(HEADER_REPUBLISHED).is_some() => seq -= 1,
             Ok(msg) => {
-                if msg.headers.get(HEADER_REPUBLISHED).is_some() {
-                    seq -= 1;
-                    continue;
-                }
                 let position =
                     msg.headers.get(HEADER_POSITION).and_then(|v| v.as_str().parse::<u64>().ok()).ok_or_else(|| {
                         BusError::Nats(format!("stream message {seq} has no {HEADER_POSITION} header"))
                     })?;
                 return Ok((position + 1, last));
             }
-            // Aged out: the stream was filled by this publisher, so sequence = position.
-            Err(_) => return Ok((seq + 1, last)),
+            Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => seq -= 1,
+            Err(e) => return Err(nats(e)),
         }
     }
-    Ok((1, last))
+    if last == 0 {
+        return Ok((1, 0));
+    }
+    // No message of this publisher is left (all aged out or deleted): where the log stands in
+    // the stream is not known. Sequence n holds position n unless `republish` appended beyond the
+    // duplicate window, so resuming at `last + 1` may skip events: say so, loudly.
+    let gap = format!(
+        "the stream holds no message of this log (last sequence {last}, all aged out or deleted): \
+         resuming at position {}; events before it may be missing from the stream \
+         (scimlog republish --from 1 sends them again)",
+        last + 1
+    );
+    tracing::error!("{gap}");
+    status.gaps.fetch_add(1, Ordering::Relaxed);
+    *status.last_gap.lock().expect("status lock") = Some(gap);
+    Ok((last + 1, last))
+}
+
+/// Deletes from the stream the messages that carried an erased person's values in clear
+/// (`user.created`, `user.updated` at the positions of their history; stream sequence = log
+/// position, checked against each message's `Scimlog-Position`), before `user.erased` itself is
+/// published. Copies that `republish` appended beyond the duplicate window are not found here;
+/// they age out with the stream's max age.
+async fn delete_erased(stream: &stream::Stream, store: &Store, tenant: &str, user: &str) -> Result<u64, BusError> {
+    let positions = {
+        let view = store.view();
+        let p = scimlog_projections::query::history_positions(&view, tenant, scimlog_schemas::ResourceKind::User, user);
+        if let Some(e) = view.take_error() {
+            return Err(e.into());
+        }
+        p
+    };
+    let mut deleted = 0;
+    for position in positions {
+        let msg = match stream.get_raw_message(position).await {
+            Ok(m) => m,
+            Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => continue,
+            Err(e) => return Err(nats(e)),
+        };
+        let header = |name: &str| msg.headers.get(name).map(|v| v.as_str().to_string());
+        let carries_values = matches!(header(HEADER_EVENT_TYPE).as_deref(), Some("user.created" | "user.updated"));
+        if header(HEADER_POSITION) == Some(position.to_string()) && carries_values {
+            stream.delete_message(position).await.map_err(nats)?;
+            deleted += 1;
+        }
+    }
+    Ok(deleted)
 }
 
 /// Starts the publisher. It runs until `shutdown` turns true.
@@ -229,7 +299,7 @@ async fn session(
     let js = jetstream::new(client);
     let mut stream = ensure_stream(&js, cfg).await?;
     loop {
-        let (mut next, mut last_seq) = resume_point(&mut stream).await?;
+        let (mut next, mut last_seq) = resume_point(&mut stream, status).await?;
         status.published.store(next - 1, Ordering::Relaxed);
         status.set("publishing", None);
         'publish: loop {
@@ -252,7 +322,23 @@ async fn session(
                 }
                 continue;
             }
-            let page = store.events_from(next, cfg.nats_max_in_flight.max(1))?;
+            let mut page = store.events_from(next, cfg.nats_max_in_flight.max(1))?;
+            // A `user.erased` goes out alone, once the messages before it are acknowledged and
+            // the person's earlier messages are deleted from the stream.
+            if let Some(i) = page.iter().position(|(_, e)| is_erasure(e)) {
+                if i == 0 {
+                    let (tenant, user) = erased_subject(&page[0].1, page[0].0)?;
+                    let n = delete_erased(&stream, store, &tenant, &user).await?;
+                    tracing::info!(
+                        position = page[0].0,
+                        deleted = n,
+                        "an erased person's messages were deleted from the stream"
+                    );
+                    page.truncate(1);
+                } else {
+                    page.truncate(i);
+                }
+            }
             let mut acks = Vec::with_capacity(page.len());
             for (i, (position, sealed)) in page.iter().enumerate() {
                 let (event, body) = published_body(sealed, opener).map_err(|e| BusError::Decode(*position, e))?;

@@ -32,11 +32,14 @@ async fn healthz(State(state): State<AppState>) -> Response {
             if let Some(p) = &state.publisher {
                 let (publisher_state, error) = p.state();
                 let published = p.published();
+                let (gaps, last_gap) = p.gaps();
                 body["publisher"] = json!({
                     "state": publisher_state,
                     "publishedPosition": published,
                     "lag": head.position.saturating_sub(published),
                     "lastError": error,
+                    "possibleGaps": gaps,
+                    "lastGap": last_gap,
                 });
             }
             Json(body).into_response()

@@ -241,3 +241,101 @@ async fn a_flapping_nats_ends_with_every_event_once() {
     assert_stream_is_the_log(&nats, &s).await;
     s.stop().await;
 }
+
+/// `republish` beyond the duplicate window appends copies (sequence != position from then on);
+/// a restart after it still resumes right after the last event this publisher sent, and the
+/// stream ends with every position once among the publisher's messages, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn republish_beyond_the_window_then_a_restart_loses_and_repeats_nothing() {
+    let nats = NatsServer::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = config(tmp.path());
+    cfg.nats.nats_url = Some(nats.url());
+    cfg.nats.nats_duplicate_window_s = 1;
+    let mut s = TestServer::start_with(cfg.clone()).await;
+    s.adopt_dir(tmp);
+    for i in 0..5 {
+        s.post("/Users", &json!({"userName": format!("rb{i}")})).await;
+    }
+    caught_up(&s).await;
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    {
+        let store = scimlog::log::Store::open_read_only(s.data_dir()).unwrap();
+        let ring =
+            scimlog::log::keys::KeyRing::open_read_only(store.clone(), &Default::default(), s.data_dir()).unwrap();
+        let (sent, duplicates) = scimlog::bus::republish(&cfg.nats, &store, &ring, 2, Some(4)).await.unwrap();
+        assert_eq!((sent, duplicates), (3, 0), "beyond the window the copies are appended");
+    }
+    let s = s.restart().await;
+    s.post("/Users", &json!({"userName": "after-restart"})).await;
+    caught_up(&s).await;
+    let msgs = stream_messages(&nats.url(), "SCIMLOG").await;
+    let republished = |h: &async_nats::HeaderMap| h.get("Scimlog-Republished").is_some();
+    let own: Vec<u64> = msgs.iter().filter(|m| !republished(&m.2)).map(|m| m.3["position"].as_u64().unwrap()).collect();
+    let copies: Vec<u64> =
+        msgs.iter().filter(|m| republished(&m.2)).map(|m| m.3["position"].as_u64().unwrap()).collect();
+    assert_eq!(own, (1..=s.log_position().await).collect::<Vec<_>>(), "every position once, in order");
+    assert_eq!(copies, [2, 3, 4]);
+    assert_eq!(health(&s).await["publisher"]["possibleGaps"], 0);
+    s.stop().await;
+}
+
+/// A stream that lost every message of this log (purged, or all aged out) cannot say where the
+/// log stands in it: the publisher resumes after its last sequence and reports a possible gap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_with_no_message_of_the_log_is_reported_as_a_possible_gap() {
+    let nats = NatsServer::start();
+    let s = server_with(&nats).await;
+    for i in 0..3 {
+        s.post("/Users", &json!({"userName": format!("gap{i}")})).await;
+    }
+    caught_up(&s).await;
+    let s = {
+        let tmp = s.stop_keeping_data().await;
+        let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+        js.get_stream("SCIMLOG").await.unwrap().purge().await.unwrap();
+        let mut cfg = config(tmp.as_ref().unwrap().path());
+        cfg.nats.nats_url = Some(nats.url());
+        let mut s = TestServer::start_with(cfg).await;
+        s.adopt_dir(tmp.unwrap());
+        s
+    };
+    s.post("/Users", &json!({"userName": "after-purge"})).await;
+    caught_up(&s).await;
+    let p = health(&s).await["publisher"].clone();
+    assert_eq!(p["possibleGaps"], 1, "{p}");
+    assert!(p["lastGap"].as_str().unwrap().contains("republish --from 1"), "{p}");
+    let msgs = stream_messages(&nats.url(), "SCIMLOG").await;
+    assert_eq!(msgs.len(), 1);
+    assert_eq!((msgs[0].0, msgs[0].3["position"].as_u64()), (4, Some(4)), "sequence = position still");
+    s.stop().await;
+}
+
+/// After an erasure the stream no longer holds the person's values in clear: the messages that
+/// carried them are deleted before `user.erased` goes out; everyone else's stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_erased_persons_messages_are_deleted_from_the_stream() {
+    let nats = NatsServer::start();
+    let s = server_with(&nats).await;
+    let email = format!("gone-{}@example.com", uuid::Uuid::new_v4().simple());
+    let id = s.post("/Users", &json!({"userName": "gone", "emails": [{"value": email}]})).await.id();
+    s.put(&format!("/Users/{id}"), &json!({"userName": "gone", "emails": [{"value": email}], "title": "T"})).await;
+    s.post("/Users", &json!({"userName": "stays", "emails": [{"value": "stays@example.com"}]})).await;
+    caught_up(&s).await;
+    let before = stream_messages(&nats.url(), "SCIMLOG").await;
+    assert!(before.iter().any(|m| m.3.to_string().contains(&email)), "published in clear before");
+    let admin = s.new_token(scimlog::auth::Role::Admin);
+    let url = format!("{}/api/v1/users/{id}/erase", s.base);
+    let r = s.send_as(&admin, Method::POST, &url, Some(&json!({"reason": "ticket 7"})), &[]).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    caught_up(&s).await;
+    let after = stream_messages(&nats.url(), "SCIMLOG").await;
+    for (seq, _, _, body) in &after {
+        assert!(!body.to_string().contains(&email), "message {seq} still holds the erased email: {body}");
+    }
+    let types: Vec<&str> = after.iter().map(|m| m.3["type"].as_str().unwrap()).collect();
+    assert!(types.contains(&"user.erased") && types.contains(&"user.deleted"), "{types:?}");
+    assert_eq!(types.iter().filter(|t| **t == "user.created").count(), 1, "the other person's stays: {types:?}");
+    assert!(after.iter().any(|m| m.3.to_string().contains("stays@example.com")));
+    s.stop().await;
+}
