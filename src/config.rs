@@ -106,10 +106,25 @@ pub struct ServeConfig {
     /// Most open connections; more are closed at once.
     #[arg(long, env = "SCIMLOG_MAX_CONNECTIONS", default_value_t = 1024)]
     pub max_connections: usize,
-    /// How long a client may take to send a request head (or a TLS handshake): slow clients
+    /// How long a client may take to send a request head (or a TLS handshake), and how long a
+    /// kept-alive connection may sit idle before its next request: slow or silent clients
     /// (slowloris) are cut off.
     #[arg(long, env = "SCIMLOG_HEADER_READ_TIMEOUT_MS", default_value_t = 10_000)]
     pub header_read_timeout_ms: u64,
+    /// How long a client may take to send a request body; slower ones get 408.
+    #[arg(long, env = "SCIMLOG_BODY_READ_TIMEOUT_MS", default_value_t = 30_000)]
+    pub body_read_timeout_ms: u64,
+    /// Reads that can scan (lists, searches, group renders, access expansion) running at once,
+    /// off the async runtime; more wait their turn.
+    #[arg(long, env = "SCIMLOG_MAX_CONCURRENT_READS", default_value_t = 8)]
+    pub max_concurrent_reads: usize,
+    /// How long a read may wait for its turn before it is answered 503 with Retry-After.
+    #[arg(long, env = "SCIMLOG_READ_WAIT_MS", default_value_t = 5_000)]
+    pub read_wait_ms: u64,
+    /// Most group members one response renders (a group GET, or all groups of a list page);
+    /// beyond it the request is refused (400 tooMany): ask with `excludedAttributes=members`.
+    #[arg(long, env = "SCIMLOG_MAX_MEMBERS_RENDERED", default_value_t = 20_000)]
+    pub max_members_rendered: usize,
     /// RocksDB block cache (hot blocks of the log and read models), in MiB. With the memtable
     /// budget, it bounds the server's memory; the OS page cache holds the rest of the files.
     #[arg(long, env = "SCIMLOG_BLOCK_CACHE_MB", default_value_t = 64)]
@@ -150,6 +165,28 @@ impl ServeConfig {
         let mut c = Wrapper::parse_from(["scimlog"]).config;
         c.data_dir = data_dir.into();
         c
+    }
+
+    /// Refuses limits that would make the server refuse everything or never bound anything: a
+    /// zero where at least one is needed. Checked once at start, with the flag named.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let at_least_one = [
+            ("--max-body-bytes", self.max_body_bytes),
+            ("--max-page-size", self.max_page_size),
+            ("--max-scan", self.max_scan),
+            ("--max-patch-operations", self.max_patch_operations),
+            ("--max-members-per-request", self.max_members_per_request),
+            ("--max-values-per-attribute", self.max_values_per_attribute),
+            ("--max-members-rendered", self.max_members_rendered),
+            ("--max-concurrent-reads", self.max_concurrent_reads),
+            ("--write-queue-depth", self.write_queue_depth),
+            ("--group-commit-max", self.group_commit_max),
+            ("--max-connections", self.max_connections),
+        ];
+        for (flag, value) in at_least_one {
+            anyhow::ensure!(value >= 1, "{flag} must be at least 1, got {value}");
+        }
+        Ok(())
     }
 
     /// What one write may ask of the writer.

@@ -32,6 +32,7 @@ impl Server {
     /// Opens everything and starts serving; returns once the listener is bound.
     pub async fn start(cfg: ServeConfig) -> anyhow::Result<Server> {
         anyhow::ensure!(valid_tenant(&cfg.tenant), "invalid --tenant {:?}: use a-z, 0-9, '-' and '_'", cfg.tenant);
+        cfg.validate()?;
         // The store holds plaintext read models, the token file and (by default) the master key:
         // everything this process creates is for its owner alone.
         crate::files::restrict_umask();
@@ -118,6 +119,7 @@ impl Server {
         };
         let writer_thread = std::sync::Mutex::new(Some(writer_thread));
         let state = AppState::new(Inner {
+            reads: tokio::sync::Semaphore::new(cfg.max_concurrent_reads),
             store,
             keys,
             publisher,

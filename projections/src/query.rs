@@ -177,11 +177,21 @@ pub fn ids_after(kv: &impl KvRead, t: &str, kind: ResourceKind, after: Option<&s
     kv.scan_keys(&prefix, after_key.as_deref(), limit).into_iter().map(|k| keys::last_part(&k)).collect()
 }
 
-/// The id at 1-based `index` of a resource type in id order: a walk over keys alone, O(index).
-/// For a client's first page at a far `startIndex`; sequential pages resume after the last id.
-pub fn id_at(kv: &impl KvRead, t: &str, kind: ResourceKind, index: u64) -> Option<String> {
+/// The id at 1-based `index` of a resource type in id order: a walk over keys alone, O(index),
+/// refused beyond `max_scan`. For a client's first page at a far `startIndex`; sequential pages
+/// resume after the last id.
+pub fn id_at(
+    kv: &impl KvRead,
+    t: &str,
+    kind: ResourceKind,
+    index: u64,
+    max_scan: usize,
+) -> Result<Option<String>, QueryError> {
     if index == 0 {
-        return None;
+        return Ok(None);
+    }
+    if index > max_scan as u64 {
+        return Err(QueryError::StartTooFar { start: index + 1, limit: max_scan });
     }
     let prefix = match kind {
         ResourceKind::User => keys::users(t),
@@ -191,10 +201,10 @@ pub fn id_at(kv: &impl KvRead, t: &str, kind: ResourceKind, index: u64) -> Optio
     loop {
         let batch = kv.scan_keys(&prefix, after.as_deref(), 4096);
         if batch.is_empty() {
-            return None;
+            return Ok(None);
         }
         if (batch.len() as u64) >= left {
-            return Some(keys::last_part(&batch[left as usize - 1]));
+            return Ok(Some(keys::last_part(&batch[left as usize - 1])));
         }
         left -= batch.len() as u64;
         after = batch.last().cloned();
@@ -383,6 +393,12 @@ fn last_modified_range(
 pub enum QueryError {
     #[error("the filter needs a scan of more than {limit} resources; filter on an indexed attribute (userName, externalId, emails.value, id, displayName, members.value)")]
     ScanTooLarge { limit: usize },
+    /// A search without a filter (or one sorted) over more resources than `--max-scan`.
+    #[error("this search lists more than {limit} resources (--max-scan) before paging; page a whole collection with GET /Users or /Groups (by startIndex or cursor) without sortBy, or filter")]
+    ListTooLarge { limit: usize },
+    /// A first request at a far `startIndex` would walk more than `--max-scan` resources.
+    #[error("startIndex {start} would walk more than {limit} resources (--max-scan) to find its page; page from startIndex=1 (each page continues the one before) or by cursor")]
+    StartTooFar { start: u64, limit: usize },
 }
 
 /// The ids matching `filter` (or all, when `None`), in id order. `max_scan` bounds how many
@@ -413,7 +429,12 @@ pub fn search_ids(
         _ => keys::groups(t),
     };
     let Some(filter) = filter else {
-        return Ok(kv.scan_keys(&prefix, None, usize::MAX).into_iter().map(|k| keys::last_part(&k)).collect());
+        // Every id of the tenant would be listed before a page is cut: bounded like a scan.
+        let keys = kv.scan_keys(&prefix, None, max_scan.saturating_add(1));
+        if keys.len() > max_scan {
+            return Err(QueryError::ListTooLarge { limit: max_scan });
+        }
+        return Ok(keys.into_iter().map(|k| keys::last_part(&k)).collect());
     };
     match plan(kind, filter) {
         Plan::Lookup(lookups) => {

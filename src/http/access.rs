@@ -20,7 +20,7 @@ use serde_json::{json, Value};
 
 use super::error::ApiError;
 use super::extract::{Caller, ScimBody};
-use super::AppState;
+use super::{blocking_read, AppState};
 use crate::command::{Command, Refusal};
 
 pub fn router() -> Router<AppState> {
@@ -72,6 +72,15 @@ async fn user_access(
     Path(id): Path<String>,
     Query(p): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
+    blocking_read(&s, move |s| user_access_now(s, &caller, id, &p)).await
+}
+
+fn user_access_now(
+    s: &AppState,
+    caller: &Caller,
+    id: String,
+    p: &HashMap<String, String>,
+) -> Result<Response, ApiError> {
     let by = parse_by(p.get("by").map(String::as_str))?;
     let view = s.store.view();
     let t = caller.tenant();
@@ -91,6 +100,10 @@ async fn check(
     caller: Caller,
     Query(p): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
+    blocking_read(&s, move |s| check_now(s, &caller, &p)).await
+}
+
+fn check_now(s: &AppState, caller: &Caller, p: &HashMap<String, String>) -> Result<Response, ApiError> {
     let user =
         p.get("user").filter(|u| !u.is_empty()).ok_or_else(|| SchemaError::invalid_value("'user' is required"))?;
     let env = p
@@ -171,6 +184,10 @@ async fn environment_members(
     caller: Caller,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
+    blocking_read(&s, move |s| environment_members_now(s, &caller, &name)).await
+}
+
+fn environment_members_now(s: &AppState, caller: &Caller, name: &str) -> Result<Response, ApiError> {
     let view = s.store.view();
     let t = caller.tenant();
     let Some(env) = access::scope(&view, t, ScopeKind::Environment, &name) else {
@@ -201,9 +218,13 @@ async fn host_user(
     caller: Caller,
     Path(host_id): Path<String>,
 ) -> Result<Response, ApiError> {
+    blocking_read(&s, move |s| host_user_now(s, &caller, &host_id)).await
+}
+
+fn host_user_now(s: &AppState, caller: &Caller, host_id: &str) -> Result<Response, ApiError> {
     let view = s.store.view();
     let t = caller.tenant();
-    let user = access::host_user(&view, t, &host_id).and_then(|u| query::user(&view, t, &u));
+    let user = access::host_user(&view, t, host_id).and_then(|u| query::user(&view, t, &u));
     let body = user.map(|u| {
         let groups: Vec<Value> = query::groups_of(&view, t, &u.id, usize::MAX)
             .into_iter()

@@ -35,6 +35,10 @@ pub enum ApiError {
     Unavailable(String),
     /// A bug on our side (a panic while deciding a write); the cause is logged, never sent.
     Internal(&'static str),
+    /// The client sent its body too slowly.
+    RequestTimeout {
+        limit_ms: u64,
+    },
 }
 
 impl From<SchemaError> for ApiError {
@@ -116,6 +120,9 @@ impl ApiError {
             ApiError::NotImplemented(d) => (StatusCode::NOT_IMPLEMENTED, None, (*d).into()),
             ApiError::Unavailable(d) => (StatusCode::SERVICE_UNAVAILABLE, None, d.clone()),
             ApiError::Internal(d) => (StatusCode::INTERNAL_SERVER_ERROR, None, (*d).into()),
+            ApiError::RequestTimeout { limit_ms } => {
+                (StatusCode::REQUEST_TIMEOUT, None, format!("the request body did not arrive within {limit_ms} ms"))
+            }
         }
     }
 }

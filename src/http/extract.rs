@@ -4,7 +4,7 @@ use std::collections::HashMap;
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Request};
-use axum::http::header::{CONTENT_TYPE, IF_MATCH, IF_NONE_MATCH};
+use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE, IF_MATCH, IF_NONE_MATCH};
 use axum::http::request::Parts;
 use axum::http::HeaderMap;
 use scimlog_schemas::filter::{Filter, FilterLimits};
@@ -31,13 +31,23 @@ impl FromRequest<AppState> for ScimBody {
             }
         }
         let limit = state.cfg.max_body_bytes;
-        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
-            if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::PayloadTooLarge { limit }
-            } else {
-                ApiError::Invalid(SchemaError::invalid_syntax(format!("cannot read the request body: {rejection}")))
-            }
-        })?;
+        // A declared length over the limit is refused before a byte of the body is read.
+        let declared = req.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > limit as u64) {
+            return Err(ApiError::PayloadTooLarge { limit });
+        }
+        let limit_ms = state.cfg.body_read_timeout_ms;
+        let read = Bytes::from_request(req, state);
+        let bytes = tokio::time::timeout(std::time::Duration::from_millis(limit_ms), read)
+            .await
+            .map_err(|_| ApiError::RequestTimeout { limit_ms })?
+            .map_err(|rejection| {
+                if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError::PayloadTooLarge { limit }
+                } else {
+                    ApiError::Invalid(SchemaError::invalid_syntax(format!("cannot read the request body: {rejection}")))
+                }
+            })?;
         let value: Value = serde_json::from_slice(&bytes).map_err(|e| {
             ApiError::Invalid(SchemaError::invalid_syntax(format!("the request body is not valid JSON: {e}")))
         })?;
@@ -46,6 +56,7 @@ impl FromRequest<AppState> for ScimBody {
 }
 
 /// The authenticated principal and this request's id, as the writer needs them.
+#[derive(Clone)]
 pub struct Caller {
     pub principal: Principal,
     pub request_id: String,

@@ -51,6 +51,8 @@ pub struct Inner {
     pub scim_base: String,
     /// Where index paging left off, so that the next page starts there.
     pub page_hints: resource::PageHints,
+    /// Turns for reads that can scan (`--max-concurrent-reads`).
+    pub reads: tokio::sync::Semaphore,
 }
 
 /// When the last handle to the state goes (server stopped, or its runtime dropped), the writer
@@ -85,6 +87,34 @@ impl AppState {
     pub fn new(inner: Inner) -> AppState {
         AppState(Arc::new(inner))
     }
+}
+
+/// Runs read work that can scan (lists, searches, group renders, access expansion) on the
+/// blocking pool, at most `--max-concurrent-reads` at once, so that it never occupies the async
+/// runtime's workers (which answer every other request, `/healthz` included). A read that waits
+/// longer than `--read-wait-ms` for its turn is answered 503 with `Retry-After`.
+pub async fn blocking_read<T: Send + 'static>(
+    state: &AppState,
+    work: impl FnOnce(&AppState) -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let wait = std::time::Duration::from_millis(state.cfg.read_wait_ms);
+    let permit = match tokio::time::timeout(wait, state.reads.acquire()).await {
+        Ok(Ok(p)) => p,
+        Ok(Err(_)) => return Err(ApiError::Unavailable("the server is shutting down".into())),
+        Err(_) => {
+            return Err(ApiError::Unavailable(format!(
+                "{} reads are running and this one waited {} ms for its turn; retry shortly",
+                state.cfg.max_concurrent_reads, state.cfg.read_wait_ms
+            )))
+        }
+    };
+    let state = state.clone();
+    let result = tokio::task::spawn_blocking(move || work(&state)).await;
+    drop(permit);
+    result.unwrap_or_else(|e| {
+        tracing::error!(error = %e, "a read panicked");
+        Err(ApiError::Internal("internal error while reading"))
+    })
 }
 
 /// The id shared by every event of one request, also sent back as `X-Request-Id`.

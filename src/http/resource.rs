@@ -19,6 +19,8 @@ use super::{cursor, render, resource_response, scim_response, AppState};
 use crate::command::{Command, Refusal};
 
 /// Renders the current state of one resource with its version, or `None` if it does not exist.
+/// Group members count against `members_left` (what one response may still render, from
+/// `--max-members-rendered`); a group over it is refused, as a whole: never half its members.
 /// (This module serves Users and Groups only: in its matches `_` stands for Group.)
 fn render_one(
     kv: &impl KvRead,
@@ -27,12 +29,33 @@ fn render_one(
     kind: ResourceKind,
     id: &str,
     proj: &Projection,
-) -> Option<(Value, u64)> {
+    members_left: &mut usize,
+) -> Result<Option<(Value, u64)>, ApiError> {
     let (base, shape) = (state.scim_base.as_str(), state.cfg.grant_shape_for(t));
-    match kind {
+    Ok(match kind {
         ResourceKind::User => query::user(kv, t, id).map(|d| (render::user(kv, t, base, &d, proj, shape), d.version)),
-        _ => query::group(kv, t, id).map(|d| (render::group(kv, t, base, &d, proj, shape), d.version)),
-    }
+        _ => match query::group(kv, t, id) {
+            None => None,
+            Some(d) => {
+                if proj.wants("members") {
+                    let n = d.member_count as usize;
+                    *members_left = members_left.checked_sub(n).ok_or_else(|| too_many_members(state, id, n))?;
+                }
+                Some((render::group(kv, t, base, &d, proj, shape), d.version))
+            }
+        },
+    })
+}
+
+fn too_many_members(state: &AppState, id: &str, n: usize) -> ApiError {
+    ApiError::Invalid(scimlog_schemas::SchemaError::new(
+        scimlog_schemas::ScimType::TooMany,
+        format!(
+            "group {id} has {n} members, more than one response renders (--max-members-rendered {}, for all \
+             groups of a response together); ask with excludedAttributes=members, or a smaller count",
+            state.cfg.max_members_rendered
+        ),
+    ))
 }
 
 fn not_found(kind: ResourceKind, id: &str) -> ApiError {
@@ -50,7 +73,15 @@ fn respond_written(
     proj: &Projection,
 ) -> Result<Response, ApiError> {
     let view = state.store.view();
-    let rendered = render_one(&view, caller.tenant(), state, kind, id, proj);
+    // The write is done: a group too large to render whole is answered without its members.
+    let mut budget = state.cfg.max_members_rendered;
+    let rendered = match render_one(&view, caller.tenant(), state, kind, id, proj, &mut budget) {
+        Err(ApiError::Invalid(_)) => {
+            let no_members = Projection::parse(None, Some("members"))?;
+            render_one(&view, caller.tenant(), state, kind, id, &no_members, &mut budget)?
+        }
+        other => other?,
+    };
     if let Some(e) = view.take_error() {
         return Err(e.into());
     }
@@ -90,7 +121,8 @@ pub fn get(
     let param = |n: &str| params.iter().find(|(k, _)| k.eq_ignore_ascii_case(n)).map(|(_, v)| v.as_str());
     let proj = Projection::parse(param("attributes"), param("excludedAttributes"))?;
     let view = state.store.view();
-    let rendered = render_one(&view, caller.tenant(), state, kind, id, &proj);
+    let mut budget = state.cfg.max_members_rendered;
+    let rendered = render_one(&view, caller.tenant(), state, kind, id, &proj, &mut budget)?;
     if let Some(e) = view.take_error() {
         return Err(e.into());
     }
@@ -179,15 +211,32 @@ pub async fn patch(
     respond_written(state, &caller, kind, &id, StatusCode::OK, &proj)
 }
 
-/// A list (`GET /Users`) or search (`POST /.search`) over one or more resource types; with
-/// several, the resources of each type follow those of the one before, in a stable order.
-pub fn list(
+/// A list (`GET /Users`) or search (`POST /.search`) over one or more resource types. What can
+/// scan, sort or render members runs on the blocking pool behind `--max-concurrent-reads`; a
+/// user lookup an index answers, and a page of the whole user collection (O(page)), are point
+/// reads and are answered here.
+pub async fn list(
     state: &AppState,
-    caller: &Caller,
-    kinds: &[ResourceKind],
-    params: &HashMap<String, String>,
+    caller: Caller,
+    kinds: Vec<ResourceKind>,
+    params: HashMap<String, String>,
 ) -> Result<Response, ApiError> {
-    let q = ListQuery::from_params(params, state)?;
+    let q = ListQuery::from_params(&params, state)?;
+    if answers_inline(&kinds, &q) {
+        return list_now(state, &caller, &kinds, q);
+    }
+    super::blocking_read(state, move |s| list_now(s, &caller, &kinds, q)).await
+}
+
+/// Users only, not sorted, and the whole collection or a filter that indexes answer.
+fn answers_inline(kinds: &[ResourceKind], q: &ListQuery) -> bool {
+    let indexed =
+        |f: &scimlog_schemas::filter::Filter| matches!(query::plan(ResourceKind::User, f), query::Plan::Lookup(_));
+    matches!(kinds, [ResourceKind::User]) && q.sort.is_none() && q.filter.as_ref().is_none_or(indexed)
+}
+
+/// One resource type after another, each in a stable order.
+fn list_now(state: &AppState, caller: &Caller, kinds: &[ResourceKind], q: ListQuery) -> Result<Response, ApiError> {
     let t = caller.tenant();
     let view = state.store.view();
     // Results of one type without sortBy are in id order: a cursor can then point after an id.
@@ -202,10 +251,13 @@ pub fn list(
         (true, None) => whole_collection_page(state, &view, t, kinds[0], &q, cursor_context)?,
         _ => search_page(state, &view, t, kinds, &q, id_ordered, cursor_context)?,
     };
-    let resources: Vec<Value> = page
-        .iter()
-        .filter_map(|(kind, id)| render_one(&view, t, state, *kind, id, &q.projection).map(|(v, _)| v))
-        .collect();
+    let mut budget = state.cfg.max_members_rendered;
+    let mut resources: Vec<Value> = Vec::with_capacity(page.len());
+    for (kind, id) in &page {
+        if let Some((v, _)) = render_one(&view, t, state, *kind, id, &q.projection, &mut budget)? {
+            resources.push(v);
+        }
+    }
     if let Some(e) = view.take_error() {
         return Err(e.into());
     }
@@ -249,9 +301,15 @@ fn whole_collection_page(
         }
         Paging::Index { start } => {
             let start = *start;
+            // Past the end there is nothing to walk to; before it, a far first request walks
+            // keys, at most `--max-scan` of them.
             let after = match start {
                 1 => None,
-                _ => state.page_hints.get(t, kind, start).or_else(|| query::id_at(view, t, kind, start as u64 - 1)),
+                _ if start > total => None,
+                _ => match state.page_hints.get(t, kind, start) {
+                    Some(hint) => Some(hint),
+                    None => query::id_at(view, t, kind, start as u64 - 1, state.cfg.max_scan)?,
+                },
             };
             let ids = match (start, &after) {
                 (2.., None) => vec![],
@@ -341,7 +399,17 @@ impl PageHints {
 }
 
 /// `POST .search` (RFC 7644 §3.4.3): the SearchRequest body read as the list parameters.
-pub fn search(state: &AppState, caller: &Caller, kinds: &[ResourceKind], body: &Value) -> Result<Response, ApiError> {
+pub async fn search(
+    state: &AppState,
+    caller: Caller,
+    kinds: Vec<ResourceKind>,
+    body: &Value,
+) -> Result<Response, ApiError> {
+    let params = search_params(body)?;
+    list(state, caller, kinds, params).await
+}
+
+fn search_params(body: &Value) -> Result<HashMap<String, String>, ApiError> {
     use scimlog_schemas::SchemaError;
     let obj = body.as_object().ok_or_else(|| SchemaError::invalid_syntax("a SearchRequest must be a JSON object"))?;
     if let Some(schemas) = obj.iter().find(|(k, _)| k.eq_ignore_ascii_case("schemas")).map(|(_, v)| v) {
@@ -369,7 +437,7 @@ pub fn search(state: &AppState, caller: &Caller, kinds: &[ResourceKind], body: &
             params.insert(k.clone(), text);
         }
     }
-    list(state, caller, kinds, &params)
+    Ok(params)
 }
 
 /// The routes of one resource type: `/<Endpoint>` and `/<Endpoint>/{id}`.
@@ -387,13 +455,15 @@ pub fn routes(kind: ResourceKind) -> axum::Router<AppState> {
         .route(
             &search_path,
             axum::routing::post(move |State(s): State<AppState>, caller: Caller, ScimBody(body): ScimBody| async move {
-                search(&s, &caller, &[kind], &body)
+                search(&s, caller, vec![kind], &body).await
             })
             .fallback(super::method_not_allowed),
         )
         .route(
             &base,
-            get_route(move |State(s): State<AppState>, caller: Caller, Query(p): Params| async move { list(&s, &caller, &[kind], &p) })
+            get_route(move |State(s): State<AppState>, caller: Caller, Query(p): Params| async move {
+                list(&s, caller, vec![kind], p).await
+            })
                 .post(move |State(s): State<AppState>, caller: Caller, ScimBody(body): ScimBody| async move {
                     create(&s, caller, kind, body).await
                 })
@@ -402,7 +472,11 @@ pub fn routes(kind: ResourceKind) -> axum::Router<AppState> {
         .route(
             &one,
             get_route(move |State(s): State<AppState>, caller: Caller, Path(id): Path<String>, headers: HeaderMap, Query(p): Params| async move {
-                get(&s, &caller, kind, &id, &headers, &p)
+                match kind {
+                    // A user is one point read; a group renders its members, off the runtime.
+                    ResourceKind::User => get(&s, &caller, kind, &id, &headers, &p),
+                    _ => super::blocking_read(&s, move |s| get(s, &caller, kind, &id, &headers, &p)).await,
+                }
             })
             .put(move |State(s): State<AppState>, caller: Caller, Path(id): Path<String>, headers: HeaderMap, ScimBody(body): ScimBody| async move {
                 replace(&s, caller, kind, id, &headers, body).await

@@ -12,7 +12,7 @@ pub fn router() -> Router<AppState> {
     Router::new().route(
         "/.search",
         post(|State(s): State<AppState>, caller: Caller, ScimBody(body): ScimBody| async move {
-            resource::search(&s, &caller, &[ResourceKind::User, ResourceKind::Group], &body)
+            resource::search(&s, caller, vec![ResourceKind::User, ResourceKind::Group], &body).await
         })
         .fallback(super::method_not_allowed),
     )

@@ -461,3 +461,164 @@ fn concurrent_token_edits_lose_nothing() {
     want.sort();
     assert_eq!(names, want);
 }
+
+/// Every way of listing honours `--max-scan`: a search without a filter, a sort, a far
+/// `startIndex`; walking a whole collection page by page is never refused.
+#[tokio::test]
+async fn every_listing_path_honours_max_scan() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = config(tmp.path());
+    cfg.max_scan = 3;
+    let mut s = TestServer::start_with(cfg).await;
+    s.adopt_dir(tmp);
+    for i in 0..5 {
+        s.post("/Users", &json!({"userName": format!("scan{i}")})).await;
+    }
+    let search = json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:SearchRequest"]});
+    s.post("/.search", &search).await.assert_error(400, Some("tooMany"), "more than 3 resources (--max-scan)");
+    // One type without a sort pages its collection at O(page): never refused.
+    assert_eq!(s.post("/Users/.search", &search).await.body["totalResults"], 5);
+    s.get("/Users?sortBy=userName").await.assert_error(400, Some("tooMany"), "--max-scan");
+    s.get("/Users?startIndex=5&count=1").await.assert_error(400, Some("tooMany"), "startIndex 5 would walk");
+    let far = s.get("/Users?startIndex=1000000000000000000").await;
+    assert_eq!((far.status.as_u16(), far.body["totalResults"].clone()), (200, json!(5)), "{}", far.body);
+    assert_eq!(far.body["Resources"], json!([]));
+    // Page by page from the start: each page continues the one before.
+    let mut seen = 0;
+    for start in [1, 3, 5] {
+        let page = s.get(&format!("/Users?startIndex={start}&count=2")).await;
+        assert_eq!(page.status, 200, "{}", page.body);
+        seen += page.body["Resources"].as_array().unwrap().len();
+    }
+    assert_eq!(seen, 5);
+    s.stop().await;
+}
+
+/// A group renders at most `--max-members-rendered` members in one response; beyond it the
+/// client is told to exclude them, and a write still answers (without the members).
+#[tokio::test]
+async fn group_member_rendering_is_capped() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = config(tmp.path());
+    cfg.max_members_rendered = 3;
+    let mut s = TestServer::start_with(cfg).await;
+    s.adopt_dir(tmp);
+    let mut members = Vec::new();
+    for i in 0..4 {
+        members.push(json!({"value": s.post("/Users", &json!({"userName": format!("mr{i}")})).await.id()}));
+    }
+    let small = s.post("/Groups", &json!({"displayName": "small", "members": members[..2]})).await;
+    assert_eq!(small.body["members"].as_array().unwrap().len(), 2);
+    let big = s.post("/Groups", &json!({"displayName": "big", "members": members})).await;
+    assert_eq!(big.status, 201, "{}", big.body);
+    assert!(big.body.get("members").is_none(), "the write answers without the members");
+    let gid = big.id();
+    s.get(&format!("/Groups/{gid}")).await.assert_error(400, Some("tooMany"), "has 4 members");
+    let lean = s.get(&format!("/Groups/{gid}?excludedAttributes=members")).await;
+    assert_eq!((lean.status.as_u16(), lean.body["displayName"].clone()), (200, json!("big")));
+    s.get("/Groups").await.assert_error(400, Some("tooMany"), "--max-members-rendered 3");
+    assert_eq!(s.get("/Groups?excludedAttributes=members").await.body["totalResults"], 2);
+    s.stop().await;
+}
+
+/// Raw HTTP/1.1 on a socket: what a slow, silent or lying client gets.
+async fn raw(addr: &str, request: &[u8], then_wait_ms: u64) -> (String, std::time::Duration) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut sock = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let started = std::time::Instant::now();
+    sock.write_all(request).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(then_wait_ms)).await;
+    let mut out = Vec::new();
+    let read = tokio::time::timeout(std::time::Duration::from_secs(10), sock.read_to_end(&mut out)).await;
+    assert!(read.is_ok(), "the server closed the connection within 10 s");
+    (String::from_utf8_lossy(&out).into_owned(), started.elapsed())
+}
+
+/// A declared body over the limit is refused before it is read; a body that trickles in is cut
+/// off with 408; a kept-alive connection that stays silent is closed.
+#[tokio::test]
+async fn slow_silent_and_oversized_bodies_are_cut_off() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = config(tmp.path());
+    cfg.body_read_timeout_ms = 300;
+    cfg.header_read_timeout_ms = 300;
+    let mut s = TestServer::start_with(cfg).await;
+    s.adopt_dir(tmp);
+    let addr = s.base.trim_start_matches("http://").to_string();
+    let head = |len: u64| {
+        format!(
+            "POST /scim/v2/Users HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Type: application/scim+json\r\nContent-Length: {len}\r\n\r\n",
+            crate::support::TOKEN
+        )
+    };
+    // 1 GB announced, nothing sent: answered at once.
+    let (reply, _) = raw(&addr, head(1 << 30).as_bytes(), 0).await;
+    assert!(reply.starts_with("HTTP/1.1 413"), "{reply}");
+    assert!(reply.contains("larger than the limit of 1048576 bytes"), "{reply}");
+    // 100 bytes announced, 10 sent: 408 once the body deadline passes.
+    let mut trickle = head(100).into_bytes();
+    trickle.extend_from_slice(b"{\"userName");
+    let (reply, _) = raw(&addr, &trickle, 0).await;
+    assert!(reply.starts_with("HTTP/1.1 408"), "{reply}");
+    assert!(reply.contains("did not arrive within 300 ms"), "{reply}");
+    // One complete request, then silence: the connection is closed after the idle deadline.
+    let (reply, took) = raw(&addr, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n", 0).await;
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    assert!(took < std::time::Duration::from_secs(5), "closed after the idle deadline, took {took:?}");
+    assert_eq!(s.log_position().await, 0, "nothing was written");
+    s.stop().await;
+}
+
+/// Reads that scan run off the async runtime, at most `--max-concurrent-reads` at once; one that
+/// waits longer than `--read-wait-ms` is answered 503 with Retry-After, and /healthz answers
+/// throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scanning_reads_take_turns_and_health_still_answers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = config(tmp.path());
+    cfg.max_concurrent_reads = 1;
+    cfg.read_wait_ms = 1;
+    cfg.bulk_max_operations = 1000;
+    cfg.bulk_max_payload_bytes = 4 << 20;
+    let mut s = TestServer::start_with(cfg).await;
+    s.adopt_dir(tmp);
+    for batch in 0..4 {
+        let ops: Vec<Value> = (0..1000)
+            .map(|i| {
+                json!({"method": "POST", "path": "/Users", "bulkId": format!("b{i}"),
+                "data": {"userName": format!("turn{batch}-{i}"), "title": "Engineer"}})
+            })
+            .collect();
+        let r = s
+            .post(
+                "/Bulk",
+                &json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:BulkRequest"], "Operations": ops}),
+            )
+            .await;
+        assert_eq!(r.status, 200);
+    }
+    let filter = format!("/Users?filter={}&count=1", q("title co \"gine\""));
+    let searches: Vec<_> = (0..8)
+        .map(|_| {
+            let (client, url, token) = (s.client.clone(), s.url(&filter), s.token.clone());
+            tokio::spawn(
+                async move { crate::support::read(client.get(url).bearer_auth(token).send().await.unwrap()).await },
+            )
+        })
+        .collect();
+    let health = s.client.get(format!("{}/healthz", s.base)).send().await.unwrap();
+    assert_eq!(health.status(), 200, "health answers while searches run");
+    let mut statuses = Vec::new();
+    for t in searches {
+        let r = t.await.unwrap();
+        if r.status == 503 {
+            assert_eq!(r.header("retry-after"), Some("1"));
+            r.assert_error(503, None, "waited 1 ms for its turn");
+        } else {
+            assert_eq!(r.body["totalResults"], 4000, "{}", r.body);
+        }
+        statuses.push(r.status.as_u16());
+    }
+    assert!(statuses.contains(&200) && statuses.contains(&503), "{statuses:?}");
+    s.stop().await;
+}
