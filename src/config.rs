@@ -92,6 +92,21 @@ pub struct ServeConfig {
     /// How many writes may wait for the writer; beyond it writes get 503 with Retry-After.
     #[arg(long, env = "SCIMLOG_WRITE_QUEUE_DEPTH", default_value_t = 4096)]
     pub write_queue_depth: usize,
+    /// How many of the waiting writes one tenant may hold: the queue cannot be filled by one
+    /// tenant alone; beyond it that tenant's writes get 503 with Retry-After.
+    #[arg(long, env = "SCIMLOG_WRITE_QUEUE_PER_TENANT", default_value_t = 2048)]
+    pub write_queue_per_tenant: usize,
+    /// Requests per second one token may make (a GCRA bucket per token); 0: no limit. Over it a
+    /// request gets 429 with Retry-After.
+    #[arg(long, env = "SCIMLOG_RATE_LIMIT_PER_S", default_value_t = 2000)]
+    pub rate_limit_per_s: u32,
+    /// How many requests a token may make at once above its rate (the bucket's size).
+    #[arg(long, env = "SCIMLOG_RATE_LIMIT_BURST", default_value_t = 4000)]
+    pub rate_limit_burst: u32,
+    /// The rate for the tokens of one tenant, overriding the two above: `TENANT=RATE:BURST`;
+    /// repeat for several tenants (`SCIMLOG_TENANT_RATE_LIMITS`: comma-separated).
+    #[arg(long = "tenant-rate-limit", env = "SCIMLOG_TENANT_RATE_LIMITS", value_delimiter = ',', value_parser = crate::http::rate::parse_tenant_rate)]
+    pub tenant_rate_limits: Vec<(String, crate::http::rate::Rate)>,
     /// How many queued writes share one commit (one fsync).
     #[arg(long, env = "SCIMLOG_GROUP_COMMIT_MAX", default_value_t = 256)]
     pub group_commit_max: usize,
@@ -180,6 +195,7 @@ impl ServeConfig {
             ("--max-members-rendered", self.max_members_rendered),
             ("--max-concurrent-reads", self.max_concurrent_reads),
             ("--write-queue-depth", self.write_queue_depth),
+            ("--write-queue-per-tenant", self.write_queue_per_tenant),
             ("--group-commit-max", self.group_commit_max),
             ("--max-connections", self.max_connections),
         ];

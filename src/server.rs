@@ -85,6 +85,7 @@ impl Server {
             keys.clone(),
             writer::WriterOptions {
                 queue_depth: cfg.write_queue_depth,
+                queue_per_tenant: cfg.write_queue_per_tenant,
                 group_commit_max: cfg.group_commit_max,
                 sync: true,
                 namespace: cfg.urn_namespace.clone(),
@@ -120,6 +121,10 @@ impl Server {
         let writer_thread = std::sync::Mutex::new(Some(writer_thread));
         let state = AppState::new(Inner {
             reads: tokio::sync::Semaphore::new(cfg.max_concurrent_reads),
+            rates: http::rate::RateLimits::new(
+                http::rate::Rate { per_s: cfg.rate_limit_per_s, burst: cfg.rate_limit_burst },
+                &cfg.tenant_rate_limits,
+            ),
             store,
             keys,
             publisher,
@@ -190,6 +195,7 @@ pub async fn erase_offline(
         keys,
         writer::WriterOptions {
             queue_depth: 1,
+            queue_per_tenant: 1,
             group_commit_max: 1,
             sync: true,
             namespace: String::new(),

@@ -199,6 +199,7 @@ fn log_append(c: &mut Criterion) {
             let keys = Arc::new(KeyRing::open(store.clone(), &Default::default(), dir.path()).unwrap());
             let opts = WriterOptions {
                 queue_depth: 4096,
+                queue_per_tenant: 4096,
                 group_commit_max: n,
                 sync,
                 namespace: "scimlog".into(),

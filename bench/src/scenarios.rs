@@ -12,7 +12,7 @@ use hyper::Method;
 
 use crate::client::Conn;
 use crate::load::{self, drive, CpuClock, Row};
-use crate::target::{Nats, Scimlog, Trivial, TOKEN};
+use crate::target::{Nats, Scimlog, Trivial, NOISY_TENANT, TOKEN};
 use crate::Args;
 
 /// Scenarios that change nothing, so that running them again measures the same thing.
@@ -308,6 +308,7 @@ impl Bench {
             "cursor-import" => self.import(true).await,
             "group-push" => self.group_push().await,
             "mixed" => self.mixed().await,
+            "two-tenants" => self.two_tenants().await,
             "replay" => self.replay().await,
             "publish" => self.publish().await,
             "healthz" => self.healthz().await,
@@ -552,6 +553,87 @@ impl Bench {
             })
             .await;
         self.push(row);
+        Ok(())
+    }
+
+    /// Two tenants on one server: a calm tenant's lookups (8 connections) alone, then while a
+    /// noisy tenant floods writes and unindexed searches from --connections connections. What
+    /// keeps the calm tenant answered is the server's own: the noisy token's rate (1000/s, burst
+    /// 2000, from the spawned server's `--tenant-rate-limit`), its share of the write queue and
+    /// the turns scanning reads take. The row's name counts the flood's answers by status.
+    async fn two_tenants(&mut self) -> anyhow::Result<()> {
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+        self.need_users("two-tenants")?;
+        let name = format!("noisy-{}", self.tag);
+        let server = self.server("two-tenants")?;
+        let token = server.create_token(&name, NOISY_TENANT)?;
+        let url = server.url.clone();
+        let (api, n) = (self.api(), self.users.len() as u64);
+        let requests = self.args.requests.min(5000);
+        let lookups = |api: Api| {
+            move |mut conn: Conn, i: u64| {
+                let api = api.clone();
+                async move {
+                    let ok = api.lookup(&mut conn, (i * 7919) % n).await;
+                    (conn, ok)
+                }
+            }
+        };
+        let alone = self
+            .measure_on(
+                &self.conn,
+                8,
+                "two-tenants: calm tenant lookups, alone",
+                self.server_pid(),
+                requests,
+                self.args.limit(),
+                lookups(api.clone()),
+            )
+            .await;
+        self.push(alone);
+
+        let stop = Arc::new(AtomicBool::new(false));
+        let counts: Arc<[AtomicU64; 4]> = Arc::new(Default::default()); // 2xx, 429, 503, other
+        let mut flood = Vec::new();
+        for c in 0..self.args.connections {
+            let (stop, counts, mut conn) = (stop.clone(), counts.clone(), Conn::new(&url, &token)?);
+            flood.push(tokio::spawn(async move {
+                let mut i = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    i += 1;
+                    let r = if i % 10 == 0 {
+                        conn.get(&format!("{SCIM}/Users?filter=title%20co%20%22x%22&count=1")).await
+                    } else {
+                        let body = json!({"userName": format!("noisy-{c}-{i}"), "title": "x"}).to_string();
+                        conn.request(Method::POST, &format!("{SCIM}/Users"), Some(body)).await
+                    };
+                    let slot = match r.map(|(s, _)| s.as_u16()) {
+                        Ok(200..=299) => 0,
+                        Ok(429) => 1,
+                        Ok(503) => 2,
+                        _ => 3,
+                    };
+                    counts[slot].fetch_add(1, Ordering::Relaxed);
+                    if slot == 1 || slot == 2 {
+                        // A well-behaved client backs off as Retry-After says; this one barely does.
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                }
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let name =
+            format!("two-tenants: calm tenant lookups while another floods ({} connections)", self.args.connections);
+        let mut during =
+            self.measure_on(&self.conn, 8, &name, self.server_pid(), requests, self.args.limit(), lookups(api)).await;
+        stop.store(true, Ordering::Relaxed);
+        for f in flood {
+            let _ = f.await;
+        }
+        let c: Vec<u64> = counts.iter().map(|a| a.load(Ordering::Relaxed)).collect();
+        during.scenario =
+            format!("{} [flood: {} 2xx, {} 429, {} 503, {} other]", during.scenario, c[0], c[1], c[2], c[3]);
+        self.push(during);
         Ok(())
     }
 

@@ -27,6 +27,9 @@ async fn terminate(child: &mut Child) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The tenant that floods in the two-tenants scenario.
+pub const NOISY_TENANT: &str = "noisy";
+
 /// `scimlog serve` on a temp data dir, with the default (durable: fsync on) settings.
 pub struct Scimlog {
     bin: PathBuf,
@@ -61,6 +64,17 @@ impl Scimlog {
         self.dir.path()
     }
 
+    /// A new token of `tenant`, made with `scimlog token create` on this server's data dir (the
+    /// running server reads it at its next request).
+    pub fn create_token(&self, name: &str, tenant: &str) -> anyhow::Result<String> {
+        let out = std::process::Command::new(&self.bin)
+            .args(["token", "create", "--name", name, "--tenant", tenant, "--data-dir"])
+            .arg(self.dir.path())
+            .output()?;
+        anyhow::ensure!(out.status.success(), "token create: {}", String::from_utf8_lossy(&out.stderr));
+        Ok(String::from_utf8(out.stdout)?.trim().to_string())
+    }
+
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().and_then(|c| c.id())
     }
@@ -73,7 +87,12 @@ impl Scimlog {
     async fn spawn(&mut self, nats_url: Option<&str>) -> anyhow::Result<Duration> {
         let stderr = std::fs::File::create(self.dir.path().with_extension("stderr"))?;
         let mut cmd = Command::new(&self.bin);
+        // One token drives the whole load: the per-token rate limit is off, so that what is
+        // measured is the server, not the limit.
         cmd.args(["serve", "--listen", &format!("127.0.0.1:{}", self.port), "--token", TOKEN])
+            .args(["--rate-limit-per-s", "0"])
+            // The two-tenants scenario's noisy tenant keeps a rate, as an operator would give it.
+            .args(["--tenant-rate-limit", &format!("{NOISY_TENANT}=1000:2000")])
             .arg("--data-dir")
             .arg(self.dir.path())
             .env("SCIMLOG_LOG", "warn")

@@ -20,7 +20,7 @@ fn every_scenario_runs_and_reports_without_errors() {
             "--connections",
             "8",
             "--scenario",
-            "create-users,lookup,get-by-id,list-page,startup,okta-import,cursor-import,group-push,mixed,replay,publish,healthz,trivial,log-append",
+            "create-users,lookup,get-by-id,list-page,startup,okta-import,cursor-import,group-push,mixed,two-tenants,replay,publish,healthz,trivial,log-append",
         ])
         .output()
         .expect("scimlog-bench runs");
@@ -49,6 +49,8 @@ fn every_scenario_runs_and_reports_without_errors() {
         "group-push PATCH one member (10 members)",
         "group-push PATCH one member (600 members)",
         "mixed IdP traffic",
+        "two-tenants: calm tenant lookups, alone",
+        "two-tenants: calm tenant lookups while another floods",
         "replay: rebuild all read models",
         "publish: backlog",
         "publish lag",

@@ -39,6 +39,10 @@ pub enum ApiError {
     RequestTimeout {
         limit_ms: u64,
     },
+    /// The token is over its rate (`--rate-limit-per-s`).
+    TooManyRequests {
+        retry_after_s: u64,
+    },
 }
 
 impl From<SchemaError> for ApiError {
@@ -63,6 +67,9 @@ impl From<WriteError> for ApiError {
             WriteError::QueueFull { depth } => {
                 ApiError::Unavailable(format!("the write queue is full ({depth} writes waiting); retry shortly"))
             }
+            WriteError::TenantQueueFull { share } => ApiError::Unavailable(format!(
+                "this tenant has {share} writes waiting, its share of the queue (--write-queue-per-tenant); retry shortly"
+            )),
             WriteError::Storage => {
                 ApiError::Unavailable("the store could not commit the write; nothing was written".into())
             }
@@ -120,6 +127,11 @@ impl ApiError {
             ApiError::NotImplemented(d) => (StatusCode::NOT_IMPLEMENTED, None, (*d).into()),
             ApiError::Unavailable(d) => (StatusCode::SERVICE_UNAVAILABLE, None, d.clone()),
             ApiError::Internal(d) => (StatusCode::INTERNAL_SERVER_ERROR, None, (*d).into()),
+            ApiError::TooManyRequests { retry_after_s } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                None,
+                format!("this token is over its rate limit (--rate-limit-per-s); retry in {retry_after_s} s"),
+            ),
             ApiError::RequestTimeout { limit_ms } => {
                 (StatusCode::REQUEST_TIMEOUT, None, format!("the request body did not arrive within {limit_ms} ms"))
             }
@@ -141,6 +153,10 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        let retry_after = match &self {
+            ApiError::TooManyRequests { retry_after_s } => Some(*retry_after_s),
+            _ => None,
+        };
         let (status, body) = self.document();
         let mut resp = super::scim_response(status, &body);
         match status {
@@ -150,6 +166,12 @@ impl IntoResponse for ApiError {
             }
             StatusCode::SERVICE_UNAVAILABLE => {
                 resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            StatusCode::TOO_MANY_REQUESTS => {
+                let seconds = retry_after.unwrap_or(1).to_string();
+                if let Ok(v) = HeaderValue::from_str(&seconds) {
+                    resp.headers_mut().insert(header::RETRY_AFTER, v);
+                }
             }
             _ => {}
         }

@@ -10,6 +10,7 @@ pub mod error;
 mod extract;
 mod groups;
 mod health;
+pub mod rate;
 mod render;
 mod resource;
 mod search;
@@ -53,6 +54,8 @@ pub struct Inner {
     pub page_hints: resource::PageHints,
     /// Turns for reads that can scan (`--max-concurrent-reads`).
     pub reads: tokio::sync::Semaphore,
+    /// Per-token rate limits.
+    pub rates: rate::RateLimits,
 }
 
 /// When the last handle to the state goes (server stopped, or its runtime dropped), the writer
@@ -131,11 +134,13 @@ pub fn router(state: AppState) -> Router {
         .route_layer(middleware::from_fn(note_route))
         .fallback(|| async { ApiError::NotFound("no such SCIM endpoint".into()) })
         .layer(middleware::from_fn(provisioning_only))
+        .layer(middleware::from_fn_with_state(state.clone(), rate::limit))
         .layer(middleware::from_fn_with_state(state.clone(), authenticate));
     let api = admin::router()
         .merge(access::router())
         .route_layer(middleware::from_fn(note_route))
         .fallback(|| async { ApiError::NotFound("no such API endpoint".into()) })
+        .layer(middleware::from_fn_with_state(state.clone(), rate::limit))
         .layer(middleware::from_fn_with_state(state.clone(), authenticate));
     Router::new()
         .nest("/scim/v2", scim)

@@ -51,6 +51,9 @@ pub enum WriteError {
     Refused(Refusal),
     #[error("the write queue is full ({depth} requests waiting)")]
     QueueFull { depth: usize },
+    /// The tenant holds its whole share of the queue.
+    #[error("this tenant has {share} writes waiting")]
+    TenantQueueFull { share: usize },
     #[error("the store failed to commit; nothing was written")]
     Storage,
     #[error("the writer has stopped")]
@@ -65,6 +68,8 @@ pub enum WriteError {
 pub struct WriterOptions {
     /// How many requests may wait for the writer before new ones are refused with 503.
     pub queue_depth: usize,
+    /// How many of them one tenant may hold.
+    pub queue_per_tenant: usize,
     /// How many queued requests one commit (one fsync) may take.
     pub group_commit_max: usize,
     /// fsync every commit. Off only for benchmarks that say so.
@@ -85,6 +90,27 @@ pub struct WriterHandle {
     committed: watch::Receiver<u64>,
     running: Arc<AtomicBool>,
     purges: Arc<super::purge::PurgeStatus>,
+    /// Writes each tenant has queued or in the writer, against `queue_per_tenant`.
+    queued: Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
+    queue_per_tenant: usize,
+}
+
+/// One tenant's place in the queue, given back when its write is answered (or given up).
+struct QueueShare {
+    queued: Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
+    tenant: String,
+}
+
+impl Drop for QueueShare {
+    fn drop(&mut self) {
+        let mut queued = self.queued.lock().expect("queue share lock");
+        if let Some(n) = queued.get_mut(&self.tenant) {
+            *n -= 1;
+            if *n == 0 {
+                queued.remove(&self.tenant);
+            }
+        }
+    }
 }
 
 /// Clears the writer's running flag when its thread ends, however it ends.
@@ -99,6 +125,7 @@ impl Drop for RunningGuard {
 impl WriterHandle {
     /// Queues a command and waits until it is durable (or refused).
     pub async fn submit(&self, origin: Origin, command: Command) -> Result<Committed, WriteError> {
+        let _share = self.take_share(&origin.tenant)?;
         let (reply, rx) = oneshot::channel();
         let tx = self.tx.as_ref().ok_or(WriteError::Closed)?;
         tx.try_send(WriteRequest { origin, command, reply }).map_err(|e| match e {
@@ -107,6 +134,17 @@ impl WriterHandle {
         })?;
         // A reply dropped unanswered: the batch panicked (the writer goes on) or the writer is gone.
         rx.await.map_err(|_| if self.is_running() { WriteError::Internal } else { WriteError::Closed })?
+    }
+
+    /// A place in the queue for `tenant`, unless it holds its whole share already.
+    fn take_share(&self, tenant: &str) -> Result<QueueShare, WriteError> {
+        let mut queued = self.queued.lock().expect("queue share lock");
+        let n = queued.entry(tenant.to_string()).or_insert(0);
+        if *n >= self.queue_per_tenant {
+            return Err(WriteError::TenantQueueFull { share: self.queue_per_tenant });
+        }
+        *n += 1;
+        Ok(QueueShare { queued: self.queued.clone(), tenant: tenant.to_string() })
     }
 
     /// Drops this handle's end of the queue: once every handle is closed (or dropped), the
@@ -138,7 +176,7 @@ pub fn start(
     opts: WriterOptions,
 ) -> Result<(WriterHandle, JoinHandle<()>), super::LogError> {
     let head = store.head()?;
-    let queue_depth = opts.queue_depth;
+    let (queue_depth, queue_per_tenant) = (opts.queue_depth, opts.queue_per_tenant);
     let (tx, rx) = mpsc::channel(opts.queue_depth.max(1));
     let (committed_tx, committed) = watch::channel(head.position);
     let running = Arc::new(AtomicBool::new(true));
@@ -155,7 +193,8 @@ pub fn start(
             let _ = purge_thread.join();
         })
         .expect("spawn writer thread");
-    Ok((WriterHandle { tx: Some(tx), queue_depth, committed, running, purges }, thread))
+    let queued = Default::default();
+    Ok((WriterHandle { tx: Some(tx), queue_depth, committed, running, purges, queued, queue_per_tenant }, thread))
 }
 
 fn run(

@@ -622,3 +622,63 @@ async fn scanning_reads_take_turns_and_health_still_answers() {
     assert!(statuses.contains(&200) && statuses.contains(&503), "{statuses:?}");
     s.stop().await;
 }
+
+/// One tenant cannot take the server from another. A token over its rate gets 429 with
+/// Retry-After (a bucket per token; tenants can have their own rate). A tenant that floods writes
+/// and expensive searches holds at most its share of the writer queue: the other tenant's writes
+/// are all answered, none with 503.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_tenant_cannot_take_the_server_from_another() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = config(tmp.path());
+    cfg.write_queue_depth = 8;
+    cfg.write_queue_per_tenant = 4;
+    cfg.tenant_rate_limits = vec![("metered".into(), scimlog::http::rate::Rate { per_s: 1, burst: 3 })];
+    let mut s = TestServer::start_with(cfg).await;
+    s.adopt_dir(tmp);
+    let metered = create_token(s.data_dir(), "metered", "metered", Role::Scim).unwrap();
+    let noisy = create_token(s.data_dir(), "noisy", "noisy", Role::Scim).unwrap();
+
+    // The rate: three at once, then 429 until the bucket refills; other tenants are not slowed.
+    for i in 0..3 {
+        let r = s.send_as(&metered, Method::GET, "/Users?count=1", None, &[]).await;
+        assert_eq!(r.status, 200, "request {i}: {}", r.body);
+    }
+    let r = s.send_as(&metered, Method::GET, "/Users?count=1", None, &[]).await;
+    r.assert_error(429, None, "over its rate limit");
+    assert_eq!(r.header("retry-after"), Some("1"));
+    for _ in 0..10 {
+        assert_eq!(s.get("/Users?count=1").await.status, 200);
+    }
+
+    // The queue: the noisy tenant floods writes and scans; every write of the other is answered.
+    let flood: Vec<_> = (0..200)
+        .map(|i| {
+            let (client, token) = (s.client.clone(), noisy.clone());
+            let (url, search) = (s.url("/Users"), s.url(&format!("/Users?filter={}", q("title co \"x\""))));
+            tokio::spawn(async move {
+                let req = if i % 25 == 0 {
+                    client.get(search).bearer_auth(token)
+                } else {
+                    let body = json!({"userName": format!("noisy{i}"), "title": "x"}).to_string();
+                    client.post(url).bearer_auth(token).header("content-type", "application/scim+json").body(body)
+                };
+                crate::support::read(req.send().await.unwrap()).await
+            })
+        })
+        .collect();
+    for i in 0..20 {
+        let r = s.post("/Users", &json!({"userName": format!("calm{i}")})).await;
+        assert_eq!(r.status, 201, "the calm tenant's write {i}: {}", r.body);
+    }
+    let mut refused = 0;
+    for t in flood {
+        let r = t.await.unwrap();
+        if r.status == 503 {
+            r.assert_error(503, None, "its share of the queue (--write-queue-per-tenant)");
+            refused += 1;
+        }
+    }
+    assert!(refused > 0, "the flood went past the noisy tenant's share");
+    s.stop().await;
+}
