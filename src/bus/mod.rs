@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_nats::jetstream::{self, context::Publish, stream};
+use async_nats::jetstream::{self, message::PublishMessage as Publish, stream};
 use async_nats::HeaderMap;
 use scimlog_schemas::event::SealedEvent;
 use scimlog_schemas::personal::Opener;
