@@ -325,7 +325,12 @@ fn edit_subject(kv: &mut impl Kv, e: &Event, f: impl FnOnce(&mut Map<String, Val
             tidy_grants(&mut doc.attributes);
             touch_group(kv, e, doc);
         }
-        _ => {}
+        // Only users and groups hold grants.
+        ResourceKind::Organization
+        | ResourceKind::Environment
+        | ResourceKind::ResourceGroup
+        | ResourceKind::Host
+        | ResourceKind::Token => {}
     }
 }
 

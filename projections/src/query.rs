@@ -6,7 +6,7 @@
 use scimlog_schemas::filter::{CompareOp, Filter};
 use scimlog_schemas::name::fold as fold_case;
 use scimlog_schemas::registry::registry;
-use scimlog_schemas::ResourceKind;
+use scimlog_schemas::{ResourceKind, ScimKind};
 use serde_json::{json, Map, Value};
 
 use crate::fold::load;
@@ -169,10 +169,10 @@ fn count(kv: &impl KvRead, key: &[u8]) -> u64 {
 }
 /// Ids of a resource type in id order, `limit` of them after `after`: one page of the whole
 /// collection at O(page) cost, whatever its size.
-pub fn ids_after(kv: &impl KvRead, t: &str, kind: ResourceKind, after: Option<&str>, limit: usize) -> Vec<String> {
+pub fn ids_after(kv: &impl KvRead, t: &str, kind: ScimKind, after: Option<&str>, limit: usize) -> Vec<String> {
     let (prefix, after_key) = match kind {
-        ResourceKind::User => (keys::users(t), after.map(|a| keys::user(t, a))),
-        _ => (keys::groups(t), after.map(|a| keys::group(t, a))),
+        ScimKind::User => (keys::users(t), after.map(|a| keys::user(t, a))),
+        ScimKind::Group => (keys::groups(t), after.map(|a| keys::group(t, a))),
     };
     kv.scan_keys(&prefix, after_key.as_deref(), limit).into_iter().map(|k| keys::last_part(&k)).collect()
 }
@@ -183,7 +183,7 @@ pub fn ids_after(kv: &impl KvRead, t: &str, kind: ResourceKind, after: Option<&s
 pub fn id_at(
     kv: &impl KvRead,
     t: &str,
-    kind: ResourceKind,
+    kind: ScimKind,
     index: u64,
     max_scan: usize,
 ) -> Result<Option<String>, QueryError> {
@@ -193,10 +193,7 @@ pub fn id_at(
     if index > max_scan as u64 {
         return Err(QueryError::StartTooFar { start: index + 1, limit: max_scan });
     }
-    let prefix = match kind {
-        ResourceKind::User => keys::users(t),
-        _ => keys::groups(t),
-    };
+    let prefix = collection_prefix(t, kind);
     let (mut after, mut left) = (None::<Vec<u8>>, index);
     loop {
         let batch = kv.scan_keys(&prefix, after.as_deref(), 4096);
@@ -212,10 +209,33 @@ pub fn id_at(
 }
 
 /// How many resources of a type the tenant has.
-pub fn count_of(kv: &impl KvRead, t: &str, kind: ResourceKind) -> u64 {
+pub fn count_of(kv: &impl KvRead, t: &str, kind: ScimKind) -> u64 {
     match kind {
-        ResourceKind::User => user_count(kv, t),
-        _ => group_count(kv, t),
+        ScimKind::User => user_count(kv, t),
+        ScimKind::Group => group_count(kv, t),
+    }
+}
+
+/// The prefix of every document of a collection.
+fn collection_prefix(t: &str, kind: ScimKind) -> Vec<u8> {
+    match kind {
+        ScimKind::User => keys::users(t),
+        ScimKind::Group => keys::groups(t),
+    }
+}
+
+/// A resource's filterable form (what filters and sorts read), if it exists.
+fn filterable(kv: &impl KvRead, t: &str, kind: ScimKind, id: &str) -> Option<Value> {
+    match kind {
+        ScimKind::User => user(kv, t, id).map(|d| d.filterable()),
+        ScimKind::Group => group(kv, t, id).map(|d| d.filterable()),
+    }
+}
+
+fn schema_of(kind: ScimKind) -> &'static scimlog_schemas::registry::ResourceSchema {
+    match kind {
+        ScimKind::User => &registry().user,
+        ScimKind::Group => &registry().group,
     }
 }
 
@@ -288,11 +308,7 @@ pub enum Lookup {
 
 /// Plans a filter for a resource kind. Conjunctions use whichever side is indexed; disjunctions
 /// need both sides indexed.
-pub fn plan(kind: ResourceKind, filter: &Filter) -> Plan {
-    // Only Users and Groups are searched; below, `_` stands for Group.
-    if !kind.is_scim() {
-        return Plan::Scan;
-    }
+pub fn plan(kind: ScimKind, filter: &Filter) -> Plan {
     match filter {
         Filter::Compare { path, op, value: Value::String(v) }
             if path.attr.as_str().eq_ignore_ascii_case("meta")
@@ -305,10 +321,7 @@ pub fn plan(kind: ResourceKind, filter: &Filter) -> Plan {
             }
         }
         Filter::Compare { path, op: CompareOp::Eq, value: Value::String(v) } => {
-            let core = match kind {
-                ResourceKind::User => registry().user.core_urn,
-                _ => registry().group.core_urn,
-            };
+            let core = schema_of(kind).core_urn;
             if path.schema.as_deref().is_some_and(|s| !s.eq_ignore_ascii_case(core)) {
                 return Plan::Scan;
             }
@@ -317,10 +330,10 @@ pub fn plan(kind: ResourceKind, filter: &Filter) -> Plan {
             let lookup = match (kind, attr.as_str(), sub.as_deref()) {
                 (_, "id", None) => Lookup::Id(v.clone()),
                 (_, "externalid", None) => Lookup::ExternalId(v.clone()),
-                (ResourceKind::User, "username", None) => Lookup::UserName(v.clone()),
-                (ResourceKind::User, "emails", None | Some("value")) => Lookup::Email(v.clone()),
-                (ResourceKind::Group, "displayname", None) => Lookup::DisplayName(v.clone()),
-                (ResourceKind::Group, "members", None | Some("value")) => Lookup::Member(v.clone()),
+                (ScimKind::User, "username", None) => Lookup::UserName(v.clone()),
+                (ScimKind::User, "emails", None | Some("value")) => Lookup::Email(v.clone()),
+                (ScimKind::Group, "displayname", None) => Lookup::DisplayName(v.clone()),
+                (ScimKind::Group, "members", None | Some("value")) => Lookup::Member(v.clone()),
                 _ => return Plan::Scan,
             };
             Plan::Lookup(vec![lookup])
@@ -344,14 +357,14 @@ pub fn plan(kind: ResourceKind, filter: &Filter) -> Plan {
 fn last_modified_range(
     kv: &impl KvRead,
     t: &str,
-    kind: ResourceKind,
+    kind: ScimKind,
     op: CompareOp,
     bound: &str,
     max_scan: usize,
 ) -> Result<Vec<String>, QueryError> {
     let tag = match kind {
-        ResourceKind::User => keys::USER_LM,
-        _ => keys::GROUP_LM,
+        ScimKind::User => keys::USER_LM,
+        ScimKind::Group => keys::GROUP_LM,
     };
     let prefix = keys::last_modified_prefix(tag, t);
     let key_at = |suffix: &[u8]| {
@@ -406,28 +419,12 @@ pub enum QueryError {
 pub fn search_ids(
     kv: &impl KvRead,
     t: &str,
-    kind: ResourceKind,
+    kind: ScimKind,
     filter: Option<&Filter>,
     max_scan: usize,
 ) -> Result<Vec<String>, QueryError> {
-    // Only Users and Groups are searched; below, `_` stands for Group.
-    if !kind.is_scim() {
-        return Ok(vec![]);
-    }
-    let schema = match kind {
-        ResourceKind::User => &registry().user,
-        _ => &registry().group,
-    };
-    let load_filterable = |id: &str| -> Option<Value> {
-        match kind {
-            ResourceKind::User => user(kv, t, id).map(|d| d.filterable()),
-            _ => group(kv, t, id).map(|d| d.filterable()),
-        }
-    };
-    let prefix = match kind {
-        ResourceKind::User => keys::users(t),
-        _ => keys::groups(t),
-    };
+    let schema = schema_of(kind);
+    let prefix = collection_prefix(t, kind);
     let Some(filter) = filter else {
         // Every id of the tenant would be listed before a page is cut: bounded like a scan.
         let keys = kv.scan_keys(&prefix, None, max_scan.saturating_add(1));
@@ -442,16 +439,18 @@ pub fn search_ids(
             for l in lookups {
                 match (kind, l) {
                     (_, Lookup::Id(id)) => ids.push(id),
-                    (ResourceKind::User, Lookup::UserName(n)) => ids.extend(user_id_by_user_name(kv, t, &n)),
-                    (ResourceKind::User, Lookup::ExternalId(x)) => ids.extend(user_id_by_external_id(kv, t, &x)),
-                    (ResourceKind::User, Lookup::Email(e)) => ids.extend(user_ids_by_email(kv, t, &e, max_scan)),
-                    (ResourceKind::Group, Lookup::ExternalId(x)) => ids.extend(group_id_by_external_id(kv, t, &x)),
-                    (ResourceKind::Group, Lookup::DisplayName(n)) => ids.extend(group_id_by_name(kv, t, &n)),
-                    (ResourceKind::Group, Lookup::Member(m)) => ids.extend(groups_of(kv, t, &m, max_scan)),
+                    (ScimKind::User, Lookup::UserName(n)) => ids.extend(user_id_by_user_name(kv, t, &n)),
+                    (ScimKind::User, Lookup::ExternalId(x)) => ids.extend(user_id_by_external_id(kv, t, &x)),
+                    (ScimKind::User, Lookup::Email(e)) => ids.extend(user_ids_by_email(kv, t, &e, max_scan)),
+                    (ScimKind::Group, Lookup::ExternalId(x)) => ids.extend(group_id_by_external_id(kv, t, &x)),
+                    (ScimKind::Group, Lookup::DisplayName(n)) => ids.extend(group_id_by_name(kv, t, &n)),
+                    (ScimKind::Group, Lookup::Member(m)) => ids.extend(groups_of(kv, t, &m, max_scan)),
                     (_, Lookup::LastModified(op, bound)) => {
                         ids.extend(last_modified_range(kv, t, kind, op, &bound, max_scan)?)
                     }
-                    _ => {}
+                    // `plan` asks no other kind for these attributes: they find nothing.
+                    (ScimKind::User, Lookup::DisplayName(_) | Lookup::Member(_))
+                    | (ScimKind::Group, Lookup::UserName(_) | Lookup::Email(_)) => {}
                 }
             }
             ids.sort();
@@ -464,7 +463,9 @@ pub fn search_ids(
                 && matches!(plan(kind, filter), Plan::Lookup(ref l) if l.len() == 1 && matches!(l[0], Lookup::Member(_) | Lookup::UserName(_)));
             Ok(ids
                 .into_iter()
-                .filter(|id| index_is_final || load_filterable(id).is_some_and(|doc| filter.matches(schema, &doc)))
+                .filter(|id| {
+                    index_is_final || filterable(kv, t, kind, id).is_some_and(|doc| filter.matches(schema, &doc))
+                })
                 .collect())
         }
         Plan::Scan => {
@@ -482,8 +483,8 @@ pub fn search_ids(
                         return Err(QueryError::ScanTooLarge { limit: max_scan });
                     }
                     let doc = match kind {
-                        ResourceKind::User => serde_json::from_slice::<UserDoc>(v).ok().map(|d| d.filterable()),
-                        _ => serde_json::from_slice::<GroupDoc>(v).ok().map(|d| d.filterable()),
+                        ScimKind::User => serde_json::from_slice::<UserDoc>(v).ok().map(|d| d.filterable()),
+                        ScimKind::Group => serde_json::from_slice::<GroupDoc>(v).ok().map(|d| d.filterable()),
                     };
                     if doc.is_some_and(|d| filter.matches(schema, &d)) {
                         out.push(keys::last_part(k));
@@ -500,7 +501,7 @@ pub fn search_ids(
 pub fn sort_ids(
     kv: &impl KvRead,
     t: &str,
-    kind: ResourceKind,
+    kind: ScimKind,
     ids: Vec<String>,
     path: &scimlog_schemas::AttrPath,
     descending: bool,
@@ -509,20 +510,11 @@ pub fn sort_ids(
     if ids.len() > max_scan {
         return Err(QueryError::ScanTooLarge { limit: max_scan });
     }
-    if !kind.is_scim() {
-        return Ok(ids);
-    }
-    let schema = match kind {
-        ResourceKind::User => &registry().user,
-        _ => &registry().group,
-    };
+    let schema = schema_of(kind);
     let mut keyed: Vec<(Option<Value>, Option<&scimlog_schemas::registry::Attr>, String)> = ids
         .into_iter()
         .map(|id| {
-            let doc = match kind {
-                ResourceKind::User => user(kv, t, &id).map(|d| d.filterable()),
-                _ => group(kv, t, &id).map(|d| d.filterable()),
-            };
+            let doc = filterable(kv, t, kind, &id);
             let (def, key) = match &doc {
                 Some(d) => {
                     let (def, values) = scimlog_schemas::filter::values_at(schema, path, d);
@@ -553,8 +545,8 @@ mod tests {
 
     #[test]
     fn plan_table() {
-        let u = ResourceKind::User;
-        let g = ResourceKind::Group;
+        let u = ScimKind::User;
+        let g = ScimKind::Group;
         let table = [
             (u, r#"userName eq "a""#, Plan::Lookup(vec![Lookup::UserName("a".into())])),
             (u, r#"USERNAME eq "a" and active eq true"#, Plan::Lookup(vec![Lookup::UserName("a".into())])),

@@ -38,9 +38,17 @@ impl ResourceKind {
             ResourceKind::Token => "Token",
         }
     }
-    /// Users and Groups: the resource types served over SCIM (and searched by filters).
-    pub fn is_scim(self) -> bool {
-        matches!(self, ResourceKind::User | ResourceKind::Group)
+    /// Users and Groups, the resource types served over SCIM, as such.
+    pub fn scim(self) -> Option<ScimKind> {
+        match self {
+            ResourceKind::User => Some(ScimKind::User),
+            ResourceKind::Group => Some(ScimKind::Group),
+            ResourceKind::Organization
+            | ResourceKind::Environment
+            | ResourceKind::ResourceGroup
+            | ResourceKind::Host
+            | ResourceKind::Token => None,
+        }
     }
     pub fn endpoint(self) -> &'static str {
         match self {
@@ -52,6 +60,29 @@ impl ResourceKind {
             ResourceKind::Host => "Hosts",
             ResourceKind::Token => "Tokens",
         }
+    }
+}
+
+/// The resource types served over SCIM (lists, filters, sorting, the endpoints): the only ones a
+/// match on "User or Group" can meet, so no such match needs a catch-all.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ScimKind {
+    User,
+    Group,
+}
+
+impl ScimKind {
+    pub fn resource(self) -> ResourceKind {
+        match self {
+            ScimKind::User => ResourceKind::User,
+            ScimKind::Group => ResourceKind::Group,
+        }
+    }
+    pub fn as_str(self) -> &'static str {
+        self.resource().as_str()
+    }
+    pub fn endpoint(self) -> &'static str {
+        self.resource().endpoint()
     }
 }
 

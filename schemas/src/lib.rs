@@ -14,9 +14,11 @@
 //! - [`patch`]: the PATCH engine: PatchOp requests applied to a canonical attribute map.
 //! - [`event`]: the events of the log: past-tense, versioned, hash-chained envelopes.
 //! - [`personal`]: which attributes are personal data, sealed in events with their subject's key.
+//! - [`cursor`]: RFC 9865 paging cursors, signed and bound to their query.
 //! - [`error`]: [`SchemaError`], every refusal of this layer with its SCIM `scimType`.
 
 pub mod access;
+pub mod cursor;
 pub mod error;
 pub mod event;
 pub mod filter;
@@ -28,7 +30,7 @@ pub mod registry;
 pub mod resource;
 
 pub use error::{SchemaError, ScimType};
-pub use event::{Event, EventBody, EventType, MemberType, NewEvent, ResourceKind};
+pub use event::{Event, EventBody, EventType, MemberType, NewEvent, ResourceKind, ScimKind};
 pub use filter::Filter;
 pub use name::CiName;
 pub use path::AttrPath;

@@ -55,11 +55,23 @@ pub struct NatsConfig {
     pub nats_max_in_flight: usize,
 }
 
+/// What the publisher is doing.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PublisherState {
+    #[default]
+    Starting,
+    Publishing,
+    /// NATS failed; the session starts again after a backoff (the error is kept).
+    Retrying,
+    Stopped,
+}
+
 /// What the publisher is doing, for `/healthz` and the logs.
 #[derive(Default)]
 pub struct PublisherStatus {
     published: AtomicU64,
-    state: Mutex<(String, Option<String>)>,
+    state: Mutex<(PublisherState, Option<String>)>,
     /// Resumes that could not tell where the log stands in the stream (a possible gap).
     gaps: AtomicU64,
     last_gap: Mutex<Option<String>>,
@@ -74,18 +86,18 @@ impl PublisherStatus {
     pub fn published(&self) -> u64 {
         self.published.load(Ordering::Relaxed)
     }
-    pub fn state(&self) -> (String, Option<String>) {
+    pub fn state(&self) -> (PublisherState, Option<String>) {
         self.state.lock().expect("status lock").clone()
     }
-    fn set(&self, state: &str, error: Option<String>) {
+    fn set(&self, state: PublisherState, error: Option<String>) {
         let mut s = self.state.lock().expect("status lock");
         if s.0 != state {
             match &error {
-                Some(e) => tracing::warn!(state, error = %e, "publisher"),
-                None => tracing::info!(state, "publisher"),
+                Some(e) => tracing::warn!(state = ?state, error = %e, "publisher"),
+                None => tracing::info!(state = ?state, "publisher"),
             }
         }
-        *s = (state.to_string(), error);
+        *s = (state, error);
     }
 }
 
@@ -253,7 +265,7 @@ pub fn start(
     shutdown: watch::Receiver<bool>,
 ) -> (Arc<PublisherStatus>, tokio::task::JoinHandle<()>) {
     let status = Arc::new(PublisherStatus::default());
-    status.set("starting", None);
+    status.set(PublisherState::Starting, None);
     let s = status.clone();
     let task = tokio::spawn(async move {
         let mut backoff = Duration::from_millis(100);
@@ -266,7 +278,7 @@ pub fn start(
             match session.await {
                 Ok(()) => break,
                 Err(e) => {
-                    s.set("retrying", Some(e.to_string()));
+                    s.set(PublisherState::Retrying, Some(e.to_string()));
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {}
                         _ = shutdown.changed() => {}
@@ -275,7 +287,7 @@ pub fn start(
                 }
             }
         }
-        s.set("stopped", None);
+        s.set(PublisherState::Stopped, None);
     });
     (status, task)
 }
@@ -301,7 +313,7 @@ async fn session(
     loop {
         let (mut next, mut last_seq) = resume_point(&mut stream, status).await?;
         status.published.store(next - 1, Ordering::Relaxed);
-        status.set("publishing", None);
+        status.set(PublisherState::Publishing, None);
         'publish: loop {
             if *shutdown.borrow() {
                 return Ok(());

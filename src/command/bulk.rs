@@ -9,7 +9,7 @@ use scimlog_schemas::event::{Event, GENESIS_HASH};
 use scimlog_schemas::filter::FilterLimits;
 use scimlog_schemas::patch::parse_patch;
 use scimlog_schemas::resource::{parse_group, parse_user};
-use scimlog_schemas::{ResourceKind, SchemaError, ScimType};
+use scimlog_schemas::{SchemaError, ScimKind, ScimType};
 use serde_json::Value;
 
 use super::{decide_single, BulkMethod, BulkOp, BulkResult, Command, Ctx, Decision, Refusal};
@@ -35,14 +35,14 @@ fn resolve_refs(v: &mut Value, created: &HashMap<String, String>) -> Result<(), 
 }
 
 /// `/Users`, `/Groups/{id}`, ... into (kind, id).
-fn parse_path(path: &str, created: &HashMap<String, String>) -> Result<(ResourceKind, Option<String>), SchemaError> {
+fn parse_path(path: &str, created: &HashMap<String, String>) -> Result<(ScimKind, Option<String>), SchemaError> {
     let bad = || {
         SchemaError::new(ScimType::InvalidPath, format!("bulk path {path:?} is not /Users, /Groups or /<type>/<id>"))
     };
     let mut parts = path.trim_start_matches('/').splitn(2, '/');
     let kind = match parts.next() {
-        Some(p) if p.eq_ignore_ascii_case("Users") => ResourceKind::User,
-        Some(p) if p.eq_ignore_ascii_case("Groups") => ResourceKind::Group,
+        Some(p) if p.eq_ignore_ascii_case("Users") => ScimKind::User,
+        Some(p) if p.eq_ignore_ascii_case("Groups") => ScimKind::Group,
         _ => return Err(bad()),
     };
     let id = match parts.next() {
@@ -60,7 +60,7 @@ fn parse_path(path: &str, created: &HashMap<String, String>) -> Result<(Resource
 fn to_command(
     op: &BulkOp,
     data: Value,
-    kind: ResourceKind,
+    kind: ScimKind,
     id: Option<String>,
     limits: FilterLimits,
     max_patch_operations: usize,
@@ -80,36 +80,28 @@ fn to_command(
                 format!("POST goes to /Users or /Groups, got {:?}", op.path),
             ))
         }
-        (BulkMethod::Post, ResourceKind::User) => {
-            Command::CreateUser { id: op.new_id.clone(), input: parse_user(&data)? }
-        }
-        (BulkMethod::Post, ResourceKind::Group) => {
+        (BulkMethod::Post, ScimKind::User) => Command::CreateUser { id: op.new_id.clone(), input: parse_user(&data)? },
+        (BulkMethod::Post, ScimKind::Group) => {
             Command::CreateGroup { id: op.new_id.clone(), input: parse_group(&data)? }
         }
-        (BulkMethod::Put, ResourceKind::User) => {
+        (BulkMethod::Put, ScimKind::User) => {
             Command::ReplaceUser { id: need_id()?, input: parse_user(&data)?, if_match: op.version }
         }
-        (BulkMethod::Put, ResourceKind::Group) => {
+        (BulkMethod::Put, ScimKind::Group) => {
             Command::ReplaceGroup { id: need_id()?, input: parse_group(&data)?, if_match: op.version }
         }
-        (BulkMethod::Patch, ResourceKind::User) => Command::PatchUser {
+        (BulkMethod::Patch, ScimKind::User) => Command::PatchUser {
             id: need_id()?,
             ops: parse_patch(&data, limits, max_patch_operations)?,
             if_match: op.version,
         },
-        (BulkMethod::Patch, ResourceKind::Group) => Command::PatchGroup {
+        (BulkMethod::Patch, ScimKind::Group) => Command::PatchGroup {
             id: need_id()?,
             ops: parse_patch(&data, limits, max_patch_operations)?,
             if_match: op.version,
         },
-        (BulkMethod::Delete, ResourceKind::User) => Command::DeleteUser { id: need_id()?, if_match: op.version },
-        (BulkMethod::Delete, ResourceKind::Group) => Command::DeleteGroup { id: need_id()?, if_match: op.version },
-        (_, other) => {
-            return Err(SchemaError::new(
-                ScimType::InvalidPath,
-                format!("bulk operations are for Users and Groups, not {}", other.as_str()),
-            ))
-        }
+        (BulkMethod::Delete, ScimKind::User) => Command::DeleteUser { id: need_id()?, if_match: op.version },
+        (BulkMethod::Delete, ScimKind::Group) => Command::DeleteGroup { id: need_id()?, if_match: op.version },
     })
 }
 
@@ -165,8 +157,8 @@ pub(super) fn decide_bulk(
                     created.insert(b.clone(), d.resource_id.clone());
                 }
                 let version = match kind {
-                    ResourceKind::User => query::user(&overlay, ctx.tenant, &d.resource_id).map(|u| u.version),
-                    _ => query::group(&overlay, ctx.tenant, &d.resource_id).map(|g| g.version),
+                    ScimKind::User => query::user(&overlay, ctx.tenant, &d.resource_id).map(|u| u.version),
+                    ScimKind::Group => query::group(&overlay, ctx.tenant, &d.resource_id).map(|g| g.version),
                 };
                 let status = match op.method {
                     BulkMethod::Post => 201,
@@ -178,7 +170,7 @@ pub(super) fn decide_bulk(
                 out.bulk.push(BulkResult {
                     method: op.method,
                     bulk_id: op.bulk_id,
-                    resource: Some((kind, d.resource_id)),
+                    resource: Some((kind.resource(), d.resource_id)),
                     version,
                     outcome: Ok(status),
                 });

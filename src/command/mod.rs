@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use scimlog_projections::query::UserBy;
 use scimlog_projections::{access, query, KvRead, UserDoc};
 use scimlog_schemas::access::{parse_grant, Grant, ScopeKind};
-use scimlog_schemas::event::{EventBody, MemberType, NewEvent, ResourceKind};
+use scimlog_schemas::event::{EventBody, MemberType, NewEvent, ResourceKind, ScimKind};
 use scimlog_schemas::filter::FilterLimits;
 use scimlog_schemas::patch::{self, OpKind, PatchOp};
 use scimlog_schemas::registry::registry;
@@ -405,7 +405,7 @@ impl<K: KvRead> Decider<'_, K> {
         }
         self.check_user_unique(&input, None)?;
         let mut attributes = input.attributes;
-        let grants = self.take_grants(&mut attributes, ResourceKind::User, true)?;
+        let grants = self.take_grants(&mut attributes, ScimKind::User, true)?;
         self.emit(ResourceKind::User, &id, 0, EventBody::UserCreated { attributes, active: input.active });
         self.grant_events(ResourceKind::User, &id, 0, BTreeMap::new(), grants);
         Ok((id, true, vec![]))
@@ -417,9 +417,9 @@ impl<K: KvRead> Decider<'_, K> {
         check_version(if_match, doc.version)?;
         self.check_user_unique(&input, Some(&id))?;
         let mut new_attributes = input.attributes.clone();
-        let new_grants = self.take_grants(&mut new_attributes, ResourceKind::User, true)?;
+        let new_grants = self.take_grants(&mut new_attributes, ScimKind::User, true)?;
         let mut old_attributes = doc.attributes.clone();
-        let old_grants = self.take_grants(&mut old_attributes, ResourceKind::User, false)?;
+        let old_grants = self.take_grants(&mut old_attributes, ScimKind::User, false)?;
         let (mut changed, mut removed) = diff(&old_attributes, &new_attributes);
         let (was, will) = (doc.is_active(), input.active.unwrap_or(true));
         // Assigning or unassigning `active` without changing the state is an attribute change;
@@ -480,13 +480,13 @@ impl<K: KvRead> Decider<'_, K> {
     fn take_grants(
         &self,
         attributes: &mut Map<String, Value>,
-        kind: ResourceKind,
+        kind: ScimKind,
         strict: bool,
     ) -> Result<Grants, Refusal> {
         let mut out = Grants::new();
         let container = match kind {
-            ResourceKind::Group => attributes.get_mut(urn::GROUP_ACCESS).and_then(Value::as_object_mut),
-            _ => Some(&mut *attributes),
+            ScimKind::Group => attributes.get_mut(urn::GROUP_ACCESS).and_then(Value::as_object_mut),
+            ScimKind::User => Some(&mut *attributes),
         };
         if let Some(c) = container {
             for attr in ["roles", "entitlements"] {
@@ -525,7 +525,7 @@ impl<K: KvRead> Decider<'_, K> {
                 }
             }
         }
-        if kind == ResourceKind::Group
+        if kind == ScimKind::Group
             && attributes.get(urn::GROUP_ACCESS).and_then(Value::as_object).is_some_and(|o| o.is_empty())
         {
             attributes.remove(urn::GROUP_ACCESS);
@@ -705,7 +705,7 @@ impl<K: KvRead> Decider<'_, K> {
         self.check_group_unique(&input, None)?;
         let (members, skipped) = self.resolve_members(&id, input.members.as_deref().unwrap_or_default());
         let mut attributes = input.attributes;
-        let grants = self.take_grants(&mut attributes, ResourceKind::Group, true)?;
+        let grants = self.take_grants(&mut attributes, ScimKind::Group, true)?;
         self.emit(
             ResourceKind::Group,
             &id,
@@ -742,9 +742,9 @@ impl<K: KvRead> Decider<'_, K> {
             );
         }
         let mut new_attributes = input.attributes.clone();
-        let new_grants = self.take_grants(&mut new_attributes, ResourceKind::Group, true)?;
+        let new_grants = self.take_grants(&mut new_attributes, ScimKind::Group, true)?;
         let mut old_attributes = doc.attributes.clone();
-        let old_grants = self.take_grants(&mut old_attributes, ResourceKind::Group, false)?;
+        let old_grants = self.take_grants(&mut old_attributes, ScimKind::Group, false)?;
         let (changed, removed) = diff(&old_attributes, &new_attributes);
         if !changed.is_empty() || !removed.is_empty() {
             self.emit(ResourceKind::Group, &doc.id, doc.version, EventBody::GroupUpdated { changed, removed });

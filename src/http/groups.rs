@@ -2,10 +2,10 @@
 //! with `/Users` lives in `resource`).
 
 use axum::Router;
-use scimlog_schemas::ResourceKind;
+use scimlog_schemas::ScimKind;
 
 use super::{resource, AppState};
 
 pub fn router() -> Router<AppState> {
-    resource::routes(ResourceKind::Group)
+    resource::routes(ScimKind::Group)
 }

@@ -4,7 +4,6 @@
 mod access;
 mod admin;
 mod bulk;
-mod cursor;
 mod discovery;
 pub mod error;
 mod extract;

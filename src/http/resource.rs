@@ -9,32 +9,33 @@ use scimlog_projections::{query, KvRead};
 use scimlog_schemas::filter::FilterLimits;
 use scimlog_schemas::patch::parse_patch;
 use scimlog_schemas::resource::{parse_group, parse_user};
-use scimlog_schemas::ResourceKind;
+use scimlog_schemas::ScimKind;
 use serde_json::Value;
 use uuid::Uuid;
 
 use super::error::ApiError;
+use scimlog_schemas::cursor;
+
 use super::extract::{if_match, if_none_match_hits, Caller, ListQuery, Paging, Projection};
-use super::{cursor, render, resource_response, scim_response, AppState};
+use super::{render, resource_response, scim_response, AppState};
 use crate::command::{Command, Refusal};
 
 /// Renders the current state of one resource with its version, or `None` if it does not exist.
 /// Group members count against `members_left` (what one response may still render, from
 /// `--max-members-rendered`); a group over it is refused, as a whole: never half its members.
-/// (This module serves Users and Groups only: in its matches `_` stands for Group.)
 fn render_one(
     kv: &impl KvRead,
     t: &str,
     state: &AppState,
-    kind: ResourceKind,
+    kind: ScimKind,
     id: &str,
     proj: &Projection,
     members_left: &mut usize,
 ) -> Result<Option<(Value, u64)>, ApiError> {
     let (base, shape) = (state.scim_base.as_str(), state.cfg.grant_shape_for(t));
     Ok(match kind {
-        ResourceKind::User => query::user(kv, t, id).map(|d| (render::user(kv, t, base, &d, proj, shape), d.version)),
-        _ => match query::group(kv, t, id) {
+        ScimKind::User => query::user(kv, t, id).map(|d| (render::user(kv, t, base, &d, proj, shape), d.version)),
+        ScimKind::Group => match query::group(kv, t, id) {
             None => None,
             Some(d) => {
                 if proj.wants("members") {
@@ -58,8 +59,8 @@ fn too_many_members(state: &AppState, id: &str, n: usize) -> ApiError {
     ))
 }
 
-fn not_found(kind: ResourceKind, id: &str) -> ApiError {
-    ApiError::Refused(Refusal::NotFound { kind, id: id.into() })
+fn not_found(kind: ScimKind, id: &str) -> ApiError {
+    ApiError::Refused(Refusal::NotFound { kind: kind.resource(), id: id.into() })
 }
 
 /// Reads the resource after a write (the response is sent only once the write is durable, so this
@@ -67,7 +68,7 @@ fn not_found(kind: ResourceKind, id: &str) -> ApiError {
 fn respond_written(
     state: &AppState,
     caller: &Caller,
-    kind: ResourceKind,
+    kind: ScimKind,
     id: &str,
     status: StatusCode,
     proj: &Projection,
@@ -86,23 +87,23 @@ fn respond_written(
         return Err(e.into());
     }
     let (body, version) = rendered.ok_or_else(|| not_found(kind, id))?;
-    let location = (status == StatusCode::CREATED).then(|| render::location(&state.scim_base, kind, id));
+    let location = (status == StatusCode::CREATED).then(|| render::location(&state.scim_base, kind.resource(), id));
     Ok(resource_response(status, &body, version, location.as_deref()))
 }
 
 /// Member values that name no resource are logged by count, not by value: IdPs sometimes send
 /// an email there, and logs stay free of personal data.
-fn report_skipped(kind: ResourceKind, id: &str, skipped: &[String]) {
+fn report_skipped(kind: ScimKind, id: &str, skipped: &[String]) {
     if !skipped.is_empty() {
         tracing::warn!(resource = kind.as_str(), %id, skipped = skipped.len(), "member values that name no resource were skipped");
     }
 }
 
-pub async fn create(state: &AppState, caller: Caller, kind: ResourceKind, body: Value) -> Result<Response, ApiError> {
+pub async fn create(state: &AppState, caller: Caller, kind: ScimKind, body: Value) -> Result<Response, ApiError> {
     let id = Uuid::now_v7().to_string();
     let command = match kind {
-        ResourceKind::User => Command::CreateUser { id, input: parse_user(&body)? },
-        _ => Command::CreateGroup { id, input: parse_group(&body)? },
+        ScimKind::User => Command::CreateUser { id, input: parse_user(&body)? },
+        ScimKind::Group => Command::CreateGroup { id, input: parse_group(&body)? },
     };
     let committed = state.writer.submit(caller.origin(), command).await?;
     let d = &committed.decision;
@@ -113,7 +114,7 @@ pub async fn create(state: &AppState, caller: Caller, kind: ResourceKind, body: 
 pub fn get(
     state: &AppState,
     caller: &Caller,
-    kind: ResourceKind,
+    kind: ScimKind,
     id: &str,
     headers: &HeaderMap,
     params: &HashMap<String, String>,
@@ -140,15 +141,15 @@ pub fn get(
 pub async fn replace(
     state: &AppState,
     caller: Caller,
-    kind: ResourceKind,
+    kind: ScimKind,
     id: String,
     headers: &HeaderMap,
     body: Value,
 ) -> Result<Response, ApiError> {
     let if_match = if_match(headers);
     let command = match kind {
-        ResourceKind::User => Command::ReplaceUser { id: id.clone(), input: parse_user(&body)?, if_match },
-        _ => Command::ReplaceGroup { id: id.clone(), input: parse_group(&body)?, if_match },
+        ScimKind::User => Command::ReplaceUser { id: id.clone(), input: parse_user(&body)?, if_match },
+        ScimKind::Group => Command::ReplaceGroup { id: id.clone(), input: parse_group(&body)?, if_match },
     };
     let committed = state.writer.submit(caller.origin(), command).await?;
     report_skipped(kind, &id, &committed.decision.skipped_members);
@@ -158,14 +159,14 @@ pub async fn replace(
 pub async fn delete(
     state: &AppState,
     caller: Caller,
-    kind: ResourceKind,
+    kind: ScimKind,
     id: String,
     headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
     let if_match = if_match(headers);
     let command = match kind {
-        ResourceKind::User => Command::DeleteUser { id, if_match },
-        _ => Command::DeleteGroup { id, if_match },
+        ScimKind::User => Command::DeleteUser { id, if_match },
+        ScimKind::Group => Command::DeleteGroup { id, if_match },
     };
     state.writer.submit(caller.origin(), command).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
@@ -177,7 +178,7 @@ pub async fn delete(
 pub async fn patch(
     state: &AppState,
     caller: Caller,
-    kind: ResourceKind,
+    kind: ScimKind,
     id: String,
     headers: &HeaderMap,
     params: &HashMap<String, String>,
@@ -189,13 +190,13 @@ pub async fn patch(
     let ops = parse_patch(&body, limits, state.cfg.max_patch_operations)?;
     let if_match = if_match(headers);
     let command = match kind {
-        ResourceKind::User => Command::PatchUser { id: id.clone(), ops, if_match },
-        _ => Command::PatchGroup { id: id.clone(), ops, if_match },
+        ScimKind::User => Command::PatchUser { id: id.clone(), ops, if_match },
+        ScimKind::Group => Command::PatchGroup { id: id.clone(), ops, if_match },
     };
     let committed = state.writer.submit(caller.origin(), command).await?;
     report_skipped(kind, &id, &committed.decision.skipped_members);
     let asks_for_attributes = param("attributes").is_some() || param("excludedAttributes").is_some();
-    if kind == ResourceKind::Group && !asks_for_attributes {
+    if kind == ScimKind::Group && !asks_for_attributes {
         let view = state.store.view();
         let version = query::group(&view, caller.tenant(), &id).map(|g| g.version);
         if let Some(e) = view.take_error() {
@@ -218,7 +219,7 @@ pub async fn patch(
 pub async fn list(
     state: &AppState,
     caller: Caller,
-    kinds: Vec<ResourceKind>,
+    kinds: Vec<ScimKind>,
     params: HashMap<String, String>,
 ) -> Result<Response, ApiError> {
     let q = ListQuery::from_params(&params, state)?;
@@ -229,14 +230,14 @@ pub async fn list(
 }
 
 /// Users only, not sorted, and the whole collection or a filter that indexes answer.
-fn answers_inline(kinds: &[ResourceKind], q: &ListQuery) -> bool {
+fn answers_inline(kinds: &[ScimKind], q: &ListQuery) -> bool {
     let indexed =
-        |f: &scimlog_schemas::filter::Filter| matches!(query::plan(ResourceKind::User, f), query::Plan::Lookup(_));
-    matches!(kinds, [ResourceKind::User]) && q.sort.is_none() && q.filter.as_ref().is_none_or(indexed)
+        |f: &scimlog_schemas::filter::Filter| matches!(query::plan(ScimKind::User, f), query::Plan::Lookup(_));
+    matches!(kinds, [ScimKind::User]) && q.sort.is_none() && q.filter.as_ref().is_none_or(indexed)
 }
 
 /// One resource type after another, each in a stable order.
-fn list_now(state: &AppState, caller: &Caller, kinds: &[ResourceKind], q: ListQuery) -> Result<Response, ApiError> {
+fn list_now(state: &AppState, caller: &Caller, kinds: &[ScimKind], q: ListQuery) -> Result<Response, ApiError> {
     let t = caller.tenant();
     let view = state.store.view();
     // Results of one type without sortBy are in id order: a cursor can then point after an id.
@@ -269,7 +270,7 @@ fn list_now(state: &AppState, caller: &Caller, kinds: &[ResourceKind], q: ListQu
 }
 
 /// (total, the page's resources, the next cursor when paging by cursor).
-type Page = (usize, Vec<(ResourceKind, String)>, Option<String>);
+type Page = (usize, Vec<(ScimKind, String)>, Option<String>);
 
 /// One page of a whole collection, O(page) whatever the directory's size: it starts after an id,
 /// the cursor's, or for `startIndex` (Okta's import asks 1, 101, 201, ...) the last id of the page
@@ -280,7 +281,7 @@ fn whole_collection_page(
     state: &AppState,
     view: &impl KvRead,
     t: &str,
-    kind: ResourceKind,
+    kind: ScimKind,
     q: &ListQuery,
     cursor_context: impl Fn() -> ([u8; 32], String, i64),
 ) -> Result<Page, ApiError> {
@@ -329,12 +330,12 @@ fn search_page(
     state: &AppState,
     view: &impl KvRead,
     t: &str,
-    kinds: &[ResourceKind],
+    kinds: &[ScimKind],
     q: &ListQuery,
     id_ordered: bool,
     cursor_context: impl Fn() -> ([u8; 32], String, i64),
 ) -> Result<Page, ApiError> {
-    let mut ids: Vec<(ResourceKind, String)> = Vec::new();
+    let mut ids: Vec<(ScimKind, String)> = Vec::new();
     for kind in kinds {
         let mut found = query::search_ids(view, t, *kind, q.filter.as_ref(), state.cfg.max_scan)?;
         if let Some((path, descending)) = &q.sort {
@@ -372,13 +373,13 @@ fn search_page(
 /// Where index paging left off: (tenant, type, next startIndex) → the last id served before it.
 /// Bounded; a hint older than ten minutes is not used (the walk to the index is, once).
 #[derive(Default)]
-pub struct PageHints(std::sync::Mutex<HashMap<(String, ResourceKind, usize), (String, std::time::Instant)>>);
+pub struct PageHints(std::sync::Mutex<HashMap<(String, ScimKind, usize), (String, std::time::Instant)>>);
 
 const PAGE_HINTS_MAX: usize = 10_000;
 const PAGE_HINT_TTL: std::time::Duration = std::time::Duration::from_secs(600);
 
 impl PageHints {
-    fn get(&self, tenant: &str, kind: ResourceKind, start: usize) -> Option<String> {
+    fn get(&self, tenant: &str, kind: ScimKind, start: usize) -> Option<String> {
         let hints = self.0.lock().expect("page hints lock");
         hints
             .get(&(tenant.to_string(), kind, start))
@@ -386,7 +387,7 @@ impl PageHints {
             .map(|(id, _)| id.clone())
     }
 
-    fn put(&self, tenant: &str, kind: ResourceKind, next_start: usize, last_id: String) {
+    fn put(&self, tenant: &str, kind: ScimKind, next_start: usize, last_id: String) {
         let mut hints = self.0.lock().expect("page hints lock");
         if hints.len() >= PAGE_HINTS_MAX {
             hints.retain(|_, (_, at)| at.elapsed() < PAGE_HINT_TTL);
@@ -402,7 +403,7 @@ impl PageHints {
 pub async fn search(
     state: &AppState,
     caller: Caller,
-    kinds: Vec<ResourceKind>,
+    kinds: Vec<ScimKind>,
     body: &Value,
 ) -> Result<Response, ApiError> {
     let params = search_params(body)?;
@@ -441,7 +442,7 @@ fn search_params(body: &Value) -> Result<HashMap<String, String>, ApiError> {
 }
 
 /// The routes of one resource type: `/<Endpoint>` and `/<Endpoint>/{id}`.
-pub fn routes(kind: ResourceKind) -> axum::Router<AppState> {
+pub fn routes(kind: ScimKind) -> axum::Router<AppState> {
     use axum::extract::{Path, Query, State};
     use axum::routing::get as get_route;
 
@@ -474,8 +475,8 @@ pub fn routes(kind: ResourceKind) -> axum::Router<AppState> {
             get_route(move |State(s): State<AppState>, caller: Caller, Path(id): Path<String>, headers: HeaderMap, Query(p): Params| async move {
                 match kind {
                     // A user is one point read; a group renders its members, off the runtime.
-                    ResourceKind::User => get(&s, &caller, kind, &id, &headers, &p),
-                    _ => super::blocking_read(&s, move |s| get(s, &caller, kind, &id, &headers, &p)).await,
+                    ScimKind::User => get(&s, &caller, kind, &id, &headers, &p),
+                    ScimKind::Group => super::blocking_read(&s, move |s| get(s, &caller, kind, &id, &headers, &p)).await,
                 }
             })
             .put(move |State(s): State<AppState>, caller: Caller, Path(id): Path<String>, headers: HeaderMap, ScimBody(body): ScimBody| async move {

@@ -3,7 +3,7 @@
 use axum::extract::State;
 use axum::routing::post;
 use axum::Router;
-use scimlog_schemas::ResourceKind;
+use scimlog_schemas::ScimKind;
 
 use super::extract::{Caller, ScimBody};
 use super::{resource, AppState};
@@ -12,7 +12,7 @@ pub fn router() -> Router<AppState> {
     Router::new().route(
         "/.search",
         post(|State(s): State<AppState>, caller: Caller, ScimBody(body): ScimBody| async move {
-            resource::search(&s, caller, vec![ResourceKind::User, ResourceKind::Group], &body).await
+            resource::search(&s, caller, vec![ScimKind::User, ScimKind::Group], &body).await
         })
         .fallback(super::method_not_allowed),
     )

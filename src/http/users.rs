@@ -2,10 +2,10 @@
 //! `resource`).
 
 use axum::Router;
-use scimlog_schemas::ResourceKind;
+use scimlog_schemas::ScimKind;
 
 use super::{resource, AppState};
 
 pub fn router() -> Router<AppState> {
-    resource::routes(ResourceKind::User)
+    resource::routes(ScimKind::User)
 }

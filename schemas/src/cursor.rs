@@ -1,10 +1,11 @@
 //! RFC 9865 cursors: opaque, tamper-evident (HMAC-SHA256 under a secret derived from the master
-//! key), bound to the tenant and the query, and expiring after `--cursor-timeout-s`.
+//! key), bound to the tenant and the query, and expiring after `--cursor-timeout-s`. Pure: the
+//! secret and the time come in (so the fuzz target `cursor` drives it directly).
 
+use crate::{SchemaError, ScimType};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use base64::Engine;
 use hmac::{Hmac, Mac};
-use scimlog_schemas::{SchemaError, ScimType};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -45,7 +46,8 @@ fn mac(secret: &[u8; 32], payload: &[u8]) -> Vec<u8> {
 }
 
 pub fn issue(secret: &[u8; 32], query: &str, offset: usize, after: Option<String>, now: i64, timeout_s: u64) -> String {
-    let state = CursorState { q: query.to_string(), offset, after, e: now + timeout_s as i64 };
+    let expires = now.saturating_add(i64::try_from(timeout_s).unwrap_or(i64::MAX));
+    let state = CursorState { q: query.to_string(), offset, after, e: expires };
     let payload = serde_json::to_vec(&state).expect("cursor serialises");
     format!("{}.{}", B64.encode(&payload), B64.encode(mac(secret, &payload)))
 }
