@@ -39,6 +39,15 @@ impl Role {
             Role::Admin => "admin",
         }
     }
+    /// The role a name (as events and the token file write it) stands for.
+    pub fn parse(s: &str) -> Option<Role> {
+        match s {
+            "scim" => Some(Role::Scim),
+            "hosts" => Some(Role::Hosts),
+            "admin" => Some(Role::Admin),
+            _ => None,
+        }
+    }
     /// SCIM writes and reads (`/scim/v2`).
     pub fn may_provision(self) -> bool {
         match self {
@@ -281,11 +290,11 @@ impl TokenStore {
     }
 
     /// The tokens of the file (not the bootstrap token), per tenant: (name, role).
-    pub fn by_tenant(&self) -> std::collections::BTreeMap<String, Vec<(String, String)>> {
+    pub fn by_tenant(&self) -> std::collections::BTreeMap<String, Vec<(String, Role)>> {
         let loaded = self.loaded.lock().expect("token lock");
-        let mut out: std::collections::BTreeMap<String, Vec<(String, String)>> = Default::default();
+        let mut out: std::collections::BTreeMap<String, Vec<(String, Role)>> = Default::default();
         for (_, p) in &loaded.tokens {
-            out.entry(p.tenant.clone()).or_default().push((p.name.clone(), p.role.as_str().to_string()));
+            out.entry(p.tenant.clone()).or_default().push((p.name.clone(), p.role));
         }
         out
     }

@@ -6,6 +6,8 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use scimlog_projections::query::UserBy;
+
+use crate::auth::Role;
 use scimlog_projections::{access, query, KvRead, UserDoc};
 use scimlog_schemas::access::{parse_grant, Grant, ScopeKind};
 use scimlog_schemas::event::{EventBody, MemberType, NewEvent, ResourceKind, ScimKind};
@@ -72,7 +74,7 @@ pub enum Command {
     },
     /// Brings the audit trail's tokens of the tenant to the token file's: (name, role) pairs.
     ReconcileTokens {
-        tokens: Vec<(String, String)>,
+        tokens: Vec<(String, Role)>,
     },
     /// RFC 7644 §3.7: operations in order, later ones seeing earlier ones and their `bulkId`s;
     /// everything that succeeds commits in one batch; stops after `fail_on_errors` errors.
@@ -615,23 +617,26 @@ impl<K: KvRead> Decider<'_, K> {
         Ok((host_id, false, vec![]))
     }
 
-    fn reconcile_tokens(&mut self, wanted: Vec<(String, String)>) -> Outcome {
-        let known: BTreeMap<String, String> = query::known_tokens(self.kv)
+    fn reconcile_tokens(&mut self, wanted: Vec<(String, Role)>) -> Outcome {
+        // The audit trail's roles are the event's text; a role this build does not know (written
+        // by a newer one) differs from every wanted role, so it is revoked and created again.
+        let known: BTreeMap<String, Option<Role>> = query::known_tokens(self.kv)
             .into_iter()
             .filter(|(t, _, _)| t == self.t)
-            .map(|(_, name, role)| (name, role))
+            .map(|(_, name, role)| (name, Role::parse(&role)))
             .collect();
-        let wanted: BTreeMap<String, String> = wanted.into_iter().collect();
+        let wanted: BTreeMap<String, Role> = wanted.into_iter().collect();
         for (name, role) in &known {
-            if wanted.get(name) != Some(role) {
+            if role.is_none() || wanted.get(name) != role.as_ref() {
                 let version = self.version_from_history(ResourceKind::Token, name);
                 self.emit(ResourceKind::Token, name, version, EventBody::TokenRevoked {});
             }
         }
         for (name, role) in &wanted {
-            if known.get(name) != Some(role) {
+            if known.get(name) != Some(&Some(*role)) {
                 let version = self.version_from_history(ResourceKind::Token, name);
-                self.emit(ResourceKind::Token, name, version, EventBody::TokenCreated { role: role.clone() });
+                let role = role.as_str().to_string();
+                self.emit(ResourceKind::Token, name, version, EventBody::TokenCreated { role });
             }
         }
         Ok((String::new(), false, vec![]))

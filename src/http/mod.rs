@@ -243,11 +243,15 @@ pub async fn reconcile_tokens(state: &AppState) {
     tenants.extend(known.iter().map(|(t, _, _)| t.clone()));
     for tenant in tenants {
         let mut want = wanted.get(&tenant).cloned().unwrap_or_default();
-        let mut have: Vec<(String, String)> =
-            known.iter().filter(|(t, _, _)| *t == tenant).map(|(_, n, r)| (n.clone(), r.clone())).collect();
-        want.sort();
-        have.sort();
-        if want == have {
+        let mut have: Vec<(String, Option<crate::auth::Role>)> = known
+            .iter()
+            .filter(|(t, _, _)| *t == tenant)
+            .map(|(_, n, r)| (n.clone(), crate::auth::Role::parse(r)))
+            .collect();
+        want.sort_by(|a, b| a.0.cmp(&b.0));
+        have.sort_by(|a, b| a.0.cmp(&b.0));
+        let same = want.len() == have.len() && want.iter().zip(&have).all(|(w, h)| w.0 == h.0 && Some(w.1) == h.1);
+        if same {
             continue;
         }
         let origin = crate::log::writer::Origin {
