@@ -115,27 +115,61 @@ pub fn host_user(kv: &impl KvRead, t: &str, host: &str) -> Option<String> {
     kv.get(&keys::host(t, host)).and_then(|b| String::from_utf8(b).ok())
 }
 
-/// Every group `member` is in, directly or through nested groups (each once, cycles ignored).
-pub fn groups_transitively(kv: &impl KvRead, t: &str, member: &str) -> Vec<String> {
+/// Expanding memberships (nested groups) would read more than `limit` of them (`--max-scan`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("expanding nested groups reads more than {limit} memberships (--max-scan)")]
+pub struct TooLarge {
+    pub limit: usize,
+}
+
+/// Counts memberships read against a limit.
+struct Budget {
+    left: usize,
+    limit: usize,
+}
+
+impl Budget {
+    fn new(limit: usize) -> Budget {
+        Budget { left: limit, limit }
+    }
+    fn spend(&mut self, n: usize) -> Result<(), TooLarge> {
+        self.left = self.left.checked_sub(n).ok_or(TooLarge { limit: self.limit })?;
+        Ok(())
+    }
+    /// At most what is left, plus one (to see it is exceeded).
+    fn page(&self) -> usize {
+        self.left.saturating_add(1)
+    }
+}
+
+/// Every group `member` is in, directly or through nested groups (each once, cycles ignored),
+/// reading at most `limit` memberships.
+pub fn groups_transitively(kv: &impl KvRead, t: &str, member: &str, limit: usize) -> Result<Vec<String>, TooLarge> {
+    let mut budget = Budget::new(limit);
+    let first = query::groups_of(kv, t, member, budget.page());
+    budget.spend(first.len())?;
     let mut seen = BTreeSet::new();
-    let mut queue: VecDeque<String> = query::groups_of(kv, t, member, usize::MAX).into();
+    let mut queue: VecDeque<String> = first.into();
     let mut out = Vec::new();
     while let Some(g) = queue.pop_front() {
         if seen.insert(g.clone()) {
-            queue.extend(query::groups_of(kv, t, &g, usize::MAX));
+            let up = query::groups_of(kv, t, &g, budget.page());
+            budget.spend(up.len())?;
+            queue.extend(up);
             out.push(g);
         }
     }
-    out
+    Ok(out)
 }
 
-/// A user's effective access: direct grants, then those of every group it is in.
-pub fn effective(kv: &impl KvRead, t: &str, user: &str) -> Vec<Effective> {
+/// A user's effective access: direct grants, then those of every group it is in (at most
+/// `limit` memberships read).
+pub fn effective(kv: &impl KvRead, t: &str, user: &str, limit: usize) -> Result<Vec<Effective>, TooLarge> {
     let mut out: Vec<Effective> = grants_of(kv, t, user)
         .into_iter()
         .map(|g| Effective { urn: g.urn, grant: g.grant, via_group: None, position: g.position })
         .collect();
-    for group in groups_transitively(kv, t, user) {
+    for group in groups_transitively(kv, t, user, limit)? {
         let name = query::group(kv, t, &group).map(|g| g.display_name).unwrap_or_default();
         for g in grants_of(kv, t, &group) {
             out.push(Effective {
@@ -146,7 +180,7 @@ pub fn effective(kv: &impl KvRead, t: &str, user: &str) -> Vec<Effective> {
             });
         }
     }
-    out
+    Ok(out)
 }
 
 /// Whether a grant applies inside `env`: an environment role naming it or `*`; an organization
@@ -179,7 +213,13 @@ pub fn allows(e: &Effective, role: Option<&str>, env: Environment<'_>) -> bool {
 
 /// Users who have some access to an environment, each with the first grant that gives it: direct
 /// holders, and members (transitively) of groups that hold a grant that [`applies_in`] it.
-pub fn environment_members(kv: &impl KvRead, t: &str, env: Environment<'_>) -> Vec<(String, Effective)> {
+pub fn environment_members(
+    kv: &impl KvRead,
+    t: &str,
+    env: Environment<'_>,
+    limit: usize,
+) -> Result<Vec<(String, Effective)>, TooLarge> {
+    let mut budget = Budget::new(limit);
     let mut out: Vec<(String, Effective)> = Vec::new();
     let mut seen = BTreeSet::new();
     let scopes = [
@@ -189,7 +229,9 @@ pub fn environment_members(kv: &impl KvRead, t: &str, env: Environment<'_>) -> V
         scope_key(ScopeKind::Organization, "*"),
     ];
     for key in scopes {
-        for (k, _) in kv.scan(&keys::grants_in_scope(t, &key), None, usize::MAX) {
+        let granted = kv.scan(&keys::grants_in_scope(t, &key), None, budget.page());
+        budget.spend(granted.len())?;
+        for (k, _) in granted {
             // ... 0 subject 0 urn: the last two parts.
             let parts: Vec<&[u8]> = k.split(|b| *b == keys::SEP).collect();
             let (Some(subject), Some(urn)) = (parts.get(parts.len() - 2), parts.last()) else { continue };
@@ -204,7 +246,7 @@ pub fn environment_members(kv: &impl KvRead, t: &str, env: Environment<'_>) -> V
             } else {
                 let name = query::group(kv, t, &subject).map(|g| g.display_name).unwrap_or_default();
                 let via = Some((subject.clone(), name));
-                users_in_group(kv, t, &subject).into_iter().map(|u| (u, via.clone())).collect()
+                users_in_group(kv, t, &subject, &mut budget)?.into_iter().map(|u| (u, via.clone())).collect()
             };
             for (user, via_group) in holders {
                 if seen.insert(user.clone()) {
@@ -214,11 +256,11 @@ pub fn environment_members(kv: &impl KvRead, t: &str, env: Environment<'_>) -> V
             }
         }
     }
-    out
+    Ok(out)
 }
 
-/// The users in a group, through nested groups too.
-pub fn users_in_group(kv: &impl KvRead, t: &str, group: &str) -> Vec<String> {
+/// The users in a group, through nested groups too, counting the memberships read.
+fn users_in_group(kv: &impl KvRead, t: &str, group: &str, budget: &mut Budget) -> Result<Vec<String>, TooLarge> {
     let mut users = Vec::new();
     let mut seen = BTreeSet::new();
     let mut queue = VecDeque::from([group.to_string()]);
@@ -226,12 +268,14 @@ pub fn users_in_group(kv: &impl KvRead, t: &str, group: &str) -> Vec<String> {
         if !seen.insert(g.clone()) {
             continue;
         }
-        for m in query::members(kv, t, &g, None, usize::MAX) {
+        let members = query::members(kv, t, &g, None, budget.page());
+        budget.spend(members.len())?;
+        for m in members {
             match m.member_type {
                 scimlog_schemas::MemberType::User => users.push(m.id),
                 scimlog_schemas::MemberType::Group => queue.push_back(m.id),
             }
         }
     }
-    users
+    Ok(users)
 }

@@ -61,9 +61,9 @@ fn grant_json(e: &Effective) -> Value {
     v
 }
 
-fn access_json(kv: &impl KvRead, t: &str, user: &UserDoc) -> Value {
-    let grants: Vec<Value> = access::effective(kv, t, &user.id).iter().map(grant_json).collect();
-    json!({"userId": user.id, "userName": user.user_name(), "active": user.is_active(), "grants": grants})
+fn access_json(kv: &impl KvRead, t: &str, user: &UserDoc, limit: usize) -> Result<Value, ApiError> {
+    let grants: Vec<Value> = access::effective(kv, t, &user.id, limit)?.iter().map(grant_json).collect();
+    Ok(json!({"userId": user.id, "userName": user.user_name(), "active": user.is_active(), "grants": grants}))
 }
 
 async fn user_access(
@@ -84,7 +84,7 @@ fn user_access_now(
     let by = parse_by(p.get("by").map(String::as_str))?;
     let view = s.store.view();
     let t = caller.tenant();
-    let body = find_user(&view, t, &id, by)?.map(|u| access_json(&view, t, &u));
+    let body = find_user(&view, t, &id, by)?.map(|u| access_json(&view, t, &u, s.cfg.max_scan)).transpose()?;
     if let Some(e) = view.take_error() {
         return Err(e.into());
     }
@@ -114,7 +114,7 @@ fn check_now(s: &AppState, caller: &Caller, p: &HashMap<String, String>) -> Resu
     let by = parse_by(p.get("by").map(String::as_str))?;
     let view = s.store.view();
     let t = caller.tenant();
-    let answer = decide_access(&view, t, &s.cfg.default_organization, user, by, role, env)?;
+    let answer = decide_access(&view, t, &s.cfg, user, by, role, env)?;
     if let Some(e) = view.take_error() {
         return Err(e.into());
     }
@@ -124,7 +124,7 @@ fn check_now(s: &AppState, caller: &Caller, p: &HashMap<String, String>) -> Resu
 fn decide_access(
     kv: &impl KvRead,
     t: &str,
-    default_org: &str,
+    cfg: &crate::config::ServeConfig,
     user: &str,
     by: UserBy,
     role: Option<&str>,
@@ -140,8 +140,8 @@ fn decide_access(
     let Some(scope) = access::scope(kv, t, ScopeKind::Environment, env) else {
         return Ok(json!({"allowed": false, "userId": u.id, "reason": format!("environment {env:?} does not exist")}));
     };
-    let environment = scope.as_environment(default_org);
-    let effective = access::effective(kv, t, &u.id);
+    let environment = scope.as_environment(&cfg.default_organization);
+    let effective = access::effective(kv, t, &u.id, cfg.max_scan)?;
     Ok(match effective.iter().find(|e| access::allows(e, role, environment)) {
         Some(e) => {
             let how = match &e.via_group {
@@ -194,7 +194,7 @@ fn environment_members_now(s: &AppState, caller: &Caller, name: &str) -> Result<
         return Err(ApiError::NotFound(format!("environment {name:?} not found")));
     };
     let default_org = &s.cfg.default_organization;
-    let members: Vec<Value> = access::environment_members(&view, t, env.as_environment(default_org))
+    let members: Vec<Value> = access::environment_members(&view, t, env.as_environment(default_org), s.cfg.max_scan)?
         .into_iter()
         .filter_map(|(uid, e)| query::user(&view, t, &uid).map(|u| (u, e)))
         .map(|(u, e)| json!({"userId": u.id, "userName": u.user_name(), "active": u.is_active(), "grant": grant_json(&e)}))
@@ -225,30 +225,36 @@ fn host_user_now(s: &AppState, caller: &Caller, host_id: &str) -> Result<Respons
     let view = s.store.view();
     let t = caller.tenant();
     let user = access::host_user(&view, t, host_id).and_then(|u| query::user(&view, t, &u));
-    let body = user.map(|u| {
-        let groups: Vec<Value> = query::groups_of(&view, t, &u.id, usize::MAX)
-            .into_iter()
-            .filter_map(|g| query::group(&view, t, &g))
-            .map(|g| json!({"value": g.id, "display": g.display_name}))
-            .collect();
-        let department = u
-            .attributes
-            .get(scimlog_schemas::urn::ENTERPRISE_USER)
-            .and_then(|e| e.get("department"))
-            .cloned()
-            .unwrap_or(Value::Null);
-        let mut v = access_json(&view, t, &u);
-        v["hostId"] = json!(host_id);
-        v["displayName"] = json!(u.display());
-        v["groups"] = Value::Array(groups);
-        v["department"] = department;
-        v
-    });
+    let body = match user {
+        None => None,
+        Some(u) => Some(host_json(&view, t, &u, host_id, s.cfg.max_scan)?),
+    };
     if let Some(e) = view.take_error() {
         return Err(e.into());
     }
     let body = body.ok_or_else(|| ApiError::NotFound(format!("host {host_id:?} is not linked to a user")))?;
     Ok(Json(body).into_response())
+}
+
+/// The user a host belongs to: its effective access, direct groups and department.
+fn host_json(kv: &impl KvRead, t: &str, u: &UserDoc, host_id: &str, limit: usize) -> Result<Value, ApiError> {
+    let groups: Vec<Value> = query::groups_of(kv, t, &u.id, limit)
+        .into_iter()
+        .filter_map(|g| query::group(kv, t, &g))
+        .map(|g| json!({"value": g.id, "display": g.display_name}))
+        .collect();
+    let department = u
+        .attributes
+        .get(scimlog_schemas::urn::ENTERPRISE_USER)
+        .and_then(|e| e.get("department"))
+        .cloned()
+        .unwrap_or(Value::Null);
+    let mut v = access_json(kv, t, u, limit)?;
+    v["hostId"] = json!(host_id);
+    v["displayName"] = json!(u.display());
+    v["groups"] = Value::Array(groups);
+    v["department"] = department;
+    Ok(v)
 }
 
 fn may_link_hosts(caller: &Caller) -> Result<(), ApiError> {

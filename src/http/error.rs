@@ -60,6 +60,11 @@ impl From<QueryError> for ApiError {
         ApiError::Invalid(SchemaError::new(ScimType::TooMany, e.to_string()))
     }
 }
+impl From<scimlog_projections::access::TooLarge> for ApiError {
+    fn from(e: scimlog_projections::access::TooLarge) -> Self {
+        ApiError::Invalid(SchemaError::new(ScimType::TooMany, e.to_string()))
+    }
+}
 impl From<WriteError> for ApiError {
     fn from(e: WriteError) -> Self {
         match e {

@@ -249,6 +249,7 @@ fn commit_batch(
     // Milliseconds: the precision `meta.lastModified` is shown with, so that a client filtering
     // with a value it was given matches the resource it came from.
     let now = Utc::now().trunc_subsecs(3);
+    let faults = store.faults();
 
     for req in batch {
         let ctx = command::Ctx {
@@ -259,7 +260,7 @@ fn commit_batch(
         };
         // `decide` only reads: a panic in it (a bug) costs this request alone.
         let decided = catch_unwind(AssertUnwindSafe(|| {
-            store.faults().maybe_panic_in_decide();
+            faults.maybe_panic_in_decide();
             command::decide(&overlay, &ctx, req.command)
         }));
         match decided {

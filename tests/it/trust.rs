@@ -682,3 +682,31 @@ async fn one_tenant_cannot_take_the_server_from_another() {
     assert!(refused > 0, "the flood went past the noisy tenant's share");
     s.stop().await;
 }
+
+/// Expanding nested groups for an access answer reads at most `--max-scan` memberships: beyond
+/// it the answer is a clear 400, never a partial list or a wrong "no".
+#[tokio::test]
+async fn access_expansion_honours_max_scan() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = config(tmp.path());
+    cfg.max_scan = 3;
+    let mut s = TestServer::start_with(cfg).await;
+    s.adopt_dir(tmp);
+    let uid = s.post("/Users", &json!({"userName": "deep"})).await.id();
+    // deep ∈ g1 ∈ g2 ∈ g3 ∈ g4, and g4 holds the role: four memberships to read.
+    let mut inner = json!({"value": uid, "type": "User"});
+    for level in 1..=4 {
+        let mut body = json!({"displayName": format!("g{level}"), "members": [inner]});
+        if level == 4 {
+            body[GROUP_ACCESS] = json!({"roles": ["urn:scimlog:role:environment:prod:admin"]});
+        }
+        let g = s.post("/Groups", &body).await;
+        assert_eq!(g.status, 201, "{}", g.body);
+        inner = json!({"value": g.id(), "type": "Group"});
+    }
+    let check = api(&s, Method::GET, "/access/check?user=deep&role=admin&environment=prod", None).await;
+    check.assert_error(400, Some("tooMany"), "more than 3 memberships (--max-scan)");
+    api(&s, Method::GET, &format!("/users/{uid}/access"), None).await.assert_error(400, Some("tooMany"), "--max-scan");
+    api(&s, Method::GET, "/environments/prod/members", None).await.assert_error(400, Some("tooMany"), "--max-scan");
+    s.stop().await;
+}
