@@ -29,14 +29,15 @@ fn bump_count(kv: &mut impl Kv, key: &[u8], delta: i64) {
 
 fn index_user(kv: &mut impl Kv, t: &str, id: &str, attributes: &Map<String, Value>, on: bool) {
     let mut keys = Vec::new();
+    let b = kv.blinder();
     if let Some(u) = attributes.get("userName").and_then(Value::as_str) {
-        keys.push((keys::user_name(t, &fold_case(u)), id.as_bytes().to_vec()));
+        keys.push((keys::user_name(&b, t, &fold_case(u)), id.as_bytes().to_vec()));
     }
     if let Some(x) = attributes.get("externalId").and_then(Value::as_str) {
-        keys.push((keys::user_external_id(t, x), id.as_bytes().to_vec()));
+        keys.push((keys::user_external_id(&b, t, x), id.as_bytes().to_vec()));
     }
     for e in emails_of(attributes) {
-        keys.push((keys::user_email(t, &fold_case(e), id), Vec::new()));
+        keys.push((keys::user_email(&b, t, &fold_case(e), id), Vec::new()));
     }
     for (k, v) in keys {
         if on {

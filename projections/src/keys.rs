@@ -5,9 +5,9 @@
 //! | --- | --- |
 //! | `u 0 tenant 0 id` | [`crate::UserDoc`] JSON |
 //! | `g 0 tenant 0 id` | [`crate::GroupDoc`] JSON |
-//! | `iu/un 0 tenant 0 folded userName` | user id (unique) |
-//! | `iu/ex 0 tenant 0 externalId` | user id (unique, case-exact) |
-//! | `iu/em 0 tenant 0 folded email 0 id` | empty (not unique) |
+//! | `iu/un 0 tenant 0 blind(folded userName)` | user id (unique) |
+//! | `iu/ex 0 tenant 0 blind(externalId)` | user id (unique, case-exact) |
+//! | `iu/em 0 tenant 0 blind(folded email) 0 id` | empty (not unique) |
 //! | `ig/dn 0 tenant 0 folded displayName` | group id (unique) |
 //! | `ig/ex 0 tenant 0 externalId` | group id |
 //! | `gm 0 tenant 0 group 0 member` | [`crate::Member`] JSON |
@@ -20,6 +20,10 @@
 //! | `hs 0 tenant 0 host`, `uh 0 tenant 0 user 0 host` | user id, empty (hosts) |
 //! | `ud 0 tenant 0 id` | [`crate::model::Tombstone`] of a deleted user |
 //! | `n/u 0 tenant`, `n/g 0 tenant` | resource count, u64 big-endian |
+//!
+//! `blind(v)` is [`crate::IndexBlinder::blind`]: personal values never appear in a key in clear.
+
+use crate::IndexBlinder;
 
 pub const SEP: u8 = 0;
 
@@ -53,17 +57,17 @@ pub fn group(t: &str, id: &str) -> Vec<u8> {
 pub fn groups(t: &str) -> Vec<u8> {
     prefix(&[b"g", t.as_bytes()])
 }
-pub fn user_name(t: &str, folded: &str) -> Vec<u8> {
-    join(&[b"iu/un", t.as_bytes(), folded.as_bytes()])
+pub fn user_name(b: &IndexBlinder, t: &str, folded: &str) -> Vec<u8> {
+    join(&[b"iu/un", t.as_bytes(), b.blind(folded).as_bytes()])
 }
-pub fn user_external_id(t: &str, external_id: &str) -> Vec<u8> {
-    join(&[b"iu/ex", t.as_bytes(), external_id.as_bytes()])
+pub fn user_external_id(b: &IndexBlinder, t: &str, external_id: &str) -> Vec<u8> {
+    join(&[b"iu/ex", t.as_bytes(), b.blind(external_id).as_bytes()])
 }
-pub fn user_email(t: &str, folded: &str, id: &str) -> Vec<u8> {
-    join(&[b"iu/em", t.as_bytes(), folded.as_bytes(), id.as_bytes()])
+pub fn user_email(b: &IndexBlinder, t: &str, folded: &str, id: &str) -> Vec<u8> {
+    join(&[b"iu/em", t.as_bytes(), b.blind(folded).as_bytes(), id.as_bytes()])
 }
-pub fn user_emails(t: &str, folded: &str) -> Vec<u8> {
-    prefix(&[b"iu/em", t.as_bytes(), folded.as_bytes()])
+pub fn user_emails(b: &IndexBlinder, t: &str, folded: &str) -> Vec<u8> {
+    prefix(&[b"iu/em", t.as_bytes(), b.blind(folded).as_bytes()])
 }
 pub fn group_name(t: &str, folded: &str) -> Vec<u8> {
     join(&[b"ig/dn", t.as_bytes(), folded.as_bytes()])
@@ -111,7 +115,8 @@ pub fn history_prefix(t: &str, kind: &str, id: &str) -> Vec<u8> {
 /// The version of the read models' key layout (under [`LAYOUT`]). A server that finds another
 /// version (or none, over a non-empty log) rebuilds every read model from the log at start.
 /// 2: history keys carry the resource kind; userNames and displayNames folded with NFKC.
-pub const LAYOUT_VERSION: u32 = 2;
+/// 3: userNames, externalIds and emails blinded in index keys.
+pub const LAYOUT_VERSION: u32 = 3;
 /// The key that holds [`LAYOUT_VERSION`] (u32 big-endian); no tag of a read model starts so.
 pub const LAYOUT: &[u8] = b"_layout";
 

@@ -2,9 +2,38 @@
 
 use std::collections::BTreeMap;
 
+/// How personal values (userNames, emails, externalIds) appear in index keys: blinded with
+/// HMAC-SHA256 under the store's index secret, so that no key holds one in clear. Keys end up in
+/// places a purge cannot rewrite (RocksDB's MANIFEST records each file's first and last key); a
+/// blinded one cannot be read back, or confirmed by a guess, without the master key that wraps
+/// the secret.
+#[derive(Clone, Copy, PartialEq, Eq, Default)]
+pub struct IndexBlinder([u8; 32]);
+
+impl IndexBlinder {
+    pub fn new(secret: [u8; 32]) -> IndexBlinder {
+        IndexBlinder(secret)
+    }
+    /// The index form of a (folded) value: 32 hex characters.
+    pub fn blind(&self, value: &str) -> String {
+        use hmac::{Hmac, Mac};
+        let mut m = Hmac::<sha2::Sha256>::new_from_slice(&self.0).expect("HMAC takes any key length");
+        m.update(value.as_bytes());
+        hex::encode(&m.finalize().into_bytes()[..16])
+    }
+}
+
+impl std::fmt::Debug for IndexBlinder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("IndexBlinder(..)")
+    }
+}
+
 /// Reads. Implementations that can fail (RocksDB) remember the first failure themselves and the
 /// caller checks it after the fold: the fold stays infallible.
 pub trait KvRead {
+    /// The blinder of this store's index keys.
+    fn blinder(&self) -> IndexBlinder;
     fn get(&self, key: &[u8]) -> Option<Vec<u8>>;
     /// Up to `limit` entries whose key starts with `prefix` and sorts after `after` (if given),
     /// in key order.
@@ -22,6 +51,9 @@ pub trait Kv: KvRead {
 }
 
 impl<T: KvRead + ?Sized> KvRead for &T {
+    fn blinder(&self) -> IndexBlinder {
+        (**self).blinder()
+    }
     fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
         (**self).get(key)
     }
@@ -33,11 +65,21 @@ impl<T: KvRead + ?Sized> KvRead for &T {
     }
 }
 
-/// An ordered in-memory store, for tests and scratch rebuilds.
+/// An ordered in-memory store, for tests and scratch rebuilds. A rebuild that is to equal a
+/// store's read models uses that store's blinder ([`MemKv::with_blinder`]).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct MemKv(pub BTreeMap<Vec<u8>, Vec<u8>>);
+pub struct MemKv(pub BTreeMap<Vec<u8>, Vec<u8>>, pub IndexBlinder);
+
+impl MemKv {
+    pub fn with_blinder(blinder: IndexBlinder) -> MemKv {
+        MemKv(BTreeMap::new(), blinder)
+    }
+}
 
 impl KvRead for MemKv {
+    fn blinder(&self) -> IndexBlinder {
+        self.1
+    }
     fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
         self.0.get(key).cloned()
     }
@@ -90,6 +132,9 @@ impl<'a, B: KvRead + ?Sized> Overlay<'a, B> {
 }
 
 impl<B: KvRead + ?Sized> KvRead for Overlay<'_, B> {
+    fn blinder(&self) -> IndexBlinder {
+        self.base.blinder()
+    }
     fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
         match self.writes.get(key) {
             Some(v) => v.clone(),

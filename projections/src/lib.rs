@@ -23,5 +23,5 @@ pub mod model;
 pub mod query;
 
 pub use fold::apply;
-pub use kv::{Kv, KvRead, MemKv, Overlay};
+pub use kv::{IndexBlinder, Kv, KvRead, MemKv, Overlay};
 pub use model::{GroupDoc, Member, UserDoc};

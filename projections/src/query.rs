@@ -24,13 +24,13 @@ fn text(kv: &impl KvRead, key: &[u8]) -> Option<String> {
     kv.get(key).and_then(|b| String::from_utf8(b).ok())
 }
 pub fn user_id_by_user_name(kv: &impl KvRead, t: &str, user_name: &str) -> Option<String> {
-    text(kv, &keys::user_name(t, &fold_case(user_name)))
+    text(kv, &keys::user_name(&kv.blinder(), t, &fold_case(user_name)))
 }
 pub fn user_id_by_external_id(kv: &impl KvRead, t: &str, external_id: &str) -> Option<String> {
-    text(kv, &keys::user_external_id(t, external_id))
+    text(kv, &keys::user_external_id(&kv.blinder(), t, external_id))
 }
 pub fn user_ids_by_email(kv: &impl KvRead, t: &str, email: &str, limit: usize) -> Vec<String> {
-    kv.scan(&keys::user_emails(t, &fold_case(email)), None, limit)
+    kv.scan(&keys::user_emails(&kv.blinder(), t, &fold_case(email)), None, limit)
         .into_iter()
         .map(|(k, _)| keys::last_part(&k))
         .collect()

@@ -333,7 +333,8 @@ pub fn fold_until(
 ) -> Result<MemKv, AuditError> {
     let last = position.unwrap_or(u64::MAX);
     let decoders = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 8);
-    let mut kv = MemKv::default();
+    // Folded with the store's own blinder, so that the result equals its read models.
+    let mut kv = MemKv::with_blinder(blinder_of(store)?);
     std::thread::scope(|s| {
         let (mut to_decoders, mut from_decoders) = (Vec::new(), Vec::new());
         for _ in 0..decoders {
@@ -525,7 +526,8 @@ pub fn import<R: std::io::BufRead>(
     // Pass 2: restore the keys, append the events, fold the read models.
     let mut chain = ChainCheck::default();
     let mut batch: Vec<(u64, SealedEvent)> = Vec::new();
-    let mut state = MemKv::default();
+    // Made at the first event: the key lines before it may restore the export's index secret.
+    let mut state: Option<MemKv> = None;
     for (n, line) in open()?.lines().enumerate() {
         match parse_import_line(n, &line?, &mut chain)? {
             None => {}
@@ -534,7 +536,11 @@ pub fn import<R: std::io::BufRead>(
                 let event = sealed
                     .decode(keys)
                     .map_err(|e| AuditError::Broken { position, what: format!("line {}: {e}", n + 1) })?;
-                apply(&mut state, &event);
+                let state = match &mut state {
+                    Some(s) => s,
+                    None => state.insert(MemKv::with_blinder(blinder_of(store)?)),
+                };
+                apply(state, &event);
                 batch.push((position, sealed));
                 if batch.len() >= PAGE {
                     store.append_raw(&std::mem::take(&mut batch))?;
@@ -543,8 +549,16 @@ pub fn import<R: std::io::BufRead>(
         }
     }
     store.append_raw(&batch)?;
-    store.replace_state(state.0.into_iter().collect())?;
+    store.replace_state(state.map(|s| s.0.into_iter().collect()).unwrap_or_default())?;
     Ok(chain.count)
+}
+
+/// The store's index blinder (set when its key ring was opened).
+fn blinder_of(store: &Store) -> Result<scimlog_projections::IndexBlinder, AuditError> {
+    store.blinder().ok_or_else(|| AuditError::Broken {
+        position: 0,
+        what: "the store has no index secret yet: start the server once on it (it upgrades the read models)".into(),
+    })
 }
 
 /// Where an import stands in the chain it reads.

@@ -21,6 +21,9 @@ use super::{LogError, Store, CF_KEYS};
 
 const MASTER_CHECK_KEY: &[u8] = b"master-check";
 const MASTER_CHECK_TEXT: &[u8] = b"scimlog master key check v1";
+/// The wrapped index secret (see `scimlog_projections::IndexBlinder`): random, made on a first
+/// start, wrapped by the master key like a data key (so a rotation keeps it), exported with them.
+const INDEX_SECRET_KEY: &[u8] = b"ix\0index";
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
@@ -160,7 +163,9 @@ impl KeyRing {
     pub fn open(store: Store, source: &MasterKeySource, data_dir: &Path) -> Result<KeyRing, KeyError> {
         let check = store.get_cf(CF_KEYS, MASTER_CHECK_KEY)?;
         let master = MasterKey::resolve(source, data_dir, check.is_some())?;
-        KeyRing::with_master(store, master, check)
+        let ring = KeyRing::with_master(store, master, check)?;
+        ring.load_index_secret(true)?;
+        Ok(ring)
     }
 
     /// Opens the key ring of a read-only store: nothing is created or written.
@@ -173,7 +178,28 @@ impl KeyRing {
         if check.is_none() {
             return Ok(KeyRing::new(store, master));
         }
-        KeyRing::with_master(store, master, check)
+        let ring = KeyRing::with_master(store, master, check)?;
+        ring.load_index_secret(false)?;
+        Ok(ring)
+    }
+
+    /// Unwraps the index secret and gives the store its blinder; on a writable store, makes the
+    /// secret first if there is none. (A read-only store of an older layout has none: its index
+    /// keys are not blinded, and lookups through them are refused until a server upgrades it.)
+    fn load_index_secret(&self, create: bool) -> Result<(), KeyError> {
+        let wrapped = match self.store.get_cf(CF_KEYS, INDEX_SECRET_KEY)? {
+            Some(w) => w,
+            None if create => {
+                let w = encrypt(&self.master.cipher(), &random_key(), INDEX_SECRET_KEY);
+                self.store.commit_keys(vec![(INDEX_SECRET_KEY.to_vec(), Some(w.clone()))])?;
+                w
+            }
+            None => return Ok(()),
+        };
+        let secret =
+            self.unwrap_key(INDEX_SECRET_KEY, &wrapped).ok_or_else(|| KeyError::Wrong(self.master.origin.clone()))?;
+        self.store.set_blinder(scimlog_projections::IndexBlinder::new(secret));
+        Ok(())
     }
 
     fn with_master(store: Store, master: MasterKey, check: Option<Vec<u8>>) -> Result<KeyRing, KeyError> {
@@ -261,11 +287,13 @@ impl KeyRing {
     /// store exclusively).
     pub fn rotate(&self, new: &MasterKey) -> Result<usize, KeyError> {
         let mut writes = Vec::new();
-        for (id, wrapped) in self.store.scan_cf(CF_KEYS, b"dk\0")? {
+        let data_keys = self.store.scan_cf(CF_KEYS, b"dk\0")?;
+        let n = data_keys.len();
+        let index_secret = self.store.scan_cf(CF_KEYS, b"ix\0")?;
+        for (id, wrapped) in data_keys.into_iter().chain(index_secret) {
             let key = self.unwrap_key(&id, &wrapped).ok_or_else(|| KeyError::Wrong(self.master.origin.clone()))?;
             writes.push((id.clone(), Some(encrypt(&new.cipher(), &key, &id))));
         }
-        let n = writes.len();
         writes.push((MASTER_CHECK_KEY.to_vec(), Some(encrypt(&new.cipher(), MASTER_CHECK_TEXT, b"master-check"))));
         self.store.commit_keys(writes)?;
         Ok(n)
@@ -285,6 +313,7 @@ impl KeyRing {
     /// Every wrapped data key and the master check value (for a lossless export).
     pub fn wrapped_keys(&self) -> Result<Vec<(Vec<u8>, Vec<u8>)>, KeyError> {
         let mut all = self.store.scan_cf(CF_KEYS, b"dk\0")?;
+        all.extend(self.store.scan_cf(CF_KEYS, b"ix\0")?);
         if let Some(check) = self.store.get_cf(CF_KEYS, MASTER_CHECK_KEY)? {
             all.push((MASTER_CHECK_KEY.to_vec(), check));
         }
@@ -300,7 +329,12 @@ impl KeyRing {
         } else if self.unwrap_key(&id, &wrapped).is_none() {
             return Err(KeyError::Wrong(self.master.origin.clone()));
         }
+        let index_secret = id == INDEX_SECRET_KEY;
         self.store.commit_keys(vec![(id, Some(wrapped))])?;
+        if index_secret {
+            // The exported read models were blinded with this secret: the import folds with it.
+            self.load_index_secret(false)?;
+        }
         Ok(())
     }
 

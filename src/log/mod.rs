@@ -86,6 +86,8 @@ impl FaultInjector {
 #[derive(Clone)]
 pub struct Store {
     db: Arc<DB>,
+    /// How index keys blind personal values; set by the key ring once it holds the master key.
+    blinder: Arc<std::sync::RwLock<Option<scimlog_projections::IndexBlinder>>>,
     faults: FaultInjector,
     /// A secondary instance's own directory, removed when the last clone goes.
     _scratch: Option<Arc<tempfile::TempDir>>,
@@ -167,7 +169,7 @@ impl Store {
             .map(|name| ColumnFamilyDescriptor::new(name, family_options(name, memory, &cache)));
         let db = DB::open_cf_descriptors(&db_options(memory, &cache), &path, cfs)
             .map_err(|source| LogError::Open { path, source })?;
-        Ok(Store { db: Arc::new(db), faults: FaultInjector::default(), _scratch: None })
+        Ok(Store { db: Arc::new(db), blinder: Default::default(), faults: FaultInjector::default(), _scratch: None })
     }
 
     /// Opens the store for reading beside a live server (audit, export), as a RocksDB secondary
@@ -195,7 +197,12 @@ impl Store {
         let db = DB::open_cf_descriptors_as_secondary(&opts, &path, &scratch.path().to_path_buf(), cfs)
             .map_err(|source| LogError::Open { path: path.clone(), source })?;
         db.try_catch_up_with_primary()?;
-        Ok(Store { db: Arc::new(db), faults: FaultInjector::default(), _scratch: Some(Arc::new(scratch)) })
+        Ok(Store {
+            db: Arc::new(db),
+            blinder: Default::default(),
+            faults: FaultInjector::default(),
+            _scratch: Some(Arc::new(scratch)),
+        })
     }
 
     fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
@@ -222,12 +229,21 @@ impl Store {
         self.faults.clone()
     }
 
+    pub(crate) fn set_blinder(&self, b: scimlog_projections::IndexBlinder) {
+        *self.blinder.write().expect("blinder lock") = Some(b);
+    }
+
+    /// The blinder of this store's index keys, once the key ring set it.
+    pub fn blinder(&self) -> Option<scimlog_projections::IndexBlinder> {
+        *self.blinder.read().expect("blinder lock")
+    }
+
     /// A consistent read view of the read models.
     pub fn view(&self) -> StateView<'_> {
         // A secondary instance cannot take snapshots, and needs none: it does not change after
         // it caught up with the primary.
         let snapshot = self._scratch.is_none().then(|| self.db.snapshot());
-        StateView { db: &self.db, snapshot, cf: self.cf(CF_STATE), error: RefCell::new(None) }
+        StateView { db: &self.db, snapshot, cf: self.cf(CF_STATE), blinder: self.blinder(), error: RefCell::new(None) }
     }
 
     /// Reads up to `limit` events from `from` (inclusive), in log order.
@@ -437,6 +453,7 @@ pub struct StateView<'a> {
     db: &'a DB,
     snapshot: Option<SnapshotWithThreadMode<'a, DB>>,
     cf: &'a rocksdb::ColumnFamily,
+    blinder: Option<scimlog_projections::IndexBlinder>,
     error: RefCell<Option<rocksdb::Error>>,
 }
 
@@ -453,6 +470,12 @@ impl StateView<'_> {
 }
 
 impl KvRead for StateView<'_> {
+    fn blinder(&self) -> scimlog_projections::IndexBlinder {
+        // Every path that reads or writes an index of personal values opens the key ring first.
+        self.blinder.expect(
+            "the store's index secret is missing: open the key ring first, or start the server once to upgrade the data dir",
+        )
+    }
     fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
         let got = match &self.snapshot {
             Some(s) => s.get_cf(self.cf, key),

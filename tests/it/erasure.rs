@@ -206,5 +206,10 @@ async fn master_key_rotation_and_wrong_keys() {
     cfg.master_key_file = Some(new_key);
     let s = TestServer::start_with(cfg).await;
     assert_eq!(s.get("/Users").await.body["totalResults"], 1);
+    // The blinded indexes survive the rotation (the index secret was re-wrapped, not changed).
+    let filter = format!("userName%20eq%20%22rot-{tag}%22");
+    assert_eq!(s.get(&format!("/Users?filter={filter}")).await.body["totalResults"], 1);
+    let filter = format!("emails.value%20eq%20%22rot-{tag}%40x.org%22");
+    assert_eq!(s.get(&format!("/Users?filter={filter}")).await.body["totalResults"], 1);
     s.stop().await;
 }
