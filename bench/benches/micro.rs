@@ -12,7 +12,7 @@ use scimlog::command::{decide, Command, Ctx};
 use scimlog::log::writer::{self, Origin, WriterOptions};
 use scimlog::log::{keys::KeyRing, Store};
 use scimlog_projections::{apply, MemKv};
-use scimlog_schemas::event::{Event, NewEvent, GENESIS_HASH};
+use scimlog_schemas::event::{Event, EventHash, NewEvent};
 use scimlog_schemas::filter::{Filter, FilterLimits};
 use scimlog_schemas::patch::{self, parse_patch};
 use scimlog_schemas::registry::registry;
@@ -122,7 +122,7 @@ fn stamp(position: u64, new: NewEvent) -> Event {
         recorded_at: chrono::Utc::now(),
         actor: "bench".into(),
         request_id: "r".into(),
-        prev_hash: GENESIS_HASH.into(),
+        prev_hash: EventHash::GENESIS,
     }
 }
 

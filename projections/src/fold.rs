@@ -432,7 +432,7 @@ mod tests {
     use crate::kv::MemKv;
     use crate::query;
     use chrono::{DateTime, Utc};
-    use scimlog_schemas::event::{EventBody as B, ResourceKind, GENESIS_HASH};
+    use scimlog_schemas::event::{EventBody as B, EventHash, ResourceKind};
     use scimlog_schemas::MemberType;
     use serde_json::json;
 
@@ -449,7 +449,7 @@ mod tests {
             recorded_at: DateTime::<Utc>::from_timestamp(1_700_000_000 + pos as i64, 0).unwrap(),
             actor: "test".into(),
             request_id: "r".into(),
-            prev_hash: GENESIS_HASH.into(),
+            prev_hash: EventHash::GENESIS,
         }
     }
 

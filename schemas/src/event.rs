@@ -11,8 +11,48 @@ use uuid::Uuid;
 
 use crate::personal::{merge, split, Opener, Sealed, Sealer, ERASED};
 
-/// The `prevHash` of the first event of a log.
-pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+/// The SHA-256 of an event's stored bytes: what chains the log. Written (in events, exports,
+/// `audit verify`) as 64 lowercase hex characters, exactly as before it was a type, so no stored
+/// byte changes; reading it checks that form.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct EventHash(pub [u8; 32]);
+
+impl EventHash {
+    /// The `prevHash` of the first event of a log.
+    pub const GENESIS: EventHash = EventHash([0; 32]);
+
+    pub fn parse_hex(s: &str) -> Option<EventHash> {
+        let mut out = [0u8; 32];
+        let lower = s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        (s.len() == 64 && lower && hex::decode_to_slice(s, &mut out).is_ok()).then_some(EventHash(out))
+    }
+}
+
+impl std::fmt::Display for EventHash {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&hex::encode(self.0))
+    }
+}
+
+impl std::fmt::Debug for EventHash {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "EventHash({self})")
+    }
+}
+
+impl Serialize for EventHash {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for EventHash {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<EventHash, D::Error> {
+        let text = std::borrow::Cow::<'de, str>::deserialize(d)?;
+        EventHash::parse_hex(&text)
+            .ok_or_else(|| serde::de::Error::custom(format!("{text:?} is not a SHA-256 in lowercase hex")))
+    }
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum ResourceKind {
@@ -353,7 +393,7 @@ pub struct Event {
     pub recorded_at: DateTime<Utc>,
     pub actor: String,
     pub request_id: String,
-    pub prev_hash: String,
+    pub prev_hash: EventHash,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -392,6 +432,9 @@ impl SealedEvent {
     }
     pub fn hash_hex(&self) -> String {
         hex::encode(self.hash)
+    }
+    pub fn event_hash(&self) -> EventHash {
+        EventHash(self.hash)
     }
     /// Whether the stored hash is the hash of the stored bytes.
     pub fn is_intact(&self) -> bool {
@@ -523,7 +566,20 @@ mod tests {
             recorded_at: DateTime::parse_from_rfc3339("2026-01-02T03:04:05Z").unwrap().with_timezone(&Utc),
             actor: "okta".into(),
             request_id: "r1".into(),
-            prev_hash: GENESIS_HASH.into(),
+            prev_hash: EventHash::GENESIS,
+        }
+    }
+
+    /// A hash is written exactly as the 64-hex string it was before it became a type (the chain's
+    /// bytes do not change), and only that form reads back.
+    #[test]
+    fn event_hashes_keep_their_wire_form() {
+        let h = EventHash([0xab; 32]);
+        assert_eq!(serde_json::to_value(h).unwrap(), json!("ab".repeat(32)));
+        assert_eq!(serde_json::from_value::<EventHash>(json!("ab".repeat(32))).unwrap(), h);
+        assert_eq!(serde_json::to_value(EventHash::GENESIS).unwrap(), json!("0".repeat(64)));
+        for bad in ["AB".repeat(32), "ab".repeat(31), "zz".repeat(32), String::new()] {
+            assert!(serde_json::from_value::<EventHash>(json!(bad)).is_err(), "{bad}");
         }
     }
 

@@ -30,7 +30,7 @@ pub mod registry;
 pub mod resource;
 
 pub use error::{SchemaError, ScimType};
-pub use event::{Event, EventBody, EventType, MemberType, NewEvent, ResourceKind, ScimKind};
+pub use event::{Event, EventBody, EventHash, EventType, MemberType, NewEvent, ResourceKind, ScimKind};
 pub use filter::Filter;
 pub use name::CiName;
 pub use path::AttrPath;

@@ -8,7 +8,7 @@ use std::io::Write;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use scimlog_projections::{apply, keys, query, KvRead, MemKv};
-use scimlog_schemas::event::{Event, EventBody, SealedEvent, GENESIS_HASH};
+use scimlog_schemas::event::{Event, EventBody, EventHash, SealedEvent};
 use scimlog_schemas::personal::Opener;
 use scimlog_schemas::ResourceKind;
 use serde::Deserialize;
@@ -23,7 +23,7 @@ use crate::log::{LogError, Store};
 pub struct Verified {
     pub count: u64,
     pub head_position: u64,
-    pub head_hash: String,
+    pub head_hash: EventHash,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -42,7 +42,7 @@ pub enum AuditError {
 #[serde(rename_all = "camelCase")]
 struct ChainFields {
     position: u64,
-    prev_hash: String,
+    prev_hash: EventHash,
 }
 
 const PAGE: usize = 4096;
@@ -51,7 +51,7 @@ const PAGE: usize = 4096;
 /// name the previous event's hash, and positions must run 1, 2, 3, ... without a gap. A flipped
 /// byte, a deleted event or a reordered pair is reported with its position.
 pub fn verify(store: &Store) -> Result<Verified, AuditError> {
-    let mut expected_prev = GENESIS_HASH.to_string();
+    let mut expected_prev = EventHash::GENESIS;
     let mut expected_position = 1u64;
     let mut count = 0u64;
     loop {
@@ -80,7 +80,7 @@ pub fn verify(store: &Store) -> Result<Verified, AuditError> {
                     fields.prev_hash
                 )));
             }
-            expected_prev = sealed.hash_hex();
+            expected_prev = sealed.event_hash();
             expected_position += 1;
             count += 1;
         }
@@ -93,7 +93,7 @@ pub fn verify(store: &Store) -> Result<Verified, AuditError> {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Anchor {
     pub position: u64,
-    pub hash: String,
+    pub hash: EventHash,
 }
 
 impl std::str::FromStr for Anchor {
@@ -102,10 +102,8 @@ impl std::str::FromStr for Anchor {
         let (p, h) = s.split_once(':').ok_or_else(|| format!("expected POSITION:HASH, got {s:?}"))?;
         let position =
             p.parse::<u64>().ok().filter(|p| *p > 0).ok_or_else(|| format!("{p:?} is not a position (1, 2, ...)"))?;
-        let hash = h.to_ascii_lowercase();
-        if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(format!("{h:?} is not a SHA-256 in hex (64 characters)"));
-        }
+        let hash = EventHash::parse_hex(&h.to_ascii_lowercase())
+            .ok_or_else(|| format!("{h:?} is not a SHA-256 in hex (64 characters)"))?;
         Ok(Anchor { position, hash })
     }
 }
@@ -120,11 +118,11 @@ pub fn check_anchors(store: &Store, verified: &Verified, anchors: &[Anchor]) -> 
                 verified.head_position, a.position
             )));
         }
-        let stored = store.events_from(a.position, 1)?.into_iter().next().map(|(_, s)| s.hash_hex());
-        if stored.as_deref() != Some(a.hash.as_str()) {
+        let stored = store.events_from(a.position, 1)?.into_iter().next().map(|(_, s)| s.event_hash());
+        if stored != Some(a.hash) {
             return Err(broken(format!(
                 "the event here has hash {}, not the recorded {}: the log was rewritten",
-                stored.unwrap_or_default(),
+                stored.map(|h| h.to_string()).unwrap_or_default(),
                 a.hash
             )));
         }
@@ -563,13 +561,13 @@ fn blinder_of(store: &Store) -> Result<scimlog_projections::IndexBlinder, AuditE
 
 /// Where an import stands in the chain it reads.
 struct ChainCheck {
-    expected_prev: String,
+    expected_prev: EventHash,
     count: u64,
 }
 
 impl Default for ChainCheck {
     fn default() -> Self {
-        ChainCheck { expected_prev: GENESIS_HASH.to_string(), count: 0 }
+        ChainCheck { expected_prev: EventHash::GENESIS, count: 0 }
     }
 }
 
@@ -609,7 +607,7 @@ fn parse_import_line(n: usize, line: &str, chain: &mut ChainCheck) -> Result<Opt
     if fields.prev_hash != chain.expected_prev || fields.position != chain.count + 1 {
         return Err(broken("the events are not a contiguous chain from the first".into()));
     }
-    chain.expected_prev = sealed.hash_hex();
+    chain.expected_prev = sealed.event_hash();
     chain.count += 1;
     Ok(Some(ImportLine::Event(fields.position, sealed)))
 }

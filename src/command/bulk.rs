@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use scimlog_projections::{apply, query, KvRead, Overlay};
-use scimlog_schemas::event::{Event, GENESIS_HASH};
+use scimlog_schemas::event::{Event, EventHash};
 use scimlog_schemas::filter::FilterLimits;
 use scimlog_schemas::patch::parse_patch;
 use scimlog_schemas::resource::{parse_group, parse_user};
@@ -120,7 +120,7 @@ fn provisional(tenant: &str, new: &scimlog_schemas::NewEvent) -> Event {
         recorded_at: chrono::DateTime::UNIX_EPOCH,
         actor: String::new(),
         request_id: String::new(),
-        prev_hash: GENESIS_HASH.into(),
+        prev_hash: EventHash::GENESIS,
     }
 }
 

@@ -2,7 +2,7 @@
 
 use chrono::{DateTime, Utc};
 use scimlog_projections::{apply, MemKv};
-use scimlog_schemas::event::{Event, EventBody as B, MemberType, NewEvent, ResourceKind, GENESIS_HASH};
+use scimlog_schemas::event::{Event, EventBody as B, EventHash, MemberType, NewEvent, ResourceKind};
 use scimlog_schemas::resource::{parse_group, parse_user};
 use serde_json::{json, Value};
 
@@ -38,7 +38,7 @@ fn stamp(position: u64, new: NewEvent) -> Event {
         recorded_at: DateTime::<Utc>::from_timestamp(1_700_000_000, 0).unwrap(),
         actor: "test".into(),
         request_id: "r".into(),
-        prev_hash: GENESIS_HASH.into(),
+        prev_hash: EventHash::GENESIS,
     }
 }
 

@@ -22,7 +22,7 @@ use rocksdb::{
     ColumnFamilyDescriptor, Direction, IteratorMode, Options, SnapshotWithThreadMode, WriteBatch, WriteOptions, DB,
 };
 use scimlog_projections::KvRead;
-use scimlog_schemas::event::{SealedEvent, GENESIS_HASH};
+use scimlog_schemas::event::{EventHash, SealedEvent};
 
 pub const CF_EVENTS: &str = "events";
 pub const CF_STATE: &str = "state";
@@ -44,12 +44,12 @@ pub enum LogError {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Head {
     pub position: u64,
-    pub hash: String,
+    pub hash: EventHash,
 }
 
 impl Head {
     pub fn genesis() -> Head {
-        Head { position: 0, hash: GENESIS_HASH.to_string() }
+        Head { position: 0, hash: EventHash::GENESIS }
     }
 }
 
@@ -220,7 +220,7 @@ impl Store {
                 let position = decode_position(&k)?;
                 let sealed =
                     SealedEvent::from_record(&v).map_err(|e| LogError::Corrupt { position, detail: e.to_string() })?;
-                Ok(Head { position, hash: sealed.hash_hex() })
+                Ok(Head { position, hash: sealed.event_hash() })
             }
         }
     }

@@ -284,7 +284,7 @@ fn commit_batch(
                         recorded_at: now,
                         actor: req.origin.actor.clone(),
                         request_id: req.origin.request_id.clone(),
-                        prev_hash: next.hash.clone(),
+                        prev_hash: next.hash,
                     };
                     let sealed = event.seal(&mut sealer);
                     match event.body {
@@ -297,7 +297,7 @@ fn commit_batch(
                         }
                         _ => {}
                     }
-                    next = Head { position: event.position, hash: sealed.hash_hex() };
+                    next = Head { position: event.position, hash: sealed.event_hash() };
                     apply(&mut overlay, &event);
                     appended.push((event.position, sealed));
                     events.push(event);
