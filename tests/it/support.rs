@@ -64,6 +64,16 @@ impl TestServer {
         s
     }
 
+    /// A server on a fresh temp data dir with the test config changed by `change`.
+    pub async fn start_configured(change: impl FnOnce(&mut ServeConfig)) -> TestServer {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut cfg = config(tmp.path());
+        change(&mut cfg);
+        let mut s = TestServer::start_with(cfg).await;
+        s._tmp = Some(tmp);
+        s
+    }
+
     pub async fn start_with(cfg: ServeConfig) -> TestServer {
         let dir = cfg.data_dir.clone();
         let token = cfg.bootstrap_token.clone().unwrap_or_default();

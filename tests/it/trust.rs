@@ -317,13 +317,12 @@ async fn a_panic_in_decide_answers_500_and_the_writer_goes_on() {
 /// enforced with a clear error before anything is written.
 #[tokio::test]
 async fn writes_are_bounded_by_their_configured_limits() {
-    let tmp = tempfile::tempdir().unwrap();
-    let mut cfg = config(tmp.path());
-    cfg.max_members_per_request = 5;
-    cfg.max_values_per_attribute = 3;
-    cfg.max_scan = 8;
-    let mut s = TestServer::start_with(cfg).await;
-    s.adopt_dir(tmp);
+    let s = TestServer::start_configured(|cfg| {
+        cfg.max_members_per_request = 5;
+        cfg.max_values_per_attribute = 3;
+        cfg.max_scan = 8;
+    })
+    .await;
     let mut ids = Vec::new();
     for i in 0..6 {
         ids.push(s.post("/Users", &json!({"userName": format!("m{i}")})).await.id());
@@ -466,11 +465,10 @@ fn concurrent_token_edits_lose_nothing() {
 /// `startIndex`; walking a whole collection page by page is never refused.
 #[tokio::test]
 async fn every_listing_path_honours_max_scan() {
-    let tmp = tempfile::tempdir().unwrap();
-    let mut cfg = config(tmp.path());
-    cfg.max_scan = 3;
-    let mut s = TestServer::start_with(cfg).await;
-    s.adopt_dir(tmp);
+    let s = TestServer::start_configured(|cfg| {
+        cfg.max_scan = 3;
+    })
+    .await;
     for i in 0..5 {
         s.post("/Users", &json!({"userName": format!("scan{i}")})).await;
     }
@@ -498,11 +496,10 @@ async fn every_listing_path_honours_max_scan() {
 /// client is told to exclude them, and a write still answers (without the members).
 #[tokio::test]
 async fn group_member_rendering_is_capped() {
-    let tmp = tempfile::tempdir().unwrap();
-    let mut cfg = config(tmp.path());
-    cfg.max_members_rendered = 3;
-    let mut s = TestServer::start_with(cfg).await;
-    s.adopt_dir(tmp);
+    let s = TestServer::start_configured(|cfg| {
+        cfg.max_members_rendered = 3;
+    })
+    .await;
     let mut members = Vec::new();
     for i in 0..4 {
         members.push(json!({"value": s.post("/Users", &json!({"userName": format!("mr{i}")})).await.id()}));
@@ -538,12 +535,11 @@ async fn raw(addr: &str, request: &[u8], then_wait_ms: u64) -> (String, std::tim
 /// off with 408; a kept-alive connection that stays silent is closed.
 #[tokio::test]
 async fn slow_silent_and_oversized_bodies_are_cut_off() {
-    let tmp = tempfile::tempdir().unwrap();
-    let mut cfg = config(tmp.path());
-    cfg.body_read_timeout_ms = 300;
-    cfg.header_read_timeout_ms = 300;
-    let mut s = TestServer::start_with(cfg).await;
-    s.adopt_dir(tmp);
+    let s = TestServer::start_configured(|cfg| {
+        cfg.body_read_timeout_ms = 300;
+        cfg.header_read_timeout_ms = 300;
+    })
+    .await;
     let addr = s.base.trim_start_matches("http://").to_string();
     let head = |len: u64| {
         format!(
@@ -574,14 +570,13 @@ async fn slow_silent_and_oversized_bodies_are_cut_off() {
 /// throughout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scanning_reads_take_turns_and_health_still_answers() {
-    let tmp = tempfile::tempdir().unwrap();
-    let mut cfg = config(tmp.path());
-    cfg.max_concurrent_reads = 1;
-    cfg.read_wait_ms = 1;
-    cfg.bulk_max_operations = 1000;
-    cfg.bulk_max_payload_bytes = 4 << 20;
-    let mut s = TestServer::start_with(cfg).await;
-    s.adopt_dir(tmp);
+    let s = TestServer::start_configured(|cfg| {
+        cfg.max_concurrent_reads = 1;
+        cfg.read_wait_ms = 1;
+        cfg.bulk_max_operations = 1000;
+        cfg.bulk_max_payload_bytes = 4 << 20;
+    })
+    .await;
     for batch in 0..4 {
         let ops: Vec<Value> = (0..1000)
             .map(|i| {
@@ -629,13 +624,12 @@ async fn scanning_reads_take_turns_and_health_still_answers() {
 /// are all answered, none with 503.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_tenant_cannot_take_the_server_from_another() {
-    let tmp = tempfile::tempdir().unwrap();
-    let mut cfg = config(tmp.path());
-    cfg.write_queue_depth = 8;
-    cfg.write_queue_per_tenant = 4;
-    cfg.tenant_rate_limits = vec![("metered".into(), scimlog::http::rate::Rate { per_s: 1, burst: 3 })];
-    let mut s = TestServer::start_with(cfg).await;
-    s.adopt_dir(tmp);
+    let s = TestServer::start_configured(|cfg| {
+        cfg.write_queue_depth = 8;
+        cfg.write_queue_per_tenant = 4;
+        cfg.tenant_rate_limits = vec![("metered".into(), scimlog::http::rate::Rate { per_s: 1, burst: 3 })];
+    })
+    .await;
     let metered = create_token(s.data_dir(), "metered", "metered", Role::Scim).unwrap();
     let noisy = create_token(s.data_dir(), "noisy", "noisy", Role::Scim).unwrap();
 
@@ -687,11 +681,10 @@ async fn one_tenant_cannot_take_the_server_from_another() {
 /// it the answer is a clear 400, never a partial list or a wrong "no".
 #[tokio::test]
 async fn access_expansion_honours_max_scan() {
-    let tmp = tempfile::tempdir().unwrap();
-    let mut cfg = config(tmp.path());
-    cfg.max_scan = 3;
-    let mut s = TestServer::start_with(cfg).await;
-    s.adopt_dir(tmp);
+    let s = TestServer::start_configured(|cfg| {
+        cfg.max_scan = 3;
+    })
+    .await;
     let uid = s.post("/Users", &json!({"userName": "deep"})).await.id();
     // deep ∈ g1 ∈ g2 ∈ g3 ∈ g4, and g4 holds the role: four memberships to read.
     let mut inner = json!({"value": uid, "type": "User"});
