@@ -364,3 +364,36 @@ fn commit_batch(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The writer counts as running until its thread ends, however it ends; `/healthz` answers
+    /// 503 from then on (`http::health`), and a write answers "stopped", not "internal error".
+    #[test]
+    fn the_writer_reports_when_it_has_stopped() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let keys = Arc::new(KeyRing::open(store.clone(), &Default::default(), dir.path()).unwrap());
+        let opts = WriterOptions {
+            queue_depth: 4,
+            queue_per_tenant: 4,
+            group_commit_max: 4,
+            sync: false,
+            namespace: "scimlog".into(),
+            default_organization: "default".into(),
+            limits: command::WriteLimits::DEFAULT,
+        };
+        let (mut handle, thread) = start(store, keys, opts).unwrap();
+        let mut observer = handle.clone();
+        assert!(observer.is_running());
+        handle.close();
+        observer.close();
+        thread.join().unwrap();
+        assert!(!observer.is_running());
+        let origin = Origin { tenant: "t".into(), actor: "a".into(), request_id: "r".into() };
+        let stopped = futures::executor::block_on(observer.submit(origin, Command::UnlinkHost { host_id: "h".into() }));
+        assert!(matches!(stopped, Err(WriteError::Closed)), "{stopped:?}");
+    }
+}
