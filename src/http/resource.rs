@@ -223,17 +223,35 @@ pub async fn list(
     params: HashMap<String, String>,
 ) -> Result<Response, ApiError> {
     let q = ListQuery::from_params(&params, state)?;
-    if answers_inline(&kinds, &q) {
+    if answers_inline(state, &caller, &kinds, &q) {
         return list_now(state, &caller, &kinds, q);
     }
     super::blocking_read(state, move |s| list_now(s, &caller, &kinds, q)).await
 }
 
-/// Users only, not sorted, and the whole collection or a filter that indexes answer.
-fn answers_inline(kinds: &[ScimKind], q: &ListQuery) -> bool {
-    let indexed =
-        |f: &scimlog_schemas::filter::Filter| matches!(query::plan(ScimKind::User, f), query::Plan::Lookup(_));
-    matches!(kinds, [ScimKind::User]) && q.sort.is_none() && q.filter.as_ref().is_none_or(indexed)
+/// Point reads only: Users, not sorted, and either a page of the whole collection that starts
+/// where it is known (the first page, a cursor, or a `startIndex` the page before left a hint
+/// for), or a filter that indexes answer with point lookups. A `meta.lastModified` range and a
+/// far first `startIndex` walk keys: those take their turn on the blocking pool.
+fn answers_inline(state: &AppState, caller: &Caller, kinds: &[ScimKind], q: &ListQuery) -> bool {
+    let point = |l: &query::Lookup| match l {
+        query::Lookup::Id(_)
+        | query::Lookup::UserName(_)
+        | query::Lookup::ExternalId(_)
+        | query::Lookup::Email(_)
+        | query::Lookup::DisplayName(_)
+        | query::Lookup::Member(_) => true,
+        query::Lookup::LastModified(..) => false,
+    };
+    let page_start_known = match &q.paging {
+        Paging::Cursor(_) | Paging::Index { start: 1 } => true,
+        Paging::Index { start } => state.page_hints.get(caller.tenant(), ScimKind::User, *start).is_some(),
+    };
+    let cheap = match &q.filter {
+        None => page_start_known,
+        Some(f) => matches!(query::plan(ScimKind::User, f), query::Plan::Lookup(ref l) if l.iter().all(point)),
+    };
+    matches!(kinds, [ScimKind::User]) && q.sort.is_none() && cheap
 }
 
 /// One resource type after another, each in a stable order.
