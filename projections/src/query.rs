@@ -517,8 +517,8 @@ pub fn sort_ids(
             let doc = filterable(kv, t, kind, &id);
             let (def, key) = match &doc {
                 Some(d) => {
-                    let (def, values) = scimlog_schemas::filter::values_at(schema, path, d);
-                    (def, values.first().map(|v| (*v).clone()))
+                    let (def, value) = scimlog_schemas::filter::sort_value(schema, path, d);
+                    (def, value.cloned())
                 }
                 None => (None, None),
             };

@@ -9,7 +9,7 @@ use std::fmt;
 
 use serde_json::Value;
 
-use crate::error::SchemaError;
+use crate::error::{SchemaError, ScimType};
 use crate::path::AttrPath;
 use crate::registry::{Attr, AttrType, ResourceSchema};
 
@@ -88,6 +88,44 @@ impl Default for FilterLimits {
 }
 
 impl Filter {
+    /// Refuses comparisons the attribute's type does not allow (RFC 7644 §3.4.2.2): ordering
+    /// (`gt`, `ge`, `lt`, `le`) of a boolean or binary value, and `co`, `sw`, `ew` on anything but
+    /// a string or a reference. Such a filter is a 400 `invalidFilter`, never an empty result.
+    /// Attributes the schema does not know are left to evaluation (they match nothing).
+    pub fn check_types(&self, schema: &ResourceSchema) -> Result<(), SchemaError> {
+        self.check_types_in(&Scope::Resource(schema))
+    }
+
+    fn check_types_in(&self, scope: &Scope<'_>) -> Result<(), SchemaError> {
+        match self {
+            Filter::And(a, b) | Filter::Or(a, b) => {
+                a.check_types_in(scope)?;
+                b.check_types_in(scope)
+            }
+            Filter::Not(a) => a.check_types_in(scope),
+            Filter::Present(_) => Ok(()),
+            Filter::ValuePath { path, filter } => match attr_of(scope, path) {
+                Some(attr) if attr.ty == AttrType::Complex => filter.check_types_in(&Scope::Complex(attr)),
+                _ => Ok(()),
+            },
+            Filter::Compare { path, op, .. } => {
+                let Some(attr) = attr_of(scope, path) else { return Ok(()) };
+                let ty = match path.sub.as_ref() {
+                    Some(sub) => attr.sub(sub.as_str()).map(|s| s.ty),
+                    None if attr.ty == AttrType::Complex => attr.sub("value").map(|s| s.ty),
+                    None => Some(attr.ty),
+                };
+                match ty {
+                    Some(ty) if !allows(ty, *op) => Err(SchemaError::new(
+                        ScimType::InvalidFilter,
+                        format!("{path} is {}: it cannot be compared with {}", type_word(ty), op.as_str()),
+                    )),
+                    _ => Ok(()),
+                }
+            }
+        }
+    }
+
     pub fn parse(text: &str, limits: FilterLimits) -> Result<Filter, SchemaError> {
         if text.len() > limits.max_length {
             return Err(SchemaError::invalid_filter(format!(
@@ -383,6 +421,25 @@ pub fn values_at<'v, 's>(
     resolve(&Scope::Resource(schema), path, resource)
 }
 
+/// The value a resource sorts by (RFC 7644 §3.4.2.3): for a multi-valued attribute, that of its
+/// primary element (`"primary": true`), or of its first element when none is primary.
+pub fn sort_value<'v, 's>(
+    schema: &'s ResourceSchema,
+    path: &AttrPath,
+    resource: &'v Value,
+) -> (Option<&'s Attr>, Option<&'v Value>) {
+    let (def, items) = elements(&Scope::Resource(schema), path, resource);
+    let primary = |e: &&&Value| get_ci(e, "primary").is_some_and(|p| p == &Value::Bool(true));
+    let chosen = match def {
+        Some(d) if d.multi_valued => items.iter().find(primary).or(items.first()).copied(),
+        _ => items.first().copied(),
+    };
+    match (sub_of(def, path), chosen) {
+        (None, chosen) => (def, chosen),
+        (Some(sub), chosen) => (def.and_then(|d| d.sub(sub)).or(def), chosen.and_then(|e| get_ci(e, sub))),
+    }
+}
+
 /// Orders two values of one attribute: strings without case unless `caseExact`, date-times as
 /// instants, numbers and booleans naturally.
 pub fn compare_values(def: Option<&Attr>, a: &Value, b: &Value) -> Ordering {
@@ -416,12 +473,46 @@ enum Scope<'a> {
     Complex(&'a Attr),
 }
 
+/// The definition of the attribute a path names in a scope (its sub-attribute aside).
+fn attr_of<'s>(scope: &Scope<'s>, path: &AttrPath) -> Option<&'s Attr> {
+    match scope {
+        Scope::Resource(schema) => schema.attr_in(path.schema.as_deref(), path.attr.as_str()),
+        Scope::Complex(attr) => attr.sub(path.attr.as_str()),
+    }
+}
+
+/// Whether an operator applies to a value of a type (RFC 7644 §3.4.2.2).
+fn allows(ty: AttrType, op: CompareOp) -> bool {
+    match op {
+        CompareOp::Eq | CompareOp::Ne => true,
+        CompareOp::Co | CompareOp::Sw | CompareOp::Ew => matches!(ty, AttrType::String | AttrType::Reference),
+        CompareOp::Gt | CompareOp::Ge | CompareOp::Lt | CompareOp::Le => match ty {
+            AttrType::String | AttrType::Reference | AttrType::DateTime | AttrType::Integer | AttrType::Decimal => true,
+            AttrType::Boolean | AttrType::Binary | AttrType::Complex => false,
+        },
+    }
+}
+
+fn type_word(ty: AttrType) -> &'static str {
+    match ty {
+        AttrType::String => "a string",
+        AttrType::Boolean => "a boolean",
+        AttrType::Decimal => "a decimal",
+        AttrType::Integer => "an integer",
+        AttrType::DateTime => "a dateTime",
+        AttrType::Binary => "binary",
+        AttrType::Reference => "a reference",
+        AttrType::Complex => "complex",
+    }
+}
+
 fn get_ci<'v>(obj: &'v Value, name: &str) -> Option<&'v Value> {
     obj.as_object()?.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v)
 }
 
-/// The attribute definition and the values at `path`, flattened over multi-valued attributes.
-fn resolve<'v, 's>(scope: &Scope<'s>, path: &AttrPath, obj: &'v Value) -> (Option<&'s Attr>, Vec<&'v Value>) {
+/// The attribute at `path` (its sub-attribute aside) and its elements as they are: one value,
+/// or each element of a multi-valued attribute.
+fn elements<'v, 's>(scope: &Scope<'s>, path: &AttrPath, obj: &'v Value) -> (Option<&'s Attr>, Vec<&'v Value>) {
     let (def, container) = match scope {
         Scope::Resource(schema) => {
             let def = schema.attr_in(path.schema.as_deref(), path.attr.as_str());
@@ -436,17 +527,26 @@ fn resolve<'v, 's>(scope: &Scope<'s>, path: &AttrPath, obj: &'v Value) -> (Optio
     let Some(top) = container.and_then(|c| get_ci(c, path.attr.as_str())) else {
         return (def, vec![]);
     };
-    let elements: Vec<&Value> = match top {
-        Value::Array(items) => items.iter().collect(),
-        other => vec![other],
-    };
-    // With no sub-attribute, a complex multi-valued attribute compares by its `value`.
-    let sub = path
-        .sub
+    match top {
+        Value::Array(items) => (def, items.iter().collect()),
+        other => (def, vec![other]),
+    }
+}
+
+/// The sub-attribute a path reads in each element: the one it names, or, for a complex
+/// multi-valued attribute named alone, its `value`.
+fn sub_of<'p>(def: Option<&Attr>, path: &'p AttrPath) -> Option<&'p str> {
+    path.sub
         .as_ref()
         .map(|s| s.as_str())
-        .or_else(|| def.filter(|d| d.ty == AttrType::Complex && d.multi_valued).map(|_| "value"));
-    match sub {
+        .or_else(|| def.filter(|d| d.ty == AttrType::Complex && d.multi_valued).map(|_| "value"))
+}
+
+/// The attribute definition and the values at `path`, flattened over multi-valued attributes.
+fn resolve<'v, 's>(scope: &Scope<'s>, path: &AttrPath, obj: &'v Value) -> (Option<&'s Attr>, Vec<&'v Value>) {
+    let (def, elements) = elements(scope, path, obj);
+    // With no sub-attribute, a complex multi-valued attribute compares by its `value`.
+    match sub_of(def, path) {
         None => (def, elements),
         Some(sub_name) => {
             let sub_def = def.and_then(|d| d.sub(sub_name));
@@ -610,6 +710,55 @@ mod tests {
             assert_eq!(e.scim_type, crate::ScimType::InvalidFilter);
             assert!(e.detail.contains(want), "{input}: {}", e.detail);
         }
+    }
+
+    /// RFC 7644 §3.4.2.2: a comparison the attribute's type does not allow is refused, with the
+    /// attribute and the operator named; every allowed one passes.
+    #[test]
+    fn comparisons_the_type_does_not_allow_are_invalid_filters() {
+        let user = &crate::registry::registry().user;
+        let refused = [
+            ("active gt true", "active is a boolean: it cannot be compared with gt"),
+            ("active co \"t\"", "active is a boolean: it cannot be compared with co"),
+            ("meta.lastModified co \"2011\"", "meta.lastModified is a dateTime: it cannot be compared with co"),
+            ("emails[primary lt true]", "primary is a boolean: it cannot be compared with lt"),
+            ("userName eq \"a\" and active le false", "active is a boolean"),
+            ("not (x509Certificates.value gt \"x\")", "x509Certificates.value is binary"),
+        ];
+        for (text, want) in refused {
+            let e = parse(text).unwrap().check_types(user).expect_err(text);
+            assert_eq!(e.scim_type, crate::ScimType::InvalidFilter, "{text}");
+            assert!(e.detail.contains(want), "{text}: {}", e.detail);
+        }
+        let allowed = [
+            "active eq true",
+            "active ne false",
+            "userName gt \"a\"",
+            "userName co \"a\"",
+            "emails co \"@x\"",
+            "emails[type eq \"work\" and value sw \"a\"]",
+            "meta.lastModified gt \"2011-05-13T04:42:34Z\"",
+            "unknownAttr co \"x\"",
+        ];
+        for text in allowed {
+            assert!(parse(text).unwrap().check_types(user).is_ok(), "{text}");
+        }
+    }
+
+    /// RFC 7644 §3.4.2.3: a multi-valued attribute sorts by its primary value, else its first.
+    #[test]
+    fn a_multi_valued_attribute_sorts_by_its_primary_value() {
+        let user = &crate::registry::registry().user;
+        let path = |p: &str| AttrPath::parse(p).unwrap();
+        let doc = serde_json::json!({"emails": [{"value": "b@x"}, {"value": "a@x", "primary": true}], "userName": "u"});
+        let (_, v) = sort_value(user, &path("emails"), &doc);
+        assert_eq!(v, Some(&serde_json::json!("a@x")));
+        let (_, v) = sort_value(user, &path("emails.value"), &doc);
+        assert_eq!(v, Some(&serde_json::json!("a@x")));
+        let no_primary = serde_json::json!({"emails": [{"value": "b@x"}, {"value": "a@x"}]});
+        assert_eq!(sort_value(user, &path("emails"), &no_primary).1, Some(&serde_json::json!("b@x")));
+        assert_eq!(sort_value(user, &path("userName"), &doc).1, Some(&serde_json::json!("u")));
+        assert_eq!(sort_value(user, &path("nickName"), &doc).1, None);
     }
 
     #[test]

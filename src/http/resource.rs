@@ -223,6 +223,14 @@ pub async fn list(
     params: HashMap<String, String>,
 ) -> Result<Response, ApiError> {
     let q = ListQuery::from_params(&params, state)?;
+    if let Some(f) = &q.filter {
+        for kind in &kinds {
+            f.check_types(match kind {
+                ScimKind::User => &scimlog_schemas::registry::registry().user,
+                ScimKind::Group => &scimlog_schemas::registry::registry().group,
+            })?;
+        }
+    }
     if answers_inline(state, &caller, &kinds, &q) {
         return list_now(state, &caller, &kinds, q);
     }

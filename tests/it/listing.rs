@@ -108,3 +108,42 @@ async fn meta_last_modified_ranges_use_the_index_and_follow_changes() {
     assert_eq!(count(format!("meta.lastModified gt \"{}\"", stamps[2])).await, ["lm1"]);
     assert_eq!(count(format!("meta.lastModified lt \"{}\"", stamps[1])).await, Vec::<String>::new());
 }
+
+/// RFC 7644 §3.4.2.2: a comparison the attribute's type does not allow is 400 `invalidFilter`
+/// naming it, on every list and search, never an empty 200.
+#[tokio::test]
+async fn comparisons_the_type_does_not_allow_are_refused() {
+    let s = TestServer::start().await;
+    s.post("/Users", &json!({"userName": "typed", "active": true})).await;
+    let filter = crate::support::q("active gt true");
+    s.get(&format!("/Users?filter={filter}")).await.assert_error(400, Some("invalidFilter"), "active is a boolean");
+    let search = json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:SearchRequest"], "filter": "meta.lastModified co \"2026\""});
+    s.post("/.search", &search).await.assert_error(400, Some("invalidFilter"), "is a dateTime");
+    let ok = s.get(&format!("/Users?filter={}", crate::support::q("active eq true"))).await;
+    assert_eq!(ok.body["totalResults"], 1);
+    s.stop().await;
+}
+
+/// RFC 7644 §3.4.2.3: sorting by a multi-valued attribute sorts by each resource's primary value.
+#[tokio::test]
+async fn sorting_by_a_multi_valued_attribute_uses_the_primary_value() {
+    let s = TestServer::start().await;
+    // By first elements the order would be first, second; by primary values it is second, first.
+    s.post(
+        "/Users",
+        &json!({"userName": "first", "emails": [{"value": "a@x.org"}, {"value": "z@x.org", "primary": true}]}),
+    )
+    .await;
+    s.post(
+        "/Users",
+        &json!({"userName": "second", "emails": [{"value": "y@x.org"}, {"value": "m@x.org", "primary": true}]}),
+    )
+    .await;
+    for path in ["emails", "emails.value"] {
+        let r = s.get(&format!("/Users?sortBy={path}")).await;
+        let names: Vec<&str> =
+            r.body["Resources"].as_array().unwrap().iter().map(|u| u["userName"].as_str().unwrap()).collect();
+        assert_eq!(names, ["second", "first"], "sortBy={path}");
+    }
+    s.stop().await;
+}
