@@ -260,11 +260,23 @@ fn meta(
     })
 }
 
+/// A resource's `schemas`: its core schema, then each extension it carries (the extension
+/// objects are the attributes named by URN). Responses and filters (`schemas eq "<urn>"`) read it.
+fn schemas_of(core: &str, attributes: &Map<String, Value>) -> Vec<Value> {
+    let mut out = vec![Value::from(core)];
+    out.extend(attributes.keys().filter(|k| k.starts_with("urn:")).map(|k| Value::from(k.as_str())));
+    out
+}
+
 impl UserDoc {
-    /// The resource as filters see it: attributes plus id, meta and `active` as in effect (an
-    /// unassigned `active` filters as true).
+    pub fn schemas(&self) -> Vec<Value> {
+        schemas_of(scimlog_schemas::urn::USER, &self.attributes)
+    }
+    /// The resource as filters see it: attributes plus schemas, id, meta and `active` as in
+    /// effect (an unassigned `active` filters as true).
     pub fn filterable(&self) -> Value {
-        let mut m = Map::with_capacity(self.attributes.len() + 3);
+        let mut m = Map::with_capacity(self.attributes.len() + 4);
+        m.insert("schemas".into(), Value::Array(self.schemas()));
         m.insert("id".into(), Value::String(self.id.clone()));
         m.extend(self.attributes.clone());
         m.insert("active".into(), Value::Bool(self.is_active()));
@@ -274,8 +286,12 @@ impl UserDoc {
 }
 
 impl GroupDoc {
+    pub fn schemas(&self) -> Vec<Value> {
+        schemas_of(scimlog_schemas::urn::GROUP, &self.attributes)
+    }
     pub fn filterable(&self) -> Value {
-        let mut m = Map::with_capacity(self.attributes.len() + 3);
+        let mut m = Map::with_capacity(self.attributes.len() + 4);
+        m.insert("schemas".into(), Value::Array(self.schemas()));
         m.insert("id".into(), Value::String(self.id.clone()));
         m.insert("displayName".into(), Value::String(self.display_name.clone()));
         m.extend(self.attributes.clone());

@@ -52,12 +52,8 @@ pub fn location(base: &str, kind: ResourceKind, id: &str) -> String {
 }
 
 pub fn user(kv: &impl KvRead, t: &str, base: &str, doc: &UserDoc, proj: &Projection, shape: GrantShape) -> Value {
-    let mut schemas = vec![Value::from(urn::USER)];
-    if doc.attributes.contains_key(urn::ENTERPRISE_USER) {
-        schemas.push(urn::ENTERPRISE_USER.into());
-    }
     let mut m = Map::with_capacity(doc.attributes.len() + 5);
-    m.insert("schemas".into(), Value::Array(schemas));
+    m.insert("schemas".into(), Value::Array(doc.schemas()));
     m.insert("id".into(), Value::String(doc.id.clone()));
     m.extend(doc.attributes.iter().map(|(k, v)| (k.clone(), v.clone())));
     if let Some(active) = doc.active {
@@ -82,7 +78,7 @@ pub fn user(kv: &impl KvRead, t: &str, base: &str, doc: &UserDoc, proj: &Project
 
 pub fn group(kv: &impl KvRead, t: &str, base: &str, doc: &GroupDoc, proj: &Projection, shape: GrantShape) -> Value {
     let mut m = Map::with_capacity(doc.attributes.len() + 5);
-    m.insert("schemas".into(), json!([urn::GROUP]));
+    m.insert("schemas".into(), Value::Array(doc.schemas()));
     m.insert("id".into(), Value::String(doc.id.clone()));
     m.insert("displayName".into(), Value::String(doc.display_name.clone()));
     m.extend(doc.attributes.iter().map(|(k, v)| (k.clone(), v.clone())));
@@ -106,11 +102,6 @@ pub fn group(kv: &impl KvRead, t: &str, base: &str, doc: &GroupDoc, proj: &Proje
         m.insert("members".into(), Value::Array(members));
     }
     m.insert("meta".into(), meta(base, ResourceKind::Group, &doc.id, &doc.created, &doc.last_modified, doc.version));
-    if doc.attributes.contains_key(urn::GROUP_ACCESS) {
-        if let Some(Value::Array(schemas)) = m.get_mut("schemas") {
-            schemas.push(Value::from(urn::GROUP_ACCESS));
-        }
-    }
     shape_grants(&mut m, shape);
     proj.apply(Value::Object(m))
 }

@@ -147,3 +147,29 @@ async fn sorting_by_a_multi_valued_attribute_uses_the_primary_value() {
     }
     s.stop().await;
 }
+
+/// `schemas eq "<extension urn>"` finds the resources that carry the extension, as their
+/// `schemas` say.
+#[tokio::test]
+async fn schemas_filters_find_resources_by_extension() {
+    let s = TestServer::start().await;
+    let ent = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User";
+    let with = s.post("/Users", &json!({"userName": "with-ext", ent: {"department": "Ops"}})).await;
+    assert!(with.body["schemas"].as_array().unwrap().contains(&json!(ent)));
+    s.post("/Users", &json!({"userName": "without-ext"})).await;
+    let found = s.get(&format!("/Users?filter={}", crate::support::q(&format!("schemas eq \"{ent}\"")))).await;
+    assert_eq!(names(&found.body), ["with-ext"]);
+    let core = crate::support::q("schemas eq \"urn:ietf:params:scim:schemas:core:2.0:User\"");
+    assert_eq!(s.get(&format!("/Users?filter={core}")).await.body["totalResults"], 2);
+    let access = "urn:scimlog:params:scim:schemas:extension:access:2.0:Group";
+    s.post(
+        "/Groups",
+        &json!({"displayName": "granting", access: {"roles": ["urn:scimlog:role:environment:prod:admin"]}}),
+    )
+    .await;
+    s.post("/Groups", &json!({"displayName": "plain"})).await;
+    let groups = s.get(&format!("/Groups?filter={}", crate::support::q(&format!("schemas eq \"{access}\"")))).await;
+    assert_eq!(groups.body["totalResults"], 1, "{}", groups.body);
+    assert_eq!(groups.body["Resources"][0]["displayName"], "granting");
+    s.stop().await;
+}
