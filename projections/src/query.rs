@@ -232,7 +232,8 @@ fn filterable(kv: &impl KvRead, t: &str, kind: ScimKind, id: &str) -> Option<Val
     }
 }
 
-fn schema_of(kind: ScimKind) -> &'static scimlog_schemas::registry::ResourceSchema {
+/// The registry's schema of a SCIM resource type.
+pub fn schema_of(kind: ScimKind) -> &'static scimlog_schemas::registry::ResourceSchema {
     match kind {
         ScimKind::User => &registry().user,
         ScimKind::Group => &registry().group,

@@ -159,20 +159,31 @@ pub fn published_body(sealed: &SealedEvent, opener: &dyn Opener) -> Result<(scim
     Ok((event, serde_json::to_vec(&v).map_err(|e| e.to_string())?))
 }
 
-/// Whether a stored event is a `user.erased` (read from its clear envelope, without keys).
-fn is_erasure(sealed: &SealedEvent) -> bool {
-    #[derive(serde::Deserialize)]
-    struct Type<'a> {
-        #[serde(rename = "type", borrow)]
-        ty: &'a str,
+/// The next events to publish from `next`, decoded once: (position, event, body). A
+/// `user.erased` goes out alone, once the messages before it are acknowledged and the person's
+/// earlier messages are deleted from the stream.
+async fn outgoing(
+    store: &Store,
+    opener: &(dyn Opener + Send + Sync),
+    stream: &stream::Stream,
+    next: u64,
+    limit: usize,
+) -> Result<Vec<(u64, scimlog_schemas::Event, Vec<u8>)>, BusError> {
+    let mut out = Vec::new();
+    for (position, sealed) in store.events_from(next, limit)? {
+        let (event, body) = published_body(&sealed, opener).map_err(|e| BusError::Decode(position, e))?;
+        if !matches!(event.body, scimlog_schemas::EventBody::UserErased { .. }) {
+            out.push((position, event, body));
+            continue;
+        }
+        if out.is_empty() {
+            let n = delete_erased(stream, store, &event.tenant, &event.resource_id).await?;
+            tracing::info!(position, deleted = n, "an erased person's messages were deleted from the stream");
+            out.push((position, event, body));
+        }
+        break;
     }
-    serde_json::from_slice::<Type>(&sealed.bytes).is_ok_and(|t| t.ty == "user.erased")
-}
-
-/// The tenant and user of a `user.erased` event.
-fn erased_subject(sealed: &SealedEvent, position: u64) -> Result<(String, String), BusError> {
-    let e = sealed.decode(&scimlog_schemas::personal::NoKeys).map_err(|e| BusError::Decode(position, e.to_string()))?;
-    Ok((e.tenant, e.resource_id))
+    Ok(out)
 }
 
 pub fn headers(event: &scimlog_schemas::Event) -> HeaderMap {
@@ -334,26 +345,10 @@ async fn session(
                 }
                 continue;
             }
-            let mut page = store.events_from(next, cfg.nats_max_in_flight.max(1))?;
-            // A `user.erased` goes out alone, once the messages before it are acknowledged and
-            // the person's earlier messages are deleted from the stream.
-            if let Some(i) = page.iter().position(|(_, e)| is_erasure(e)) {
-                if i == 0 {
-                    let (tenant, user) = erased_subject(&page[0].1, page[0].0)?;
-                    let n = delete_erased(&stream, store, &tenant, &user).await?;
-                    tracing::info!(
-                        position = page[0].0,
-                        deleted = n,
-                        "an erased person's messages were deleted from the stream"
-                    );
-                    page.truncate(1);
-                } else {
-                    page.truncate(i);
-                }
-            }
+            let page = outgoing(store, opener, &stream, next, cfg.nats_max_in_flight.max(1)).await?;
+            let positions: Vec<u64> = page.iter().map(|(p, _, _)| *p).collect();
             let mut acks = Vec::with_capacity(page.len());
-            for (i, (position, sealed)) in page.iter().enumerate() {
-                let (event, body) = published_body(sealed, opener).map_err(|e| BusError::Decode(*position, e))?;
+            for (i, (_, event, body)) in page.into_iter().enumerate() {
                 let publish = Publish::build()
                     .payload(body.into())
                     .headers(headers(&event))
@@ -370,12 +365,12 @@ async fn session(
                 match ack.await {
                     Ok(a) if a.sequence == want && !a.duplicate => {
                         last_seq = want;
-                        next = page[i].0 + 1;
-                        status.published.store(page[i].0, Ordering::Relaxed);
+                        next = positions[i] + 1;
+                        status.published.store(positions[i], Ordering::Relaxed);
                     }
                     Ok(a) => {
                         tracing::warn!(
-                            position = page[i].0,
+                            position = positions[i],
                             seq = a.sequence,
                             duplicate = a.duplicate,
                             "stream out of step; resyncing"
@@ -385,7 +380,7 @@ async fn session(
                     Err(e) if e.kind() == jetstream::context::PublishErrorKind::WrongLastSequence => {
                         // The stream is not where we thought (it lost its tail, or someone else
                         // wrote): ask it where it stands.
-                        tracing::warn!(position = page[i].0, "stream's last sequence moved; resyncing");
+                        tracing::warn!(position = positions[i], "stream's last sequence moved; resyncing");
                         break 'publish;
                     }
                     Err(e) => return Err(nats(e)),

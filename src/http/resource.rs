@@ -225,10 +225,7 @@ pub async fn list(
     let q = ListQuery::from_params(&params, state)?;
     if let Some(f) = &q.filter {
         for kind in &kinds {
-            f.check_types(match kind {
-                ScimKind::User => &scimlog_schemas::registry::registry().user,
-                ScimKind::Group => &scimlog_schemas::registry::registry().group,
-            })?;
+            f.check_types(query::schema_of(*kind))?;
         }
     }
     if answers_inline(state, &caller, &kinds, &q) {
