@@ -355,18 +355,52 @@ pub fn plan(kind: ScimKind, filter: &Filter) -> Plan {
             };
             Plan::Lookup(vec![lookup])
         }
-        Filter::And(a, b) => match (plan(kind, a), plan(kind, b)) {
-            (Plan::Lookup(l), _) | (_, Plan::Lookup(l)) => Plan::Lookup(l),
-            _ => Plan::Scan,
-        },
-        Filter::Or(a, b) => match (plan(kind, a), plan(kind, b)) {
-            (Plan::Lookup(mut l), Plan::Lookup(r)) => {
-                l.extend(r);
-                Plan::Lookup(l)
+        Filter::And(a, b) => both(plan(kind, a), plan(kind, b)),
+        Filter::Or(a, b) => either(plan(kind, a), plan(kind, b)),
+        // `emails[type eq "work" and value eq "x"]` (Entra's `emails[type eq "work"].value eq
+        // "x"`): the element's `value` is what the index holds.
+        Filter::ValuePath { path, filter } if path.schema.is_none() && path.sub.is_none() => {
+            let attr = path.attr.as_str().to_ascii_lowercase();
+            match (kind, attr.as_str()) {
+                (ScimKind::User, "emails") => plan_element(filter, &Lookup::Email),
+                (ScimKind::Group, "members") => plan_element(filter, &Lookup::Member),
+                _ => Plan::Scan,
             }
-            _ => Plan::Scan,
-        },
+        }
+        Filter::Compare { .. } | Filter::Present(_) | Filter::Not(_) | Filter::ValuePath { .. } => Plan::Scan,
+    }
+}
+
+/// A conjunction is answered by whichever side is indexed.
+fn both(a: Plan, b: Plan) -> Plan {
+    match (a, b) {
+        (Plan::Lookup(l), _) | (_, Plan::Lookup(l)) => Plan::Lookup(l),
+        (Plan::Scan, Plan::Scan) => Plan::Scan,
+    }
+}
+
+/// A disjunction needs both sides indexed.
+fn either(a: Plan, b: Plan) -> Plan {
+    match (a, b) {
+        (Plan::Lookup(mut l), Plan::Lookup(r)) => {
+            l.extend(r);
+            Plan::Lookup(l)
+        }
         _ => Plan::Scan,
+    }
+}
+
+/// Plans the filter inside a value path whose elements' `value` is indexed by `lookup`.
+fn plan_element(filter: &Filter, lookup: &dyn Fn(String) -> Lookup) -> Plan {
+    match filter {
+        Filter::Compare { path, op: CompareOp::Eq, value: Value::String(v) }
+            if path.schema.is_none() && path.sub.is_none() && path.attr.as_str().eq_ignore_ascii_case("value") =>
+        {
+            Plan::Lookup(vec![lookup(v.clone())])
+        }
+        Filter::And(a, b) => both(plan_element(a, lookup), plan_element(b, lookup)),
+        Filter::Or(a, b) => either(plan_element(a, lookup), plan_element(b, lookup)),
+        Filter::Compare { .. } | Filter::Present(_) | Filter::Not(_) | Filter::ValuePath { .. } => Plan::Scan,
     }
 }
 
@@ -429,6 +463,82 @@ pub enum QueryError {
     /// A first request at a far `startIndex` would walk more than `--max-scan` resources.
     #[error("startIndex {start} would walk more than {limit} resources (--max-scan) to find its page; page from startIndex=1 (each page continues the one before) or by cursor")]
     StartTooFar { start: u64, limit: usize },
+    /// Members are not part of a group's stored form: a filter reads them by point lookups, so
+    /// only the comparisons those answer are accepted.
+    #[error("{term}: a group's members can be filtered only with `members eq \"<id>\"`, `members.value eq \"<id>\"`, `members[value eq \"<id>\"]` or `members pr`")]
+    MemberFilter { term: String },
+}
+
+/// What a filter asks of a group's members: the member ids it compares with `eq`, and whether
+/// it asks `members pr`. Members are read by point lookups, never listed.
+#[derive(Default)]
+struct MemberTerms {
+    ids: Vec<String>,
+    present: bool,
+}
+
+impl MemberTerms {
+    fn of(filter: &Filter) -> Result<MemberTerms, QueryError> {
+        let mut terms = MemberTerms::default();
+        terms.collect(filter)?;
+        Ok(terms)
+    }
+
+    fn collect(&mut self, f: &Filter) -> Result<(), QueryError> {
+        let is_members = |p: &scimlog_schemas::AttrPath| {
+            p.attr.as_str().eq_ignore_ascii_case("members")
+                && p.schema.as_deref().is_none_or(|s| s.eq_ignore_ascii_case(scimlog_schemas::urn::GROUP))
+        };
+        let refuse = || Err(QueryError::MemberFilter { term: f.to_string() });
+        match f {
+            Filter::And(a, b) | Filter::Or(a, b) => {
+                self.collect(a)?;
+                self.collect(b)
+            }
+            Filter::Not(a) => self.collect(a),
+            Filter::Compare { path, .. } | Filter::Present(path) | Filter::ValuePath { path, .. }
+                if !is_members(path) =>
+            {
+                Ok(())
+            }
+            Filter::Compare { path, op: CompareOp::Eq, value: Value::String(v) }
+                if path.sub.as_ref().is_none_or(|s| s.as_str().eq_ignore_ascii_case("value")) =>
+            {
+                self.ids.push(v.clone());
+                Ok(())
+            }
+            Filter::Present(path) if path.sub.as_ref().is_none_or(|s| s.as_str().eq_ignore_ascii_case("value")) => {
+                self.present = true;
+                Ok(())
+            }
+            Filter::ValuePath { filter, .. } => match filter.value_eq_list() {
+                Some(ids) => {
+                    self.ids.extend(ids);
+                    Ok(())
+                }
+                None => refuse(),
+            },
+            Filter::Compare { .. } | Filter::Present(_) => refuse(),
+        }
+    }
+
+    /// The group's filterable form with the members the filter asks about that it has.
+    fn filterable(&self, kv: &impl KvRead, t: &str, doc: &GroupDoc) -> Value {
+        let mut out = doc.filterable();
+        let mut found: Vec<Value> = Vec::new();
+        for id in &self.ids {
+            if member(kv, t, &doc.id, id).is_some() {
+                found.push(json!({"value": id}));
+            }
+        }
+        if self.present && found.is_empty() {
+            found.extend(members(kv, t, &doc.id, None, 1).into_iter().map(|m| json!({"value": m.id})));
+        }
+        if !found.is_empty() {
+            out["members"] = Value::Array(found);
+        }
+        out
+    }
 }
 
 /// The ids matching `filter` (or all, when `None`), in id order. `max_scan` bounds how many
@@ -450,6 +560,11 @@ pub fn search_ids(
         }
         return Ok(keys.into_iter().map(|k| keys::last_part(&k)).collect());
     };
+    let member_terms = match kind {
+        ScimKind::Group => MemberTerms::of(filter)?,
+        ScimKind::User => MemberTerms::default(),
+    };
+    let group_filterable = |doc: &GroupDoc| member_terms.filterable(kv, t, doc);
     match plan(kind, filter) {
         Plan::Lookup(lookups) => {
             let mut ids: Vec<String> = Vec::new();
@@ -481,7 +596,12 @@ pub fn search_ids(
             Ok(ids
                 .into_iter()
                 .filter(|id| {
-                    index_is_final || filterable(kv, t, kind, id).is_some_and(|doc| filter.matches(schema, &doc))
+                    index_is_final
+                        || match kind {
+                            ScimKind::User => user(kv, t, id).map(|d| d.filterable()),
+                            ScimKind::Group => group(kv, t, id).map(|d| group_filterable(&d)),
+                        }
+                        .is_some_and(|doc| filter.matches(schema, &doc))
                 })
                 .collect())
         }
@@ -501,7 +621,7 @@ pub fn search_ids(
                     }
                     let doc = match kind {
                         ScimKind::User => serde_json::from_slice::<UserDoc>(v).ok().map(|d| d.filterable()),
-                        ScimKind::Group => serde_json::from_slice::<GroupDoc>(v).ok().map(|d| d.filterable()),
+                        ScimKind::Group => serde_json::from_slice::<GroupDoc>(v).ok().map(|d| group_filterable(&d)),
                     };
                     if doc.is_some_and(|d| filter.matches(schema, &d)) {
                         out.push(keys::last_part(k));
@@ -589,6 +709,15 @@ mod tests {
                 Plan::Lookup(vec![Lookup::LastModified(CompareOp::Gt, "2024-05-13T04:42:34.000000000Z".into())]),
             ),
             (u, r#"meta.lastModified gt "yesterday""#, Plan::Scan),
+            (u, r#"emails[type eq "work"].value eq "a@x""#, Plan::Lookup(vec![Lookup::Email("a@x".into())])),
+            (
+                u,
+                r#"emails[value eq "a@x" or value eq "b@x"]"#,
+                Plan::Lookup(vec![Lookup::Email("a@x".into()), Lookup::Email("b@x".into())]),
+            ),
+            (u, r#"emails[type eq "work"].value co "a""#, Plan::Scan),
+            (u, r#"addresses[type eq "work"].postalCode eq "1""#, Plan::Scan),
+            (g, r#"members[value eq "u1"]"#, Plan::Lookup(vec![Lookup::Member("u1".into())])),
         ];
         for (kind, f, want) in table {
             let filter = Filter::parse(f, FilterLimits::default()).unwrap();

@@ -322,9 +322,37 @@ impl<'a> Parser<'a> {
             self.skip_ws();
             self.expect_char(']', "expected ']'")?;
             self.depth -= 1;
+            let inner = match self.element_comparison()? {
+                // Entra's form `emails[type eq "work"].value eq "x"`: the element the brackets
+                // select must also hold the comparison after them. One element answers both,
+                // so it is the conjunction inside the brackets.
+                Some(after) => Filter::And(Box::new(inner), Box::new(after)),
+                None => inner,
+            };
             return Ok(Filter::ValuePath { path, filter: Box::new(inner) });
         }
         self.skip_ws();
+        self.comparison(path)
+    }
+
+    /// `.sub op value` (or `.sub pr`) right after a value path's `]`, if there is one.
+    fn element_comparison(&mut self) -> Result<Option<Filter>, SchemaError> {
+        if !self.rest().starts_with('.') {
+            return Ok(None);
+        }
+        self.pos += 1;
+        let word = self.peek_word();
+        if !crate::path::is_attr_name(word) {
+            return Err(self.error("expected a sub-attribute name after ']'"));
+        }
+        let sub = AttrPath::new(word);
+        self.pos += word.len();
+        self.skip_ws();
+        self.comparison(sub).map(Some)
+    }
+
+    /// The operator and value after an attribute path.
+    fn comparison(&mut self, path: AttrPath) -> Result<Filter, SchemaError> {
         let op_word = self.peek_word();
         if op_word.eq_ignore_ascii_case("pr") {
             self.pos += 2;
@@ -677,6 +705,18 @@ mod tests {
             ),
             (r#"externalId eq null"#, r#"externalId eq null"#),
             (r#"displayName eq "say \"hi\"""#, r#"displayName eq "say \"hi\"""#),
+            // Entra's forms: a value path followed by a sub-attribute comparison is one element
+            // holding both.
+            (r#"emails[type eq "work"].value eq "x@y""#, r#"emails[type eq "work" and value eq "x@y"]"#),
+            (
+                r#"addresses[type eq "work"].postalCode eq "98052""#,
+                r#"addresses[type eq "work" and postalCode eq "98052"]"#,
+            ),
+            (r#"phoneNumbers[type eq "mobile"].value pr"#, r#"phoneNumbers[type eq "mobile" and value pr]"#),
+            (
+                r#"emails[type eq "work" or type eq "home"].value co "@x" and active eq true"#,
+                r#"emails[(type eq "work" or type eq "home") and value co "@x"] and active eq true"#,
+            ),
         ];
         for (input, printed) in table {
             let f = parse(input).unwrap_or_else(|e| panic!("{input}: {e}"));
@@ -704,6 +744,9 @@ mod tests {
             ("userName pr garbage", "expected 'and', 'or'"),
             ("1bad eq 1", "invalid attribute path"),
             ("userName eq", "expected a value"),
+            ("emails[type eq \"work\"].", "expected a sub-attribute name after ']'"),
+            ("emails[type eq \"work\"].value", "expected an operator"),
+            ("emails[type eq \"work\"].value.x eq 1", "near \"value.x"),
         ];
         for (input, want) in table {
             let e = parse(input).expect_err(input);
@@ -775,6 +818,8 @@ mod tests {
             "id": "2819c223", "userName": "BJensen", "externalId": "Ext-1", "active": true,
             "name": {"givenName": "Barbara", "familyName": "Jensen"},
             "emails": [{"value": "bjensen@example.com", "type": "work"}, {"value": "babs@home.org", "type": "home"}],
+            "addresses": [{"type": "home", "postalCode": "98052"}, {"type": "work", "postalCode": "10001"}],
+            "phoneNumbers": [{"type": "mobile", "value": "+1 555"}],
             "meta": {"lastModified": "2024-05-13T04:42:34Z"},
             "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User": {"department": "Sales"}
         });
@@ -804,6 +849,12 @@ mod tests {
             (r#"not (userName eq "bjensen")"#, false),
             (r#"userName eq "x" or (active eq true and name.familyName sw "J")"#, true),
             (r#"id eq "2819C223""#, false),
+            (r#"emails[type eq "work"].value eq "BJensen@example.com""#, true),
+            (r#"emails[type eq "home"].value eq "bjensen@example.com""#, false),
+            (r#"emails[type eq "home"].value ew "home.org""#, true),
+            (r#"addresses[type eq "work"].postalCode eq "98052""#, false),
+            (r#"phoneNumbers[type eq "mobile"].value eq "+1 555""#, true),
+            (r#"phoneNumbers[type eq "work"].value pr"#, false),
         ];
         let schema = &registry().user;
         for (input, want) in table {

@@ -57,7 +57,13 @@ impl From<Refusal> for ApiError {
 }
 impl From<QueryError> for ApiError {
     fn from(e: QueryError) -> Self {
-        ApiError::Invalid(SchemaError::new(ScimType::TooMany, e.to_string()))
+        let scim_type = match e {
+            QueryError::ScanTooLarge { .. } | QueryError::ListTooLarge { .. } | QueryError::StartTooFar { .. } => {
+                ScimType::TooMany
+            }
+            QueryError::MemberFilter { .. } => ScimType::InvalidFilter,
+        };
+        ApiError::Invalid(SchemaError::new(scim_type, e.to_string()))
     }
 }
 impl From<scimlog_projections::access::TooLarge> for ApiError {

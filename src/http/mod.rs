@@ -11,6 +11,7 @@ mod groups;
 mod health;
 pub mod rate;
 mod render;
+mod request_line;
 mod resource;
 mod search;
 pub mod serve;

@@ -1,6 +1,7 @@
 //! The connection loop: plain HTTP/1.1 or TLS (rustls, TLS 1.2+), a cap on open connections, a
 //! deadline for a client to send its request head (slow clients are cut off), and graceful
-//! shutdown that lets in-flight requests finish within the drain time.
+//! shutdown that lets in-flight requests finish within the drain time. Every connection reads
+//! through [`LenientTargets`], which percent-encodes raw `"` in request queries (Entra sends them).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -14,6 +15,8 @@ use tokio::net::TcpListener;
 use tokio::sync::{oneshot, Semaphore};
 use tokio_rustls::rustls;
 use tokio_rustls::TlsAcceptor;
+
+use super::request_line::LenientTargets;
 
 pub struct ServeOptions {
     pub tls: Option<TlsAcceptor>,
@@ -88,14 +91,16 @@ pub async fn run(listener: TcpListener, app: Router, opts: ServeOptions, mut shu
         tokio::spawn(async move {
             match tls {
                 None => {
-                    let _ = watcher.watch(builder.serve_connection(TokioIo::new(stream), service)).await;
+                    let io = TokioIo::new(LenientTargets::new(stream));
+                    let _ = watcher.watch(builder.serve_connection(io, service)).await;
                 }
                 Some(acceptor) => {
                     let Ok(Ok(tls_stream)) = tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await
                     else {
                         return;
                     };
-                    let _ = watcher.watch(builder.serve_connection(TokioIo::new(tls_stream), service)).await;
+                    let io = TokioIo::new(LenientTargets::new(tls_stream));
+                    let _ = watcher.watch(builder.serve_connection(io, service)).await;
                 }
             }
             drop(permit);

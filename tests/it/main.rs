@@ -7,6 +7,7 @@ mod bulk;
 mod conformance;
 mod crash;
 mod discovery;
+mod entra;
 mod erasure;
 mod errors;
 mod event_schemas;
