@@ -541,17 +541,7 @@ fn get_ci<'v>(obj: &'v Value, name: &str) -> Option<&'v Value> {
 /// The attribute at `path` (its sub-attribute aside) and its elements as they are: one value,
 /// or each element of a multi-valued attribute.
 fn elements<'v, 's>(scope: &Scope<'s>, path: &AttrPath, obj: &'v Value) -> (Option<&'s Attr>, Vec<&'v Value>) {
-    let (def, container) = match scope {
-        Scope::Resource(schema) => {
-            let def = schema.attr_in(path.schema.as_deref(), path.attr.as_str());
-            let container = match path.schema.as_deref() {
-                Some(urn) if !urn.eq_ignore_ascii_case(schema.core_urn) => get_ci(obj, urn),
-                _ => Some(obj),
-            };
-            (def, container)
-        }
-        Scope::Complex(attr) => (attr.sub(path.attr.as_str()), Some(obj)),
-    };
+    let (def, container) = container_of(scope, path, obj);
     let Some(top) = container.and_then(|c| get_ci(c, path.attr.as_str())) else {
         return (def, vec![]);
     };
@@ -561,13 +551,26 @@ fn elements<'v, 's>(scope: &Scope<'s>, path: &AttrPath, obj: &'v Value) -> (Opti
     }
 }
 
+/// The attribute a path names and the object holding it: the resource, or the object of the
+/// extension it lives in (qualified by URN, or a bare name only one extension defines).
+fn container_of<'v, 's>(scope: &Scope<'s>, path: &AttrPath, obj: &'v Value) -> (Option<&'s Attr>, Option<&'v Value>) {
+    match scope {
+        Scope::Resource(schema) => match schema.locate(path.schema.as_deref(), path.attr.as_str()) {
+            Some((Some(urn), def)) => (Some(def), get_ci(obj, urn)),
+            Some((None, def)) => (Some(def), Some(obj)),
+            None => (None, Some(obj)),
+        },
+        Scope::Complex(attr) => (attr.sub(path.attr.as_str()), Some(obj)),
+    }
+}
+
 /// The sub-attribute a path reads in each element: the one it names, or, for a complex
-/// multi-valued attribute named alone, its `value`.
+/// attribute with a `value` named alone (`emails`, `manager`), its `value`.
 fn sub_of<'p>(def: Option<&Attr>, path: &'p AttrPath) -> Option<&'p str> {
     path.sub
         .as_ref()
         .map(|s| s.as_str())
-        .or_else(|| def.filter(|d| d.ty == AttrType::Complex && d.multi_valued).map(|_| "value"))
+        .or_else(|| def.filter(|d| d.ty == AttrType::Complex && d.sub("value").is_some()).map(|_| "value"))
 }
 
 /// The attribute definition and the values at `path`, flattened over multi-valued attributes.
@@ -603,20 +606,10 @@ fn eval(f: &Filter, scope: &Scope<'_>, obj: &Value) -> bool {
             values.iter().any(|v| compare(def, *op, v, value))
         }
         Filter::ValuePath { path, filter } => {
-            let def = match scope {
-                Scope::Resource(schema) => schema.attr_in(path.schema.as_deref(), path.attr.as_str()),
-                Scope::Complex(attr) => attr.sub(path.attr.as_str()),
-            };
+            // Read the elements themselves: `resolve` would map them to their `value`.
+            let (def, container) = container_of(scope, path, obj);
             let Some(def) = def.filter(|d| d.ty == AttrType::Complex) else {
                 return false;
-            };
-            // Read the elements themselves: `resolve` would map them to their `value`.
-            let container = match scope {
-                Scope::Resource(schema) => match path.schema.as_deref() {
-                    Some(urn) if !urn.eq_ignore_ascii_case(schema.core_urn) => get_ci(obj, urn),
-                    _ => Some(obj),
-                },
-                Scope::Complex(_) => Some(obj),
             };
             let items: Vec<&Value> = match container.and_then(|c| get_ci(c, path.attr.as_str())) {
                 Some(Value::Array(items)) => items.iter().collect(),
@@ -821,7 +814,7 @@ mod tests {
             "addresses": [{"type": "home", "postalCode": "98052"}, {"type": "work", "postalCode": "10001"}],
             "phoneNumbers": [{"type": "mobile", "value": "+1 555"}],
             "meta": {"lastModified": "2024-05-13T04:42:34Z"},
-            "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User": {"department": "Sales"}
+            "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User": {"department": "Sales", "manager": {"value": "m-1"}}
         });
         let table = [
             (r#"userName eq "bjensen""#, true),  // caseExact false
@@ -849,6 +842,11 @@ mod tests {
             (r#"not (userName eq "bjensen")"#, false),
             (r#"userName eq "x" or (active eq true and name.familyName sw "J")"#, true),
             (r#"id eq "2819C223""#, false),
+            // A bare extension attribute; a single-valued complex one compares by its value.
+            (r#"manager eq "m-1""#, true),
+            (r#"manager.value eq "m-1""#, true),
+            (r#"department eq "sales" and id eq "2819c223""#, true),
+            (r#"urn:ietf:params:scim:schemas:extension:enterprise:2.0:User:manager eq "m-2""#, false),
             (r#"emails[type eq "work"].value eq "BJensen@example.com""#, true),
             (r#"emails[type eq "home"].value eq "bjensen@example.com""#, false),
             (r#"emails[type eq "home"].value ew "home.org""#, true),

@@ -174,14 +174,7 @@ struct Target<'s> {
 }
 
 fn locate<'s>(schema: &'s ResourceSchema, path: &AttrPath) -> Option<Target<'s>> {
-    match path.schema.as_deref() {
-        Some(s) if !s.eq_ignore_ascii_case(schema.core_urn) => {
-            let (urn, attrs) = schema.extension(s)?;
-            let attr = attrs.iter().find(|a| a.name.eq_ignore_ascii_case(path.attr.as_str()))?;
-            Some(Target { extension: Some(urn), attr })
-        }
-        _ => schema.attr(path.attr.as_str()).map(|attr| Target { extension: None, attr }),
-    }
+    schema.locate(path.schema.as_deref(), path.attr.as_str()).map(|(extension, attr)| Target { extension, attr })
 }
 
 fn container<'d>(doc: &'d mut Map<String, Value>, extension: Option<&str>) -> &'d mut Map<String, Value> {
@@ -373,28 +366,36 @@ fn apply_whole(
                 Value::Array(a) => a.iter().map(|v| canonical_object(attr, v)).collect(),
                 v => vec![canonical_object(attr, v)],
             };
-            let items = match (op, map.get(name)) {
+            let (items, written) = match (op, map.get(name)) {
                 (OpKind::Add, Some(Value::Array(existing))) => {
                     // One pass with an index by element identity: O(n) however many are added.
                     let mut items = existing.clone();
+                    let mut written = Vec::with_capacity(new.len());
                     let mut index: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
                     for (i, el) in items.iter().enumerate() {
                         index.entry(element_identity(el)).or_insert(i);
                     }
                     for v in new {
                         match index.get(&element_identity(&v)) {
-                            Some(&i) => merge_into(&mut items[i], attr, &v),
+                            Some(&i) => {
+                                merge_into(&mut items[i], attr, &v);
+                                written.push(i);
+                            }
                             None => {
                                 index.insert(element_identity(&v), items.len());
+                                written.push(items.len());
                                 items.push(v);
                             }
                         }
                     }
-                    items
+                    (items, written)
                 }
-                _ => new,
+                _ => {
+                    let written = (0..new.len()).collect();
+                    (new, written)
+                }
             };
-            map.insert(name.to_string(), Value::Array(one_primary(items)));
+            map.insert(name.to_string(), Value::Array(one_primary(items, &written)));
         }
         _ if attr.ty == AttrType::Complex && value.is_object() => {
             let slot = map.entry(name.to_string()).or_insert_with(|| Value::Object(Map::new()));
@@ -410,13 +411,16 @@ fn apply_whole(
     Ok(())
 }
 
-/// Keeps `primary: true` on the last element that claims it (RFC 7643 §2.4: at most one).
-fn one_primary(mut items: Vec<Value>) -> Vec<Value> {
+/// Keeps `primary: true` on one element only (RFC 7643 §2.4: at most one): the last of those
+/// this operation wrote (`written`, indexes into `items`) that claims it, else the last element
+/// that claims it. A replaced work address marked primary takes the flag from the home one.
+fn one_primary(mut items: Vec<Value>, written: &[usize]) -> Vec<Value> {
     let is_primary = |v: &Value| {
         matches!(v.get("primary"), Some(Value::Bool(true)))
             || v.get("primary").and_then(Value::as_str).is_some_and(|s| s.eq_ignore_ascii_case("true"))
     };
-    if let Some(last) = items.iter().rposition(is_primary) {
+    let last_written = written.iter().copied().filter(|i| items.get(*i).is_some_and(is_primary)).max();
+    if let Some(last) = last_written.or_else(|| items.iter().rposition(is_primary)) {
         for (i, el) in items.iter_mut().enumerate() {
             if i != last && is_primary(el) {
                 if let Some(o) = el.as_object_mut() {
@@ -502,6 +506,7 @@ fn apply_filtered(
         None => vec![],
     };
     let matching: Vec<usize> = (0..items.len()).filter(|i| filter.matches_element(attr, &items[*i])).collect();
+    let mut written = matching.clone();
     match op {
         OpKind::Remove => match &sub {
             None => {
@@ -528,6 +533,7 @@ fn apply_filtered(
                 None => merge_into(&mut el, attr, value),
             }
             if !is_empty(value) {
+                written = vec![items.len()];
                 items.push(el);
             }
         }
@@ -542,7 +548,7 @@ fn apply_filtered(
         }
     }
     if !items.is_empty() {
-        map.insert(name.to_string(), Value::Array(one_primary(items)));
+        map.insert(name.to_string(), Value::Array(one_primary(items, &written)));
     }
     Ok(())
 }

@@ -130,10 +130,48 @@ impl ResourceSchema {
     }
     /// An attribute of the core schema or of an extension, `schema` being the URN or `None`.
     pub fn attr_in(&self, schema: Option<&str>, name: &str) -> Option<&Attr> {
+        self.locate(schema, name).map(|(_, attr)| attr)
+    }
+
+    /// Where the attribute `name` lives, `schema` being the URN it was qualified with or `None`:
+    /// `(None, attr)` for the core schema, `(Some(urn), attr)` for an extension (its canonical
+    /// URN). A name without a URN that the core schema lacks resolves to the one extension that
+    /// defines it (Entra's bare `manager`, Testkube's group `roles`); a name that several
+    /// extensions define stays unresolved. Filters, PATCH, bodies, `attributes=` and `sortBy`
+    /// all resolve through here.
+    pub fn locate(&self, schema: Option<&str>, name: &str) -> Option<(Option<&str>, &Attr)> {
         match schema {
-            None => self.attr(name),
-            Some(s) if s.eq_ignore_ascii_case(self.core_urn) => self.attr(name),
-            Some(s) => self.extension(s).and_then(|(_, attrs)| find(attrs, name)),
+            Some(s) if !s.eq_ignore_ascii_case(self.core_urn) => {
+                let (urn, attrs) = self.extension(s)?;
+                find(attrs, name).map(|a| (Some(urn), a))
+            }
+            Some(_) => self.attr(name).map(|a| (None, a)),
+            None => match self.attr(name) {
+                Some(a) => Some((None, a)),
+                None => {
+                    let mut defining = self
+                        .extensions
+                        .iter()
+                        .filter_map(|(urn, attrs)| find(attrs, name).map(|a| (Some(urn.as_str()), a)));
+                    match (defining.next(), defining.next()) {
+                        (Some(one), None) => Some(one),
+                        _ => None,
+                    }
+                }
+            },
+        }
+    }
+
+    /// The path with the URN of the extension a bare name resolves to (see [`Self::locate`]);
+    /// any other path as it is.
+    pub fn qualify(&self, path: &crate::AttrPath) -> crate::AttrPath {
+        match self.locate(path.schema.as_deref(), path.attr.as_str()) {
+            Some((Some(urn), attr)) if path.schema.is_none() => crate::AttrPath {
+                schema: Some(urn.to_string()),
+                attr: crate::CiName::new(&attr.name),
+                sub: path.sub.clone(),
+            },
+            _ => path.clone(),
         }
     }
 }
@@ -197,6 +235,21 @@ mod tests {
         assert!(r.group.attr("members").unwrap().multi_valued);
         assert_eq!(r.documents.len(), 4);
         assert!(r.group.attr_in(Some(urn::GROUP_ACCESS), "roles").unwrap().multi_valued);
+        // Bare names resolve to the one extension that defines them; the core schema first.
+        let table = [
+            (&r.user, None, "manager", Some((Some(urn::ENTERPRISE_USER), "manager"))),
+            (&r.user, None, "DEPARTMENT", Some((Some(urn::ENTERPRISE_USER), "department"))),
+            (&r.user, None, "roles", Some((None, "roles"))),
+            (&r.group, None, "roles", Some((Some(urn::GROUP_ACCESS), "roles"))),
+            (&r.group, None, "entitlements", Some((Some(urn::GROUP_ACCESS), "entitlements"))),
+            (&r.group, None, "manager", None),
+            (&r.user, Some(urn::USER), "manager", None),
+            (&r.user, Some(urn::ENTERPRISE_USER), "userName", None),
+        ];
+        for (schema, qualifier, name, want) in table {
+            let got = schema.locate(qualifier, name).map(|(u, a)| (u, a.name.as_str()));
+            assert_eq!(got, want, "{qualifier:?} {name}");
+        }
         let _: Value = serde_json::from_str(RESOURCE_TYPES_JSON).unwrap();
         let _: Value = serde_json::from_str(SERVICE_PROVIDER_CONFIG_JSON).unwrap();
     }

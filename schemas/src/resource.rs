@@ -217,14 +217,29 @@ fn coerce_attrs(
                     ext_out.insert(attr.name.clone(), c);
                 }
             }
-            if !ext_out.is_empty() {
-                out.insert(urn.to_string(), Value::Object(ext_out));
+            for (name, c) in ext_out {
+                put_in_extension(out, urn, &name, c)?;
             }
             continue;
         }
-        let Some(attr) = schema.attr(key) else {
-            ignored.push(key.clone());
-            continue;
+        let attr = match schema.locate(None, key) {
+            Some((None, attr)) => attr,
+            // A bare name only an extension defines (Testkube's group `roles`, a top-level
+            // `manager`) is that extension's attribute, exactly as if sent inside it.
+            Some((Some(urn), attr)) => {
+                if attr.mutability == Mutability::ReadOnly || is_empty(v) {
+                    continue;
+                }
+                let c = coerce_value(attr, &attr.name, v, ignored)?;
+                if !is_empty(&c) {
+                    put_in_extension(out, urn, &attr.name, c)?;
+                }
+                continue;
+            }
+            None => {
+                ignored.push(key.clone());
+                continue;
+            }
         };
         match attr.mutability {
             Mutability::ReadOnly => continue,
@@ -238,6 +253,33 @@ fn coerce_attrs(
         let c = coerce_value(attr, &attr.name, v, ignored)?;
         if !is_empty(&c) {
             out.insert(attr.name.clone(), c);
+        }
+    }
+    Ok(())
+}
+
+/// Puts an extension attribute's coerced value into `out[urn]`. Sent both bare and inside the
+/// extension, a multi-valued attribute gets the values of both (without repeats); a
+/// single-valued one must be the same in both.
+fn put_in_extension(out: &mut Map<String, Value>, urn: &str, name: &str, value: Value) -> Result<(), SchemaError> {
+    let ext = out.entry(urn.to_string()).or_insert_with(|| Value::Object(Map::new()));
+    let Value::Object(ext) = ext else { unreachable!("extension objects are made here") };
+    match (ext.get_mut(name), value) {
+        (None, value) => {
+            ext.insert(name.to_string(), value);
+        }
+        (Some(Value::Array(held)), Value::Array(more)) => {
+            for v in more {
+                if !held.contains(&v) {
+                    held.push(v);
+                }
+            }
+        }
+        (Some(held), value) if *held == value => {}
+        (Some(held), value) => {
+            return Err(SchemaError::invalid_value(format!(
+                "attribute '{name}' is sent twice with different values, bare ({value}) and in {urn} ({held})"
+            )))
         }
     }
     Ok(())
@@ -412,6 +454,42 @@ mod tests {
         assert!(parse_user(&ok).is_ok(), "a formatted address has lines");
         let e = parse_group(&json!({"displayName": "g", "members": [{"value": "u\u{0}"}]})).unwrap_err();
         assert!(e.detail.contains("'members.value' holds the control character U+0000"), "{}", e.detail);
+    }
+
+    /// Testkube sends a group's grants at the top level, Entra a bare `manager`: each is the
+    /// extension's attribute, in both shapes, merged with the same attribute sent inside it.
+    #[test]
+    fn bare_extension_attributes_are_the_extensions() {
+        let access = crate::urn::GROUP_ACCESS;
+        let ent = crate::urn::ENTERPRISE_USER;
+        let g = parse_group(&json!({"displayName": "dev", "roles": ["urn:testkube:role:environment:dev:admin"],
+            "entitlements": [{"value": "urn:testkube:entitlement:environment:dev"}]}))
+        .unwrap();
+        assert_eq!(
+            Value::Object(g.attributes),
+            json!({access: {"roles": [{"value": "urn:testkube:role:environment:dev:admin"}],
+                "entitlements": [{"value": "urn:testkube:entitlement:environment:dev"}]}})
+        );
+        assert!(g.ignored.is_empty(), "{:?}", g.ignored);
+        let both = parse_group(
+            &json!({"displayName": "dev", "roles": ["urn:a", "urn:b"], access: {"roles": ["urn:b", "urn:c"]}}),
+        )
+        .unwrap();
+        assert_eq!(
+            both.attributes[access]["roles"],
+            json!([{"value": "urn:a"}, {"value": "urn:b"}, {"value": "urn:c"}]),
+            "the values of both, once each"
+        );
+        let u = parse_user(&json!({"userName": "a", "manager": "m1", "department": "Ops"})).unwrap();
+        assert_eq!(
+            Value::Object(u.attributes),
+            json!({"userName": "a", ent: {"manager": {"value": "m1"}, "department": "Ops"}})
+        );
+        let e = parse_user(&json!({"userName": "a", "department": "Ops", ent: {"department": "Sales"}})).unwrap_err();
+        assert!(e.detail.contains("'department' is sent twice with different values"), "{}", e.detail);
+        // The core schema comes first: a user's `roles` stay the user's own.
+        let u = parse_user(&json!({"userName": "a", "roles": ["urn:r"]})).unwrap();
+        assert_eq!(u.attributes["roles"], json!([{"value": "urn:r"}]));
     }
 
     #[test]

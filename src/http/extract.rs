@@ -8,7 +8,8 @@ use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE, IF_MATCH, IF_NONE_MATCH};
 use axum::http::request::Parts;
 use axum::http::HeaderMap;
 use scimlog_schemas::filter::{Filter, FilterLimits};
-use scimlog_schemas::{CiName, SchemaError};
+use scimlog_schemas::registry::ResourceSchema;
+use scimlog_schemas::{urn, AttrPath, CiName, SchemaError};
 use serde_json::Value;
 
 use super::error::ApiError;
@@ -111,33 +112,36 @@ pub fn if_none_match_hits(headers: &HeaderMap, version: u64) -> bool {
     v.trim() == "*" || v.split(',').filter_map(parse_etag).any(|t| t == version)
 }
 
-/// Which attributes a response carries (RFC 7644 §3.9).
+/// Which attributes a response carries (RFC 7644 §3.9), on every response that returns a
+/// resource (GET, POST, PUT, PATCH, lists and searches).
 #[derive(Clone, Debug, Default)]
 pub struct Projection {
     /// `attributes=`: only these (plus those returned always); paths may name a sub-attribute.
-    pub only: Option<Vec<(CiName, Option<CiName>)>>,
+    only: Option<Vec<AttrPath>>,
     /// `excludedAttributes=`.
-    pub excluded: Vec<(CiName, Option<CiName>)>,
+    excluded: Vec<AttrPath>,
 }
 
-fn parse_attr_list(s: &str) -> Result<Vec<(CiName, Option<CiName>)>, SchemaError> {
-    s.split(',')
-        .map(str::trim)
-        .filter(|p| !p.is_empty())
-        .map(|p| {
-            let path = scimlog_schemas::AttrPath::parse(p)?;
-            // A URN-qualified core path names the same attribute; an extension path its container.
-            Ok(match path.schema {
-                Some(urn)
-                    if !urn.eq_ignore_ascii_case(scimlog_schemas::urn::USER)
-                        && !urn.eq_ignore_ascii_case(scimlog_schemas::urn::GROUP) =>
-                {
-                    (CiName::new(urn), Some(path.attr))
-                }
-                _ => (path.attr, path.sub),
-            })
-        })
-        .collect()
+/// One entry as the rendered JSON holds it: a top-level key (a core attribute, or an
+/// extension's URN) and what is kept or dropped inside it (a sub-attribute, or the extension's
+/// attribute).
+type Entry = (CiName, Option<CiName>);
+
+fn parse_attr_list(s: &str) -> Result<Vec<AttrPath>, SchemaError> {
+    s.split(',').map(str::trim).filter(|p| !p.is_empty()).map(AttrPath::parse).collect()
+}
+
+/// Where a path is in the rendered JSON of a resource of `schema`. A bare name only an extension
+/// defines (`manager`) is that extension's, as everywhere else a path is read.
+fn entry(schema: &ResourceSchema, path: &AttrPath) -> Entry {
+    let path = schema.qualify(path);
+    match path.schema {
+        Some(urn) if !urn.eq_ignore_ascii_case(schema.core_urn) => {
+            let canonical = schema.extension(&urn).map(|(u, _)| u.to_string()).unwrap_or(urn);
+            (CiName::new(&canonical), Some(path.attr))
+        }
+        _ => (path.attr, path.sub),
+    }
 }
 
 impl Projection {
@@ -148,20 +152,36 @@ impl Projection {
         })
     }
 
-    /// Whether the top-level attribute `name` is wanted at all (to skip loading it).
+    /// The projection a request's query asks for.
+    pub fn from_params(params: &HashMap<String, String>) -> Result<Projection, SchemaError> {
+        let param = |n: &str| params.iter().find(|(k, _)| k.eq_ignore_ascii_case(n)).map(|(_, v)| v.as_str());
+        Projection::parse(param("attributes"), param("excludedAttributes"))
+    }
+
+    /// Whether the request named any attributes at all.
+    pub fn is_default(&self) -> bool {
+        self.only.is_none() && self.excluded.is_empty()
+    }
+
+    /// Whether the core attribute `name` is wanted at all (to skip loading it).
     pub fn wants(&self, name: &str) -> bool {
-        let excluded_whole = self.excluded.iter().any(|(a, s)| s.is_none() && a == name);
-        let listed = self.only.as_ref().map(|o| o.iter().any(|(a, _)| a == name)).unwrap_or(true);
+        let core = |p: &AttrPath| {
+            p.schema.as_deref().is_none_or(|s| s.eq_ignore_ascii_case(urn::USER) || s.eq_ignore_ascii_case(urn::GROUP))
+        };
+        let excluded_whole = self.excluded.iter().any(|p| core(p) && p.sub.is_none() && p.attr == *name);
+        let listed = self.only.as_ref().map(|o| o.iter().any(|p| core(p) && p.attr == *name)).unwrap_or(true);
         !excluded_whole && listed
     }
 
-    /// Applies the projection to a rendered resource. `id` and `schemas` are always returned.
-    pub fn apply(&self, mut v: Value) -> Value {
+    /// Applies the projection to a rendered resource of `schema`. `id` and `schemas` are always
+    /// returned.
+    pub fn apply(&self, schema: &ResourceSchema, mut v: Value) -> Value {
         let Value::Object(obj) = &mut v else { return v };
         let always = |k: &str| k == "id" || k == "schemas";
         if let Some(only) = &self.only {
+            let only: Vec<Entry> = only.iter().map(|p| entry(schema, p)).collect();
             obj.retain(|k, _| always(k) || only.iter().any(|(a, _)| a == k.as_str()));
-            for (a, sub) in only {
+            for (a, sub) in &only {
                 let Some(sub) = sub else { continue };
                 // `name.givenName` alone keeps only that sub-attribute of `name`, unless `name`
                 // itself is listed too.
@@ -174,17 +194,19 @@ impl Projection {
                 }
             }
         }
-        for (a, sub) in &self.excluded {
+        for (a, sub) in self.excluded.iter().map(|p| entry(schema, p)) {
             match sub {
-                None if !always(a.as_str()) => obj.retain(|k, _| a != k.as_str()),
+                None if !always(a.as_str()) => obj.retain(|k, _| a != *k.as_str()),
                 Some(sub) => {
-                    if let Some((_, inner)) = obj.iter_mut().find(|(k, _)| a == k.as_str()) {
-                        retain_subs(inner, |k| sub != k);
+                    if let Some((_, inner)) = obj.iter_mut().find(|(k, _)| a == *k.as_str()) {
+                        retain_subs(inner, |k| sub != *k);
                     }
                 }
                 None => {}
             }
         }
+        // An extension left empty by the projection is not shown.
+        obj.retain(|k, v| !(k.starts_with("urn:") && v.as_object().is_some_and(|o| o.is_empty())));
         v
     }
 }

@@ -2,6 +2,7 @@
 
 use chrono::SecondsFormat;
 use scimlog_projections::{query, GroupDoc, KvRead, UserDoc};
+use scimlog_schemas::registry::registry;
 use scimlog_schemas::{urn, MemberType, ResourceKind};
 use serde_json::{json, Map, Value};
 
@@ -73,7 +74,7 @@ pub fn user(kv: &impl KvRead, t: &str, base: &str, doc: &UserDoc, proj: &Project
     }
     m.insert("meta".into(), meta(base, ResourceKind::User, &doc.id, &doc.created, &doc.last_modified, doc.version));
     shape_grants(&mut m, shape);
-    proj.apply(Value::Object(m))
+    proj.apply(&registry().user, Value::Object(m))
 }
 
 pub fn group(kv: &impl KvRead, t: &str, base: &str, doc: &GroupDoc, proj: &Projection, shape: GrantShape) -> Value {
@@ -103,7 +104,7 @@ pub fn group(kv: &impl KvRead, t: &str, base: &str, doc: &GroupDoc, proj: &Proje
     }
     m.insert("meta".into(), meta(base, ResourceKind::Group, &doc.id, &doc.created, &doc.last_modified, doc.version));
     shape_grants(&mut m, shape);
-    proj.apply(Value::Object(m))
+    proj.apply(&registry().group, Value::Object(m))
 }
 
 /// An RFC 9865 page: `nextCursor` while there is more, no `startIndex`.

@@ -99,7 +99,14 @@ fn report_skipped(kind: ScimKind, id: &str, skipped: &[String]) {
     }
 }
 
-pub async fn create(state: &AppState, caller: Caller, kind: ScimKind, body: Value) -> Result<Response, ApiError> {
+pub async fn create(
+    state: &AppState,
+    caller: Caller,
+    kind: ScimKind,
+    params: &HashMap<String, String>,
+    body: Value,
+) -> Result<Response, ApiError> {
+    let proj = Projection::from_params(params)?;
     let id = Uuid::now_v7().to_string();
     let command = match kind {
         ScimKind::User => Command::CreateUser { id, input: parse_user(&body)? },
@@ -108,7 +115,7 @@ pub async fn create(state: &AppState, caller: Caller, kind: ScimKind, body: Valu
     let committed = state.writer.submit(caller.origin(), command).await?;
     let d = &committed.decision;
     report_skipped(kind, &d.resource_id, &d.skipped_members);
-    respond_written(state, &caller, kind, &d.resource_id, StatusCode::CREATED, &Projection::default())
+    respond_written(state, &caller, kind, &d.resource_id, StatusCode::CREATED, &proj)
 }
 
 pub fn get(
@@ -119,8 +126,7 @@ pub fn get(
     headers: &HeaderMap,
     params: &HashMap<String, String>,
 ) -> Result<Response, ApiError> {
-    let param = |n: &str| params.iter().find(|(k, _)| k.eq_ignore_ascii_case(n)).map(|(_, v)| v.as_str());
-    let proj = Projection::parse(param("attributes"), param("excludedAttributes"))?;
+    let proj = Projection::from_params(params)?;
     let view = state.store.view();
     let mut budget = state.cfg.max_members_rendered;
     let rendered = render_one(&view, caller.tenant(), state, kind, id, &proj, &mut budget)?;
@@ -144,8 +150,10 @@ pub async fn replace(
     kind: ScimKind,
     id: String,
     headers: &HeaderMap,
+    params: &HashMap<String, String>,
     body: Value,
 ) -> Result<Response, ApiError> {
+    let proj = Projection::from_params(params)?;
     let if_match = if_match(headers);
     let command = match kind {
         ScimKind::User => Command::ReplaceUser { id: id.clone(), input: parse_user(&body)?, if_match },
@@ -153,7 +161,7 @@ pub async fn replace(
     };
     let committed = state.writer.submit(caller.origin(), command).await?;
     report_skipped(kind, &id, &committed.decision.skipped_members);
-    respond_written(state, &caller, kind, &id, StatusCode::OK, &Projection::default())
+    respond_written(state, &caller, kind, &id, StatusCode::OK, &proj)
 }
 
 pub async fn delete(
@@ -184,8 +192,7 @@ pub async fn patch(
     params: &HashMap<String, String>,
     body: Value,
 ) -> Result<Response, ApiError> {
-    let param = |n: &str| params.iter().find(|(k, _)| k.eq_ignore_ascii_case(n)).map(|(_, v)| v.as_str());
-    let proj = Projection::parse(param("attributes"), param("excludedAttributes"))?;
+    let proj = Projection::from_params(params)?;
     let limits = FilterLimits { max_length: state.cfg.max_filter_length, max_depth: state.cfg.max_filter_depth };
     let ops = parse_patch(&body, limits, state.cfg.max_patch_operations)?;
     let if_match = if_match(headers);
@@ -195,8 +202,7 @@ pub async fn patch(
     };
     let committed = state.writer.submit(caller.origin(), command).await?;
     report_skipped(kind, &id, &committed.decision.skipped_members);
-    let asks_for_attributes = param("attributes").is_some() || param("excludedAttributes").is_some();
-    if kind == ScimKind::Group && !asks_for_attributes {
+    if kind == ScimKind::Group && proj.is_default() {
         let view = state.store.view();
         let version = query::group(&view, caller.tenant(), &id).map(|g| g.version);
         if let Some(e) = view.take_error() {
@@ -488,8 +494,8 @@ pub fn routes(kind: ScimKind) -> axum::Router<AppState> {
             get_route(move |State(s): State<AppState>, caller: Caller, Query(p): Params| async move {
                 list(&s, caller, vec![kind], p).await
             })
-                .post(move |State(s): State<AppState>, caller: Caller, ScimBody(body): ScimBody| async move {
-                    create(&s, caller, kind, body).await
+                .post(move |State(s): State<AppState>, caller: Caller, Query(p): Params, ScimBody(body): ScimBody| async move {
+                    create(&s, caller, kind, &p, body).await
                 })
                 .fallback(super::method_not_allowed),
         )
@@ -502,8 +508,8 @@ pub fn routes(kind: ScimKind) -> axum::Router<AppState> {
                     ScimKind::Group => super::blocking_read(&s, move |s| get(s, &caller, kind, &id, &headers, &p)).await,
                 }
             })
-            .put(move |State(s): State<AppState>, caller: Caller, Path(id): Path<String>, headers: HeaderMap, ScimBody(body): ScimBody| async move {
-                replace(&s, caller, kind, id, &headers, body).await
+            .put(move |State(s): State<AppState>, caller: Caller, Path(id): Path<String>, headers: HeaderMap, Query(p): Params, ScimBody(body): ScimBody| async move {
+                replace(&s, caller, kind, id, &headers, &p, body).await
             })
             .delete(move |State(s): State<AppState>, caller: Caller, Path(id): Path<String>, headers: HeaderMap| async move {
                 delete(&s, caller, kind, id, &headers).await

@@ -135,3 +135,56 @@ async fn membership_filters_combine_with_other_conditions() {
     refused.assert_error(400, Some("invalidFilter"), "members co \"a\"");
     s.stop().await;
 }
+
+/// Entra's manager, without the enterprise URN: PATCH Add/Replace/Remove with `path: manager`,
+/// and its manager lookup `id eq "<u>" and manager eq "<manager id>"`; also `attributes=manager`
+/// and `sortBy=manager`, where the bare name resolves the same way.
+#[tokio::test]
+async fn the_bare_manager_is_the_enterprise_manager() {
+    let s = TestServer::start().await;
+    let ent = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User";
+    let boss = s.post("/Users", &json!({"userName": "boss"})).await.id();
+    let chief = s.post("/Users", &json!({"userName": "chief"})).await.id();
+    let u = s.post("/Users", &json!({"userName": "report", "title": "Engineer"})).await.id();
+    let patch = |op: &str, value: Value| json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"], "Operations": [{"op": op, "path": "manager", "value": value}]});
+    let r = s.send(reqwest::Method::PATCH, &format!("/Users/{u}"), Some(&patch("Add", json!(boss))), &[]).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body[ent]["manager"]["value"], boss);
+    assert!(r.body["schemas"].as_array().unwrap().contains(&json!(ent)));
+
+    let lookup = |m: &str| format!("/Users?filter={}", q(&format!(r#"id eq "{u}" and manager eq "{m}""#)));
+    assert_eq!(s.get(&lookup(&boss)).await.body["totalResults"], 1, "Entra's manager lookup");
+    assert_eq!(s.get(&lookup(&chief)).await.body["totalResults"], 0);
+
+    let r = s.send(reqwest::Method::PATCH, &format!("/Users/{u}"), Some(&patch("Replace", json!(chief))), &[]).await;
+    assert_eq!(r.body[ent]["manager"]["value"], chief);
+    assert_eq!(s.get(&lookup(&chief)).await.body["totalResults"], 1);
+
+    let only = s.get(&format!("/Users/{u}?attributes=manager")).await.body;
+    assert_eq!(only[ent], json!({"manager": {"value": chief}}), "{only}");
+    assert!(only.get("title").is_none() && only.get("userName").is_none(), "{only}");
+    let without = s.get(&format!("/Users/{u}?excludedAttributes=manager")).await.body;
+    assert!(without.get(ent).is_none(), "{without}");
+    assert_eq!(without["title"], "Engineer");
+
+    // Sorted by the manager's id: users without one come last.
+    let other = s.post("/Users", &json!({"userName": "other", ent: {"manager": {"value": boss}}})).await.id();
+    let sorted = s.get("/Users?sortBy=manager").await.body;
+    let order: Vec<&str> = sorted["Resources"].as_array().unwrap().iter().map(|r| r["id"].as_str().unwrap()).collect();
+    let mut want = vec![(boss.clone(), other.clone()), (chief.clone(), u.clone())];
+    want.sort();
+    assert_eq!(&order[..2], [want[0].1.as_str(), want[1].1.as_str()]);
+
+    let r = s
+        .send(
+            reqwest::Method::PATCH,
+            &format!("/Users/{u}"),
+            Some(&json!({"Operations": [{"op": "Remove", "path": "manager"}]})),
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.body.get(ent).is_none(), "{}", r.body);
+    assert_eq!(s.get(&lookup(&chief)).await.body["totalResults"], 0);
+    s.stop().await;
+}

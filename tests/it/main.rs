@@ -17,6 +17,7 @@ mod idp_replay;
 mod listing;
 mod nats;
 mod patch;
+mod rfc;
 mod support;
 mod transport;
 mod trust;

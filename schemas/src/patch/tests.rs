@@ -80,6 +80,23 @@ fn user_patch_table() {
             json!({"userName": "bjensen", "active": true, "name": {"givenName": "Barbara", "familyName": "Jensen"}, "emails": [{"value": "b@home.org", "type": "home"}], ENT: {"employeeNumber": "42"}}),
         ),
         (
+            "entra's bare manager: add, replace, then remove",
+            json!([{"op": "Add", "path": "manager", "value": "m-1"},
+                   {"op": "Replace", "path": "manager", "value": "m-2"},
+                   {"op": "Add", "path": "department", "value": "Ops"}]),
+            json!({"userName": "bjensen", "active": true, "name": {"givenName": "Barbara", "familyName": "Jensen"}, "emails": [{"value": "b@home.org", "type": "home"}], ENT: {"manager": "m-2", "department": "Ops"}}),
+        ),
+        (
+            "bare manager removed",
+            json!([{"op": "Add", "path": "manager", "value": {"value": "m-1"}}, {"op": "Remove", "path": "manager"}]),
+            json!({"userName": "bjensen", "active": true, "name": {"givenName": "Barbara", "familyName": "Jensen"}, "emails": [{"value": "b@home.org", "type": "home"}]}),
+        ),
+        (
+            "path-less bare manager",
+            json!([{"op": "replace", "value": {"manager": {"value": "m-3"}}}]),
+            json!({"userName": "bjensen", "active": true, "name": {"givenName": "Barbara", "familyName": "Jensen"}, "emails": [{"value": "b@home.org", "type": "home"}], ENT: {"manager": {"value": "m-3"}}}),
+        ),
+        (
             "path-less replace ignores readOnly keys",
             json!([{"op": "replace", "value": {"id": "x", "meta": {}, "title": "Eng"}}]),
             json!({"userName": "bjensen", "active": true, "name": {"givenName": "Barbara", "familyName": "Jensen"}, "emails": [{"value": "b@home.org", "type": "home"}], "title": "Eng"}),
@@ -89,6 +106,64 @@ fn user_patch_table() {
         let got = run(&registry().user, base.clone(), ops).unwrap_or_else(|e| panic!("{what}: {e}"));
         assert_eq!(got, want, "{what}");
     }
+}
+
+/// RFC 7644 §3.5.2.3: `replace` with a value filter replaces the matching elements, and the
+/// primary flag stays on one element: the one the operation wrote when it claims it.
+#[test]
+fn value_filter_replace_keeps_one_primary() {
+    let base = json!({"userName": "a", "addresses": [
+        {"type": "work", "locality": "Paris"},
+        {"type": "home", "locality": "Lyon", "primary": true},
+    ]});
+    let table: Vec<(&str, Value, Value)> = vec![
+        (
+            "replaced element claims primary: it takes the flag",
+            json!([{"op": "replace", "path": "addresses[type eq \"work\"]", "value": {"type": "work", "locality": "Nice", "primary": true}}]),
+            json!([{"type": "work", "locality": "Nice", "primary": true}, {"type": "home", "locality": "Lyon", "primary": false}]),
+        ),
+        (
+            "replaced element does not claim it: the flag stays",
+            json!([{"op": "replace", "path": "addresses[type eq \"work\"]", "value": {"type": "work", "locality": "Nice"}}]),
+            json!([{"type": "work", "locality": "Nice"}, {"type": "home", "locality": "Lyon", "primary": true}]),
+        ),
+        (
+            "sub-attribute primary set through a filter",
+            json!([{"op": "replace", "path": "addresses[type eq \"work\"].primary", "value": true}]),
+            json!([{"type": "work", "locality": "Paris", "primary": true}, {"type": "home", "locality": "Lyon", "primary": false}]),
+        ),
+        (
+            "an added element claiming primary takes it",
+            json!([{"op": "add", "path": "addresses", "value": [{"type": "other", "locality": "Rome", "primary": true}]}]),
+            json!([{"type": "work", "locality": "Paris"}, {"type": "home", "locality": "Lyon", "primary": false}, {"type": "other", "locality": "Rome", "primary": true}]),
+        ),
+        (
+            "a whole replace keeps the last claim of the new list",
+            json!([{"op": "replace", "path": "addresses", "value": [{"type": "a", "primary": true}, {"type": "b", "primary": true}]}]),
+            json!([{"type": "a", "primary": false}, {"type": "b", "primary": true}]),
+        ),
+    ];
+    for (what, ops, want) in table {
+        let got = run(&registry().user, base.clone(), ops).unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert_eq!(got["addresses"], want, "{what}");
+    }
+}
+
+/// Testkube's group grants at the top level of a PATCH are the access extension's.
+#[test]
+fn bare_group_roles_patch_the_access_extension() {
+    let got = run(
+        &registry().group,
+        json!({"displayName": "dev"}),
+        json!([{"op": "add", "path": "roles", "value": ["urn:testkube:role:environment:dev:admin"]},
+               {"op": "add", "value": {"entitlements": [{"value": "urn:testkube:entitlement:environment:dev"}]}}]),
+    )
+    .unwrap();
+    assert_eq!(
+        got,
+        json!({"displayName": "dev", urn::GROUP_ACCESS: {"roles": ["urn:testkube:role:environment:dev:admin"],
+            "entitlements": [{"value": "urn:testkube:entitlement:environment:dev"}]}})
+    );
 }
 
 #[test]
