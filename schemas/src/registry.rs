@@ -83,33 +83,9 @@ pub struct SchemaDoc {
     pub attributes: Vec<Attr>,
 }
 
-/// The common attributes of RFC 7643 §3.1, present on every resource.
-fn common_attrs() -> Vec<Attr> {
-    let s = |name: &str, case_exact: bool, mutability, returned| Attr {
-        name: name.into(),
-        ty: AttrType::String,
-        multi_valued: false,
-        required: false,
-        case_exact,
-        mutability,
-        returned,
-        sub_attributes: vec![],
-    };
-    let mut meta = s("meta", false, Mutability::ReadOnly, Returned::Default);
-    meta.ty = AttrType::Complex;
-    meta.sub_attributes = vec![
-        s("resourceType", true, Mutability::ReadOnly, Returned::Default),
-        Attr { ty: AttrType::DateTime, ..s("created", false, Mutability::ReadOnly, Returned::Default) },
-        Attr { ty: AttrType::DateTime, ..s("lastModified", false, Mutability::ReadOnly, Returned::Default) },
-        Attr { ty: AttrType::Reference, ..s("location", true, Mutability::ReadOnly, Returned::Default) },
-        s("version", true, Mutability::ReadOnly, Returned::Default),
-    ];
-    vec![
-        s("id", true, Mutability::ReadOnly, Returned::Always),
-        s("externalId", true, Mutability::ReadWrite, Returned::Default),
-        meta,
-    ]
-}
+/// The common attributes of RFC 7643 §3.1 (`id`, `externalId`, `meta`), present on every
+/// resource: in the registry and in the User and Group documents `/Schemas` serves.
+pub const COMMON_ATTRIBUTES_JSON: &str = include_str!("../scim/Common.json");
 
 /// A resource type's schema: its core attributes (with the common ones) and its extensions.
 #[derive(Debug)]
@@ -194,13 +170,20 @@ fn parse_doc(text: &str) -> (SchemaDoc, Value) {
 pub fn registry() -> &'static Registry {
     static REGISTRY: OnceLock<Registry> = OnceLock::new();
     REGISTRY.get_or_init(|| {
-        let (user, user_v) = parse_doc(USER_SCHEMA_JSON);
-        let (group, group_v) = parse_doc(GROUP_SCHEMA_JSON);
+        let (user, mut user_v) = parse_doc(USER_SCHEMA_JSON);
+        let (group, mut group_v) = parse_doc(GROUP_SCHEMA_JSON);
         let (ent, ent_v) = parse_doc(ENTERPRISE_USER_SCHEMA_JSON);
         let (access, access_v) = parse_doc(GROUP_ACCESS_SCHEMA_JSON);
-        let mut user_attrs = common_attrs();
+        let common: Vec<Attr> = serde_json::from_str(COMMON_ATTRIBUTES_JSON).expect("common attributes parse");
+        let common_v: Vec<Value> = serde_json::from_str(COMMON_ATTRIBUTES_JSON).expect("common attributes are JSON");
+        for doc in [&mut user_v, &mut group_v] {
+            if let Some(Value::Array(attrs)) = doc.get_mut("attributes") {
+                attrs.splice(0..0, common_v.iter().cloned());
+            }
+        }
+        let mut user_attrs = common.clone();
         user_attrs.extend(user.attributes);
-        let mut group_attrs = common_attrs();
+        let mut group_attrs = common;
         group_attrs.extend(group.attributes);
         Registry {
             user: ResourceSchema {

@@ -40,5 +40,21 @@ async fn discovery_documents() {
     assert_eq!(user_name["caseExact"], false);
     let password = user.body["attributes"].as_array().unwrap().iter().find(|a| a["name"] == "password").unwrap();
     assert_eq!(password["returned"], "never");
+    // Entra's schema discovery looks for the common attributes in both core schemas.
+    for urn in ["urn:ietf:params:scim:schemas:core:2.0:User", "urn:ietf:params:scim:schemas:core:2.0:Group"] {
+        let doc = s.get(&format!("/Schemas/{urn}")).await.body;
+        let attr = |n: &str| doc["attributes"].as_array().unwrap().iter().find(|a| a["name"] == n).cloned();
+        let external_id = attr("externalId").unwrap_or_else(|| panic!("{urn} lists externalId"));
+        assert_eq!(
+            (external_id["mutability"].as_str(), external_id["caseExact"].as_bool()),
+            (Some("readWrite"), Some(true))
+        );
+        let id = attr("id").unwrap_or_else(|| panic!("{urn} lists id"));
+        assert_eq!((id["mutability"].as_str(), id["returned"].as_str()), (Some("readOnly"), Some("always")));
+        let meta = attr("meta").unwrap_or_else(|| panic!("{urn} lists meta"));
+        let subs: Vec<&str> =
+            meta["subAttributes"].as_array().unwrap().iter().map(|a| a["name"].as_str().unwrap()).collect();
+        assert_eq!(subs, ["resourceType", "created", "lastModified", "location", "version"]);
+    }
     s.get("/Schemas/urn:nope").await.assert_error(404, None, "urn:nope");
 }
