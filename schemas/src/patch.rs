@@ -319,6 +319,15 @@ fn apply_at(
         }
         return Err(SchemaError::new(ScimType::Mutability, format!("attribute {:?} is readOnly", attr.name)));
     }
+    // RFC 7644 §3.5.2.2: removing a required attribute, or making it unassigned, is a
+    // `mutability` error (userName, a group's displayName).
+    let unassigns = op == OpKind::Remove || (op == OpKind::Replace && is_empty(value));
+    if attr.required && unassigns && path.filter.is_none() && path.attr.sub.is_none() {
+        return Err(SchemaError::new(
+            ScimType::Mutability,
+            format!("attribute {:?} is required: it cannot be removed or made empty", attr.name),
+        ));
+    }
     let name = attr.name.clone();
     let map = container(doc, target.extension);
     let result = match (&path.filter, &path.attr.sub) {

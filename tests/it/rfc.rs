@@ -98,3 +98,58 @@ async fn attributes_apply_to_write_responses() {
     assert_eq!(keys, ["id", "schemas", "title"], "{}", r.body);
     s.stop().await;
 }
+
+/// RFC 7644 §3.5.2.2 and §3.12: removing a required attribute, or writing a readOnly one, is
+/// 400 `mutability`, and nothing is written.
+#[tokio::test]
+async fn patch_errors_use_the_rfcs_scim_types() {
+    let s = TestServer::start().await;
+    let u = s.post("/Users", &json!({"userName": "keeps.name"})).await.id();
+    let g = s.post("/Groups", &json!({"displayName": "Keeps"})).await.id();
+    let before = s.log_position().await;
+    let table: Vec<(String, Value, &str, &str)> = vec![
+        (
+            format!("/Users/{u}"),
+            json!([{"op": "remove", "path": "userName"}]),
+            "mutability",
+            "\"userName\" is required",
+        ),
+        (
+            format!("/Users/{u}"),
+            json!([{"op": "replace", "path": "userName", "value": ""}]),
+            "mutability",
+            "\"userName\" is required",
+        ),
+        (format!("/Users/{u}"), json!([{"op": "replace", "path": "id", "value": "mine"}]), "mutability", "readOnly"),
+        (
+            format!("/Users/{u}"),
+            json!([{"op": "add", "path": "groups", "value": [{"value": g}]}]),
+            "mutability",
+            "readOnly",
+        ),
+        (
+            format!("/Groups/{g}"),
+            json!([{"op": "remove", "path": "displayName"}]),
+            "mutability",
+            "\"displayName\" is required",
+        ),
+        (
+            format!("/Users/{u}"),
+            json!([{"op": "remove", "path": "nickName[value eq \"x\"]"}]),
+            "invalidPath",
+            "nickName",
+        ),
+        (
+            format!("/Users/{u}"),
+            json!([{"op": "replace", "path": "emails[type eq \"work\" or type eq \"home\"]", "value": {"value": "a@x"}}]),
+            "noTarget",
+            "emails",
+        ),
+    ];
+    for (path, ops, scim_type, detail) in table {
+        let r = s.send(Method::PATCH, &path, Some(&json!({"Operations": ops})), &[]).await;
+        r.assert_error(400, Some(scim_type), detail);
+    }
+    assert_eq!(s.log_position().await, before, "nothing was written");
+    s.stop().await;
+}

@@ -209,6 +209,10 @@ fn refusals_table() {
         (json!([{"op": "replace", "path": "groups", "value": []}]), ScimType::Mutability, "readOnly"),
         (json!([{"op": "replace", "path": "id", "value": "x"}]), ScimType::Mutability, "readOnly"),
         (json!([{"op": "replace", "path": "nonsense", "value": "x"}]), ScimType::InvalidPath, "nonsense"),
+        // RFC 7644 §3.5.2.2: a required attribute cannot be removed or unassigned.
+        (json!([{"op": "remove", "path": "userName"}]), ScimType::Mutability, "\"userName\" is required"),
+        (json!([{"op": "replace", "path": "USERNAME", "value": ""}]), ScimType::Mutability, "\"userName\" is required"),
+        (json!([{"op": "replace", "path": "userName", "value": null}]), ScimType::Mutability, "required"),
         (
             json!([{"op": "replace", "path": "title[value eq \"x\"]", "value": "x"}]),
             ScimType::InvalidPath,
