@@ -146,6 +146,8 @@ pub enum Refusal {
     /// The request is invalid against the current state (a PATCH whose result is not a valid
     /// resource, or whose path names nothing).
     Invalid(SchemaError),
+    /// 409: a bulk operation refers to another of its request that failed (RFC 7644 §3.7.1).
+    Unresolved(String),
 }
 
 impl From<SchemaError> for Refusal {

@@ -109,6 +109,7 @@ impl ApiError {
             }
             ApiError::Refused(Refusal::Invalid(e)) => ApiError::Invalid(e.clone()).parts(),
             ApiError::Refused(Refusal::Uniqueness(d)) => (StatusCode::CONFLICT, Some("uniqueness"), d.clone()),
+            ApiError::Refused(Refusal::Unresolved(d)) => (StatusCode::CONFLICT, None, d.clone()),
             ApiError::Refused(Refusal::VersionMismatch { current, expected }) => (
                 StatusCode::PRECONDITION_FAILED,
                 None,

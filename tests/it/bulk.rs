@@ -96,3 +96,71 @@ async fn bulk_limits() {
     assert_eq!(r.body["Operations"][0]["response"]["scimType"], "invalidPath");
     s.stop().await;
 }
+
+/// RFC 7644 §3.7.1: a forward reference (a group naming a user POSTed after it) and a circular
+/// one (two groups each naming the other, the RFC's own example) are resolved: every resource is
+/// created, then the references are filled in. Results keep the request's order.
+#[tokio::test]
+async fn forward_and_circular_references_are_resolved() {
+    let s = TestServer::start().await;
+    let ops = json!([
+        {"method": "POST", "path": "/Groups", "bulkId": "early", "data": {"displayName": "Early", "members": [{"value": "bulkId:late", "type": "User"}]}},
+        {"method": "POST", "path": "/Groups", "bulkId": "qwerty", "data": {"displayName": "Group A", "members": [{"type": "Group", "value": "bulkId:ytrewq"}]}},
+        {"method": "POST", "path": "/Groups", "bulkId": "ytrewq", "data": {"displayName": "Group B", "members": [{"type": "Group", "value": "bulkId:qwerty"}]}},
+        {"method": "PATCH", "path": "/Groups/bulkId:later", "data": {"Operations": [{"op": "add", "path": "members", "value": [{"value": "bulkId:late"}]}]}},
+        {"method": "POST", "path": "/Users", "bulkId": "late", "data": {"userName": "late.user", "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User": {"manager": {"value": "bulkId:boss"}}}},
+        {"method": "POST", "path": "/Users", "bulkId": "boss", "data": {"userName": "boss.user"}},
+        {"method": "POST", "path": "/Groups", "bulkId": "later", "data": {"displayName": "Later"}},
+    ]);
+    let r = s.post("/Bulk", &bulk(ops)).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let results = r.body["Operations"].as_array().unwrap();
+    let statuses: Vec<&str> = results.iter().map(|o| o["status"].as_str().unwrap()).collect();
+    assert_eq!(statuses, ["201", "201", "201", "200", "201", "201", "201"], "{}", r.body);
+    let bulk_ids: Vec<&str> = results.iter().map(|o| o["bulkId"].as_str().unwrap_or("-")).collect();
+    assert_eq!(bulk_ids, ["early", "qwerty", "ytrewq", "-", "late", "boss", "later"]);
+    let id_of = |i: usize| results[i]["location"].as_str().unwrap().rsplit('/').next().unwrap().to_string();
+    let members = |id: String| {
+        let s = &s;
+        async move {
+            let g = s.get(&format!("/Groups/{id}")).await.body;
+            let mut m: Vec<String> =
+                g["members"].as_array().unwrap().iter().map(|m| m["value"].as_str().unwrap().to_string()).collect();
+            m.sort();
+            m
+        }
+    };
+    let (early, a, b, late, boss, later) = (id_of(0), id_of(1), id_of(2), id_of(4), id_of(5), id_of(6));
+    assert_eq!(members(early).await, [late.clone()]);
+    assert_eq!(members(a.clone()).await, [b.clone()], "A holds B");
+    assert_eq!(members(b).await, [a.clone()], "B holds A");
+    assert_eq!(members(later).await, [late.clone()], "the PATCH waited for the group it names");
+    let u = s.get(&format!("/Users/{late}")).await.body;
+    assert_eq!(u["urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"]["manager"]["value"], boss);
+    // The version in each result is the resource's final one.
+    let a_now = s.get(&format!("/Groups/{a}")).await;
+    assert_eq!(results[1]["version"].as_str(), a_now.header("etag"), "{}", r.body);
+}
+
+/// A reference to an operation of the request that failed is 409, never a second 400; the
+/// circle it would have closed is reported on the operation that could not be completed.
+#[tokio::test]
+async fn references_to_failed_operations_are_conflicts() {
+    let s = TestServer::start().await;
+    s.post("/Users", &json!({"userName": "taken"})).await;
+    let ops = json!([
+        {"method": "POST", "path": "/Users", "bulkId": "dup", "data": {"userName": "taken"}},
+        {"method": "POST", "path": "/Groups", "bulkId": "g", "data": {"displayName": "G", "members": [{"value": "bulkId:dup"}]}},
+        {"method": "PATCH", "path": "/Users/bulkId:dup", "data": {"Operations": [{"op": "replace", "path": "title", "value": "x"}]}},
+    ]);
+    let r = s.post("/Bulk", &bulk(ops)).await;
+    let results = r.body["Operations"].as_array().unwrap();
+    let statuses: Vec<&str> = results.iter().map(|o| o["status"].as_str().unwrap()).collect();
+    assert_eq!(statuses, ["409", "409", "409"], "{}", r.body);
+    assert_eq!(results[0]["response"]["scimType"], "uniqueness");
+    for i in [1, 2] {
+        let detail = results[i]["response"]["detail"].as_str().unwrap();
+        assert!(detail.contains("\"dup\"") && detail.contains("failed"), "{detail}");
+    }
+    s.stop().await;
+}
