@@ -86,6 +86,12 @@ pub struct ServeConfig {
     /// Largest `/Bulk` body (`maxPayloadSize`); larger get 413.
     #[arg(long, env = "SCIMLOG_BULK_MAX_PAYLOAD_BYTES", default_value_t = 1_048_576)]
     pub bulk_max_payload_bytes: usize,
+    /// Whether `/ServiceProviderConfig` carries `RolesAndEntitlements`, as
+    /// draft-ietf-scim-roles-entitlements asks of a server with `/Roles` and `/Entitlements`.
+    /// Clients that refuse any attribute RFC 7643 does not define there (python scim2-client
+    /// 0.13) fail their discovery on it: `false` leaves it out (the endpoints stay).
+    #[arg(long, env = "SCIMLOG_ADVERTISE_ROLES_ENTITLEMENTS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub advertise_roles_entitlements: bool,
     /// How long an RFC 9865 cursor stays valid, in seconds.
     #[arg(long, env = "SCIMLOG_CURSOR_TIMEOUT_S", default_value_t = 3600)]
     pub cursor_timeout_s: u64,

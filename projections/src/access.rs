@@ -26,6 +26,30 @@ pub struct GrantRecord {
     pub position: u64,
 }
 
+/// A role or entitlement the directory knows: held directly by at least one user or group.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KnownGrant {
+    /// The URN as first given.
+    pub urn: String,
+    pub users: u64,
+    pub groups: u64,
+}
+
+/// The roles (`attr` = "roles") or entitlements the directory knows, in URN order; at most
+/// `limit`.
+pub fn known_grants(kv: &impl KvRead, t: &str, attr: &str, limit: usize) -> Vec<KnownGrant> {
+    kv.scan(&keys::known_grants(t, attr), None, limit)
+        .into_iter()
+        .filter_map(|(_, v)| serde_json::from_slice(&v).ok())
+        .collect()
+}
+
+/// One known role or entitlement by its URN (without case).
+pub fn known_grant(kv: &impl KvRead, t: &str, attr: &str, urn: &str) -> Option<KnownGrant> {
+    kv.get(&keys::known_grant(t, attr, urn)).and_then(|v| serde_json::from_slice(&v).ok())
+}
+
 /// An organization, environment or resource group.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

@@ -163,7 +163,7 @@ pub fn apply(kv: &mut impl Kv, e: &Event) {
             // The command removed its memberships with events first; this only guards the fold.
             remove_memberships_of(kv, t, id);
             // Its grants and hosts go with it.
-            remove_grants_of(kv, t, id);
+            remove_grants_of(kv, t, id, ResourceKind::User);
             for (k, _) in kv.scan(&keys::user_hosts(t, id), None, usize::MAX) {
                 kv.delete(&keys::host(t, &keys::last_part(&k)));
                 kv.delete(&k);
@@ -229,7 +229,7 @@ pub fn apply(kv: &mut impl Kv, e: &Event) {
                 }
             }
             remove_memberships_of(kv, t, id);
-            remove_grants_of(kv, t, id);
+            remove_grants_of(kv, t, id, ResourceKind::Group);
         }
         EventBody::GroupMemberAdded { member_id, member_type } => {
             let Some(mut doc) = load::<GroupDoc>(kv, &keys::group(t, id)) else {
@@ -348,8 +348,42 @@ fn grant_added(kv: &mut impl Kv, e: &Event, attr: &str, urn: &str, value: &Value
     });
     if let Some(grant) = access::parse_any(attr, urn) {
         let (t, id) = (e.tenant.as_str(), e.resource_id.as_str());
+        if kv.get(&keys::grant(t, id, urn)).is_none() {
+            count_holder(kv, t, attr, urn, kind, 1);
+        }
         kv.put(&keys::grant_by_scope(t, &access::grant_scope_key(&grant), id, urn), b"");
         store(kv, &keys::grant(t, id, urn), &access::GrantRecord { urn: urn.to_string(), grant, position: e.position });
+    }
+}
+
+/// Counts a subject of `kind` in or out of a grant's direct holders; a grant nobody holds is
+/// no longer known.
+fn count_holder(kv: &mut impl Kv, t: &str, attr: &str, urn: &str, kind: ResourceKind, delta: i64) {
+    let key = keys::known_grant(t, attr, urn);
+    let mut known: access::KnownGrant =
+        load(kv, &key).unwrap_or_else(|| access::KnownGrant { urn: urn.to_string(), ..Default::default() });
+    let slot = match kind {
+        ResourceKind::User => &mut known.users,
+        ResourceKind::Group => &mut known.groups,
+        ResourceKind::Organization
+        | ResourceKind::Environment
+        | ResourceKind::ResourceGroup
+        | ResourceKind::Host
+        | ResourceKind::Token => return,
+    };
+    *slot = (*slot as i64 + delta).max(0) as u64;
+    if known.users == 0 && known.groups == 0 {
+        kv.delete(&key);
+    } else {
+        store(kv, &key, &known);
+    }
+}
+
+/// The attribute a grant record belongs to.
+fn grant_attr(g: &scimlog_schemas::access::Grant) -> &'static str {
+    match g {
+        scimlog_schemas::access::Grant::Role { .. } => "roles",
+        scimlog_schemas::access::Grant::Entitlement { .. } => "entitlements",
     }
 }
 
@@ -360,13 +394,17 @@ fn grant_removed(kv: &mut impl Kv, e: &Event, attr: &str, urn: &str) {
     if let Some(grant) = access::parse_any(attr, urn) {
         kv.delete(&keys::grant_by_scope(t, &access::grant_scope_key(&grant), id, urn));
     }
+    if kv.get(&keys::grant(t, id, urn)).is_some() {
+        count_holder(kv, t, attr, urn, kind, -1);
+    }
     kv.delete(&keys::grant(t, id, urn));
 }
 
-fn remove_grants_of(kv: &mut impl Kv, t: &str, subject: &str) {
+fn remove_grants_of(kv: &mut impl Kv, t: &str, subject: &str, kind: ResourceKind) {
     for (k, v) in kv.scan(&keys::grants_of(t, subject), None, usize::MAX) {
         if let Ok(rec) = serde_json::from_slice::<access::GrantRecord>(&v) {
             kv.delete(&keys::grant_by_scope(t, &access::grant_scope_key(&rec.grant), subject, &rec.urn));
+            count_holder(kv, t, grant_attr(&rec.grant), &rec.urn, kind, -1);
         }
         kv.delete(&k);
     }

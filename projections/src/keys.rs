@@ -116,7 +116,8 @@ pub fn history_prefix(t: &str, kind: &str, id: &str) -> Vec<u8> {
 /// version (or none, over a non-empty log) rebuilds every read model from the log at start.
 /// 2: history keys carry the resource kind; userNames and displayNames folded with NFKC.
 /// 3: userNames, externalIds and emails blinded in index keys.
-pub const LAYOUT_VERSION: u32 = 3;
+/// 4: known grants with their direct holders (`gv`), for `/Roles` and `/Entitlements`.
+pub const LAYOUT_VERSION: u32 = 4;
 /// The key that holds [`LAYOUT_VERSION`] (u32 big-endian); no tag of a read model starts so.
 pub const LAYOUT: &[u8] = b"_layout";
 
@@ -133,6 +134,14 @@ pub fn grant_by_scope(t: &str, scope: &str, subject: &str, urn: &str) -> Vec<u8>
 }
 pub fn grants_in_scope(t: &str, scope: &str) -> Vec<u8> {
     prefix(&[b"gc", t.as_bytes(), scope.as_bytes()])
+}
+/// A grant the directory knows, with how many subjects hold it directly:
+/// `gv 0 tenant 0 roles|entitlements 0 urn (ASCII lower case)` -> [`crate::access::KnownGrant`].
+pub fn known_grant(t: &str, attr: &str, urn: &str) -> Vec<u8> {
+    join(&[b"gv", t.as_bytes(), attr.as_bytes(), urn.to_ascii_lowercase().as_bytes()])
+}
+pub fn known_grants(t: &str, attr: &str) -> Vec<u8> {
+    prefix(&[b"gv", t.as_bytes(), attr.as_bytes()])
 }
 /// An organization, environment or resource group: `sc 0 tenant 0 kind 0 slug` -> scope doc.
 pub fn scope(t: &str, kind: &str, slug: &str) -> Vec<u8> {

@@ -42,6 +42,11 @@ pub mod urn {
     pub const ENTERPRISE_USER: &str = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User";
     /// Our extension: roles and entitlements of a Group, inherited by its members.
     pub const GROUP_ACCESS: &str = "urn:scimlog:params:scim:schemas:extension:access:2.0:Group";
+    /// draft-ietf-scim-roles-entitlements: the `/Roles` and `/Entitlements` resources.
+    pub const ROLE: &str = "urn:ietf:params:scim:schemas:core:2.0:Role";
+    pub const ENTITLEMENT: &str = "urn:ietf:params:scim:schemas:core:2.0:Entitlement";
+    /// Our extension of Role and Entitlement: how many users and groups hold one directly.
+    pub const GRANT_HOLDERS: &str = "urn:scimlog:params:scim:schemas:extension:holders:2.0:Grant";
     pub const LIST_RESPONSE: &str = "urn:ietf:params:scim:api:messages:2.0:ListResponse";
     pub const ERROR: &str = "urn:ietf:params:scim:api:messages:2.0:Error";
     pub const SEARCH_REQUEST: &str = "urn:ietf:params:scim:api:messages:2.0:SearchRequest";

@@ -14,6 +14,9 @@ pub const USER_SCHEMA_JSON: &str = include_str!("../scim/User.json");
 pub const GROUP_SCHEMA_JSON: &str = include_str!("../scim/Group.json");
 pub const ENTERPRISE_USER_SCHEMA_JSON: &str = include_str!("../scim/EnterpriseUser.json");
 pub const GROUP_ACCESS_SCHEMA_JSON: &str = include_str!("../scim/GroupAccess.json");
+pub const ROLE_SCHEMA_JSON: &str = include_str!("../scim/Role.json");
+pub const ENTITLEMENT_SCHEMA_JSON: &str = include_str!("../scim/Entitlement.json");
+pub const GRANT_HOLDERS_SCHEMA_JSON: &str = include_str!("../scim/GrantHolders.json");
 pub const RESOURCE_TYPES_JSON: &str = include_str!("../scim/ResourceTypes.json");
 pub const SERVICE_PROVIDER_CONFIG_JSON: &str = include_str!("../scim/ServiceProviderConfig.json");
 
@@ -155,6 +158,9 @@ impl ResourceSchema {
 pub struct Registry {
     pub user: ResourceSchema,
     pub group: ResourceSchema,
+    /// `/Roles` and `/Entitlements` (read-only; listed, filtered and paged like Users).
+    pub role: ResourceSchema,
+    pub entitlement: ResourceSchema,
     /// The schema documents as served by `/Schemas`, in order.
     pub documents: Vec<Value>,
 }
@@ -181,6 +187,9 @@ pub fn registry() -> &'static Registry {
                 attrs.splice(0..0, common_v.iter().cloned());
             }
         }
+        let (role, role_v) = parse_doc(ROLE_SCHEMA_JSON);
+        let (entitlement, entitlement_v) = parse_doc(ENTITLEMENT_SCHEMA_JSON);
+        let (holders, holders_v) = parse_doc(GRANT_HOLDERS_SCHEMA_JSON);
         let mut user_attrs = common.clone();
         user_attrs.extend(user.attributes);
         let mut group_attrs = common;
@@ -196,7 +205,17 @@ pub fn registry() -> &'static Registry {
                 attributes: group_attrs,
                 extensions: vec![(access.id, access.attributes)],
             },
-            documents: vec![user_v, group_v, ent_v, access_v],
+            role: ResourceSchema {
+                core_urn: urn::ROLE,
+                attributes: role.attributes,
+                extensions: vec![(holders.id.clone(), holders.attributes.clone())],
+            },
+            entitlement: ResourceSchema {
+                core_urn: urn::ENTITLEMENT,
+                attributes: entitlement.attributes,
+                extensions: vec![(holders.id, holders.attributes)],
+            },
+            documents: vec![user_v, group_v, ent_v, access_v, role_v, entitlement_v, holders_v],
         }
     })
 }
@@ -216,7 +235,8 @@ mod tests {
         assert!(r.user.attr("id").unwrap().case_exact);
         assert_eq!(r.user.attr_in(Some(urn::ENTERPRISE_USER), "manager").unwrap().ty, AttrType::Complex);
         assert!(r.group.attr("members").unwrap().multi_valued);
-        assert_eq!(r.documents.len(), 4);
+        assert_eq!(r.documents.len(), 7);
+        assert_eq!(r.role.attr("supported").unwrap().ty, AttrType::Boolean);
         assert!(r.group.attr_in(Some(urn::GROUP_ACCESS), "roles").unwrap().multi_valued);
         // Bare names resolve to the one extension that defines them; the core schema first.
         let table = [

@@ -7,6 +7,7 @@ mod bulk;
 mod discovery;
 pub mod error;
 mod extract;
+mod grants;
 mod groups;
 mod health;
 pub mod rate;
@@ -130,6 +131,7 @@ pub fn router(state: AppState) -> Router {
         .merge(groups::router())
         .merge(discovery::router())
         .merge(search::router())
+        .merge(grants::router())
         .merge(bulk::router(state.cfg.bulk_max_payload_bytes))
         .route_layer(middleware::from_fn(note_route))
         .fallback(|| async { ApiError::NotFound("no such SCIM endpoint".into()) })
@@ -286,6 +288,6 @@ pub fn resource_response(status: StatusCode, body: &Value, version: u64, locatio
     resp
 }
 
-async fn method_not_allowed() -> ApiError {
+pub(crate) async fn method_not_allowed() -> ApiError {
     ApiError::MethodNotAllowed
 }

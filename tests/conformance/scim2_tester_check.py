@@ -51,7 +51,10 @@ def main() -> int:
     http = Client(base_url=base_url, headers={"Authorization": f"Bearer {token}"})
     client = SyncSCIMClient(http)
     client.discover()
-    results = check_server(client, raise_exceptions=False)
+    # The checker's resource checks create, replace and delete. /Roles and /Entitlements are
+    # read-only by their draft (a role is known once an IdP assigns it): they are discovered and
+    # schema-checked with the rest, and their reads are tested in tests/it/rfc.rs.
+    results = check_server(client, raise_exceptions=False, resource_types=["User", "Group"])
     passed = failed = skipped = faults = 0
     for r in results:
         title = getattr(r, "title", "") or ""

@@ -23,7 +23,7 @@ async fn discovery_documents() {
     assert_eq!(spc.body["meta"]["location"], s.url("/ServiceProviderConfig").as_str());
 
     let rts = s.get("/ResourceTypes").await;
-    assert_eq!(rts.body["totalResults"], 2);
+    assert_eq!(rts.body["totalResults"], 4);
     let user_rt = s.get("/ResourceTypes/User").await;
     assert_eq!(user_rt.body["endpoint"], "/Users");
     assert_eq!(
@@ -32,7 +32,7 @@ async fn discovery_documents() {
     );
 
     let schemas = s.get("/Schemas").await;
-    assert_eq!(schemas.body["totalResults"], 4);
+    assert_eq!(schemas.body["totalResults"], 7);
     let user = s.get("/Schemas/urn:ietf:params:scim:schemas:core:2.0:User").await;
     assert_eq!(user.status, 200);
     let user_name = user.body["attributes"].as_array().unwrap().iter().find(|a| a["name"] == "userName").unwrap();

@@ -151,9 +151,10 @@ async fn patch_refusals_write_nothing() {
         Some("invalidPath"),
         "bogus",
     );
+    // RFC 7644 §3.5.2.2: unassigning a required attribute is `mutability`.
     patch(&s, &user, json!([{"op": "replace", "path": "userName", "value": ""}])).await.assert_error(
         400,
-        Some("invalidValue"),
+        Some("mutability"),
         "userName",
     );
     patch(&s, &user, json!([{"op": "replace", "path": "userName", "value": "TAKEN"}])).await.assert_error(

@@ -153,3 +153,70 @@ async fn patch_errors_use_the_rfcs_scim_types() {
     assert_eq!(s.log_position().await, before, "nothing was written");
     s.stop().await;
 }
+
+/// draft-ietf-scim-roles-entitlements: `/Roles` and `/Entitlements` list what users and groups
+/// hold, with counts of direct holders, filtered, sorted and paged like any list; a grant nobody
+/// holds any more is no longer listed; ServiceProviderConfig advertises both.
+#[tokio::test]
+async fn roles_and_entitlements_list_what_the_directory_knows() {
+    let s = TestServer::start().await;
+    let prod_admin = "urn:scimlog:role:environment:prod:admin";
+    let all_viewer = "urn:scimlog:role:organization:*:viewer";
+    let staging = "urn:scimlog:entitlement:environment:staging";
+    let a = s
+        .post("/Users", &json!({"userName": "a", "roles": [prod_admin, all_viewer], "entitlements": [staging]}))
+        .await
+        .id();
+    s.post("/Users", &json!({"userName": "b", "roles": [prod_admin, "Employee"]})).await;
+    s.post("/Groups", &json!({"displayName": "admins", GROUP_ACCESS: {"roles": [prod_admin]}})).await;
+
+    let roles = s.get("/Roles?sortBy=value").await;
+    assert_eq!(roles.status, 200, "{}", roles.body);
+    assert_eq!(roles.body["totalResults"], 2, "plain values that are not URNs are not roles: {}", roles.body);
+    let holders = "urn:scimlog:params:scim:schemas:extension:holders:2.0:Grant";
+    let first = &roles.body["Resources"][0];
+    assert_eq!(first["value"], prod_admin);
+    assert_eq!(first["id"], prod_admin);
+    assert_eq!(first["display"], "admin in environment prod");
+    assert_eq!(first["type"], "environment");
+    assert_eq!(first["supported"], true);
+    assert_eq!(first[holders], json!({"users": 2, "groups": 1}));
+    assert_eq!(roles.body["Resources"][1]["display"], "viewer in every organization");
+
+    let one = s.get(&format!("/Roles/{prod_admin}")).await;
+    assert_eq!(one.body["meta"]["resourceType"], "Role");
+    let filtered = s.get(&format!("/Roles?filter={}", q("type eq \"organization\""))).await;
+    assert_eq!(filtered.body["totalResults"], 1);
+    assert_eq!(filtered.body["Resources"][0]["value"], all_viewer);
+    let paged = s.get("/Roles?sortBy=value&sortOrder=descending&startIndex=2&count=1&attributes=value").await;
+    assert_eq!(
+        paged.body["Resources"],
+        json!([{"schemas": ["urn:ietf:params:scim:schemas:core:2.0:Role", holders], "id": prod_admin, "value": prod_admin}])
+    );
+    s.get(&format!("/Roles?filter={}", q("supported gt true"))).await.assert_error(
+        400,
+        Some("invalidFilter"),
+        "supported",
+    );
+
+    let ents = s.get("/Entitlements").await;
+    assert_eq!(ents.body["totalResults"], 1);
+    assert_eq!(ents.body["Resources"][0]["display"], "environment staging");
+    assert_eq!(ents.body["Resources"][0][holders]["users"], 1);
+
+    // Revoked everywhere: no longer known.
+    s.put(&format!("/Users/{a}"), &json!({"userName": "a", "roles": [prod_admin]})).await;
+    let roles = s.get("/Roles").await;
+    assert_eq!(roles.body["totalResults"], 1);
+    s.get(&format!("/Roles/{all_viewer}")).await.assert_error(404, None, all_viewer);
+    assert_eq!(s.get("/Entitlements").await.body["totalResults"], 0);
+    let r = s.send(Method::POST, "/Roles", Some(&json!({"value": "x"})), &[]).await;
+    assert_eq!(r.status, 405);
+
+    let spc = s.get("/ServiceProviderConfig").await.body;
+    assert_eq!(spc["RolesAndEntitlements"]["roles"]["supported"], true);
+    assert_eq!(spc["RolesAndEntitlements"]["entitlements"]["supported"], true);
+    let rt = s.get("/ResourceTypes/Role").await.body;
+    assert_eq!(rt["endpoint"], "/Roles");
+    s.stop().await;
+}
