@@ -49,12 +49,13 @@ pub struct Args {
     /// Comma-separated scenarios. Run at each directory size of --users, in this order:
     /// create-users (seeds up to the size), lookup, get-by-id, list-page, startup. Then once, at
     /// the largest size: okta-import (startIndex paging), cursor-import (RFC 9865 cursors),
-    /// group-push, mixed, two-tenants (a calm tenant's lookups while another floods), replay,
+    /// group-push, authentik-sync (every user PUT back unchanged, as authentik's full sync does),
+    /// mixed, two-tenants (a calm tenant's lookups while another floods), replay,
     /// publish, healthz, trivial (an empty axum handler: the HTTP
     /// stack's ceiling), log-append (raw RocksDB commits: the disk's).
     #[arg(
         long,
-        default_value = "create-users,lookup,get-by-id,startup,okta-import,cursor-import,group-push,mixed,two-tenants,replay,publish,healthz,trivial,log-append"
+        default_value = "create-users,lookup,get-by-id,startup,okta-import,cursor-import,group-push,authentik-sync,mixed,two-tenants,replay,publish,healthz,trivial,log-append"
     )]
     scenario: String,
     /// Directory sizes, comma-separated: the per-size scenarios run at each.

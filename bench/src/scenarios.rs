@@ -307,6 +307,7 @@ impl Bench {
             "okta-import" => self.import(false).await,
             "cursor-import" => self.import(true).await,
             "group-push" => self.group_push().await,
+            "authentik-sync" => self.authentik_sync().await,
             "mixed" => self.mixed().await,
             "two-tenants" => self.two_tenants().await,
             "replay" => self.replay().await,
@@ -378,6 +379,34 @@ impl Bench {
                 }
             })
             .await;
+        self.push(row);
+        Ok(())
+    }
+
+    /// authentik's periodic full sync: every user PUT back as it is (authentik's user client
+    /// always PUTs the whole mapping, with the id). Nothing changed, so nothing may be written:
+    /// the row says how many events the sync wrote. Bounded by the seeding time limit.
+    async fn authentik_sync(&mut self) -> anyhow::Result<()> {
+        self.need_users("authentik-sync")?;
+        let before = self.log_position().await?;
+        let (api, users) = (self.api(), Arc::new(self.users.clone()));
+        let n = users.len() as u64;
+        let name = format!("authentik-sync: PUT each of {n} users unchanged");
+        let limit = Duration::from_secs(self.args.seed_timeout_s);
+        let mut row = self
+            .measure(&name, self.server_pid(), n, limit, move |mut conn, i| {
+                let (api, users) = (api.clone(), users.clone());
+                async move {
+                    let (number, id) = &users[i as usize % users.len()];
+                    let mut body = user_body(&api.tag, *number);
+                    body["id"] = Value::String(id.clone());
+                    let ok = api.send(&mut conn, Method::PUT, &format!("Users/{id}"), body).await;
+                    (conn, ok)
+                }
+            })
+            .await;
+        let written = self.log_position().await? - before;
+        row.scenario = format!("{} ({written} events written)", row.scenario);
         self.push(row);
         Ok(())
     }

@@ -20,7 +20,7 @@ fn every_scenario_runs_and_reports_without_errors() {
             "--connections",
             "8",
             "--scenario",
-            "create-users,lookup,get-by-id,list-page,startup,okta-import,cursor-import,group-push,mixed,two-tenants,replay,publish,healthz,trivial,log-append",
+            "create-users,lookup,get-by-id,list-page,startup,okta-import,cursor-import,group-push,authentik-sync,mixed,two-tenants,replay,publish,healthz,trivial,log-append",
         ])
         .output()
         .expect("scimlog-bench runs");
@@ -48,6 +48,7 @@ fn every_scenario_runs_and_reports_without_errors() {
         "cursor-import: RFC 9865 cursors, 600 users in 6 pages",
         "group-push PATCH one member (10 members)",
         "group-push PATCH one member (600 members)",
+        "authentik-sync: PUT each of 600 users unchanged (0 events written)",
         "mixed IdP traffic",
         "two-tenants: calm tenant lookups, alone",
         "two-tenants: calm tenant lookups while another floods",
