@@ -12,8 +12,11 @@ use crate::log::keys::{KeyRing, MasterKey, MasterKeySource};
 use crate::log::Store;
 use scimlog_schemas::ResourceKind;
 
+/// `scimlog --version`: the package version and the git revision it was built from.
+const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("SCIMLOG_GIT_SHA"), ")");
+
 #[derive(Parser)]
-#[command(name = "scimlog", version, about = "Event-sourced SCIM 2.0 identity directory")]
+#[command(name = "scimlog", version = VERSION, about = "Event-sourced SCIM 2.0 identity directory")]
 pub struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -40,6 +43,16 @@ impl StoreArgs {
 enum Cmd {
     /// Serve SCIM 2.0 over HTTP.
     Serve(ServeConfig),
+    /// Exit 0 when the server at `--url` answers `GET /readyz` with 200, 1 otherwise: a
+    /// container health check for images without curl.
+    Healthcheck {
+        /// The server's base URL (plain HTTP; with TLS, probe a plain listener or use curl).
+        #[arg(long, env = "SCIMLOG_HEALTHCHECK_URL", default_value = "http://127.0.0.1:8080")]
+        url: String,
+        /// Give up after this many milliseconds.
+        #[arg(long, default_value_t = 5000)]
+        timeout_ms: u64,
+    },
     /// Manage bearer tokens (works while the server runs).
     Token {
         #[command(subcommand)]
@@ -278,6 +291,15 @@ pub fn main() -> anyhow::Result<()> {
     let runtime = || tokio::runtime::Builder::new_multi_thread().enable_all().build();
     match cli.command {
         Cmd::Serve(cfg) => runtime()?.block_on(crate::server::serve(cfg)),
+        Cmd::Healthcheck { url, timeout_ms } => {
+            let probe = healthcheck(&url);
+            let timeout = std::time::Duration::from_millis(timeout_ms);
+            let status = runtime()?
+                .block_on(async { tokio::time::timeout(timeout, probe).await })
+                .map_err(|_| anyhow::anyhow!("{url}/readyz did not answer within {timeout_ms} ms"))??;
+            anyhow::ensure!(status == 200, "{url}/readyz answered {status}");
+            Ok(())
+        }
         Cmd::Token { command } => match command {
             TokenCmd::Create { name, tenant, role, data_dir } => {
                 let token = crate::auth::create_token(&data_dir, &name, &tenant, role)?;
@@ -488,4 +510,21 @@ fn parse_resource(r: &str) -> anyhow::Result<(ResourceKind, String)> {
     })?;
     anyhow::ensure!(!id.is_empty(), "no id after {endpoint}/");
     Ok((kind, id.to_string()))
+}
+
+/// `GET <url>/readyz` over one plain HTTP/1.1 connection; the status code.
+async fn healthcheck(url: &str) -> anyhow::Result<u16> {
+    let uri: axum::http::Uri = format!("{}/readyz", url.trim_end_matches('/')).parse().context("--url is not a URL")?;
+    anyhow::ensure!(uri.scheme_str() == Some("http"), "--url must be http://host:port (plain HTTP)");
+    let host = uri.host().context("--url has no host")?;
+    let port = uri.port_u16().unwrap_or(80);
+    let tcp = tokio::net::TcpStream::connect((host, port))
+        .await
+        .with_context(|| format!("cannot connect to {host}:{port}"))?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await?;
+    tokio::spawn(conn);
+    let request = axum::http::Request::get(uri.path())
+        .header(axum::http::header::HOST, format!("{host}:{port}"))
+        .body(axum::body::Body::empty())?;
+    Ok(sender.send_request(request).await?.status().as_u16())
 }

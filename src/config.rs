@@ -11,6 +11,14 @@ pub struct ServeConfig {
     /// Address to listen on.
     #[arg(long, env = "SCIMLOG_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
+    /// `documentationUri` of `/ServiceProviderConfig`; by default this server's own `/docs`
+    /// (the README, served from the binary).
+    #[arg(long, env = "SCIMLOG_DOCUMENTATION_URL")]
+    pub documentation_url: Option<String>,
+    /// Serve `GET /metrics` (Prometheus, OpenMetrics text) on this address too, without a token
+    /// (an operator's network). Without it `/metrics` is on `--listen` for admin tokens only.
+    #[arg(long, env = "SCIMLOG_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
     /// Where the RocksDB store and the token file live.
     #[arg(long, env = "SCIMLOG_DATA_DIR", default_value = "./scimlog-data")]
     pub data_dir: PathBuf,

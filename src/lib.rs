@@ -13,6 +13,7 @@
 //! - [`bus`]: the only module that knows NATS: the JetStream publisher and `scimlog tail`.
 //! - [`audit`]: reading the log back: hash-chain verification, export.
 //! - [`files`]: private, atomic, locked files (keys, tokens) and the permission checks at start.
+//! - [`metrics`]: the Prometheus series, one registry per server, rendered at `GET /metrics`.
 //!
 //! A write goes HTTP -> `schemas` parsing -> `command::decide` (on the writer thread) -> events ->
 //! one fsync'd RocksDB batch with the projections' writes -> response.
@@ -26,4 +27,8 @@ pub mod config;
 pub mod files;
 pub mod http;
 pub mod log;
+pub mod metrics;
 pub mod server;
+
+/// The git revision this binary was built from (`unknown` outside a checkout).
+pub const GIT_SHA: &str = env!("SCIMLOG_GIT_SHA");

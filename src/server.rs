@@ -18,6 +18,8 @@ use crate::log::{writer, Store};
 /// A running server.
 pub struct Server {
     pub addr: SocketAddr,
+    /// Where `/metrics` is served apart (`--metrics-listen`), once bound.
+    pub metrics_addr: Option<SocketAddr>,
     /// Storage fault injection, for tests.
     pub faults: crate::log::FaultInjector,
     /// The open store (tests hold a reader on it across a write).
@@ -26,6 +28,8 @@ pub struct Server {
     pub created_token: Option<String>,
     shutdown: Option<oneshot::Sender<()>>,
     task: JoinHandle<()>,
+    /// Set when stopping begins: `/readyz` answers 503 from then on.
+    draining: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Server {
@@ -78,8 +82,11 @@ impl Server {
             (Some(tokens), created)
         };
 
+        let metrics = crate::metrics::Metrics::new();
         let (shutdown_bus, bus_shutdown) = tokio::sync::watch::channel(false);
         let bus_shutdown_for_tokens = bus_shutdown.clone();
+        let bus_shutdown_for_metrics = bus_shutdown.clone();
+        let cfg_metrics_listen = cfg.metrics_listen;
         let (writer, writer_thread) = writer::start(
             store.clone(),
             keys.clone(),
@@ -91,6 +98,7 @@ impl Server {
                 namespace: cfg.urn_namespace.clone(),
                 default_organization: cfg.default_organization.clone(),
                 limits: cfg.write_limits(),
+                metrics: metrics.clone(),
             },
         )?;
         let tls = match (&cfg.tls_cert, &cfg.tls_key) {
@@ -112,13 +120,20 @@ impl Server {
         };
         let (publisher, publisher_task) = match &cfg.nats.nats_url {
             Some(_) => {
-                let (status, task) =
-                    crate::bus::start(cfg.nats.clone(), store.clone(), keys.clone(), writer.committed(), bus_shutdown);
+                let (status, task) = crate::bus::start(
+                    cfg.nats.clone(),
+                    store.clone(),
+                    keys.clone(),
+                    writer.committed(),
+                    bus_shutdown,
+                    metrics.clone(),
+                );
                 (Some(status), Some(task))
             }
             None => (None, None),
         };
         let writer_thread = std::sync::Mutex::new(Some(writer_thread));
+        let draining = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let state = AppState::new(Inner {
             reads: tokio::sync::Semaphore::new(cfg.max_concurrent_reads),
             rates: http::rate::RateLimits::new(
@@ -134,6 +149,8 @@ impl Server {
             cfg,
             scim_base,
             page_hints: Default::default(),
+            metrics,
+            draining: draining.clone(),
         });
         // Token changes made while the server was down, then every second (requests that meet a
         // changed file record it themselves, before they go on).
@@ -154,6 +171,27 @@ impl Server {
                 }
             })
         };
+        // `/metrics` apart, without a token, when asked for: its own listener, stopped with the rest.
+        let metrics_listener = match cfg_metrics_listen {
+            Some(addr) => Some(
+                tokio::net::TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot listen on {addr} (--metrics-listen)"))?,
+            ),
+            None => None,
+        };
+        let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
+        let metrics_task = metrics_listener.map(|listener| {
+            let (app, mut stop) = (http::metrics_router(state.clone()), bus_shutdown_for_metrics);
+            tokio::spawn(async move {
+                let stopped = async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                };
+                if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stopped).await {
+                    tracing::error!(error = %e, "the metrics listener failed");
+                }
+            })
+        });
         let app = http::router(state);
 
         let (shutdown, shutdown_rx) = oneshot::channel::<()>();
@@ -166,15 +204,29 @@ impl Server {
             }
             // Its handle of the state must be gone too before the store can close.
             let _ = token_task.await;
+            if let Some(t) = metrics_task {
+                let _ = t.await;
+            }
             // With the router gone, the state goes, which closes and joins the writer (it drains
             // its queue first) before the store closes: see `Drop for http::Inner`.
         });
         tracing::info!(%addr, "scimlog listening");
-        Ok(Server { addr, faults, store: server_store, created_token, shutdown: Some(shutdown), task })
+        Ok(Server {
+            addr,
+            metrics_addr,
+            faults,
+            store: server_store,
+            created_token,
+            shutdown: Some(shutdown),
+            task,
+            draining,
+        })
     }
 
     /// Stops accepting, lets in-flight requests finish, drains the writer, closes the store.
     pub async fn stop(mut self) {
+        // `/readyz` answers 503 from now on, to requests on connections still open.
+        self.draining.store(true, std::sync::atomic::Ordering::SeqCst);
         if let Some(s) = self.shutdown.take() {
             let _ = s.send(());
         }
@@ -201,6 +253,7 @@ pub async fn erase_offline(
             namespace: String::new(),
             default_organization: String::new(),
             limits: crate::command::WriteLimits::DEFAULT,
+            metrics: Default::default(),
         },
     )?;
     let origin = writer::Origin {

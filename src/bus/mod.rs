@@ -75,6 +75,8 @@ pub struct PublisherStatus {
     /// Resumes that could not tell where the log stands in the stream (a possible gap).
     gaps: AtomicU64,
     last_gap: Mutex<Option<String>>,
+    /// Commit-to-ack durations and session failures.
+    metrics: crate::metrics::Metrics,
 }
 
 impl PublisherStatus {
@@ -274,8 +276,9 @@ pub fn start(
     opener: Arc<dyn Opener + Send + Sync>,
     committed: watch::Receiver<u64>,
     shutdown: watch::Receiver<bool>,
+    metrics: crate::metrics::Metrics,
 ) -> (Arc<PublisherStatus>, tokio::task::JoinHandle<()>) {
-    let status = Arc::new(PublisherStatus::default());
+    let status = Arc::new(PublisherStatus { metrics, ..Default::default() });
     status.set(PublisherState::Starting, None);
     let s = status.clone();
     let task = tokio::spawn(async move {
@@ -289,6 +292,7 @@ pub fn start(
             match session.await {
                 Ok(()) => break,
                 Err(e) => {
+                    s.metrics.publisher_errors.inc();
                     s.set(PublisherState::Retrying, Some(e.to_string()));
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {}
@@ -347,6 +351,7 @@ async fn session(
             }
             let page = outgoing(store, opener, &stream, next, cfg.nats_max_in_flight.max(1)).await?;
             let positions: Vec<u64> = page.iter().map(|(p, _, _)| *p).collect();
+            let committed_at: Vec<chrono::DateTime<chrono::Utc>> = page.iter().map(|(_, e, _)| e.recorded_at).collect();
             let mut acks = Vec::with_capacity(page.len());
             for (i, (_, event, body)) in page.into_iter().enumerate() {
                 let publish = Publish::build()
@@ -367,6 +372,8 @@ async fn session(
                         last_seq = want;
                         next = positions[i] + 1;
                         status.published.store(positions[i], Ordering::Relaxed);
+                        let waited = chrono::Utc::now() - committed_at[i];
+                        status.metrics.publisher_ack.observe(waited.as_seconds_f64().max(0.0));
                     }
                     Ok(a) => {
                         tracing::warn!(

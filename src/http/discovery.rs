@@ -48,6 +48,10 @@ async fn service_provider_config(State(s): State<AppState>) -> Response {
     doc["pagination"]["defaultPageSize"] = s.cfg.default_page_size.into();
     doc["pagination"]["maxPageSize"] = s.cfg.max_page_size.into();
     doc["pagination"]["cursorTimeout"] = s.cfg.cursor_timeout_s.into();
+    doc["documentationUri"] = match &s.cfg.documentation_url {
+        Some(url) => url.clone().into(),
+        None => format!("{}/docs", s.cfg.base_url()).into(),
+    };
     if !s.cfg.advertise_roles_entitlements {
         if let Some(o) = doc.as_object_mut() {
             o.remove("RolesAndEntitlements");

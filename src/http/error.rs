@@ -163,14 +163,21 @@ impl ApiError {
     }
 }
 
+/// The scimType of an error response, read by the metrics middleware (`http::scim_metrics`).
+#[derive(Clone, Copy, Debug)]
+pub struct ScimTypeTag(pub &'static str);
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let retry_after = match &self {
             ApiError::TooManyRequests { retry_after_s } => Some(*retry_after_s),
             _ => None,
         };
+        let scim_type = self.parts().1;
         let (status, body) = self.document();
         let mut resp = super::scim_response(status, &body);
+        // For the metrics middleware: which scimType this answer carried.
+        resp.extensions_mut().insert(ScimTypeTag(scim_type.unwrap_or("")));
         match status {
             StatusCode::UNAUTHORIZED => {
                 resp.headers_mut()

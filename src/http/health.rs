@@ -1,5 +1,8 @@
-//! `/healthz`: no token needed; says whether the store answers, the writer runs, and where the
-//! log stands.
+//! `/docs` (the README) and the probes, no token needed: `/livez` (the process serves HTTP), `/readyz` (it can take traffic:
+//! the writer runs, the store answers, it is not stopping), and `/healthz` (the same, with where
+//! the log, the purges, the store and the publisher stand).
+//!
+//! A NATS outage does not make the server unready: writes go on and the publisher catches up.
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -11,7 +14,42 @@ use serde_json::json;
 use super::AppState;
 
 pub fn router() -> Router<AppState> {
-    Router::new().route("/healthz", get(healthz))
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/livez", get(livez))
+        .route("/readyz", get(readyz))
+        .route("/docs", get(docs))
+}
+
+/// The README, from the binary: what `documentationUri` points at by default, with no network.
+async fn docs() -> Response {
+    let mut resp = include_str!("../../README.md").into_response();
+    resp.headers_mut()
+        .insert(axum::http::header::CONTENT_TYPE, axum::http::HeaderValue::from_static("text/markdown; charset=utf-8"));
+    resp
+}
+
+async fn livez() -> Response {
+    Json(json!({"status": "ok"})).into_response()
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    let unready = |reason: &str| {
+        (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "unavailable", "reason": reason}))).into_response()
+    };
+    if state.draining.load(std::sync::atomic::Ordering::SeqCst) {
+        return unready("the server is stopping");
+    }
+    if !state.writer.is_running() {
+        return unready("the writer has stopped");
+    }
+    match state.store.head() {
+        Ok(_) => Json(json!({"status": "ok"})).into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "readiness: cannot read the log");
+            unready("the store cannot be read")
+        }
+    }
 }
 
 async fn healthz(State(state): State<AppState>) -> Response {

@@ -10,6 +10,7 @@ mod extract;
 mod grants;
 mod groups;
 mod health;
+mod metrics;
 pub mod rate;
 mod render;
 mod request_line;
@@ -57,6 +58,9 @@ pub struct Inner {
     pub reads: tokio::sync::Semaphore,
     /// Per-token rate limits.
     pub rates: rate::RateLimits,
+    pub metrics: crate::metrics::Metrics,
+    /// Set when the server begins to stop (`/readyz` answers 503).
+    pub draining: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// When the last handle to the state goes (server stopped, or its runtime dropped), the writer
@@ -133,23 +137,28 @@ pub fn router(state: AppState) -> Router {
         .merge(search::router())
         .merge(grants::router())
         .merge(bulk::router(state.cfg.bulk_max_payload_bytes))
-        .route_layer(middleware::from_fn(note_route))
+        .route_layer(middleware::from_fn_with_state(state.clone(), scim_metrics))
+        .route_layer(middleware::from_fn_with_state(state.clone(), note_route))
         .fallback(|| async { ApiError::NotFound("no such SCIM endpoint".into()) })
-        .layer(middleware::from_fn(provisioning_only))
+        .layer(middleware::from_fn_with_state(state.clone(), provisioning_only))
         .layer(middleware::from_fn_with_state(state.clone(), rate::limit))
         .layer(middleware::from_fn_with_state(state.clone(), authenticate));
     let api = admin::router()
         .merge(access::router())
-        .route_layer(middleware::from_fn(note_route))
+        .route_layer(middleware::from_fn_with_state(state.clone(), note_route))
         .fallback(|| async { ApiError::NotFound("no such API endpoint".into()) })
         .layer(middleware::from_fn_with_state(state.clone(), rate::limit))
+        .layer(middleware::from_fn_with_state(state.clone(), authenticate));
+    let metrics = metrics::router()
+        .route_layer(middleware::from_fn_with_state(state.clone(), note_route))
         .layer(middleware::from_fn_with_state(state.clone(), authenticate));
     Router::new()
         .nest("/scim/v2", scim)
         .nest("/api/v1", api)
-        .merge(health::router().route_layer(middleware::from_fn(note_route)))
+        .merge(metrics)
+        .merge(health::router().route_layer(middleware::from_fn_with_state(state.clone(), note_route)))
         .layer(DefaultBodyLimit::max(state.cfg.max_body_bytes))
-        .layer(middleware::from_fn(request_context))
+        .layer(middleware::from_fn_with_state(state.clone(), request_context))
         .with_state(state)
 }
 
@@ -158,18 +167,85 @@ pub fn router(state: AppState) -> Router {
 #[derive(Clone, Debug)]
 struct RouteTemplate(String);
 
-/// Notes the matched route on the response (a route layer: it runs once routing is done).
-async fn note_route(matched: MatchedPath, req: Request, next: Next) -> Response {
+/// `/metrics` alone, without a token, for `--metrics-listen`.
+pub fn metrics_router(state: AppState) -> Router {
+    metrics::open_router(state)
+}
+
+/// Notes the matched route on the response (a route layer: it runs once routing is done), and
+/// counts the request as in flight on its route while it runs.
+async fn note_route(State(state): State<AppState>, matched: MatchedPath, req: Request, next: Next) -> Response {
     let template = RouteTemplate(matched.as_str().to_string());
+    let labels = crate::metrics::RouteLabels {
+        http_request_method: req.method().as_str().to_string(),
+        http_route: template.0.clone(),
+    };
+    let active = state.metrics.http_active.get_or_create_owned(&labels);
+    active.inc();
     let mut resp = next.run(req).await;
+    active.dec();
     resp.extensions_mut().insert(template);
     resp
+}
+
+/// Counts a SCIM request by the token's name, the resource and operation its route says, its
+/// outcome and scimType (a route layer of `/scim/v2`, after authentication).
+async fn scim_metrics(State(state): State<AppState>, matched: MatchedPath, req: Request, next: Next) -> Response {
+    let token = req.extensions().get::<Principal>().map_or_else(String::new, |p| p.name.clone());
+    let (resource, op) = scim_operation(req.method(), matched.as_str());
+    let resp = next.run(req).await;
+    let outcome = match resp.status() {
+        s if s.is_server_error() => "server_error",
+        s if s.is_client_error() => "client_error",
+        _ => "success",
+    };
+    let scim_type = resp.extensions().get::<error::ScimTypeTag>().map_or("", |t| t.0);
+    let labels = crate::metrics::ScimLabels {
+        token,
+        resource: resource.into(),
+        op: op.into(),
+        outcome: outcome.into(),
+        scim_type: scim_type.into(),
+    };
+    state.metrics.scim_requests.get_or_create(&labels).inc();
+    resp
+}
+
+/// The resource and operation of a SCIM route template and method.
+fn scim_operation(method: &axum::http::Method, route: &str) -> (&'static str, &'static str) {
+    use axum::http::Method;
+    let rest = route.strip_prefix("/scim/v2").unwrap_or(route);
+    let mut parts = rest.trim_start_matches('/').split('/');
+    let resource = match parts.next().unwrap_or_default() {
+        "Users" => "Users",
+        "Groups" => "Groups",
+        "Bulk" => "Bulk",
+        ".search" => "search",
+        "Roles" => "Roles",
+        "Entitlements" => "Entitlements",
+        "ServiceProviderConfig" | "ResourceTypes" | "Schemas" => "discovery",
+        _ => "other",
+    };
+    let one = parts.next();
+    let op = match (method, one) {
+        (_, Some(".search")) => "search",
+        (&Method::POST, _) if resource == "Bulk" => "bulk",
+        (&Method::POST, _) if resource == "search" => "search",
+        (&Method::GET, None) => "list",
+        (&Method::GET, Some(_)) => "get",
+        (&Method::POST, _) => "create",
+        (&Method::PUT, _) => "replace",
+        (&Method::PATCH, _) => "patch",
+        (&Method::DELETE, _) => "delete",
+        _ => "other",
+    };
+    (resource, op)
 }
 
 /// Gives each request an id and logs it once it is answered. What is logged is the route
 /// template, never the path itself: paths (`/api/v1/users/{id}/access` with a userName) and
 /// queries (filters) carry userNames and emails, which stay out of logs.
-async fn request_context(mut req: Request, next: Next) -> Response {
+async fn request_context(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
     let id = Uuid::now_v7().to_string();
     req.extensions_mut().insert(RequestId(id.clone()));
     let method = req.method().clone();
@@ -178,6 +254,12 @@ async fn request_context(mut req: Request, next: Next) -> Response {
     let path = resp.extensions().get::<RouteTemplate>().map_or("(no route)", |r| r.0.as_str()).to_string();
     let status = resp.status().as_u16();
     let micros = started.elapsed().as_micros() as u64;
+    let labels = crate::metrics::HttpLabels {
+        http_request_method: method.as_str().to_string(),
+        http_route: path.clone(),
+        http_response_status_code: status.to_string(),
+    };
+    state.metrics.http_duration.get_or_create(&labels).observe(started.elapsed().as_secs_f64());
     if resp.status().is_server_error() {
         tracing::warn!(%method, %path, status, micros, request_id = %id, "request failed");
     } else {
@@ -203,6 +285,7 @@ async fn authenticate(State(state): State<AppState>, mut req: Request, next: Nex
                 .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
                 .map(|(_, t)| t.trim().to_string());
             let Some(presented) = presented else {
+                state.metrics.auth_failure("missing");
                 return ApiError::Unauthorized("a bearer token is required (Authorization: Bearer <token>)")
                     .into_response();
             };
@@ -215,7 +298,10 @@ async fn authenticate(State(state): State<AppState>, mut req: Request, next: Nex
             }
             match tokens.authenticate_loaded(&presented) {
                 Some(p) => p,
-                None => return ApiError::Unauthorized("the bearer token is not valid").into_response(),
+                None => {
+                    state.metrics.auth_failure("invalid");
+                    return ApiError::Unauthorized("the bearer token is not valid").into_response();
+                }
             }
         }
     };
@@ -224,11 +310,14 @@ async fn authenticate(State(state): State<AppState>, mut req: Request, next: Nex
 }
 
 /// `/scim/v2` is for tokens that provision (after [`authenticate`]): a `hosts` token is refused.
-async fn provisioning_only(req: Request, next: Next) -> Response {
+async fn provisioning_only(State(state): State<AppState>, req: Request, next: Next) -> Response {
     match req.extensions().get::<Principal>() {
         Some(p) if p.role.may_provision() => next.run(req).await,
-        Some(_) => ApiError::Forbidden("this token may not provision (its role is hosts); use a scim or admin token")
-            .into_response(),
+        Some(_) => {
+            state.metrics.auth_failure("forbidden");
+            ApiError::Forbidden("this token may not provision (its role is hosts); use a scim or admin token")
+                .into_response()
+        }
         None => ApiError::Unauthorized("a bearer token is required (Authorization: Bearer <token>)").into_response(),
     }
 }

@@ -102,6 +102,10 @@ pub struct StoreStats {
     pub running_compactions: u64,
     pub running_flushes: u64,
     pub pending_compaction_bytes: u64,
+    /// RocksDB's estimate of the live data in all families.
+    pub live_data_bytes: u64,
+    /// Background (flush, compaction) errors since the store opened.
+    pub background_errors: u64,
 }
 
 /// Memory bounds of a store, from the configuration (`--block-cache-mb`, `--memtable-budget-mb`).
@@ -334,11 +338,13 @@ impl Store {
             stats.memtable_bytes += prop(p::CUR_SIZE_ALL_MEM_TABLES)?;
             stats.table_reader_bytes += prop(p::ESTIMATE_TABLE_READERS_MEM)?;
             stats.pending_compaction_bytes += prop(p::ESTIMATE_PENDING_COMPACTION_BYTES)?;
+            stats.live_data_bytes += prop(p::ESTIMATE_LIVE_DATA_SIZE)?;
             // One cache shared by the families: the same figure from each.
             stats.block_cache_bytes = prop(p::BLOCK_CACHE_USAGE)?;
         }
         stats.running_compactions = self.db.property_int_value(p::NUM_RUNNING_COMPACTIONS)?.unwrap_or(0);
         stats.running_flushes = self.db.property_int_value(p::NUM_RUNNING_FLUSHES)?.unwrap_or(0);
+        stats.background_errors = self.db.property_int_value(p::BACKGROUND_ERRORS)?.unwrap_or(0);
         Ok(stats)
     }
 

@@ -80,6 +80,8 @@ pub struct WriterOptions {
     pub default_organization: String,
     /// What one write may ask of the writer.
     pub limits: command::WriteLimits,
+    /// Where commits, their sizes and durations, events and refusals are counted.
+    pub metrics: crate::metrics::Metrics,
 }
 
 #[derive(Clone)]
@@ -93,6 +95,7 @@ pub struct WriterHandle {
     /// Writes each tenant has queued or in the writer, against `queue_per_tenant`.
     queued: Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
     queue_per_tenant: usize,
+    metrics: crate::metrics::Metrics,
 }
 
 /// One tenant's place in the queue, given back when its write is answered (or given up).
@@ -125,15 +128,26 @@ impl Drop for RunningGuard {
 impl WriterHandle {
     /// Queues a command and waits until it is durable (or refused).
     pub async fn submit(&self, origin: Origin, command: Command) -> Result<Committed, WriteError> {
-        let _share = self.take_share(&origin.tenant)?;
+        let started = std::time::Instant::now();
+        let _share = self.take_share(&origin.tenant).inspect_err(|_| self.metrics.write_rejected("tenant_share"))?;
         let (reply, rx) = oneshot::channel();
         let tx = self.tx.as_ref().ok_or(WriteError::Closed)?;
         tx.try_send(WriteRequest { origin, command, reply }).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => WriteError::QueueFull { depth: self.queue_depth },
+            mpsc::error::TrySendError::Full(_) => {
+                self.metrics.write_rejected("queue_full");
+                WriteError::QueueFull { depth: self.queue_depth }
+            }
             mpsc::error::TrySendError::Closed(_) => WriteError::Closed,
         })?;
         // A reply dropped unanswered: the batch panicked (the writer goes on) or the writer is gone.
-        rx.await.map_err(|_| if self.is_running() { WriteError::Internal } else { WriteError::Closed })?
+        let answer = rx.await.map_err(|_| if self.is_running() { WriteError::Internal } else { WriteError::Closed })?;
+        self.metrics.commit_duration.observe(started.elapsed().as_secs_f64());
+        answer
+    }
+
+    /// Writes waiting for the writer now.
+    pub fn queued(&self) -> usize {
+        self.tx.as_ref().map_or(0, |tx| tx.max_capacity() - tx.capacity())
     }
 
     /// A place in the queue for `tenant`, unless it holds its whole share already.
@@ -183,6 +197,7 @@ pub fn start(
     let guard = RunningGuard(running.clone());
     let (purger, purge_thread) = super::purge::start(store.clone());
     let purges = purger.status.clone();
+    let metrics = opts.metrics.clone();
     let thread = std::thread::Builder::new()
         .name("scimlog-writer".into())
         .spawn(move || {
@@ -194,7 +209,10 @@ pub fn start(
         })
         .expect("spawn writer thread");
     let queued = Default::default();
-    Ok((WriterHandle { tx: Some(tx), queue_depth, committed, running, purges, queued, queue_per_tenant }, thread))
+    Ok((
+        WriterHandle { tx: Some(tx), queue_depth, committed, running, purges, queued, queue_per_tenant, metrics },
+        thread,
+    ))
 }
 
 fn run(
@@ -329,15 +347,28 @@ fn commit_batch(
             // The log's invariant, checked against the store itself: this batch continues the
             // stored head (position and hash), so positions stay gap-free and prevHash links.
             // Only this thread appends; a failure is a bug, and the batch is dropped (500).
-            store.head().and_then(|stored| {
+            let started = std::time::Instant::now();
+            let written = store.head().and_then(|stored| {
                 assert_eq!(stored, head, "the batch continues the stored head");
                 store.commit(&appended, writes, key_writes, sync)
-            })
+            });
+            opts.metrics.write_duration.observe(started.elapsed().as_secs_f64());
+            written
         }
     };
+    opts.metrics.batch_commands.observe(answers.len() as f64);
     match result {
         Ok(()) => {
             keys.committed(sealer);
+            if !appended.is_empty() {
+                opts.metrics.batch_events.observe(appended.len() as f64);
+            }
+            for c in answers.iter().filter_map(|(_, a)| a.as_ref().ok()) {
+                for e in &c.events {
+                    let label = crate::metrics::TypeLabels { r#type: e.event_type().as_str().to_string() };
+                    opts.metrics.events_written.get_or_create(&label).inc();
+                }
+            }
             for (t, s) in &erased {
                 keys.forget(t, s);
             }
@@ -384,6 +415,7 @@ mod tests {
             namespace: "scimlog".into(),
             default_organization: "default".into(),
             limits: command::WriteLimits::DEFAULT,
+            metrics: Default::default(),
         };
         let (mut handle, thread) = start(store, keys, opts).unwrap();
         let mut observer = handle.clone();

@@ -88,6 +88,25 @@ async fn every_write_is_published_in_order_with_its_subject_and_body() {
     assert_eq!(added.2.get("Scimlog-Request-Id").unwrap().as_str(), added.3["requestId"].as_str().unwrap());
     // Everything one request caused shares its request id.
     assert_eq!(msgs[1].3["requestId"], msgs[2].3["requestId"]);
+    // The scrape says the same: published up to the head, no lag, one ack timed per event.
+    // (The admin token's first use records its `token.created`: published before the scrape.)
+    let admin = s.new_token(scimlog::auth::Role::Admin);
+    let scrape = || async {
+        s.client.get(format!("{}/metrics", s.base)).bearer_auth(&admin).send().await.unwrap().text().await.unwrap()
+    };
+    scrape().await;
+    caught_up(&s).await;
+    let text = scrape().await;
+    let head = s.log_position().await;
+    for line in [
+        format!("scimlog_publisher_published_position {head}"),
+        "scimlog_publisher_lag_events 0".to_string(),
+        "scimlog_publisher_state{state=\"publishing\"} 1".to_string(),
+        format!("scimlog_publisher_commit_to_ack_seconds_count {head}"),
+        "scimlog_publisher_errors_total 0".to_string(),
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
+    }
     s.stop().await;
 }
 

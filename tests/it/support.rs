@@ -89,6 +89,11 @@ impl TestServer {
         }
     }
 
+    /// Where `/metrics` is served apart (`--metrics-listen`), if it is.
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.server.as_ref().and_then(|s| s.metrics_addr)
+    }
+
     /// Keeps `tmp` (the data dir's owner) alive as long as this server.
     pub fn adopt_dir(&mut self, tmp: tempfile::TempDir) {
         self._tmp = Some(tmp);

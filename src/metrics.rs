@@ -1,0 +1,365 @@
+//! Prometheus metrics: every series scimlog exposes, registered in one registry per server (no
+//! global recorder, so servers in one process, as in the tests, keep their own figures).
+//!
+//! Layout:
+//! - [`Metrics`]: the series, updated where things happen (HTTP middleware, writer, publisher);
+//! - [`Scrape`]: what is read at scrape time (log head, queue, publisher, RocksDB, process);
+//! - [`Metrics::render`]: the OpenMetrics text a Prometheus scrape gets (`GET /metrics`).
+//!
+//! Names follow Prometheus conventions: base units (`_seconds`, `_bytes`), counters end in
+//! `_total` (added by the encoder). Labels are bounded sets: route templates (never raw paths),
+//! token names (never tokens), event types, scimTypes; never an id, a userName or a path.
+
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+/// The OpenMetrics text content type a scrape is answered with.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpLabels {
+    pub http_request_method: String,
+    pub http_route: String,
+    pub http_response_status_code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    pub http_request_method: String,
+    pub http_route: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ScimLabels {
+    /// The token's name (an IdP connection), never the token.
+    pub token: String,
+    pub resource: String,
+    pub op: String,
+    /// `success`, `client_error` or `server_error`.
+    pub outcome: String,
+    /// The error's scimType, or empty.
+    pub scim_type: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TypeLabels {
+    pub r#type: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabels {
+    pub state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BuildLabels {
+    pub version: String,
+    pub git_sha: String,
+}
+
+type FloatGauge = Gauge<f64, AtomicU64>;
+
+fn latency_buckets() -> Histogram {
+    // 100 µs to ~26 s: a point read to a slow bulk.
+    Histogram::new(exponential_buckets(0.0001, 2.0, 19))
+}
+
+fn size_buckets() -> Histogram {
+    // 1 to 4096 commands or events per commit.
+    Histogram::new(exponential_buckets(1.0, 2.0, 13))
+}
+
+/// Every series. Cloning shares them (each is an `Arc` inside).
+#[derive(Clone)]
+pub struct Metrics {
+    registry: std::sync::Arc<Registry>,
+    pub http_duration: Family<HttpLabels, Histogram, fn() -> Histogram>,
+    pub http_active: Family<RouteLabels, Gauge>,
+    pub scim_requests: Family<ScimLabels, Counter>,
+    pub auth_failures: Family<ReasonLabels, Counter>,
+    pub write_queue_rejected: Family<ReasonLabels, Counter>,
+    pub events_written: Family<TypeLabels, Counter>,
+    pub batch_commands: Histogram,
+    pub batch_events: Histogram,
+    /// One RocksDB write batch with its fsync.
+    pub write_duration: Histogram,
+    /// A write as a request sees it: queued, decided, durable.
+    pub commit_duration: Histogram,
+    pub publisher_ack: Histogram,
+    pub publisher_errors: Counter,
+    head_position: Gauge,
+    write_queue_depth: Gauge,
+    publisher_position: Gauge,
+    publisher_lag: Gauge,
+    publisher_state: Family<StateLabels, Gauge>,
+    rocksdb: RocksDbGauges,
+    process: ProcessGauges,
+}
+
+#[derive(Clone, Default)]
+struct RocksDbGauges {
+    live_data: Gauge,
+    pending_compaction: Gauge,
+    memtable: Gauge,
+    block_cache: Gauge,
+    running_compactions: Gauge,
+    background_errors: Gauge,
+}
+
+#[derive(Clone, Default)]
+struct ProcessGauges {
+    cpu_seconds: FloatGauge,
+    resident_memory: Gauge,
+    open_fds: Gauge,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+/// What is read at scrape time, from the parts that own it.
+#[derive(Clone, Debug, Default)]
+pub struct Scrape {
+    pub head_position: u64,
+    pub write_queue_depth: u64,
+    /// `(state, published position)` when a publisher runs.
+    pub publisher: Option<(String, u64)>,
+    pub store: Option<crate::log::StoreStats>,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let m = Metrics {
+            registry: Default::default(),
+            http_duration: Family::new_with_constructor(latency_buckets as fn() -> Histogram),
+            http_active: Family::default(),
+            scim_requests: Family::default(),
+            auth_failures: Family::default(),
+            write_queue_rejected: Family::default(),
+            events_written: Family::default(),
+            batch_commands: size_buckets(),
+            batch_events: size_buckets(),
+            write_duration: latency_buckets(),
+            commit_duration: latency_buckets(),
+            publisher_ack: latency_buckets(),
+            publisher_errors: Counter::default(),
+            head_position: Gauge::default(),
+            write_queue_depth: Gauge::default(),
+            publisher_position: Gauge::default(),
+            publisher_lag: Gauge::default(),
+            publisher_state: Family::default(),
+            rocksdb: RocksDbGauges::default(),
+            process: ProcessGauges::default(),
+        };
+        let mut r = Registry::default();
+        r.register(
+            "http_server_request_duration_seconds",
+            "HTTP requests by method, route template and status",
+            m.http_duration.clone(),
+        );
+        r.register("http_server_active_requests", "HTTP requests in flight", m.http_active.clone());
+        r.register(
+            "scimlog_scim_requests",
+            "SCIM requests by token name, resource, operation, outcome and scimType",
+            m.scim_requests.clone(),
+        );
+        r.register("scimlog_auth_failures", "Refused credentials by reason", m.auth_failures.clone());
+        r.register("scimlog_log_head_position", "Position of the last committed event", m.head_position.clone());
+        r.register(
+            "scimlog_log_commit_batch_commands",
+            "Writes committed together (group commit)",
+            m.batch_commands.clone(),
+        );
+        r.register("scimlog_log_commit_batch_events", "Events appended by one commit", m.batch_events.clone());
+        r.register(
+            "scimlog_log_write_duration_seconds",
+            "One RocksDB write batch with its fsync",
+            m.write_duration.clone(),
+        );
+        r.register(
+            "scimlog_log_commit_duration_seconds",
+            "A write from submission to its answer (queued, decided, durable)",
+            m.commit_duration.clone(),
+        );
+        r.register("scimlog_write_queue_depth", "Writes waiting for the writer", m.write_queue_depth.clone());
+        r.register(
+            "scimlog_write_queue_rejected",
+            "Writes refused with 503 because the queue (or the tenant's share) was full",
+            m.write_queue_rejected.clone(),
+        );
+        r.register("scimlog_events_written", "Events appended to the log by type", m.events_written.clone());
+        r.register(
+            "scimlog_publisher_published_position",
+            "Last log position known to be in the JetStream stream",
+            m.publisher_position.clone(),
+        );
+        r.register(
+            "scimlog_publisher_lag_events",
+            "Committed events not yet acknowledged by JetStream",
+            m.publisher_lag.clone(),
+        );
+        r.register(
+            "scimlog_publisher_commit_to_ack_seconds",
+            "From an event's commit to its JetStream acknowledgement",
+            m.publisher_ack.clone(),
+        );
+        r.register("scimlog_publisher_state", "1 for the publisher's current state", m.publisher_state.clone());
+        r.register(
+            "scimlog_publisher_errors",
+            "NATS failures that restarted the publisher's session",
+            m.publisher_errors.clone(),
+        );
+        r.register("scimlog_rocksdb_live_data_bytes", "Estimated live data in RocksDB", m.rocksdb.live_data.clone());
+        r.register(
+            "scimlog_rocksdb_pending_compaction_bytes",
+            "Bytes RocksDB estimates compaction must rewrite",
+            m.rocksdb.pending_compaction.clone(),
+        );
+        r.register("scimlog_rocksdb_memtable_bytes", "Memtable memory", m.rocksdb.memtable.clone());
+        r.register(
+            "scimlog_rocksdb_block_cache_usage_bytes",
+            "Block cache memory in use",
+            m.rocksdb.block_cache.clone(),
+        );
+        r.register(
+            "scimlog_rocksdb_running_compactions",
+            "Compactions running now",
+            m.rocksdb.running_compactions.clone(),
+        );
+        r.register(
+            "scimlog_rocksdb_background_errors",
+            "Background errors RocksDB has met since it opened",
+            m.rocksdb.background_errors.clone(),
+        );
+        r.register("process_cpu_seconds", "User and system CPU time of the process", m.process.cpu_seconds.clone());
+        r.register(
+            "process_resident_memory_bytes",
+            "Resident memory of the process",
+            m.process.resident_memory.clone(),
+        );
+        r.register("process_open_fds", "Open file descriptors of the process", m.process.open_fds.clone());
+        let build: Family<BuildLabels, Gauge> = Family::default();
+        build
+            .get_or_create(&BuildLabels { version: env!("CARGO_PKG_VERSION").into(), git_sha: crate::GIT_SHA.into() })
+            .set(1);
+        r.register("scimlog_build_info", "The build: version and git revision", build);
+        Metrics { registry: std::sync::Arc::new(r), ..m }
+    }
+
+    /// The metrics as OpenMetrics text, with the scrape-time figures read first.
+    pub fn render(&self, scrape: &Scrape) -> String {
+        self.head_position.set(scrape.head_position as i64);
+        self.write_queue_depth.set(scrape.write_queue_depth as i64);
+        if let Some((state, published)) = &scrape.publisher {
+            self.publisher_position.set(*published as i64);
+            self.publisher_lag.set(scrape.head_position.saturating_sub(*published) as i64);
+            for s in ["starting", "publishing", "retrying", "stopped"] {
+                self.publisher_state.get_or_create(&StateLabels { state: s.into() }).set((s == state) as i64);
+            }
+        }
+        if let Some(st) = &scrape.store {
+            self.rocksdb.live_data.set(st.live_data_bytes as i64);
+            self.rocksdb.pending_compaction.set(st.pending_compaction_bytes as i64);
+            self.rocksdb.memtable.set(st.memtable_bytes as i64);
+            self.rocksdb.block_cache.set(st.block_cache_bytes as i64);
+            self.rocksdb.running_compactions.set(st.running_compactions as i64);
+            self.rocksdb.background_errors.set(st.background_errors as i64);
+        }
+        if let Some(p) = process_figures() {
+            self.process.cpu_seconds.set(p.cpu_seconds);
+            self.process.resident_memory.set(p.resident_bytes as i64);
+            self.process.open_fds.set(p.open_fds as i64);
+        }
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+
+    /// Counts refused credentials by why (`missing`, `invalid`, `forbidden`).
+    pub fn auth_failure(&self, reason: &str) {
+        self.auth_failures.get_or_create(&ReasonLabels { reason: reason.into() }).inc();
+    }
+
+    /// Counts a refused write by why (`queue_full`, `tenant_share`).
+    pub fn write_rejected(&self, reason: &str) {
+        self.write_queue_rejected.get_or_create(&ReasonLabels { reason: reason.into() }).inc();
+    }
+}
+
+struct ProcessFigures {
+    cpu_seconds: f64,
+    resident_bytes: u64,
+    open_fds: u64,
+}
+
+/// This process's CPU time, resident memory and open descriptors, from `/proc/self`.
+fn process_figures() -> Option<ProcessFigures> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command (which may hold spaces) start after its closing parenthesis;
+    // utime and stime are fields 14 and 15, RSS (pages) is field 24.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let field = |n: usize| fields.get(n - 3).and_then(|v| v.parse::<u64>().ok());
+    // SAFETY: sysconf only reads a system constant.
+    let (ticks, page) = unsafe { (libc::sysconf(libc::_SC_CLK_TCK), libc::sysconf(libc::_SC_PAGESIZE)) };
+    let cpu_ticks = field(14)? + field(15)?;
+    let open_fds = std::fs::read_dir("/proc/self/fd").map(|d| d.count() as u64).unwrap_or(0);
+    Some(ProcessFigures {
+        cpu_seconds: cpu_ticks as f64 / ticks.max(1) as f64,
+        resident_bytes: field(24)? * page.max(1) as u64,
+        open_fds,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_prometheus_conventions_and_scrape_figures_show() {
+        let m = Metrics::new();
+        m.events_written.get_or_create(&TypeLabels { r#type: "user.created".into() }).inc();
+        m.write_duration.observe(0.002);
+        let text = m.render(&Scrape {
+            head_position: 7,
+            write_queue_depth: 2,
+            publisher: Some(("publishing".into(), 5)),
+            store: None,
+        });
+        for line in [
+            "scimlog_events_written_total{type=\"user.created\"} 1",
+            "scimlog_log_head_position 7",
+            "scimlog_write_queue_depth 2",
+            "scimlog_publisher_lag_events 2",
+            "scimlog_publisher_state{state=\"publishing\"} 1",
+            "scimlog_publisher_state{state=\"retrying\"} 0",
+            "scimlog_log_write_duration_seconds_count 1",
+        ] {
+            assert!(text.contains(line), "{line} in\n{text}");
+        }
+        assert!(text.contains("scimlog_build_info{version=\""), "{text}");
+        assert!(text.contains("process_resident_memory_bytes "), "{text}");
+        assert!(text.ends_with("# EOF\n"));
+    }
+}

@@ -1,0 +1,145 @@
+//! Operations: the Prometheus scrape after a scripted workload, and the probes.
+
+use reqwest::Method;
+use serde_json::json;
+
+use crate::support::{q, TestServer};
+
+/// The value of the series `name` whose labels include every pair of `labels`.
+fn value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        let (series, v) = l.rsplit_once(' ')?;
+        let (n, rest) = series.split_once('{').unwrap_or((series, ""));
+        let all = labels.iter().all(|(k, want)| rest.contains(&format!("{k}=\"{want}\"")));
+        (n == name && all).then(|| v.parse().ok()).flatten()
+    })
+}
+
+/// A scripted workload (creates, a duplicate, a bad filter, a bad token, a token of the wrong
+/// role), then a scrape: each series says what happened, and no id, userName or path is in it.
+#[tokio::test]
+async fn metrics_count_a_scripted_workload() {
+    let s = TestServer::start_configured(|c| c.metrics_listen = Some("127.0.0.1:0".parse().unwrap())).await;
+    let mut ids = Vec::new();
+    for n in ["metrics.one@example.com", "metrics.two@example.com", "metrics.three@example.com"] {
+        ids.push(s.post("/Users", &json!({"userName": n})).await.id());
+    }
+    s.post("/Users", &json!({"userName": "metrics.one@example.com"})).await.assert_error(
+        409,
+        Some("uniqueness"),
+        "taken",
+    );
+    s.get(&format!("/Users?filter={}", q("active gt true"))).await.assert_error(400, Some("invalidFilter"), "active");
+    s.post("/Groups", &json!({"displayName": "Metrics", "members": [{"value": ids[0]}, {"value": ids[1]}]})).await;
+    let bad = s.send_as("not-a-token", Method::GET, "/Users", None, &[]).await;
+    assert_eq!(bad.status, 401);
+    let hosts = s.new_token(scimlog::auth::Role::Hosts);
+    assert_eq!(s.send_as(&hosts, Method::GET, "/Users", None, &[]).await.status, 403);
+
+    // On the main listener: admins only.
+    let scim_scrape = s.client.get(format!("{}/metrics", s.base)).bearer_auth(&s.token).send().await.unwrap();
+    assert_eq!(scim_scrape.status(), 403);
+    let admin = s.new_token(scimlog::auth::Role::Admin);
+    let r = s.client.get(format!("{}/metrics", s.base)).bearer_auth(&admin).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.headers()["content-type"].to_str().unwrap().starts_with("application/openmetrics-text"));
+    // Apart, without a token.
+    let apart = format!("http://{}/metrics", s.metrics_addr().expect("--metrics-listen bound"));
+    let text = s.client.get(apart).send().await.unwrap().text().await.unwrap();
+
+    let scim = |op: &str, outcome: &str, scim_type: &str| {
+        value(
+            &text,
+            "scimlog_scim_requests_total",
+            &[
+                ("token", "bootstrap"),
+                ("resource", "Users"),
+                ("op", op),
+                ("outcome", outcome),
+                ("scim_type", scim_type),
+            ],
+        )
+    };
+    assert_eq!(scim("create", "success", ""), Some(3.0), "{text}");
+    assert_eq!(scim("create", "client_error", "uniqueness"), Some(1.0));
+    assert_eq!(scim("list", "client_error", "invalidFilter"), Some(1.0));
+    assert_eq!(value(&text, "scimlog_auth_failures_total", &[("reason", "invalid")]), Some(1.0));
+    assert_eq!(
+        value(&text, "scimlog_auth_failures_total", &[("reason", "forbidden")]),
+        Some(2.0),
+        "hosts on /scim, scim on /metrics"
+    );
+    assert_eq!(value(&text, "scimlog_events_written_total", &[("type", "user.created")]), Some(3.0));
+    assert_eq!(value(&text, "scimlog_events_written_total", &[("type", "group.member_added")]), Some(2.0));
+    let head = s.log_position().await as f64;
+    assert_eq!(value(&text, "scimlog_log_head_position", &[]), Some(head));
+    let created =
+        [("http_request_method", "POST"), ("http_route", "/scim/v2/Users"), ("http_response_status_code", "201")];
+    assert_eq!(value(&text, "http_server_request_duration_seconds_count", &created), Some(3.0));
+    assert!(value(&text, "scimlog_log_commit_batch_commands_count", &[]).unwrap() >= 5.0);
+    assert!(value(&text, "scimlog_log_write_duration_seconds_count", &[]).unwrap() >= 4.0);
+    assert_eq!(value(&text, "scimlog_write_queue_depth", &[]), Some(0.0));
+    assert!(value(&text, "process_resident_memory_bytes", &[]).unwrap() > 1e6);
+    assert!(value(&text, "process_open_fds", &[]).unwrap() > 3.0);
+    assert!(value(&text, "scimlog_rocksdb_live_data_bytes", &[]).is_some());
+    assert_eq!(value(&text, "scimlog_rocksdb_background_errors", &[]), Some(0.0));
+    assert!(text.contains(&format!("scimlog_build_info{{version=\"{}\"", env!("CARGO_PKG_VERSION"))), "{text}");
+    for secret in ids.iter().map(String::as_str).chain(["metrics.one", &s.token, &admin]) {
+        assert!(!text.contains(secret), "{secret} must not be in the metrics");
+    }
+    s.stop().await;
+}
+
+/// `/livez` answers while serving; `/readyz` answers 200 when the server can take traffic.
+#[tokio::test]
+async fn liveness_and_readiness() {
+    let s = TestServer::start().await;
+    for probe in ["livez", "readyz"] {
+        let r = s.client.get(format!("{}/{probe}", s.base)).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{probe}");
+    }
+    s.stop().await;
+}
+
+/// `scimlog healthcheck --url` (a container's HEALTHCHECK) exits 0 against a ready server and
+/// fails against nothing; `--version` names the git revision.
+#[tokio::test]
+async fn healthcheck_subcommand_and_version() {
+    let s = TestServer::start().await;
+    let bin = env!("CARGO_BIN_EXE_scimlog");
+    let ok = tokio::process::Command::new(bin).args(["healthcheck", "--url", &s.base]).output().await.unwrap();
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let url = format!("http://127.0.0.1:{closed}");
+    let down = tokio::process::Command::new(bin).args(["healthcheck", "--url", &url]).output().await.unwrap();
+    assert!(!down.status.success());
+    assert!(
+        String::from_utf8_lossy(&down.stderr).contains("cannot connect"),
+        "{}",
+        String::from_utf8_lossy(&down.stderr)
+    );
+    let version = tokio::process::Command::new(bin).arg("--version").output().await.unwrap();
+    let text = String::from_utf8_lossy(&version.stdout);
+    assert!(text.contains(&format!("{} ({})", env!("CARGO_PKG_VERSION"), scimlog::GIT_SHA)), "{text}");
+    s.stop().await;
+}
+
+/// Nothing a user sees points nowhere: `documentationUri` is this server's `/docs` (the README),
+/// or what `--documentation-url` says.
+#[tokio::test]
+async fn documentation_uri_points_at_a_page_that_answers() {
+    let s = TestServer::start().await;
+    let spc = s.get("/ServiceProviderConfig").await.body;
+    let uri = spc["documentationUri"].as_str().unwrap().to_string();
+    assert_eq!(uri, format!("{}/docs", s.base));
+    let page = s.client.get(&uri).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(page.text().await.unwrap().starts_with("# scimlog"));
+    s.stop().await;
+    let s = TestServer::start_configured(|c| c.documentation_url = Some("https://idp-docs.example/scim".into())).await;
+    assert_eq!(s.get("/ServiceProviderConfig").await.body["documentationUri"], "https://idp-docs.example/scim");
+    s.stop().await;
+}
