@@ -260,10 +260,15 @@ async fn request_context(State(state): State<AppState>, mut req: Request, next: 
         http_response_status_code: status.to_string(),
     };
     state.metrics.http_duration.get_or_create(&labels).observe(started.elapsed().as_secs_f64());
+    // One line per request (target `scimlog::access`): never a path, a query, a token or a
+    // personal value; the token's name and tenant say which IdP connection asked.
+    let (token, tenant) =
+        resp.extensions().get::<Principal>().map_or(("", ""), |p| (p.name.as_str(), p.tenant.as_str()));
+    let scim_type = resp.extensions().get::<error::ScimTypeTag>().map_or("", |t| t.0);
     if resp.status().is_server_error() {
-        tracing::warn!(%method, %path, status, micros, request_id = %id, "request failed");
+        tracing::warn!(target: "scimlog::access", %method, route = %path, status, micros, request_id = %id, token, tenant, scim_type, "request failed");
     } else {
-        tracing::debug!(%method, %path, status, micros, request_id = %id, "request");
+        tracing::info!(target: "scimlog::access", %method, route = %path, status, micros, request_id = %id, token, tenant, scim_type, "request");
     }
     if let Ok(v) = HeaderValue::from_str(&id) {
         resp.headers_mut().insert("x-request-id", v);
@@ -305,8 +310,11 @@ async fn authenticate(State(state): State<AppState>, mut req: Request, next: Nex
             }
         }
     };
-    req.extensions_mut().insert(principal);
-    next.run(req).await
+    req.extensions_mut().insert(principal.clone());
+    let mut resp = next.run(req).await;
+    // For the access log line (`request_context`): who asked.
+    resp.extensions_mut().insert(principal);
+    resp
 }
 
 /// `/scim/v2` is for tokens that provision (after [`authenticate`]): a `hosts` token is refused.

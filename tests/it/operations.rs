@@ -143,3 +143,74 @@ async fn documentation_uri_points_at_a_page_that_answers() {
     assert_eq!(s.get("/ServiceProviderConfig").await.body["documentationUri"], "https://idp-docs.example/scim");
     s.stop().await;
 }
+
+/// One access log line per request (JSON logs): the route template, status, latency, request
+/// id, token name, tenant and scimType; never the path, the query, the token or a userName.
+#[tokio::test]
+async fn one_access_log_line_per_request_without_personal_values() {
+    let tmp = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let log_path = tmp.path().join("stderr.log");
+    let token = "access-log-token-0123456789";
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_scimlog"))
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--token", token, "--data-dir"])
+        .arg(tmp.path().join("data"))
+        .env("SCIMLOG_LOG_FORMAT", "json")
+        .env("SCIMLOG_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    crate::support::eventually(20, "the server answers", || {
+        let (client, url) = (client.clone(), format!("{base}/readyz"));
+        async move { client.get(url).send().await.is_ok_and(|r| r.status() == 200) }
+    })
+    .await;
+    let users = format!("{base}/scim/v2/Users");
+    let body = json!({"userName": "secret.person@example.com"});
+    let created: serde_json::Value =
+        client.post(&users).bearer_auth(token).json(&body).send().await.unwrap().json().await.unwrap();
+    let id = created["id"].as_str().unwrap().to_string();
+    client.get(format!("{users}/{id}")).bearer_auth(token).send().await.unwrap();
+    client.post(&users).bearer_auth(token).json(&body).send().await.unwrap();
+    let filter = q("userName eq \"secret.person@example.com\"");
+    client.get(format!("{users}?filter={filter}")).bearer_auth(token).send().await.unwrap();
+    // SAFETY: kill only sends a signal to our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    child.wait().unwrap();
+
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|l| l["target"] == "scimlog::access")
+        .collect();
+    let routes: Vec<(&str, u64, &str)> = lines
+        .iter()
+        .map(|l| {
+            let f = &l["fields"];
+            (f["route"].as_str().unwrap(), f["status"].as_u64().unwrap(), f["scim_type"].as_str().unwrap())
+        })
+        .filter(|(r, _, _)| r.starts_with("/scim"))
+        .collect();
+    assert_eq!(
+        routes,
+        [
+            ("/scim/v2/Users", 201, ""),
+            ("/scim/v2/Users/{id}", 200, ""),
+            ("/scim/v2/Users", 409, "uniqueness"),
+            ("/scim/v2/Users", 200, ""),
+        ],
+        "{log}"
+    );
+    let scim_line = lines.iter().find(|l| l["fields"]["route"] == "/scim/v2/Users").unwrap();
+    assert_eq!(scim_line["fields"]["token"], "bootstrap");
+    assert_eq!(scim_line["fields"]["tenant"], "default");
+    assert!(scim_line["fields"]["request_id"].as_str().is_some_and(|r| r.len() == 36));
+    assert!(scim_line["fields"]["micros"].as_u64().is_some());
+    for secret in ["secret.person", id.as_str(), token] {
+        assert!(!log.contains(secret), "{secret} is in the log:\n{log}");
+    }
+}
