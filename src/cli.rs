@@ -40,9 +40,21 @@ impl StoreArgs {
 }
 
 #[derive(Subcommand)]
+enum ConfigCmd {
+    /// Print the effective configuration (defaults < --config file < environment < flags) as a
+    /// config file, each value with where it came from; secrets redacted.
+    Show(ServeConfig),
+}
+
+#[derive(Subcommand)]
 enum Cmd {
     /// Serve SCIM 2.0 over HTTP.
     Serve(ServeConfig),
+    /// The configuration.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCmd,
+    },
     /// Exit 0 when the server at `--url` answers `GET /readyz` with 200, 1 otherwise: a
     /// container health check for images without curl.
     Healthcheck {
@@ -286,11 +298,16 @@ fn open_exclusive(data_dir: &Path) -> anyhow::Result<Store> {
 
 /// Runs the command line; the process exit code is non-zero on any error.
 pub fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    let (args, from_file) = crate::config_file::with_file(std::env::args_os().collect())?;
+    let cli = Cli::parse_from(&args);
     init_logging();
     let runtime = || tokio::runtime::Builder::new_multi_thread().enable_all().build();
     match cli.command {
         Cmd::Serve(cfg) => runtime()?.block_on(crate::server::serve(cfg)),
+        Cmd::Config { command: ConfigCmd::Show(_) } => {
+            print!("{}", crate::config_file::show(&args, &from_file)?);
+            Ok(())
+        }
         Cmd::Healthcheck { url, timeout_ms } => {
             let probe = healthcheck(&url);
             let timeout = std::time::Duration::from_millis(timeout_ms);

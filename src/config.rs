@@ -8,6 +8,10 @@ use clap::Parser;
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct ServeConfig {
+    /// Read flags from this TOML file (keys are flag names: `max_scan = 100000`). Precedence:
+    /// defaults < file < environment < command line. Unknown keys are an error.
+    #[arg(long, env = "SCIMLOG_CONFIG")]
+    pub config: Option<PathBuf>,
     /// Address to listen on.
     #[arg(long, env = "SCIMLOG_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,

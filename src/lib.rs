@@ -3,7 +3,8 @@
 //! # Layout
 //!
 //! - [`cli`]: the `scimlog` command line (`serve`, `token`).
-//! - [`config`]: [`config::ServeConfig`], every flag, variable, default and limit.
+//! - [`config`]: [`config::ServeConfig`], every flag, variable, default and limit;
+//!   [`config_file`]: `--config scimlog.toml` and `scimlog config show`.
 //! - [`server`]: start, serve, drain and stop.
 //! - [`http`]: the only module that knows axum and status codes; one file per endpoint family.
 //! - [`command`]: pure decisions, request + current read model -> events or a refusal.
@@ -24,6 +25,7 @@ pub mod bus;
 pub mod cli;
 pub mod command;
 pub mod config;
+pub mod config_file;
 pub mod files;
 pub mod http;
 pub mod log;

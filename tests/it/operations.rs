@@ -214,3 +214,91 @@ async fn one_access_log_line_per_request_without_personal_values() {
         assert!(!log.contains(secret), "{secret} is in the log:\n{log}");
     }
 }
+
+/// `--config scimlog.toml`: defaults < file < environment < flags; unknown keys and secrets in
+/// the file are errors naming them; `config show` says where each value came from, secrets
+/// redacted; `serve` runs on what the file says.
+#[tokio::test]
+async fn config_file_precedence_and_show() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bin = env!("CARGO_BIN_EXE_scimlog");
+    let file = tmp.path().join("scimlog.toml");
+    std::fs::write(
+        &file,
+        "max_scan = 123\ntenant = \"from-file\"\nrate-limit-per-s = 0\nadvertise_roles_entitlements = false\n\
+         tenant_rate_limit = [\"a=1:2\", \"b=3:4\"]\ninsecure_no_auth = true\n",
+    )
+    .unwrap();
+    let show = std::process::Command::new(bin)
+        .args(["config", "show", "--config"])
+        .arg(&file)
+        .args(["--max-scan", "456", "--token", "very-secret-token-value"])
+        .env("SCIMLOG_TENANT", "from-env")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&show.stdout);
+    assert!(show.status.success(), "{}", String::from_utf8_lossy(&show.stderr));
+    for line in [
+        "max_scan = 456  # command line",
+        "tenant = \"from-env\"  # environment",
+        "rate_limit_per_s = 0  # config file",
+        "advertise_roles_entitlements = false  # config file",
+        "tenant_rate_limits = [\"a=1:2\", \"b=3:4\"]  # config file",
+        "insecure_no_auth = true  # config file",
+        "bootstrap_token = \"[redacted]\"  # command line",
+        "listen = \"127.0.0.1:8080\"  # default",
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line:?} in\n{text}");
+    }
+    assert!(!text.contains("very-secret-token-value"));
+
+    for (content, want) in [
+        ("max_scna = 1\n", "unknown key \"max_scna\""),
+        ("token = \"x\"\n", "\"token\" is a secret"),
+        ("max_scan = \"many\"\n", "many"),
+    ] {
+        std::fs::write(&file, content).unwrap();
+        let out = std::process::Command::new(bin).args(["config", "show", "--config"]).arg(&file).output().unwrap();
+        assert!(!out.status.success(), "{content}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(want),
+            "{content}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    // serve on what the file says.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    std::fs::write(
+        &file,
+        format!(
+            "listen = \"127.0.0.1:{port}\"\ndata_dir = {:?}\ninsecure_no_auth = true\ndocumentation_url = \"https://docs.example/x\"\n",
+            tmp.path().join("data")
+        ),
+    )
+    .unwrap();
+    let mut child = std::process::Command::new(bin)
+        .args(["serve", "--config"])
+        .arg(&file)
+        .env("SCIMLOG_LOG", "warn")
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let client = reqwest::Client::new();
+    let spc_url = format!("http://127.0.0.1:{port}/scim/v2/ServiceProviderConfig");
+    crate::support::eventually(20, "the server from the file answers", || {
+        let (client, url) = (client.clone(), spc_url.clone());
+        async move {
+            match client.get(url).send().await {
+                Ok(r) => {
+                    r.json::<serde_json::Value>().await.is_ok_and(|v| v["documentationUri"] == "https://docs.example/x")
+                }
+                Err(_) => false,
+            }
+        }
+    })
+    .await;
+    // SAFETY: kill only sends a signal to our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    child.wait().unwrap();
+}
