@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 
 use crate::auth::Role;
 use crate::config::ServeConfig;
@@ -50,6 +50,11 @@ enum ConfigCmd {
 enum Cmd {
     /// Serve SCIM 2.0 over HTTP.
     Serve(ServeConfig),
+    /// Print a shell completion script: `scimlog completions bash > /etc/bash_completion.d/scimlog`.
+    Completions { shell: clap_complete::Shell },
+    /// Print the man page (roff): `scimlog man > scimlog.1`.
+    #[command(hide = true)]
+    Man,
     /// The configuration.
     Config {
         #[command(subcommand)]
@@ -304,6 +309,14 @@ pub fn main() -> anyhow::Result<()> {
     let runtime = || tokio::runtime::Builder::new_multi_thread().enable_all().build();
     match cli.command {
         Cmd::Serve(cfg) => runtime()?.block_on(crate::server::serve(cfg)),
+        Cmd::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "scimlog", &mut std::io::stdout());
+            Ok(())
+        }
+        Cmd::Man => {
+            clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())?;
+            Ok(())
+        }
         Cmd::Config { command: ConfigCmd::Show(_) } => {
             print!("{}", crate::config_file::show(&args, &from_file)?);
             Ok(())

@@ -302,3 +302,21 @@ async fn config_file_precedence_and_show() {
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     child.wait().unwrap();
 }
+
+/// `scimlog completions bash|zsh|fish` and `scimlog man` render, naming the subcommands.
+#[test]
+fn completions_and_man_page_render() {
+    let bin = env!("CARGO_BIN_EXE_scimlog");
+    for (args, want) in [
+        (vec!["completions", "bash"], "complete -F _scimlog"),
+        (vec!["completions", "zsh"], "#compdef scimlog"),
+        (vec!["completions", "fish"], "complete -c scimlog"),
+        (vec!["man"], ".TH scimlog"),
+    ] {
+        let out = std::process::Command::new(bin).args(&args).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{args:?}");
+        assert!(text.contains(want), "{args:?}: {}", &text[..text.len().min(300)]);
+        assert!(text.contains("healthcheck"), "{args:?} names the subcommands");
+    }
+}
