@@ -320,3 +320,49 @@ fn completions_and_man_page_render() {
         assert!(text.contains("healthcheck"), "{args:?} names the subcommands");
     }
 }
+
+/// The systemd unit passes `systemd-analyze verify` (with ExecStart pointed at the binary under
+/// test); it runs as its own user, with only its state directory writable.
+#[test]
+fn systemd_unit_verifies() {
+    let unit = std::fs::read_to_string(format!("{}/contrib/scimlog.service", crate::support::manifest_dir())).unwrap();
+    for directive in [
+        "User=scimlog",
+        "StateDirectory=scimlog",
+        "ProtectSystem=strict",
+        "NoNewPrivileges=yes",
+        "LimitNOFILE=65536",
+        "Restart=on-failure",
+    ] {
+        assert!(unit.lines().any(|l| l == directive), "{directive}");
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("scimlog.service");
+    std::fs::write(&path, unit.replace("/usr/local/bin/scimlog", env!("CARGO_BIN_EXE_scimlog"))).unwrap();
+    let out = std::process::Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .expect("systemd-analyze is installed (./scripts/setup --test installs systemd)");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && stderr.trim().is_empty(), "systemd-analyze verify: {stderr}");
+}
+
+/// The Dockerfile (the CI machine cannot pull base images, so its text is what is checked): a
+/// non-root user, the data volume, the master key mounted apart from it, the health check through
+/// `scimlog healthcheck` on the port it listens on.
+#[test]
+fn dockerfile_runs_unprivileged_with_key_apart_and_a_health_check() {
+    let text = std::fs::read_to_string(format!("{}/Dockerfile", crate::support::manifest_dir())).unwrap();
+    let line =
+        |prefix: &str| text.lines().find(|l| l.starts_with(prefix)).unwrap_or_else(|| panic!("{prefix}")).to_string();
+    assert_eq!(line("USER "), "USER scimlog");
+    assert_eq!(line("VOLUME "), "VOLUME [\"/data\"]");
+    assert_eq!(line("EXPOSE "), "EXPOSE 8080");
+    assert!(text.contains("SCIMLOG_LISTEN=0.0.0.0:8080"));
+    assert!(text.contains("SCIMLOG_DATA_DIR=/data"));
+    let key = text.split("SCIMLOG_MASTER_KEY_FILE=").nth(1).unwrap().split_whitespace().next().unwrap();
+    assert!(!key.starts_with("/data"), "the master key lives apart from the data volume: {key}");
+    assert!(text.contains("CMD [\"/usr/local/bin/scimlog\", \"healthcheck\", \"--url\", \"http://127.0.0.1:8080\"]"));
+    assert!(text.contains("FROM debian:bookworm-slim") && text.contains("libstdc++6"));
+}
