@@ -10,163 +10,163 @@ use clap::Parser;
 pub struct ServeConfig {
     /// Read flags from this TOML file (keys are flag names: `max_scan = 100000`). Precedence:
     /// defaults < file < environment < command line. Unknown keys are an error.
-    #[arg(long, env = "SCIMLOG_CONFIG")]
+    #[arg(long, env = "SCIMLOG_CONFIG", help_heading = "Server")]
     pub config: Option<PathBuf>,
     /// Address to listen on.
-    #[arg(long, env = "SCIMLOG_LISTEN", default_value = "127.0.0.1:8080")]
+    #[arg(long, env = "SCIMLOG_LISTEN", default_value = "127.0.0.1:8080", help_heading = "Server")]
     pub listen: SocketAddr,
     /// `documentationUri` of `/ServiceProviderConfig`; by default this server's own `/docs`
     /// (the README, served from the binary).
-    #[arg(long, env = "SCIMLOG_DOCUMENTATION_URL")]
+    #[arg(long, env = "SCIMLOG_DOCUMENTATION_URL", help_heading = "Server")]
     pub documentation_url: Option<String>,
     /// Serve `GET /metrics` (Prometheus, OpenMetrics text) on this address too, without a token
     /// (an operator's network). Without it `/metrics` is on `--listen` for admin tokens only.
-    #[arg(long, env = "SCIMLOG_METRICS_LISTEN")]
+    #[arg(long, env = "SCIMLOG_METRICS_LISTEN", help_heading = "Server")]
     pub metrics_listen: Option<SocketAddr>,
     /// Where the RocksDB store and the token file live.
-    #[arg(long, env = "SCIMLOG_DATA_DIR", default_value = "./scimlog-data")]
+    #[arg(long, env = "SCIMLOG_DATA_DIR", default_value = "./scimlog-data", help_heading = "Server")]
     pub data_dir: PathBuf,
     /// The base URL clients reach this server at, for `meta.location` (default: http://<listen>).
-    #[arg(long, env = "SCIMLOG_PUBLIC_URL")]
+    #[arg(long, env = "SCIMLOG_PUBLIC_URL", help_heading = "Server")]
     pub public_url: Option<String>,
     /// Tenant of the bootstrap token and of the token created on first start.
-    #[arg(long, env = "SCIMLOG_TENANT", default_value = "default")]
+    #[arg(long, env = "SCIMLOG_TENANT", default_value = "default", help_heading = "Authentication and keys")]
     pub tenant: String,
     /// A bootstrap bearer token (its hash is kept in memory only), named `bootstrap`.
-    #[arg(long = "token", env = "SCIMLOG_TOKEN", hide_env_values = true)]
+    #[arg(long = "token", env = "SCIMLOG_TOKEN", hide_env_values = true, help_heading = "Authentication and keys")]
     pub bootstrap_token: Option<String>,
     /// A file holding the bootstrap token (instead of --token, which shows in the process list).
-    #[arg(long, env = "SCIMLOG_TOKEN_FILE", conflicts_with = "bootstrap_token")]
+    #[arg(long, env = "SCIMLOG_TOKEN_FILE", conflicts_with = "bootstrap_token", help_heading = "Authentication and keys")]
     pub token_file: Option<PathBuf>,
     /// Serve without authentication (every request acts as `anonymous` in --tenant).
-    #[arg(long)]
+    #[arg(long, help_heading = "Authentication and keys")]
     pub insecure_no_auth: bool,
     /// File holding the master key (64 hex characters) that wraps the per-user data keys
     /// (default: `<data-dir>/master.key`, created on first start).
-    #[arg(long, env = "SCIMLOG_MASTER_KEY_FILE")]
+    #[arg(long, env = "SCIMLOG_MASTER_KEY_FILE", help_heading = "Authentication and keys")]
     pub master_key_file: Option<PathBuf>,
     /// The master key itself, as 64 hex characters (instead of a file).
-    #[arg(long = "master-key", env = "SCIMLOG_MASTER_KEY", hide_env_values = true, hide = true)]
+    #[arg(long = "master-key", env = "SCIMLOG_MASTER_KEY", hide_env_values = true, hide = true, help_heading = "Authentication and keys")]
     pub master_key_hex: Option<String>,
     /// Namespace of role and entitlement URNs (`urn:<ns>:role:...`); `testkube` accepts
     /// Testkube's URNs unchanged.
-    #[arg(long, env = "SCIMLOG_URN_NAMESPACE", default_value = "scimlog")]
+    #[arg(long, env = "SCIMLOG_URN_NAMESPACE", default_value = "scimlog", help_heading = "Roles and entitlements")]
     pub urn_namespace: String,
     /// The organization that environments and resource groups named by grants are created in.
-    #[arg(long, env = "SCIMLOG_DEFAULT_ORGANIZATION", default_value = "default")]
+    #[arg(long, env = "SCIMLOG_DEFAULT_ORGANIZATION", default_value = "default", help_heading = "Roles and entitlements")]
     pub default_organization: String,
     /// How responses show roles and entitlements: `objects` (`[{"value": ...}]`, as Entra sends
     /// them) or `strings` (`["urn:..."]`, as Okta sends them).
-    #[arg(long, env = "SCIMLOG_GRANT_SHAPE", value_enum, default_value_t = GrantShape::Objects)]
+    #[arg(long, env = "SCIMLOG_GRANT_SHAPE", value_enum, default_value_t = GrantShape::Objects, help_heading = "Roles and entitlements")]
     pub grant_shape: GrantShape,
     /// The shape for one tenant, overriding `--grant-shape`: `TENANT=strings|objects`; repeat for
     /// several tenants (`SCIMLOG_TENANT_GRANT_SHAPES`: comma-separated).
-    #[arg(long = "tenant-grant-shape", env = "SCIMLOG_TENANT_GRANT_SHAPES", value_delimiter = ',', value_parser = parse_tenant_shape)]
+    #[arg(long = "tenant-grant-shape", env = "SCIMLOG_TENANT_GRANT_SHAPES", value_delimiter = ',', value_parser = parse_tenant_shape, help_heading = "Roles and entitlements")]
     pub tenant_grant_shapes: Vec<(String, GrantShape)>,
     /// Largest accepted request body.
-    #[arg(long, env = "SCIMLOG_MAX_BODY_BYTES", default_value_t = 1_048_576)]
+    #[arg(long, env = "SCIMLOG_MAX_BODY_BYTES", default_value_t = 1_048_576, help_heading = "SCIM limits")]
     pub max_body_bytes: usize,
     /// Page size when a list request gives no `count`.
-    #[arg(long, env = "SCIMLOG_DEFAULT_PAGE_SIZE", default_value_t = 100)]
+    #[arg(long, env = "SCIMLOG_DEFAULT_PAGE_SIZE", default_value_t = 100, help_heading = "SCIM limits")]
     pub default_page_size: usize,
     /// Largest page a list request gets; larger `count`s are clamped (RFC 7644 §3.4.2.4).
-    #[arg(long, env = "SCIMLOG_MAX_PAGE_SIZE", default_value_t = 1000)]
+    #[arg(long, env = "SCIMLOG_MAX_PAGE_SIZE", default_value_t = 1000, help_heading = "SCIM limits")]
     pub max_page_size: usize,
     /// Longest accepted filter, in bytes.
-    #[arg(long, env = "SCIMLOG_MAX_FILTER_LENGTH", default_value_t = 4096)]
+    #[arg(long, env = "SCIMLOG_MAX_FILTER_LENGTH", default_value_t = 4096, help_heading = "SCIM limits")]
     pub max_filter_length: usize,
     /// Deepest accepted nesting of parentheses and value paths in a filter.
-    #[arg(long, env = "SCIMLOG_MAX_FILTER_DEPTH", default_value_t = 16)]
+    #[arg(long, env = "SCIMLOG_MAX_FILTER_DEPTH", default_value_t = 16, help_heading = "SCIM limits")]
     pub max_filter_depth: usize,
     /// How many resources a filter on unindexed attributes may read before it is refused.
-    #[arg(long, env = "SCIMLOG_MAX_SCAN", default_value_t = 200_000)]
+    #[arg(long, env = "SCIMLOG_MAX_SCAN", default_value_t = 200_000, help_heading = "SCIM limits")]
     pub max_scan: usize,
     /// Most members one request may name (a group's POST or PUT, or one PATCH's operations
     /// together): the single writer's work per request stays bounded.
-    #[arg(long, env = "SCIMLOG_MAX_MEMBERS_PER_REQUEST", default_value_t = 20_000)]
+    #[arg(long, env = "SCIMLOG_MAX_MEMBERS_PER_REQUEST", default_value_t = 20_000, help_heading = "SCIM limits")]
     pub max_members_per_request: usize,
     /// Most elements of one multi-valued attribute (emails, roles, ...), in a request and in the
     /// resource it makes.
-    #[arg(long, env = "SCIMLOG_MAX_VALUES_PER_ATTRIBUTE", default_value_t = 1_000)]
+    #[arg(long, env = "SCIMLOG_MAX_VALUES_PER_ATTRIBUTE", default_value_t = 1_000, help_heading = "SCIM limits")]
     pub max_values_per_attribute: usize,
     /// Most operations one PATCH may carry (Entra batches member changes into one PATCH).
-    #[arg(long, env = "SCIMLOG_MAX_PATCH_OPERATIONS", default_value_t = 10_000)]
+    #[arg(long, env = "SCIMLOG_MAX_PATCH_OPERATIONS", default_value_t = 10_000, help_heading = "SCIM limits")]
     pub max_patch_operations: usize,
     /// Most operations in one `/Bulk` request (`maxOperations`); more get 413.
-    #[arg(long, env = "SCIMLOG_BULK_MAX_OPERATIONS", default_value_t = 1000)]
+    #[arg(long, env = "SCIMLOG_BULK_MAX_OPERATIONS", default_value_t = 1000, help_heading = "SCIM limits")]
     pub bulk_max_operations: usize,
     /// Largest `/Bulk` body (`maxPayloadSize`); larger get 413.
-    #[arg(long, env = "SCIMLOG_BULK_MAX_PAYLOAD_BYTES", default_value_t = 1_048_576)]
+    #[arg(long, env = "SCIMLOG_BULK_MAX_PAYLOAD_BYTES", default_value_t = 1_048_576, help_heading = "SCIM limits")]
     pub bulk_max_payload_bytes: usize,
     /// Whether `/ServiceProviderConfig` carries `RolesAndEntitlements`, as
     /// draft-ietf-scim-roles-entitlements asks of a server with `/Roles` and `/Entitlements`.
     /// Clients that refuse any attribute RFC 7643 does not define there (python scim2-client
     /// 0.13) fail their discovery on it: `false` leaves it out (the endpoints stay).
-    #[arg(long, env = "SCIMLOG_ADVERTISE_ROLES_ENTITLEMENTS", default_value_t = true, action = clap::ArgAction::Set)]
+    #[arg(long, env = "SCIMLOG_ADVERTISE_ROLES_ENTITLEMENTS", default_value_t = true, action = clap::ArgAction::Set, help_heading = "Roles and entitlements")]
     pub advertise_roles_entitlements: bool,
     /// How long an RFC 9865 cursor stays valid, in seconds.
-    #[arg(long, env = "SCIMLOG_CURSOR_TIMEOUT_S", default_value_t = 3600)]
+    #[arg(long, env = "SCIMLOG_CURSOR_TIMEOUT_S", default_value_t = 3600, help_heading = "SCIM limits")]
     pub cursor_timeout_s: u64,
     /// How many writes may wait for the writer; beyond it writes get 503 with Retry-After.
-    #[arg(long, env = "SCIMLOG_WRITE_QUEUE_DEPTH", default_value_t = 4096)]
+    #[arg(long, env = "SCIMLOG_WRITE_QUEUE_DEPTH", default_value_t = 4096, help_heading = "Writes and rate limits")]
     pub write_queue_depth: usize,
     /// How many of the waiting writes one tenant may hold: the queue cannot be filled by one
     /// tenant alone; beyond it that tenant's writes get 503 with Retry-After.
-    #[arg(long, env = "SCIMLOG_WRITE_QUEUE_PER_TENANT", default_value_t = 2048)]
+    #[arg(long, env = "SCIMLOG_WRITE_QUEUE_PER_TENANT", default_value_t = 2048, help_heading = "Writes and rate limits")]
     pub write_queue_per_tenant: usize,
     /// Requests per second one token may make (a GCRA bucket per token); 0: no limit. Over it a
     /// request gets 429 with Retry-After.
-    #[arg(long, env = "SCIMLOG_RATE_LIMIT_PER_S", default_value_t = 2000)]
+    #[arg(long, env = "SCIMLOG_RATE_LIMIT_PER_S", default_value_t = 2000, help_heading = "Writes and rate limits")]
     pub rate_limit_per_s: u32,
     /// How many requests a token may make at once above its rate (the bucket's size).
-    #[arg(long, env = "SCIMLOG_RATE_LIMIT_BURST", default_value_t = 4000)]
+    #[arg(long, env = "SCIMLOG_RATE_LIMIT_BURST", default_value_t = 4000, help_heading = "Writes and rate limits")]
     pub rate_limit_burst: u32,
     /// The rate for the tokens of one tenant, overriding the two above: `TENANT=RATE:BURST`;
     /// repeat for several tenants (`SCIMLOG_TENANT_RATE_LIMITS`: comma-separated).
-    #[arg(long = "tenant-rate-limit", env = "SCIMLOG_TENANT_RATE_LIMITS", value_delimiter = ',', value_parser = crate::http::rate::parse_tenant_rate)]
+    #[arg(long = "tenant-rate-limit", env = "SCIMLOG_TENANT_RATE_LIMITS", value_delimiter = ',', value_parser = crate::http::rate::parse_tenant_rate, help_heading = "Writes and rate limits")]
     pub tenant_rate_limits: Vec<(String, crate::http::rate::Rate)>,
     /// How many queued writes share one commit (one fsync).
-    #[arg(long, env = "SCIMLOG_GROUP_COMMIT_MAX", default_value_t = 256)]
+    #[arg(long, env = "SCIMLOG_GROUP_COMMIT_MAX", default_value_t = 256, help_heading = "Writes and rate limits")]
     pub group_commit_max: usize,
-    #[command(flatten)]
+    #[command(flatten, next_help_heading = "NATS")]
     pub nats: crate::bus::NatsConfig,
     /// PEM certificate chain: serve HTTPS (TLS 1.2+) instead of HTTP; needs --tls-key.
-    #[arg(long, env = "SCIMLOG_TLS_CERT", requires = "tls_key")]
+    #[arg(long, env = "SCIMLOG_TLS_CERT", requires = "tls_key", help_heading = "Server")]
     pub tls_cert: Option<PathBuf>,
     /// PEM private key for --tls-cert.
-    #[arg(long, env = "SCIMLOG_TLS_KEY", requires = "tls_cert")]
+    #[arg(long, env = "SCIMLOG_TLS_KEY", requires = "tls_cert", help_heading = "Server")]
     pub tls_key: Option<PathBuf>,
     /// Most open connections; more are closed at once.
-    #[arg(long, env = "SCIMLOG_MAX_CONNECTIONS", default_value_t = 1024)]
+    #[arg(long, env = "SCIMLOG_MAX_CONNECTIONS", default_value_t = 1024, help_heading = "Connections and reads")]
     pub max_connections: usize,
     /// How long a client may take to send a request head (or a TLS handshake), and how long a
     /// kept-alive connection may sit idle before its next request: slow or silent clients
     /// (slowloris) are cut off.
-    #[arg(long, env = "SCIMLOG_HEADER_READ_TIMEOUT_MS", default_value_t = 10_000)]
+    #[arg(long, env = "SCIMLOG_HEADER_READ_TIMEOUT_MS", default_value_t = 10_000, help_heading = "Connections and reads")]
     pub header_read_timeout_ms: u64,
     /// How long a client may take to send a request body; slower ones get 408.
-    #[arg(long, env = "SCIMLOG_BODY_READ_TIMEOUT_MS", default_value_t = 30_000)]
+    #[arg(long, env = "SCIMLOG_BODY_READ_TIMEOUT_MS", default_value_t = 30_000, help_heading = "Connections and reads")]
     pub body_read_timeout_ms: u64,
     /// Reads that can scan (lists, searches, group renders, access expansion) running at once,
     /// off the async runtime; more wait their turn.
-    #[arg(long, env = "SCIMLOG_MAX_CONCURRENT_READS", default_value_t = 8)]
+    #[arg(long, env = "SCIMLOG_MAX_CONCURRENT_READS", default_value_t = 8, help_heading = "Connections and reads")]
     pub max_concurrent_reads: usize,
     /// How long a read may wait for its turn before it is answered 503 with Retry-After.
-    #[arg(long, env = "SCIMLOG_READ_WAIT_MS", default_value_t = 5_000)]
+    #[arg(long, env = "SCIMLOG_READ_WAIT_MS", default_value_t = 5_000, help_heading = "Connections and reads")]
     pub read_wait_ms: u64,
     /// Most group members one response renders (a group GET, or all groups of a list page);
     /// beyond it the request is refused (400 tooMany): ask with `excludedAttributes=members`.
-    #[arg(long, env = "SCIMLOG_MAX_MEMBERS_RENDERED", default_value_t = 20_000)]
+    #[arg(long, env = "SCIMLOG_MAX_MEMBERS_RENDERED", default_value_t = 20_000, help_heading = "SCIM limits")]
     pub max_members_rendered: usize,
     /// RocksDB block cache (hot blocks of the log and read models), in MiB. With the memtable
     /// budget, it bounds the server's memory; the OS page cache holds the rest of the files.
-    #[arg(long, env = "SCIMLOG_BLOCK_CACHE_MB", default_value_t = 64)]
+    #[arg(long, env = "SCIMLOG_BLOCK_CACHE_MB", default_value_t = 64, help_heading = "Store")]
     pub block_cache_mb: usize,
     /// All RocksDB memtables together (recent writes not yet in files), in MiB.
-    #[arg(long, env = "SCIMLOG_MEMTABLE_BUDGET_MB", default_value_t = 64)]
+    #[arg(long, env = "SCIMLOG_MEMTABLE_BUDGET_MB", default_value_t = 64, help_heading = "Store")]
     pub memtable_budget_mb: usize,
     /// On shutdown, how long in-flight requests may take to finish.
-    #[arg(long, env = "SCIMLOG_DRAIN_TIMEOUT_MS", default_value_t = 10_000)]
+    #[arg(long, env = "SCIMLOG_DRAIN_TIMEOUT_MS", default_value_t = 10_000, help_heading = "Server")]
     pub drain_timeout_ms: u64,
 }
 
