@@ -105,6 +105,9 @@ enum Cmd {
         file: PathBuf,
         #[command(flatten)]
         store: StoreArgs,
+        /// No progress bar.
+        #[arg(long, short)]
+        quiet: bool,
     },
     /// Rebuild every read model from the log: `--verify` proves it equal to the live one (beside a
     /// running server), `--rebuild` replaces the live one (server stopped).
@@ -115,6 +118,9 @@ enum Cmd {
         rebuild: bool,
         #[command(flatten)]
         store: StoreArgs,
+        /// No progress bar.
+        #[arg(long, short)]
+        quiet: bool,
     },
     /// Print events from NATS as JSON lines, from a durable consumer that resumes where it left
     /// off (explicit acks: an event not printed is delivered again).
@@ -196,6 +202,9 @@ enum AuditCmd {
         /// still hold it. Without one, events removed from the end go unnoticed. Repeatable.
         #[arg(long = "expect", value_name = "POSITION:HASH")]
         expect: Vec<crate::audit::Anchor>,
+        /// No progress bar.
+        #[arg(long, short)]
+        quiet: bool,
     },
     /// Events as JSON lines, personal values opened (erased ones read "[erased]"), or with
     /// `--sealed` exactly as stored and hashed, preceded by the wrapped data keys, which is what
@@ -209,6 +218,9 @@ enum AuditCmd {
         sealed: bool,
         #[command(flatten)]
         store: StoreArgs,
+        /// No progress bar.
+        #[arg(long, short)]
+        quiet: bool,
     },
     /// Every event that touched a resource, oldest first: `Users/<id>`, `Groups/<id>` (also
     /// `Hosts/`, `Environments/`, `Organizations/`, `ResourceGroups/`, `Tokens/`), or
@@ -387,15 +399,26 @@ pub fn main() -> anyhow::Result<()> {
                 Ok(())
             }
         },
-        Cmd::Import { file, store } => {
+        Cmd::Import { file, store, quiet } => {
             let db = open_exclusive(&store.data_dir)?;
             let ring = KeyRing::open(db.clone(), &store.source(), &store.data_dir)?;
             std::fs::File::open(&file).with_context(|| format!("cannot read {}", file.display()))?;
-            let n = crate::audit::import(&db, &ring, || std::fs::File::open(&file).map(std::io::BufReader::new))?;
+            let bar = progress_bar(None, "checking", quiet);
+            let open = || std::fs::File::open(&file).map(std::io::BufReader::new);
+            let n = crate::audit::import_with(&db, &ring, open, &mut |p| match p {
+                crate::audit::ImportProgress::Checked(n) => bar.set_position(n),
+                crate::audit::ImportProgress::Written { done, total } => {
+                    bar.set_message("writing");
+                    bar.set_length(total);
+                    bar.set_position(done);
+                }
+            });
+            bar.finish_and_clear();
+            let n = n?;
             eprintln!("imported {n} events");
             Ok(())
         }
-        Cmd::Replay { verify, rebuild, store } => {
+        Cmd::Replay { verify, rebuild, store, quiet } => {
             anyhow::ensure!(verify != rebuild, "give exactly one of --verify or --rebuild");
             let db = if rebuild { open_exclusive(&store.data_dir)? } else { Store::open_read_only(&store.data_dir)? };
             let ring = if rebuild {
@@ -405,9 +428,10 @@ pub fn main() -> anyhow::Result<()> {
             };
             let head = db.head()?.position;
             let started = std::time::Instant::now();
-            let kv = crate::audit::fold_until(&db, &ring, Some(head), &mut |p| {
-                eprintln!("replayed {p}/{head} events ({:.0} events/s)", p as f64 / started.elapsed().as_secs_f64())
-            })?;
+            let bar = progress_bar(Some(head), "replaying", quiet);
+            let kv = crate::audit::fold_until(&db, &ring, Some(head), &mut |p| bar.set_position(p));
+            bar.finish_and_clear();
+            let kv = kv?;
             eprintln!("replayed {head} events in {:.2} s", started.elapsed().as_secs_f64());
             if rebuild {
                 db.replace_state(kv.0.into_iter().collect())?;
@@ -440,9 +464,12 @@ pub fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Audit { command } => match command {
-            AuditCmd::Verify { data_dir, expect } => {
+            AuditCmd::Verify { data_dir, expect, quiet } => {
                 let db = Store::open_read_only(&data_dir)?;
-                let v = crate::audit::verify(&db)?;
+                let bar = progress_bar(Some(db.head()?.position), "verifying", quiet);
+                let v = crate::audit::verify_with(&db, &mut |n| bar.set_position(n));
+                bar.finish_and_clear();
+                let v = v?;
                 crate::audit::check_anchors(&db, &v, &expect)?;
                 println!("ok: {} events, head position {}, head hash {}", v.count, v.head_position, v.head_hash);
                 if !expect.is_empty() {
@@ -451,18 +478,22 @@ pub fn main() -> anyhow::Result<()> {
                 println!("record the head to check later: --expect {}:{}", v.head_position, v.head_hash);
                 Ok(())
             }
-            AuditCmd::Export { from, to, sealed, store } => {
+            AuditCmd::Export { from, to, sealed, store, quiet } => {
                 let db = Store::open_read_only(&store.data_dir)?;
+                let last = to.unwrap_or(db.head()?.position);
+                let bar = progress_bar(Some(last), "exporting", quiet);
+                let mut progress = |p: u64| bar.set_position(p);
                 let stdout = std::io::stdout();
                 let mut out = std::io::BufWriter::new(stdout.lock());
                 if sealed {
                     if let Ok(ring) = KeyRing::open_read_only(db.clone(), &store.source(), &store.data_dir) {
                         crate::audit::export_keys(&ring, &mut out)?;
                     }
-                    crate::audit::export(&db, &scimlog_schemas::personal::NoKeys, from, to, false, &mut out)?;
+                    let keys = &scimlog_schemas::personal::NoKeys;
+                    crate::audit::export_with(&db, keys, from, to, false, &mut out, &mut progress)?;
                 } else {
                     let ring = KeyRing::open_read_only(db.clone(), &store.source(), &store.data_dir)?;
-                    crate::audit::export(&db, &ring, from, to, true, &mut out)?;
+                    crate::audit::export_with(&db, &ring, from, to, true, &mut out, &mut progress)?;
                 }
                 use std::io::Write;
                 out.flush()?;
@@ -557,4 +588,23 @@ async fn healthcheck(url: &str) -> anyhow::Result<u16> {
         .header(axum::http::header::HOST, format!("{host}:{port}"))
         .body(axum::body::Body::empty())?;
     Ok(sender.send_request(request).await?.status().as_u16())
+}
+
+/// A progress bar on stderr (position/total, events/s, ETA), hidden when stderr is not a
+/// terminal or with `--quiet`; without a total, a counter.
+fn progress_bar(total: Option<u64>, what: &str, quiet: bool) -> indicatif::ProgressBar {
+    use std::io::IsTerminal;
+    if quiet || !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let (bar, template) = match total {
+        Some(n) => (indicatif::ProgressBar::new(n), "{msg} [{bar:40}] {pos}/{len} events, {per_sec}, ETA {eta}"),
+        None => (indicatif::ProgressBar::no_length(), "{msg} {pos} events, {per_sec}"),
+    };
+    if let Ok(style) = indicatif::ProgressStyle::with_template(template) {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+    bar.set_message(what.to_string());
+    bar
 }

@@ -36,7 +36,12 @@ pub struct ServeConfig {
     #[arg(long = "token", env = "SCIMLOG_TOKEN", hide_env_values = true, help_heading = "Authentication and keys")]
     pub bootstrap_token: Option<String>,
     /// A file holding the bootstrap token (instead of --token, which shows in the process list).
-    #[arg(long, env = "SCIMLOG_TOKEN_FILE", conflicts_with = "bootstrap_token", help_heading = "Authentication and keys")]
+    #[arg(
+        long,
+        env = "SCIMLOG_TOKEN_FILE",
+        conflicts_with = "bootstrap_token",
+        help_heading = "Authentication and keys"
+    )]
     pub token_file: Option<PathBuf>,
     /// Serve without authentication (every request acts as `anonymous` in --tenant).
     #[arg(long, help_heading = "Authentication and keys")]
@@ -46,14 +51,25 @@ pub struct ServeConfig {
     #[arg(long, env = "SCIMLOG_MASTER_KEY_FILE", help_heading = "Authentication and keys")]
     pub master_key_file: Option<PathBuf>,
     /// The master key itself, as 64 hex characters (instead of a file).
-    #[arg(long = "master-key", env = "SCIMLOG_MASTER_KEY", hide_env_values = true, hide = true, help_heading = "Authentication and keys")]
+    #[arg(
+        long = "master-key",
+        env = "SCIMLOG_MASTER_KEY",
+        hide_env_values = true,
+        hide = true,
+        help_heading = "Authentication and keys"
+    )]
     pub master_key_hex: Option<String>,
     /// Namespace of role and entitlement URNs (`urn:<ns>:role:...`); `testkube` accepts
     /// Testkube's URNs unchanged.
     #[arg(long, env = "SCIMLOG_URN_NAMESPACE", default_value = "scimlog", help_heading = "Roles and entitlements")]
     pub urn_namespace: String,
     /// The organization that environments and resource groups named by grants are created in.
-    #[arg(long, env = "SCIMLOG_DEFAULT_ORGANIZATION", default_value = "default", help_heading = "Roles and entitlements")]
+    #[arg(
+        long,
+        env = "SCIMLOG_DEFAULT_ORGANIZATION",
+        default_value = "default",
+        help_heading = "Roles and entitlements"
+    )]
     pub default_organization: String,
     /// How responses show roles and entitlements: `objects` (`[{"value": ...}]`, as Entra sends
     /// them) or `strings` (`["urn:..."]`, as Okta sends them).
@@ -112,7 +128,12 @@ pub struct ServeConfig {
     pub write_queue_depth: usize,
     /// How many of the waiting writes one tenant may hold: the queue cannot be filled by one
     /// tenant alone; beyond it that tenant's writes get 503 with Retry-After.
-    #[arg(long, env = "SCIMLOG_WRITE_QUEUE_PER_TENANT", default_value_t = 2048, help_heading = "Writes and rate limits")]
+    #[arg(
+        long,
+        env = "SCIMLOG_WRITE_QUEUE_PER_TENANT",
+        default_value_t = 2048,
+        help_heading = "Writes and rate limits"
+    )]
     pub write_queue_per_tenant: usize,
     /// Requests per second one token may make (a GCRA bucket per token); 0: no limit. Over it a
     /// request gets 429 with Retry-After.
@@ -142,10 +163,20 @@ pub struct ServeConfig {
     /// How long a client may take to send a request head (or a TLS handshake), and how long a
     /// kept-alive connection may sit idle before its next request: slow or silent clients
     /// (slowloris) are cut off.
-    #[arg(long, env = "SCIMLOG_HEADER_READ_TIMEOUT_MS", default_value_t = 10_000, help_heading = "Connections and reads")]
+    #[arg(
+        long,
+        env = "SCIMLOG_HEADER_READ_TIMEOUT_MS",
+        default_value_t = 10_000,
+        help_heading = "Connections and reads"
+    )]
     pub header_read_timeout_ms: u64,
     /// How long a client may take to send a request body; slower ones get 408.
-    #[arg(long, env = "SCIMLOG_BODY_READ_TIMEOUT_MS", default_value_t = 30_000, help_heading = "Connections and reads")]
+    #[arg(
+        long,
+        env = "SCIMLOG_BODY_READ_TIMEOUT_MS",
+        default_value_t = 30_000,
+        help_heading = "Connections and reads"
+    )]
     pub body_read_timeout_ms: u64,
     /// Reads that can scan (lists, searches, group renders, access expansion) running at once,
     /// off the async runtime; more wait their turn.

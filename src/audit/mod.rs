@@ -51,6 +51,11 @@ const PAGE: usize = 4096;
 /// name the previous event's hash, and positions must run 1, 2, 3, ... without a gap. A flipped
 /// byte, a deleted event or a reordered pair is reported with its position.
 pub fn verify(store: &Store) -> Result<Verified, AuditError> {
+    verify_with(store, &mut |_| {})
+}
+
+/// [`verify`], telling `progress` how many events are checked after each page.
+pub fn verify_with(store: &Store, progress: &mut dyn FnMut(u64)) -> Result<Verified, AuditError> {
     let mut expected_prev = EventHash::GENESIS;
     let mut expected_position = 1u64;
     let mut count = 0u64;
@@ -84,6 +89,7 @@ pub fn verify(store: &Store) -> Result<Verified, AuditError> {
             expected_position += 1;
             count += 1;
         }
+        progress(count);
     }
     Ok(Verified { count, head_position: expected_position - 1, head_hash: expected_prev })
 }
@@ -141,6 +147,19 @@ pub fn export(
     opened: bool,
     out: &mut dyn Write,
 ) -> Result<u64, AuditError> {
+    export_with(store, opener, from, to, opened, out, &mut |_| {})
+}
+
+/// [`export`], telling `progress` the last position written after each page.
+pub fn export_with(
+    store: &Store,
+    opener: &dyn Opener,
+    from: u64,
+    to: Option<u64>,
+    opened: bool,
+    out: &mut dyn Write,
+    progress: &mut dyn FnMut(u64),
+) -> Result<u64, AuditError> {
     let mut next = from.max(1);
     let mut written = 0;
     loop {
@@ -148,6 +167,7 @@ pub fn export(
         if page.is_empty() {
             return Ok(written);
         }
+        progress(next.saturating_sub(1));
         for (position, sealed) in page {
             if to.is_some_and(|t| position > t) {
                 return Ok(written);
@@ -508,6 +528,23 @@ pub fn import<R: std::io::BufRead>(
     keys: &KeyRing,
     open: impl Fn() -> std::io::Result<R>,
 ) -> Result<u64, AuditError> {
+    import_with(store, keys, open, &mut |_| {})
+}
+
+/// How far an import is: the events checked by its first pass, then those written by its second.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ImportProgress {
+    Checked(u64),
+    Written { done: u64, total: u64 },
+}
+
+/// [`import`], telling `progress` how far it is every [`PAGE`] events.
+pub fn import_with<R: std::io::BufRead>(
+    store: &Store,
+    keys: &KeyRing,
+    open: impl Fn() -> std::io::Result<R>,
+    progress: &mut dyn FnMut(ImportProgress),
+) -> Result<u64, AuditError> {
     if store.head()?.position != 0 {
         return Err(AuditError::Broken { position: 0, what: "import needs an empty data dir".into() });
     }
@@ -519,8 +556,12 @@ pub fn import<R: std::io::BufRead>(
             sealed
                 .decode(&scimlog_schemas::personal::NoKeys)
                 .map_err(|e| AuditError::Broken { position, what: format!("line {}: {e}", n + 1) })?;
+            if chain.count % PAGE as u64 == 0 {
+                progress(ImportProgress::Checked(chain.count));
+            }
         }
     }
+    let total = chain.count;
     // Pass 2: restore the keys, append the events, fold the read models.
     let mut chain = ChainCheck::default();
     let mut batch: Vec<(u64, SealedEvent)> = Vec::new();
@@ -542,12 +583,14 @@ pub fn import<R: std::io::BufRead>(
                 batch.push((position, sealed));
                 if batch.len() >= PAGE {
                     store.append_raw(&std::mem::take(&mut batch))?;
+                    progress(ImportProgress::Written { done: chain.count, total });
                 }
             }
         }
     }
     store.append_raw(&batch)?;
     store.replace_state(state.map(|s| s.0.into_iter().collect()).unwrap_or_default())?;
+    progress(ImportProgress::Written { done: chain.count, total });
     Ok(chain.count)
 }
 

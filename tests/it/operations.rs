@@ -366,3 +366,35 @@ fn dockerfile_runs_unprivileged_with_key_apart_and_a_health_check() {
     assert!(text.contains("CMD [\"/usr/local/bin/scimlog\", \"healthcheck\", \"--url\", \"http://127.0.0.1:8080\"]"));
     assert!(text.contains("FROM debian:bookworm-slim") && text.contains("libstdc++6"));
 }
+
+/// `audit verify` and `audit export` show a progress bar (position/total, events/s, ETA) on a
+/// terminal's stderr, and none when stderr is not a terminal or with `--quiet`.
+#[tokio::test]
+async fn progress_bars_on_a_terminal_only() {
+    let s = TestServer::start().await;
+    for i in 0..20 {
+        s.post("/Users", &json!({"userName": format!("progress{i}")})).await;
+    }
+    let head = s.log_position().await;
+    let tmp = s.stop_keeping_data().await.expect("the data dir");
+    let dir = tmp.path().to_str().unwrap().to_string();
+    let bin = env!("CARGO_BIN_EXE_scimlog");
+    // `script` (util-linux) runs the command on a pseudo-terminal.
+    let on_terminal = |args: &str| {
+        let out = std::process::Command::new("script")
+            .args(["-qec", &format!("{bin} {args}"), "/dev/null"])
+            .output()
+            .expect("script (util-linux) is installed");
+        assert!(out.status.success(), "{args}: {}", String::from_utf8_lossy(&out.stdout));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let shown = on_terminal(&format!("audit verify --data-dir {dir}"));
+    assert!(shown.contains(&format!("verifying [")) && shown.contains(&format!("{head}/{head} events")), "{shown}");
+    let shown = on_terminal(&format!("audit export --sealed --data-dir {dir} > /dev/null"));
+    assert!(shown.contains("exporting ["), "{shown}");
+    let quiet = on_terminal(&format!("audit verify --quiet --data-dir {dir}"));
+    assert!(!quiet.contains("verifying"), "{quiet}");
+    let piped = std::process::Command::new(bin).args(["audit", "verify", "--data-dir", &dir]).output().unwrap();
+    assert!(piped.status.success());
+    assert!(!String::from_utf8_lossy(&piped.stderr).contains("verifying"));
+}
