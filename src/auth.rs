@@ -249,19 +249,19 @@ struct Loaded {
     tokens: Vec<([u8; 32], Principal)>,
 }
 
-/// The server's view of the tokens: the file (reloaded when its mtime or size changes) plus an
-/// optional bootstrap token from the environment.
+/// The server's view of the tokens: the file (reloaded when its mtime or size changes) plus the
+/// bootstrap tokens from the configuration (`--token`, `--admin-token`), kept in memory only.
 pub struct TokenStore {
     path: PathBuf,
-    bootstrap: Option<([u8; 32], Principal)>,
+    bootstrap: Vec<([u8; 32], Principal)>,
     loaded: Mutex<Loaded>,
 }
 
 impl TokenStore {
-    pub fn open(data_dir: &Path, bootstrap: Option<(String, Principal)>) -> Result<TokenStore, AuthError> {
+    pub fn open(data_dir: &Path, bootstrap: Vec<(String, Principal)>) -> Result<TokenStore, AuthError> {
         let store = TokenStore {
             path: tokens_path(data_dir),
-            bootstrap: bootstrap.map(|(token, p)| (hash_token(&token), p)),
+            bootstrap: bootstrap.into_iter().map(|(token, p)| (hash_token(&token), p)).collect(),
             loaded: Mutex::new(Loaded { stamp: None, tokens: vec![] }),
         };
         store.refresh()?;
@@ -271,7 +271,7 @@ impl TokenStore {
     /// Whether any token could authenticate a request.
     pub fn is_empty(&self) -> bool {
         let _ = self.refresh();
-        self.bootstrap.is_none() && self.loaded.lock().expect("token lock").tokens.is_empty()
+        self.bootstrap.is_empty() && self.loaded.lock().expect("token lock").tokens.is_empty()
     }
 
     /// Re-reads the token file if it changed; `true` when it did. A record whose tenant, name or
@@ -329,7 +329,7 @@ mod tests {
     #[test]
     fn create_authenticate_revoke() {
         let dir = tempfile::tempdir().unwrap();
-        let store = TokenStore::open(dir.path(), None).unwrap();
+        let store = TokenStore::open(dir.path(), vec![]).unwrap();
         assert!(store.is_empty());
         let token = create_token(dir.path(), "okta", "acme", Role::Scim).unwrap();
         assert!(token.starts_with("scimlog_") && token.len() == 72);

@@ -43,6 +43,23 @@ pub struct ServeConfig {
         help_heading = "Authentication and keys"
     )]
     pub token_file: Option<PathBuf>,
+    /// An admin bearer token kept in memory only (named `bootstrap-admin`): for monitoring
+    /// (`/healthz` details, `/metrics`) and operators, from a secret.
+    #[arg(
+        long = "admin-token",
+        env = "SCIMLOG_ADMIN_TOKEN",
+        hide_env_values = true,
+        help_heading = "Authentication and keys"
+    )]
+    pub admin_token: Option<String>,
+    /// A file holding the admin token (instead of --admin-token).
+    #[arg(
+        long,
+        env = "SCIMLOG_ADMIN_TOKEN_FILE",
+        conflicts_with = "admin_token",
+        help_heading = "Authentication and keys"
+    )]
+    pub admin_token_file: Option<PathBuf>,
     /// Serve without authentication (every request acts as `anonymous` in --tenant).
     #[arg(long, help_heading = "Authentication and keys")]
     pub insecure_no_auth: bool,

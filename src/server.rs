@@ -55,6 +55,14 @@ impl Server {
             );
             cfg.bootstrap_token = Some(token.to_string());
         }
+        if let Some(path) = cfg.admin_token_file.clone() {
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("cannot read --admin-token-file {}", path.display()))?;
+            cfg.admin_token = Some(text.trim().to_string());
+        }
+        if let Some(t) = &cfg.admin_token {
+            anyhow::ensure!(t.len() >= 16, "the admin token (--admin-token or its file) needs 16 or more characters");
+        }
         let store = Store::open_with(&cfg.data_dir, &cfg.store_memory())?;
         let faults = store.faults();
         let server_store = store.clone();
@@ -65,10 +73,14 @@ impl Server {
             tracing::warn!("serving WITHOUT authentication (--insecure-no-auth)");
             (None, None)
         } else {
-            let bootstrap = cfg
-                .bootstrap_token
-                .clone()
-                .map(|t| (t, Principal { name: "bootstrap".into(), tenant: cfg.tenant.clone(), role: Role::Scim }));
+            let principal = |name: &str, role| Principal { name: name.into(), tenant: cfg.tenant.clone(), role };
+            let bootstrap: Vec<(String, Principal)> = [
+                cfg.bootstrap_token.clone().map(|t| (t, principal("bootstrap", Role::Scim))),
+                cfg.admin_token.clone().map(|t| (t, principal("bootstrap-admin", Role::Admin))),
+            ]
+            .into_iter()
+            .flatten()
+            .collect();
             let tokens = TokenStore::open(&cfg.data_dir, bootstrap)?;
             let created = if tokens.is_empty() {
                 let token = create_token(&cfg.data_dir, "default", &cfg.tenant, Role::Scim)?;

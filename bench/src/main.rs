@@ -39,6 +39,9 @@ pub struct Args {
     /// Bearer token for --url.
     #[arg(long, env = "SCIMLOG_TOKEN", default_value = "")]
     token: String,
+    /// An admin token of --url, for /healthz's figures (with --spawn, the spawned server's).
+    #[arg(long, env = "SCIMLOG_ADMIN_TOKEN", default_value = "")]
+    admin_token: String,
     /// Start the scimlog binary as a child process on a temp data dir instead of using --url
     /// (needed by start-up, replay and publish, and for the server's RSS).
     #[arg(long)]

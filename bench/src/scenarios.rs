@@ -162,6 +162,7 @@ impl Bench {
             let s = Scimlog::start(bin).await?;
             args.url = s.url.clone();
             args.token = TOKEN.into();
+            args.admin_token = crate::target::ADMIN_TOKEN.into();
             Some(s)
         } else {
             None
@@ -170,7 +171,7 @@ impl Bench {
         let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_nanos();
         Ok(Bench {
             conn: Conn::new(&args.url, &args.token)?,
-            health: Conn::new(&args.url, "")?,
+            health: Conn::new(&args.url, &args.admin_token)?,
             server,
             tag: format!("{:06x}", nanos % 0xff_ffff),
             users: Vec::new(),
@@ -789,8 +790,10 @@ impl Bench {
 
     async fn healthz(&mut self) -> anyhow::Result<()> {
         let row = self
-            .measure(
-                "GET /healthz (HTTP stack + log head + store figures)",
+            .measure_on(
+                &self.health,
+                self.args.connections,
+                "GET /healthz with an admin token (HTTP stack + token + log head + store figures)",
                 self.server_pid(),
                 self.args.requests,
                 self.args.limit(),

@@ -11,6 +11,8 @@ use tokio::io::AsyncBufReadExt;
 use tokio::process::{Child, Command};
 
 pub const TOKEN: &str = "bench-token";
+/// The spawned server's admin token (`--admin-token`), for /healthz's figures.
+pub const ADMIN_TOKEN: &str = "bench-admin-token-0123456789";
 
 fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
@@ -90,6 +92,7 @@ impl Scimlog {
         // One token drives the whole load: the per-token rate limit is off, so that what is
         // measured is the server, not the limit.
         cmd.args(["serve", "--listen", &format!("127.0.0.1:{}", self.port), "--token", TOKEN])
+            .args(["--admin-token", ADMIN_TOKEN])
             .args(["--rate-limit-per-s", "0"])
             // The two-tenants scenario's noisy tenant keeps a rate, as an operator would give it.
             .args(["--tenant-rate-limit", &format!("{NOISY_TENANT}=1000:2000")])

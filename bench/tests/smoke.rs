@@ -55,7 +55,7 @@ fn every_scenario_runs_and_reports_without_errors() {
         "replay: rebuild all read models",
         "publish: backlog",
         "publish lag",
-        "GET /healthz",
+        "GET /healthz with an admin token",
         "trivial axum handler",
         "RocksDB commits of 128 records",
     ] {

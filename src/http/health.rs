@@ -1,6 +1,7 @@
-//! `/docs` (the README) and the probes, no token needed: `/livez` (the process serves HTTP), `/readyz` (it can take traffic:
-//! the writer runs, the store answers, it is not stopping), and `/healthz` (the same, with where
-//! the log, the purges, the store and the publisher stand).
+//! `/docs` (the README) and the probes, no token needed: `/livez` (the process serves HTTP),
+//! `/readyz` (it can take traffic: the writer runs, the store answers, it is not stopping), and
+//! `/healthz` (the same; with an admin token also where the log, the purges, the store and the
+//! publisher stand).
 //!
 //! A NATS outage does not make the server unready: writes go on and the publisher catches up.
 
@@ -52,13 +53,29 @@ async fn readyz(State(state): State<AppState>) -> Response {
     }
 }
 
-async fn healthz(State(state): State<AppState>) -> Response {
+/// `/healthz`: status for anyone; with an admin token (or `--insecure-no-auth`) also where the
+/// log, the purges, the store and the publisher stand, which are figures across tenants.
+async fn healthz(State(state): State<AppState>, headers: axum::http::HeaderMap) -> Response {
     if !state.writer.is_running() {
         tracing::error!("health check: the writer has stopped");
         let body = json!({"status": "unavailable", "reason": "the writer has stopped"});
         return (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
     }
+    let asks_details = headers.contains_key(axum::http::header::AUTHORIZATION) || state.tokens.is_none();
+    let details = if asks_details {
+        match super::identify(&state, &headers).await {
+            Ok(p) if p.role.may_administer() => true,
+            Ok(_) => {
+                state.metrics.auth_failure("forbidden");
+                return super::error::ApiError::Forbidden("/healthz details need an admin token").into_response();
+            }
+            Err(e) => return e.into_response(),
+        }
+    } else {
+        false
+    };
     match state.store.head() {
+        Ok(_) if !details => Json(json!({"status": "ok"})).into_response(),
         Ok(head) => {
             let purges = state.writer.purges();
             let mut body = json!({"status": "ok", "logPosition": head.position, "purges": {

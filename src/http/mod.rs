@@ -277,44 +277,48 @@ async fn request_context(State(state): State<AppState>, mut req: Request, next: 
 }
 
 async fn authenticate(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
-    let principal = match &state.tokens {
-        None => {
-            Principal { name: "anonymous".into(), tenant: state.cfg.tenant.clone(), role: crate::auth::Role::Admin }
-        }
-        Some(tokens) => {
-            let presented = req
-                .headers()
-                .get(AUTHORIZATION)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.split_once(' '))
-                .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-                .map(|(_, t)| t.trim().to_string());
-            let Some(presented) = presented else {
-                state.metrics.auth_failure("missing");
-                return ApiError::Unauthorized("a bearer token is required (Authorization: Bearer <token>)")
-                    .into_response();
-            };
-            // A changed token file is written to the audit trail before the request goes on,
-            // so that what a new token does follows its `token.created`.
-            match tokens.refresh() {
-                Ok(true) => reconcile_tokens(&state).await,
-                Ok(false) => {}
-                Err(e) => tracing::error!(error = %e, "cannot reload tokens; keeping the last good set"),
-            }
-            match tokens.authenticate_loaded(&presented) {
-                Some(p) => p,
-                None => {
-                    state.metrics.auth_failure("invalid");
-                    return ApiError::Unauthorized("the bearer token is not valid").into_response();
-                }
-            }
-        }
+    let principal = match identify(&state, req.headers()).await {
+        Ok(p) => p,
+        Err(e) => return e.into_response(),
     };
     req.extensions_mut().insert(principal.clone());
     let mut resp = next.run(req).await;
     // For the access log line (`request_context`): who asked.
     resp.extensions_mut().insert(principal);
     resp
+}
+
+/// Who the request's bearer token belongs to (with `--insecure-no-auth`, an anonymous admin).
+/// A missing or unknown token is counted and refused.
+pub(crate) async fn identify(state: &AppState, headers: &axum::http::HeaderMap) -> Result<Principal, ApiError> {
+    let Some(tokens) = &state.tokens else {
+        return Ok(Principal {
+            name: "anonymous".into(),
+            tenant: state.cfg.tenant.clone(),
+            role: crate::auth::Role::Admin,
+        });
+    };
+    let presented = headers
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, t)| t.trim().to_string());
+    let Some(presented) = presented else {
+        state.metrics.auth_failure("missing");
+        return Err(ApiError::Unauthorized("a bearer token is required (Authorization: Bearer <token>)"));
+    };
+    // A changed token file is written to the audit trail before the request goes on, so that
+    // what a new token does follows its `token.created`.
+    match tokens.refresh() {
+        Ok(true) => reconcile_tokens(state).await,
+        Ok(false) => {}
+        Err(e) => tracing::error!(error = %e, "cannot reload tokens; keeping the last good set"),
+    }
+    tokens.authenticate_loaded(&presented).ok_or_else(|| {
+        state.metrics.auth_failure("invalid");
+        ApiError::Unauthorized("the bearer token is not valid")
+    })
 }
 
 /// `/scim/v2` is for tokens that provision (after [`authenticate`]): a `hosts` token is refused.

@@ -85,6 +85,7 @@ async fn first_start_without_tokens_creates_one_and_stores_only_its_hash() {
     let tmp = tempfile::tempdir().unwrap();
     let mut cfg = config(tmp.path());
     cfg.bootstrap_token = None;
+    cfg.admin_token = None;
     let server = scimlog::server::Server::start(cfg).await.unwrap();
     let token = server.created_token.clone().expect("a token is created on first start");
     let stored = std::fs::read_to_string(tmp.path().join("tokens.json")).unwrap();
@@ -100,6 +101,7 @@ async fn first_start_without_tokens_creates_one_and_stores_only_its_hash() {
     // A second start creates no further token.
     let mut cfg = config(tmp.path());
     cfg.bootstrap_token = None;
+    cfg.admin_token = None;
     let again = scimlog::server::Server::start(cfg).await.unwrap();
     assert!(again.created_token.is_none());
     again.stop().await;
@@ -110,6 +112,7 @@ async fn insecure_mode_needs_no_token() {
     let tmp = tempfile::tempdir().unwrap();
     let mut cfg = config(tmp.path());
     cfg.bootstrap_token = None;
+    cfg.admin_token = None;
     cfg.insecure_no_auth = true;
     let s = TestServer::start_with(cfg).await;
     let r = crate::support::read(s.client.get(s.url("/Users")).send().await.unwrap()).await;

@@ -27,6 +27,7 @@ async fn start(dir: &std::path::Path, nats: Option<&str>) -> Proc {
     // The check after the crashes reads every acknowledged write at once from one token: not
     // what the rate limit is for (tested in `trust`), so it is off here.
     cmd.args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--token", TOKEN, "--rate-limit-per-s", "0"])
+        .args(["--admin-token", crate::support::ADMIN_TOKEN])
         .arg("--data-dir")
         .arg(dir)
         .env("SCIMLOG_LOG", "warn")
@@ -172,7 +173,8 @@ async fn crash_rounds(rounds: usize, nats: Option<&NatsServer>) {
         eventually(60, "the publisher caught up after the crashes", || {
             let (client, base) = (client2.clone(), base.clone());
             async move {
-                let h = read(client.get(format!("{base}/healthz")).send().await.unwrap()).await.body;
+                let req = client.get(format!("{base}/healthz")).bearer_auth(crate::support::ADMIN_TOKEN);
+                let h = read(req.send().await.unwrap()).await.body;
                 h["publisher"]["publishedPosition"] == h["logPosition"]
             }
         })

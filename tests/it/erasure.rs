@@ -137,10 +137,7 @@ async fn the_purge_waits_for_readers_that_started_before_the_erasure() {
     let keep_name = format!("kept-{}", uuid::Uuid::new_v4().simple());
     s.post("/Users", &json!({"userName": keep_name})).await;
     let admin = s.new_token(Role::Admin);
-    let health = || async {
-        let r = s.client.get(format!("{}/healthz", s.base)).send().await.unwrap();
-        crate::support::read(r).await.body["purges"].clone()
-    };
+    let health = || async { s.healthz().await["purges"].clone() };
 
     let store = s.store();
     let reader = store.view();

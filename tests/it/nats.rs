@@ -18,7 +18,7 @@ async fn server_with(nats: &NatsServer) -> TestServer {
 }
 
 async fn health(s: &TestServer) -> Value {
-    crate::support::read(s.client.get(format!("{}/healthz", s.base)).send().await.unwrap()).await.body
+    s.healthz().await
 }
 
 async fn caught_up(s: &TestServer) {

@@ -398,3 +398,27 @@ async fn progress_bars_on_a_terminal_only() {
     assert!(piped.status.success());
     assert!(!String::from_utf8_lossy(&piped.stderr).contains("verifying"));
 }
+
+/// `/healthz` says only its status to anyone; its figures (across tenants) need an admin token:
+/// a `scim` token is refused, a wrong one too.
+#[tokio::test]
+async fn healthz_details_need_an_admin_token() {
+    let s = TestServer::start().await;
+    s.post("/Users", &json!({"userName": "health.check"})).await;
+    let get = |token: Option<String>| {
+        let mut req = s.client.get(format!("{}/healthz", s.base));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        async move { crate::support::read(req.send().await.unwrap()).await }
+    };
+    let open = get(None).await;
+    assert_eq!((open.status.as_u16(), open.body.clone()), (200, json!({"status": "ok"})));
+    assert_eq!(get(Some(s.token.clone())).await.status, 403);
+    assert_eq!(get(Some("wrong-token-0123456789".into())).await.status, 401);
+    let admin = get(Some(s.admin_token())).await.body;
+    assert_eq!(admin["status"], "ok");
+    assert_eq!(admin["logPosition"], 1);
+    assert!(admin["store"]["memtableBytes"].is_u64());
+    s.stop().await;
+}

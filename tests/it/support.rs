@@ -10,6 +10,7 @@ use scimlog::server::Server;
 use serde_json::Value;
 
 pub const TOKEN: &str = "test-token-0123456789";
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
 
 pub struct TestServer {
     server: Option<Server>,
@@ -52,6 +53,7 @@ pub fn config(dir: &Path) -> ServeConfig {
     let mut cfg = ServeConfig::with_data_dir(dir);
     cfg.listen = "127.0.0.1:0".parse().unwrap();
     cfg.bootstrap_token = Some(TOKEN.into());
+    cfg.admin_token = Some(ADMIN_TOKEN.into());
     cfg
 }
 
@@ -188,10 +190,21 @@ impl TestServer {
         self.send(Method::DELETE, path, None, &[]).await
     }
 
-    /// The log position reported by /healthz: unchanged means nothing was written.
+    /// The log position reported by /healthz (asked with an admin token): unchanged means
+    /// nothing was written.
     pub async fn log_position(&self) -> u64 {
-        let r = self.client.get(format!("{}/healthz", self.base)).send().await.unwrap();
-        read(r).await.body["logPosition"].as_u64().unwrap()
+        self.healthz().await["logPosition"].as_u64().expect("/healthz details")
+    }
+
+    /// `/healthz` with its details, asked with this server's admin token.
+    pub async fn healthz(&self) -> Value {
+        let r = self.client.get(format!("{}/healthz", self.base)).bearer_auth(self.admin_token()).send().await.unwrap();
+        read(r).await.body
+    }
+
+    /// This server's admin token (`--admin-token`: in memory, never evented).
+    pub fn admin_token(&self) -> String {
+        self.cfg.admin_token.clone().unwrap_or_default()
     }
 }
 

@@ -387,6 +387,7 @@ async fn the_data_dir_and_its_files_are_private() {
     let data = tmp.path().join("fresh/data");
     let mut cfg = config(&data);
     cfg.bootstrap_token = None;
+    cfg.admin_token = None;
     let s = TestServer::start_with(cfg).await;
     let token_file = scimlog::server::initial_token_path(&data);
     let written = std::fs::read_to_string(&token_file).unwrap();
