@@ -137,13 +137,20 @@ impl Default for Metrics {
     }
 }
 
+#[derive(Clone, Debug, Default)]
+pub struct PublisherScrape {
+    pub state: &'static str,
+    pub states: Vec<&'static str>,
+    pub published: u64,
+}
+
 /// What is read at scrape time, from the parts that own it.
 #[derive(Clone, Debug, Default)]
 pub struct Scrape {
     pub head_position: u64,
     pub write_queue_depth: u64,
-    /// `(state, published position)` when a publisher runs.
-    pub publisher: Option<(String, u64)>,
+    /// When a publisher runs: its state, every state it can be in, its published position.
+    pub publisher: Option<PublisherScrape>,
     pub store: Option<crate::log::StoreStats>,
 }
 
@@ -270,11 +277,11 @@ impl Metrics {
     pub fn render(&self, scrape: &Scrape) -> String {
         self.head_position.set(scrape.head_position as i64);
         self.write_queue_depth.set(scrape.write_queue_depth as i64);
-        if let Some((state, published)) = &scrape.publisher {
-            self.publisher_position.set(*published as i64);
-            self.publisher_lag.set(scrape.head_position.saturating_sub(*published) as i64);
-            for s in ["starting", "publishing", "retrying", "stopped"] {
-                self.publisher_state.get_or_create(&StateLabels { state: s.into() }).set((s == state) as i64);
+        if let Some(p) = &scrape.publisher {
+            self.publisher_position.set(p.published as i64);
+            self.publisher_lag.set(scrape.head_position.saturating_sub(p.published) as i64);
+            for s in &p.states {
+                self.publisher_state.get_or_create(&StateLabels { state: s.to_string() }).set((*s == p.state) as i64);
             }
         }
         if let Some(st) = &scrape.store {
@@ -344,7 +351,11 @@ mod tests {
         let text = m.render(&Scrape {
             head_position: 7,
             write_queue_depth: 2,
-            publisher: Some(("publishing".into(), 5)),
+            publisher: Some(PublisherScrape {
+                state: "publishing",
+                states: vec!["publishing", "retrying"],
+                published: 5,
+            }),
             store: None,
         });
         for line in [

@@ -663,14 +663,7 @@ pub fn sort_ids(
         })
         .collect();
     keyed.sort_by(|(a, def, ida), (b, _, idb)| {
-        let o = match (a, b) {
-            (Some(a), Some(b)) => scimlog_schemas::filter::compare_values(*def, a, b),
-            (Some(_), None) => std::cmp::Ordering::Less,
-            (None, Some(_)) => std::cmp::Ordering::Greater,
-            (None, None) => std::cmp::Ordering::Equal,
-        };
-        let o = if descending { o.reverse() } else { o };
-        o.then_with(|| ida.cmp(idb))
+        scimlog_schemas::filter::compare_sort_keys(*def, a.as_ref(), b.as_ref(), descending).then_with(|| ida.cmp(idb))
     });
     Ok(keyed.into_iter().map(|(_, _, id)| id).collect())
 }

@@ -468,6 +468,22 @@ pub fn sort_value<'v, 's>(
     }
 }
 
+/// Orders two resources by their sort values (from [`sort_value`]): resources without one come
+/// last in ascending order (first in descending), as RFC 7644 §3.4.2.3 leaves to the server.
+pub fn compare_sort_keys(def: Option<&Attr>, a: Option<&Value>, b: Option<&Value>, descending: bool) -> Ordering {
+    let o = match (a, b) {
+        (Some(a), Some(b)) => compare_values(def, a, b),
+        (Some(_), None) => Ordering::Less,
+        (None, Some(_)) => Ordering::Greater,
+        (None, None) => Ordering::Equal,
+    };
+    if descending {
+        o.reverse()
+    } else {
+        o
+    }
+}
+
 /// Orders two values of one attribute: strings without case unless `caseExact`, date-times as
 /// instants, numbers and booleans naturally.
 pub fn compare_values(def: Option<&Attr>, a: &Value, b: &Value) -> Ordering {

@@ -67,6 +67,20 @@ pub enum PublisherState {
     Stopped,
 }
 
+impl PublisherState {
+    pub const ALL: [PublisherState; 4] =
+        [PublisherState::Starting, PublisherState::Publishing, PublisherState::Retrying, PublisherState::Stopped];
+    /// As `/healthz` and the metrics name it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PublisherState::Starting => "starting",
+            PublisherState::Publishing => "publishing",
+            PublisherState::Retrying => "retrying",
+            PublisherState::Stopped => "stopped",
+        }
+    }
+}
+
 /// What the publisher is doing, for `/healthz` and the logs.
 #[derive(Default)]
 pub struct PublisherStatus {

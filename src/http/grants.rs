@@ -14,7 +14,7 @@ use axum::routing::get;
 use axum::Router;
 use scimlog_projections::access::{self, KnownGrant};
 use scimlog_schemas::access::Grant;
-use scimlog_schemas::filter::{compare_values, sort_value};
+use scimlog_schemas::filter::{compare_sort_keys, sort_value};
 use scimlog_schemas::registry::{registry, ResourceSchema};
 use scimlog_schemas::{urn, SchemaError};
 use serde_json::{json, Value};
@@ -158,17 +158,7 @@ fn list(state: &AppState, caller: &Caller, kind: GrantKind, q: ListQuery) -> Res
         docs.sort_by(|a, b| {
             let (def, x) = sort_value(schema, path, a);
             let (_, y) = sort_value(schema, path, b);
-            let order = match (x, y) {
-                (Some(x), Some(y)) => compare_values(def, x, y),
-                (Some(_), None) => std::cmp::Ordering::Less,
-                (None, Some(_)) => std::cmp::Ordering::Greater,
-                (None, None) => std::cmp::Ordering::Equal,
-            };
-            if *descending {
-                order.reverse()
-            } else {
-                order
-            }
+            compare_sort_keys(def, x, y, *descending)
         });
     }
     let total = docs.len();

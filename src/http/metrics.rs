@@ -12,7 +12,8 @@ use axum::{Extension, Router};
 use super::error::ApiError;
 use super::AppState;
 use crate::auth::Principal;
-use crate::metrics::{Scrape, CONTENT_TYPE as OPENMETRICS};
+use crate::bus::PublisherState;
+use crate::metrics::{PublisherScrape, Scrape, CONTENT_TYPE as OPENMETRICS};
 
 /// `/metrics` behind the caller's token: admins only.
 pub fn router() -> Router<AppState> {
@@ -39,9 +40,10 @@ fn scrape(state: &AppState) -> Response {
     let snapshot = Scrape {
         head_position: head,
         write_queue_depth: state.writer.queued() as u64,
-        publisher: state.publisher.as_ref().map(|p| {
-            let state_name = serde_json::to_value(p.state().0).ok().and_then(|v| v.as_str().map(String::from));
-            (state_name.unwrap_or_default(), p.published())
+        publisher: state.publisher.as_ref().map(|p| PublisherScrape {
+            state: p.state().0.as_str(),
+            states: PublisherState::ALL.iter().map(|s| s.as_str()).collect(),
+            published: p.published(),
         }),
         store: state.store.stats().ok(),
     };
