@@ -213,6 +213,11 @@ pub struct ServeConfig {
     /// All RocksDB memtables together (recent writes not yet in files), in MiB.
     #[arg(long, env = "SCIMLOG_MEMTABLE_BUDGET_MB", default_value_t = 64, help_heading = "Store")]
     pub memtable_budget_mb: usize,
+    /// On shutdown, how long to keep serving with `/readyz` at 503 before new connections are
+    /// refused: the time a load balancer needs to see the instance unready (e.g. 5000 behind a
+    /// Kubernetes Service). 0: stop accepting at once.
+    #[arg(long, env = "SCIMLOG_SHUTDOWN_DELAY_MS", default_value_t = 0, help_heading = "Server")]
+    pub shutdown_delay_ms: u64,
     /// On shutdown, how long in-flight requests may take to finish.
     #[arg(long, env = "SCIMLOG_DRAIN_TIMEOUT_MS", default_value_t = 10_000, help_heading = "Server")]
     pub drain_timeout_ms: u64,

@@ -30,6 +30,8 @@ pub struct Server {
     task: JoinHandle<()>,
     /// Set when stopping begins: `/readyz` answers 503 from then on.
     draining: Arc<std::sync::atomic::AtomicBool>,
+    /// How long to keep serving, unready, before refusing new connections.
+    shutdown_delay: Duration,
 }
 
 impl Server {
@@ -146,6 +148,7 @@ impl Server {
         };
         let writer_thread = std::sync::Mutex::new(Some(writer_thread));
         let draining = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let shutdown_delay = Duration::from_millis(cfg.shutdown_delay_ms);
         let state = AppState::new(Inner {
             reads: tokio::sync::Semaphore::new(cfg.max_concurrent_reads),
             rates: http::rate::RateLimits::new(
@@ -232,13 +235,22 @@ impl Server {
             shutdown: Some(shutdown),
             task,
             draining,
+            shutdown_delay,
         })
     }
 
     /// Stops accepting, lets in-flight requests finish, drains the writer, closes the store.
     pub async fn stop(mut self) {
-        // `/readyz` answers 503 from now on, to requests on connections still open.
+        // `/readyz` answers 503 from now on; new connections are still served for the shutdown
+        // delay, so that a load balancer sees the instance unready before it goes away.
         self.draining.store(true, std::sync::atomic::Ordering::SeqCst);
+        if !self.shutdown_delay.is_zero() {
+            tracing::info!(
+                delay_ms = self.shutdown_delay.as_millis() as u64,
+                "unready; stopping after the shutdown delay"
+            );
+            tokio::time::sleep(self.shutdown_delay).await;
+        }
         if let Some(s) = self.shutdown.take() {
             let _ = s.send(());
         }

@@ -90,15 +90,23 @@ async fn metrics_count_a_scripted_workload() {
     s.stop().await;
 }
 
-/// `/livez` answers while serving; `/readyz` answers 200 when the server can take traffic.
+/// `/livez` answers while serving; `/readyz` answers 200 when the server can take traffic, and
+/// 503 as soon as stopping begins, while the shutdown delay keeps serving (`/livez` stays 200).
 #[tokio::test]
 async fn liveness_and_readiness() {
-    let s = TestServer::start().await;
-    for probe in ["livez", "readyz"] {
-        let r = s.client.get(format!("{}/{probe}", s.base)).send().await.unwrap();
-        assert_eq!(r.status(), 200, "{probe}");
-    }
-    s.stop().await;
+    let s = TestServer::start_configured(|c| c.shutdown_delay_ms = 3000).await;
+    let probe = |name: &str| {
+        let (client, url) = (s.client.clone(), format!("{}/{name}", s.base));
+        async move { client.get(url).send().await.map(|r| r.status().as_u16()).unwrap_or(0) }
+    };
+    assert_eq!(probe("livez").await, 200);
+    assert_eq!(probe("readyz").await, 200);
+    let (livez, readyz) = (probe("livez"), probe("readyz"));
+    let stopping = tokio::spawn(s.stop());
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(readyz.await, 503, "unready once stopping begins");
+    assert_eq!(livez.await, 200, "still serving during the shutdown delay");
+    stopping.await.unwrap();
 }
 
 /// `scimlog healthcheck --url` (a container's HEALTHCHECK) exits 0 against a ready server and
