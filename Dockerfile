@@ -1,6 +1,6 @@
 # scimlog in a container: build with the Rust toolchain, run on a slim Debian as a non-root user.
 #   docker build -t scimlog .
-#   scimlog keys generate ./master.key      # or: docker run --rm -v "$PWD:/out" scimlog keys generate /out/master.key
+#   scimlog keys generate ./master.key && sudo chown 10001 master.key   # the image's user reads it
 #   docker run -d -p 8080:8080 -v scimlog-data:/data \
 #     -v "$PWD/master.key:/run/secrets/scimlog-master-key:ro" scimlog
 #   docker exec <container> scimlog token create --name okta --data-dir /data

@@ -44,7 +44,11 @@ pub fn with_file(args: Vec<OsString>) -> anyhow::Result<(Vec<OsString>, Vec<Stri
             );
         };
         if arg.is_hide_env_values_set() {
-            bail!("{}: {key:?} is a secret; name a file holding it instead (`{key}_file`)", path.display());
+            bail!(
+                "{}: {key:?} is a secret and does not belong in a file of settings; name a file holding it instead \
+                 (token_file, admin_token_file, master_key_file)",
+                path.display()
+            );
         }
         if key == "config" {
             bail!("{}: a config file cannot name another (`config`)", path.display());
