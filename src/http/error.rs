@@ -154,12 +154,18 @@ impl ApiError {
 impl ApiError {
     /// The status and the SCIM error document (also used inside bulk responses).
     pub fn document(&self) -> (StatusCode, serde_json::Value) {
+        let (status, _, body) = self.document_with_type();
+        (status, body)
+    }
+
+    /// The status, the scimType (for the metrics) and the SCIM error body, from one `parts`.
+    fn document_with_type(&self) -> (StatusCode, Option<&'static str>, serde_json::Value) {
         let (status, scim_type, detail) = self.parts();
         let mut body = json!({"schemas": [urn::ERROR], "status": status.as_u16().to_string(), "detail": detail});
         if let Some(t) = scim_type {
             body["scimType"] = t.into();
         }
-        (status, body)
+        (status, scim_type, body)
     }
 }
 
@@ -173,8 +179,7 @@ impl IntoResponse for ApiError {
             ApiError::TooManyRequests { retry_after_s } => Some(*retry_after_s),
             _ => None,
         };
-        let scim_type = self.parts().1;
-        let (status, body) = self.document();
+        let (status, scim_type, body) = self.document_with_type();
         let mut resp = super::scim_response(status, &body);
         // For the metrics middleware: which scimType this answer carried.
         resp.extensions_mut().insert(ScimTypeTag(scim_type.unwrap_or("")));
