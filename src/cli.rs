@@ -55,6 +55,9 @@ enum Cmd {
     /// Print the man page (roff): `scimlog man > scimlog.1`.
     #[command(hide = true)]
     Man,
+    /// Print the OpenAPI 3.1 description of /api/v1 (as served at /api/v1/openapi.json), e.g. to
+    /// generate a client: `scimlog openapi > openapi.json`.
+    Openapi,
     /// The configuration.
     Config {
         #[command(subcommand)]
@@ -327,6 +330,10 @@ pub fn main() -> anyhow::Result<()> {
         }
         Cmd::Man => {
             clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())?;
+            Ok(())
+        }
+        Cmd::Openapi => {
+            println!("{}", crate::http::openapi::document().to_pretty_json()?);
             Ok(())
         }
         Cmd::Config { command: ConfigCmd::Show(_) } => {

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::SchemaError;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum ScopeKind {
     Organization,
@@ -36,7 +36,7 @@ impl ScopeKind {
 }
 
 /// A role or an entitlement, parsed.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", tag = "grant")]
 pub enum Grant {
     /// `scope` is an id, a slug, or `*` (every scope of the kind).

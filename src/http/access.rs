@@ -9,29 +9,165 @@ use std::collections::HashMap;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
+use chrono::{DateTime, Utc};
 use scimlog_projections::access::{self, Effective, ScopeDoc};
 use scimlog_projections::query::UserBy;
 use scimlog_projections::{query, KvRead, UserDoc};
-use scimlog_schemas::access::ScopeKind;
+use scimlog_schemas::access::{Grant, ScopeKind};
 use scimlog_schemas::{ResourceKind, SchemaError};
-use serde_json::{json, Value};
+use serde::Serialize;
+use serde_json::Value;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-use super::error::ApiError;
+use super::error::{ApiError, ScimErrorDoc};
 use super::extract::{Caller, ScimBody};
 use super::{blocking_read, AppState};
 use crate::command::{Command, Refusal};
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/users/{id}/access", get(user_access))
-        .route("/access/check", get(check))
-        .route("/environments", get(|s, c| list_scopes(s, c, ScopeKind::Environment)))
-        .route("/environments/{name}/members", get(environment_members))
-        .route("/resource-groups", get(|s, c| list_scopes(s, c, ScopeKind::ResourceGroup)))
-        .route("/organizations", get(|s, c| list_scopes(s, c, ScopeKind::Organization)))
-        .route("/hosts/{host_id}/user", get(host_user).put(link_host).delete(unlink_host))
+/// The access API's routes, each described in the OpenAPI document by its `#[utoipa::path]`.
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(user_access))
+        .routes(routes!(check))
+        .routes(routes!(list_environments))
+        .routes(routes!(environment_members))
+        .routes(routes!(list_resource_groups))
+        .routes(routes!(list_organizations))
+        .routes(routes!(host_user, link_host, unlink_host))
+}
+
+/// A grant a user holds, and where it comes from.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GrantView {
+    /// The role or entitlement URN as the IdP sent it.
+    urn: String,
+    /// The URN, parsed.
+    grant: Grant,
+    /// The log position of the event that granted it.
+    granted_at_position: u64,
+    source: GrantSource,
+}
+
+/// Held directly, or through membership of a group (nested groups included).
+#[derive(Serialize, ToSchema)]
+#[serde(tag = "type", rename_all = "camelCase")]
+pub enum GrantSource {
+    Direct,
+    Group {
+        #[serde(rename = "groupId")]
+        group_id: String,
+        #[serde(rename = "groupDisplayName")]
+        group_display_name: String,
+    },
+}
+
+impl From<&Effective> for GrantView {
+    fn from(e: &Effective) -> GrantView {
+        let source = match &e.via_group {
+            None => GrantSource::Direct,
+            Some((id, name)) => GrantSource::Group { group_id: id.clone(), group_display_name: name.clone() },
+        };
+        GrantView { urn: e.urn.clone(), grant: e.grant.clone(), granted_at_position: e.position, source }
+    }
+}
+
+/// A user's effective roles and entitlements.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UserAccess {
+    user_id: String,
+    user_name: String,
+    active: bool,
+    grants: Vec<GrantView>,
+}
+
+/// The answer to "may this user do this here", with the reason.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AccessDecision {
+    allowed: bool,
+    /// Absent when the user is not provisioned.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    user_id: Option<String>,
+    reason: String,
+    /// The grant that allows it (only when `allowed`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    grant: Option<GrantView>,
+}
+
+/// An organization, environment or resource group: created when a grant first names it.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ScopeView {
+    id: String,
+    slug: String,
+    kind: ScopeKind,
+    created: DateTime<Utc>,
+    /// The token whose request created it.
+    created_by: String,
+    created_at_position: u64,
+    /// The organization an environment or resource group belongs to (absent for organizations).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    organization: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ScopeList {
+    #[serde(rename = "totalResults")]
+    total_results: usize,
+    #[serde(rename = "Resources")]
+    resources: Vec<ScopeView>,
+}
+
+/// Who holds access to an environment, and through which grant.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EnvironmentMembers {
+    environment: ScopeView,
+    total_results: usize,
+    members: Vec<Member>,
+}
+
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Member {
+    user_id: String,
+    user_name: String,
+    active: bool,
+    grant: GrantView,
+}
+
+/// The user a host (device) belongs to, with its access, direct groups and department.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HostUser {
+    host_id: String,
+    display_name: String,
+    #[serde(flatten)]
+    access: UserAccess,
+    groups: Vec<GroupRef>,
+    /// The enterprise extension's `department`, or null.
+    department: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct GroupRef {
+    value: String,
+    display: String,
+}
+
+/// The body of `PUT /hosts/{host_id}/user`.
+#[derive(ToSchema)]
+#[allow(dead_code)] // Parsed by hand (`link_host`) so that each fault names its value.
+pub struct HostLink {
+    /// The user's id, userName or externalId.
+    user: String,
+    /// How `user` names the user: `id`, `userName`, `externalId` or `any` (the default).
+    by: Option<String>,
 }
 
 /// `by` from a query string or a body: absent means [`UserBy::Any`].
@@ -52,27 +188,36 @@ fn find_user(kv: &impl KvRead, t: &str, name: &str, by: UserBy) -> Result<Option
     }
 }
 
-fn grant_json(e: &Effective) -> Value {
-    let mut v = json!({"urn": e.urn, "grant": e.grant, "grantedAtPosition": e.position});
-    v["source"] = match &e.via_group {
-        None => json!({"type": "direct"}),
-        Some((id, name)) => json!({"type": "group", "groupId": id, "groupDisplayName": name}),
-    };
-    v
+fn user_access_of(kv: &impl KvRead, t: &str, user: &UserDoc, limit: usize) -> Result<UserAccess, ApiError> {
+    let grants = access::effective(kv, t, &user.id, limit)?.iter().map(GrantView::from).collect();
+    Ok(UserAccess {
+        user_id: user.id.clone(),
+        user_name: user.user_name().to_string(),
+        active: user.is_active(),
+        grants,
+    })
 }
 
-fn access_json(kv: &impl KvRead, t: &str, user: &UserDoc, limit: usize) -> Result<Value, ApiError> {
-    let grants: Vec<Value> = access::effective(kv, t, &user.id, limit)?.iter().map(grant_json).collect();
-    Ok(json!({"userId": user.id, "userName": user.user_name(), "active": user.is_active(), "grants": grants}))
-}
-
+/// A user's effective roles and entitlements, each with where it comes from.
+#[utoipa::path(
+    get, path = "/users/{id}/access", tag = "access",
+    params(
+        ("id" = String, Path, description = "The user's id, userName or externalId"),
+        ("by" = Option<String>, Query, description = "How `id` names the user: id, userName, externalId or any (default: any; two different users matching is a 409)"),
+    ),
+    responses(
+        (status = 200, description = "The user's effective access", body = UserAccess),
+        (status = 404, description = "No such user", body = ScimErrorDoc),
+        (status = 409, description = "The name matches two different users", body = ScimErrorDoc),
+    ),
+)]
 async fn user_access(
     State(s): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
     Query(p): Query<HashMap<String, String>>,
-) -> Result<Response, ApiError> {
-    blocking_read(&s, move |s| user_access_now(s, &caller, id, &p)).await
+) -> Result<Json<UserAccess>, ApiError> {
+    blocking_read(&s, move |s| user_access_now(s, &caller, id, &p)).await.map(Json)
 }
 
 fn user_access_now(
@@ -80,30 +225,44 @@ fn user_access_now(
     caller: &Caller,
     id: String,
     p: &HashMap<String, String>,
-) -> Result<Response, ApiError> {
+) -> Result<UserAccess, ApiError> {
     let by = parse_by(p.get("by").map(String::as_str))?;
     let view = s.store.view();
     let t = caller.tenant();
-    let body = find_user(&view, t, &id, by)?.map(|u| access_json(&view, t, &u, s.cfg.max_scan)).transpose()?;
+    let body = find_user(&view, t, &id, by)?.map(|u| user_access_of(&view, t, &u, s.cfg.max_scan)).transpose()?;
     if let Some(e) = view.take_error() {
         return Err(e.into());
     }
-    let body = body.ok_or(ApiError::Refused(Refusal::NotFound { kind: ResourceKind::User, id }))?;
-    Ok(Json(body).into_response())
+    body.ok_or(ApiError::Refused(Refusal::NotFound { kind: ResourceKind::User, id }))
 }
 
-/// `GET /api/v1/access/check?user=U&role=R&environment=E[&by=B]`: the answer and the reason.
+/// Whether a user may act in an environment, and why.
+///
 /// Without `role`, any role or entitlement on the environment counts. An environment that does
-/// not exist gives no access to anyone.
+/// not exist gives no access to anyone; nor does a user who is not provisioned or deactivated.
+#[utoipa::path(
+    get, path = "/access/check", tag = "access",
+    params(
+        ("user" = String, Query, description = "The user's id, userName or externalId"),
+        ("environment" = String, Query, description = "The environment's id or slug"),
+        ("role" = Option<String>, Query, description = "The role asked for; without it, any role or entitlement on the environment counts"),
+        ("by" = Option<String>, Query, description = "How `user` names the user: id, userName, externalId or any (default)"),
+    ),
+    responses(
+        (status = 200, description = "Allowed or not, and why", body = AccessDecision),
+        (status = 400, description = "A parameter is missing or invalid", body = ScimErrorDoc),
+        (status = 409, description = "The name matches two different users", body = ScimErrorDoc),
+    ),
+)]
 async fn check(
     State(s): State<AppState>,
     caller: Caller,
     Query(p): Query<HashMap<String, String>>,
-) -> Result<Response, ApiError> {
-    blocking_read(&s, move |s| check_now(s, &caller, &p)).await
+) -> Result<Json<AccessDecision>, ApiError> {
+    blocking_read(&s, move |s| check_now(s, &caller, &p)).await.map(Json)
 }
 
-fn check_now(s: &AppState, caller: &Caller, p: &HashMap<String, String>) -> Result<Response, ApiError> {
+fn check_now(s: &AppState, caller: &Caller, p: &HashMap<String, String>) -> Result<AccessDecision, ApiError> {
     let user =
         p.get("user").filter(|u| !u.is_empty()).ok_or_else(|| SchemaError::invalid_value("'user' is required"))?;
     let env = p
@@ -118,7 +277,11 @@ fn check_now(s: &AppState, caller: &Caller, p: &HashMap<String, String>) -> Resu
     if let Some(e) = view.take_error() {
         return Err(e.into());
     }
-    Ok(Json(answer).into_response())
+    Ok(answer)
+}
+
+fn refused(user_id: Option<&str>, reason: String) -> AccessDecision {
+    AccessDecision { allowed: false, user_id: user_id.map(str::to_string), reason, grant: None }
 }
 
 fn decide_access(
@@ -129,16 +292,16 @@ fn decide_access(
     by: UserBy,
     role: Option<&str>,
     env: &str,
-) -> Result<Value, ApiError> {
+) -> Result<AccessDecision, ApiError> {
     let Some(u) = find_user(kv, t, user, by)? else {
         // With SCIM provisioning on, nobody gets in before the IdP provisions them.
-        return Ok(json!({"allowed": false, "reason": format!("user {user:?} is not provisioned")}));
+        return Ok(refused(None, format!("user {user:?} is not provisioned")));
     };
     if !u.is_active() {
-        return Ok(json!({"allowed": false, "userId": u.id, "reason": "the user is deactivated"}));
+        return Ok(refused(Some(&u.id), "the user is deactivated".into()));
     }
     let Some(scope) = access::scope(kv, t, ScopeKind::Environment, env) else {
-        return Ok(json!({"allowed": false, "userId": u.id, "reason": format!("environment {env:?} does not exist")}));
+        return Ok(refused(Some(&u.id), format!("environment {env:?} does not exist")));
     };
     let environment = scope.as_environment(&cfg.default_organization);
     let effective = access::effective(kv, t, &u.id, cfg.max_scan)?;
@@ -148,62 +311,107 @@ fn decide_access(
                 None => "held directly".to_string(),
                 Some((_, name)) => format!("through group {name:?}"),
             };
-            json!({"allowed": true, "userId": u.id, "reason": format!("{} {how}", e.urn), "grant": grant_json(e)})
+            let reason = format!("{} {how}", e.urn);
+            AccessDecision { allowed: true, user_id: Some(u.id), reason, grant: Some(e.into()) }
         }
-        None => json!({"allowed": false, "userId": u.id, "reason": match role {
-            Some(r) => format!("no grant gives role {r:?} in environment {env:?}"),
-            None => format!("no grant gives access to environment {env:?}"),
-        }}),
+        None => refused(
+            Some(&u.id),
+            match role {
+                Some(r) => format!("no grant gives role {r:?} in environment {env:?}"),
+                None => format!("no grant gives access to environment {env:?}"),
+            },
+        ),
     })
 }
 
-fn scope_json(d: &ScopeDoc, default_org: &str) -> Value {
-    let mut v = json!({"id": d.slug, "slug": d.slug, "kind": d.kind, "created": d.created, "createdBy": d.created_by, "createdAtPosition": d.position});
-    match d.kind {
+fn scope_view(d: &ScopeDoc, default_org: &str) -> ScopeView {
+    let organization = match d.kind {
         ScopeKind::Environment | ScopeKind::ResourceGroup => {
-            v["organization"] = json!(d.organization.as_deref().unwrap_or(default_org));
+            Some(d.organization.clone().unwrap_or_else(|| default_org.to_string()))
         }
-        ScopeKind::Organization => {}
+        ScopeKind::Organization => None,
+    };
+    ScopeView {
+        id: d.slug.clone(),
+        slug: d.slug.clone(),
+        kind: d.kind,
+        created: d.created,
+        created_by: d.created_by.clone(),
+        created_at_position: d.position,
+        organization,
     }
-    v
 }
 
-async fn list_scopes(State(s): State<AppState>, caller: Caller, kind: ScopeKind) -> Result<Response, ApiError> {
+async fn list_scopes(s: AppState, caller: Caller, kind: ScopeKind) -> Result<Json<ScopeList>, ApiError> {
     let view = s.store.view();
     let default_org = &s.cfg.default_organization;
-    let items: Vec<Value> =
-        access::scopes(&view, caller.tenant(), kind).iter().map(|d| scope_json(d, default_org)).collect();
+    let resources: Vec<ScopeView> =
+        access::scopes(&view, caller.tenant(), kind).iter().map(|d| scope_view(d, default_org)).collect();
     if let Some(e) = view.take_error() {
         return Err(e.into());
     }
-    Ok(Json(json!({"totalResults": items.len(), "Resources": items})).into_response())
+    Ok(Json(ScopeList { total_results: resources.len(), resources }))
 }
 
+/// The tenant's environments (created when a grant first names one).
+#[utoipa::path(get, path = "/environments", tag = "scopes",
+    responses((status = 200, description = "Every environment", body = ScopeList)))]
+async fn list_environments(State(s): State<AppState>, caller: Caller) -> Result<Json<ScopeList>, ApiError> {
+    list_scopes(s, caller, ScopeKind::Environment).await
+}
+
+/// The tenant's resource groups.
+#[utoipa::path(get, path = "/resource-groups", tag = "scopes",
+    responses((status = 200, description = "Every resource group", body = ScopeList)))]
+async fn list_resource_groups(State(s): State<AppState>, caller: Caller) -> Result<Json<ScopeList>, ApiError> {
+    list_scopes(s, caller, ScopeKind::ResourceGroup).await
+}
+
+/// The tenant's organizations.
+#[utoipa::path(get, path = "/organizations", tag = "scopes",
+    responses((status = 200, description = "Every organization", body = ScopeList)))]
+async fn list_organizations(State(s): State<AppState>, caller: Caller) -> Result<Json<ScopeList>, ApiError> {
+    list_scopes(s, caller, ScopeKind::Organization).await
+}
+
+/// Everyone with access to an environment, and the grant that gives it.
+#[utoipa::path(
+    get, path = "/environments/{name}/members", tag = "scopes",
+    params(("name" = String, Path, description = "The environment's id or slug")),
+    responses(
+        (status = 200, description = "The environment and its members", body = EnvironmentMembers),
+        (status = 404, description = "No such environment", body = ScimErrorDoc),
+    ),
+)]
 async fn environment_members(
     State(s): State<AppState>,
     caller: Caller,
     Path(name): Path<String>,
-) -> Result<Response, ApiError> {
-    blocking_read(&s, move |s| environment_members_now(s, &caller, &name)).await
+) -> Result<Json<EnvironmentMembers>, ApiError> {
+    blocking_read(&s, move |s| environment_members_now(s, &caller, &name)).await.map(Json)
 }
 
-fn environment_members_now(s: &AppState, caller: &Caller, name: &str) -> Result<Response, ApiError> {
+fn environment_members_now(s: &AppState, caller: &Caller, name: &str) -> Result<EnvironmentMembers, ApiError> {
     let view = s.store.view();
     let t = caller.tenant();
-    let Some(env) = access::scope(&view, t, ScopeKind::Environment, &name) else {
+    let Some(env) = access::scope(&view, t, ScopeKind::Environment, name) else {
         return Err(ApiError::NotFound(format!("environment {name:?} not found")));
     };
     let default_org = &s.cfg.default_organization;
-    let members: Vec<Value> = access::environment_members(&view, t, env.as_environment(default_org), s.cfg.max_scan)?
+    let members: Vec<Member> = access::environment_members(&view, t, env.as_environment(default_org), s.cfg.max_scan)?
         .into_iter()
         .filter_map(|(uid, e)| query::user(&view, t, &uid).map(|u| (u, e)))
-        .map(|(u, e)| json!({"userId": u.id, "userName": u.user_name(), "active": u.is_active(), "grant": grant_json(&e)}))
+        .map(|(u, e)| Member {
+            user_id: u.id.clone(),
+            user_name: u.user_name().to_string(),
+            active: u.is_active(),
+            grant: (&e).into(),
+        })
         .collect();
     if let Some(e) = view.take_error() {
         return Err(e.into());
     }
-    Ok(Json(json!({"environment": scope_json(&env, default_org), "totalResults": members.len(), "members": members}))
-        .into_response())
+    Ok(EnvironmentMembers { environment: scope_view(&env, default_org), total_results: members.len(), members })
 }
 
 fn valid_host_id(id: &str) -> Result<(), ApiError> {
@@ -213,48 +421,57 @@ fn valid_host_id(id: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// The user a host (device) is linked to, with the access the device carries.
+#[utoipa::path(
+    get, path = "/hosts/{host_id}/user", tag = "hosts",
+    params(("host_id" = String, Path, description = "The host's id (1 to 128 printable characters)")),
+    responses(
+        (status = 200, description = "The linked user", body = HostUser),
+        (status = 404, description = "The host is not linked to a user", body = ScimErrorDoc),
+    ),
+)]
 async fn host_user(
     State(s): State<AppState>,
     caller: Caller,
     Path(host_id): Path<String>,
-) -> Result<Response, ApiError> {
-    blocking_read(&s, move |s| host_user_now(s, &caller, &host_id)).await
+) -> Result<Json<HostUser>, ApiError> {
+    blocking_read(&s, move |s| host_user_now(s, &caller, &host_id)).await.map(Json)
 }
 
-fn host_user_now(s: &AppState, caller: &Caller, host_id: &str) -> Result<Response, ApiError> {
+fn host_user_now(s: &AppState, caller: &Caller, host_id: &str) -> Result<HostUser, ApiError> {
     let view = s.store.view();
     let t = caller.tenant();
     let user = access::host_user(&view, t, host_id).and_then(|u| query::user(&view, t, &u));
     let body = match user {
         None => None,
-        Some(u) => Some(host_json(&view, t, &u, host_id, s.cfg.max_scan)?),
+        Some(u) => Some(host_view(&view, t, &u, host_id, s.cfg.max_scan)?),
     };
     if let Some(e) = view.take_error() {
         return Err(e.into());
     }
-    let body = body.ok_or_else(|| ApiError::NotFound(format!("host {host_id:?} is not linked to a user")))?;
-    Ok(Json(body).into_response())
+    body.ok_or_else(|| ApiError::NotFound(format!("host {host_id:?} is not linked to a user")))
 }
 
 /// The user a host belongs to: its effective access, direct groups and department.
-fn host_json(kv: &impl KvRead, t: &str, u: &UserDoc, host_id: &str, limit: usize) -> Result<Value, ApiError> {
-    let groups: Vec<Value> = query::groups_of(kv, t, &u.id, limit)
+fn host_view(kv: &impl KvRead, t: &str, u: &UserDoc, host_id: &str, limit: usize) -> Result<HostUser, ApiError> {
+    let groups = query::groups_of(kv, t, &u.id, limit)
         .into_iter()
         .filter_map(|g| query::group(kv, t, &g))
-        .map(|g| json!({"value": g.id, "display": g.display_name}))
+        .map(|g| GroupRef { value: g.id, display: g.display_name })
         .collect();
     let department = u
         .attributes
         .get(scimlog_schemas::urn::ENTERPRISE_USER)
         .and_then(|e| e.get("department"))
-        .cloned()
-        .unwrap_or(Value::Null);
-    let mut v = access_json(kv, t, u, limit)?;
-    v["hostId"] = json!(host_id);
-    v["displayName"] = json!(u.display());
-    v["groups"] = Value::Array(groups);
-    v["department"] = department;
-    Ok(v)
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    Ok(HostUser {
+        host_id: host_id.to_string(),
+        display_name: u.display().to_string(),
+        access: user_access_of(kv, t, u, limit)?,
+        groups,
+        department,
+    })
 }
 
 fn may_link_hosts(caller: &Caller) -> Result<(), ApiError> {
@@ -264,13 +481,24 @@ fn may_link_hosts(caller: &Caller) -> Result<(), ApiError> {
     Err(ApiError::Forbidden("linking hosts needs a hosts or admin token (scimlog token create --role hosts)"))
 }
 
-/// `PUT /api/v1/hosts/{host_id}/user {"user": "<id | userName | externalId>", "by": "..."}`.
+/// Links a host to a user (a `hosts` or `admin` token): the device then carries that user's access.
+#[utoipa::path(
+    put, path = "/hosts/{host_id}/user", tag = "hosts",
+    params(("host_id" = String, Path, description = "The host's id (1 to 128 printable characters)")),
+    request_body = HostLink,
+    responses(
+        (status = 200, description = "Linked; the linked user", body = HostUser),
+        (status = 400, description = "The body or the host id is invalid", body = ScimErrorDoc),
+        (status = 403, description = "The token's role may not link hosts", body = ScimErrorDoc),
+        (status = 404, description = "No such user", body = ScimErrorDoc),
+    ),
+)]
 async fn link_host(
     State(s): State<AppState>,
     caller: Caller,
     Path(host_id): Path<String>,
     ScimBody(body): ScimBody,
-) -> Result<Response, ApiError> {
+) -> Result<Json<HostUser>, ApiError> {
     may_link_hosts(&caller)?;
     valid_host_id(&host_id)?;
     let user = body
@@ -288,6 +516,16 @@ async fn link_host(
     host_user(State(s), caller, Path(host_id)).await
 }
 
+/// Removes a host's link (a `hosts` or `admin` token).
+#[utoipa::path(
+    delete, path = "/hosts/{host_id}/user", tag = "hosts",
+    params(("host_id" = String, Path, description = "The host's id")),
+    responses(
+        (status = 204, description = "Unlinked"),
+        (status = 403, description = "The token's role may not link hosts", body = ScimErrorDoc),
+        (status = 404, description = "The host is not linked to a user", body = ScimErrorDoc),
+    ),
+)]
 async fn unlink_host(
     State(s): State<AppState>,
     caller: Caller,

@@ -1,20 +1,49 @@
 //! The admin API (`/api/v1`), for `admin` tokens: erasure of a person.
 
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
-use axum::routing::post;
-use axum::{Json, Router};
+use axum::Json;
 use scimlog_schemas::SchemaError;
-use serde_json::{json, Value};
+use serde::Serialize;
+use serde_json::Value;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-use super::error::ApiError;
+use super::error::{ApiError, ScimErrorDoc};
 use super::extract::{Caller, ScimBody};
 use super::AppState;
 use crate::command::Command;
 
-pub fn router() -> Router<AppState> {
-    Router::new().route("/users/{id}/erase", post(erase).fallback(super::method_not_allowed))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(erase))
+}
+
+/// The body of an erase request.
+#[derive(ToSchema)]
+#[allow(dead_code)] // Parsed by hand (`erase`) so that a missing reason is named.
+pub struct EraseRequest {
+    /// Why the person is erased (a ticket, a legal basis; no personal data: it stays in the log).
+    reason: String,
+}
+
+/// What an erasure did.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Erased {
+    /// The user's id.
+    erased: String,
+    /// The positions of the events the erasure wrote.
+    event_positions: Vec<u64>,
+    purge: Purge,
+}
+
+/// Whether the store's files are purged of the person's values yet.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Purge {
+    Done,
+    /// A reader that started before the erasure still runs; `/healthz` counts pending purges.
+    Pending,
 }
 
 /// How long an erase request waits for its purge before answering `"purge": "pending"`.
@@ -24,12 +53,23 @@ const PURGE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 /// destroys its data key. Answers with the positions of the events it wrote, and whether the
 /// files are purged of the person's values yet (`purge`: `done`, or `pending` while a reader
 /// that started before the erasure still runs; `/healthz` counts pending purges).
+#[utoipa::path(
+    post, path = "/users/{id}/erase", tag = "admin",
+    params(("id" = String, Path, description = "The user's SCIM id")),
+    request_body = EraseRequest,
+    responses(
+        (status = 200, description = "Erased", body = Erased),
+        (status = 400, description = "No reason given", body = ScimErrorDoc),
+        (status = 403, description = "Not an admin token", body = ScimErrorDoc),
+        (status = 404, description = "No such user, or already erased", body = ScimErrorDoc),
+    ),
+)]
 async fn erase(
     State(s): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
     ScimBody(body): ScimBody,
-) -> Result<Response, ApiError> {
+) -> Result<Json<Erased>, ApiError> {
     if !caller.principal.role.may_administer() {
         return Err(ApiError::Forbidden("erasure needs an admin token (scimlog token create --role admin)"));
     }
@@ -47,13 +87,12 @@ async fn erase(
                 tokio::time::sleep(std::time::Duration::from_millis(10)).await;
             }
             if s.writer.purges().finished() >= ticket {
-                "done"
+                Purge::Done
             } else {
-                "pending"
+                Purge::Pending
             }
         }
-        None => "done",
+        None => Purge::Done,
     };
-    let body = json!({"erased": id, "eventPositions": positions, "purge": purge});
-    Ok((StatusCode::OK, Json(body)).into_response())
+    Ok(Json(Erased { erased: id, event_positions: positions, purge }))
 }

@@ -5,7 +5,7 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use scimlog_projections::query::QueryError;
 use scimlog_schemas::{urn, SchemaError, ScimType};
-use serde_json::json;
+use serde::Serialize;
 
 use crate::command::Refusal;
 use crate::log::writer::WriteError;
@@ -161,12 +161,29 @@ impl ApiError {
     /// The status, the scimType (for the metrics) and the SCIM error body, from one `parts`.
     fn document_with_type(&self) -> (StatusCode, Option<&'static str>, serde_json::Value) {
         let (status, scim_type, detail) = self.parts();
-        let mut body = json!({"schemas": [urn::ERROR], "status": status.as_u16().to_string(), "detail": detail});
-        if let Some(t) = scim_type {
-            body["scimType"] = t.into();
-        }
-        (status, scim_type, body)
+        let doc = ScimErrorDoc {
+            schemas: vec![urn::ERROR.to_string()],
+            status: status.as_u16().to_string(),
+            detail,
+            scim_type: scim_type.map(str::to_string),
+        };
+        (status, scim_type, serde_json::to_value(doc).expect("an error document serialises"))
     }
+}
+
+/// A SCIM error document (RFC 7644 §3.12), as every error of both APIs is answered.
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ScimErrorDoc {
+    /// `["urn:ietf:params:scim:api:messages:2.0:Error"]`.
+    schemas: Vec<String>,
+    /// The HTTP status, as a string.
+    status: String,
+    /// What was wrong, naming the offending value.
+    detail: String,
+    /// The SCIM error type (`invalidValue`, `uniqueness`, `mutability`, ...), when one applies.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    scim_type: Option<String>,
 }
 
 /// The scimType of an error response, read by the metrics middleware (`http::scim_metrics`).

@@ -11,6 +11,7 @@ mod grants;
 mod groups;
 mod health;
 mod metrics;
+pub mod openapi;
 pub mod rate;
 mod render;
 mod request_line;
@@ -143,10 +144,11 @@ pub fn router(state: AppState) -> Router {
         .layer(middleware::from_fn_with_state(state.clone(), provisioning_only))
         .layer(middleware::from_fn_with_state(state.clone(), rate::limit))
         .layer(middleware::from_fn_with_state(state.clone(), authenticate));
-    let api = admin::router()
-        .merge(access::router())
+    let (api, description) = openapi::api();
+    let api = api
         .route_layer(middleware::from_fn_with_state(state.clone(), note_route))
         .fallback(|| async { ApiError::NotFound("no such API endpoint".into()) })
+        .layer(middleware::from_fn(scim_method_not_allowed))
         .layer(middleware::from_fn_with_state(state.clone(), rate::limit))
         .layer(middleware::from_fn_with_state(state.clone(), authenticate));
     let metrics = metrics::router()
@@ -157,6 +159,7 @@ pub fn router(state: AppState) -> Router {
         .nest("/api/v1", api)
         .merge(metrics)
         .merge(health::router().route_layer(middleware::from_fn_with_state(state.clone(), note_route)))
+        .merge(openapi::docs_router(description).route_layer(middleware::from_fn_with_state(state.clone(), note_route)))
         .layer(DefaultBodyLimit::max(state.cfg.max_body_bytes))
         .layer(middleware::from_fn_with_state(state.clone(), request_context))
         .with_state(state)
@@ -387,6 +390,19 @@ pub fn resource_response(status: StatusCode, body: &Value, version: u64, locatio
         resp.headers_mut().insert(axum::http::header::LOCATION, l);
     }
     resp
+}
+
+/// axum's own 405 (a route without the method asked) as a SCIM error, keeping its `Allow`.
+async fn scim_method_not_allowed(req: Request, next: Next) -> Response {
+    let resp = next.run(req).await;
+    if resp.status() != StatusCode::METHOD_NOT_ALLOWED || resp.extensions().get::<error::ScimTypeTag>().is_some() {
+        return resp;
+    }
+    let mut scim = ApiError::MethodNotAllowed.into_response();
+    if let Some(allow) = resp.headers().get(axum::http::header::ALLOW) {
+        scim.headers_mut().insert(axum::http::header::ALLOW, allow.clone());
+    }
+    scim
 }
 
 pub(crate) async fn method_not_allowed() -> ApiError {

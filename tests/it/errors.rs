@@ -131,9 +131,13 @@ async fn bad_input_table() {
         (Method::POST, "/Schemas".into(), "{}", "application/scim+json", 405, None, "not allowed"),
         (Method::DELETE, "/ServiceProviderConfig".into(), "", "", 405, None, "not allowed"),
         (Method::GET, "/Nowhere".into(), "", "", 404, None, "no such"),
+        (Method::GET, format!("{}/api/v1/users/x/erase", s.base), "", "", 405, None, "not allowed"),
+        (Method::POST, format!("{}/api/v1/access/check", s.base), "{}", "application/json", 405, None, "not allowed"),
+        (Method::GET, format!("{}/api/v1/nowhere", s.base), "", "", 404, None, "no such"),
     ];
     for (method, path, body, ct, status, scim_type, detail) in table {
-        let mut req = s.client.request(method.clone(), s.url(&path)).bearer_auth(&s.token);
+        let url = if path.starts_with("http") { path.clone() } else { s.url(&path) };
+        let mut req = s.client.request(method.clone(), url).bearer_auth(&s.token);
         if !ct.is_empty() {
             req = req.header("content-type", ct);
         }

@@ -16,6 +16,7 @@ mod hostile;
 mod idp_replay;
 mod listing;
 mod nats;
+mod openapi;
 mod operations;
 mod patch;
 mod rfc;
