@@ -269,16 +269,31 @@ enum AuditCmd {
     },
 }
 
-fn init_logging() {
+/// Logs to stderr (`SCIMLOG_LOG` filter, `SCIMLOG_LOG_FORMAT=json`), and traces to OTLP when the
+/// `OTEL_*` environment asks for them. The log lines are the same either way: the trace spans
+/// (target `scimlog::trace`) go to the OpenTelemetry layer only.
+fn init_logging() -> anyhow::Result<Option<crate::telemetry::Guard>> {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
     let filter = tracing_subscriber::EnvFilter::try_from_env("SCIMLOG_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
+        .add_directive(format!("{}=off", crate::telemetry::TARGET).parse()?);
     let json = std::env::var("SCIMLOG_LOG_FORMAT").is_ok_and(|f| f == "json");
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    if json {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
+    // Colours only on a terminal: a log file or journal gets plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(ansi);
+    let fmt = if json { fmt.json().boxed() } else { fmt.boxed() };
+    let (guard, traces) = match crate::telemetry::pipeline()? {
+        Some((guard, tracer)) => {
+            let only_ours =
+                tracing_subscriber::filter::Targets::new().with_target(crate::telemetry::TARGET, tracing::Level::INFO);
+            (Some(guard), Some(tracing_opentelemetry::layer().with_tracer(tracer).with_filter(only_ours)))
+        }
+        None => (None, None),
+    };
+    tracing_subscriber::registry().with(fmt.with_filter(filter)).with(traces).init();
+    Ok(guard)
 }
 
 fn print_events(events: &[scimlog_schemas::Event], json: bool) -> anyhow::Result<()> {
@@ -320,7 +335,8 @@ fn open_exclusive(data_dir: &Path) -> anyhow::Result<Store> {
 pub fn main() -> anyhow::Result<()> {
     let (args, from_file) = crate::config_file::with_file(std::env::args_os().collect())?;
     let cli = Cli::parse_from(&args);
-    init_logging();
+    // Kept to the end: dropping it exports the spans still buffered.
+    let _traces = init_logging()?;
     let runtime = || tokio::runtime::Builder::new_multi_thread().enable_all().build();
     match cli.command {
         Cmd::Serve(cfg) => runtime()?.block_on(crate::server::serve(cfg)),

@@ -15,6 +15,8 @@
 //! - [`audit`]: reading the log back: hash-chain verification, export.
 //! - [`files`]: private, atomic, locked files (keys, tokens) and the permission checks at start.
 //! - [`metrics`]: the Prometheus series, one registry per server, rendered at `GET /metrics`.
+//! - [`telemetry`]: OpenTelemetry traces over OTLP (off unless `OTEL_EXPORTER_OTLP_ENDPOINT`),
+//!   and the W3C `traceparent` a write stores with its events.
 //!
 //! A write goes HTTP -> `schemas` parsing -> `command::decide` (on the writer thread) -> events ->
 //! one fsync'd RocksDB batch with the projections' writes -> response.
@@ -31,6 +33,7 @@ pub mod http;
 pub mod log;
 pub mod metrics;
 pub mod server;
+pub mod telemetry;
 
 /// The git revision this binary was built from (`unknown` outside a checkout).
 pub const GIT_SHA: &str = env!("SCIMLOG_GIT_SHA");

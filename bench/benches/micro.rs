@@ -122,6 +122,7 @@ fn stamp(position: u64, new: NewEvent) -> Event {
         recorded_at: chrono::Utc::now(),
         actor: "bench".into(),
         request_id: "r".into(),
+        traceparent: None,
         prev_hash: EventHash::GENESIS,
     }
 }

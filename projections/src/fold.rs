@@ -487,6 +487,7 @@ mod tests {
             recorded_at: DateTime::<Utc>::from_timestamp(1_700_000_000 + pos as i64, 0).unwrap(),
             actor: "test".into(),
             request_id: "r".into(),
+            traceparent: None,
             prev_hash: EventHash::GENESIS,
         }
     }

@@ -393,6 +393,11 @@ pub struct Event {
     pub recorded_at: DateTime<Utc>,
     pub actor: String,
     pub request_id: String,
+    /// The W3C `traceparent` of the request that caused the event, when tracing was on: the
+    /// publisher continues that trace (and sends it as a NATS header), however much later.
+    /// Absent otherwise, so events written without tracing keep their bytes (and hashes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
     pub prev_hash: EventHash,
 }
 
@@ -566,6 +571,7 @@ mod tests {
             recorded_at: DateTime::parse_from_rfc3339("2026-01-02T03:04:05Z").unwrap().with_timezone(&Utc),
             actor: "okta".into(),
             request_id: "r1".into(),
+            traceparent: None,
             prev_hash: EventHash::GENESIS,
         }
     }

@@ -20,6 +20,7 @@ use scimlog_schemas::event::SealedEvent;
 use scimlog_schemas::personal::Opener;
 use serde_json::{json, Value};
 use tokio::sync::watch;
+use tracing::Instrument;
 
 use crate::log::Store;
 
@@ -202,8 +203,14 @@ async fn outgoing(
     Ok(out)
 }
 
-pub fn headers(event: &scimlog_schemas::Event) -> HeaderMap {
+/// The headers of an event's message; `traceparent` is the W3C trace context to send on (the
+/// publish span's while tracing, else the one stored with the event), so that a subscriber
+/// continues the trace of the request that wrote it.
+pub fn headers(event: &scimlog_schemas::Event, traceparent: Option<&str>) -> HeaderMap {
     let mut h = HeaderMap::new();
+    if let Some(tp) = traceparent {
+        h.insert("traceparent", tp);
+    }
     h.insert(HEADER_POSITION, event.position.to_string().as_str());
     h.insert(HEADER_EVENT_ID, event.id.to_string().as_str());
     h.insert(HEADER_EVENT_TYPE, event.event_type().as_str());
@@ -367,17 +374,25 @@ async fn session(
             let positions: Vec<u64> = page.iter().map(|(p, _, _)| *p).collect();
             let committed_at: Vec<chrono::DateTime<chrono::Utc>> = page.iter().map(|(_, e, _)| e.recorded_at).collect();
             let mut acks = Vec::with_capacity(page.len());
-            for (i, (_, event, body)) in page.into_iter().enumerate() {
+            for (i, (position, event, body)) in page.into_iter().enumerate() {
+                let subject = subject(&event.tenant, event.event_type().as_str());
+                let span = tracing::info_span!(
+                    target: crate::telemetry::TARGET,
+                    "publish",
+                    otel.name = %format!("{subject} publish"),
+                    otel.kind = "producer",
+                    messaging.system = "nats",
+                    messaging.destination.name = %subject,
+                    scimlog.position = position,
+                );
+                crate::telemetry::continue_from(&span, event.traceparent.as_deref());
+                let traceparent = crate::telemetry::traceparent(&span).or_else(|| event.traceparent.clone());
                 let publish = Publish::build()
                     .payload(body.into())
-                    .headers(headers(&event))
+                    .headers(headers(&event, traceparent.as_deref()))
                     .message_id(event.id.to_string())
                     .expected_last_sequence(last_seq + i as u64);
-                acks.push(
-                    js.send_publish(subject(&event.tenant, event.event_type().as_str()), publish)
-                        .await
-                        .map_err(nats)?,
-                );
+                acks.push(js.send_publish(subject, publish).instrument(span).await.map_err(nats)?);
             }
             for (i, ack) in acks.into_iter().enumerate() {
                 let want = last_seq + 1;
@@ -436,7 +451,7 @@ pub async fn republish(
         let mut acks = Vec::new();
         for (position, sealed) in &page {
             let (event, body) = published_body(sealed, opener).map_err(|e| BusError::Decode(*position, e))?;
-            let mut h = headers(&event);
+            let mut h = headers(&event, event.traceparent.as_deref());
             h.insert(HEADER_REPUBLISHED, "true");
             let publish = Publish::build().payload(body.into()).headers(h).message_id(event.id.to_string());
             acks.push(

@@ -177,6 +177,7 @@ fn provisional(tenant: &str, new: &scimlog_schemas::NewEvent) -> Event {
         recorded_at: chrono::DateTime::UNIX_EPOCH,
         actor: String::new(),
         request_id: String::new(),
+        traceparent: None,
         prev_hash: EventHash::GENESIS,
     }
 }

@@ -38,6 +38,7 @@ fn stamp(position: u64, new: NewEvent) -> Event {
         recorded_at: DateTime::<Utc>::from_timestamp(1_700_000_000, 0).unwrap(),
         actor: "test".into(),
         request_id: "r".into(),
+        traceparent: None,
         prev_hash: EventHash::GENESIS,
     }
 }

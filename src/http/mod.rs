@@ -249,13 +249,32 @@ fn scim_operation(method: &axum::http::Method, route: &str) -> (&'static str, &'
 /// template, never the path itself: paths (`/api/v1/users/{id}/access` with a userName) and
 /// queries (filters) carry userNames and emails, which stay out of logs.
 async fn request_context(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    use tracing::Instrument;
     let id = Uuid::now_v7().to_string();
     req.extensions_mut().insert(RequestId(id.clone()));
     let method = req.method().clone();
     let started = Instant::now();
-    let mut resp = next.run(req).await;
+    // The trace span (exported only with tracing on): a child of the caller's `traceparent`.
+    let span = tracing::info_span!(
+        target: crate::telemetry::TARGET,
+        "request",
+        otel.name = %method,
+        otel.kind = "server",
+        http.request.method = %method,
+        http.route = tracing::field::Empty,
+        http.response.status_code = tracing::field::Empty,
+        request_id = %id,
+    );
+    let caller = req.headers().get("traceparent").and_then(|v| v.to_str().ok());
+    crate::telemetry::continue_from(&span, caller);
+    let mut resp = next.run(req).instrument(span.clone()).await;
     let path = resp.extensions().get::<RouteTemplate>().map_or("(no route)", |r| r.0.as_str()).to_string();
     let status = resp.status().as_u16();
+    crate::telemetry::rename(&span, format!("{method} {path}"));
+    span.record("http.route", path.as_str());
+    span.record("http.response.status_code", status);
+    let trace_id = crate::telemetry::trace_id(&span);
+    drop(span);
     let micros = started.elapsed().as_micros() as u64;
     let labels = crate::metrics::HttpLabels {
         http_request_method: method.as_str().to_string(),
@@ -264,14 +283,15 @@ async fn request_context(State(state): State<AppState>, mut req: Request, next: 
     };
     state.metrics.http_duration.get_or_create(&labels).observe(started.elapsed().as_secs_f64());
     // One line per request (target `scimlog::access`): never a path, a query, a token or a
-    // personal value; the token's name and tenant say which IdP connection asked.
+    // personal value; the token's name and tenant say which IdP connection asked; `trace_id`
+    // (only with tracing on) finds its trace.
     let (token, tenant) =
         resp.extensions().get::<Principal>().map_or(("", ""), |p| (p.name.as_str(), p.tenant.as_str()));
     let scim_type = resp.extensions().get::<error::ScimTypeTag>().map_or("", |t| t.0);
     if resp.status().is_server_error() {
-        tracing::warn!(target: "scimlog::access", %method, route = %path, status, micros, request_id = %id, token, tenant, scim_type, "request failed");
+        tracing::warn!(target: "scimlog::access", %method, route = %path, status, micros, request_id = %id, token, tenant, scim_type, trace_id = trace_id.as_deref().map(tracing::field::display), "request failed");
     } else {
-        tracing::info!(target: "scimlog::access", %method, route = %path, status, micros, request_id = %id, token, tenant, scim_type, "request");
+        tracing::info!(target: "scimlog::access", %method, route = %path, status, micros, request_id = %id, token, tenant, scim_type, trace_id = trace_id.as_deref().map(tracing::field::display), "request");
     }
     if let Ok(v) = HeaderValue::from_str(&id) {
         resp.headers_mut().insert("x-request-id", v);

@@ -32,6 +32,8 @@ pub struct Origin {
 
 struct WriteRequest {
     origin: Origin,
+    /// The W3C trace context of the span that submitted it (the HTTP request), when tracing is on.
+    traceparent: Option<String>,
     command: Command,
     reply: oneshot::Sender<Result<Committed, WriteError>>,
 }
@@ -132,7 +134,8 @@ impl WriterHandle {
         let _share = self.take_share(&origin.tenant).inspect_err(|_| self.metrics.write_rejected("tenant_share"))?;
         let (reply, rx) = oneshot::channel();
         let tx = self.tx.as_ref().ok_or(WriteError::Closed)?;
-        tx.try_send(WriteRequest { origin, command, reply }).map_err(|e| match e {
+        let traceparent = crate::telemetry::traceparent(&tracing::Span::current());
+        tx.try_send(WriteRequest { origin, traceparent, command, reply }).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => {
                 self.metrics.write_rejected("queue_full");
                 WriteError::QueueFull { depth: self.queue_depth }
@@ -268,8 +271,18 @@ fn commit_batch(
     // with a value it was given matches the resource it came from.
     let now = Utc::now().trunc_subsecs(3);
     let faults = store.faults();
+    // One span for the batch, linked to every request it carries (each its own trace).
+    let commit_span = tracing::info_span!(target: crate::telemetry::TARGET, "commit", batch.requests = batch.len());
+    for tp in batch.iter().filter_map(|r| r.traceparent.as_deref()) {
+        crate::telemetry::link_to(&commit_span, tp);
+    }
+    let _in_commit = commit_span.enter();
 
     for req in batch {
+        let decide_span =
+            tracing::info_span!(target: crate::telemetry::TARGET, "decide", request_id = %req.origin.request_id);
+        crate::telemetry::continue_from(&decide_span, req.traceparent.as_deref());
+        let _in_decide = decide_span.enter();
         let ctx = command::Ctx {
             tenant: &req.origin.tenant,
             namespace: &opts.namespace,
@@ -302,6 +315,7 @@ fn commit_batch(
                         recorded_at: now,
                         actor: req.origin.actor.clone(),
                         request_id: req.origin.request_id.clone(),
+                        traceparent: req.traceparent.clone(),
                         prev_hash: next.hash,
                     };
                     let sealed = event.seal(&mut sealer);

@@ -21,6 +21,7 @@ mod operations;
 mod patch;
 mod rfc;
 mod support;
+mod telemetry;
 mod transport;
 mod trust;
 mod users;
