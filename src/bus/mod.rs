@@ -8,6 +8,8 @@
 //! acknowledged messages (Debian's nats-server 2.9 syncs its file store every 60 s), the stream's
 //! tail says so and the missing events are sent again from the log.
 
+pub mod lease;
+pub mod log_stream;
 pub mod tail;
 
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -4,6 +4,7 @@ mod access;
 mod audit;
 mod auth;
 mod bulk;
+mod cluster;
 mod conformance;
 mod crash;
 mod discovery;

@@ -372,3 +372,129 @@ pub fn validate_event(event: &Value) {
 pub fn manifest_dir() -> String {
     std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_string())
 }
+
+/// The pinned recent nats-server (`./scripts/setup --test` installs 2.15.1 into the venv): the
+/// cluster tests need JetStream clustering with `sync_interval: always` (2.10+). Missing, the
+/// test fails and says how to install it.
+pub fn recent_nats_server() -> String {
+    let venv = std::env::var("SCIMLOG_VENV")
+        .unwrap_or_else(|_| format!("{}/.cache/scimlog-venv", std::env::var("HOME").unwrap_or_default()));
+    let path = format!("{venv}/bin/nats-server");
+    let version = std::process::Command::new(&path).arg("--version").output();
+    match version {
+        Ok(out) if String::from_utf8_lossy(&out.stdout).contains("v2.15.") => path,
+        _ => panic!("{path} is not nats-server 2.15: run ./scripts/setup --test"),
+    }
+}
+
+/// A 3-node JetStream cluster on loopback (free client and route ports, a store dir each,
+/// `sync_interval: always`), of the pinned recent nats-server. Nodes can be killed, paused and
+/// restarted one by one; all are killed on drop.
+pub struct NatsCluster {
+    binary: String,
+    nodes: Vec<ClusterNode>,
+    _dir: tempfile::TempDir,
+}
+
+struct ClusterNode {
+    port: u16,
+    config: PathBuf,
+    child: Option<std::process::Child>,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+impl NatsCluster {
+    pub async fn start() -> NatsCluster {
+        let binary = recent_nats_server();
+        let dir = tempfile::tempdir().unwrap();
+        let routes: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let route_list: Vec<String> = routes.iter().map(|p| format!("\"nats-route://127.0.0.1:{p}\"")).collect();
+        let mut nodes = Vec::new();
+        for (i, route) in routes.iter().enumerate() {
+            let port = free_port();
+            let store = dir.path().join(format!("n{i}"));
+            let config = dir.path().join(format!("n{i}.conf"));
+            let text = format!(
+                "server_name: n{i}\nlisten: 127.0.0.1:{port}\n\
+                 jetstream {{ store_dir: \"{}\", sync_interval: always }}\n\
+                 cluster {{ name: scimlog-test, listen: 127.0.0.1:{route}, routes: [{}] }}\n",
+                store.display(),
+                route_list.join(", ")
+            );
+            std::fs::write(&config, text).unwrap();
+            nodes.push(ClusterNode { port, config, child: None });
+        }
+        let mut cluster = NatsCluster { binary, nodes, _dir: dir };
+        for i in 0..3 {
+            cluster.spawn(i);
+        }
+        cluster.wait_for_jetstream().await;
+        cluster
+    }
+
+    fn spawn(&mut self, i: usize) {
+        let node = &mut self.nodes[i];
+        let child = std::process::Command::new(&self.binary)
+            .arg("-c")
+            .arg(&node.config)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("the pinned nats-server starts");
+        node.child = Some(child);
+    }
+
+    /// Until the cluster answers JetStream requests (a meta leader is elected): 0.2-3 s here.
+    async fn wait_for_jetstream(&self) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            if let Ok(c) = async_nats::connect(self.urls()).await {
+                if async_nats::jetstream::new(c).query_account().await.is_ok() {
+                    return;
+                }
+            }
+            assert!(std::time::Instant::now() < deadline, "the NATS cluster did not elect a meta leader");
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Every node's client URL (what a client is given, to fail over between them).
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(|n| format!("nats://127.0.0.1:{}", n.port)).collect()
+    }
+
+    /// The client URL of node `i` alone.
+    pub fn node_url(&self, i: usize) -> String {
+        format!("nats://127.0.0.1:{}", self.nodes[i].port)
+    }
+
+    /// Node `i`'s index by its `server_name` (`n0`..`n2`), as JetStream reports a leader.
+    pub fn index_of(name: &str) -> usize {
+        name.trim_start_matches('n').parse().expect("a node name n0..n2")
+    }
+
+    /// SIGKILL node `i`.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.nodes[i].child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts node `i` again on its ports and store.
+    pub fn restart(&mut self, i: usize) {
+        self.kill(i);
+        self.spawn(i);
+    }
+}
+
+impl Drop for NatsCluster {
+    fn drop(&mut self) {
+        for i in 0..self.nodes.len() {
+            self.kill(i);
+        }
+    }
+}

@@ -1,0 +1,84 @@
+//! Who should write (cluster mode, issue 15; not yet wired into `serve`): a lease in a NATS KV
+//! bucket whose `max_age` is the lease's time to live. `create` acquires (refused while a live
+//! holder's entry exists), `update` at the last revision renews (refused once another node holds
+//! it), `delete` at the last revision hands over at once. The lease only routes writes and
+//! decides who tries to append; correctness comes from the log stream's fence
+//! (`log_stream::AppendError::Fenced`), since a paused holder can outlive its lease.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv};
+use bytes::Bytes;
+
+use super::{nats, BusError};
+
+pub const LEASE_BUCKET: &str = "scimlog_leader";
+pub const LEASE_KEY: &str = "writer";
+
+/// A held lease: its revision is the fencing epoch of renewals.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Held {
+    pub revision: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LeaseError {
+    /// Another node holds it (or took it over): stop writing.
+    #[error("the lease is held by another node")]
+    Lost,
+    #[error(transparent)]
+    Bus(#[from] BusError),
+}
+
+pub struct Lease {
+    kv: kv::Store,
+    node: Bytes,
+}
+
+impl Lease {
+    /// Opens the lease bucket (created with `replicas` copies and time to live `ttl`) for `node`,
+    /// whose value (e.g. `{"node": ..., "url": ...}`) tells the others where to send writes.
+    pub async fn open(js: &jetstream::Context, replicas: usize, ttl: Duration, node: Bytes) -> Result<Lease, BusError> {
+        let config = kv::Config {
+            bucket: LEASE_BUCKET.into(),
+            history: 1,
+            max_age: ttl,
+            num_replicas: replicas,
+            ..Default::default()
+        };
+        let kv = match js.get_key_value(LEASE_BUCKET).await {
+            Ok(kv) => kv,
+            Err(_) => js.create_key_value(config).await.map_err(nats)?,
+        };
+        Ok(Lease { kv, node })
+    }
+
+    /// Takes the lease if nobody holds it; `None` while another node does.
+    pub async fn try_acquire(&self) -> Result<Option<Held>, BusError> {
+        match self.kv.create(LEASE_KEY, self.node.clone()).await {
+            Ok(revision) => Ok(Some(Held { revision })),
+            Err(e) if matches!(e.kind(), kv::CreateErrorKind::AlreadyExists) => Ok(None),
+            Err(e) => Err(nats(e)),
+        }
+    }
+
+    /// Renews a held lease (every third of the time to live); [`LeaseError::Lost`] when another
+    /// node has taken it, or it lapsed.
+    pub async fn renew(&self, held: &Held) -> Result<Held, LeaseError> {
+        match self.kv.update(LEASE_KEY, self.node.clone(), held.revision).await {
+            Ok(revision) => Ok(Held { revision }),
+            Err(e) if matches!(e.kind(), kv::UpdateErrorKind::WrongLastRevision) => Err(LeaseError::Lost),
+            Err(e) => Err(LeaseError::Bus(nats(e))),
+        }
+    }
+
+    /// Gives the lease up (a graceful stop), so that another node takes over at once.
+    pub async fn release(&self, held: &Held) -> Result<(), BusError> {
+        self.kv.delete_expect_revision(LEASE_KEY, Some(held.revision)).await.map_err(nats)
+    }
+
+    /// The current holder's value, if any (where a replica forwards writes).
+    pub async fn holder(&self) -> Result<Option<Bytes>, BusError> {
+        Ok(self.kv.get(LEASE_KEY).await.map_err(nats)?)
+    }
+}

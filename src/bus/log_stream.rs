@@ -1,0 +1,138 @@
+//! The replicated log of cluster mode (issue 15; not yet wired into `serve`): a JetStream stream
+//! replicated by NATS's own Raft, holding the sealed, hash-chained records exactly as RocksDB's
+//! events family stores them (`SealedEvent::to_record`), so that stream sequence n = log
+//! position n on every node.
+//!
+//! The fence is the stream's sequence, not a lease: every append names the head its writer
+//! believes in (`Nats-Expected-Last-Sequence`), and the stream refuses it when another writer
+//! appended in between ([`AppendError::Fenced`]). A fenced writer must step down, never retry on
+//! a refreshed head: it decided on a stale state. An outcome that is not known (a timeout, a
+//! lost connection) is [`AppendError::Ambiguous`]: read the head ([`LogStream::head`]) and the
+//! record there before doing anything else.
+
+use async_nats::jetstream::{self, message::PublishMessage as Publish, stream};
+use async_nats::HeaderMap;
+use scimlog_schemas::event::SealedEvent;
+
+use super::{nats, BusError, HEADER_POSITION};
+
+pub const LOG_STREAM: &str = "SCIMLOG_LOG";
+pub const LOG_SUBJECT: &str = "scimlog-log.events";
+/// Marks the last record of one request: a reader applies only whole requests.
+pub const HEADER_REQUEST_END: &str = "Scimlog-Request-End";
+
+/// Most records appended at once (a group commit), each its own message in flight.
+pub const MAX_APPEND: usize = 1000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppendError {
+    /// The stream's last sequence is not `expected`: another writer has appended. Nothing of
+    /// this append was stored past that point; the writer must step down.
+    #[error("the log stream is not at position {expected}: another writer appended")]
+    Fenced { expected: u64 },
+    /// Whether the records were stored is unknown (timeout, reconnect): read the head first.
+    #[error("the outcome of an append is unknown: {0}")]
+    Ambiguous(String),
+    /// Refused outright (a record too large, more than [`MAX_APPEND`]); nothing stored.
+    #[error("the log stream refused an append: {0}")]
+    Refused(String),
+}
+
+/// The stream's configuration: `replicas` copies (3 in a cluster), never aged or deleted from
+/// (trimming is an admin step after a snapshot).
+pub fn log_stream_config(replicas: usize) -> stream::Config {
+    stream::Config {
+        name: LOG_STREAM.into(),
+        subjects: vec![LOG_SUBJECT.into()],
+        num_replicas: replicas,
+        storage: stream::StorageType::File,
+        retention: stream::RetentionPolicy::Limits,
+        deny_delete: true,
+        ..Default::default()
+    }
+}
+
+pub struct LogStream {
+    js: jetstream::Context,
+    stream: stream::Stream,
+}
+
+impl LogStream {
+    /// Opens the log stream, creating it with `replicas` copies when absent; an existing stream
+    /// with another replica count is an error, never silently used.
+    pub async fn open(js: jetstream::Context, replicas: usize) -> Result<LogStream, BusError> {
+        let mut stream = js.get_or_create_stream(log_stream_config(replicas)).await.map_err(nats)?;
+        let have = stream.info().await.map_err(nats)?.config.num_replicas;
+        if have != replicas {
+            return Err(BusError::Nats(format!("stream {LOG_STREAM} has {have} replicas, not {replicas}")));
+        }
+        Ok(LogStream { js, stream })
+    }
+
+    /// The stream's last sequence, asked of its leader (never a possibly lagging replica).
+    pub async fn head(&mut self) -> Result<u64, BusError> {
+        Ok(self.stream.info().await.map_err(nats)?.state.last_sequence)
+    }
+
+    /// The record at `position`, if the stream holds it.
+    pub async fn read(&self, position: u64) -> Result<Option<SealedEvent>, BusError> {
+        match self.stream.get_raw_message(position).await {
+            Ok(m) => {
+                SealedEvent::from_record(&m.payload).map(Some).map_err(|e| BusError::Decode(position, e.to_string()))
+            }
+            Err(e) if matches!(e.kind(), jetstream::stream::LastRawMessageErrorKind::NoMessageFound) => Ok(None),
+            Err(e) => Err(nats(e)),
+        }
+    }
+
+    /// Appends `records` (positions `head+1..`, one request's last marked `request_end`) after
+    /// `head`, one at a time, each fenced on the sequence before it: all are stored in order, or
+    /// none from the first refused one on. Answers the new head.
+    ///
+    /// Not pipelined, on purpose: with several records in flight, a later record's fence can
+    /// match after an earlier one was refused (the head moved by exactly as many records), and
+    /// adding `Nats-Expected-Last-Msg-Id` to close that gap left a clustered 2.15 stream refusing
+    /// and then not answering appends at its true head (tests/it/cluster.rs found both). One
+    /// round trip per record is the price until requests go as atomic batches (2.12+).
+    /// No `Nats-Msg-Id` either: the fence makes a resend safe (a stored record moved the head),
+    /// and a clustered stream answers a resent id "in process" (10158) for a while.
+    pub async fn append(&self, head: u64, records: &[(u64, SealedEvent, bool)]) -> Result<u64, AppendError> {
+        if records.len() > MAX_APPEND {
+            return Err(AppendError::Refused(format!("{} records at once; at most {MAX_APPEND}", records.len())));
+        }
+        let mut new_head = head;
+        for (position, sealed, request_end) in records {
+            assert_eq!(*position, new_head + 1, "a record's position follows the one before");
+            let mut headers = HeaderMap::new();
+            headers.insert(HEADER_POSITION, position.to_string().as_str());
+            if *request_end {
+                headers.insert(HEADER_REQUEST_END, "1");
+            }
+            let publish =
+                Publish::build().payload(sealed.to_record().into()).headers(headers).expected_last_sequence(new_head);
+            let ack =
+                self.js.send_publish(LOG_SUBJECT, publish).await.map_err(|e| AppendError::Ambiguous(e.to_string()))?;
+            new_head = match ack.await {
+                Ok(a) if a.sequence == new_head + 1 && !a.duplicate => a.sequence,
+                Ok(a) => {
+                    return Err(AppendError::Ambiguous(format!("acked as {} (duplicate: {})", a.sequence, a.duplicate)))
+                }
+                Err(e) => return Err(classify(e, new_head)),
+            };
+        }
+        Ok(new_head)
+    }
+}
+
+fn classify(e: jetstream::context::PublishError, expected: u64) -> AppendError {
+    use jetstream::context::PublishErrorKind as K;
+    match e.kind() {
+        K::WrongLastSequence => AppendError::Fenced { expected },
+        K::MaxPayloadExceeded => AppendError::Refused(e.to_string()),
+        // "No stream" is also what a publish meets while the client reconnects to another node
+        // or the stream elects a leader (no responders): not known to be final.
+        K::StreamNotFound | K::TimedOut | K::BrokenPipe | K::MaxAckPending | K::WrongLastMessageId | K::Other => {
+            AppendError::Ambiguous(e.to_string())
+        }
+    }
+}
