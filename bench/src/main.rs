@@ -55,7 +55,8 @@ pub struct Args {
     /// group-push, authentik-sync (every user PUT back unchanged, as authentik's full sync does),
     /// mixed, two-tenants (a calm tenant's lookups while another floods), replay,
     /// publish, healthz, trivial (an empty axum handler: the HTTP
-    /// stack's ceiling), log-append (raw RocksDB commits: the disk's).
+    /// stack's ceiling), log-append (raw RocksDB commits: the disk's), stream-append (the
+    /// replicated log stream of cluster mode on a 3-node NATS cluster; not in the default list).
     #[arg(
         long,
         default_value = "create-users,lookup,get-by-id,startup,okta-import,cursor-import,group-push,authentik-sync,mixed,two-tenants,replay,publish,healthz,trivial,log-append"
@@ -84,9 +85,19 @@ pub struct Args {
     /// Time limit for seeding a directory size, in seconds.
     #[arg(long, default_value_t = 900)]
     seed_timeout_s: u64,
+    /// A recent nats-server for stream-append (a 3-node cluster; 2.12+ for atomic batches).
+    #[arg(long, env = "SCIMLOG_NATS_SERVER_RECENT", default_value_os_t = default_recent_nats())]
+    nats_server_recent: std::path::PathBuf,
     /// Runs the trivial handler (used by the `trivial` scenario, in its own process).
     #[arg(long, hide = true)]
     serve_trivial: bool,
+}
+
+/// Where `./scripts/setup --test` installs nats-server 2.15.1.
+fn default_recent_nats() -> std::path::PathBuf {
+    let venv = std::env::var("SCIMLOG_VENV")
+        .unwrap_or_else(|_| format!("{}/.cache/scimlog-venv", std::env::var("HOME").unwrap_or_default()));
+    std::path::PathBuf::from(venv).join("bin/nats-server")
 }
 
 impl Args {

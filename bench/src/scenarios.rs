@@ -321,6 +321,12 @@ impl Bench {
                 }
                 Ok(())
             }
+            "stream-append" => {
+                for row in stream_append(&self.args.nats_server_recent, self.args.duration_s.min(5)).await? {
+                    self.push_raw(row);
+                }
+                Ok(())
+            }
             other => bail!("unknown scenario {other:?}"),
         }
     }
@@ -866,6 +872,42 @@ fn log_append(seconds: u64) -> anyhow::Result<Vec<Row>> {
             );
             rows.push(Row::new(name, latencies.len() as u64, seconds, latencies));
         }
+    }
+    Ok(rows)
+}
+
+/// Appends of 300-byte records to the replicated log stream (cluster mode's source of truth) on a
+/// 3-node cluster with `sync_interval: always`: one record at a time (each fenced on the one
+/// before) against one atomic batch per append (2.12+), each for up to `seconds`.
+async fn stream_append(binary: &std::path::Path, seconds: u64) -> anyhow::Result<Vec<Row>> {
+    use scimlog::bus::log_stream::LogStream;
+    use scimlog_schemas::event::SealedEvent;
+    let cluster = crate::target::NatsCluster::start(binary).await?;
+    let js = async_nats::jetstream::new(async_nats::connect(cluster.urls.clone()).await?);
+    let mut log = LogStream::open(js, 3).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let record = SealedEvent { hash: [7; 32], bytes: vec![b'x'; 300] };
+    let mut rows = Vec::new();
+    for (atomic, n) in [(false, 1u64), (false, 16), (true, 1), (true, 16), (true, 128)] {
+        let started = Instant::now();
+        let mut latencies = Vec::new();
+        let mut head = log.head().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        while started.elapsed() < Duration::from_secs(seconds) && latencies.len() < 100_000 {
+            let batch: Vec<_> = (head + 1..=head + n).map(|p| (p, record.clone(), p == head + n)).collect();
+            let t = Instant::now();
+            head = match atomic {
+                true => log.append_atomic(head, &batch).await,
+                false => log.append(head, &batch).await,
+            }
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+            latencies.push(t.elapsed().as_micros() as u64);
+        }
+        let seconds = started.elapsed().as_secs_f64();
+        let how = if atomic { "one atomic batch" } else { "one at a time" };
+        let name = format!(
+            "R3 stream appends of {n} records, {how} ({:.0} records/s), sync always",
+            (latencies.len() as u64 * n) as f64 / seconds
+        );
+        rows.push(Row::new(name, latencies.len() as u64, seconds, latencies));
     }
     Ok(rows)
 }

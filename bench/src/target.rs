@@ -207,3 +207,55 @@ pub fn serve_trivial() -> anyhow::Result<()> {
         Ok(())
     })
 }
+
+/// A 3-node JetStream cluster (`sync_interval: always`) on loopback, of a recent nats-server
+/// (`--nats-server-recent`; `./scripts/setup --test` installs 2.15.1 in the venv). Killed on drop.
+pub struct NatsCluster {
+    _children: Vec<Child>,
+    _dir: tempfile::TempDir,
+    pub urls: Vec<String>,
+}
+
+impl NatsCluster {
+    pub async fn start(binary: &std::path::Path) -> anyhow::Result<NatsCluster> {
+        let dir = tempfile::Builder::new().prefix("scimlog-bench-cluster-").tempdir()?;
+        let routes = [free_port()?, free_port()?, free_port()?];
+        let route_list: Vec<String> = routes.iter().map(|p| format!("\"nats-route://127.0.0.1:{p}\"")).collect();
+        let (mut children, mut urls) = (Vec::new(), Vec::new());
+        for (i, route) in routes.iter().enumerate() {
+            let port = free_port()?;
+            let config = dir.path().join(format!("n{i}.conf"));
+            std::fs::write(
+                &config,
+                format!(
+                    "server_name: n{i}\nlisten: 127.0.0.1:{port}\n\
+                     jetstream {{ store_dir: \"{}\", sync_interval: always }}\n\
+                     cluster {{ name: bench, listen: 127.0.0.1:{route}, routes: [{}] }}\n",
+                    dir.path().join(format!("s{i}")).display(),
+                    route_list.join(", ")
+                ),
+            )?;
+            let child = Command::new(binary)
+                .arg("-c")
+                .arg(&config)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .kill_on_drop(true)
+                .spawn()
+                .with_context(|| format!("{} (a recent nats-server: ./scripts/setup --test)", binary.display()))?;
+            children.push(child);
+            urls.push(format!("nats://127.0.0.1:{port}"));
+        }
+        let started = Instant::now();
+        loop {
+            if let Ok(c) = async_nats::connect(urls.clone()).await {
+                if async_nats::jetstream::new(c).query_account().await.is_ok() {
+                    break;
+                }
+            }
+            anyhow::ensure!(started.elapsed() < Duration::from_secs(30), "the NATS cluster did not form within 30 s");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(NatsCluster { _children: children, _dir: dir, urls })
+    }
+}

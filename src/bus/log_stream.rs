@@ -21,7 +21,7 @@ pub const LOG_SUBJECT: &str = "scimlog-log.events";
 /// Marks the last record of one request: a reader applies only whole requests.
 pub const HEADER_REQUEST_END: &str = "Scimlog-Request-End";
 
-/// Most records appended at once (a group commit), each its own message in flight.
+/// Most records appended at once (a group commit); also the server's limit on an atomic batch.
 pub const MAX_APPEND: usize = 1000;
 
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +48,9 @@ pub fn log_stream_config(replicas: usize) -> stream::Config {
         storage: stream::StorageType::File,
         retention: stream::RetentionPolicy::Limits,
         deny_delete: true,
+        // 2.12+: one append as an all-or-nothing batch. Older servers ignore the field (and so
+        // do not echo it back): `LogStream::atomic` tells which.
+        allow_atomic_publish: true,
         ..Default::default()
     }
 }
@@ -55,6 +58,8 @@ pub fn log_stream_config(replicas: usize) -> stream::Config {
 pub struct LogStream {
     js: jetstream::Context,
     stream: stream::Stream,
+    /// Whether the server stores atomic batches (2.12+ echoes `allow_atomic_publish`).
+    atomic: bool,
 }
 
 impl LogStream {
@@ -62,11 +67,18 @@ impl LogStream {
     /// with another replica count is an error, never silently used.
     pub async fn open(js: jetstream::Context, replicas: usize) -> Result<LogStream, BusError> {
         let mut stream = js.get_or_create_stream(log_stream_config(replicas)).await.map_err(nats)?;
-        let have = stream.info().await.map_err(nats)?.config.num_replicas;
-        if have != replicas {
+        let config = stream.info().await.map_err(nats)?.config.clone();
+        if config.num_replicas != replicas {
+            let have = config.num_replicas;
             return Err(BusError::Nats(format!("stream {LOG_STREAM} has {have} replicas, not {replicas}")));
         }
-        Ok(LogStream { js, stream })
+        Ok(LogStream { js, stream, atomic: config.allow_atomic_publish })
+    }
+
+    /// Whether [`LogStream::append_atomic`] is available (nats-server 2.12+); Debian's 2.9
+    /// silently ignores the setting, and batch headers with it.
+    pub fn atomic(&self) -> bool {
+        self.atomic
     }
 
     /// The stream's last sequence, asked of its leader (never a possibly lagging replica).
@@ -121,6 +133,51 @@ impl LogStream {
             };
         }
         Ok(new_head)
+    }
+
+    /// Appends `records` after `head` as one atomic batch (ADR-50, nats-server 2.12+): all are
+    /// stored, in order, or none. The first record carries the fence; the others go out without
+    /// waiting, and the last commits. A batch that never commits (the writer died) is dropped by
+    /// the server. Answers the new head.
+    pub async fn append_atomic(&self, head: u64, records: &[(u64, SealedEvent, bool)]) -> Result<u64, AppendError> {
+        if !self.atomic {
+            return Err(AppendError::Refused("the server does not store atomic batches (nats-server 2.12+)".into()));
+        }
+        if records.is_empty() || records.len() > MAX_APPEND {
+            return Err(AppendError::Refused(format!("{} records in a batch; 1 to {MAX_APPEND}", records.len())));
+        }
+        let batch_id = uuid::Uuid::now_v7().simple().to_string();
+        let client = self.js.client();
+        let last = records.len() - 1;
+        for (i, (position, sealed, request_end)) in records.iter().enumerate() {
+            assert_eq!(*position, head + 1 + i as u64, "a record's position follows the one before");
+            let mut headers = HeaderMap::new();
+            headers.insert(HEADER_POSITION, position.to_string().as_str());
+            headers.insert(async_nats::header::NATS_BATCH_ID, batch_id.as_str());
+            headers.insert(async_nats::header::NATS_BATCH_SEQUENCE, (i + 1).to_string().as_str());
+            if *request_end {
+                headers.insert(HEADER_REQUEST_END, "1");
+            }
+            if i == 0 {
+                headers.insert(async_nats::header::NATS_EXPECTED_LAST_SEQUENCE, head.to_string().as_str());
+            }
+            let payload: bytes::Bytes = sealed.to_record().into();
+            if i < last {
+                let sent = client.publish_with_headers(LOG_SUBJECT, headers, payload).await;
+                sent.map_err(|e| AppendError::Ambiguous(e.to_string()))?;
+                continue;
+            }
+            headers.insert(async_nats::header::NATS_BATCH_COMMIT, async_nats::header::NATS_BATCH_COMMIT_FINAL);
+            let publish = Publish::build().payload(payload).headers(headers);
+            let ack =
+                self.js.send_publish(LOG_SUBJECT, publish).await.map_err(|e| AppendError::Ambiguous(e.to_string()))?;
+            return match ack.await {
+                Ok(a) if a.sequence == head + records.len() as u64 => Ok(a.sequence),
+                Ok(a) => Err(AppendError::Ambiguous(format!("batch acked at {}", a.sequence))),
+                Err(e) => Err(classify(e, head)),
+            };
+        }
+        unreachable!("a batch has a last record")
     }
 }
 

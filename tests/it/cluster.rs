@@ -143,3 +143,57 @@ async fn appends_survive_the_loss_of_the_stream_leader() {
     assert_eq!(log.head().await.unwrap(), total, "no record twice");
     cluster.restart(killed.unwrap());
 }
+
+/// One append as one atomic batch (nats-server 2.12+): stored whole; a stale batch is fenced and
+/// nothing of it is stored; two racing batches never interleave; a batch whose writer dies
+/// before committing leaves nothing.
+#[tokio::test]
+async fn an_atomic_batch_is_stored_whole_or_not_at_all() {
+    let cluster = NatsCluster::start().await;
+    let mut a = LogStream::open(js(&cluster.node_url(0)).await, 3).await.unwrap();
+    let b = LogStream::open(js(&cluster.node_url(1)).await, 3).await.unwrap();
+    assert!(a.atomic(), "nats-server 2.15 stores atomic batches");
+    assert_eq!(a.append_atomic(0, &records("a", 0, 5)).await.unwrap(), 5);
+    match b.append_atomic(3, &records("b", 3, 4)).await {
+        Err(AppendError::Fenced { expected: 3 }) => {}
+        other => panic!("a stale batch is fenced, got {other:?}"),
+    }
+    assert_eq!(a.head().await.unwrap(), 5, "nothing of a fenced batch is stored");
+
+    let (from_a, from_b) = (records("a", 5, 20), records("b", 5, 20));
+    let (ra, rb) = tokio::join!(a.append_atomic(5, &from_a), b.append_atomic(5, &from_b));
+    assert!(ra.is_ok() != rb.is_ok(), "exactly one of two racing batches: {ra:?} {rb:?}");
+    let winner = if ra.is_ok() { "a" } else { "b" };
+    assert_eq!(a.head().await.unwrap(), 25);
+    for p in 6..=25 {
+        assert_eq!(a.read(p).await.unwrap().unwrap().bytes, record(winner, p).bytes, "position {p}");
+    }
+
+    // A writer that dies mid-batch: three of five records sent, no commit, connection gone.
+    let client = async_nats::connect(cluster.node_url(2)).await.unwrap();
+    for (i, (p, sealed, _)) in records("dead", 25, 3).iter().enumerate() {
+        let mut h = async_nats::HeaderMap::new();
+        h.insert("Nats-Batch-Id", "dead-writer-batch");
+        h.insert("Nats-Batch-Sequence", (i + 1).to_string().as_str());
+        if i == 0 {
+            h.insert("Nats-Expected-Last-Sequence", (p - 1).to_string().as_str());
+        }
+        client.publish_with_headers(scimlog::bus::log_stream::LOG_SUBJECT, h, sealed.to_record().into()).await.unwrap();
+    }
+    client.flush().await.unwrap();
+    drop(client);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(a.head().await.unwrap(), 25, "an uncommitted batch stores nothing");
+    assert_eq!(a.append_atomic(25, &records("a", 25, 2)).await.unwrap(), 27, "and does not block the next");
+}
+
+/// Debian's nats-server 2.9 ignores `allow_atomic_publish` (and batch headers): the log stream
+/// says so instead of appending non-atomically.
+#[tokio::test]
+async fn an_old_server_is_not_taken_for_an_atomic_one() {
+    let nats = crate::support::NatsServer::start();
+    let log = LogStream::open(js(nats.url()).await, 1).await.unwrap();
+    assert!(!log.atomic());
+    assert!(matches!(log.append_atomic(0, &records("a", 0, 2)).await, Err(AppendError::Refused(_))));
+    assert_eq!(log.append(0, &records("a", 0, 2)).await.unwrap(), 2, "one at a time works on 2.9");
+}
