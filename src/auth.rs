@@ -20,14 +20,16 @@ pub struct Principal {
 }
 
 /// What a token may do: `scim` tokens provision (what IdPs get); `hosts` tokens link devices to
-/// users (what a device-management system gets) and may not provision; `admin` tokens may do
-/// both and use the admin API (erasure). Every role may ask the access API.
+/// users (what a device-management system gets) and may not provision; `events` tokens read the
+/// ordered events API (what a SIEM or a webhook relay gets) and may not provision; `admin` tokens
+/// may do all of it and use the admin API (erasure). Every role may ask the access API.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     #[default]
     Scim,
     Hosts,
+    Events,
     Admin,
 }
 
@@ -36,6 +38,7 @@ impl Role {
         match self {
             Role::Scim => "scim",
             Role::Hosts => "hosts",
+            Role::Events => "events",
             Role::Admin => "admin",
         }
     }
@@ -44,6 +47,7 @@ impl Role {
         match s {
             "scim" => Some(Role::Scim),
             "hosts" => Some(Role::Hosts),
+            "events" => Some(Role::Events),
             "admin" => Some(Role::Admin),
             _ => None,
         }
@@ -52,20 +56,28 @@ impl Role {
     pub fn may_provision(self) -> bool {
         match self {
             Role::Scim | Role::Admin => true,
-            Role::Hosts => false,
+            Role::Hosts | Role::Events => false,
         }
     }
     /// Linking and unlinking hosts: it decides whose access a device carries.
     pub fn may_link_hosts(self) -> bool {
         match self {
             Role::Hosts | Role::Admin => true,
-            Role::Scim => false,
+            Role::Scim | Role::Events => false,
         }
     }
     /// The admin API (erasure).
     pub fn may_administer(self) -> bool {
         match self {
             Role::Admin => true,
+            Role::Scim | Role::Hosts | Role::Events => false,
+        }
+    }
+    /// The ordered events API (`/api/v1/events`): the whole log of the tenant, personal values
+    /// included, so neither an IdP's nor a device manager's token.
+    pub fn may_read_events(self) -> bool {
+        match self {
+            Role::Events | Role::Admin => true,
             Role::Scim | Role::Hosts => false,
         }
     }

@@ -195,6 +195,12 @@ pub struct ServeConfig {
         help_heading = "Connections and reads"
     )]
     pub body_read_timeout_ms: u64,
+    /// Most events one `GET /api/v1/events` answers (`limit` is clamped to it).
+    #[arg(long, env = "SCIMLOG_EVENTS_PAGE_MAX", default_value_t = 1000, help_heading = "Events API")]
+    pub events_page_max: usize,
+    /// Longest `wait` (seconds) a `GET /api/v1/events` long poll may ask for.
+    #[arg(long, env = "SCIMLOG_EVENTS_WAIT_MAX_S", default_value_t = 30, help_heading = "Events API")]
+    pub events_wait_max_s: u64,
     /// Reads that can scan (lists, searches, group renders, access expansion) running at once,
     /// off the async runtime; more wait their turn.
     #[arg(long, env = "SCIMLOG_MAX_CONCURRENT_READS", default_value_t = 8, help_heading = "Connections and reads")]
@@ -265,6 +271,7 @@ impl ServeConfig {
             ("--max-values-per-attribute", self.max_values_per_attribute),
             ("--max-members-rendered", self.max_members_rendered),
             ("--max-concurrent-reads", self.max_concurrent_reads),
+            ("--events-page-max", self.events_page_max),
             ("--write-queue-depth", self.write_queue_depth),
             ("--write-queue-per-tenant", self.write_queue_per_tenant),
             ("--group-commit-max", self.group_commit_max),

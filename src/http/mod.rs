@@ -6,6 +6,7 @@ mod admin;
 mod bulk;
 mod discovery;
 pub mod error;
+mod events;
 mod extract;
 mod grants;
 mod groups;
@@ -350,7 +351,7 @@ async fn provisioning_only(State(state): State<AppState>, req: Request, next: Ne
         Some(p) if p.role.may_provision() => next.run(req).await,
         Some(_) => {
             state.metrics.auth_failure("forbidden");
-            ApiError::Forbidden("this token may not provision (its role is hosts); use a scim or admin token")
+            ApiError::Forbidden("this token may not provision (its role is hosts or events); use a scim or admin token")
                 .into_response()
         }
         None => ApiError::Unauthorized("a bearer token is required (Authorization: Bearer <token>)").into_response(),

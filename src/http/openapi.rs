@@ -39,6 +39,7 @@ pub const DOCS_PATH: &str = "/api/docs";
         (name = "access", description = "Who may do what, and why"),
         (name = "scopes", description = "Organizations, environments and resource groups"),
         (name = "hosts", description = "Devices linked to the user they belong to"),
+        (name = "events", description = "The tenant's log in order (events or admin tokens)"),
         (name = "admin", description = "Admin tokens only"),
     )
 )]
@@ -51,7 +52,7 @@ impl Modify for BearerToken {
     fn modify(&self, doc: &mut Document) {
         let scheme = HttpBuilder::new()
             .scheme(HttpAuthScheme::Bearer)
-            .description(Some("A token from `scimlog token create` (role scim, hosts or admin)"))
+            .description(Some("A token from `scimlog token create` (role scim, hosts, events or admin)"))
             .build();
         doc.components.get_or_insert_with(Default::default).add_security_scheme("bearer", SecurityScheme::Http(scheme));
     }
@@ -102,6 +103,7 @@ pub fn api() -> (Router<AppState>, Document) {
     let (routes, mut doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(super::admin::router())
         .merge(super::access::router())
+        .merge(super::events::router())
         .split_for_parts();
     // After the merge: the derive's own modifiers run before the routes' paths are in.
     ErrorResponses.modify(&mut doc);

@@ -12,6 +12,7 @@ mod entra;
 mod erasure;
 mod errors;
 mod event_schemas;
+mod events_api;
 mod groups;
 mod hostile;
 mod idp_replay;

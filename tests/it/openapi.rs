@@ -92,8 +92,11 @@ async fn every_answer_is_what_the_description_says() {
         case(Method::PUT, "/hosts/{host_id}/user", "/hosts/laptop-1/user", Some(json!({"user": "oa.user"})), 403),
         case(Method::GET, "/hosts/{host_id}/user", "/hosts/laptop-1/user", None, 404),
         case(Method::POST, "/users/{id}/erase", &format!("/users/{erased}/erase"), Some(json!({"reason": "r"})), 403),
+        case(Method::GET, "/events", "/events", None, 403),
     ];
     let admin = [
+        case(Method::GET, "/events", "/events?limit=3", None, 200),
+        case(Method::GET, "/events", "/events?types=user.nope", None, 400),
         case(Method::PUT, "/hosts/{host_id}/user", "/hosts/laptop-1/user", Some(json!({"user": "oa.user"})), 200),
         case(Method::PUT, "/hosts/{host_id}/user", "/hosts/laptop-1/user", Some(json!({"by": "id"})), 400),
         case(Method::GET, "/hosts/{host_id}/user", "/hosts/laptop-1/user", None, 200),
