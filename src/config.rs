@@ -195,6 +195,10 @@ pub struct ServeConfig {
         help_heading = "Connections and reads"
     )]
     pub body_read_timeout_ms: u64,
+    /// How long a request with `Scimlog-Min-Position: p` waits for this node to have applied p
+    /// before it is answered 503 (read-your-writes across nodes; see README "Read levels").
+    #[arg(long, env = "SCIMLOG_MIN_POSITION_WAIT_MS", default_value_t = 2000, help_heading = "Connections and reads")]
+    pub min_position_wait_ms: u64,
     /// Most events one `GET /api/v1/events` answers (`limit` is clamped to it).
     #[arg(long, env = "SCIMLOG_EVENTS_PAGE_MAX", default_value_t = 1000, help_heading = "Events API")]
     pub events_page_max: usize,

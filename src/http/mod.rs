@@ -162,6 +162,7 @@ pub fn router(state: AppState) -> Router {
         .merge(health::router().route_layer(middleware::from_fn_with_state(state.clone(), note_route)))
         .merge(openapi::docs_router(description).route_layer(middleware::from_fn_with_state(state.clone(), note_route)))
         .layer(DefaultBodyLimit::max(state.cfg.max_body_bytes))
+        .layer(middleware::from_fn_with_state(state.clone(), read_level))
         .layer(middleware::from_fn_with_state(state.clone(), request_context))
         .with_state(state)
 }
@@ -271,9 +272,11 @@ async fn request_context(State(state): State<AppState>, mut req: Request, next: 
     let mut resp = next.run(req).instrument(span.clone()).await;
     let path = resp.extensions().get::<RouteTemplate>().map_or("(no route)", |r| r.0.as_str()).to_string();
     let status = resp.status().as_u16();
-    crate::telemetry::rename(&span, format!("{method} {path}"));
-    span.record("http.route", path.as_str());
-    span.record("http.response.status_code", status);
+    if !span.is_disabled() {
+        crate::telemetry::rename(&span, format!("{method} {path}"));
+        span.record("http.route", path.as_str());
+        span.record("http.response.status_code", status);
+    }
     let trace_id = crate::telemetry::trace_id(&span);
     drop(span);
     let micros = started.elapsed().as_micros() as u64;
@@ -296,6 +299,46 @@ async fn request_context(State(state): State<AppState>, mut req: Request, next: 
     }
     if let Ok(v) = HeaderValue::from_str(&id) {
         resp.headers_mut().insert("x-request-id", v);
+    }
+    resp
+}
+
+pub const HEADER_POSITION: &str = "scimlog-position";
+pub const HEADER_MIN_POSITION: &str = "scimlog-min-position";
+
+/// Read levels: a request with `Scimlog-Min-Position: p` is served once this node has applied
+/// position p (at most `--min-position-wait-ms`, then 503 + `Retry-After`); every answer carries
+/// `Scimlog-Position`, the position applied when it was sent, which covers the request's own
+/// write (the writer publishes a commit's head before answering). A client that sends back the
+/// largest position it has seen reads its writes on any node.
+async fn read_level(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let mut applied = state.writer.committed();
+    if let Some(raw) = req.headers().get(HEADER_MIN_POSITION) {
+        let wanted = match raw.to_str().ok().and_then(|v| v.trim().parse::<u64>().ok()) {
+            Some(p) => p,
+            None => {
+                let v = String::from_utf8_lossy(raw.as_bytes());
+                return ApiError::from(scimlog_schemas::SchemaError::invalid_value(format!(
+                    "Scimlog-Min-Position {v:?} is not a log position (a non-negative integer)"
+                )))
+                .into_response();
+            }
+        };
+        let wait = std::time::Duration::from_millis(state.cfg.min_position_wait_ms);
+        // Reached, or not: the wait ran out, or the writer stopped (the channel closed).
+        let reached = matches!(tokio::time::timeout(wait, applied.wait_for(|p| *p >= wanted)).await, Ok(Ok(_)));
+        if !reached {
+            let have = *applied.borrow();
+            return ApiError::Unavailable(format!(
+                "this node has applied position {have}, and Scimlog-Min-Position asks for {wanted}; retry shortly"
+            ))
+            .into_response();
+        }
+    }
+    let mut resp = next.run(req).await;
+    let position = *applied.borrow_and_update();
+    if let Ok(v) = HeaderValue::from_str(&position.to_string()) {
+        resp.headers_mut().insert(HEADER_POSITION, v);
     }
     resp
 }

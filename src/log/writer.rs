@@ -239,7 +239,9 @@ fn run(
         // A panic while sealing or folding leaves the overlay half-written: the whole batch is
         // dropped (its requests learn of it as the reply senders go: 500), and the head stays.
         let taken = std::mem::take(&mut batch);
-        match catch_unwind(AssertUnwindSafe(|| commit_batch(&store, &keys, taken, head.clone(), &opts, purger))) {
+        match catch_unwind(AssertUnwindSafe(|| {
+            commit_batch(&store, &keys, taken, head.clone(), &opts, purger, &committed)
+        })) {
             Ok(new_head) => head = new_head,
             Err(_) => tracing::error!(position = head.position, "a write batch panicked; it was discarded"),
         }
@@ -256,6 +258,7 @@ fn commit_batch(
     head: Head,
     opts: &WriterOptions,
     purger: &super::purge::Purger,
+    committed: &watch::Sender<u64>,
 ) -> Head {
     let sync = opts.sync;
     let view = store.view();
@@ -390,6 +393,8 @@ fn commit_batch(
             // erased read-model values, once no older snapshot can see them.
             let ticket =
                 purge_job.map(|job| purger.submit(super::purge::PurgeJob { sequence: store.latest_sequence(), ..job }));
+            // Before any answer: a response's `Scimlog-Position` (read from this) covers its write.
+            committed.send_replace(next.position);
             for (reply, mut answer) in answers {
                 if let Ok(c) = &mut answer {
                     c.purge =

@@ -21,6 +21,7 @@ mod nats;
 mod openapi;
 mod operations;
 mod patch;
+mod read_levels;
 mod rfc;
 mod support;
 mod telemetry;
