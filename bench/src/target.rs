@@ -246,14 +246,22 @@ impl NatsCluster {
             children.push(child);
             urls.push(format!("nats://127.0.0.1:{port}"));
         }
+        // Formed when it places a 3-replica stream (a meta leader alone may not know its peers).
         let started = Instant::now();
+        let probe = async_nats::jetstream::stream::Config {
+            name: "BENCH_PROBE".into(),
+            subjects: vec!["bench.probe".into()],
+            num_replicas: 3,
+            ..Default::default()
+        };
         loop {
             if let Ok(c) = async_nats::connect(urls.clone()).await {
-                if async_nats::jetstream::new(c).query_account().await.is_ok() {
+                let js = async_nats::jetstream::new(c);
+                if js.create_stream(probe.clone()).await.is_ok() && js.delete_stream("BENCH_PROBE").await.is_ok() {
                     break;
                 }
             }
-            anyhow::ensure!(started.elapsed() < Duration::from_secs(30), "the NATS cluster did not form within 30 s");
+            anyhow::ensure!(started.elapsed() < Duration::from_secs(60), "the NATS cluster did not form within 60 s");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         Ok(NatsCluster { _children: children, _dir: dir, urls })

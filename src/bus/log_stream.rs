@@ -115,22 +115,11 @@ impl LogStream {
         let mut new_head = head;
         for (position, sealed, request_end) in records {
             assert_eq!(*position, new_head + 1, "a record's position follows the one before");
-            let mut headers = HeaderMap::new();
-            headers.insert(HEADER_POSITION, position.to_string().as_str());
-            if *request_end {
-                headers.insert(HEADER_REQUEST_END, "1");
-            }
-            let publish =
-                Publish::build().payload(sealed.to_record().into()).headers(headers).expected_last_sequence(new_head);
-            let ack =
-                self.js.send_publish(LOG_SUBJECT, publish).await.map_err(|e| AppendError::Ambiguous(e.to_string()))?;
-            new_head = match ack.await {
-                Ok(a) if a.sequence == new_head + 1 && !a.duplicate => a.sequence,
-                Ok(a) => {
-                    return Err(AppendError::Ambiguous(format!("acked as {} (duplicate: {})", a.sequence, a.duplicate)))
-                }
-                Err(e) => return Err(classify(e, new_head)),
-            };
+            let publish = Publish::build()
+                .payload(sealed.to_record().into())
+                .headers(record_headers(*position, *request_end))
+                .expected_last_sequence(new_head);
+            new_head = self.commit(publish, new_head, 1).await?;
         }
         Ok(new_head)
     }
@@ -143,42 +132,58 @@ impl LogStream {
         if !self.atomic {
             return Err(AppendError::Refused("the server does not store atomic batches (nats-server 2.12+)".into()));
         }
-        if records.is_empty() || records.len() > MAX_APPEND {
+        let Some(((last_position, last, last_end), body)) =
+            records.split_last().filter(|_| records.len() <= MAX_APPEND)
+        else {
             return Err(AppendError::Refused(format!("{} records in a batch; 1 to {MAX_APPEND}", records.len())));
-        }
+        };
         let batch_id = uuid::Uuid::now_v7().simple().to_string();
-        let client = self.js.client();
-        let last = records.len() - 1;
-        for (i, (position, sealed, request_end)) in records.iter().enumerate() {
-            assert_eq!(*position, head + 1 + i as u64, "a record's position follows the one before");
-            let mut headers = HeaderMap::new();
-            headers.insert(HEADER_POSITION, position.to_string().as_str());
+        let in_batch = |i: usize, position: u64, request_end: bool| {
+            assert_eq!(position, head + 1 + i as u64, "a record's position follows the one before");
+            let mut headers = record_headers(position, request_end);
             headers.insert(async_nats::header::NATS_BATCH_ID, batch_id.as_str());
             headers.insert(async_nats::header::NATS_BATCH_SEQUENCE, (i + 1).to_string().as_str());
-            if *request_end {
-                headers.insert(HEADER_REQUEST_END, "1");
-            }
             if i == 0 {
                 headers.insert(async_nats::header::NATS_EXPECTED_LAST_SEQUENCE, head.to_string().as_str());
             }
-            let payload: bytes::Bytes = sealed.to_record().into();
-            if i < last {
-                let sent = client.publish_with_headers(LOG_SUBJECT, headers, payload).await;
-                sent.map_err(|e| AppendError::Ambiguous(e.to_string()))?;
-                continue;
-            }
-            headers.insert(async_nats::header::NATS_BATCH_COMMIT, async_nats::header::NATS_BATCH_COMMIT_FINAL);
-            let publish = Publish::build().payload(payload).headers(headers);
-            let ack =
-                self.js.send_publish(LOG_SUBJECT, publish).await.map_err(|e| AppendError::Ambiguous(e.to_string()))?;
-            return match ack.await {
-                Ok(a) if a.sequence == head + records.len() as u64 => Ok(a.sequence),
-                Ok(a) => Err(AppendError::Ambiguous(format!("batch acked at {}", a.sequence))),
-                Err(e) => Err(classify(e, head)),
-            };
+            headers
+        };
+        let client = self.js.client();
+        for (i, (position, sealed, request_end)) in body.iter().enumerate() {
+            let sent = client.publish_with_headers(
+                LOG_SUBJECT,
+                in_batch(i, *position, *request_end),
+                sealed.to_record().into(),
+            );
+            sent.await.map_err(|e| AppendError::Ambiguous(e.to_string()))?;
         }
-        unreachable!("a batch has a last record")
+        let mut headers = in_batch(body.len(), *last_position, *last_end);
+        headers.insert(async_nats::header::NATS_BATCH_COMMIT, async_nats::header::NATS_BATCH_COMMIT_FINAL);
+        let publish = Publish::build().payload(last.to_record().into()).headers(headers);
+        self.commit(publish, head, records.len() as u64).await
     }
+
+    /// Sends a message that stores `count` records after `head` (one record, or a batch's commit)
+    /// and reads its acknowledgement: the new head, fenced, or not known.
+    async fn commit(&self, publish: Publish, head: u64, count: u64) -> Result<u64, AppendError> {
+        let ack =
+            self.js.send_publish(LOG_SUBJECT, publish).await.map_err(|e| AppendError::Ambiguous(e.to_string()))?;
+        match ack.await {
+            Ok(a) if a.sequence == head + count && !a.duplicate => Ok(a.sequence),
+            Ok(a) => Err(AppendError::Ambiguous(format!("acked as {} (duplicate: {})", a.sequence, a.duplicate))),
+            Err(e) => Err(classify(e, head)),
+        }
+    }
+}
+
+/// The headers every record carries: its position, and whether it ends a request.
+fn record_headers(position: u64, request_end: bool) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    headers.insert(HEADER_POSITION, position.to_string().as_str());
+    if request_end {
+        headers.insert(HEADER_REQUEST_END, "1");
+    }
+    headers
 }
 
 fn classify(e: jetstream::context::PublishError, expected: u64) -> AppendError {

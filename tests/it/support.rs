@@ -447,17 +447,26 @@ impl NatsCluster {
         node.child = Some(child);
     }
 
-    /// Until the cluster answers JetStream requests (a meta leader is elected): 0.2-3 s here.
+    /// Until the cluster places a 3-replica stream: a meta leader answering is not enough, the
+    /// peers must be known to it too (else "no suitable peers for placement", 10005). 0.2-3 s
+    /// here, more while other tests load the cores.
     async fn wait_for_jetstream(&self) {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let probe = async_nats::jetstream::stream::Config {
+            name: "HARNESS_PROBE".into(),
+            subjects: vec!["harness.probe".into()],
+            num_replicas: 3,
+            ..Default::default()
+        };
         loop {
             if let Ok(c) = async_nats::connect(self.urls()).await {
-                if async_nats::jetstream::new(c).query_account().await.is_ok() {
+                let js = async_nats::jetstream::new(c);
+                if js.create_stream(probe.clone()).await.is_ok() && js.delete_stream("HARNESS_PROBE").await.is_ok() {
                     return;
                 }
             }
-            assert!(std::time::Instant::now() < deadline, "the NATS cluster did not elect a meta leader");
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            assert!(std::time::Instant::now() < deadline, "the NATS cluster did not place a 3-replica stream");
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
         }
     }
 
