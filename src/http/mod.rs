@@ -267,8 +267,10 @@ async fn request_context(State(state): State<AppState>, mut req: Request, next: 
         http.response.status_code = tracing::field::Empty,
         request_id = %id,
     );
-    let caller = req.headers().get("traceparent").and_then(|v| v.to_str().ok());
-    crate::telemetry::continue_from(&span, caller);
+    if !span.is_disabled() {
+        let caller = req.headers().get("traceparent").and_then(|v| v.to_str().ok());
+        crate::telemetry::continue_from(&span, caller);
+    }
     let mut resp = next.run(req).instrument(span.clone()).await;
     let path = resp.extensions().get::<RouteTemplate>().map_or("(no route)", |r| r.0.as_str()).to_string();
     let status = resp.status().as_u16();
