@@ -168,6 +168,8 @@ pub struct ServeConfig {
     pub group_commit_max: usize,
     #[command(flatten, next_help_heading = "NATS")]
     pub nats: crate::bus::NatsConfig,
+    #[command(flatten, next_help_heading = "Cluster")]
+    pub cluster: crate::cluster::ClusterConfig,
     /// PEM certificate chain: serve HTTPS (TLS 1.2+) instead of HTTP; needs --tls-key.
     #[arg(long, env = "SCIMLOG_TLS_CERT", requires = "tls_key", help_heading = "Server")]
     pub tls_cert: Option<PathBuf>,
@@ -283,6 +285,11 @@ impl ServeConfig {
         ];
         for (flag, value) in at_least_one {
             anyhow::ensure!(value >= 1, "{flag} must be at least 1, got {value}");
+        }
+        if self.cluster.cluster {
+            anyhow::ensure!(self.nats.nats_url.is_some(), "--cluster needs --nats-url (the cluster's log is on NATS)");
+            anyhow::ensure!(self.cluster.lease_ttl_ms >= 300, "--lease-ttl-ms must be at least 300");
+            anyhow::ensure!(self.cluster.apply_batch_max >= 1, "--apply-batch-max must be at least 1");
         }
         Ok(())
     }

@@ -12,6 +12,8 @@
 //!   single writer with group commit.
 //! - [`auth`]: bearer tokens, stored as hashes.
 //! - [`bus`]: the only module that knows NATS: the JetStream publisher and `scimlog tail`.
+//! - [`cluster`]: cluster mode (`serve --cluster`): the role loop (follow the replicated log,
+//!   lead while holding the lease), the writer's replication, this node's view of the cluster.
 //! - [`audit`]: reading the log back: hash-chain verification, export.
 //! - [`files`]: private, atomic, locked files (keys, tokens) and the permission checks at start.
 //! - [`metrics`]: the Prometheus series, one registry per server, rendered at `GET /metrics`.
@@ -25,6 +27,7 @@ pub mod audit;
 pub mod auth;
 pub mod bus;
 pub mod cli;
+pub mod cluster;
 pub mod command;
 pub mod config;
 pub mod config_file;

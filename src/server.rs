@@ -101,6 +101,16 @@ impl Server {
         let bus_shutdown_for_tokens = bus_shutdown.clone();
         let bus_shutdown_for_metrics = bus_shutdown.clone();
         let cfg_metrics_listen = cfg.metrics_listen;
+        // Bound before anything else starts: in cluster mode the lease carries this node's URL.
+        let listener = tokio::net::TcpListener::bind(cfg.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", cfg.listen))?;
+        let addr = listener.local_addr()?;
+        cfg.listen = addr;
+        let cluster = match cfg.cluster.cluster {
+            true => Some(start_cluster_link(&cfg).await?),
+            false => None,
+        };
         let (writer, writer_thread) = writer::start(
             store.clone(),
             keys.clone(),
@@ -113,17 +123,20 @@ impl Server {
                 default_organization: cfg.default_organization.clone(),
                 limits: cfg.write_limits(),
                 metrics: metrics.clone(),
+                replication: cluster.as_ref().map(|(state, link)| {
+                    Arc::new(crate::cluster::NatsReplication {
+                        state: state.clone(),
+                        link: link.clone(),
+                        runtime: tokio::runtime::Handle::current(),
+                        append_timeout: Duration::from_millis(cfg.cluster.append_timeout_ms),
+                    }) as Arc<dyn writer::Replication>
+                }),
             },
         )?;
         let tls = match (&cfg.tls_cert, &cfg.tls_key) {
             (Some(cert), Some(key)) => Some(http::serve::tls_acceptor(cert, key)?),
             _ => None,
         };
-        let listener = tokio::net::TcpListener::bind(cfg.listen)
-            .await
-            .with_context(|| format!("cannot listen on {}", cfg.listen))?;
-        let addr = listener.local_addr()?;
-        cfg.listen = addr;
         let scim_base = format!("{}/scim/v2", cfg.base_url());
         let drain = Duration::from_millis(cfg.drain_timeout_ms);
         let serve_options = http::serve::ServeOptions {
@@ -139,13 +152,26 @@ impl Server {
                     store.clone(),
                     keys.clone(),
                     writer.committed(),
-                    bus_shutdown,
+                    bus_shutdown.clone(),
+                    cluster.as_ref().map(|(state, _)| state.leading()),
                     metrics.clone(),
                 );
                 (Some(status), Some(task))
             }
             None => (None, None),
         };
+        let role_task = cluster.as_ref().map(|(state, link)| {
+            let node = crate::cluster::Node {
+                state: state.clone(),
+                link: link.clone(),
+                writer: writer.downgrade(),
+                store: store.clone(),
+                keys: keys.clone(),
+                lease_ttl: Duration::from_millis(cfg.cluster.lease_ttl_ms),
+                apply_batch_max: cfg.cluster.apply_batch_max,
+            };
+            tokio::spawn(crate::cluster::run(node, bus_shutdown.clone()))
+        });
         let writer_thread = std::sync::Mutex::new(Some(writer_thread));
         let draining = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let shutdown_delay = Duration::from_millis(cfg.shutdown_delay_ms);
@@ -166,6 +192,7 @@ impl Server {
             page_hints: Default::default(),
             metrics,
             draining: draining.clone(),
+            cluster: cluster.map(|(state, _)| state),
         });
         // Token changes made while the server was down, then every second (requests that meet a
         // changed file record it themselves, before they go on).
@@ -173,13 +200,18 @@ impl Server {
         let token_task = {
             let (state, mut stop) = (state.clone(), bus_shutdown_for_tokens);
             tokio::spawn(async move {
+                let mut was_leading = false;
                 loop {
                     tokio::select! {
                         _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                         _ = stop.changed() => return,
                     }
+                    // A node that just took the lead records what changed while it followed.
+                    let leading = state.cluster.as_ref().is_some_and(|c| c.is_leader());
+                    let took_lead = leading && !was_leading;
+                    was_leading = leading;
                     if let Some(tokens) = &state.tokens {
-                        if matches!(tokens.refresh(), Ok(true)) {
+                        if matches!(tokens.refresh(), Ok(true)) || took_lead {
                             http::reconcile_tokens(&state).await;
                         }
                     }
@@ -216,6 +248,10 @@ impl Server {
             let _ = shutdown_bus.send(true);
             if let Some(t) = publisher_task {
                 let _ = tokio::time::timeout(drain, t).await;
+            }
+            // The role loop hands the lease over and lets go of its writer handle.
+            if let Some(t) = role_task {
+                let _ = t.await;
             }
             // Its handle of the state must be gone too before the store can close.
             let _ = token_task.await;
@@ -258,6 +294,23 @@ impl Server {
     }
 }
 
+/// Cluster mode: this node's state and its link to NATS (connected, objects opened).
+async fn start_cluster_link(
+    cfg: &ServeConfig,
+) -> anyhow::Result<(Arc<crate::cluster::ClusterState>, Arc<crate::bus::link::Link>)> {
+    let node_id = cfg.cluster.node_id.clone().context("--cluster needs --node-id")?;
+    // Not --public-url: in a cluster that is the load balancer's address, and a write proxied
+    // there could come back to a node that does not lead.
+    let scheme = if cfg.tls_cert.is_some() { "https" } else { "http" };
+    let url = cfg.cluster.advertise_url.clone().unwrap_or_else(|| format!("{scheme}://{}", cfg.listen));
+    let state = Arc::new(crate::cluster::ClusterState::new(&cfg.cluster, node_id, url));
+    let nats_url = cfg.nats.nats_url.as_deref().context("--cluster needs --nats-url")?;
+    let link = crate::cluster::connect(&cfg.cluster, nats_url, cfg.nats.nats_replicas, &state)
+        .await
+        .context("cluster mode cannot start")?;
+    Ok((state, Arc::new(link)))
+}
+
 /// Erases a user through a writer of its own, on a store opened exclusively (no server running).
 pub async fn erase_offline(
     store: Store,
@@ -278,6 +331,7 @@ pub async fn erase_offline(
             default_organization: String::new(),
             limits: crate::command::WriteLimits::DEFAULT,
             metrics: Default::default(),
+            replication: None,
         },
     )?;
     let origin = writer::Origin {

@@ -207,6 +207,7 @@ fn log_append(c: &mut Criterion) {
                 default_organization: "default".into(),
                 limits: scimlog::command::WriteLimits::DEFAULT,
                 metrics: Default::default(),
+                replication: None,
             };
             let (handle, thread) = writer::start(store, keys, opts).unwrap();
             let origin = Origin { tenant: "bench".into(), actor: "bench".into(), request_id: "r".into() };

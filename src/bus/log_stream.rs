@@ -1,4 +1,4 @@
-//! The replicated log of cluster mode (issue 15; not yet wired into `serve`): a JetStream stream
+//! The replicated log of cluster mode: a JetStream stream
 //! replicated by NATS's own Raft, holding the sealed, hash-chained records exactly as RocksDB's
 //! events family stores them (`SealedEvent::to_record`), so that stream sequence n = log
 //! position n on every node.
@@ -82,8 +82,21 @@ impl LogStream {
     }
 
     /// The stream's last sequence, asked of its leader (never a possibly lagging replica).
-    pub async fn head(&mut self) -> Result<u64, BusError> {
-        Ok(self.stream.info().await.map_err(nats)?.state.last_sequence)
+    pub async fn head(&self) -> Result<u64, BusError> {
+        let mut stream = self.stream.clone();
+        Ok(stream.info().await.map_err(nats)?.state.last_sequence)
+    }
+
+    /// The records from `from` on, in order, as they are appended: an ordered consumer
+    /// (ephemeral, no acks, recreated by the client on a gap), so a reader never skips one.
+    pub async fn follow(&self, from: u64) -> Result<Follow, BusError> {
+        use async_nats::jetstream::consumer::{pull::OrderedConfig, DeliverPolicy};
+        let config = OrderedConfig {
+            deliver_policy: DeliverPolicy::ByStartSequence { start_sequence: from.max(1) },
+            ..Default::default()
+        };
+        let consumer = self.stream.create_consumer(config).await.map_err(nats)?;
+        Ok(Follow { messages: consumer.messages().await.map_err(nats)?, next: from.max(1) })
     }
 
     /// The record at `position`, if the stream holds it.
@@ -173,6 +186,44 @@ impl LogStream {
             Ok(a) => Err(AppendError::Ambiguous(format!("acked as {} (duplicate: {})", a.sequence, a.duplicate))),
             Err(e) => Err(classify(e, head)),
         }
+    }
+}
+
+/// One record as a follower reads it.
+pub struct Followed {
+    pub position: u64,
+    pub sealed: SealedEvent,
+    /// The last record of its request: a follower applies up to such a record only.
+    pub request_end: bool,
+    /// Records after this one in the stream, as the server counted when it sent this one.
+    pub pending: u64,
+}
+
+pub struct Follow {
+    messages: async_nats::jetstream::consumer::pull::Ordered,
+    next: u64,
+}
+
+impl Follow {
+    /// The next record; an error ends the follow (the caller starts again from what it applied).
+    /// A record whose sequence is not the one expected means the stream lost or trimmed records
+    /// this node has not applied: an error, never a silent skip.
+    pub async fn next(&mut self) -> Result<Followed, BusError> {
+        use futures::StreamExt;
+        let message = match self.messages.next().await {
+            Some(m) => m.map_err(nats)?,
+            None => return Err(BusError::Nats("the log stream's consumer ended".into())),
+        };
+        let info = message.info().map_err(nats)?;
+        let (position, pending) = (info.stream_sequence, info.pending);
+        if position != self.next {
+            return Err(BusError::Nats(format!("the log stream sent record {position}, expected {}", self.next)));
+        }
+        let sealed =
+            SealedEvent::from_record(&message.payload).map_err(|e| BusError::Decode(position, e.to_string()))?;
+        let request_end = message.headers.as_ref().is_some_and(|h| h.get(HEADER_REQUEST_END).is_some());
+        self.next += 1;
+        Ok(Followed { position, sealed, request_end, pending })
     }
 }
 

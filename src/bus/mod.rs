@@ -8,7 +8,9 @@
 //! acknowledged messages (Debian's nats-server 2.9 syncs its file store every 60 s), the stream's
 //! tail says so and the missing events are sent again from the log.
 
+pub mod keys_kv;
 pub mod lease;
+pub mod link;
 pub mod log_stream;
 pub mod tail;
 
@@ -37,7 +39,8 @@ pub const HEADER_REPUBLISHED: &str = "Scimlog-Republished";
 
 #[derive(Clone, Debug, clap::Args)]
 pub struct NatsConfig {
-    /// NATS server URL; publishing is on when set (e.g. nats://127.0.0.1:4222).
+    /// NATS server URL; publishing is on when set (e.g. nats://127.0.0.1:4222). In cluster mode
+    /// several may be given, comma-separated.
     #[arg(long, env = "SCIMLOG_NATS_URL")]
     pub nats_url: Option<String>,
     /// JetStream stream name (subjects `scimlog.>`).
@@ -67,18 +70,26 @@ pub enum PublisherState {
     Publishing,
     /// NATS failed; the session starts again after a backoff (the error is kept).
     Retrying,
+    /// A cluster node that does not lead: the leader publishes.
+    Standby,
     Stopped,
 }
 
 impl PublisherState {
-    pub const ALL: [PublisherState; 4] =
-        [PublisherState::Starting, PublisherState::Publishing, PublisherState::Retrying, PublisherState::Stopped];
+    pub const ALL: [PublisherState; 5] = [
+        PublisherState::Starting,
+        PublisherState::Publishing,
+        PublisherState::Retrying,
+        PublisherState::Standby,
+        PublisherState::Stopped,
+    ];
     /// As `/healthz` and the metrics name it.
     pub fn as_str(self) -> &'static str {
         match self {
             PublisherState::Starting => "starting",
             PublisherState::Publishing => "publishing",
             PublisherState::Retrying => "retrying",
+            PublisherState::Standby => "standby",
             PublisherState::Stopped => "stopped",
         }
     }
@@ -128,6 +139,11 @@ pub enum BusError {
     Log(#[from] crate::log::LogError),
     #[error("event at position {0} cannot be decoded: {1}")]
     Decode(u64, String),
+}
+
+/// `--nats-url`'s servers: one URL, or several comma-separated.
+pub fn server_addrs(url: &str) -> Vec<&str> {
+    url.split(',').map(str::trim).filter(|u| !u.is_empty()).collect()
 }
 
 fn nats<E: std::fmt::Display>(e: E) -> BusError {
@@ -292,13 +308,16 @@ async fn delete_erased(stream: &stream::Stream, store: &Store, tenant: &str, use
     Ok(deleted)
 }
 
-/// Starts the publisher. It runs until `shutdown` turns true.
+/// Starts the publisher. It runs until `shutdown` turns true; with `active` (cluster mode) it
+/// publishes only while that is true (this node leads), and stands by otherwise: the stream
+/// says where to resume, so a new leader's publisher continues where the last one stopped.
 pub fn start(
     cfg: NatsConfig,
     store: Store,
     opener: Arc<dyn Opener + Send + Sync>,
     committed: watch::Receiver<u64>,
     shutdown: watch::Receiver<bool>,
+    active: Option<watch::Receiver<bool>>,
     metrics: crate::metrics::Metrics,
 ) -> (Arc<PublisherStatus>, tokio::task::JoinHandle<()>) {
     let status = Arc::new(PublisherStatus { metrics, ..Default::default() });
@@ -311,7 +330,20 @@ pub fn start(
             if *shutdown.borrow() {
                 break;
             }
-            let session = session(&cfg, &store, &*opener, committed.clone(), shutdown.clone(), &s);
+            let stop = match &active {
+                Some(active) if !*active.borrow() => {
+                    s.set(PublisherState::Standby, None);
+                    let mut active = active.clone();
+                    tokio::select! {
+                        _ = active.wait_for(|a| *a) => {}
+                        _ = shutdown.changed() => {}
+                    }
+                    continue;
+                }
+                Some(active) => stop_when_inactive(shutdown.clone(), active.clone()),
+                None => shutdown.clone(),
+            };
+            let session = session(&cfg, &store, &*opener, committed.clone(), stop, &s);
             match session.await {
                 Ok(()) => break,
                 Err(e) => {
@@ -330,6 +362,23 @@ pub fn start(
     (status, task)
 }
 
+/// A stop signal that turns true with `shutdown`, or when `active` turns false.
+fn stop_when_inactive(mut shutdown: watch::Receiver<bool>, mut active: watch::Receiver<bool>) -> watch::Receiver<bool> {
+    let stopped = |s: &watch::Receiver<bool>, a: &watch::Receiver<bool>| *s.borrow() || !*a.borrow();
+    let (tx, rx) = watch::channel(stopped(&shutdown, &active));
+    tokio::spawn(async move {
+        while !*tx.borrow() {
+            tokio::select! {
+                r = shutdown.changed() => if r.is_err() { break },
+                r = active.changed() => if r.is_err() { break },
+                _ = tx.closed() => break,
+            }
+            tx.send_replace(stopped(&shutdown, &active));
+        }
+    });
+    rx
+}
+
 /// One connection's worth of publishing; returns Ok only on shutdown.
 async fn session(
     cfg: &NatsConfig,
@@ -343,7 +392,7 @@ async fn session(
     let client = async_nats::ConnectOptions::new()
         .connection_timeout(Duration::from_secs(2))
         .max_reconnects(Some(3))
-        .connect(url)
+        .connect(server_addrs(url))
         .await
         .map_err(nats)?;
     let js = jetstream::new(client);
@@ -439,7 +488,7 @@ pub async fn republish(
     to: Option<u64>,
 ) -> Result<(u64, u64), BusError> {
     let url = cfg.nats_url.as_deref().ok_or_else(|| BusError::Nats("--nats-url is required".into()))?;
-    let client = async_nats::connect(url).await.map_err(nats)?;
+    let client = async_nats::connect(server_addrs(url)).await.map_err(nats)?;
     let js = jetstream::new(client);
     ensure_stream(&js, cfg).await?;
     let (mut sent, mut duplicates) = (0u64, 0u64);

@@ -86,6 +86,18 @@ impl From<WriteError> for ApiError {
             }
             WriteError::Closed => ApiError::Unavailable("the writer has stopped; nothing was written".into()),
             WriteError::Internal => ApiError::Internal("internal error while deciding the write; nothing was written"),
+            WriteError::NotLeader => ApiError::Unavailable(
+                "this node does not lead the cluster now (leadership is moving); nothing was written: retry shortly"
+                    .into(),
+            ),
+            WriteError::OutcomeUnknown => ApiError::Unavailable(
+                "this node lost the cluster's lead while appending the write; whether it was written is not \
+                 known: retry shortly (a retried create may answer 409 uniqueness if it was)"
+                    .into(),
+            ),
+            WriteError::ClusterUnavailable => {
+                ApiError::Unavailable("the replicated log did not take the write; nothing was written: retry shortly".into())
+            }
         }
     }
 }

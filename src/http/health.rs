@@ -44,6 +44,12 @@ async fn readyz(State(state): State<AppState>) -> Response {
     if !state.writer.is_running() {
         return unready("the writer has stopped");
     }
+    if let Some(c) = &state.cluster {
+        let lag = c.log_head().saturating_sub(*state.writer.committed().borrow());
+        if lag > c.ready_max_lag {
+            return unready(&format!("{lag} log positions behind the cluster (ready at {} or fewer)", c.ready_max_lag));
+        }
+    }
     match state.store.head() {
         Ok(_) => Json(json!({"status": "ok"})).into_response(),
         Err(e) => {
@@ -75,7 +81,10 @@ async fn healthz(State(state): State<AppState>, headers: axum::http::HeaderMap) 
         false
     };
     match state.store.head() {
-        Ok(_) if !details => Json(json!({"status": "ok"})).into_response(),
+        Ok(_) if !details => match &state.cluster {
+            Some(c) => Json(json!({"status": "ok", "role": c.role()})).into_response(),
+            None => Json(json!({"status": "ok"})).into_response(),
+        },
         Ok(head) => {
             let purges = state.writer.purges();
             let mut body = json!({"status": "ok", "logPosition": head.position, "purges": {
@@ -83,6 +92,18 @@ async fn healthz(State(state): State<AppState>, headers: axum::http::HeaderMap) 
             }});
             if let Ok(stats) = state.store.stats() {
                 body["store"] = json!(stats);
+            }
+            if let Some(c) = &state.cluster {
+                let log = c.log_head().max(head.position);
+                body["cluster"] = json!({
+                    "node": c.node_id,
+                    "role": c.role(),
+                    "leader": c.leader(),
+                    "appliedPosition": head.position,
+                    "logPosition": log,
+                    "lag": log - head.position,
+                    "lastError": c.last_error(),
+                });
             }
             if let Some(p) = &state.publisher {
                 let (publisher_state, error) = p.state();

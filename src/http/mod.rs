@@ -8,6 +8,7 @@ mod discovery;
 pub mod error;
 mod events;
 mod extract;
+mod forward;
 mod grants;
 mod groups;
 mod health;
@@ -63,6 +64,8 @@ pub struct Inner {
     pub metrics: crate::metrics::Metrics,
     /// Set when the server begins to stop (`/readyz` answers 503).
     pub draining: Arc<std::sync::atomic::AtomicBool>,
+    /// Cluster mode: this node's role and the leader (`None`: a single node).
+    pub cluster: Option<Arc<crate::cluster::ClusterState>>,
 }
 
 /// When the last handle to the state goes (server stopped, or its runtime dropped), the writer
@@ -142,6 +145,7 @@ pub fn router(state: AppState) -> Router {
         .route_layer(middleware::from_fn_with_state(state.clone(), scim_metrics))
         .route_layer(middleware::from_fn_with_state(state.clone(), note_route))
         .fallback(|| async { ApiError::NotFound("no such SCIM endpoint".into()) })
+        .layer(middleware::from_fn_with_state(state.clone(), forward::writes_to_leader))
         .layer(middleware::from_fn_with_state(state.clone(), provisioning_only))
         .layer(middleware::from_fn_with_state(state.clone(), rate::limit))
         .layer(middleware::from_fn_with_state(state.clone(), authenticate));
@@ -149,6 +153,7 @@ pub fn router(state: AppState) -> Router {
     let api = api
         .route_layer(middleware::from_fn_with_state(state.clone(), note_route))
         .fallback(|| async { ApiError::NotFound("no such API endpoint".into()) })
+        .layer(middleware::from_fn_with_state(state.clone(), forward::writes_to_leader))
         .layer(middleware::from_fn(scim_method_not_allowed))
         .layer(middleware::from_fn_with_state(state.clone(), rate::limit))
         .layer(middleware::from_fn_with_state(state.clone(), authenticate));
@@ -338,6 +343,10 @@ async fn read_level(State(state): State<AppState>, req: Request, next: Next) -> 
         }
     }
     let mut resp = next.run(req).await;
+    // A write the leader answered carries the leader's position (which covers it), not ours.
+    if resp.extensions().get::<forward::ForwardedAnswer>().is_some() {
+        return resp;
+    }
     let position = *applied.borrow_and_update();
     if let Ok(v) = HeaderValue::from_str(&position.to_string()) {
         resp.headers_mut().insert(HEADER_POSITION, v);
@@ -407,6 +416,10 @@ async fn provisioning_only(State(state): State<AppState>, req: Request, next: Ne
 /// and roles only), one command per tenant that differs.
 pub async fn reconcile_tokens(state: &AppState) {
     let Some(tokens) = &state.tokens else { return };
+    // In a cluster the leader records them (each node reads the same file), once it leads.
+    if state.cluster.as_ref().is_some_and(|c| !c.is_leader()) {
+        return;
+    }
     let wanted = tokens.by_tenant();
     let known = {
         let view = state.store.view();

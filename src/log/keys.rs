@@ -338,6 +338,23 @@ impl KeyRing {
         Ok(())
     }
 
+    /// Whether the subject's data key is in this store (cluster followers fetch the ones that
+    /// are not from the replicated copy before applying records sealed with them).
+    pub fn has_key(&self, id: &[u8]) -> Result<bool, LogError> {
+        Ok(self.cache.lock().expect("key cache").contains_key(id) || self.store.get_cf(CF_KEYS, id)?.is_some())
+    }
+
+    /// An opener that knows `extra` (wrapped data keys brought by replicated records, committed
+    /// with them) besides the stored ones. A key the master key cannot unwrap is an error.
+    pub fn opener_with(&self, extra: &[(Vec<u8>, Vec<u8>)]) -> Result<BatchOpener<'_>, KeyError> {
+        let mut keys = HashMap::new();
+        for (id, wrapped) in extra {
+            let key = self.unwrap_key(id, wrapped).ok_or_else(|| KeyError::Wrong(self.master.origin.clone()))?;
+            keys.insert(id.clone(), key);
+        }
+        Ok(BatchOpener { ring: self, extra: keys })
+    }
+
     pub fn master_origin(&self) -> &str {
         &self.master.origin
     }
@@ -358,11 +375,30 @@ impl Opener for KeyRing {
         let Some(key) = self.data_key(&data_key_id(tenant, subject)).map_err(|e| fail(e.to_string()))? else {
             return Ok(None);
         };
-        let sealed = B64.decode(sealed_box).map_err(|e| fail(format!("the sealed box is not base64: {e}")))?;
-        decrypt(&XChaCha20Poly1305::new((&key).into()), &sealed, subject.as_bytes())
-            .map(Some)
-            .ok_or_else(|| fail("the subject's key does not open the sealed box".into()))
+        open_with(&key, subject, sealed_box).map(Some)
     }
+}
+
+/// Opens with a batch's own keys first, then the ring's (see [`KeyRing::opener_with`]).
+pub struct BatchOpener<'a> {
+    ring: &'a KeyRing,
+    extra: HashMap<Vec<u8>, [u8; 32]>,
+}
+
+impl Opener for BatchOpener<'_> {
+    fn open(&self, tenant: &str, subject: &str, sealed_box: &str) -> Result<Option<Vec<u8>>, OpenError> {
+        match self.extra.get(&data_key_id(tenant, subject)) {
+            Some(key) => open_with(key, subject, sealed_box).map(Some),
+            None => self.ring.open(tenant, subject, sealed_box),
+        }
+    }
+}
+
+fn open_with(key: &[u8; 32], subject: &str, sealed_box: &str) -> Result<Vec<u8>, OpenError> {
+    let fail = |detail: String| OpenError { subject: subject.to_string(), detail };
+    let sealed = B64.decode(sealed_box).map_err(|e| fail(format!("the sealed box is not base64: {e}")))?;
+    decrypt(&XChaCha20Poly1305::new(key.into()), &sealed, subject.as_bytes())
+        .ok_or_else(|| fail("the subject's key does not open the sealed box".into()))
 }
 
 pub struct BatchSealer<'a> {

@@ -6,6 +6,11 @@
 //! answer: a response always means durable.
 //!
 //! Serialising writes here is what makes uniqueness and version checks race-free without locks.
+//!
+//! In cluster mode ([`Replication`]) the writer also appends each batch to the replicated log
+//! before the local commit, and only while this node leads; on a follower it applies the
+//! records the leader appended ([`WriterHandle::apply_replicated`]), checked against its head,
+//! through the same fold. Either way this thread is the only one that writes the store.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -47,7 +52,7 @@ pub struct Committed {
     pub purge: Option<u64>,
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum WriteError {
     #[error("refused: {0:?}")]
     Refused(Refusal),
@@ -64,9 +69,81 @@ pub enum WriteError {
     /// writer goes on with the next one.
     #[error("internal error while deciding the write; nothing was written")]
     Internal,
+    /// Cluster mode: this node does not lead (any more); nothing was written.
+    #[error("this node does not lead the cluster now")]
+    NotLeader,
+    /// Cluster mode: leadership was lost while appending; whether the write is in the log is
+    /// not known (the log will say; this node follows it from now on).
+    #[error("leadership was lost while appending; the outcome is not known")]
+    OutcomeUnknown,
+    /// Cluster mode: the replicated log did not take the batch; nothing was written.
+    #[error("the replicated log is unavailable; nothing was written")]
+    ClusterUnavailable,
 }
 
-#[derive(Clone, Debug)]
+/// Cluster mode's replicated log as the writer sees it (`cluster.rs` implements it over NATS).
+/// Its calls block: they run on the writer thread, between deciding and committing.
+pub trait Replication: Send + Sync {
+    /// Whether this node may decide writes now (it holds the lease and has caught up).
+    fn is_leader(&self) -> bool;
+    /// Makes `records` (positions after `head`; `true` marks a request's last record) and the
+    /// wrapped data keys they are sealed with durable in the cluster. Only then does the
+    /// writer commit them locally.
+    fn append(
+        &self,
+        head: &Head,
+        records: &[(u64, SealedEvent, bool)],
+        new_keys: &[(Vec<u8>, Vec<u8>)],
+    ) -> Result<(), ReplicationError>;
+    /// This node must stop deciding writes (a fence, an unknown outcome, a local failure).
+    fn step_down(&self, why: &str);
+    /// Erased subjects' data keys, to be removed from the replicated copy too (after the local
+    /// commit of the erasure, on every node: purging twice is harmless).
+    fn erased(&self, key_ids: Vec<Vec<u8>>);
+    /// Most records one request may write (one atomic append).
+    fn max_records(&self) -> usize;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReplicationError {
+    /// Another writer appended first: nothing of this batch is in the log. Step down.
+    #[error("another node appended to the log first")]
+    Fenced,
+    /// Known not to be stored (the cluster did not answer before anything went out, or refused).
+    #[error("the replicated log is unavailable: {0}")]
+    NotStored(String),
+    /// Whether the batch is in the log is not known; the stream will tell the follower loop.
+    #[error("the outcome of the append is not known: {0}")]
+    Unknown(String),
+}
+
+/// Records the leader appended, for a follower to apply, with the wrapped data keys they need
+/// that this node does not have yet (read from the replicated copy).
+pub struct ReplicatedBatch {
+    pub records: Vec<(u64, SealedEvent)>,
+    pub keys: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// The records do not continue this node's log (position or hash): follow again from the head.
+    #[error("record {position} does not continue the local log: {detail}")]
+    Discontinuous { position: u64, detail: String },
+    /// This node leads now: it appends, it does not apply others' records.
+    #[error("this node leads; it does not apply replicated records")]
+    Leading,
+    #[error("the store failed to commit replicated records: {0}")]
+    Storage(String),
+    #[error("the writer has stopped")]
+    Closed,
+}
+
+enum Input {
+    Write(WriteRequest),
+    Replicated(ReplicatedBatch, oneshot::Sender<Result<Head, ApplyError>>),
+}
+
+#[derive(Clone)]
 pub struct WriterOptions {
     /// How many requests may wait for the writer before new ones are refused with 503.
     pub queue_depth: usize,
@@ -84,12 +161,24 @@ pub struct WriterOptions {
     pub limits: command::WriteLimits,
     /// Where commits, their sizes and durations, events and refusals are counted.
     pub metrics: crate::metrics::Metrics,
+    /// Cluster mode: the replicated log every batch goes to first. `None`: a single node.
+    pub replication: Option<Arc<dyn Replication>>,
+}
+
+impl std::fmt::Debug for WriterOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WriterOptions")
+            .field("queue_depth", &self.queue_depth)
+            .field("group_commit_max", &self.group_commit_max)
+            .field("cluster", &self.replication.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Clone)]
 pub struct WriterHandle {
     /// `None` once closed.
-    tx: Option<mpsc::Sender<WriteRequest>>,
+    tx: Option<mpsc::Sender<Input>>,
     queue_depth: usize,
     committed: watch::Receiver<u64>,
     running: Arc<AtomicBool>,
@@ -98,6 +187,30 @@ pub struct WriterHandle {
     queued: Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
     queue_per_tenant: usize,
     metrics: crate::metrics::Metrics,
+}
+
+/// See [`WriterHandle::downgrade`].
+#[derive(Clone)]
+pub struct WeakWriter {
+    tx: Option<mpsc::WeakSender<Input>>,
+    committed: watch::Receiver<u64>,
+}
+
+impl WeakWriter {
+    /// Applies records another node appended (cluster follower). Waits for a place in the queue
+    /// rather than failing: the follower loop is the only sender, and it has nothing else to do.
+    pub async fn apply_replicated(&self, batch: ReplicatedBatch) -> Result<Head, ApplyError> {
+        let (reply, rx) = oneshot::channel();
+        let tx = self.tx.as_ref().and_then(|tx| tx.upgrade()).ok_or(ApplyError::Closed)?;
+        tx.send(Input::Replicated(batch, reply)).await.map_err(|_| ApplyError::Closed)?;
+        drop(tx);
+        rx.await.map_err(|_| ApplyError::Closed)?
+    }
+
+    /// The position of the last committed event (see [`WriterHandle::committed`]).
+    pub fn committed(&self) -> watch::Receiver<u64> {
+        self.committed.clone()
+    }
 }
 
 /// One tenant's place in the queue, given back when its write is answered (or given up).
@@ -135,7 +248,7 @@ impl WriterHandle {
         let (reply, rx) = oneshot::channel();
         let tx = self.tx.as_ref().ok_or(WriteError::Closed)?;
         let traceparent = crate::telemetry::traceparent(&tracing::Span::current());
-        tx.try_send(WriteRequest { origin, traceparent, command, reply }).map_err(|e| match e {
+        tx.try_send(Input::Write(WriteRequest { origin, traceparent, command, reply })).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => {
                 self.metrics.write_rejected("queue_full");
                 WriteError::QueueFull { depth: self.queue_depth }
@@ -146,6 +259,13 @@ impl WriterHandle {
         let answer = rx.await.map_err(|_| if self.is_running() { WriteError::Internal } else { WriteError::Closed })?;
         self.metrics.commit_duration.observe(started.elapsed().as_secs_f64());
         answer
+    }
+
+    /// A handle that does not keep the writer running: the cluster's role loop holds one, so
+    /// that the writer stops (and the store closes) once the server's own handles are gone,
+    /// whatever order a runtime drops its tasks in.
+    pub fn downgrade(&self) -> WeakWriter {
+        WeakWriter { tx: self.tx.as_ref().map(|tx| tx.downgrade()), committed: self.committed.clone() }
     }
 
     /// Writes waiting for the writer now.
@@ -221,18 +341,35 @@ pub fn start(
 fn run(
     store: Store,
     keys: Arc<KeyRing>,
-    mut rx: mpsc::Receiver<WriteRequest>,
+    mut rx: mpsc::Receiver<Input>,
     mut head: Head,
     opts: WriterOptions,
     committed: watch::Sender<u64>,
     purger: &super::purge::Purger,
 ) {
     let mut batch = Vec::with_capacity(opts.group_commit_max);
-    while let Some(first) = rx.blocking_recv() {
+    let mut next_input = None;
+    while let Some(first) = next_input.take().or_else(|| rx.blocking_recv()) {
+        let first = match first {
+            Input::Write(w) => w,
+            Input::Replicated(records, reply) => {
+                let applied = apply_replicated(&store, &keys, records, &head, &opts, purger, &committed);
+                if let Ok(h) = &applied {
+                    head = h.clone();
+                }
+                let _ = reply.send(applied);
+                continue;
+            }
+        };
         batch.push(first);
         while batch.len() < opts.group_commit_max {
             match rx.try_recv() {
-                Ok(r) => batch.push(r),
+                Ok(Input::Write(r)) => batch.push(r),
+                // Applied after this batch, in the order it came.
+                Ok(replicated) => {
+                    next_input = Some(replicated);
+                    break;
+                }
                 Err(_) => break,
             }
         }
@@ -261,10 +398,20 @@ fn commit_batch(
     committed: &watch::Sender<u64>,
 ) -> Head {
     let sync = opts.sync;
+    if opts.replication.as_ref().is_some_and(|r| !r.is_leader()) {
+        // A follower (or a leader that just stepped down) decides nothing: the HTTP layer
+        // forwards writes to the leader; the ones already queued here are answered 503.
+        for req in batch {
+            let _ = req.reply.send(Err(WriteError::NotLeader));
+        }
+        return head;
+    }
     let view = store.view();
     let mut overlay = Overlay::new(&view);
     let mut next = head.clone();
     let mut appended: Vec<(u64, SealedEvent)> = Vec::new();
+    // Whether each appended record ends its request (cluster followers apply whole requests).
+    let mut request_ends: Vec<bool> = Vec::new();
     let mut answers = Vec::with_capacity(batch.len());
     let mut sealer = keys.batch();
     let mut erased: Vec<(String, String)> = Vec::new();
@@ -303,6 +450,17 @@ fn commit_batch(
                 answers.push((req.reply, Err(WriteError::Internal)));
             }
             Ok(Err(refusal)) => answers.push((req.reply, Err(WriteError::Refused(refusal)))),
+            Ok(Ok(decision)) if opts.replication.as_ref().is_some_and(|r| decision.events.len() > r.max_records()) => {
+                let max = opts.replication.as_ref().map_or(0, |r| r.max_records());
+                let detail = format!(
+                    "this request would write {} events; in cluster mode one request writes at most {max} \
+                     (one atomic append): split it",
+                    decision.events.len()
+                );
+                let refusal =
+                    Refusal::Invalid(scimlog_schemas::SchemaError::new(scimlog_schemas::ScimType::TooMany, detail));
+                answers.push((req.reply, Err(WriteError::Refused(refusal))));
+            }
             Ok(Ok(decision)) => {
                 let mut events = Vec::with_capacity(decision.events.len());
                 for new in &decision.events {
@@ -335,7 +493,11 @@ fn commit_batch(
                     next = Head { position: event.position, hash: sealed.event_hash() };
                     apply(&mut overlay, &event);
                     appended.push((event.position, sealed));
+                    request_ends.push(false);
                     events.push(event);
+                }
+                if let Some(last) = request_ends.last_mut().filter(|_| !events.is_empty()) {
+                    *last = true;
                 }
                 answers.push((req.reply, Ok(Committed { events, decision, purge: None })));
             }
@@ -347,27 +509,36 @@ fn commit_batch(
     // The view is a snapshot: it must be gone before a purge, or RocksDB keeps the old values
     // alive for it.
     drop(view);
-    let purge_job = (!erased.is_empty()).then(|| super::purge::PurgeJob {
-        sequence: 0,
-        state_keys: erased
-            .iter()
-            .all(|p| deleted.contains(p))
-            .then(|| writes.iter().filter(|(_, v)| v.is_none()).map(|(k, _)| k.clone()).collect()),
-        key_ids: erased.iter().map(|(t, s)| super::keys::data_key_id(t, s)).collect(),
-    });
+    let purge_job = purge_job_for(&erased, &deleted, &writes);
     let mut key_writes = sealer.new_keys();
+    let replicated_keys: Vec<(Vec<u8>, Vec<u8>)> =
+        key_writes.iter().filter_map(|(id, w)| w.clone().map(|w| (id.clone(), w))).collect();
     key_writes.extend(erased.iter().map(|(t, s)| (super::keys::data_key_id(t, s), None)));
     let result = match failed {
-        Some(e) => Err(e),
+        Some(e) => Err(CommitFailure::Store(e)),
         None if appended.is_empty() => Ok(()),
         None => {
+            let started = std::time::Instant::now();
+            // Cluster mode: the replicated log first; it is the truth once it took the batch.
+            let replicated = match &opts.replication {
+                Some(r) => {
+                    let records: Vec<(u64, SealedEvent, bool)> =
+                        appended.iter().zip(&request_ends).map(|((p, e), end)| (*p, e.clone(), *end)).collect();
+                    r.append(&head, &records, &replicated_keys).map_err(CommitFailure::Replication)
+                }
+                None => Ok(()),
+            };
             // The log's invariant, checked against the store itself: this batch continues the
             // stored head (position and hash), so positions stay gap-free and prevHash links.
             // Only this thread appends; a failure is a bug, and the batch is dropped (500).
-            let started = std::time::Instant::now();
-            let written = store.head().and_then(|stored| {
-                assert_eq!(stored, head, "the batch continues the stored head");
-                store.commit(&appended, writes, key_writes, sync)
+            let written = replicated.and_then(|()| {
+                store
+                    .head()
+                    .and_then(|stored| {
+                        assert_eq!(stored, head, "the batch continues the stored head");
+                        store.commit(&appended, writes, key_writes, sync)
+                    })
+                    .map_err(CommitFailure::Store)
             });
             opts.metrics.write_duration.observe(started.elapsed().as_secs_f64());
             written
@@ -389,6 +560,9 @@ fn commit_batch(
             for (t, s) in &erased {
                 keys.forget(t, s);
             }
+            if let Some(r) = opts.replication.as_ref().filter(|_| !erased.is_empty()) {
+                r.erased(erased.iter().map(|(t, s)| super::keys::data_key_id(t, s)).collect());
+            }
             // The keys are deleted; the purge thread makes sure no file still holds them or the
             // erased read-model values, once no older snapshot can see them.
             let ticket =
@@ -404,13 +578,137 @@ fn commit_batch(
             }
             next
         }
-        Err(e) => {
-            // Logged once here; the requests only learn that nothing was written.
-            tracing::error!(error = %e, events = appended.len(), "commit failed; batch discarded");
+        Err(failure) => {
+            let answer = failed_commit(failure, opts.replication.as_deref(), appended.len());
             for (reply, _) in answers {
-                let _ = reply.send(Err(WriteError::Storage));
+                let _ = reply.send(Err(answer.clone()));
             }
             head
+        }
+    }
+}
+
+/// Applies records another node appended (cluster follower): each must continue this store's
+/// log (position, `prevHash`, intact hash), their plaintext is folded by the same `apply` as
+/// on the leader, and records, read models and the data keys they brought are committed in
+/// one batch. An erasure among them destroys the key here, purges, and purges the replicated
+/// copy, as on the leader.
+fn apply_replicated(
+    store: &Store,
+    keys: &KeyRing,
+    batch: ReplicatedBatch,
+    head: &Head,
+    opts: &WriterOptions,
+    purger: &super::purge::Purger,
+    committed: &watch::Sender<u64>,
+) -> Result<Head, ApplyError> {
+    if opts.replication.as_ref().is_some_and(|r| r.is_leader()) {
+        return Err(ApplyError::Leading);
+    }
+    let opener = keys
+        .opener_with(&batch.keys)
+        .map_err(|e| ApplyError::Discontinuous { position: head.position + 1, detail: e.to_string() })?;
+    let view = store.view();
+    let mut overlay = Overlay::new(&view);
+    let mut next = head.clone();
+    let (mut erased, mut deleted) = (Vec::new(), std::collections::HashSet::new());
+    for (position, sealed) in &batch.records {
+        let broken = |detail: String| ApplyError::Discontinuous { position: *position, detail };
+        if *position != next.position + 1 || !sealed.is_intact() {
+            return Err(broken(format!("expected position {} with an intact hash", next.position + 1)));
+        }
+        let event = sealed.decode(&opener).map_err(|e| broken(e.to_string()))?;
+        if event.position != *position || event.prev_hash != next.hash {
+            return Err(broken("its position or prevHash does not link to the local head".into()));
+        }
+        match event.body {
+            EventBody::UserErased { .. } => erased.push((event.tenant.clone(), event.resource_id.clone())),
+            EventBody::UserDeleted {} => {
+                deleted.insert((event.tenant.clone(), event.resource_id.clone()));
+            }
+            _ => {}
+        }
+        apply(&mut overlay, &event);
+        next = Head { position: *position, hash: sealed.event_hash() };
+    }
+    if let Some(e) = view.take_error() {
+        return Err(ApplyError::Storage(e.to_string()));
+    }
+    let writes = overlay.into_writes();
+    drop(view);
+    let purge_job = purge_job_for(&erased, &deleted, &writes);
+    let mut key_writes: Vec<(Vec<u8>, Option<Vec<u8>>)> =
+        batch.keys.into_iter().map(|(id, wrapped)| (id, Some(wrapped))).collect();
+    key_writes.extend(erased.iter().map(|(t, s)| (super::keys::data_key_id(t, s), None)));
+    store.commit(&batch.records, writes, key_writes, opts.sync).map_err(|e| ApplyError::Storage(e.to_string()))?;
+    for (t, s) in &erased {
+        keys.forget(t, s);
+    }
+    if let Some(job) = purge_job {
+        purger.submit(super::purge::PurgeJob { sequence: store.latest_sequence(), ..job });
+    }
+    if let Some(r) = opts.replication.as_ref().filter(|_| !erased.is_empty()) {
+        r.erased(erased.iter().map(|(t, s)| super::keys::data_key_id(t, s)).collect());
+    }
+    committed.send_replace(next.position);
+    Ok(next)
+}
+
+/// The purge an erasure needs: the deleted read-model keys when every erased person was deleted
+/// in the same commit (else the whole `state` family), and their data keys.
+fn purge_job_for(
+    erased: &[(String, String)],
+    deleted: &std::collections::HashSet<(String, String)>,
+    writes: &std::collections::BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+) -> Option<super::purge::PurgeJob> {
+    (!erased.is_empty()).then(|| super::purge::PurgeJob {
+        sequence: 0,
+        state_keys: erased
+            .iter()
+            .all(|p| deleted.contains(p))
+            .then(|| writes.iter().filter(|(_, v)| v.is_none()).map(|(k, _)| k.clone()).collect()),
+        key_ids: erased.iter().map(|(t, s)| super::keys::data_key_id(t, s)).collect(),
+    })
+}
+
+enum CommitFailure {
+    Store(super::LogError),
+    Replication(ReplicationError),
+}
+
+/// What the requests of a batch that was not committed learn (each cause logged once here), and
+/// whether this node stops leading: after a fence or an unknown outcome it decided on a state
+/// that may not be the log's, and in cluster mode a local failure after the append leaves the
+/// log ahead of this store, which only following can repair.
+fn failed_commit(failure: CommitFailure, replication: Option<&dyn Replication>, events: usize) -> WriteError {
+    match (failure, replication) {
+        (CommitFailure::Store(e), None) => {
+            // The requests only learn that nothing was written.
+            tracing::error!(error = %e, events, "commit failed; batch discarded");
+            WriteError::Storage
+        }
+        (CommitFailure::Store(e), Some(r)) => {
+            tracing::error!(error = %e, events, "the local commit failed after the replicated append; stepping down");
+            r.step_down("the local commit failed");
+            WriteError::OutcomeUnknown
+        }
+        (CommitFailure::Replication(e @ ReplicationError::Fenced), r) => {
+            tracing::warn!(error = %e, events, "fenced: another node leads; stepping down, nothing was written");
+            if let Some(r) = r {
+                r.step_down(&e.to_string());
+            }
+            WriteError::NotLeader
+        }
+        (CommitFailure::Replication(e @ ReplicationError::Unknown(_)), r) => {
+            tracing::warn!(error = %e, events, "the append's outcome is not known; stepping down");
+            if let Some(r) = r {
+                r.step_down(&e.to_string());
+            }
+            WriteError::OutcomeUnknown
+        }
+        (CommitFailure::Replication(e @ ReplicationError::NotStored(_)), _) => {
+            tracing::warn!(error = %e, events, "the replicated log did not take the batch; nothing was written");
+            WriteError::ClusterUnavailable
         }
     }
 }
@@ -435,6 +733,7 @@ mod tests {
             default_organization: "default".into(),
             limits: command::WriteLimits::DEFAULT,
             metrics: Default::default(),
+            replication: None,
         };
         let (mut handle, thread) = start(store, keys, opts).unwrap();
         let mut observer = handle.clone();

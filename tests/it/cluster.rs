@@ -34,7 +34,7 @@ async fn js(urls: impl async_nats::ToServerAddrs) -> async_nats::jetstream::Cont
 #[tokio::test]
 async fn the_log_stream_fences_a_stale_writer() {
     let cluster = NatsCluster::start().await;
-    let mut a = LogStream::open(js(&cluster.node_url(0)).await, 3).await.unwrap();
+    let a = LogStream::open(js(&cluster.node_url(0)).await, 3).await.unwrap();
     let b = LogStream::open(js(&cluster.node_url(2)).await, 3).await.unwrap();
     assert_eq!(a.head().await.unwrap(), 0);
     assert_eq!(a.append(0, &records("a", 0, 3)).await.unwrap(), 3);
@@ -101,7 +101,7 @@ async fn the_writer_lease_has_one_holder_and_lapses() {
 #[tokio::test]
 async fn appends_survive_the_loss_of_the_stream_leader() {
     let mut cluster = NatsCluster::start().await;
-    let mut log = LogStream::open(js(cluster.urls()).await, 3).await.unwrap();
+    let log = LogStream::open(js(cluster.urls()).await, 3).await.unwrap();
     let ctx = js(cluster.urls()).await;
     let total = 30u64;
     let mut head = 0u64;
@@ -150,7 +150,7 @@ async fn appends_survive_the_loss_of_the_stream_leader() {
 #[tokio::test]
 async fn an_atomic_batch_is_stored_whole_or_not_at_all() {
     let cluster = NatsCluster::start().await;
-    let mut a = LogStream::open(js(&cluster.node_url(0)).await, 3).await.unwrap();
+    let a = LogStream::open(js(&cluster.node_url(0)).await, 3).await.unwrap();
     let b = LogStream::open(js(&cluster.node_url(1)).await, 3).await.unwrap();
     assert!(a.atomic(), "nats-server 2.15 stores atomic batches");
     assert_eq!(a.append_atomic(0, &records("a", 0, 5)).await.unwrap(), 5);

@@ -507,3 +507,11 @@ impl Drop for NatsCluster {
         }
     }
 }
+
+/// With `SCIMLOG_TEST_LOG=<filter>` (e.g. `scimlog=debug`), the servers of this test process
+/// log to stderr: what to read when a multi-node test waits for something that never happens.
+pub fn log_if_asked() {
+    if let Ok(filter) = std::env::var("SCIMLOG_TEST_LOG") {
+        let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    }
+}

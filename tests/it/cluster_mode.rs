@@ -1,0 +1,237 @@
+//! `scimlog serve --cluster` (issue 15): several scimlog nodes on a real 3-node JetStream
+//! cluster of the pinned nats-server 2.15, in this process, each with its own RocksDB. One
+//! leads and writes; the others apply the log, serve reads, and forward (or redirect) writes.
+//! Process-level failover (SIGKILL, SIGSTOP) is in `cluster_failover.rs`.
+
+use std::time::Duration;
+
+use reqwest::Method;
+use serde_json::{json, Value};
+
+use crate::support::{eventually, NatsCluster, TestServer};
+
+/// The master key every node shares (the log's sealed values open with it on every node).
+pub const MASTER_HEX: &str = "4f1d2c3b4a59687766554433221100ffeeddccbbaa99887766554433221100aa";
+
+pub const PUBLIC_URL: &str = "https://scim.example.test";
+
+/// A node's configuration: the test config plus cluster mode on `nats`, short leases.
+pub fn cluster_config(
+    nats_url: String,
+    id: &str,
+    forwarding: scimlog::cluster::Forwarding,
+    dir: &std::path::Path,
+) -> scimlog::config::ServeConfig {
+    crate::support::log_if_asked();
+    let mut cfg = crate::support::config(dir);
+    cfg.nats.nats_url = Some(nats_url);
+    cfg.nats.nats_replicas = 3;
+    cfg.master_key_hex = Some(MASTER_HEX.into());
+    cfg.cluster.cluster = true;
+    cfg.cluster.node_id = Some(id.into());
+    cfg.cluster.lease_ttl_ms = 1500;
+    cfg.cluster.write_forwarding = forwarding;
+    // What an IdP is given: the load balancer's URL, the same on every node.
+    cfg.public_url = Some(PUBLIC_URL.into());
+    cfg
+}
+
+pub async fn node(nats: &NatsCluster, id: &str, forwarding: scimlog::cluster::Forwarding) -> TestServer {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut s = TestServer::start_with(cluster_config(nats.urls().join(","), id, forwarding, tmp.path())).await;
+    s.adopt_dir(tmp);
+    s
+}
+
+pub async fn role(s: &TestServer) -> String {
+    s.healthz().await["cluster"]["role"].as_str().unwrap_or_default().to_string()
+}
+
+/// Every node's events, position by position: (position, hash, canonical bytes).
+pub fn log_of(s: &TestServer) -> Vec<(u64, [u8; 32], Vec<u8>)> {
+    s.store().events_from(1, 1_000_000).unwrap().into_iter().map(|(p, e)| (p, e.hash, e.bytes)).collect()
+}
+
+fn user(name: &str) -> Value {
+    json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"], "userName": name,
+           "emails": [{"value": format!("{name}@example.com"), "primary": true}]})
+}
+
+/// Given three nodes of which the first leads, when writes go to any node (a follower proxies
+/// them, a redirecting one answers 307), then every node answers reads of them at the position
+/// the write reported, the logs of all nodes are byte-identical and verify, and an erasure sent
+/// to a follower removes the person on every node and from the replicated key copy.
+#[tokio::test]
+async fn three_nodes_serve_one_directory() {
+    let nats = NatsCluster::start().await;
+    let a = node(&nats, "a", scimlog::cluster::Forwarding::Proxy).await;
+    eventually(20, "node a leads", || async { role(&a).await == "leader" }).await;
+    let b = node(&nats, "b", scimlog::cluster::Forwarding::Proxy).await;
+    let c = node(&nats, "c", scimlog::cluster::Forwarding::Redirect).await;
+    for n in [&b, &c] {
+        eventually(20, "a follower knows the leader", || async {
+            let h = n.healthz().await;
+            h["cluster"]["role"] == "follower" && h["cluster"]["leader"]["node"] == "a"
+        })
+        .await;
+    }
+
+    // A write sent to a follower is proxied: the leader's answer, with its position.
+    let created = b.post("/Users", &user("ada")).await;
+    assert_eq!(created.status, 201, "{}", created.body);
+    let id = created.id();
+    let position = created.header("scimlog-position").expect("a position").to_string();
+    // Read-your-writes on every node: wait for the position, then the same resource.
+    for (name, n) in [("a", &a), ("b", &b), ("c", &c)] {
+        let r = n.send(Method::GET, &format!("/Users/{id}"), None, &[("Scimlog-Min-Position", &position)]).await;
+        assert_eq!(r.status, 200, "node {name} at {position}: {} {:?}", r.body, r.header("scimlog-position"));
+        assert_eq!(r.body, created.body, "every node renders the same resource");
+        let served_at: u64 = r.header("scimlog-position").unwrap().parse().unwrap();
+        assert!(served_at >= position.parse().unwrap());
+    }
+
+    // A redirecting node answers a write with 307 to the leader; a client following it writes.
+    let no_follow = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let r = no_follow
+        .post(c.url("/Users"))
+        .bearer_auth(&c.token)
+        .header("content-type", "application/scim+json")
+        .body(user("grace").to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 307);
+    let location = r.headers()["location"].to_str().unwrap().to_string();
+    assert_eq!(location, a.url("/Users"));
+    // A client sends its credentials again to the new origin (HTTP clients drop them on a
+    // redirect to another origin, so redirect mode suits API clients that do so, not IdPs).
+    let grace = c.send(Method::POST, &location, Some(&user("grace")), &[]).await;
+    assert_eq!(grace.status, 201, "{}", grace.body);
+
+    // A small workload over the leader and the proxying follower: users, a group with
+    // members, a PATCH, a delete.
+    let mut ids = vec![id.clone(), grace.id()];
+    for (i, n) in [&a, &b].iter().cycle().take(12).enumerate() {
+        let r = n.post("/Users", &user(&format!("u{i}"))).await;
+        assert_eq!(r.status, 201, "{}", r.body);
+        ids.push(r.id());
+    }
+    let members: Vec<Value> = ids.iter().take(6).map(|i| json!({"value": i})).collect();
+    let group =
+        json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group"], "displayName": "eng", "members": members});
+    let g = b.post("/Groups", &group).await;
+    assert_eq!(g.status, 201, "{}", g.body);
+    let patch = json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
+        "Operations": [{"op": "remove", "path": format!("members[value eq \"{}\"]", ids[1])}]});
+    let r = b.send(Method::PATCH, &format!("/Groups/{}", g.id()), Some(&patch), &[]).await;
+    assert_eq!(r.status, 204, "a group PATCH answers 204: {}", r.body);
+    assert_eq!(b.delete(&format!("/Users/{}", ids[7])).await.status, 204);
+    // Reads on a follower are served there: a search is not a write.
+    let search =
+        json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:SearchRequest"], "filter": "userName sw \"u\""});
+    let found = b.send(Method::POST, "/.search", Some(&search), &[]).await;
+    assert_eq!(found.status, 200, "{}", found.body);
+
+    // Erasure through a follower (admin API, proxied): gone everywhere, key copy purged.
+    let erase = format!("{}/api/v1/users/{id}/erase", b.base);
+    let r = b.send_as(&b.admin_token(), Method::POST, &erase, Some(&json!({"reason": "ticket 7"})), &[]).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let head = a.log_position().await;
+    for n in [&a, &b, &c] {
+        let at = head.to_string();
+        let r = n.send(Method::GET, &format!("/Users/{id}"), None, &[("Scimlog-Min-Position", &at)]).await;
+        r.assert_error(404, None, &id);
+    }
+    let js = async_nats::jetstream::new(async_nats::connect(nats.node_url(1)).await.unwrap());
+    let copy = scimlog::bus::keys_kv::ReplicatedKeys::open(&js, 3).await.unwrap();
+    let key_id = scimlog::log::keys::data_key_id("default", &id);
+    eventually(10, "the erased key is purged from the replicated copy", || async {
+        copy.get(&key_id).await.unwrap().is_none()
+    })
+    .await;
+    assert!(copy.get(&scimlog::log::keys::data_key_id("default", &ids[2])).await.unwrap().is_some());
+
+    // Every node holds the same log, byte for byte, and it verifies.
+    let logs: Vec<_> = [&a, &b, &c].iter().map(|n| log_of(n)).collect();
+    assert_eq!(logs[0].len() as u64, head);
+    assert!(logs.iter().all(|l| *l == logs[0]), "all nodes' logs are byte-identical");
+    for n in [&a, &b, &c] {
+        let verified = scimlog::audit::verify(&n.store()).unwrap();
+        assert_eq!(verified.head_position, head);
+    }
+    // The followers' read models answer like the leader's.
+    for path in ["/Users?count=100", &format!("/Groups/{}", g.id())] {
+        let want = a.get(path).await.body;
+        for n in [&b, &c] {
+            assert_eq!(n.get(path).await.body, want, "{path}");
+        }
+    }
+    for n in [b, c, a] {
+        n.stop().await;
+    }
+}
+
+/// Given a leader, when it stops (gracefully: it hands the lease over), then another node
+/// takes over within the lease's life, writes go on through any node, and the new leader's
+/// records continue the same hash chain; the old node, started again, follows and catches up.
+#[tokio::test]
+async fn a_stopped_leader_hands_over() {
+    let nats = NatsCluster::start().await;
+    let a = node(&nats, "a", scimlog::cluster::Forwarding::Proxy).await;
+    eventually(20, "node a leads", || async { role(&a).await == "leader" }).await;
+    let b = node(&nats, "b", scimlog::cluster::Forwarding::Proxy).await;
+    let c = node(&nats, "c", scimlog::cluster::Forwarding::Proxy).await;
+    for i in 0..5 {
+        assert_eq!(b.post("/Users", &user(&format!("before{i}"))).await.status, 201);
+    }
+    let kept = a.stop_keeping_data().await;
+    eventually(20, "b or c leads", || async { role(&b).await == "leader" || role(&c).await == "leader" }).await;
+    for i in 0..5 {
+        let r = c.post("/Users", &user(&format!("after{i}"))).await;
+        assert_eq!(r.status, 201, "{}", r.body);
+    }
+    // The first node comes back as a follower and catches up.
+    let kept = kept.unwrap();
+    let cfg = cluster_config(nats.urls().join(","), "a", scimlog::cluster::Forwarding::Proxy, kept.path());
+    let mut a = TestServer::start_with(cfg).await;
+    a.adopt_dir(kept);
+    let head = b.log_position().await.max(c.log_position().await);
+    eventually(20, "the old leader catches up", || async { a.log_position().await == head }).await;
+    assert_eq!(role(&a).await, "follower");
+    let logs: Vec<_> = [&a, &b, &c].iter().map(|n| log_of(n)).collect();
+    assert!(logs.iter().all(|l| *l == logs[0]), "all nodes' logs are byte-identical");
+    for n in [&a, &b, &c] {
+        scimlog::audit::verify(&n.store()).unwrap();
+    }
+    let r = a.get("/Users?filter=userName%20sw%20%22after%22").await;
+    assert_eq!(r.body["totalResults"], 5, "{}", r.body);
+    for n in [a, b, c] {
+        n.stop().await;
+    }
+}
+
+/// `/readyz` and `/healthz` in cluster mode: the role is public, the details (leader, positions,
+/// lag) need an admin token; Debian's nats-server 2.9 (no atomic batches) is refused at start.
+#[tokio::test]
+async fn cluster_health_and_refusals() {
+    let nats = NatsCluster::start().await;
+    let a = node(&nats, "a", scimlog::cluster::Forwarding::Proxy).await;
+    eventually(20, "node a leads", || async { role(&a).await == "leader" }).await;
+    let public: Value = reqwest::get(format!("{}/healthz", a.base)).await.unwrap().json().await.unwrap();
+    assert_eq!(public, json!({"status": "ok", "role": "leader"}));
+    let h = a.healthz().await;
+    assert_eq!(h["cluster"]["node"], "a");
+    assert_eq!(h["cluster"]["leader"]["url"], a.base);
+    assert_eq!(h["cluster"]["lag"], 0);
+    assert_eq!(reqwest::get(format!("{}/readyz", a.base)).await.unwrap().status(), 200);
+    a.stop().await;
+
+    let old = crate::support::NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = cluster_config(old.url(), "x", scimlog::cluster::Forwarding::Proxy, dir.path());
+    cfg.nats.nats_replicas = 1;
+    let err = scimlog::server::Server::start(cfg).await.err().expect("refused");
+    let text = format!("{err:#}");
+    assert!(text.contains("2.12 or newer") && text.contains("2.9"), "{text}");
+    tokio::time::sleep(Duration::from_millis(10)).await;
+}
