@@ -5,6 +5,7 @@ mod audit;
 mod auth;
 mod bulk;
 mod cluster;
+mod cluster_failover;
 mod cluster_mode;
 mod conformance;
 mod crash;
