@@ -65,6 +65,24 @@ impl Server {
         if let Some(t) = &cfg.admin_token {
             anyhow::ensure!(t.len() >= 16, "the admin token (--admin-token or its file) needs 16 or more characters");
         }
+        // Bound before anything else starts: in cluster mode the lease carries this node's URL.
+        let listener = tokio::net::TcpListener::bind(cfg.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", cfg.listen))?;
+        let addr = listener.local_addr()?;
+        cfg.listen = addr;
+        // A new cluster node (no store yet) starts from the newest usable snapshot, if any.
+        let cluster = match cfg.cluster.cluster {
+            true => Some(start_cluster_link(&cfg).await?),
+            false => None,
+        };
+        let restored = match &cluster {
+            Some((_, link)) => crate::cluster::snapshot::restore(&cfg.data_dir, link).await?,
+            None => None,
+        };
+        if let (Some((state, _)), Some(snapshot)) = (&cluster, restored) {
+            state.set_started_from(snapshot);
+        }
         let store = Store::open_with(&cfg.data_dir, &cfg.store_memory())?;
         let faults = store.faults();
         let server_store = store.clone();
@@ -101,16 +119,6 @@ impl Server {
         let bus_shutdown_for_tokens = bus_shutdown.clone();
         let bus_shutdown_for_metrics = bus_shutdown.clone();
         let cfg_metrics_listen = cfg.metrics_listen;
-        // Bound before anything else starts: in cluster mode the lease carries this node's URL.
-        let listener = tokio::net::TcpListener::bind(cfg.listen)
-            .await
-            .with_context(|| format!("cannot listen on {}", cfg.listen))?;
-        let addr = listener.local_addr()?;
-        cfg.listen = addr;
-        let cluster = match cfg.cluster.cluster {
-            true => Some(start_cluster_link(&cfg).await?),
-            false => None,
-        };
         let (writer, writer_thread) = writer::start(
             store.clone(),
             keys.clone(),
@@ -169,6 +177,10 @@ impl Server {
                 keys: keys.clone(),
                 lease_ttl: Duration::from_millis(cfg.cluster.lease_ttl_ms),
                 apply_batch_max: cfg.cluster.apply_batch_max,
+                data_dir: cfg.data_dir.clone(),
+                snapshot_interval: (cfg.cluster.snapshot_interval_s > 0)
+                    .then(|| Duration::from_secs(cfg.cluster.snapshot_interval_s)),
+                snapshot_min_events: cfg.cluster.snapshot_min_events,
             };
             tokio::spawn(crate::cluster::run(node, bus_shutdown.clone()))
         });

@@ -884,7 +884,7 @@ async fn stream_append(binary: &std::path::Path, seconds: u64) -> anyhow::Result
     use scimlog_schemas::event::SealedEvent;
     let cluster = crate::target::NatsCluster::start(binary).await?;
     let js = async_nats::jetstream::new(async_nats::connect(cluster.urls.clone()).await?);
-    let mut log = LogStream::open(js, 3).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let log = LogStream::open(js, 3).await.map_err(|e| anyhow::anyhow!("{e}"))?;
     let record = SealedEvent { hash: [7; 32], bytes: vec![b'x'; 300] };
     let mut rows = Vec::new();
     for (atomic, n) in [(false, 1u64), (false, 16), (true, 1), (true, 16), (true, 128)] {

@@ -1,6 +1,6 @@
-//! Cluster mode's connection to NATS: one client, and on it the three replicated objects the
-//! cluster needs — the log stream ([`LogStream`]), the data keys' copy ([`ReplicatedKeys`]) and
-//! the writer lease ([`Lease`]). The `cluster` module drives them; it never sees a NATS type.
+//! Cluster mode's connection to NATS: one client, and on it the replicated objects the cluster
+//! needs — the log stream ([`LogStream`]), the data keys' copy ([`ReplicatedKeys`]), the writer
+//! lease ([`Lease`]) and the snapshots for new nodes ([`Snapshots`]). The `cluster` module drives them; it never sees a NATS type.
 
 use std::time::Duration;
 
@@ -10,18 +10,20 @@ use bytes::Bytes;
 use super::keys_kv::ReplicatedKeys;
 use super::lease::Lease;
 use super::log_stream::LogStream;
+use super::snapshots::Snapshots;
 use super::BusError;
 
 pub struct Link {
     pub stream: LogStream,
     pub keys: ReplicatedKeys,
     pub lease: Lease,
+    pub snapshots: Snapshots,
 }
 
 impl Link {
     /// Connects to `url` (several, comma-separated: any one answering will do; the client learns
     /// the others from it), reconnecting for ever after, quickly (a failover waits on it), and opens or
-    /// creates the three objects with `replicas` copies. A server that cannot store a request
+    /// creates the objects with `replicas` copies. A server that cannot store a request
     /// all-or-nothing (atomic batches, nats-server 2.12+) is refused here, with its reason.
     pub async fn open(url: &str, replicas: usize, lease_ttl: Duration, holder: Bytes) -> Result<Link, BusError> {
         let client = async_nats::ConnectOptions::new()
@@ -41,6 +43,7 @@ impl Link {
         }
         let keys = ReplicatedKeys::open(&js, replicas).await?;
         let lease = Lease::open(&js, replicas, lease_ttl, holder).await?;
-        Ok(Link { stream, keys, lease })
+        let snapshots = Snapshots::open(&js, replicas).await?;
+        Ok(Link { stream, keys, lease, snapshots })
     }
 }

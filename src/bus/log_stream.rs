@@ -87,6 +87,12 @@ impl LogStream {
         Ok(stream.info().await.map_err(nats)?.state.last_sequence)
     }
 
+    /// The stream's first sequence (1 unless the log was trimmed after a snapshot).
+    pub async fn first(&self) -> Result<u64, BusError> {
+        let mut stream = self.stream.clone();
+        Ok(stream.info().await.map_err(nats)?.state.first_sequence)
+    }
+
     /// The records from `from` on, in order, as they are appended: an ordered consumer
     /// (ephemeral, no acks, recreated by the client on a gap), so a reader never skips one.
     pub async fn follow(&self, from: u64) -> Result<Follow, BusError> {

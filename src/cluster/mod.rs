@@ -17,6 +17,7 @@
 //! what keeps two writers from both appending. See ARCHITECTURE.md "Cluster mode".
 
 mod replication;
+pub mod snapshot;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -28,6 +29,7 @@ use tokio::sync::watch;
 
 use crate::bus::link::Link;
 use crate::bus::log_stream::Followed;
+use crate::bus::snapshots::SnapshotInfo;
 use crate::bus::BusError;
 use crate::log::keys::KeyRing;
 use crate::log::writer::{ReplicatedBatch, WeakWriter};
@@ -70,6 +72,14 @@ pub struct ClusterConfig {
     /// answer) before it steps down and answers 503.
     #[arg(long, env = "SCIMLOG_APPEND_TIMEOUT_MS", default_value_t = 5_000)]
     pub append_timeout_ms: u64,
+    /// How often the leader puts a snapshot of its store into the Object Store
+    /// `scimlog_snapshots` for new nodes (0: never; after an erasure it takes one at once and
+    /// deletes the older ones, which hold the erased values).
+    #[arg(long, env = "SCIMLOG_SNAPSHOT_INTERVAL_S", default_value_t = 3600)]
+    pub snapshot_interval_s: u64,
+    /// A new snapshot only when the log grew by this many events since the last one.
+    #[arg(long, env = "SCIMLOG_SNAPSHOT_MIN_EVENTS", default_value_t = 10_000)]
+    pub snapshot_min_events: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
@@ -110,6 +120,13 @@ pub struct ClusterState {
     log_head: AtomicU64,
     last_error: Mutex<Option<String>>,
     step_down: tokio::sync::Notify,
+    /// Erasures applied here (leading or following): the snapshot loop replaces older snapshots.
+    erasures: AtomicU64,
+    /// The snapshot this node's store was started from, if it was.
+    started_from: Mutex<Option<SnapshotInfo>>,
+    /// Set when the log no longer holds records this node has not applied (trimmed, or lost by
+    /// NATS): the node serves nothing but its probes until it is rebuilt (README "Cluster").
+    gap: Mutex<Option<String>>,
 }
 
 impl ClusterState {
@@ -126,6 +143,9 @@ impl ClusterState {
             log_head: AtomicU64::new(0),
             last_error: Mutex::new(None),
             step_down: tokio::sync::Notify::new(),
+            erasures: AtomicU64::new(0),
+            started_from: Mutex::new(None),
+            gap: Mutex::new(None),
         }
     }
 
@@ -148,6 +168,33 @@ impl ClusterState {
 
     pub fn last_error(&self) -> Option<String> {
         self.last_error.lock().expect("error lock").clone()
+    }
+
+    pub fn erasures(&self) -> u64 {
+        self.erasures.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn note_erasure(&self) {
+        self.erasures.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// The snapshot this node was started from (`/healthz`).
+    pub fn started_from(&self) -> Option<SnapshotInfo> {
+        self.started_from.lock().expect("snapshot lock").clone()
+    }
+
+    pub fn set_started_from(&self, snapshot: SnapshotInfo) {
+        *self.started_from.lock().expect("snapshot lock") = Some(snapshot);
+    }
+
+    /// Why this node cannot follow the log any more, if it cannot.
+    pub fn gap(&self) -> Option<String> {
+        self.gap.lock().expect("gap lock").clone()
+    }
+
+    fn set_gap(&self, why: String) {
+        tracing::error!(node = %self.node_id, "{why}");
+        *self.gap.lock().expect("gap lock") = Some(why);
     }
 
     /// Turns true while this node leads.
@@ -193,6 +240,10 @@ pub struct Node {
     pub keys: Arc<KeyRing>,
     pub lease_ttl: Duration,
     pub apply_batch_max: usize,
+    pub data_dir: std::path::PathBuf,
+    /// `None`: no snapshots.
+    pub snapshot_interval: Option<Duration>,
+    pub snapshot_min_events: u64,
 }
 
 /// Connects to NATS and opens the cluster's objects; the lease names this node and its URL.
@@ -208,14 +259,29 @@ pub async fn connect(
 }
 
 /// The role loop: follow, lead when the lease is free, follow again; until `stop` turns true.
-pub async fn run(node: Node, mut stop: watch::Receiver<bool>) {
+/// Beside it, the snapshot loop (it acts while this node leads).
+pub async fn run(node: Node, stop: watch::Receiver<bool>) {
+    let snapshots = async {
+        match node.snapshot_interval {
+            Some(every) => snapshot::run(&node, &node.data_dir, every, node.snapshot_min_events).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = roles(&node, stop) => {}
+        _ = snapshots => {}
+    }
+    node.state.set_role(Role::Stopped);
+}
+
+async fn roles(node: &Node, mut stop: watch::Receiver<bool>) {
     let mut backoff = Duration::from_millis(100);
     loop {
         if *stop.borrow() {
             break;
         }
         let followed = tokio::select! {
-            r = follow(&node) => r,
+            r = follow(node) => r,
             _ = stop.changed() => break,
         };
         match followed {
@@ -234,7 +300,7 @@ pub async fn run(node: Node, mut stop: watch::Receiver<bool>) {
         // Caught up, and nobody held the lease a moment ago.
         match node.link.lease.try_acquire().await {
             Ok(Some(held)) => {
-                if lead(&node, held, &mut stop).await.is_break() {
+                if lead(node, held, &mut stop).await.is_break() {
                     break;
                 }
             }
@@ -242,13 +308,22 @@ pub async fn run(node: Node, mut stop: watch::Receiver<bool>) {
             Err(e) => node.state.note_error(&e),
         }
     }
-    node.state.set_role(Role::Stopped);
 }
 
 /// Follows the log: applies every record from this node's head on, in batches that end with a
 /// whole request; returns once it has applied everything the log holds and the lease is free.
 async fn follow(node: &Node) -> Result<(), BusError> {
     let applied = *node.writer.committed().borrow();
+    let first = node.link.stream.first().await?;
+    if first > applied + 1 {
+        let why = format!(
+            "the log starts at position {first}, but this node has applied only {applied}: records it \
+             needs are gone (the log was trimmed); it serves nothing until its data dir is emptied, \
+             which makes it start from a snapshot"
+        );
+        node.state.set_gap(why.clone());
+        return Err(BusError::Nats(why));
+    }
     let mut records = node.link.stream.follow(applied + 1).await?;
     let mut batch: Vec<Followed> = Vec::new();
     let mut check = tokio::time::interval(node.lease_ttl / 10);

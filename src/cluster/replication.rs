@@ -62,6 +62,7 @@ impl Replication for NatsReplication {
     }
 
     fn erased(&self, key_ids: Vec<Vec<u8>>) {
+        self.state.note_erasure();
         let link = self.link.clone();
         self.runtime.spawn(async move {
             for id in key_ids {

@@ -45,6 +45,9 @@ async fn readyz(State(state): State<AppState>) -> Response {
         return unready("the writer has stopped");
     }
     if let Some(c) = &state.cluster {
+        if let Some(gap) = c.gap() {
+            return unready(&gap);
+        }
         let lag = c.log_head().saturating_sub(*state.writer.committed().borrow());
         if lag > c.ready_max_lag {
             return unready(&format!("{lag} log positions behind the cluster (ready at {} or fewer)", c.ready_max_lag));
@@ -103,6 +106,8 @@ async fn healthz(State(state): State<AppState>, headers: axum::http::HeaderMap) 
                     "logPosition": log,
                     "lag": log - head.position,
                     "lastError": c.last_error(),
+                    "gap": c.gap(),
+                    "startedFrom": c.started_from().map(|s| json!({"snapshot": s.name, "position": s.position})),
                 });
             }
             if let Some(p) = &state.publisher {

@@ -319,6 +319,13 @@ pub const HEADER_MIN_POSITION: &str = "scimlog-min-position";
 /// write (the writer publishes a commit's head before answering). A client that sends back the
 /// largest position it has seen reads its writes on any node.
 async fn read_level(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    // A cluster node missing log records serves nothing but its probes: a read would show a
+    // directory with a hole in its history.
+    if let Some(gap) = state.cluster.as_ref().and_then(|c| c.gap()) {
+        if !matches!(req.uri().path(), "/healthz" | "/livez" | "/readyz" | "/metrics") {
+            return ApiError::Unavailable(format!("this node cannot serve: {gap}")).into_response();
+        }
+    }
     let mut applied = state.writer.committed();
     if let Some(raw) = req.headers().get(HEADER_MIN_POSITION) {
         let wanted = match raw.to_str().ok().and_then(|v| v.trim().parse::<u64>().ok()) {

@@ -229,6 +229,13 @@ impl Store {
         }
     }
 
+    /// A consistent copy of the whole store (every family at one point) in `dir`, which must not
+    /// exist: hard links to the immutable files where the file system allows, so it is cheap.
+    pub fn checkpoint(&self, dir: &Path) -> Result<(), LogError> {
+        rocksdb::checkpoint::Checkpoint::new(&self.db)?.create_checkpoint(dir)?;
+        Ok(())
+    }
+
     pub fn faults(&self) -> FaultInjector {
         self.faults.clone()
     }

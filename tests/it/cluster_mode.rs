@@ -171,6 +171,19 @@ async fn three_nodes_serve_one_directory() {
     }
 }
 
+/// POSTs a user, retrying a 503 (with its `Retry-After`) for up to 20 s, as a client would.
+async fn post_retrying(n: &TestServer, body: &Value) -> crate::support::Reply {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = n.post("/Users", body).await;
+        if r.status != 503 || std::time::Instant::now() > deadline {
+            return r;
+        }
+        assert!(r.header("retry-after").is_some(), "a 503 says when to retry");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// Given a leader, when it stops (gracefully: it hands the lease over), then another node
 /// takes over within the lease's life, writes go on through any node, and the new leader's
 /// records continue the same hash chain; the old node, started again, follows and catches up.
@@ -186,8 +199,9 @@ async fn a_stopped_leader_hands_over() {
     }
     let kept = a.stop_keeping_data().await;
     eventually(20, "b or c leads", || async { role(&b).await == "leader" || role(&c).await == "leader" }).await;
+    // A follower may still name the old leader for a moment: 503 with Retry-After, retried.
     for i in 0..5 {
-        let r = c.post("/Users", &user(&format!("after{i}"))).await;
+        let r = post_retrying(&c, &user(&format!("after{i}"))).await;
         assert_eq!(r.status, 201, "{}", r.body);
     }
     // The first node comes back as a follower and catches up.
@@ -234,4 +248,93 @@ async fn cluster_health_and_refusals() {
     let text = format!("{err:#}");
     assert!(text.contains("2.12 or newer") && text.contains("2.9"), "{text}");
     tokio::time::sleep(Duration::from_millis(10)).await;
+}
+
+/// Given a leader that puts snapshots into the Object Store, when a node starts with an empty
+/// data dir, then it starts from the newest snapshot (checked at the join point) and follows the
+/// log's tail from there, ending with the same log; after an erasure, every snapshot older than
+/// it is gone (they hold the erased person's key and values).
+#[tokio::test]
+async fn a_new_node_starts_from_a_snapshot() {
+    let nats = NatsCluster::start().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = cluster_config(nats.urls().join(","), "a", scimlog::cluster::Forwarding::Proxy, tmp.path());
+    cfg.cluster.snapshot_interval_s = 1;
+    cfg.cluster.snapshot_min_events = 5;
+    let mut a = TestServer::start_with(cfg).await;
+    a.adopt_dir(tmp);
+    eventually(20, "node a leads", || async { role(&a).await == "leader" }).await;
+    let mut ids = Vec::new();
+    for i in 0..10 {
+        let r = a.post("/Users", &user(&format!("s{i}"))).await;
+        assert_eq!(r.status, 201, "{}", r.body);
+        ids.push(r.id());
+    }
+    let js = async_nats::jetstream::new(async_nats::connect(nats.node_url(0)).await.unwrap());
+    let snapshots = scimlog::bus::snapshots::Snapshots::open(&js, 3).await.unwrap();
+    eventually(30, "a snapshot is taken", || async { !snapshots.list().await.unwrap().is_empty() }).await;
+    let first = snapshots.list().await.unwrap()[0].clone();
+    assert!(first.position >= 5, "{first:?}");
+    for i in 0..3 {
+        assert_eq!(a.post("/Users", &user(&format!("tail{i}"))).await.status, 201);
+    }
+
+    let b = node(&nats, "b", scimlog::cluster::Forwarding::Proxy).await;
+    let head = a.log_position().await;
+    eventually(20, "the new node catches up", || async { b.log_position().await == head }).await;
+    let started = b.healthz().await["cluster"]["startedFrom"].clone();
+    let from = started["position"].as_u64().expect("started from a snapshot");
+    assert!(from >= first.position && from < head, "{started}");
+    assert_eq!(log_of(&a), log_of(&b), "the same log, byte for byte");
+    scimlog::audit::verify(&b.store()).unwrap();
+    assert_eq!(b.get(&format!("/Users/{}", ids[0])).await.body, a.get(&format!("/Users/{}", ids[0])).await.body);
+
+    let erase = format!("{}/api/v1/users/{}/erase", a.base, ids[0]);
+    let r = a.send_as(&a.admin_token(), Method::POST, &erase, Some(&json!({"reason": "ticket 9"})), &[]).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let erased_at = a.log_position().await;
+    eventually(30, "only snapshots taken after the erasure are left", || async {
+        let list = snapshots.list().await.unwrap();
+        !list.is_empty() && list.iter().all(|s| s.position >= erased_at)
+    })
+    .await;
+    for n in [b, a] {
+        n.stop().await;
+    }
+}
+
+/// Given a follower that was stopped, when the log is trimmed past what it applied (an operator
+/// purged the stream), then started again it serves nothing but its probes, saying why, rather
+/// than a directory with a hole in its history.
+#[tokio::test]
+async fn a_node_behind_a_trimmed_log_refuses_to_serve() {
+    let nats = NatsCluster::start().await;
+    let a = node(&nats, "a", scimlog::cluster::Forwarding::Proxy).await;
+    eventually(20, "node a leads", || async { role(&a).await == "leader" }).await;
+    let b = node(&nats, "b", scimlog::cluster::Forwarding::Proxy).await;
+    for i in 0..3 {
+        assert_eq!(a.post("/Users", &user(&format!("early{i}"))).await.status, 201);
+    }
+    let head = a.log_position().await;
+    eventually(20, "b follows", || async { b.log_position().await == head }).await;
+    let b_dir = b.stop_keeping_data().await.unwrap();
+    for i in 0..5 {
+        assert_eq!(a.post("/Users", &user(&format!("late{i}"))).await.status, 201);
+    }
+    let js = async_nats::jetstream::new(async_nats::connect(nats.node_url(0)).await.unwrap());
+    let stream = js.get_stream(scimlog::bus::log_stream::LOG_STREAM).await.unwrap();
+    stream.purge().keep(2).await.unwrap();
+
+    let cfg = cluster_config(nats.urls().join(","), "b", scimlog::cluster::Forwarding::Proxy, b_dir.path());
+    let mut b = TestServer::start_with(cfg).await;
+    b.adopt_dir(b_dir);
+    eventually(20, "b reports the gap", || async { !b.healthz().await["cluster"]["gap"].is_null() }).await;
+    let ready = reqwest::get(format!("{}/readyz", b.base)).await.unwrap();
+    assert_eq!(ready.status(), 503);
+    let body: Value = ready.json().await.unwrap();
+    assert!(body["reason"].as_str().unwrap().contains("trimmed"), "{body}");
+    b.get("/Users").await.assert_error(503, None, "cannot serve");
+    for n in [b, a] {
+        n.stop().await;
+    }
 }
