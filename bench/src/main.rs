@@ -56,7 +56,9 @@ pub struct Args {
     /// mixed, two-tenants (a calm tenant's lookups while another floods), replay,
     /// publish, healthz, trivial (an empty axum handler: the HTTP
     /// stack's ceiling), log-append (raw RocksDB commits: the disk's), stream-append (the
-    /// replicated log stream of cluster mode on a 3-node NATS cluster; not in the default list).
+    /// replicated log stream of cluster mode on a 3-node NATS cluster), cluster-writes (creates
+    /// through a cluster leader against a single node, and the failover time); the last two are
+    /// not in the default list.
     #[arg(
         long,
         default_value = "create-users,lookup,get-by-id,startup,okta-import,cursor-import,group-push,authentik-sync,mixed,two-tenants,replay,publish,healthz,trivial,log-append"

@@ -321,6 +321,7 @@ impl Bench {
                 }
                 Ok(())
             }
+            "cluster-writes" => self.cluster_writes().await,
             "stream-append" => {
                 for row in stream_append(&self.args.nats_server_recent, self.args.duration_s.min(5)).await? {
                     self.push_raw(row);
@@ -329,6 +330,84 @@ impl Bench {
             }
             other => bail!("unknown scenario {other:?}"),
         }
+    }
+
+    /// Durable creates through a cluster's leader (its log an R3 stream on a 3-node NATS cluster
+    /// with `sync_interval: always`) against a single node, in the same run; then the failover
+    /// time: the last 2xx before the leader is SIGKILLed to the first 2xx after, for a client
+    /// writing through the other node.
+    async fn cluster_writes(&mut self) -> anyhow::Result<()> {
+        const MASTER: &str = "5e1d2c3b4a59687766554433221100ffeeddccbbaa99887766554433221100aa";
+        const TTL_MS: u64 = 3000;
+        let bin = match &self.args.server_bin {
+            Some(b) => b.clone(),
+            None => Scimlog::default_bin()?,
+        };
+        let nats = crate::target::NatsCluster::start(&self.args.nats_server_recent).await?;
+        let urls = nats.urls.join(",");
+        let node = |id: &str| -> Vec<String> {
+            let flags =
+                ["--cluster", "--node-id", id, "--nats-url", &urls, "--nats-replicas", "3", "--master-key", MASTER];
+            let mut v: Vec<String> = flags.iter().map(|s| s.to_string()).collect();
+            v.extend(["--lease-ttl-ms".to_string(), TTL_MS.to_string()]);
+            v
+        };
+        let single = Scimlog::start(bin.clone()).await?;
+        let mut leader = Scimlog::start_with(bin.clone(), node("a")).await?;
+        wait_for_role(&leader.url, "leader").await?;
+        let n = self.args.requests.min(20_000);
+        for (label, server) in [("single node", &single), ("cluster leader, R3 log stream", &leader)] {
+            let (api, offset) = (self.api(), self.next_user);
+            self.next_user += n;
+            let conn = Conn::new(&server.url, TOKEN)?;
+            let name = format!("{label}: POST /Users (fsync on, {} connections)", self.args.seed_connections);
+            let limit = self.args.limit();
+            let row = self
+                .measure_on(&conn, self.args.seed_connections, &name, server.pid(), n, limit, move |mut conn, i| {
+                    let api = api.clone();
+                    async move {
+                        let ok = api.create_user(&mut conn, offset + i).await.is_some();
+                        (conn, ok)
+                    }
+                })
+                .await;
+            self.push_raw(row);
+        }
+        drop(single);
+
+        let follower = Scimlog::start_with(bin, node("b")).await?;
+        wait_for_role(&follower.url, "follower").await?;
+        let (api, offset) = (self.api(), self.next_user);
+        self.next_user += 1_000_000;
+        let mut conn = Conn::new(&follower.url, TOKEN)?;
+        let mut last_before = Instant::now();
+        let started = Instant::now();
+        let mut killed_at = None;
+        let mut i = 0;
+        let first_after = loop {
+            i += 1;
+            let ok = api.create_user(&mut conn, offset + i).await.is_some();
+            let now = Instant::now();
+            match (killed_at, ok) {
+                (None, true) => last_before = now,
+                (Some(_), true) => break now,
+                _ => {}
+            }
+            if killed_at.is_none() && started.elapsed() > Duration::from_secs(2) {
+                leader.kill().await?;
+                killed_at = Some(Instant::now());
+            }
+            anyhow::ensure!(started.elapsed() < Duration::from_secs(120), "no write went through after the failover");
+            if !ok {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        let took = first_after - last_before;
+        let name = format!(
+            "cluster failover: last 2xx before SIGKILL of the leader to the first 2xx after (lease TTL {TTL_MS} ms)"
+        );
+        self.push_raw(Row::new(name, 1, took.as_secs_f64(), vec![took.as_micros() as u64]));
+        Ok(())
     }
 
     /// POST /Users until the directory holds `size` users of this run (bounded by
@@ -874,6 +953,21 @@ fn log_append(seconds: u64) -> anyhow::Result<Vec<Row>> {
         }
     }
     Ok(rows)
+}
+
+/// Waits (at most 60 s) until the node at `url` has the cluster role `role`.
+async fn wait_for_role(url: &str, role: &str) -> anyhow::Result<()> {
+    let mut health = Conn::new(url, crate::target::ADMIN_TOKEN)?;
+    let started = Instant::now();
+    loop {
+        if let Ok((status, body)) = health.get("/healthz").await {
+            if status.is_success() && serde_json::from_slice::<Value>(&body)?["cluster"]["role"] == role {
+                return Ok(());
+            }
+        }
+        anyhow::ensure!(started.elapsed() < Duration::from_secs(60), "{url} did not become {role}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Appends of 300-byte records to the replicated log stream (cluster mode's source of truth) on a

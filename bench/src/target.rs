@@ -39,6 +39,8 @@ pub struct Scimlog {
     port: u16,
     child: Option<Child>,
     pub url: String,
+    /// More `serve` flags (cluster mode's).
+    extra: Vec<String>,
 }
 
 impl Scimlog {
@@ -55,9 +57,14 @@ impl Scimlog {
 
     /// Starts a server on a new temp data dir; returns once /healthz answers.
     pub async fn start(bin: PathBuf) -> anyhow::Result<Scimlog> {
+        Scimlog::start_with(bin, Vec::new()).await
+    }
+
+    /// [`Scimlog::start`] with more `serve` flags.
+    pub async fn start_with(bin: PathBuf, extra: Vec<String>) -> anyhow::Result<Scimlog> {
         let dir = tempfile::Builder::new().prefix("scimlog-bench-").tempdir()?;
         let port = free_port()?;
-        let mut s = Scimlog { bin, dir, port, child: None, url: format!("http://127.0.0.1:{port}") };
+        let mut s = Scimlog { bin, dir, port, child: None, url: format!("http://127.0.0.1:{port}"), extra };
         s.spawn(None).await?;
         Ok(s)
     }
@@ -75,6 +82,14 @@ impl Scimlog {
             .output()?;
         anyhow::ensure!(out.status.success(), "token create: {}", String::from_utf8_lossy(&out.stderr));
         Ok(String::from_utf8(out.stdout)?.trim().to_string())
+    }
+
+    /// SIGKILL, as a crash would.
+    pub async fn kill(&mut self) -> anyhow::Result<()> {
+        if let Some(mut child) = self.child.take() {
+            child.kill().await?;
+        }
+        Ok(())
     }
 
     pub fn pid(&self) -> Option<u32> {
@@ -105,6 +120,7 @@ impl Scimlog {
         if let Some(url) = nats_url {
             cmd.args(["--nats-url", url]);
         }
+        cmd.args(&self.extra);
         let started = Instant::now();
         let mut child = cmd.spawn().with_context(|| format!("starting {}", self.bin.display()))?;
         let mut health = crate::client::Conn::new(&self.url, "")?;

@@ -15,6 +15,7 @@ use super::{nats, BusError};
 pub const KEYS_BUCKET: &str = "scimlog_keys";
 
 pub struct ReplicatedKeys {
+    js: jetstream::Context,
     kv: kv::Store,
     stream: stream::Stream,
 }
@@ -37,18 +38,50 @@ impl ReplicatedKeys {
             allow_rollup: true,
             deny_delete: false,
             allow_direct: false,
+            // A batch's new keys go in as one atomic batch: one replicated write, not one each.
+            allow_atomic_publish: true,
             num_replicas: replicas,
             storage: stream::StorageType::File,
             ..Default::default()
         };
         let stream = js.get_or_create_stream(config).await.map_err(nats)?;
         let kv = js.get_key_value(KEYS_BUCKET).await.map_err(nats)?;
-        Ok(ReplicatedKeys { kv, stream })
+        Ok(ReplicatedKeys { js: js.clone(), kv, stream })
     }
 
     /// Stores a wrapped data key; returns once the bucket's replicas acknowledged it.
     pub async fn put(&self, id: &[u8], wrapped: Vec<u8>) -> Result<(), BusError> {
         self.kv.put(kv_key(id), wrapped.into()).await.map_err(nats)?;
+        Ok(())
+    }
+
+    /// Stores several wrapped data keys as one all-or-nothing batch (nats-server 2.12+, which
+    /// cluster mode requires); returns once the bucket's replicas acknowledged the batch.
+    pub async fn put_all(&self, keys: &[(Vec<u8>, Vec<u8>)]) -> Result<(), BusError> {
+        use async_nats::header;
+        for chunk in keys.chunks(super::log_stream::MAX_APPEND) {
+            let Some(((last_id, last), body)) = chunk.split_last() else { continue };
+            if body.is_empty() {
+                self.put(last_id, last.clone()).await?;
+                continue;
+            }
+            let batch = uuid::Uuid::now_v7().simple().to_string();
+            let headers = |i: usize| {
+                let mut h = async_nats::HeaderMap::new();
+                h.insert(header::NATS_BATCH_ID, batch.as_str());
+                h.insert(header::NATS_BATCH_SEQUENCE, (i + 1).to_string().as_str());
+                h
+            };
+            let subject = |id: &[u8]| format!("$KV.{KEYS_BUCKET}.{}", kv_key(id));
+            let client = self.js.client();
+            for (i, (id, wrapped)) in body.iter().enumerate() {
+                client.publish_with_headers(subject(id), headers(i), wrapped.clone().into()).await.map_err(nats)?;
+            }
+            let mut commit = headers(body.len());
+            commit.insert(header::NATS_BATCH_COMMIT, header::NATS_BATCH_COMMIT_FINAL);
+            let publish = jetstream::message::PublishMessage::build().payload(last.clone().into()).headers(commit);
+            self.js.send_publish(subject(last_id), publish).await.map_err(nats)?.await.map_err(nats)?;
+        }
         Ok(())
     }
 

@@ -35,12 +35,11 @@ impl Replication for NatsReplication {
     ) -> Result<(), ReplicationError> {
         self.runtime.block_on(async {
             let deadline = Instant::now() + self.append_timeout;
-            for (id, wrapped) in new_keys {
-                match tokio::time::timeout_at(deadline.into(), self.link.keys.put(id, wrapped.clone())).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => return Err(ReplicationError::NotStored(format!("storing a data key: {e}"))),
-                    Err(_) => return Err(ReplicationError::NotStored("storing a data key timed out".into())),
-                }
+            // All of the batch's new keys at once: one replicated write, not one per new person.
+            match tokio::time::timeout_at(deadline.into(), self.link.keys.put_all(new_keys)).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => return Err(ReplicationError::NotStored(format!("storing a data key: {e}"))),
+                Err(_) => return Err(ReplicationError::NotStored("storing the data keys timed out".into())),
             }
             let mut at = head.position;
             for chunk in chunks(records, MAX_APPEND) {
