@@ -430,7 +430,12 @@ async fn lead(
         if !state.is_leader() {
             break ControlFlow::Continue(());
         }
-        match node.link.lease.renew(&held).await {
+        // Bounded: with NATS unreachable a request would wait its own timeout, longer than the
+        // lease may have left.
+        let renewed = tokio::time::timeout(renew_every, node.link.lease.renew(&held)).await.unwrap_or_else(|_| {
+            Err(crate::bus::lease::LeaseError::Bus(BusError::Nats("renewing the lease timed out".into())))
+        });
+        match renewed {
             Ok(h) => {
                 held = h;
                 last_renewed = Instant::now();

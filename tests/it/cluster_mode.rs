@@ -338,3 +338,59 @@ async fn a_node_behind_a_trimmed_log_refuses_to_serve() {
         n.stop().await;
     }
 }
+
+/// Given a leader whose only way to NATS is cut (a partition), when its lease lapses, then
+/// another node takes over and writes go on through the others; the cut-off node stops deciding
+/// (no write it answers 2xx is lost), and once the network is back it follows again and ends
+/// with the same log.
+#[tokio::test]
+async fn a_leader_cut_off_from_nats_is_replaced() {
+    let nats = NatsCluster::start().await;
+    let proxy = crate::support::TcpProxy::start(nats.node_url(0).trim_start_matches("nats://")).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = cluster_config(proxy.url(), "a", scimlog::cluster::Forwarding::Proxy, tmp.path());
+    let mut a = TestServer::start_with(cfg).await;
+    a.adopt_dir(tmp);
+    eventually(20, "node a leads", || async { role(&a).await == "leader" }).await;
+    let b = node(&nats, "b", scimlog::cluster::Forwarding::Proxy).await;
+    let mut acked = Vec::new();
+    for i in 0..3 {
+        let r = post_retrying(&b, &user(&format!("before{i}"))).await;
+        assert_eq!(r.status, 201, "{}", r.body);
+        acked.push(r.id());
+    }
+
+    proxy.cut();
+    eventually(30, "b takes over", || async { role(&b).await == "leader" }).await;
+    eventually(30, "a steps down", || async { role(&a).await != "leader" }).await;
+    for i in 0..3 {
+        let r = post_retrying(&b, &user(&format!("during{i}"))).await;
+        assert_eq!(r.status, 201, "{}", r.body);
+        acked.push(r.id());
+    }
+    // The cut-off node answers a write with 503 (its leader is unreachable or unknown), never 2xx.
+    let r = a.post("/Users", &user("to-the-cut-off-node")).await;
+    assert!(r.status == 503 || r.status == 201, "{} {}", r.status, r.body);
+    if r.status == 201 {
+        acked.push(r.id()); // proxied over HTTP to b, which leads: fine, and it must be kept
+    }
+
+    proxy.restore().await;
+    let head = b.log_position().await;
+    eventually(30, "a catches up", || async { a.log_position().await >= head }).await;
+    for id in &acked {
+        for n in [&a, &b] {
+            let r = n
+                .send(Method::GET, &format!("/Users/{id}"), None, &[("Scimlog-Min-Position", &head.to_string())])
+                .await;
+            assert_eq!(r.status, 200, "{id}: {}", r.body);
+        }
+    }
+    let (la, lb) = (log_of(&a), log_of(&b));
+    let n = la.len().min(lb.len());
+    assert!(n as u64 >= head);
+    assert_eq!(la[..n], lb[..n], "the same log, byte for byte");
+    for n in [a, b] {
+        n.stop().await;
+    }
+}

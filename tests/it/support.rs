@@ -388,7 +388,9 @@ pub fn recent_nats_server() -> String {
 }
 
 /// A 3-node JetStream cluster on loopback (free client and route ports, a store dir each,
-/// `sync_interval: always`), of the pinned recent nats-server. Nodes can be killed, paused and
+/// `sync_interval: always`), of the pinned recent nats-server. The nodes do not tell clients
+/// about each other (`no_advertise`): a client reaches the servers it was given, so a test can
+/// cut one off with a [`TcpProxy`]. Nodes can be killed, paused and
 /// restarted one by one; all are killed on drop.
 pub struct NatsCluster {
     binary: String,
@@ -420,7 +422,7 @@ impl NatsCluster {
             let text = format!(
                 "server_name: n{i}\nlisten: 127.0.0.1:{port}\n\
                  jetstream {{ store_dir: \"{}\", sync_interval: always }}\n\
-                 cluster {{ name: scimlog-test, listen: 127.0.0.1:{route}, routes: [{}] }}\n",
+                 cluster {{ name: scimlog-test, listen: 127.0.0.1:{route}, routes: [{}], no_advertise: true }}\n",
                 store.display(),
                 route_list.join(", ")
             );
@@ -513,5 +515,56 @@ impl Drop for NatsCluster {
 pub fn log_if_asked() {
     if let Ok(filter) = std::env::var("SCIMLOG_TEST_LOG") {
         let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    }
+}
+
+/// A TCP proxy on loopback in front of `upstream`, that a test can cut (every connection
+/// closed, new ones refused) and restore on the same port: a network partition.
+pub struct TcpProxy {
+    pub port: u16,
+    upstream: String,
+    tasks: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+}
+
+impl TcpProxy {
+    pub async fn start(upstream: &str) -> TcpProxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let proxy = TcpProxy { port, upstream: upstream.to_string(), tasks: Default::default() };
+        proxy.serve(listener);
+        proxy
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    fn serve(&self, listener: tokio::net::TcpListener) {
+        let (upstream, tasks) = (self.upstream.clone(), self.tasks.clone());
+        let accept = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let upstream = upstream.clone();
+                let conn = tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(&upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                tasks.lock().unwrap().push(conn);
+            }
+        });
+        self.tasks.lock().unwrap().push(accept);
+    }
+
+    /// Closes every connection and refuses new ones.
+    pub fn cut(&self) {
+        for t in self.tasks.lock().unwrap().drain(..) {
+            t.abort();
+        }
+    }
+
+    /// Accepts again, on the same port.
+    pub async fn restore(&self) {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", self.port)).await.unwrap();
+        self.serve(listener);
     }
 }
