@@ -36,7 +36,7 @@ impl Link {
         let stream = LogStream::open(js.clone(), replicas).await?;
         if !stream.atomic() {
             let version = js.client().server_info().version;
-            return Err(BusError::Nats(format!(
+            return Err(BusError::Unsupported(format!(
                 "cluster mode needs nats-server 2.12 or newer (atomic batch publish, so that a request is \
                  applied all-or-nothing on every node); {url} runs {version}"
             )));

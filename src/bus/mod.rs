@@ -140,6 +140,9 @@ pub enum BusError {
     Log(#[from] crate::log::LogError),
     #[error("event at position {0} cannot be decoded: {1}")]
     Decode(u64, String),
+    /// The NATS server cannot do what is asked of it (too old): trying again will not help.
+    #[error("{0}")]
+    Unsupported(String),
 }
 
 /// `--nats-url`'s servers: one URL, or several comma-separated.

@@ -246,7 +246,11 @@ pub struct Node {
     pub snapshot_min_events: u64,
 }
 
+/// How long a starting node waits for NATS (a cluster still forming cannot place replicas yet).
+const CONNECT_PATIENCE: Duration = Duration::from_secs(30);
+
 /// Connects to NATS and opens the cluster's objects; the lease names this node and its URL.
+/// Retries for [`CONNECT_PATIENCE`], except when the server is too old.
 pub async fn connect(
     cfg: &ClusterConfig,
     nats_url: &str,
@@ -255,7 +259,19 @@ pub async fn connect(
 ) -> anyhow::Result<Link> {
     let me = LeaderInfo { node: state.node_id.clone(), url: state.url.clone() };
     let holder = Bytes::from(serde_json::to_vec(&me)?);
-    Ok(Link::open(nats_url, replicas, Duration::from_millis(cfg.lease_ttl_ms), holder).await?)
+    let started = Instant::now();
+    loop {
+        let ttl = Duration::from_millis(cfg.lease_ttl_ms);
+        match Link::open(nats_url, replicas, ttl, holder.clone()).await {
+            Ok(link) => return Ok(link),
+            Err(e @ BusError::Unsupported(_)) => return Err(e.into()),
+            Err(e) if started.elapsed() < CONNECT_PATIENCE => {
+                tracing::warn!(error = %e, "NATS is not ready for the cluster yet; trying again");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
 
 /// The role loop: follow, lead when the lease is free, follow again; until `stop` turns true.

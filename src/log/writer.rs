@@ -353,11 +353,20 @@ fn run(
         let first = match first {
             Input::Write(w) => w,
             Input::Replicated(records, reply) => {
-                let applied = apply_replicated(&store, &keys, records, &head, &opts, purger, &committed);
-                if let Ok(h) = &applied {
-                    head = h.clone();
+                // As for a batch of writes: a panic while folding drops these records (the
+                // follower loop learns it as the reply goes, and follows again from the head).
+                let applied = catch_unwind(AssertUnwindSafe(|| {
+                    apply_replicated(&store, &keys, records, &head, &opts, purger, &committed)
+                }));
+                match applied {
+                    Ok(applied) => {
+                        if let Ok(h) = &applied {
+                            head = h.clone();
+                        }
+                        let _ = reply.send(applied);
+                    }
+                    Err(_) => tracing::error!(position = head.position, "applying replicated records panicked"),
                 }
-                let _ = reply.send(applied);
                 continue;
             }
         };
@@ -640,6 +649,11 @@ fn apply_replicated(
     let mut key_writes: Vec<(Vec<u8>, Option<Vec<u8>>)> =
         batch.keys.into_iter().map(|(id, wrapped)| (id, Some(wrapped))).collect();
     key_writes.extend(erased.iter().map(|(t, s)| (super::keys::data_key_id(t, s), None)));
+    // The same invariant as the leader's, checked against the store itself.
+    let stored = store.head().map_err(|e| ApplyError::Storage(e.to_string()))?;
+    if stored != *head {
+        return Err(ApplyError::Discontinuous { position: head.position + 1, detail: "the stored head moved".into() });
+    }
     store.commit(&batch.records, writes, key_writes, opts.sync).map_err(|e| ApplyError::Storage(e.to_string()))?;
     for (t, s) in &erased {
         keys.forget(t, s);

@@ -238,13 +238,20 @@ async fn the_leader_killed_or_paused_loses_no_answered_write() {
     );
     assert!(created.len() > rounds, "the writers got writes through");
 
-    // Every node converges on the same head; every answered write is on every node.
-    let head = {
-        let mut head = 0;
+    // Every node converges on the same head (waiting out a node just started again or
+    // continued, slow to answer on a loaded machine); every answered write is on every node.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let head = loop {
+        let mut applied = Vec::new();
         for n in &nodes {
-            head = head.max(health(&client, n).await.unwrap()["cluster"]["logPosition"].as_u64().unwrap());
+            let h = health(&client, n).await;
+            applied.push(h.and_then(|h| h["cluster"]["appliedPosition"].as_u64()));
         }
-        head
+        if let Some(first) = applied[0].filter(|p| *p > 0 && applied.iter().all(|a| *a == Some(*p))) {
+            break first;
+        }
+        assert!(Instant::now() < deadline, "the nodes did not converge: {applied:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
     };
     let at = head.to_string();
     for n in &nodes {
