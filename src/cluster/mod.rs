@@ -124,6 +124,8 @@ pub struct ClusterState {
     erasures: AtomicU64,
     /// The snapshot this node's store was started from, if it was.
     started_from: Mutex<Option<SnapshotInfo>>,
+    /// Wakes the follower loop to read the lease now (the leader it names did not answer).
+    recheck: tokio::sync::Notify,
     /// Set when the log no longer holds records this node has not applied (trimmed, or lost by
     /// NATS): the node serves nothing but its probes until it is rebuilt (README "Cluster").
     gap: Mutex<Option<String>>,
@@ -145,6 +147,7 @@ impl ClusterState {
             step_down: tokio::sync::Notify::new(),
             erasures: AtomicU64::new(0),
             started_from: Mutex::new(None),
+            recheck: tokio::sync::Notify::new(),
             gap: Mutex::new(None),
         }
     }
@@ -185,6 +188,12 @@ impl ClusterState {
 
     pub fn set_started_from(&self, snapshot: SnapshotInfo) {
         *self.started_from.lock().expect("snapshot lock") = Some(snapshot);
+    }
+
+    /// The leader this node names did not answer a forwarded write: read the lease again now
+    /// rather than at the next tick (after a failover it names the new leader sooner).
+    pub fn leader_unreachable(&self) {
+        self.recheck.notify_one();
     }
 
     /// Why this node cannot follow the log any more, if it cannot.
@@ -355,7 +364,8 @@ async fn follow(node: &Node) -> Result<(), BusError> {
                     apply(node, std::mem::take(&mut batch)).await?;
                 }
             }
-            _ = check.tick() => {
+            // Every tick, and at once when a forwarded write found the named leader unreachable.
+            _ = async { tokio::select! { _ = check.tick() => {}, _ = node.state.recheck.notified() => {} } } => {
                 let holder = node.link.lease.holder().await?;
                 let leader = holder.as_deref().and_then(|h| serde_json::from_slice::<LeaderInfo>(h).ok());
                 let free = leader.is_none();

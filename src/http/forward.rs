@@ -85,6 +85,7 @@ fn redirect(leader: &LeaderInfo, req: &Request) -> Response {
 async fn proxy(cluster: &ClusterState, leader: &LeaderInfo, req: Request, limit: usize) -> Result<Response, ApiError> {
     let unreachable = |why: String| {
         tracing::warn!(leader = %leader.node, url = %leader.url, why, "cannot forward a write to the leader");
+        cluster.leader_unreachable();
         ApiError::Unavailable(format!("the leader ({}) cannot be reached now; retry shortly", leader.node))
     };
     let authority =
