@@ -41,23 +41,25 @@ pub async fn writes_to_leader(State(state): State<AppState>, req: Request, next:
     if !is_write(req.method(), original_target(&req).split('?').next().unwrap_or_default()) {
         return next.run(req).await;
     }
-    if req.headers().contains_key(HEADER_FORWARDED_BY) {
-        return ApiError::Unavailable(
-            "this node was sent a write as the leader, but does not lead now; retry shortly".into(),
-        )
-        .into_response();
-    }
-    let Some(leader) = cluster.leader().filter(|l| l.node != cluster.node_id) else {
-        return ApiError::Unavailable("no node leads the cluster now (an election is under way); retry shortly".into())
-            .into_response();
-    };
-    match cluster.forwarding {
-        Forwarding::Redirect => redirect(&leader, &req),
-        Forwarding::Proxy => {
-            let limit = state.cfg.max_body_bytes.max(state.cfg.bulk_max_payload_bytes);
-            proxy(cluster, &leader, req, limit).await.unwrap_or_else(|e| e.into_response())
+    let mut resp = if req.headers().contains_key(HEADER_FORWARDED_BY) {
+        ApiError::Unavailable("this node was sent a write as the leader, but does not lead now; retry shortly".into())
+            .into_response()
+    } else {
+        match (cluster.leader().filter(|l| l.node != cluster.node_id), cluster.forwarding) {
+            (None, _) => {
+                ApiError::Unavailable("no node leads the cluster now (an election is under way); retry shortly".into())
+                    .into_response()
+            }
+            (Some(leader), Forwarding::Redirect) => redirect(&leader, &req),
+            (Some(leader), Forwarding::Proxy) => {
+                let limit = state.cfg.max_body_bytes.max(state.cfg.bulk_max_payload_bytes);
+                proxy(cluster, &leader, req, limit).await.unwrap_or_else(|e| e.into_response())
+            }
         }
-    }
+    };
+    // The access log and the duration metric name it so (it was never routed on this node).
+    resp.extensions_mut().insert(super::RouteTemplate("(forwarded to the leader)".into()));
+    resp
 }
 
 /// Whether a request changes the directory: every POST, PUT, PATCH and DELETE but a search.
