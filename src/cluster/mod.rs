@@ -361,7 +361,7 @@ async fn follow(node: &Node) -> Result<(), BusError> {
                 let whole = record.request_end && (record.pending == 0 || batch.len() + 1 >= node.apply_batch_max);
                 batch.push(record);
                 if whole {
-                    apply(node, std::mem::take(&mut batch)).await?;
+                    apply(node, std::mem::take(&mut batch).into_iter().map(|f| (f.position, f.sealed)).collect()).await?;
                 }
             }
             // Every tick, and at once when a forwarded write found the named leader unreachable.
@@ -383,8 +383,7 @@ async fn follow(node: &Node) -> Result<(), BusError> {
 }
 
 /// Applies followed records through the writer, with the data keys they need.
-async fn apply(node: &Node, batch: Vec<Followed>) -> Result<(), BusError> {
-    let records: Vec<_> = batch.into_iter().map(|f| (f.position, f.sealed)).collect();
+async fn apply(node: &Node, records: Vec<(u64, scimlog_schemas::event::SealedEvent)>) -> Result<(), BusError> {
     let keys = keys_needed(node, &records).await?;
     node.writer
         .apply_replicated(ReplicatedBatch { records, keys })
@@ -408,13 +407,9 @@ async fn keys_needed(
             }
         }
     }
-    let mut found = Vec::with_capacity(wanted.len());
-    for id in wanted {
-        if let Some(wrapped) = node.link.keys.get(&id).await? {
-            found.push((id, wrapped));
-        }
-    }
-    Ok(found)
+    // All at once: a batch of new people needs one round trip, not one each.
+    let fetched = futures::future::try_join_all(wanted.iter().map(|id| node.link.keys.get(id))).await?;
+    Ok(wanted.into_iter().zip(fetched).filter_map(|(id, wrapped)| wrapped.map(|w| (id, w))).collect())
 }
 
 /// The data key a record's sealed values need, if it has any (`data.sealed.subject`).
@@ -517,11 +512,7 @@ async fn catch_up(node: &Node) -> Result<(), BusError> {
                 None => return Err(BusError::Nats(format!("the log stream lacks record {position}"))),
             }
         }
-        let keys = keys_needed(node, &records).await?;
-        node.writer
-            .apply_replicated(ReplicatedBatch { records, keys })
-            .await
-            .map_err(|e| BusError::Nats(format!("applying replicated records: {e}")))?;
+        apply(node, records).await?;
     }
 }
 
@@ -530,11 +521,9 @@ async fn catch_up(node: &Node) -> Result<(), BusError> {
 /// first, this fails and the node follows.
 async fn seed(node: &Node, applied: u64) -> Result<(), BusError> {
     tracing::info!(node = %node.state.node_id, position = applied, "the cluster's log is empty: seeding it with this node's log");
-    for (id, wrapped) in node.keys.wrapped_keys().map_err(|e| BusError::Nats(e.to_string()))? {
-        if id.starts_with(b"dk\0") {
-            node.link.keys.put(&id, wrapped).await?;
-        }
-    }
+    let mut data_keys = node.keys.wrapped_keys().map_err(|e| BusError::Nats(e.to_string()))?;
+    data_keys.retain(|(id, _)| id.starts_with(b"dk\0"));
+    node.link.keys.put_all(&data_keys).await?;
     let mut at = 0;
     while at < applied {
         let page = node.store.events_from(at + 1, crate::bus::log_stream::MAX_APPEND)?;

@@ -23,10 +23,21 @@ fn records(writer: &str, after: u64, n: u64) -> Vec<(u64, SealedEvent, bool)> {
     (after + 1..=after + n).map(|p| (p, record(writer, p), p == after + n)).collect()
 }
 
-async fn js(urls: impl async_nats::ToServerAddrs) -> async_nats::jetstream::Context {
-    let options = async_nats::ConnectOptions::new().connection_timeout(Duration::from_secs(5));
-    let client = options.connect(urls).await.unwrap();
-    async_nats::jetstream::new(client)
+/// A JetStream client; a server that has just opened its port may still reset the first
+/// connection on a loaded machine, so connecting is tried for up to 10 s.
+async fn js(urls: impl async_nats::ToServerAddrs + Clone) -> async_nats::jetstream::Context {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let options = async_nats::ConnectOptions::new().connection_timeout(Duration::from_secs(5));
+        match options.connect(urls.clone()).await {
+            Ok(client) => return async_nats::jetstream::new(client),
+            Err(e) if std::time::Instant::now() < deadline => {
+                eprintln!("connecting to NATS: {e}; trying again");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("cannot connect to NATS: {e}"),
+        }
+    }
 }
 
 /// Given a writer that appended, when another appends on the head it last saw, then it is fenced
