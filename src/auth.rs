@@ -231,28 +231,9 @@ pub fn list_tokens(data_dir: &Path) -> Result<Vec<TokenRecord>, AuthError> {
     Ok(read_file(&tokens_path(data_dir))?.tokens)
 }
 
-/// What identifies one version of the token file: it is replaced by a rename, so every write
-/// gives a new inode; mtime, ctime (nanoseconds) and length catch an edit in place as well.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Stamp {
-    inode: u64,
-    len: u64,
-    mtime: (i64, i64),
-    ctime: (i64, i64),
-}
-
-impl Stamp {
-    fn of(path: &Path) -> Option<Stamp> {
-        use std::os::unix::fs::MetadataExt;
-        let m = std::fs::metadata(path).ok()?;
-        Some(Stamp {
-            inode: m.ino(),
-            len: m.len(),
-            mtime: (m.mtime(), m.mtime_nsec()),
-            ctime: (m.ctime(), m.ctime_nsec()),
-        })
-    }
-}
+// The token file is replaced by a rename, so every write gives a new inode; mtime, ctime
+// (nanoseconds) and length catch an edit in place as well.
+use crate::files::FileStamp as Stamp;
 
 struct Loaded {
     /// The file's stamp when last read: `None` before the first read, `Some(None)` when there

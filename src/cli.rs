@@ -78,6 +78,12 @@ enum Cmd {
         #[command(subcommand)]
         command: TokenCmd,
     },
+    /// Outbound provisioning targets (downstream SCIM applications); `add` and `remove` work
+    /// while the server runs (it follows the targets file within a second).
+    Outbound {
+        #[command(subcommand)]
+        command: OutboundCmd,
+    },
     /// Erase a person: delete the user if it still exists and destroy its data key, so that its
     /// personal values in the log can never be read again. Offline: with a server running, use
     /// POST /api/v1/users/{id}/erase with an admin token instead.
@@ -178,6 +184,99 @@ enum TokenCmd {
         #[arg(long, env = "SCIMLOG_DATA_DIR", default_value = "./scimlog-data")]
         data_dir: PathBuf,
     },
+}
+
+#[derive(Subcommand)]
+enum OutboundCmd {
+    /// Add a target: the secret is named by --token-file (or --token-env), never stored.
+    Add {
+        #[arg(long, default_value = "default")]
+        tenant: String,
+        #[arg(long)]
+        name: String,
+        /// The target's SCIM base URL.
+        #[arg(long)]
+        url: String,
+        /// A file holding the bearer token (read when needed; a rotated token is picked up).
+        #[arg(long, conflicts_with = "token_env", required_unless_present = "token_env")]
+        token_file: Option<PathBuf>,
+        /// An environment variable (of the server) holding the bearer token.
+        #[arg(long)]
+        token_env: Option<String>,
+        #[arg(long, value_enum, default_value_t = ProfileArg::Generic)]
+        profile: ProfileArg,
+        /// What a user deleted here becomes remotely (an erasure always DELETEs).
+        #[arg(long, value_enum, default_value_t = DeprovisionArg::Deactivate)]
+        deprovision: DeprovisionArg,
+        /// `dry-run`: real reads, writes journaled and never sent, own watermark.
+        #[arg(long, value_enum, default_value_t = ModeArg::Live)]
+        mode: ModeArg,
+        #[command(flatten)]
+        file: OutboundFileArgs,
+    },
+    /// Remove a target (its state in the store stays).
+    Remove {
+        #[arg(long)]
+        name: String,
+        #[command(flatten)]
+        file: OutboundFileArgs,
+    },
+    /// Each target: watermark, lag in positions, linked objects, parked objects with their
+    /// reason (read from the store, beside a running server).
+    Status {
+        #[command(flatten)]
+        file: OutboundFileArgs,
+        /// Parked entries listed per target at most.
+        #[arg(long, default_value_t = 20)]
+        parked: usize,
+    },
+    /// One object of a target: its remote id, when it was last sent, an open create intent, why
+    /// it is parked.
+    Explain {
+        #[arg(long)]
+        target: String,
+        /// `Users/<id>` or `Groups/<id>`.
+        resource: String,
+        #[command(flatten)]
+        file: OutboundFileArgs,
+    },
+}
+
+#[derive(clap::Args)]
+struct OutboundFileArgs {
+    #[arg(long, env = "SCIMLOG_DATA_DIR", default_value = "./scimlog-data")]
+    data_dir: PathBuf,
+    /// Default: `<data-dir>/outbound.toml`.
+    #[arg(long, env = "SCIMLOG_OUTBOUND_FILE")]
+    outbound_file: Option<PathBuf>,
+}
+
+impl OutboundFileArgs {
+    fn path(&self) -> PathBuf {
+        self.outbound_file.clone().unwrap_or_else(|| crate::outbound::config::path(&self.data_dir))
+    }
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ProfileArg {
+    Generic,
+    AwsIdentityCenter,
+    Slack,
+    GithubEmu,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum DeprovisionArg {
+    Deactivate,
+    Delete,
+    None,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ModeArg {
+    Live,
+    DryRun,
+    Paused,
 }
 
 #[derive(Subcommand)]
@@ -384,6 +483,7 @@ pub fn main() -> anyhow::Result<()> {
                 Ok(())
             }
         },
+        Cmd::Outbound { command } => outbound_cmd(command),
         Cmd::Erase { resource, reason, tenant, store } => {
             let id = resource
                 .strip_prefix("Users/")
@@ -630,4 +730,108 @@ fn progress_bar(total: Option<u64>, what: &str, quiet: bool) -> indicatif::Progr
     bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
     bar.set_message(what.to_string());
     bar
+}
+
+fn outbound_cmd(command: OutboundCmd) -> anyhow::Result<()> {
+    use crate::outbound::config::{self, Deprovision, Mode, TargetConfig};
+    use crate::outbound::profile::Profile;
+    use crate::outbound::state::{Kind, ParkedKey, State};
+    match command {
+        OutboundCmd::Add { tenant, name, url, token_file, token_env, profile, deprovision, mode, file } => {
+            let toml_default: TargetConfig =
+                toml::from_str(&format!("tenant = {tenant:?}\nname = {name:?}\nurl = {url:?}\ntoken_env = \"-\""))
+                    .context("the target's fields")?;
+            let c = TargetConfig {
+                token_file: token_file.map(|f| std::path::absolute(&f).unwrap_or(f)),
+                token_env,
+                profile: match profile {
+                    ProfileArg::Generic => Profile::Generic,
+                    ProfileArg::AwsIdentityCenter => Profile::AwsIdentityCenter,
+                    ProfileArg::Slack => Profile::Slack,
+                    ProfileArg::GithubEmu => Profile::GithubEmu,
+                },
+                deprovision: match deprovision {
+                    DeprovisionArg::Deactivate => Deprovision::Deactivate,
+                    DeprovisionArg::Delete => Deprovision::Delete,
+                    DeprovisionArg::None => Deprovision::None,
+                },
+                mode: match mode {
+                    ModeArg::Live => Mode::Live,
+                    ModeArg::DryRun => Mode::DryRun,
+                    ModeArg::Paused => Mode::Paused,
+                },
+                ..toml_default
+            };
+            config::add(&file.path(), c)?;
+            eprintln!("target {name:?} added to {}; a running server starts it within a second", file.path().display());
+            Ok(())
+        }
+        OutboundCmd::Remove { name, file } => {
+            config::remove(&file.path(), &name)?;
+            eprintln!("target {name:?} removed");
+            Ok(())
+        }
+        OutboundCmd::Status { file, parked } => {
+            let targets = config::load(&file.path())?;
+            let store = Store::open_read_only(&file.data_dir)?;
+            let head = store.head()?.position;
+            for t in &targets {
+                let state = State::new(store.outbound(), t.name());
+                let w = state.watermark()?;
+                println!(
+                    "{}\ttenant={}\tmode={:?}\turl={}\twatermark={w}\thead={head}\tlag={}\tusers={}\tgroups={}",
+                    t.name(),
+                    t.tenant(),
+                    t.config.mode,
+                    t.config.url,
+                    head.saturating_sub(w),
+                    state.count_links(Kind::User, usize::MAX)?,
+                    state.count_links(Kind::Group, usize::MAX)?,
+                );
+                for (key, p) in state.all_parked(parked)? {
+                    let what = match key {
+                        ParkedKey::Object(k, id) => format!("{}/{id}", k.endpoint()),
+                        ParkedKey::Membership { group, member } => format!("Groups/{group} member {member}"),
+                    };
+                    println!(
+                        "  parked\t{what}\t{}\tattempts={}\tsince={}\t{}",
+                        p.class, p.attempts, p.position, p.detail
+                    );
+                }
+            }
+            Ok(())
+        }
+        OutboundCmd::Explain { target, resource, file } => {
+            let (kind, id) = match resource.split_once('/') {
+                Some(("Users", id)) if !id.is_empty() => (Kind::User, id),
+                Some(("Groups", id)) if !id.is_empty() => (Kind::Group, id),
+                _ => anyhow::bail!("expected Users/<id> or Groups/<id>, got {resource:?}"),
+            };
+            let store = Store::open_read_only(&file.data_dir)?;
+            let state = State::new(store.outbound(), &target);
+            match state.link(kind, id)? {
+                Some(l) => println!(
+                    "linked\tremote id {}\tlast sent at position {}{}",
+                    l.remote_id,
+                    l.position,
+                    if l.adopted { "\tadopted" } else { "" }
+                ),
+                None => println!("not linked"),
+            }
+            if let Some(i) = state.intent(kind, id)? {
+                println!("create under way since position {} ({})", i.position, i.at.to_rfc3339());
+            }
+            if let Some(p) = state.parked(&ParkedKey::Object(kind, id.into()))? {
+                println!(
+                    "parked\t{}\tattempts={}\tsince position {}\tnext try {}\t{}",
+                    p.class,
+                    p.attempts,
+                    p.position,
+                    p.next_attempt.to_rfc3339(),
+                    p.detail
+                );
+            }
+            Ok(())
+        }
+    }
 }

@@ -26,6 +26,10 @@ pub struct ServeConfig {
     /// Where the RocksDB store and the token file live.
     #[arg(long, env = "SCIMLOG_DATA_DIR", default_value = "./scimlog-data", help_heading = "Server")]
     pub data_dir: PathBuf,
+    /// The outbound provisioning targets (`scimlog outbound add` edits it; read again within a
+    /// second of a change). Default: `<data-dir>/outbound.toml`.
+    #[arg(long, env = "SCIMLOG_OUTBOUND_FILE", help_heading = "Outbound provisioning")]
+    pub outbound_file: Option<PathBuf>,
     /// The base URL clients reach this server at, for `meta.location` (default: http://<listen>).
     #[arg(long, env = "SCIMLOG_PUBLIC_URL", help_heading = "Server")]
     pub public_url: Option<String>,
@@ -317,6 +321,10 @@ impl ServeConfig {
     /// The grant shape responses use for `tenant`.
     pub fn grant_shape_for(&self, tenant: &str) -> GrantShape {
         self.tenant_grant_shapes.iter().find(|(t, _)| t == tenant).map(|(_, s)| *s).unwrap_or(self.grant_shape)
+    }
+
+    pub fn outbound_path(&self) -> PathBuf {
+        self.outbound_file.clone().unwrap_or_else(|| crate::outbound::config::path(&self.data_dir))
     }
 
     pub fn base_url(&self) -> String {

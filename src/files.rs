@@ -144,3 +144,27 @@ mod tests {
         assert_eq!(loose_mode(&d), None);
     }
 }
+
+/// What identifies one version of a file without reading it (inode, size, modification and
+/// change times): files edited by another process (`scimlog token`, `scimlog outbound`) are read
+/// again only when their stamp changed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FileStamp {
+    inode: u64,
+    len: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl FileStamp {
+    pub fn of(path: &Path) -> Option<FileStamp> {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(path).ok()?;
+        Some(FileStamp {
+            inode: m.ino(),
+            len: m.len(),
+            mtime: (m.mtime(), m.mtime_nsec()),
+            ctime: (m.ctime(), m.ctime_nsec()),
+        })
+    }
+}

@@ -14,6 +14,8 @@
 //! - [`bus`]: the only module that knows NATS: the JetStream publisher and `scimlog tail`.
 //! - [`cluster`]: cluster mode (`serve --cluster`): the role loop (follow the replicated log,
 //!   lead while holding the lease), the writer's replication, this node's view of the cluster.
+//! - [`outbound`]: provisioning onward: one connector per downstream SCIM target, a subscriber
+//!   of the log with its own state (links, watermark, intents, parked objects).
 //! - [`audit`]: reading the log back: hash-chain verification, export.
 //! - [`files`]: private, atomic, locked files (keys, tokens) and the permission checks at start.
 //! - [`metrics`]: the Prometheus series, one registry per server, rendered at `GET /metrics`.
@@ -35,6 +37,7 @@ pub mod files;
 pub mod http;
 pub mod log;
 pub mod metrics;
+pub mod outbound;
 pub mod server;
 pub mod telemetry;
 

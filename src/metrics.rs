@@ -63,6 +63,26 @@ pub struct StateLabels {
     pub state: String,
 }
 
+/// An outbound target (its configured name, never a URL or a token).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TargetLabels {
+    pub target: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TargetStateLabels {
+    pub target: String,
+    pub state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TargetRequestLabels {
+    pub target: String,
+    pub method: String,
+    /// The status code, or `error` when no answer came (timeout, reset).
+    pub status: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BuildLabels {
     pub version: String,
@@ -106,6 +126,17 @@ pub struct Metrics {
     publisher_state: Family<StateLabels, Gauge>,
     rocksdb: RocksDbGauges,
     process: ProcessGauges,
+    /// Requests the outbound connectors sent, by target, method and status.
+    pub outbound_requests: Family<TargetRequestLabels, Counter>,
+    outbound: OutboundGauges,
+}
+
+#[derive(Clone, Default)]
+struct OutboundGauges {
+    lag_positions: Family<TargetLabels, Gauge>,
+    lag_seconds: Family<TargetLabels, FloatGauge>,
+    parked: Family<TargetLabels, Gauge>,
+    health: Family<TargetStateLabels, Gauge>,
 }
 
 #[derive(Clone, Default)]
@@ -152,6 +183,8 @@ pub struct Scrape {
     /// When a publisher runs: its state, every state it can be in, its published position.
     pub publisher: Option<PublisherScrape>,
     pub store: Option<crate::log::StoreStats>,
+    /// Each outbound target's status.
+    pub outbound: Vec<crate::outbound::StatusView>,
 }
 
 impl Metrics {
@@ -177,6 +210,8 @@ impl Metrics {
             publisher_state: Family::default(),
             rocksdb: RocksDbGauges::default(),
             process: ProcessGauges::default(),
+            outbound_requests: Family::default(),
+            outbound: OutboundGauges::default(),
         };
         let mut r = Registry::default();
         r.register(
@@ -265,6 +300,27 @@ impl Metrics {
             m.process.resident_memory.clone(),
         );
         r.register("process_open_fds", "Open file descriptors of the process", m.process.open_fds.clone());
+        r.register(
+            "scimlog_outbound_requests",
+            "Requests sent to outbound targets by target, method and status",
+            m.outbound_requests.clone(),
+        );
+        r.register(
+            "scimlog_outbound_lag_positions",
+            "Log positions an outbound target has not applied yet",
+            m.outbound.lag_positions.clone(),
+        );
+        r.register(
+            "scimlog_outbound_lag_seconds",
+            "Age of the oldest event an outbound target has not applied yet",
+            m.outbound.lag_seconds.clone(),
+        );
+        r.register(
+            "scimlog_outbound_parked",
+            "Objects an outbound target holds back (refused, conflicting, blocked)",
+            m.outbound.parked.clone(),
+        );
+        r.register("scimlog_outbound_health", "1 for an outbound target's current health", m.outbound.health.clone());
         let build: Family<BuildLabels, Gauge> = Family::default();
         build
             .get_or_create(&BuildLabels { version: env!("CARGO_PKG_VERSION").into(), git_sha: crate::GIT_SHA.into() })
@@ -291,6 +347,21 @@ impl Metrics {
             self.rocksdb.block_cache.set(st.block_cache_bytes as i64);
             self.rocksdb.running_compactions.set(st.running_compactions as i64);
             self.rocksdb.background_errors.set(st.background_errors as i64);
+        }
+        // Removed targets leave the families.
+        self.outbound.lag_positions.clear();
+        self.outbound.lag_seconds.clear();
+        self.outbound.parked.clear();
+        self.outbound.health.clear();
+        for t in &scrape.outbound {
+            let l = TargetLabels { target: t.name.clone() };
+            self.outbound.lag_positions.get_or_create(&l).set(t.lag_positions as i64);
+            self.outbound.lag_seconds.get_or_create(&l).set(t.lag_seconds);
+            self.outbound.parked.get_or_create(&l).set(t.parked as i64);
+            for h in crate::outbound::Health::ALL {
+                let labels = TargetStateLabels { target: t.name.clone(), state: h.as_str().into() };
+                self.outbound.health.get_or_create(&labels).set((h == t.health) as i64);
+            }
         }
         if let Some(p) = process_figures() {
             self.process.cpu_seconds.set(p.cpu_seconds);
@@ -357,6 +428,7 @@ mod tests {
                 published: 5,
             }),
             store: None,
+            outbound: vec![],
         });
         for line in [
             "scimlog_events_written_total{type=\"user.created\"} 1",

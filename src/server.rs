@@ -184,6 +184,26 @@ impl Server {
             };
             tokio::spawn(crate::cluster::run(node, bus_shutdown.clone()))
         });
+        // Outbound provisioning: one connector per target of the targets file. Not in cluster
+        // mode yet: each node would send (its state is per node).
+        let (outbound, outbound_task) = match &cluster {
+            None => {
+                let (o, task) = crate::outbound::start(crate::outbound::Context {
+                    store: store.clone(),
+                    targets_file: cfg.outbound_path(),
+                    committed: writer.committed(),
+                    shutdown: bus_shutdown.clone(),
+                    metrics: metrics.clone(),
+                });
+                (Some(o), Some(task))
+            }
+            Some(_) => {
+                if crate::outbound::config::load(&cfg.outbound_path()).is_ok_and(|t| !t.is_empty()) {
+                    tracing::warn!("outbound targets are configured, but they do not run in cluster mode yet");
+                }
+                (None, None)
+            }
+        };
         let writer_thread = std::sync::Mutex::new(Some(writer_thread));
         let draining = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let shutdown_delay = Duration::from_millis(cfg.shutdown_delay_ms);
@@ -205,6 +225,7 @@ impl Server {
             metrics,
             draining: draining.clone(),
             cluster: cluster.map(|(state, _)| state),
+            outbound,
         });
         // Token changes made while the server was down, then every second (requests that meet a
         // changed file record it themselves, before they go on).
@@ -267,6 +288,11 @@ impl Server {
             }
             // Its handle of the state must be gone too before the store can close.
             let _ = token_task.await;
+            // The connectors hold the store: they stop where they are (their watermark and
+            // intents say where to go on).
+            if let Some(t) = outbound_task {
+                let _ = t.await;
+            }
             if let Some(t) = metrics_task {
                 let _ = t.await;
             }

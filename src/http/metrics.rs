@@ -46,6 +46,7 @@ fn scrape(state: &AppState) -> Response {
             published: p.published(),
         }),
         store: state.store.stats().ok(),
+        outbound: state.outbound.as_ref().map(|o| o.statuses(None)).unwrap_or_default(),
     };
     let mut resp = (StatusCode::OK, state.metrics.render(&snapshot)).into_response();
     resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(OPENMETRICS));

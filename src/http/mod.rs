@@ -14,6 +14,7 @@ mod groups;
 mod health;
 mod metrics;
 pub mod openapi;
+mod outbound;
 pub mod rate;
 mod render;
 mod request_line;
@@ -66,6 +67,8 @@ pub struct Inner {
     pub draining: Arc<std::sync::atomic::AtomicBool>,
     /// Cluster mode: this node's role and the leader (`None`: a single node).
     pub cluster: Option<Arc<crate::cluster::ClusterState>>,
+    /// The outbound connectors (`None` in cluster mode, where they do not run yet).
+    pub outbound: Option<Arc<crate::outbound::Outbound>>,
 }
 
 /// When the last handle to the state goes (server stopped, or its runtime dropped), the writer

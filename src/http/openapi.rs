@@ -41,6 +41,7 @@ pub const DOCS_PATH: &str = "/api/docs";
         (name = "hosts", description = "Devices linked to the user they belong to"),
         (name = "events", description = "The tenant's log in order (events or admin tokens)"),
         (name = "admin", description = "Admin tokens only"),
+        (name = "outbound", description = "Provisioning onward to downstream SCIM applications (admin tokens)"),
     )
 )]
 struct ApiDoc;
@@ -104,6 +105,7 @@ pub fn api() -> (Router<AppState>, Document) {
         .merge(super::admin::router())
         .merge(super::access::router())
         .merge(super::events::router())
+        .merge(super::outbound::router())
         .split_for_parts();
     // After the merge: the derive's own modifiers run before the routes' paths are in.
     ErrorResponses.modify(&mut doc);

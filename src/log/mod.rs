@@ -6,8 +6,11 @@
 //!   deleted.
 //! - `state`: the read models, laid out by `scimlog_projections::keys`.
 //! - `keys`: the wrapped per-user data keys that seal personal values in events ([`keys`]).
+//! - `outbound`: the outbound connectors' own state (links to remote ids, last sent documents,
+//!   watermarks, intents, parked objects), laid out by `crate::outbound::state`, written only
+//!   through [`OutboundStore`] by the connectors, never by the writer.
 //!
-//! Both are written together in one `WriteBatch`, fsync'd, by the single [`writer`]. Reads come
+//! The first three are written together in one `WriteBatch`, fsync'd, by the single [`writer`]. Reads come
 //! from snapshots through [`StateView`], which implements the projections' `KvRead`.
 
 pub mod keys;
@@ -27,6 +30,8 @@ use scimlog_schemas::event::{EventHash, SealedEvent};
 pub const CF_EVENTS: &str = "events";
 pub const CF_STATE: &str = "state";
 pub const CF_KEYS: &str = "keys";
+pub const CF_OUTBOUND: &str = "outbound";
+const FAMILIES: [&str; 4] = [CF_EVENTS, CF_STATE, CF_KEYS, CF_OUTBOUND];
 
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
@@ -147,14 +152,15 @@ fn db_options(memory: &StoreMemory, cache: &rocksdb::Cache) -> Options {
     opts
 }
 
-/// A family's options. The read models (`state`) are stored uncompressed, so that the promise of
+/// A family's options. The read models (`state`) and the connectors' last sent documents
+/// (`outbound`) are stored uncompressed, so that the promise of
 /// erasure stays checkable: plaintext personal values live only there (events hold them sealed),
 /// and a byte search of the files then finds a value if it is anywhere (in LZ4 blocks it may not
 /// appear literally). It costs disk, not time: decompression was under 1% of a lookup's CPU at a
 /// million users. The log (`events`) and the keys stay LZ4-compressed.
 fn family_options(name: &str, memory: &StoreMemory, cache: &rocksdb::Cache) -> Options {
     let mut opts = db_options(memory, cache);
-    if name == CF_STATE {
+    if name == CF_STATE || name == CF_OUTBOUND {
         opts.set_compression_type(rocksdb::DBCompressionType::None);
     }
     opts
@@ -169,8 +175,7 @@ impl Store {
     pub fn open_with(data_dir: &Path, memory: &StoreMemory) -> Result<Store, LogError> {
         let path = data_dir.join("db");
         let cache = rocksdb::Cache::new_lru_cache(memory.block_cache_bytes);
-        let cfs = [CF_EVENTS, CF_STATE, CF_KEYS]
-            .map(|name| ColumnFamilyDescriptor::new(name, family_options(name, memory, &cache)));
+        let cfs = FAMILIES.map(|name| ColumnFamilyDescriptor::new(name, family_options(name, memory, &cache)));
         let db = DB::open_cf_descriptors(&db_options(memory, &cache), &path, cfs)
             .map_err(|source| LogError::Open { path, source })?;
         Ok(Store { db: Arc::new(db), blinder: Default::default(), faults: FaultInjector::default(), _scratch: None })
@@ -193,7 +198,7 @@ impl Store {
         let mut opts = db_options(&memory, &cache);
         opts.create_if_missing(false);
         opts.set_max_open_files(-1);
-        let cfs = [CF_EVENTS, CF_STATE, CF_KEYS].map(|name| {
+        let cfs = FAMILIES.map(|name| {
             let mut o = family_options(name, &memory, &cache);
             o.set_max_open_files(-1);
             ColumnFamilyDescriptor::new(name, o)
@@ -449,6 +454,70 @@ impl Store {
         let mut wo = WriteOptions::default();
         wo.set_sync(sync);
         self.db.write_opt(batch, &wo)?;
+        Ok(())
+    }
+}
+
+/// The outbound connectors' family (`outbound`): point reads, prefix scans, and writes of one
+/// atomic, fsync'd batch. Only `crate::outbound` holds one; the writer never touches the family.
+#[derive(Clone)]
+pub struct OutboundStore(Store);
+
+impl Store {
+    pub fn outbound(&self) -> OutboundStore {
+        OutboundStore(self.clone())
+    }
+}
+
+impl OutboundStore {
+    pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, LogError> {
+        self.0.get_cf(CF_OUTBOUND, key)
+    }
+
+    /// Up to `limit` entries under `prefix`, after `after` (exclusive) when given, in key order.
+    pub fn scan(&self, prefix: &[u8], after: Option<&[u8]>, limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>, LogError> {
+        let start = after.filter(|a| *a >= prefix).unwrap_or(prefix);
+        let it = self.0.db.iterator_cf(self.0.cf(CF_OUTBOUND), IteratorMode::From(start, Direction::Forward));
+        let mut out = Vec::new();
+        for item in it {
+            let (k, v) = item?;
+            if !k.starts_with(prefix) || out.len() >= limit {
+                break;
+            }
+            if after.is_some_and(|a| &*k <= a) {
+                continue;
+            }
+            out.push((k.into_vec(), v.into_vec()));
+        }
+        Ok(out)
+    }
+
+    /// Puts (`Some`) and deletes (`None`) as one atomic batch, fsync'd before it returns.
+    pub fn write(&self, entries: Vec<(Vec<u8>, Option<Vec<u8>>)>) -> Result<(), LogError> {
+        let cf = self.0.cf(CF_OUTBOUND);
+        let mut batch = WriteBatch::default();
+        for (k, v) in entries {
+            match v {
+                Some(v) => batch.put_cf(cf, k, v),
+                None => batch.delete_cf(cf, k),
+            }
+        }
+        let mut wo = WriteOptions::default();
+        wo.set_sync(true);
+        self.0.db.write_opt(batch, &wo)?;
+        Ok(())
+    }
+
+    /// Flushes the family and compacts the keys under `prefix`, so that values deleted there (an
+    /// erased person's last sent document) leave the files, not only the live view.
+    pub fn purge(&self, prefix: &[u8]) -> Result<(), LogError> {
+        let cf = self.0.cf(CF_OUTBOUND);
+        self.0.db.flush_cf(cf)?;
+        let mut end = prefix.to_vec();
+        end.push(0xff);
+        let mut opts = rocksdb::CompactOptions::default();
+        opts.set_bottommost_level_compaction(rocksdb::BottommostLevelCompaction::Force);
+        self.0.db.compact_range_cf_opt(cf, Some(prefix), Some(&end[..]), &opts);
         Ok(())
     }
 }

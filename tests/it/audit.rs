@@ -114,7 +114,7 @@ fn verify_expecting(
     let copy = tempfile::tempdir().unwrap();
     copy_dir(dir, copy.path());
     {
-        let names = ["default", "events", "state", "keys"];
+        let names = ["default", "events", "state", "keys", "outbound"];
         let db = rocksdb::DB::open_cf(&rocksdb::Options::default(), copy.path().join("db"), names).unwrap();
         tamper(&db);
     }

@@ -93,7 +93,9 @@ async fn every_answer_is_what_the_description_says() {
         case(Method::GET, "/hosts/{host_id}/user", "/hosts/laptop-1/user", None, 404),
         case(Method::POST, "/users/{id}/erase", &format!("/users/{erased}/erase"), Some(json!({"reason": "r"})), 403),
         case(Method::GET, "/events", "/events", None, 403),
+        case(Method::GET, "/outbound/targets", "/outbound/targets", None, 403),
     ];
+    let target = json!({"name": "crm", "url": "http://127.0.0.1:9/scim/v2", "token_file": "/nonexistent/crm.token"});
     let admin = [
         case(Method::GET, "/events", "/events?limit=3", None, 200),
         case(Method::GET, "/events", "/events?types=user.nope", None, 400),
@@ -105,6 +107,12 @@ async fn every_answer_is_what_the_description_says() {
         case(Method::POST, "/users/{id}/erase", &format!("/users/{erased}/erase"), Some(json!({})), 400),
         case(Method::POST, "/users/{id}/erase", &format!("/users/{erased}/erase"), Some(json!({"reason": "r"})), 200),
         case(Method::POST, "/users/{id}/erase", &format!("/users/{erased}/erase"), Some(json!({"reason": "r"})), 404),
+        case(Method::GET, "/outbound/targets", "/outbound/targets", None, 200),
+        case(Method::POST, "/outbound/targets", "/outbound/targets", Some(json!({"name": "crm"})), 400),
+        case(Method::POST, "/outbound/targets", "/outbound/targets", Some(target.clone()), 201),
+        case(Method::POST, "/outbound/targets", "/outbound/targets", Some(target), 409),
+        case(Method::DELETE, "/outbound/targets/{name}", "/outbound/targets/crm", None, 204),
+        case(Method::DELETE, "/outbound/targets/{name}", "/outbound/targets/crm", None, 404),
     ];
     cases.extend(admin.into_iter().map(|c| Case { admin: true, ..c }));
     cases.push(Case { admin: false, ..case(Method::GET, "/environments", "/environments", None, 401) });

@@ -268,7 +268,8 @@ async fn read_models_of_an_older_layout_are_rebuilt_at_start() {
     let tmp = s.stop_keeping_data().await.unwrap();
     {
         let path = tmp.path().join("db");
-        let db = rocksdb::DB::open_cf(&rocksdb::Options::default(), &path, ["events", "state", "keys"]).unwrap();
+        let db =
+            rocksdb::DB::open_cf(&rocksdb::Options::default(), &path, ["events", "state", "keys", "outbound"]).unwrap();
         let cf = db.cf_handle("state").unwrap();
         let stale: Vec<Box<[u8]>> = db
             .iterator_cf(cf, rocksdb::IteratorMode::Start)

@@ -1,0 +1,118 @@
+//! `/api/v1/outbound/targets`: the outbound targets of the caller's tenant, for `admin` tokens:
+//! their status (health, watermark, lag, parked objects, requests by status, the recent
+//! journal), and adding or removing one (the same edit of the targets file as `scimlog outbound
+//! add|remove`; the supervisor starts or stops its connector within a second).
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::Json;
+use scimlog_schemas::{SchemaError, ScimType};
+use serde_json::Value;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::error::{ApiError, ScimErrorDoc};
+use super::extract::{Caller, ScimBody};
+use super::AppState;
+use crate::outbound::config::{self, ConfigError, TargetConfig};
+use crate::outbound::StatusView;
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(list, add)).routes(routes!(remove))
+}
+
+fn admin(caller: &Caller) -> Result<(), ApiError> {
+    match caller.principal.role.may_administer() {
+        true => Ok(()),
+        false => Err(ApiError::Forbidden("outbound targets need an admin token (scimlog token create --role admin)")),
+    }
+}
+
+fn outbound(s: &AppState) -> Result<&crate::outbound::Outbound, ApiError> {
+    s.outbound.as_deref().ok_or(ApiError::NotImplemented("outbound provisioning does not run in cluster mode yet"))
+}
+
+/// `GET /api/v1/outbound/targets`: every target of the tenant with its status.
+#[utoipa::path(
+    get, path = "/outbound/targets", tag = "outbound",
+    responses(
+        (status = 200, description = "The tenant's targets", body = Vec<StatusView>),
+        (status = 403, description = "Not an admin token", body = ScimErrorDoc),
+    ),
+)]
+async fn list(State(s): State<AppState>, caller: Caller) -> Result<Json<Vec<StatusView>>, ApiError> {
+    admin(&caller)?;
+    if let Some(e) = outbound(&s)?.file_error() {
+        tracing::warn!(error = %e, "listing outbound targets while the targets file is not valid");
+    }
+    Ok(Json(outbound(&s)?.statuses(Some(&caller.principal.tenant))))
+}
+
+/// `POST /api/v1/outbound/targets`: adds a target to the caller's tenant (a `[[target]]` table
+/// as JSON; `tenant` may be left out). Secrets are named (`token_file`, `token_env`,
+/// `password_file`), never given.
+#[utoipa::path(
+    post, path = "/outbound/targets", tag = "outbound",
+    request_body(content = Object, description = "A target: tenant (optional), name, url, profile, token_file | token_env | basic_user + password_file, deprovision, mode, adopt, limits"),
+    responses(
+        (status = 201, description = "Added; its connector starts within a second"),
+        (status = 400, description = "Not a valid target", body = ScimErrorDoc),
+        (status = 403, description = "Not an admin token", body = ScimErrorDoc),
+        (status = 409, description = "A target of that name exists", body = ScimErrorDoc),
+    ),
+)]
+async fn add(State(s): State<AppState>, caller: Caller, ScimBody(body): ScimBody) -> Result<StatusCode, ApiError> {
+    admin(&caller)?;
+    outbound(&s)?;
+    let mut body = body;
+    if let Value::Object(m) = &mut body {
+        match m.get("tenant") {
+            None => {
+                m.insert("tenant".into(), Value::String(caller.principal.tenant.clone()));
+            }
+            Some(Value::String(t)) if *t == caller.principal.tenant => {}
+            Some(t) => return Err(SchemaError::invalid_value(format!("tenant {t} is not the token's tenant")).into()),
+        }
+    }
+    let c: TargetConfig =
+        serde_json::from_value(body).map_err(|e| SchemaError::invalid_value(format!("not a valid target: {e}")))?;
+    config::add(&s.cfg.outbound_path(), c).map_err(config_error)?;
+    Ok(StatusCode::CREATED)
+}
+
+/// `DELETE /api/v1/outbound/targets/{name}`: removes a target (its connector stops; its state in
+/// the store stays, for a later add under the same name).
+#[utoipa::path(
+    delete, path = "/outbound/targets/{name}", tag = "outbound",
+    params(("name" = String, Path, description = "The target's name")),
+    responses(
+        (status = 204, description = "Removed"),
+        (status = 403, description = "Not an admin token", body = ScimErrorDoc),
+        (status = 404, description = "No such target in this tenant", body = ScimErrorDoc),
+    ),
+)]
+async fn remove(State(s): State<AppState>, caller: Caller, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
+    admin(&caller)?;
+    let path = s.cfg.outbound_path();
+    let mine = config::load(&path)
+        .map_err(config_error)?
+        .iter()
+        .any(|t| t.name() == name && t.tenant() == caller.principal.tenant);
+    if !mine {
+        return Err(ApiError::NotFound(format!("no outbound target named {name:?} in this tenant")));
+    }
+    config::remove(&path, &name).map_err(config_error)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+fn config_error(e: ConfigError) -> ApiError {
+    match e {
+        ConfigError::Invalid { .. } => SchemaError::invalid_value(e.to_string()).into(),
+        ConfigError::Exists(_) => SchemaError::new(ScimType::Uniqueness, e.to_string()).into(),
+        ConfigError::Unknown(_) => ApiError::NotFound(e.to_string()),
+        ConfigError::Io { .. } | ConfigError::Syntax { .. } => {
+            tracing::error!(error = %e, "the outbound targets file cannot be edited");
+            ApiError::Unavailable("the outbound targets file cannot be edited".into())
+        }
+    }
+}

@@ -1,0 +1,384 @@
+//! Targets as configured: the file `<data-dir>/outbound.toml` (one `[[target]]` table each),
+//! edited by `scimlog outbound add|remove` under a lock and read again by a running server when
+//! it changes, as the token file is. Parsed here into [`Target`]s, then trusted.
+//!
+//! Secrets are never in the file: a target names a file (`token_file`, `password_file`) or an
+//! environment variable (`token_env`) the secret is read from, each time the connector starts or
+//! a target answers 401 (a rotated token is picked up without a restart).
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::profile::{Knobs, Profile};
+
+/// The file's name in the data dir.
+pub const FILE_NAME: &str = "outbound.toml";
+
+pub fn path(data_dir: &Path) -> PathBuf {
+    data_dir.join(FILE_NAME)
+}
+
+/// Upper bounds of the per-target numbers (a typo must not mean a day-long timeout).
+const MAX_TIMEOUT_MS: u64 = 300_000;
+const MAX_BATCH: usize = 10_000;
+const MAX_RETRIES: u32 = 30;
+
+/// One `[[target]]` table as written in the file.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetConfig {
+    pub tenant: String,
+    /// Unique in the file; `[a-z0-9_-]`, 1-63 characters.
+    pub name: String,
+    /// The SCIM base URL (`https://app.example.com/scim/v2`).
+    pub url: String,
+    #[serde(default)]
+    pub profile: Profile,
+    /// A file holding the bearer token (read when needed, never copied).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<PathBuf>,
+    /// An environment variable holding the bearer token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_env: Option<String>,
+    /// Basic authentication: the user name, with `password_file`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub basic_user: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<PathBuf>,
+    /// What happens remotely when a user is deleted here (an erasure always DELETEs).
+    #[serde(default)]
+    pub deprovision: Deprovision,
+    #[serde(default)]
+    pub mode: Mode,
+    /// Whether an object that exists remotely but was not created here may be taken over.
+    #[serde(default)]
+    pub adopt: Adopt,
+    /// One request's deadline.
+    #[serde(default = "defaults::timeout_ms")]
+    pub timeout_ms: u64,
+    /// The first backoff after a 5xx, a timeout or a reset; doubled each try, with full jitter.
+    #[serde(default = "defaults::retry_base_ms")]
+    pub retry_base_ms: u64,
+    /// Tries of one request before the object is parked as `transient`.
+    #[serde(default = "defaults::retry_max")]
+    pub retry_max: u32,
+    /// The longest `Retry-After` honoured as given (longer ones are cut to this).
+    #[serde(default = "defaults::max_retry_after_s")]
+    pub max_retry_after_s: u64,
+    /// How often a quarantined target is probed.
+    #[serde(default = "defaults::probe_ms")]
+    pub probe_ms: u64,
+    /// Log positions read per step.
+    #[serde(default = "defaults::batch_max")]
+    pub batch_max: usize,
+    /// Profile knobs set here win over the profile's (see README "Outbound provisioning").
+    #[serde(default, skip_serializing_if = "Overrides::is_empty")]
+    pub overrides: Overrides,
+}
+
+mod defaults {
+    pub fn timeout_ms() -> u64 {
+        30_000
+    }
+    pub fn retry_base_ms() -> u64 {
+        1_000
+    }
+    pub fn retry_max() -> u32 {
+        8
+    }
+    pub fn max_retry_after_s() -> u64 {
+        900
+    }
+    pub fn probe_ms() -> u64 {
+        60_000
+    }
+    pub fn batch_max() -> usize {
+        500
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Overrides {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_members_per_request: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub patch: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_per_s: Option<f64>,
+}
+
+impl Overrides {
+    fn is_empty(&self) -> bool {
+        *self == Overrides::default()
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Deprovision {
+    /// `active: false`; the remote account stays, linked (re-provisioning reactivates it).
+    #[default]
+    Deactivate,
+    /// DELETE the remote account.
+    Delete,
+    /// Leave the remote account as it is (and forget the link).
+    None,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    #[default]
+    Live,
+    /// Reads are real; writes are journaled as "would send", never sent. Own watermark.
+    DryRun,
+    /// Nothing is read or sent; the watermark stays.
+    Paused,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Adopt {
+    /// A remote object with the same userName/displayName parks the local one as `conflict`.
+    Never,
+    /// Only a remote object whose externalId is this scimlog id is linked (ours, from a create
+    /// whose answer was lost).
+    #[default]
+    IfExternalIdMatches,
+    /// Also a remote object found by userName/displayName (authentik's behaviour), flagged
+    /// `adopted`.
+    ByIdentity,
+}
+
+/// How a target authenticates, parsed from the file's fields.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Auth {
+    BearerFile(PathBuf),
+    BearerEnv(String),
+    Basic { user: String, password_file: PathBuf },
+}
+
+impl Auth {
+    /// The `Authorization` header's value, read from its source now.
+    pub fn header(&self) -> Result<String, String> {
+        use base64::Engine as _;
+        let read = |p: &Path| {
+            std::fs::read_to_string(p)
+                .map(|s| s.trim().to_string())
+                .map_err(|e| format!("cannot read {}: {e}", p.display()))
+        };
+        match self {
+            Auth::BearerFile(p) => Ok(format!("Bearer {}", read(p)?)),
+            Auth::BearerEnv(var) => {
+                std::env::var(var).map(|t| format!("Bearer {}", t.trim())).map_err(|_| format!("${var} is not set"))
+            }
+            Auth::Basic { user, password_file } => {
+                let pair = format!("{user}:{}", read(password_file)?);
+                Ok(format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(pair)))
+            }
+        }
+    }
+}
+
+/// A target, checked: what the connector runs on.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Target {
+    pub config: TargetConfig,
+    pub auth: Auth,
+    pub knobs: Knobs,
+}
+
+impl Target {
+    pub fn name(&self) -> &str {
+        &self.config.name
+    }
+    pub fn tenant(&self) -> &str {
+        &self.config.tenant
+    }
+    /// The base URL without a trailing slash.
+    pub fn base(&self) -> &str {
+        self.config.url.trim_end_matches('/')
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read or write {path}: {error}")]
+    Io { path: PathBuf, error: std::io::Error },
+    #[error("{path} is not a valid targets file: {detail}")]
+    Syntax { path: PathBuf, detail: String },
+    #[error("target {name:?}: {detail}")]
+    Invalid { name: String, detail: String },
+    #[error("a target named {0:?} exists already")]
+    Exists(String),
+    #[error("no target named {0:?}")]
+    Unknown(String),
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TargetsFile {
+    #[serde(default, rename = "target")]
+    targets: Vec<TargetConfig>,
+}
+
+/// Checks one table and turns it into a [`Target`].
+pub fn check(c: TargetConfig) -> Result<Target, ConfigError> {
+    let bad = |detail: String| ConfigError::Invalid { name: c.name.clone(), detail };
+    if !crate::auth::valid_tenant(&c.name) {
+        return Err(bad("the name must be 1-63 of a-z, 0-9, '-' and '_', starting with a letter or digit".into()));
+    }
+    if !crate::auth::valid_tenant(&c.tenant) {
+        return Err(bad(format!("tenant {:?} is not a valid tenant", c.tenant)));
+    }
+    let url = c.url.as_str();
+    let rest = url.strip_prefix("https://").or_else(|| url.strip_prefix("http://"));
+    if rest.is_none_or(|r| r.is_empty() || r.starts_with('/')) || url.contains(['?', '#', ' ']) {
+        return Err(bad(format!("url {url:?} is not an http(s) base URL without query or fragment")));
+    }
+    let auth = match (&c.token_file, &c.token_env, &c.basic_user, &c.password_file) {
+        (Some(f), None, None, None) => Auth::BearerFile(f.clone()),
+        (None, Some(v), None, None) => Auth::BearerEnv(v.clone()),
+        (None, None, Some(u), Some(f)) => Auth::Basic { user: u.clone(), password_file: f.clone() },
+        _ => return Err(bad("give exactly one of token_file, token_env, or basic_user with password_file".into())),
+    };
+    let ranges: [(&str, u64, u64, u64); 5] = [
+        ("timeout_ms", c.timeout_ms, 1, MAX_TIMEOUT_MS),
+        ("retry_base_ms", c.retry_base_ms, 1, MAX_TIMEOUT_MS),
+        ("retry_max", c.retry_max.into(), 1, MAX_RETRIES.into()),
+        ("probe_ms", c.probe_ms, 1, 3_600_000),
+        ("batch_max", c.batch_max as u64, 1, MAX_BATCH as u64),
+    ];
+    for (field, v, lo, hi) in ranges {
+        if v < lo || v > hi {
+            return Err(bad(format!("{field} {v} is outside {lo}..={hi}")));
+        }
+    }
+    let knobs = c.profile.knobs().with(&c.overrides).map_err(bad)?;
+    Ok(Target { auth, knobs, config: c })
+}
+
+/// The targets of the file (none when there is no file). Every table is checked; one bad table
+/// fails the whole file, so a typo is an error at once, not a target silently missing.
+pub fn load(path: &Path) -> Result<Vec<Target>, ConfigError> {
+    let file = read(path)?;
+    let mut seen = std::collections::BTreeSet::new();
+    let mut out = Vec::with_capacity(file.targets.len());
+    for c in file.targets {
+        if !seen.insert(c.name.clone()) {
+            return Err(ConfigError::Exists(c.name));
+        }
+        out.push(check(c)?);
+    }
+    Ok(out)
+}
+
+fn read(path: &Path) -> Result<TargetsFile, ConfigError> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(TargetsFile::default()),
+        Err(error) => return Err(ConfigError::Io { path: path.into(), error }),
+    };
+    toml::from_str(&text).map_err(|e| ConfigError::Syntax { path: path.into(), detail: e.to_string() })
+}
+
+/// Reads, changes and writes the file under its lock (two CLI commands take turns).
+fn edit(path: &Path, f: impl FnOnce(&mut Vec<TargetConfig>) -> Result<(), ConfigError>) -> Result<(), ConfigError> {
+    let io = |error| ConfigError::Io { path: path.into(), error };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        crate::files::create_private_dir(dir).map_err(io)?;
+    }
+    let _lock = crate::files::FileLock::acquire(path).map_err(io)?;
+    let mut file = read(path)?;
+    f(&mut file.targets)?;
+    let text = toml::to_string(&file).map_err(|e| ConfigError::Syntax { path: path.into(), detail: e.to_string() })?;
+    crate::files::replace_private(path, text.as_bytes()).map_err(io)
+}
+
+/// Adds a target (checked first); a running server starts its connector within a second.
+pub fn add(path: &Path, c: TargetConfig) -> Result<(), ConfigError> {
+    check(c.clone())?;
+    edit(path, |targets| {
+        if targets.iter().any(|t| t.name == c.name) {
+            return Err(ConfigError::Exists(c.name.clone()));
+        }
+        targets.push(c);
+        Ok(())
+    })
+}
+
+/// Removes a target from the file; its state in the store stays (for `status` and a re-add).
+pub fn remove(path: &Path, name: &str) -> Result<(), ConfigError> {
+    edit(path, |targets| {
+        let before = targets.len();
+        targets.retain(|t| t.name != name);
+        match targets.len() == before {
+            true => Err(ConfigError::Unknown(name.into())),
+            false => Ok(()),
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> TargetConfig {
+        toml::from_str(
+            r#"tenant = "acme"
+name = "crm"
+url = "http://127.0.0.1:9/scim/v2"
+token_file = "/run/crm.token""#,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn tables_are_checked_at_the_boundary() {
+        let cases: &[(&str, fn(&mut TargetConfig), Option<&str>)] = &[
+            ("minimal", |_| {}, None),
+            ("bad name", |c| c.name = "Crm!".into(), Some("the name must be")),
+            ("bad tenant", |c| c.tenant = "a b".into(), Some("tenant \"a b\"")),
+            ("ftp url", |c| c.url = "ftp://x".into(), Some("url \"ftp://x\"")),
+            ("query in url", |c| c.url = "https://x/scim?a=1".into(), Some("without query")),
+            ("two secrets", |c| c.token_env = Some("T".into()), Some("exactly one")),
+            ("no secret", |c| c.token_file = None, Some("exactly one")),
+            ("zero timeout", |c| c.timeout_ms = 0, Some("timeout_ms 0")),
+            ("huge batch", |c| c.batch_max = 1 << 20, Some("batch_max 1048576")),
+            (
+                "members cap over the profile's",
+                |c| {
+                    c.profile = Profile::AwsIdentityCenter;
+                    c.overrides.max_members_per_request = Some(500)
+                },
+                Some("max_members_per_request 500"),
+            ),
+        ];
+        for (what, change, want) in cases {
+            let mut c = base();
+            change(&mut c);
+            match (check(c), want) {
+                (Ok(_), None) => {}
+                (Err(e), Some(w)) => assert!(e.to_string().contains(w), "{what}: {e}"),
+                (got, want) => panic!("{what}: got {got:?}, wanted {want:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn add_and_remove_keep_the_file_valid_and_names_unique() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = path(dir.path());
+        add(&p, base()).unwrap();
+        assert!(matches!(add(&p, base()), Err(ConfigError::Exists(_))));
+        let loaded = load(&p).unwrap();
+        assert_eq!(loaded.len(), 1);
+        assert_eq!(loaded[0].auth, Auth::BearerFile("/run/crm.token".into()));
+        assert!(!std::fs::read_to_string(&p).unwrap().contains("Bearer"));
+        remove(&p, "crm").unwrap();
+        assert!(matches!(remove(&p, "crm"), Err(ConfigError::Unknown(_))));
+        assert!(load(&p).unwrap().is_empty());
+    }
+}

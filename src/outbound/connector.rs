@@ -1,0 +1,734 @@
+//! One target's loop. A step reads the log after the watermark (at most `batch_max` positions),
+//! keeps the tenant's User and Group events, coalesces them per resource and per membership, and
+//! brings each one to the directory's current state:
+//!
+//! 1. users that exist: create or update (rendered now, diffed against the last sent document);
+//! 2. groups that exist: the same, without members;
+//! 3. memberships: exact member adds and removes, chunked by the profile, never a group read;
+//! 4. groups that are gone: DELETE;
+//! 5. users that are gone: the target's deprovision policy (an erasure always DELETEs).
+//!
+//! Then the watermark moves to the last position read. A crash anywhere repeats the step: every
+//! part of it is idempotent (a document equal to the last sent is not sent; a create with an
+//! open intent looks the object up before it POSTs again). An object the target refuses is
+//! parked with its reason and retried on a schedule or at its next change; everything else goes
+//! on. Refused credentials quarantine the whole target until a probe gets through.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
+use reqwest::Method;
+use scimlog_projections::query;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tokio::sync::watch;
+
+use super::client::{Client, Failure};
+use super::config::{Adopt, Deprovision, Mode, Target};
+use super::render;
+use super::state::{Batch, Intent, Kind, Link, Parked, ParkedKey, State};
+use super::Status;
+use crate::log::{LogError, Store};
+
+/// Parked entries looked at per step for a retry that fell due.
+const MAX_PARKED_PER_STEP: usize = 1000;
+/// Members of a group read for one PUT (targets without PATCH); beyond it the group is parked.
+const MAX_PUT_MEMBERS: usize = 10_000;
+/// How long an idle connector sleeps before it looks at parked entries again.
+const IDLE_TICK: Duration = Duration::from_secs(1);
+
+/// Why a step ended early.
+#[derive(Debug)]
+enum Halt {
+    Quarantine(String),
+    Stopped,
+    Storage(LogError),
+}
+
+impl From<LogError> for Halt {
+    fn from(e: LogError) -> Halt {
+        Halt::Storage(e)
+    }
+}
+
+/// The fields of an event a connector reads: never the (sealed) personal values.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Peek {
+    tenant: String,
+    #[serde(rename = "type")]
+    ty: String,
+    resource_id: String,
+    #[serde(default)]
+    data: Value,
+    recorded_at: DateTime<Utc>,
+}
+
+/// The resources a step brings up to date, each with the last position that touched it.
+#[derive(Default)]
+struct Work {
+    users: BTreeMap<String, u64>,
+    erased: BTreeSet<String>,
+    groups: BTreeMap<String, u64>,
+    members: BTreeMap<(String, String), (Kind, u64)>,
+}
+
+impl Work {
+    fn is_empty(&self) -> bool {
+        self.users.is_empty() && self.groups.is_empty() && self.members.is_empty()
+    }
+    fn note(&mut self, position: u64, e: &Peek) {
+        let id = e.resource_id.clone();
+        match e.ty.as_str() {
+            "user.created" | "user.updated" | "user.deactivated" | "user.reactivated" | "user.deleted" => {
+                self.users.insert(id, position);
+            }
+            "user.erased" => {
+                self.erased.insert(id.clone());
+                self.users.insert(id, position);
+            }
+            "group.created" | "group.renamed" | "group.updated" | "group.deleted" => {
+                self.groups.insert(id, position);
+            }
+            "group.member_added" | "group.member_removed" => {
+                let member = e.data.get("memberId").and_then(Value::as_str).unwrap_or_default().to_string();
+                let kind = match e.data.get("memberType").and_then(Value::as_str) {
+                    Some("Group") => Kind::Group,
+                    _ => Kind::User,
+                };
+                self.members.insert((id, member), (kind, position));
+            }
+            // Grants, scopes, hosts and tokens are not provisioned (roles and entitlements go
+            // out as the user's attributes when the IdP sent them so).
+            _ => {}
+        }
+    }
+    fn add_parked(&mut self, key: ParkedKey, position: u64, kind_of_member: impl Fn(&str) -> Kind) {
+        match key {
+            ParkedKey::Object(Kind::User, id) => {
+                self.users.entry(id).or_insert(position);
+            }
+            ParkedKey::Object(Kind::Group, id) => {
+                self.groups.entry(id).or_insert(position);
+            }
+            ParkedKey::Membership { group, member } => {
+                let kind = kind_of_member(&member);
+                self.members.entry((group, member)).or_insert((kind, position));
+            }
+        }
+    }
+}
+
+pub struct Connector {
+    target: Target,
+    client: Client,
+    state: State,
+    store: Store,
+    status: Arc<Status>,
+    /// Effective capabilities (profile ⊕ ServiceProviderConfig).
+    patch: bool,
+    filter: bool,
+}
+
+enum Progress {
+    Moved,
+    Idle,
+}
+
+impl Connector {
+    pub fn new(
+        target: Target,
+        store: Store,
+        status: Arc<Status>,
+        metrics: crate::metrics::Metrics,
+        stop: watch::Receiver<bool>,
+    ) -> Result<Connector, String> {
+        // A dry run keeps its own state (and watermark): going live later loses nothing.
+        let namespace = match target.config.mode {
+            Mode::DryRun => format!("{}~dry-run", target.name()),
+            Mode::Live | Mode::Paused => target.name().to_string(),
+        };
+        let state = State::new(store.outbound(), &namespace);
+        let client = Client::new(target.clone(), status.clone(), metrics, stop)?;
+        Ok(Connector { target, client, state, store, status, patch: true, filter: true })
+    }
+
+    pub async fn run(mut self, mut committed: watch::Receiver<u64>, mut stop: watch::Receiver<bool>) {
+        if self.target.config.mode == Mode::Paused {
+            self.status.caps("paused".into());
+            let _ = self.refresh_counts();
+            let _ = stop.wait_for(|s| *s).await;
+            return;
+        }
+        self.read_caps().await;
+        loop {
+            if *stop.borrow() {
+                return;
+            }
+            let wait = match self.step().await {
+                Ok(Progress::Moved) => continue,
+                Ok(Progress::Idle) => IDLE_TICK,
+                Err(Halt::Stopped) => return,
+                Err(Halt::Quarantine(why)) => {
+                    tracing::warn!(target = self.target.name(), %why, "outbound target quarantined");
+                    self.status.quarantine(Some(why));
+                    Duration::from_millis(self.target.config.probe_ms)
+                }
+                Err(Halt::Storage(e)) => {
+                    tracing::error!(target = self.target.name(), error = %e, "outbound step failed on the store");
+                    self.status.error(Some(e.to_string()));
+                    IDLE_TICK
+                }
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = committed.changed(), if !self.status.is_quarantined() => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
+        }
+    }
+
+    /// Reads `/ServiceProviderConfig`: PATCH and filter support, unless the profile decides.
+    async fn read_caps(&mut self) {
+        let (patch, filter, origin) = match self.client.send(Method::GET, "/ServiceProviderConfig", None).await {
+            Ok(r) => {
+                let flag = |k: &str| r.body.get(k).and_then(|v| v.get("supported")).and_then(Value::as_bool);
+                (flag("patch").unwrap_or(false), flag("filter").unwrap_or(false), "ServiceProviderConfig".to_string())
+            }
+            Err(f) => (true, true, format!("assumed (ServiceProviderConfig unreadable: {})", f.detail())),
+        };
+        self.patch = self.target.knobs.patch.unwrap_or(patch);
+        self.filter = filter;
+        self.status.caps(format!("{origin}; patch={} filter={}", self.patch, self.filter));
+    }
+
+    fn refresh_counts(&self) -> Result<(), LogError> {
+        const COUNT_LIMIT: usize = 1_000_000;
+        self.status.counts(
+            self.state.all_parked(COUNT_LIMIT)?.len(),
+            self.state.count_links(Kind::User, COUNT_LIMIT)?,
+            self.state.count_links(Kind::Group, COUNT_LIMIT)?,
+        );
+        Ok(())
+    }
+
+    async fn step(&mut self) -> Result<Progress, Halt> {
+        let watermark = self.state.watermark()?;
+        let head = self.store.head()?.position;
+        let mut work = Work::default();
+        let (mut to, mut oldest) = (watermark, None);
+        if head > watermark {
+            for (position, sealed) in self.store.events_from(watermark + 1, self.target.config.batch_max)? {
+                to = position;
+                let e: Peek = serde_json::from_slice(&sealed.bytes)
+                    .map_err(|e| LogError::Corrupt { position, detail: e.to_string() })?;
+                oldest.get_or_insert(e.recorded_at);
+                if e.tenant == self.target.tenant() {
+                    work.note(position, &e);
+                }
+            }
+        }
+        let lag = oldest.map_or(0.0, |t| (Utc::now() - t).num_milliseconds().max(0) as f64 / 1000.0);
+        self.status.positions(watermark, head, lag);
+        let now = Utc::now();
+        for (key, p) in self.state.all_parked(MAX_PARKED_PER_STEP)? {
+            if p.next_attempt <= now {
+                let view = self.store.view();
+                let member_kind = |m: &str| match query::group(&view, self.target.tenant(), m) {
+                    Some(_) => Kind::Group,
+                    None => Kind::User,
+                };
+                work.add_parked(key, p.position, member_kind);
+            }
+        }
+        if work.is_empty() && to == watermark {
+            self.refresh_counts()?;
+            self.status.positions(watermark, head, 0.0);
+            return Ok(Progress::Idle);
+        }
+        self.apply(&work).await?;
+        if to > watermark {
+            let mut b = Batch::default();
+            self.state.set_watermark(&mut b, to);
+            self.state.commit(b)?;
+        }
+        self.status.quarantine(None);
+        self.refresh_counts()?;
+        self.status.positions(to, head, lag);
+        Ok(if to > watermark { Progress::Moved } else { Progress::Idle })
+    }
+
+    async fn apply(&mut self, work: &Work) -> Result<(), Halt> {
+        let t = self.target.tenant().to_string();
+        let mut gone_users = Vec::new();
+        for (id, &position) in &work.users {
+            let doc = { query::user(&self.store.view(), &t, id) };
+            match doc {
+                Some(doc) => self.upsert(Kind::User, id, render::user(&doc, &self.target.knobs), position).await?,
+                None => gone_users.push((id, position)),
+            }
+        }
+        let mut gone_groups = Vec::new();
+        for (id, &position) in &work.groups {
+            let doc = { query::group(&self.store.view(), &t, id) };
+            match doc {
+                Some(doc) => self.upsert(Kind::Group, id, render::group(&doc, &self.target.knobs), position).await?,
+                None => gone_groups.push((id, position)),
+            }
+        }
+        let mut by_group: BTreeMap<&str, Vec<(&str, Kind, u64)>> = BTreeMap::new();
+        for ((g, m), &(kind, position)) in &work.members {
+            by_group.entry(g).or_default().push((m, kind, position));
+        }
+        for (group, members) in by_group {
+            self.sync_members(group, &members).await?;
+        }
+        for (id, position) in gone_groups {
+            self.remove(Kind::Group, id, position, false).await?;
+        }
+        for (id, position) in gone_users {
+            self.remove(Kind::User, id, position, work.erased.contains(id)).await?;
+        }
+        Ok(())
+    }
+
+    /// Brings one existing object to `doc`: create when unlinked, else update what changed.
+    async fn upsert(&mut self, kind: Kind, id: &str, doc: Value, position: u64) -> Result<(), Halt> {
+        let Some(link) = self.state.link(kind, id)? else { return self.create(kind, id, doc, position).await };
+        if link.sent == doc {
+            return self.settled(kind, id);
+        }
+        let path = format!("/{}/{}", kind.endpoint(), enc(&link.remote_id));
+        let result = match (self.patch, kind) {
+            (true, _) => match render::patch(&link.sent, &doc) {
+                Some(body) => self.client.send(Method::PATCH, &path, Some(&body)).await.map(|_| ()),
+                None => Ok(()),
+            },
+            (false, Kind::User) => self.client.send(Method::PUT, &path, Some(&doc)).await.map(|_| ()),
+            (false, Kind::Group) => match self.members_for_put(id)? {
+                Some(members) => {
+                    let body = render::with_members(&doc, &members);
+                    self.client.send(Method::PUT, &path, Some(&body)).await.map(|_| ())
+                }
+                None => Err(Failure::Rejected {
+                    status: 0,
+                    scim_type: None,
+                    detail: format!("the group has more than {MAX_PUT_MEMBERS} members and the target takes only PUT"),
+                }),
+            },
+        };
+        match result {
+            Ok(()) => {
+                let mut b = Batch::default();
+                self.state.put_link(&mut b, kind, id, &Link { sent: doc, position, ..link });
+                self.state.unpark(&mut b, &ParkedKey::Object(kind, id.into()));
+                self.state.commit(b)?;
+                self.status.outcome(true);
+                Ok(())
+            }
+            Err(Failure::NotFound) => {
+                // Deleted out of band: created again (S6 finds nothing, so it POSTs).
+                tracing::info!(
+                    target = self.target.name(),
+                    kind = kind.endpoint(),
+                    "linked object is gone remotely; creating it again"
+                );
+                let mut b = Batch::default();
+                self.state.delete_link(&mut b, kind, id);
+                self.state.commit(b)?;
+                self.create(kind, id, doc, position).await
+            }
+            Err(f) => self.fail(ParkedKey::Object(kind, id.into()), position, f),
+        }
+    }
+
+    /// The remote ids of a group's members, for a PUT; `None` when there are too many.
+    fn members_for_put(&self, group: &str) -> Result<Option<Vec<String>>, Halt> {
+        let sent = self.state.members_sent(group, None, MAX_PUT_MEMBERS + 1)?;
+        if sent.len() > MAX_PUT_MEMBERS {
+            return Ok(None);
+        }
+        let mut out = Vec::with_capacity(sent.len());
+        for m in sent {
+            let link = match self.state.link(Kind::User, &m)? {
+                Some(l) => Some(l),
+                None => self.state.link(Kind::Group, &m)?,
+            };
+            out.extend(link.map(|l| l.remote_id));
+        }
+        Ok(Some(out))
+    }
+
+    fn settled(&self, kind: Kind, id: &str) -> Result<(), Halt> {
+        let key = ParkedKey::Object(kind, id.into());
+        if self.state.parked(&key)?.is_some() {
+            let mut b = Batch::default();
+            self.state.unpark(&mut b, &key);
+            self.state.commit(b)?;
+        }
+        Ok(())
+    }
+
+    /// Creates an object, at most once: an intent is written before the POST, and after a 409
+    /// or an unknown outcome (or at the start, when an earlier intent is open) the object is
+    /// looked up by its externalId (our id) before anything is sent again.
+    async fn create(&mut self, kind: Kind, id: &str, doc: Value, position: u64) -> Result<(), Halt> {
+        let key = ParkedKey::Object(kind, id.into());
+        if self.state.intent(kind, id)?.is_some() {
+            if let Some(remote) = self.lookup(kind, "externalId", id).await? {
+                return self.adopt(kind, id, doc, position, remote, false).await;
+            }
+        }
+        let mut b = Batch::default();
+        self.state.put_intent(&mut b, kind, id, &Intent { position, at: Utc::now() });
+        self.state.commit(b)?;
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let failure = match self.client.send(Method::POST, &format!("/{}", kind.endpoint()), Some(&doc)).await {
+                Ok(reply) => match reply.body.get("id").and_then(Value::as_str) {
+                    Some(remote) => return self.linked(kind, id, doc, position, remote.to_string(), false),
+                    None => Failure::Rejected {
+                        status: reply.status,
+                        scim_type: None,
+                        detail: format!("the target answered {} without an id", reply.status),
+                    },
+                },
+                Err(f) => f,
+            };
+            let unknown = matches!(failure, Failure::Transient { maybe_applied: true, .. });
+            if !unknown && !matches!(failure, Failure::Conflict { .. }) {
+                return self.fail(key, position, failure);
+            }
+            // Ours from an earlier try whose answer was lost? Never POST blindly.
+            if let Some(remote) = self.lookup(kind, "externalId", id).await? {
+                return self.adopt(kind, id, doc, position, remote, false).await;
+            }
+            if unknown && tries < self.target.config.retry_max {
+                continue;
+            }
+            if !unknown && self.target.config.adopt == Adopt::ByIdentity {
+                let (attr, value) = match kind {
+                    Kind::User => ("userName", doc.get("userName")),
+                    Kind::Group => ("displayName", doc.get("displayName")),
+                };
+                if let Some(v) = value.and_then(Value::as_str) {
+                    if let Some(remote) = self.lookup(kind, attr, v).await? {
+                        return self.adopt(kind, id, doc, position, remote, true).await;
+                    }
+                }
+            }
+            return self.fail(key, position, failure);
+        }
+    }
+
+    /// Records a link to a remote object found by a lookup, then converges it on `doc`.
+    async fn adopt(
+        &mut self,
+        kind: Kind,
+        id: &str,
+        doc: Value,
+        position: u64,
+        remote: String,
+        adopted: bool,
+    ) -> Result<(), Halt> {
+        tracing::info!(
+            target = self.target.name(),
+            kind = kind.endpoint(),
+            adopted,
+            "linked an existing remote object"
+        );
+        // What it holds is unknown: an empty "last sent" makes the update send every attribute.
+        self.linked(kind, id, Value::Null, position, remote, adopted)?;
+        Box::pin(self.upsert(kind, id, doc, position)).await
+    }
+
+    fn linked(
+        &self,
+        kind: Kind,
+        id: &str,
+        sent: Value,
+        position: u64,
+        remote_id: String,
+        adopted: bool,
+    ) -> Result<(), Halt> {
+        let mut b = Batch::default();
+        self.state.put_link(&mut b, kind, id, &Link { remote_id, sent, position, adopted });
+        self.state.delete_intent(&mut b, kind, id);
+        self.state.unpark(&mut b, &ParkedKey::Object(kind, id.into()));
+        self.state.commit(b)?;
+        self.status.outcome(true);
+        Ok(())
+    }
+
+    /// The remote id of the object whose `attr` equals `value`, if the target can filter.
+    async fn lookup(&self, kind: Kind, attr: &str, value: &str) -> Result<Option<String>, Halt> {
+        if !self.filter {
+            return Ok(None);
+        }
+        let filter = format!("{attr} eq {}", Value::String(value.into()));
+        let path = format!("/{}?filter={}", kind.endpoint(), enc(&filter));
+        match self.client.send(Method::GET, &path, None).await {
+            Ok(r) => Ok(r.body["Resources"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|res| res.get(attr).and_then(Value::as_str).is_some_and(|v| v.eq_ignore_ascii_case(value)))
+                .and_then(|res| res.get("id").and_then(Value::as_str))
+                .map(str::to_string)),
+            Err(Failure::Unauthorized(s)) => Err(Halt::Quarantine(Failure::Unauthorized(s).detail())),
+            Err(Failure::Stopped) => Err(Halt::Stopped),
+            Err(f) => {
+                tracing::warn!(target = self.target.name(), error = %f.detail(), "a lookup failed");
+                Ok(None)
+            }
+        }
+    }
+
+    /// Member adds and removes of one group, from the memberships as they are now against the
+    /// memberships as last sent: O(1) per change, whatever the group's size.
+    async fn sync_members(&mut self, group: &str, members: &[(&str, Kind, u64)]) -> Result<(), Halt> {
+        let t = self.target.tenant().to_string();
+        let exists = { query::group(&self.store.view(), &t, group).is_some() };
+        let Some(group_link) = self.state.link(Kind::Group, group)? else {
+            for &(m, _, position) in members {
+                let key = ParkedKey::Membership { group: group.into(), member: m.into() };
+                match exists {
+                    true => self.park(key, position, "blocked", None, None, "the group is not linked yet")?,
+                    false => self.unpark_if(key)?,
+                }
+            }
+            return Ok(());
+        };
+        if !self.patch {
+            // A PUT-only target gets the whole member list with the group.
+            return self.put_members(group, &group_link, members).await;
+        }
+        let (mut adds, mut removes) = (Vec::new(), Vec::new());
+        for &(m, kind, position) in members {
+            let want = { query::member(&self.store.view(), &t, group, m).is_some() };
+            let sent = self.state.member_sent(group, m)?;
+            let key = ParkedKey::Membership { group: group.into(), member: m.into() };
+            if want == sent {
+                self.unpark_if(key)?;
+                continue;
+            }
+            match (self.state.link(kind, m)?, want) {
+                (Some(l), true) => adds.push((m, kind, position, l.remote_id)),
+                (Some(l), false) => removes.push((m, kind, position, l.remote_id)),
+                (None, true) => self.park(key, position, "blocked", None, None, "the member is not linked yet")?,
+                // The member is gone remotely, and its memberships with it.
+                (None, false) => {
+                    let mut b = Batch::default();
+                    self.state.set_member_sent(&mut b, group, m, None);
+                    self.state.unpark(&mut b, &key);
+                    self.state.commit(b)?;
+                }
+            }
+        }
+        let path = format!("/Groups/{}", enc(&group_link.remote_id));
+        let cap = self.target.knobs.max_members_per_request;
+        for (chunk, add) in adds.chunks(cap).map(|c| (c, true)).chain(removes.chunks(cap).map(|c| (c, false))) {
+            let ids: Vec<String> = chunk.iter().map(|c| c.3.clone()).collect();
+            let body = match add {
+                true => render::member_patches(&ids, &[], cap),
+                false => render::member_patches(&[], &ids, cap),
+            };
+            let mut result = Ok(());
+            for b in &body {
+                if let Err(f) = self.client.send(Method::PATCH, &path, Some(b)).await {
+                    result = Err(f);
+                    break;
+                }
+            }
+            match result {
+                Ok(()) => {
+                    let mut b = Batch::default();
+                    for &(m, kind, _, _) in chunk {
+                        self.state.set_member_sent(&mut b, group, m, add.then_some(kind));
+                        self.state.unpark(&mut b, &ParkedKey::Membership { group: group.into(), member: m.into() });
+                    }
+                    self.state.commit(b)?;
+                }
+                Err(f) => {
+                    for &(m, _, position, _) in chunk {
+                        let key = ParkedKey::Membership { group: group.into(), member: m.into() };
+                        self.fail(key, position, f.clone())?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Targets without PATCH: the group is PUT with every member it has now.
+    async fn put_members(&mut self, group: &str, link: &Link, members: &[(&str, Kind, u64)]) -> Result<(), Halt> {
+        let t = self.target.tenant().to_string();
+        let now = { query::members(&self.store.view(), &t, group, None, MAX_PUT_MEMBERS + 1) };
+        let position = members.iter().map(|m| m.2).max().unwrap_or(0);
+        if now.len() > MAX_PUT_MEMBERS {
+            let detail = format!("the group has more than {MAX_PUT_MEMBERS} members and the target takes only PUT");
+            let f = Failure::Rejected { status: 0, scim_type: None, detail };
+            return self.fail(ParkedKey::Object(Kind::Group, group.into()), position, f);
+        }
+        let mut remote = Vec::with_capacity(now.len());
+        for m in &now {
+            let kind = match m.member_type {
+                scimlog_schemas::MemberType::User => Kind::User,
+                scimlog_schemas::MemberType::Group => Kind::Group,
+            };
+            remote.extend(self.state.link(kind, &m.id)?.map(|l| l.remote_id));
+        }
+        let body = render::with_members(&link.sent, &remote);
+        let path = format!("/Groups/{}", enc(&link.remote_id));
+        match self.client.send(Method::PUT, &path, Some(&body)).await {
+            Ok(_) => {
+                let mut b = Batch::default();
+                for &(m, kind, _) in members {
+                    let is_member = now.iter().any(|x| x.id == m);
+                    self.state.set_member_sent(&mut b, group, m, is_member.then_some(kind));
+                    self.state.unpark(&mut b, &ParkedKey::Membership { group: group.into(), member: m.into() });
+                }
+                self.state.commit(b)?;
+                Ok(())
+            }
+            Err(f) => self.fail(ParkedKey::Object(Kind::Group, group.into()), position, f),
+        }
+    }
+
+    /// An object that is gone here: DELETE, deactivate or forget, as the policy says.
+    async fn remove(&mut self, kind: Kind, id: &str, position: u64, erased: bool) -> Result<(), Halt> {
+        let key = ParkedKey::Object(kind, id.into());
+        let Some(link) = self.state.link(kind, id)? else { return self.unpark_if(key) };
+        let policy = match (kind, erased) {
+            (Kind::Group, _) | (Kind::User, true) => Deprovision::Delete,
+            (Kind::User, false) => self.target.config.deprovision,
+        };
+        let path = format!("/{}/{}", kind.endpoint(), enc(&link.remote_id));
+        let mut b = Batch::default();
+        match policy {
+            Deprovision::Delete => match self.client.send(Method::DELETE, &path, None).await {
+                Ok(_) | Err(Failure::NotFound) => {
+                    self.state.delete_link(&mut b, kind, id);
+                    self.state.delete_intent(&mut b, kind, id);
+                    if kind == Kind::Group {
+                        self.forget_members(&mut b, id)?;
+                    }
+                }
+                Err(f) => return self.fail(key, position, f),
+            },
+            Deprovision::Deactivate => {
+                if link.sent.get("active") == Some(&Value::Bool(false)) {
+                    return self.unpark_if(key);
+                }
+                let now = render::deactivated(&link.sent);
+                let sent = match self.patch {
+                    true => {
+                        let body = json!({"schemas": [render::PATCH_OP], "Operations": [{"op": "replace", "value": {"active": false}}]});
+                        self.client.send(Method::PATCH, &path, Some(&body)).await
+                    }
+                    false => self.client.send(Method::PUT, &path, Some(&now)).await,
+                };
+                match sent {
+                    Ok(_) | Err(Failure::NotFound) => {
+                        self.state.put_link(&mut b, kind, id, &Link { sent: now, position, ..link });
+                    }
+                    Err(f) => return self.fail(key, position, f),
+                }
+            }
+            Deprovision::None => self.state.delete_link(&mut b, kind, id),
+        }
+        self.state.unpark(&mut b, &key);
+        self.state.commit(b)?;
+        if erased {
+            // The last sent document held the person's values: out of the files too.
+            self.state.purge_user(id)?;
+        }
+        self.status.outcome(true);
+        Ok(())
+    }
+
+    fn forget_members(&self, b: &mut Batch, group: &str) -> Result<(), Halt> {
+        const PAGE: usize = 1000;
+        let mut after: Option<String> = None;
+        loop {
+            let page = self.state.members_sent(group, after.as_deref(), PAGE)?;
+            for m in &page {
+                self.state.set_member_sent(b, group, m, None);
+            }
+            if page.len() < PAGE {
+                return Ok(());
+            }
+            after = page.last().cloned();
+        }
+    }
+
+    fn unpark_if(&self, key: ParkedKey) -> Result<(), Halt> {
+        if self.state.parked(&key)?.is_some() {
+            let mut b = Batch::default();
+            self.state.unpark(&mut b, &key);
+            self.state.commit(b)?;
+        }
+        Ok(())
+    }
+
+    /// A failed object: parked (everything else goes on), or the whole step halted (refused
+    /// credentials, stopping).
+    fn fail(&self, key: ParkedKey, position: u64, f: Failure) -> Result<(), Halt> {
+        let (class, status, scim_type) = match &f {
+            Failure::Unauthorized(_) => return Err(Halt::Quarantine(f.detail())),
+            Failure::Stopped => return Err(Halt::Stopped),
+            Failure::Throttled(_) | Failure::Transient { .. } => ("transient", None, None),
+            Failure::Conflict { .. } => ("conflict", Some(409), None),
+            Failure::NotFound => ("rejected", Some(404), None),
+            Failure::Rejected { status, scim_type, .. } => ("rejected", Some(*status), scim_type.clone()),
+        };
+        tracing::warn!(target = self.target.name(), class, error = %f.detail(), "outbound object parked");
+        self.status.outcome(false);
+        self.park(key, position, class, status, scim_type, &f.detail())
+    }
+
+    fn park(
+        &self,
+        key: ParkedKey,
+        position: u64,
+        class: &str,
+        status: Option<u16>,
+        scim_type: Option<String>,
+        detail: &str,
+    ) -> Result<(), Halt> {
+        let old = self.state.parked(&key)?;
+        let attempts = old.as_ref().map_or(0, |p| p.attempts) + 1;
+        let parked = Parked {
+            class: class.into(),
+            position: old.map_or(position, |p| p.position.min(position)),
+            attempts,
+            status,
+            scim_type,
+            detail: detail.into(),
+            next_attempt: Utc::now() + retry_after(class, attempts),
+        };
+        let mut b = Batch::default();
+        self.state.park(&mut b, &key, &parked);
+        self.state.commit(b)?;
+        Ok(())
+    }
+}
+
+/// When a parked object is tried again (besides at its next change): a blocked membership soon
+/// (its member may be linked by then), anything else on a lengthening schedule.
+fn retry_after(class: &str, attempts: u32) -> chrono::Duration {
+    const SCHEDULE_S: [i64; 5] = [60, 900, 3600, 6 * 3600, 24 * 3600];
+    match class {
+        "blocked" => chrono::Duration::seconds((attempts as i64).min(60)),
+        _ => chrono::Duration::seconds(SCHEDULE_S[(attempts as usize - 1).min(SCHEDULE_S.len() - 1)]),
+    }
+}
+
+/// Percent-encodes a path segment or a query value.
+fn enc(s: &str) -> String {
+    utf8_percent_encode(s, NON_ALPHANUMERIC).to_string()
+}

@@ -1,0 +1,236 @@
+//! A target's own state, in the store's `outbound` family under `<target>\0`:
+//!
+//! | key                        | value                                                     |
+//! |----------------------------|-----------------------------------------------------------|
+//! | `w`                        | the watermark: every position ≤ it is applied or parked   |
+//! | `l\0U\0<id>`, `l\0G\0<id>` | [`Link`]: the remote id and the document last sent        |
+//! | `i\0U\0<id>`, `i\0G\0<id>` | [`Intent`]: a create is under way (written before a POST) |
+//! | `p\0U\0<id>`, `p\0G\0<id>`, `p\0M\0<group>\0<member>` | [`Parked`]: why it waits       |
+//! | `m\0<group>\0<member>`     | the membership as last sent (`U` or `G`)                  |
+//!
+//! One applied step (link, intent, parked entry, memberships) is one [`Batch`], written at once.
+//! Nothing here holds a token; a link holds the last sent document (personal values, like the
+//! read models), deleted and purged when the person is erased.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::log::{LogError, OutboundStore};
+
+/// What an object here is, as the state's keys spell it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Kind {
+    User,
+    Group,
+}
+
+impl Kind {
+    fn tag(self) -> &'static str {
+        match self {
+            Kind::User => "U",
+            Kind::Group => "G",
+        }
+    }
+    pub fn endpoint(self) -> &'static str {
+        match self {
+            Kind::User => "Users",
+            Kind::Group => "Groups",
+        }
+    }
+    fn parse(tag: &str) -> Option<Kind> {
+        match tag {
+            "U" => Some(Kind::User),
+            "G" => Some(Kind::Group),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Link {
+    pub remote_id: String,
+    /// The document as last sent (what the remote holds, as far as we know).
+    pub sent: Value,
+    /// The log position the sent document was rendered at.
+    pub position: u64,
+    /// Found remotely by userName/displayName, not created here (`adopt = "by-identity"`).
+    #[serde(default)]
+    pub adopted: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Intent {
+    pub position: u64,
+    pub at: DateTime<Utc>,
+}
+
+/// Why an object waits. Classes: `rejected` (a 4xx for this object), `conflict` (exists
+/// remotely, not ours to adopt), `transient` (retries used up), `blocked` (a membership whose
+/// member or group is parked or not yet linked).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Parked {
+    pub class: String,
+    /// The first position that could not be applied.
+    pub position: u64,
+    pub attempts: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scim_type: Option<String>,
+    /// The target's detail, as it said it (bounded), or ours.
+    pub detail: String,
+    pub next_attempt: DateTime<Utc>,
+}
+
+/// What a parked key names.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum ParkedKey {
+    Object(Kind, String),
+    Membership { group: String, member: String },
+}
+
+/// Writes of one step, applied together by [`State::commit`].
+#[derive(Default)]
+pub struct Batch(Vec<(Vec<u8>, Option<Vec<u8>>)>);
+
+#[derive(Clone)]
+pub struct State {
+    store: OutboundStore,
+    prefix: Vec<u8>,
+}
+
+fn json<T: Serialize>(v: &T) -> Option<Vec<u8>> {
+    Some(serde_json::to_vec(v).expect("state values serialise"))
+}
+
+impl State {
+    pub fn new(store: OutboundStore, target: &str) -> State {
+        let mut prefix = target.as_bytes().to_vec();
+        prefix.push(0);
+        State { store, prefix }
+    }
+
+    fn key(&self, parts: &[&str]) -> Vec<u8> {
+        let mut k = self.prefix.clone();
+        for (i, p) in parts.iter().enumerate() {
+            if i > 0 {
+                k.push(0);
+            }
+            k.extend_from_slice(p.as_bytes());
+        }
+        k
+    }
+
+    fn get<T: for<'de> Deserialize<'de>>(&self, key: &[u8]) -> Result<Option<T>, LogError> {
+        match self.store.get(key)? {
+            None => Ok(None),
+            Some(v) => serde_json::from_slice(&v)
+                .map(Some)
+                .map_err(|e| LogError::Corrupt { position: 0, detail: format!("outbound state: {e}") }),
+        }
+    }
+
+    pub fn watermark(&self) -> Result<u64, LogError> {
+        Ok(self.store.get(&self.key(&["w"]))?.and_then(|v| v.try_into().ok()).map(u64::from_be_bytes).unwrap_or(0))
+    }
+    pub fn link(&self, kind: Kind, id: &str) -> Result<Option<Link>, LogError> {
+        self.get(&self.key(&["l", kind.tag(), id]))
+    }
+    pub fn intent(&self, kind: Kind, id: &str) -> Result<Option<Intent>, LogError> {
+        self.get(&self.key(&["i", kind.tag(), id]))
+    }
+    pub fn parked(&self, key: &ParkedKey) -> Result<Option<Parked>, LogError> {
+        self.get(&self.parked_key(key))
+    }
+    pub fn member_sent(&self, group: &str, member: &str) -> Result<bool, LogError> {
+        Ok(self.store.get(&self.key(&["m", group, member]))?.is_some())
+    }
+
+    fn parked_key(&self, key: &ParkedKey) -> Vec<u8> {
+        match key {
+            ParkedKey::Object(kind, id) => self.key(&["p", kind.tag(), id]),
+            ParkedKey::Membership { group, member } => self.key(&["p", "M", group, member]),
+        }
+    }
+
+    /// Up to `limit` parked entries, in key order.
+    pub fn all_parked(&self, limit: usize) -> Result<Vec<(ParkedKey, Parked)>, LogError> {
+        let prefix = self.key(&["p", ""]);
+        let mut out = Vec::new();
+        for (k, v) in self.store.scan(&prefix, None, limit)? {
+            let rest = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
+            let parts: Vec<&str> = rest.split('\0').collect();
+            let key = match parts.as_slice() {
+                ["M", g, m] => ParkedKey::Membership { group: g.to_string(), member: m.to_string() },
+                [tag, id] => match Kind::parse(tag) {
+                    Some(kind) => ParkedKey::Object(kind, id.to_string()),
+                    None => continue,
+                },
+                _ => continue,
+            };
+            let parked = serde_json::from_slice(&v)
+                .map_err(|e| LogError::Corrupt { position: 0, detail: format!("outbound parked entry: {e}") })?;
+            out.push((key, parked));
+        }
+        Ok(out)
+    }
+
+    /// How many links of a kind there are (bounded by `limit`).
+    pub fn count_links(&self, kind: Kind, limit: usize) -> Result<usize, LogError> {
+        Ok(self.store.scan(&self.key(&["l", kind.tag(), ""]), None, limit)?.len())
+    }
+
+    /// The members last sent for a group, after `after`, up to `limit`.
+    pub fn members_sent(&self, group: &str, after: Option<&str>, limit: usize) -> Result<Vec<String>, LogError> {
+        let prefix = self.key(&["m", group, ""]);
+        let after = after.map(|a| self.key(&["m", group, a]));
+        Ok(self
+            .store
+            .scan(&prefix, after.as_deref(), limit)?
+            .into_iter()
+            .map(|(k, _)| String::from_utf8_lossy(&k[prefix.len()..]).into_owned())
+            .collect())
+    }
+
+    pub fn commit(&self, batch: Batch) -> Result<(), LogError> {
+        if batch.0.is_empty() {
+            return Ok(());
+        }
+        self.store.write(batch.0)
+    }
+
+    /// Flushes and compacts this target's keys of an erased person.
+    pub fn purge_user(&self, id: &str) -> Result<(), LogError> {
+        self.store.purge(&self.key(&["l", Kind::User.tag(), id]))
+    }
+
+    // Batch builders.
+    pub fn set_watermark(&self, b: &mut Batch, position: u64) {
+        b.0.push((self.key(&["w"]), Some(position.to_be_bytes().to_vec())));
+    }
+    pub fn put_link(&self, b: &mut Batch, kind: Kind, id: &str, link: &Link) {
+        b.0.push((self.key(&["l", kind.tag(), id]), json(link)));
+    }
+    pub fn delete_link(&self, b: &mut Batch, kind: Kind, id: &str) {
+        b.0.push((self.key(&["l", kind.tag(), id]), None));
+    }
+    pub fn put_intent(&self, b: &mut Batch, kind: Kind, id: &str, intent: &Intent) {
+        b.0.push((self.key(&["i", kind.tag(), id]), json(intent)));
+    }
+    pub fn delete_intent(&self, b: &mut Batch, kind: Kind, id: &str) {
+        b.0.push((self.key(&["i", kind.tag(), id]), None));
+    }
+    pub fn park(&self, b: &mut Batch, key: &ParkedKey, parked: &Parked) {
+        b.0.push((self.parked_key(key), json(parked)));
+    }
+    pub fn unpark(&self, b: &mut Batch, key: &ParkedKey) {
+        b.0.push((self.parked_key(key), None));
+    }
+    pub fn set_member_sent(&self, b: &mut Batch, group: &str, member: &str, kind: Option<Kind>) {
+        b.0.push((self.key(&["m", group, member]), kind.map(|k| k.tag().as_bytes().to_vec())));
+    }
+}

@@ -1,0 +1,470 @@
+//! Outbound provisioning against a real downstream SCIM server (`scim2-server` from PyPI), with
+//! the fault proxy of `peers.rs` between the connector and it: convergence, a lost create answer,
+//! throttling, a refused object, refused credentials, the AWS profile's chunking, erasure and
+//! dry run. Each test asserts what the downstream application holds, read directly from it.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use axum::http::Method as AxMethod;
+use reqwest::Method;
+use scimlog::outbound::config::{self, TargetConfig};
+use serde_json::{json, Value};
+
+use crate::peers::{Fault, FaultProxy, Rule, ScimPeer};
+use crate::support::{eventually, TestServer};
+
+const DOWNSTREAM_TOKEN: &str = "downstream-secret-0123456789";
+
+struct Hub {
+    server: TestServer,
+    peer: ScimPeer,
+    proxy: FaultProxy,
+    _secrets: tempfile::TempDir,
+}
+
+/// A scimlog server with one target, `crm`, reached through the fault proxy; the proxy's
+/// `rules` are in place before the connector's first request.
+async fn hub(change: impl FnOnce(&mut TargetConfig), rules: Vec<Rule>) -> Hub {
+    let peer = ScimPeer::start(DOWNSTREAM_TOKEN).await;
+    let proxy = FaultProxy::start(&peer.url).await;
+    for r in rules {
+        proxy.add(r);
+    }
+    let server = TestServer::start().await;
+    let secrets = tempfile::tempdir().unwrap();
+    let token_file = secrets.path().join("crm.token");
+    std::fs::write(&token_file, DOWNSTREAM_TOKEN).unwrap();
+    let mut c: TargetConfig = toml::from_str(&format!(
+        "tenant = \"default\"\nname = \"crm\"\nurl = {:?}\ntoken_file = {:?}\ndeprovision = \"delete\"\n\
+         retry_base_ms = 20\nprobe_ms = 200\ntimeout_ms = 5000",
+        proxy.url(),
+        token_file
+    ))
+    .unwrap();
+    change(&mut c);
+    config::add(&config::path(server.data_dir()), c).unwrap();
+    let h = Hub { server, peer, proxy, _secrets: secrets };
+    eventually(10, "the connector has started", || async { h.status().await.is_some() }).await;
+    h
+}
+
+impl Hub {
+    /// The target's status from the admin API.
+    async fn status(&self) -> Option<Value> {
+        let r = self
+            .server
+            .send_as(
+                &self.server.admin_token(),
+                Method::GET,
+                &format!("{}/api/v1/outbound/targets", self.server.base),
+                None,
+                &[],
+            )
+            .await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        r.body.as_array().and_then(|a| a.first().cloned())
+    }
+
+    /// Waits until the connector has applied the whole log.
+    async fn caught_up(&self, secs: u64) {
+        let head = self.server.log_position().await;
+        eventually(secs, "the target is caught up with the log", || async {
+            self.status().await.is_some_and(|s| s["watermark"].as_u64() >= Some(head))
+        })
+        .await;
+    }
+
+    async fn user(&self, user_name: &str) -> String {
+        let r = self
+            .server
+            .post("/Users", &json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"], "userName": user_name}))
+            .await;
+        assert_eq!(r.status, 201, "{}", r.body);
+        r.id()
+    }
+
+    /// The differences between the directory and the downstream copy (empty: a mirror). Users
+    /// and groups are matched by externalId (= the scimlog id); duplicates are differences.
+    async fn mirror_diff(&self) -> Vec<String> {
+        let mut diff = Vec::new();
+        let local_users = self.server.get("/Users?count=1000").await.body["Resources"].as_array().cloned().unwrap();
+        let local_groups = self.server.get("/Groups?count=1000").await.body["Resources"].as_array().cloned().unwrap();
+        let remote_users = self.peer.all("Users").await;
+        let remote_groups = self.peer.all("Groups").await;
+        let index = |all: &[Value], diff: &mut Vec<String>| {
+            let mut by_ext: BTreeMap<String, Value> = BTreeMap::new();
+            for r in all {
+                let ext = r["externalId"].as_str().unwrap_or_default().to_string();
+                if by_ext.insert(ext.clone(), r.clone()).is_some() {
+                    diff.push(format!("duplicate remote object for {ext}"));
+                }
+            }
+            by_ext
+        };
+        let ru = index(&remote_users, &mut diff);
+        let rg = index(&remote_groups, &mut diff);
+        let remote_id_of: BTreeMap<String, String> =
+            ru.iter().chain(rg.iter()).map(|(ext, r)| (ext.clone(), r["id"].as_str().unwrap().to_string())).collect();
+        for u in &local_users {
+            let id = u["id"].as_str().unwrap();
+            match ru.get(id) {
+                None => diff.push(format!("user {} missing", u["userName"])),
+                Some(r) => {
+                    for attr in ["userName", "name", "emails", "title"] {
+                        if u.get(attr) != r.get(attr) {
+                            diff.push(format!("user {} {attr}: {:?} != {:?}", u["userName"], u.get(attr), r.get(attr)));
+                        }
+                    }
+                    let active = u.get("active").cloned().unwrap_or(Value::Bool(true));
+                    if r.get("active") != Some(&active) {
+                        diff.push(format!("user {} active: {active} != {:?}", u["userName"], r.get("active")));
+                    }
+                }
+            }
+        }
+        for g in &local_groups {
+            let id = g["id"].as_str().unwrap();
+            match rg.get(id) {
+                None => diff.push(format!("group {} missing", g["displayName"])),
+                Some(r) => {
+                    if g["displayName"] != r["displayName"] {
+                        diff.push(format!("group displayName {} != {}", g["displayName"], r["displayName"]));
+                    }
+                    let want: BTreeSet<String> = g["members"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(|m| remote_id_of.get(m["value"].as_str().unwrap()).cloned().unwrap_or_default())
+                        .collect();
+                    let got: BTreeSet<String> = r["members"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(|m| m["value"].as_str().unwrap().to_string())
+                        .collect();
+                    if want != got {
+                        diff.push(format!("group {} members: want {want:?}, got {got:?}", g["displayName"]));
+                    }
+                }
+            }
+        }
+        let local_ids: BTreeSet<&str> =
+            local_users.iter().chain(&local_groups).filter_map(|r| r["id"].as_str()).collect();
+        for ext in ru.keys().chain(rg.keys()) {
+            if !local_ids.contains(ext.as_str()) {
+                diff.push(format!("remote object {ext} has no local counterpart"));
+            }
+        }
+        diff
+    }
+
+    async fn mirrored(&self, secs: u64) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+        loop {
+            let diff = self.mirror_diff().await;
+            if diff.is_empty() {
+                return;
+            }
+            assert!(std::time::Instant::now() < deadline, "the target never mirrored the directory: {diff:#?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+async fn patch(s: &TestServer, path: &str, ops: Value) -> u16 {
+    let body = json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"], "Operations": ops});
+    let r = s.send(Method::PATCH, path, Some(&body), &[]).await;
+    assert!(r.status.is_success(), "{path}: {}", r.body);
+    r.status.as_u16()
+}
+
+fn rule(method: AxMethod, path_has: &str, body_has: &str, times: usize, fault: Fault) -> Rule {
+    Rule { method, path_has: path_has.into(), body_has: body_has.into(), times, fault }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_target_mirrors_every_change_with_exact_member_changes() {
+    let h = hub(|_| {}, vec![]).await;
+    let s = &h.server;
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        ids.push(h.user(&format!("user{i}@example.com")).await);
+    }
+    let g = s
+        .post(
+            "/Groups",
+            &json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group"], "displayName": "engineering",
+                    "members": [{"value": ids[0]}, {"value": ids[1]}, {"value": ids[2]}]}),
+        )
+        .await
+        .id();
+    h.mirrored(20).await;
+    let patches_before = h.proxy.count(AxMethod::PATCH, "/Groups/");
+    // Given a mirrored directory, when attributes, memberships and states change...
+    let user0 =
+        json!([{"op": "replace", "value": {"name": {"givenName": "Ann", "familyName": "Lee"}, "title": "CTO"}}]);
+    assert_eq!(patch(s, &format!("/Users/{}", ids[0]), user0).await, 200);
+    let group = json!([
+        {"op": "add", "path": "members", "value": [{"value": ids[3]}]},
+        {"op": "remove", "path": format!("members[value eq \"{}\"]", ids[1])},
+        {"op": "replace", "path": "displayName", "value": "eng"}]);
+    assert_eq!(patch(s, &format!("/Groups/{g}?attributes=displayName"), group).await, 200);
+    let user2 = json!([{"op": "replace", "path": "active", "value": false}]);
+    assert_eq!(patch(s, &format!("/Users/{}", ids[2]), user2).await, 200);
+    assert_eq!(s.delete(&format!("/Users/{}", ids[4])).await.status, 204);
+    // ...then the target mirrors the directory again, with no duplicate and nothing parked.
+    h.mirrored(20).await;
+    h.caught_up(10).await;
+    let st = h.status().await.unwrap();
+    assert_eq!(st["parked"], 0, "{st}");
+    assert_eq!(st["health"], "healthy", "{st}");
+    assert_eq!(st["linkedUsers"], 4, "{st}");
+    // Membership changes are member PATCHes: the group was never read back whole.
+    let group_reads =
+        h.proxy.seen().iter().filter(|r| r.method == AxMethod::GET && r.path.starts_with("/Groups")).count();
+    assert_eq!(group_reads, 0, "{:?}", h.proxy.seen());
+    let member_patch = h
+        .proxy
+        .seen()
+        .into_iter()
+        .filter(|r| r.method == AxMethod::PATCH && r.path.starts_with("/Groups/"))
+        .skip(patches_before)
+        .flat_map(|r| r.body["Operations"].as_array().cloned().unwrap_or_default())
+        .filter(|op| op["path"].as_str().is_some_and(|p| p.starts_with("members")))
+        .count();
+    assert_eq!(member_patch, 2, "one add and one remove: {:?}", h.proxy.seen());
+    // The deleted user was deleted downstream (deprovision = "delete"); nothing more is sent
+    // when nothing changes.
+    let before = h.proxy.seen().len();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(h.proxy.seen().len(), before, "an idle target gets no requests");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_create_whose_answer_is_lost_is_looked_up_never_sent_twice() {
+    let lose = rule(AxMethod::POST, "/Users", "", 1, Fault::LoseAnswer);
+    let h = hub(|_| {}, vec![lose]).await;
+    let id = h.user("lost@example.com").await;
+    h.mirrored(20).await;
+    let users = h.peer.all("Users").await;
+    assert_eq!(users.len(), 1, "{users:?}");
+    assert_eq!(users[0]["externalId"], id);
+    // One POST (whose answer was lost), then a lookup by externalId, no second POST.
+    assert_eq!(h.proxy.count(AxMethod::POST, "/Users"), 1, "{:?}", h.proxy.seen());
+    let lookups: Vec<String> =
+        h.proxy.seen().into_iter().filter(|r| r.path.contains("filter=externalId")).map(|r| r.path).collect();
+    assert_eq!(lookups.len(), 1, "{lookups:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn throttling_waits_for_retry_after_and_parks_nothing() {
+    let throttle = rule(AxMethod::POST, "/Users", "", 2, Fault::Status(429, vec![("retry-after", "1".into())]));
+    let h = hub(|_| {}, vec![throttle]).await;
+    h.user("slow@example.com").await;
+    h.mirrored(20).await;
+    let posts: Vec<_> = h.proxy.seen().into_iter().filter(|r| r.method == AxMethod::POST).collect();
+    assert_eq!(posts.iter().map(|p| p.status).collect::<Vec<_>>(), [Some(429), Some(429), Some(201)]);
+    for pair in posts.windows(2) {
+        let gap = pair[1].at - pair[0].at;
+        assert!(gap >= Duration::from_secs(1), "the next try came {gap:?} after a 429 with Retry-After: 1");
+    }
+    let st = h.status().await.unwrap();
+    assert_eq!(st["parked"], 0, "{st}");
+    assert_eq!(st["health"], "throttled", "{st}");
+    assert_eq!(st["lastRetryAfterSeconds"], 1, "{st}");
+    // The same in /metrics, per target.
+    let r =
+        h.server.send_as(&h.server.admin_token(), Method::GET, &format!("{}/metrics", h.server.base), None, &[]).await;
+    let text = r.body.as_str().unwrap_or_default().to_string();
+    for line in [
+        "scimlog_outbound_requests_total{target=\"crm\",method=\"POST\",status=\"429\"} 2",
+        "scimlog_outbound_requests_total{target=\"crm\",method=\"POST\",status=\"201\"} 1",
+        "scimlog_outbound_health{target=\"crm\",state=\"throttled\"} 1",
+        "scimlog_outbound_health{target=\"crm\",state=\"healthy\"} 0",
+        "scimlog_outbound_lag_positions{target=\"crm\"} 0",
+        "scimlog_outbound_parked{target=\"crm\"} 0",
+    ] {
+        assert!(text.contains(line), "{line} in\n{text}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_user_is_parked_and_the_others_go_on() {
+    let refuse = rule(AxMethod::POST, "/Users", "bad@example.com", usize::MAX, Fault::Status(400, vec![]));
+    let h = hub(|_| {}, vec![refuse]).await;
+    let bad = h.user("bad@example.com").await;
+    for i in 0..3 {
+        h.user(&format!("good{i}@example.com")).await;
+    }
+    h.caught_up(20).await;
+    let remote: BTreeSet<String> =
+        h.peer.all("Users").await.iter().map(|u| u["userName"].as_str().unwrap().to_string()).collect();
+    assert_eq!(remote, (0..3).map(|i| format!("good{i}@example.com")).collect());
+    let st = h.status().await.unwrap();
+    assert_eq!(st["parked"], 1, "{st}");
+    // The reason is kept and shown: the CLI's explain reads it from the store.
+    let parked = scimlog::outbound::state::State::new(h.server.store().outbound(), "crm")
+        .parked(&scimlog::outbound::state::ParkedKey::Object(scimlog::outbound::state::Kind::User, bad.clone()))
+        .unwrap()
+        .expect("the refused user is parked");
+    assert_eq!(
+        (parked.class.as_str(), parked.status, parked.scim_type.as_deref()),
+        ("rejected", Some(400), Some("invalidValue"))
+    );
+    assert!(parked.detail.contains("injected by the test proxy"), "{parked:?}");
+    // A fix at the source is retried at once and unparks it.
+    let r = h
+        .server
+        .put(
+            &format!("/Users/{bad}"),
+            &json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"], "userName": "fixed@example.com"}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    h.mirrored(20).await;
+    eventually(10, "nothing is parked", || async { h.status().await.unwrap()["parked"] == 0 }).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_credentials_quarantine_the_target_until_a_good_token_arrives() {
+    // The target refuses the token the connector has (revoked downstream).
+    let secrets = tempfile::tempdir().unwrap();
+    let token_file = secrets.path().join("rotated.token");
+    std::fs::write(&token_file, "a-revoked-token").unwrap();
+    let tf = token_file.clone();
+    let h = hub(move |c| c.token_file = Some(tf), vec![]).await;
+    h.user("waiting@example.com").await;
+    eventually(20, "the target is quarantined", || async { h.status().await.unwrap()["health"] == "quarantined" })
+        .await;
+    assert!(h.peer.all("Users").await.is_empty());
+    let st = h.status().await.unwrap();
+    assert_eq!(st["parked"], 0, "a refused token parks no object: {st}");
+    assert!(st["lastError"].as_str().unwrap().contains("401"), "{st}");
+    // A rotated token (the file names it) is picked up by the next probe.
+    std::fs::write(&token_file, DOWNSTREAM_TOKEN).unwrap();
+    h.mirrored(20).await;
+    eventually(10, "the target is healthy again", || async { h.status().await.unwrap()["health"] == "healthy" }).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_aws_profile_sends_at_most_100_member_changes_per_request() {
+    let h = hub(|c| c.profile = scimlog::outbound::profile::Profile::AwsIdentityCenter, vec![]).await;
+    let bodies: Vec<Value> = (0..250)
+        .map(|i| json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"], "userName": format!("m{i}@example.com"),
+                        "emails": [{"value": format!("m{i}@home.example"), "type": "home"}, {"value": format!("m{i}@example.com"), "primary": true}]}))
+        .collect();
+    let ids: Vec<String> =
+        crate::support::post_concurrently(&h.server, "/Users", bodies).await.iter().map(|r| r.id()).collect();
+    let members: Vec<Value> = ids.iter().map(|id| json!({"value": id})).collect();
+    let r = h
+        .server
+        .post("/Groups", &json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group"], "displayName": "all", "members": members}))
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    h.caught_up(60).await;
+    let group = &h.peer.all("Groups").await[0];
+    assert_eq!(group["members"].as_array().map(Vec::len), Some(250));
+    let sizes: Vec<usize> = h
+        .proxy
+        .seen()
+        .iter()
+        .filter(|r| r.method == AxMethod::PATCH && r.path.starts_with("/Groups/"))
+        .map(|r| {
+            r.body["Operations"].as_array().unwrap().iter().map(|op| op["value"].as_array().map_or(1, Vec::len)).sum()
+        })
+        .collect();
+    assert_eq!(sizes, [100, 100, 50], "member changes per request");
+    // One email each (the primary), as AWS takes single values.
+    let user = h.peer.all("Users").await.into_iter().find(|u| u["userName"] == "m7@example.com").unwrap();
+    assert_eq!(user["emails"], json!([{"value": "m7@example.com", "primary": true}]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_erasure_deletes_downstream_and_leaves_no_personal_value_in_the_connector() {
+    // Deprovisioning here only deactivates; an erasure DELETEs regardless.
+    let h = hub(|c| c.deprovision = config::Deprovision::Deactivate, vec![]).await;
+    let id = h.user("erase-me@unique-domain.example").await;
+    h.mirrored(20).await;
+    let r = h
+        .server
+        .send_as(
+            &h.server.admin_token(),
+            Method::POST,
+            &format!("{}/api/v1/users/{id}/erase", h.server.base),
+            Some(&json!({"reason": "ticket 7"})),
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    h.caught_up(20).await;
+    assert!(h.peer.all("Users").await.is_empty(), "the downstream account is gone");
+    assert_eq!(h.proxy.count(AxMethod::DELETE, "/Users/"), 1);
+    let state = scimlog::outbound::state::State::new(h.server.store().outbound(), "crm");
+    assert!(state.link(scimlog::outbound::state::Kind::User, &id).unwrap().is_none());
+    let dir = h.server.data_dir().to_path_buf();
+    eventually(10, "no store file holds the erased userName", || {
+        let dir = dir.clone();
+        async move { crate::erasure::files_containing(&dir, b"erase-me@unique-domain.example").is_empty() }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dry_run_reads_but_never_writes() {
+    let h = hub(|c| c.mode = config::Mode::DryRun, vec![]).await;
+    let a = h.user("dry@example.com").await;
+    let r = h
+        .server
+        .post("/Groups", &json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group"], "displayName": "dry", "members": [{"value": a}]}))
+        .await;
+    assert_eq!(r.status, 201);
+    h.caught_up(20).await;
+    let writes: Vec<_> = h.proxy.seen().into_iter().filter(|r| r.method != AxMethod::GET).collect();
+    assert!(writes.is_empty(), "{writes:?}");
+    assert!(h.peer.all("Users").await.is_empty());
+    let st = h.status().await.unwrap();
+    assert_eq!(st["requests"]["POST would-send"], 2, "{st}");
+    assert_eq!(st["requests"]["PATCH would-send"], 1, "{st}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn targets_are_added_and_removed_through_the_admin_api_while_serving() {
+    let peer = ScimPeer::start(DOWNSTREAM_TOKEN).await;
+    let s = TestServer::start().await;
+    let admin = s.admin_token();
+    let api = format!("{}/api/v1/outbound/targets", s.base);
+    let secrets = tempfile::tempdir().unwrap();
+    let token_file = secrets.path().join("t");
+    std::fs::write(&token_file, DOWNSTREAM_TOKEN).unwrap();
+    let cases = [
+        (json!({"name": "x", "url": "ftp://nope", "token_file": token_file}), 400, "url \"ftp://nope\""),
+        (json!({"name": "x", "url": peer.url, "token": "a-secret-in-clear"}), 400, "unknown field `token`"),
+        (
+            json!({"name": "x", "url": peer.url, "token_file": token_file, "tenant": "other"}),
+            400,
+            "not the token's tenant",
+        ),
+    ];
+    for (body, status, detail) in cases {
+        let r = s.send_as(&admin, Method::POST, &api, Some(&body), &[]).await;
+        r.assert_error(status, Some("invalidValue"), detail);
+    }
+    let r = s.send_as(&s.token, Method::GET, &api, None, &[]).await;
+    r.assert_error(403, None, "admin token");
+    let good = json!({"name": "crm", "url": peer.url, "token_file": token_file});
+    assert_eq!(s.send_as(&admin, Method::POST, &api, Some(&good), &[]).await.status, 201);
+    s.send_as(&admin, Method::POST, &api, Some(&good), &[]).await.assert_error(409, Some("uniqueness"), "exists");
+    s.post(
+        "/Users",
+        &json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"], "userName": "api@example.com"}),
+    )
+    .await;
+    eventually(20, "the added target provisions", || async { peer.all("Users").await.len() == 1 }).await;
+    assert_eq!(s.send_as(&admin, Method::DELETE, &format!("{api}/crm"), None, &[]).await.status, 204);
+    eventually(10, "the removed target is gone", || async {
+        s.send_as(&admin, Method::GET, &api, None, &[]).await.body == json!([])
+    })
+    .await;
+    s.send_as(&admin, Method::DELETE, &format!("{api}/crm"), None, &[]).await.assert_error(404, None, "crm");
+}

@@ -1,0 +1,229 @@
+//! Downstream SCIM servers for the outbound tests: a real `scim2-server` (PyPI, installed into
+//! the test venv by `./scripts/setup --test`) on a free loopback port, and a fault and quirk
+//! proxy (in this file) between a connector and it: it records every request, and rules make
+//! it answer a status of their own, forward and then lose the answer, or forward.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::Response;
+use serde_json::Value;
+
+/// A `scim2-server` process; killed on drop. Fails the test loudly when it is not installed.
+pub struct ScimPeer {
+    child: std::process::Child,
+    pub url: String,
+    pub token: String,
+}
+
+fn venv_bin(name: &str) -> String {
+    let venv = std::env::var("SCIMLOG_VENV")
+        .unwrap_or_else(|_| format!("{}/.cache/scimlog-venv", std::env::var("HOME").unwrap_or_default()));
+    format!("{venv}/bin/{name}")
+}
+
+impl ScimPeer {
+    pub async fn start(token: &str) -> ScimPeer {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let bin = venv_bin("scim2-server");
+        let child = std::process::Command::new(&bin)
+            .args(["--hostname", "127.0.0.1", "--port", &port.to_string(), "--bearer-token", token])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{bin} must be installed for the outbound tests (./scripts/setup --test): {e}"));
+        let peer = ScimPeer { child, url: format!("http://127.0.0.1:{port}"), token: token.into() };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let ok = reqwest::get(format!("{}/ServiceProviderConfig", peer.url))
+                .await
+                .is_ok_and(|r| r.status().as_u16() < 500);
+            if ok {
+                return peer;
+            }
+            assert!(Instant::now() < deadline, "scim2-server did not start on port {port}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Every resource of a type (`Users`, `Groups`), read directly (not through any proxy).
+    pub async fn all(&self, endpoint: &str) -> Vec<Value> {
+        let r = reqwest::Client::new()
+            .get(format!("{}/{endpoint}?count=1000", self.url))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .unwrap();
+        let body: Value = r.json().await.unwrap();
+        body["Resources"].as_array().cloned().unwrap_or_default()
+    }
+}
+
+impl Drop for ScimPeer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What a rule does to a request it matches.
+#[derive(Clone, Debug)]
+pub enum Fault {
+    /// Answer this status (with these headers) and a SCIM error body; nothing is forwarded.
+    Status(u16, Vec<(&'static str, String)>),
+    /// Forward, then break the connection in the middle of the answer: the target did it, the
+    /// client never learns.
+    LoseAnswer,
+}
+
+#[derive(Clone, Debug)]
+pub struct Rule {
+    pub method: Method,
+    /// The request's path and query must contain this.
+    pub path_has: String,
+    /// The request's body must contain this (empty: any).
+    pub body_has: String,
+    /// How many matching requests it applies to.
+    pub times: usize,
+    pub fault: Fault,
+}
+
+/// One request the proxy saw.
+#[derive(Clone, Debug)]
+pub struct Seen {
+    pub at: Instant,
+    pub method: Method,
+    pub path: String,
+    pub body: Value,
+    /// What the client got (None: the answer was lost).
+    pub status: Option<u16>,
+}
+
+#[derive(Default)]
+struct Shared {
+    rules: Vec<Rule>,
+    seen: Vec<Seen>,
+}
+
+#[derive(Clone)]
+struct ProxyState {
+    upstream: String,
+    client: reqwest::Client,
+    shared: Arc<Mutex<Shared>>,
+}
+
+pub struct FaultProxy {
+    addr: SocketAddr,
+    shared: Arc<Mutex<Shared>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl FaultProxy {
+    pub async fn start(upstream: &str) -> FaultProxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shared = Arc::new(Mutex::new(Shared::default()));
+        let state = ProxyState { upstream: upstream.into(), client: reqwest::Client::new(), shared: shared.clone() };
+        let app = axum::Router::new().fallback(handle).with_state(state);
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        FaultProxy { addr, shared, task }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn add(&self, rule: Rule) {
+        self.shared.lock().unwrap().rules.push(rule);
+    }
+
+    pub fn seen(&self) -> Vec<Seen> {
+        self.shared.lock().unwrap().seen.clone()
+    }
+
+    /// Requests seen with this method whose path starts with `prefix`.
+    pub fn count(&self, method: Method, prefix: &str) -> usize {
+        self.seen().iter().filter(|s| s.method == method && s.path.starts_with(prefix)).count()
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn handle(State(s): State<ProxyState>, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+    let path = uri.path_and_query().map(|p| p.to_string()).unwrap_or_default();
+    let text = String::from_utf8_lossy(&body).into_owned();
+    let fault = {
+        let mut shared = s.shared.lock().unwrap();
+        let hit = shared
+            .rules
+            .iter_mut()
+            .find(|r| r.times > 0 && r.method == method && path.contains(&r.path_has) && text.contains(&r.body_has));
+        hit.map(|r| {
+            r.times -= 1;
+            r.fault.clone()
+        })
+    };
+    let record = |status: Option<u16>| {
+        s.shared.lock().unwrap().seen.push(Seen {
+            at: Instant::now(),
+            method: method.clone(),
+            path: path.clone(),
+            body: serde_json::from_slice(&body).unwrap_or(Value::Null),
+            status,
+        })
+    };
+    if let Some(Fault::Status(code, extra)) = &fault {
+        record(Some(*code));
+        let mut r = Response::builder().status(*code).header("content-type", "application/scim+json");
+        for (k, v) in extra {
+            r = r.header(*k, v);
+        }
+        let body = serde_json::json!({
+            "schemas": ["urn:ietf:params:scim:api:messages:2.0:Error"],
+            "status": code.to_string(), "scimType": "invalidValue", "detail": "injected by the test proxy"
+        });
+        return r.body(Body::from(body.to_string())).unwrap();
+    }
+    let mut req = s
+        .client
+        .request(reqwest::Method::from_bytes(method.as_str().as_bytes()).unwrap(), format!("{}{path}", s.upstream));
+    for name in ["authorization", "content-type", "accept", "user-agent"] {
+        if let Some(v) = headers.get(name) {
+            req = req.header(name, v.as_bytes());
+        }
+    }
+    let answer = req.body(body.to_vec()).send().await;
+    let (status, bytes) = match answer {
+        Ok(r) => (r.status().as_u16(), r.bytes().await.unwrap_or_default()),
+        Err(_) => {
+            record(None);
+            return Response::builder().status(502).body(Body::empty()).unwrap();
+        }
+    };
+    if let Some(Fault::LoseAnswer) = fault {
+        record(None);
+        // Headers go out, then the body fails: the connection is cut before the answer is whole.
+        let broken = futures::stream::once(async { Err::<Bytes, std::io::Error>(std::io::Error::other("lost")) });
+        return Response::builder()
+            .status(status)
+            .header("content-length", bytes.len().max(1).to_string())
+            .body(Body::from_stream(broken))
+            .unwrap();
+    }
+    record(Some(status));
+    Response::builder()
+        .status(StatusCode::from_u16(status).unwrap())
+        .header("content-type", "application/scim+json")
+        .body(Body::from(bytes))
+        .unwrap()
+}
