@@ -240,6 +240,47 @@ enum OutboundCmd {
         #[command(flatten)]
         file: OutboundFileArgs,
     },
+    /// Try every parked object of a target again now (through the running server).
+    Retry {
+        #[arg(long)]
+        target: String,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Send the deprovisions the deletion breaker holds (through the running server).
+    ApproveDeletes {
+        #[arg(long)]
+        target: String,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// From position 0 again, every linked object sent whole (through the running server).
+    Resync {
+        #[arg(long)]
+        target: String,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Forget one object's link; the remote object stays (through the running server).
+    Unlink {
+        #[arg(long)]
+        target: String,
+        /// `Users/<id>` or `Groups/<id>`.
+        resource: String,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+}
+
+/// Where a running server's admin API is (the operator actions go through it: only the
+/// connector writes its state).
+#[derive(clap::Args)]
+struct ServerArgs {
+    #[arg(long, env = "SCIMLOG_URL", default_value = "http://127.0.0.1:8080")]
+    url: String,
+    /// A file holding an admin token (or SCIMLOG_ADMIN_TOKEN).
+    #[arg(long, env = "SCIMLOG_ADMIN_TOKEN_FILE")]
+    admin_token_file: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -801,6 +842,12 @@ fn outbound_cmd(command: OutboundCmd) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        OutboundCmd::Retry { target, server } => outbound_action(&server, &target, "retry", None),
+        OutboundCmd::ApproveDeletes { target, server } => outbound_action(&server, &target, "approve-deletes", None),
+        OutboundCmd::Resync { target, server } => outbound_action(&server, &target, "resync", None),
+        OutboundCmd::Unlink { target, resource, server } => {
+            outbound_action(&server, &target, "unlink", Some(serde_json::json!({ "resource": resource })))
+        }
         OutboundCmd::Explain { target, resource, file } => {
             let (kind, id) = match resource.split_once('/') {
                 Some(("Users", id)) if !id.is_empty() => (Kind::User, id),
@@ -833,5 +880,41 @@ fn outbound_cmd(command: OutboundCmd) -> anyhow::Result<()> {
             }
             Ok(())
         }
+    }
+}
+
+/// An operator action through the running server's admin API; prints what it did.
+fn outbound_action(
+    server: &ServerArgs,
+    target: &str,
+    action: &str,
+    body: Option<serde_json::Value>,
+) -> anyhow::Result<()> {
+    let token = match &server.admin_token_file {
+        Some(f) => {
+            std::fs::read_to_string(f).with_context(|| format!("cannot read {}", f.display()))?.trim().to_string()
+        }
+        None => std::env::var("SCIMLOG_ADMIN_TOKEN").context("give --admin-token-file or SCIMLOG_ADMIN_TOKEN")?,
+    };
+    let url = format!("{}/api/v1/outbound/targets/{target}/{action}", server.url.trim_end_matches('/'));
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let (status, answer) = runtime.block_on(async {
+        let mut req = reqwest::Client::new().post(&url).bearer_auth(token);
+        if let Some(b) = body {
+            req = req.header("content-type", "application/scim+json").body(b.to_string());
+        }
+        let r = req.send().await.with_context(|| format!("cannot reach {url}"))?;
+        let status = r.status().as_u16();
+        anyhow::Ok((status, r.json::<serde_json::Value>().await.unwrap_or_default()))
+    })?;
+    match answer.get("done").and_then(serde_json::Value::as_str) {
+        Some(done) if status == 200 => {
+            println!("{done}");
+            Ok(())
+        }
+        _ => anyhow::bail!(
+            "{url} answered {status}: {}",
+            answer.get("detail").and_then(|d| d.as_str()).unwrap_or_default()
+        ),
     }
 }

@@ -18,7 +18,7 @@ use crate::outbound::config::{self, ConfigError, TargetConfig};
 use crate::outbound::StatusView;
 
 pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(list, add)).routes(routes!(remove))
+    OpenApiRouter::new().routes(routes!(list, add)).routes(routes!(remove)).routes(routes!(act))
 }
 
 fn admin(caller: &Caller) -> Result<(), ApiError> {
@@ -103,6 +103,75 @@ async fn remove(State(s): State<AppState>, caller: Caller, Path(name): Path<Stri
     }
     config::remove(&path, &name).map_err(config_error)?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// What an operator action did.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct Done {
+    /// In words: how many objects it concerns.
+    done: String,
+}
+
+/// `POST /api/v1/outbound/targets/{name}/{action}`: `retry` (every parked object at the next
+/// step), `approve-deletes` (send the deprovisions the deletion breaker holds), `resync` (from
+/// position 0, every linked object sent whole), `unlink` (forget one object's link; body
+/// `{"resource": "Users/<id>"}`).
+#[utoipa::path(
+    post, path = "/outbound/targets/{name}/{action}", tag = "outbound",
+    params(
+        ("name" = String, Path, description = "The target's name"),
+        ("action" = String, Path, description = "retry | approve-deletes | resync | unlink"),
+    ),
+    request_body(content = Object, description = "For unlink: {\"resource\": \"Users/<id>\" or \"Groups/<id>\"}"),
+    responses(
+        (status = 200, description = "Done", body = Done),
+        (status = 400, description = "No such action, or no resource to unlink", body = ScimErrorDoc),
+        (status = 403, description = "Not an admin token", body = ScimErrorDoc),
+        (status = 404, description = "No such target in this tenant", body = ScimErrorDoc),
+        (status = 503, description = "The connector is busy with its target; try again", body = ScimErrorDoc),
+    ),
+)]
+async fn act(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path((name, action)): Path<(String, String)>,
+    body: axum::body::Bytes,
+) -> Result<Json<Done>, ApiError> {
+    use crate::outbound::connector::Control;
+    use crate::outbound::state::Kind;
+    admin(&caller)?;
+    let control = match action.as_str() {
+        "retry" => Control::Retry,
+        "approve-deletes" => Control::ApproveDeletes,
+        "resync" => Control::Resync,
+        "unlink" => {
+            // A small JSON body, or none (the other actions take none).
+            let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+            let resource = body.get("resource").and_then(Value::as_str).unwrap_or_default();
+            match resource.split_once('/') {
+                Some(("Users", id)) if !id.is_empty() => Control::Unlink(Kind::User, id.into()),
+                Some(("Groups", id)) if !id.is_empty() => Control::Unlink(Kind::Group, id.into()),
+                _ => {
+                    let detail =
+                        format!("unlink needs {{\"resource\": \"Users/<id>\" or \"Groups/<id>\"}}, got {resource:?}");
+                    return Err(SchemaError::invalid_value(detail).into());
+                }
+            }
+        }
+        other => {
+            let detail = format!("action {other:?} is not one of retry, approve-deletes, resync, unlink");
+            return Err(SchemaError::invalid_value(detail).into());
+        }
+    };
+    match outbound(&s)?.control(&caller.principal.tenant, &name, control).await {
+        Ok(done) => Ok(Json(Done { done })),
+        Err(e @ crate::outbound::ControlError::Unknown(_)) => Err(ApiError::NotFound(e.to_string())),
+        Err(e @ crate::outbound::ControlError::Busy) => Err(ApiError::Unavailable(e.to_string())),
+        Err(e @ crate::outbound::ControlError::Failed(_)) => {
+            tracing::error!(error = %e, "an outbound action failed");
+            Err(ApiError::Unavailable("the connector could not do it; see the server log".into()))
+        }
+    }
 }
 
 fn config_error(e: ConfigError) -> ApiError {

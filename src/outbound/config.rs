@@ -72,6 +72,13 @@ pub struct TargetConfig {
     /// Log positions read per step.
     #[serde(default = "defaults::batch_max")]
     pub batch_max: usize,
+    /// The deletion breaker: deprovisions (users deactivated or deleted, groups deleted) beyond
+    /// this many within `breaker_window_s` are held, sent nothing, until `approve-deletes`.
+    /// Erasures are never held.
+    #[serde(default = "defaults::max_deprovisions")]
+    pub max_deprovisions: usize,
+    #[serde(default = "defaults::breaker_window_s")]
+    pub breaker_window_s: u64,
     /// Profile knobs set here win over the profile's (see README "Outbound provisioning").
     #[serde(default, skip_serializing_if = "Overrides::is_empty")]
     pub overrides: Overrides,
@@ -95,6 +102,12 @@ mod defaults {
     }
     pub fn batch_max() -> usize {
         500
+    }
+    pub fn max_deprovisions() -> usize {
+        50
+    }
+    pub fn breaker_window_s() -> u64 {
+        600
     }
 }
 
@@ -244,7 +257,9 @@ pub fn check(c: TargetConfig) -> Result<Target, ConfigError> {
         (None, None, Some(u), Some(f)) => Auth::Basic { user: u.clone(), password_file: f.clone() },
         _ => return Err(bad("give exactly one of token_file, token_env, or basic_user with password_file".into())),
     };
-    let ranges: [(&str, u64, u64, u64); 5] = [
+    let ranges: [(&str, u64, u64, u64); 7] = [
+        ("breaker_window_s", c.breaker_window_s, 1, 7 * 86_400),
+        ("max_deprovisions", c.max_deprovisions as u64, 1, 1_000_000),
         ("timeout_ms", c.timeout_ms, 1, MAX_TIMEOUT_MS),
         ("retry_base_ms", c.retry_base_ms, 1, MAX_TIMEOUT_MS),
         ("retry_max", c.retry_max.into(), 1, MAX_RETRIES.into()),

@@ -131,7 +131,33 @@ pub struct Connector {
     /// Effective capabilities (profile ⊕ ServiceProviderConfig).
     patch: bool,
     filter: bool,
+    /// Set by `retry` / `approve-deletes` for the next step: every parked object is due; held
+    /// deprovisions are sent.
+    retry_all: bool,
+    approved: bool,
+    /// When the recent deprovisions were sent (the breaker's window; in memory, so a restart
+    /// starts a new window).
+    deprovisions: std::collections::VecDeque<std::time::Instant>,
 }
+
+/// What an operator asks of a running connector (`scimlog outbound retry|resync|approve-deletes
+/// |unlink`, or the admin API); the answer says what it did.
+#[derive(Debug)]
+pub enum Control {
+    /// Every parked object is tried at the next step, whatever its schedule.
+    Retry,
+    /// Deprovisions held by the deletion breaker are sent at the next step.
+    ApproveDeletes,
+    /// From position 0 again, every linked object sent whole (an out-of-band edit is overwritten).
+    Resync,
+    /// Forget one object's link (the remote object stays as it is).
+    Unlink(Kind, String),
+}
+
+pub type ControlMsg = (Control, tokio::sync::oneshot::Sender<Result<String, String>>);
+
+/// The class of an object the deletion breaker holds.
+const HELD: &str = "held";
 
 enum Progress {
     Moved,
@@ -153,15 +179,37 @@ impl Connector {
         };
         let state = State::new(store.outbound(), &namespace);
         let client = Client::new(target.clone(), status.clone(), metrics, stop)?;
-        Ok(Connector { target, client, state, store, status, patch: true, filter: true })
+        Ok(Connector {
+            target,
+            client,
+            state,
+            store,
+            status,
+            patch: true,
+            filter: true,
+            retry_all: false,
+            approved: false,
+            deprovisions: Default::default(),
+        })
     }
 
-    pub async fn run(mut self, mut committed: watch::Receiver<u64>, mut stop: watch::Receiver<bool>) {
+    pub async fn run(
+        mut self,
+        mut committed: watch::Receiver<u64>,
+        mut control: tokio::sync::mpsc::Receiver<ControlMsg>,
+        mut stop: watch::Receiver<bool>,
+    ) {
         if self.target.config.mode == Mode::Paused {
             self.status.caps("paused".into());
             let _ = self.refresh_counts();
-            let _ = stop.wait_for(|s| *s).await;
-            return;
+            loop {
+                tokio::select! {
+                    Some((c, reply)) = control.recv() => {
+                        let _ = reply.send(self.control(c).map_err(|e| e.to_string()));
+                    }
+                    _ = stop.wait_for(|s| *s) => return,
+                }
+            }
         }
         self.read_caps().await;
         loop {
@@ -186,7 +234,50 @@ impl Connector {
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
                 _ = committed.changed(), if !self.status.is_quarantined() => {}
+                Some((c, reply)) = control.recv() => {
+                    let _ = reply.send(self.control(c).map_err(|e| e.to_string()));
+                }
                 _ = stop.wait_for(|s| *s) => return,
+            }
+        }
+    }
+
+    fn control(&mut self, c: Control) -> Result<String, LogError> {
+        match c {
+            Control::Retry => {
+                self.retry_all = true;
+                let n = self.state.all_parked(MAX_PARKED_PER_STEP)?.len();
+                Ok(format!("{n} parked objects are tried at the next step"))
+            }
+            Control::ApproveDeletes => {
+                self.approved = true;
+                let held =
+                    self.state.all_parked(MAX_PARKED_PER_STEP)?.into_iter().filter(|(_, p)| p.class == HELD).count();
+                Ok(format!("{held} held deprovisions are sent at the next step"))
+            }
+            Control::Resync => {
+                let n = self.state.forget_sent()?;
+                let mut b = Batch::default();
+                self.state.set_watermark(&mut b, 0);
+                self.state.commit(b)?;
+                Ok(format!("resync from position 0: {n} linked objects are sent whole"))
+            }
+            Control::Unlink(kind, id) => {
+                let Some(link) = self.state.link(kind, &id)? else {
+                    return Ok(format!("{}/{id} is not linked", kind.endpoint()));
+                };
+                let mut b = Batch::default();
+                self.state.delete_link(&mut b, kind, &id);
+                self.state.delete_intent(&mut b, kind, &id);
+                self.state.unpark(&mut b, &ParkedKey::Object(kind, id.clone()));
+                if kind == Kind::Group {
+                    self.forget_members(&mut b, &id).map_err(|h| match h {
+                        Halt::Storage(e) => e,
+                        Halt::Quarantine(_) | Halt::Stopped => unreachable!("forgetting members reads only the store"),
+                    })?;
+                }
+                self.state.commit(b)?;
+                Ok(format!("{}/{id} unlinked from remote id {}", kind.endpoint(), link.remote_id))
             }
         }
     }
@@ -234,8 +325,13 @@ impl Connector {
         let lag = oldest.map_or(0.0, |t| (Utc::now() - t).num_milliseconds().max(0) as f64 / 1000.0);
         self.status.positions(watermark, head, lag);
         let now = Utc::now();
+        let (retry_all, approved) = (std::mem::take(&mut self.retry_all), std::mem::take(&mut self.approved));
         for (key, p) in self.state.all_parked(MAX_PARKED_PER_STEP)? {
-            if p.next_attempt <= now {
+            let due = match p.class.as_str() {
+                HELD => approved,
+                _ => retry_all || p.next_attempt <= now,
+            };
+            if due {
                 let view = self.store.view();
                 let member_kind = |m: &str| match query::group(&view, self.target.tenant(), m) {
                     Some(_) => Kind::Group,
@@ -249,7 +345,7 @@ impl Connector {
             self.status.positions(watermark, head, 0.0);
             return Ok(Progress::Idle);
         }
-        self.apply(&work).await?;
+        self.apply(&work, approved).await?;
         if to > watermark {
             let mut b = Batch::default();
             self.state.set_watermark(&mut b, to);
@@ -261,7 +357,7 @@ impl Connector {
         Ok(if to > watermark { Progress::Moved } else { Progress::Idle })
     }
 
-    async fn apply(&mut self, work: &Work) -> Result<(), Halt> {
+    async fn apply(&mut self, work: &Work, approved: bool) -> Result<(), Halt> {
         let t = self.target.tenant().to_string();
         let mut gone_users = Vec::new();
         for (id, &position) in &work.users {
@@ -286,13 +382,56 @@ impl Connector {
         for (group, members) in by_group {
             self.sync_members(group, &members).await?;
         }
+        // The deletion breaker: many deprovisions at once (a scope or IdP mistake) are held.
+        let mut deprovisions = 0;
+        for (id, _) in &gone_groups {
+            deprovisions += self.state.link(Kind::Group, id)?.is_some() as usize;
+        }
+        for (id, _) in gone_users.iter().filter(|(id, _)| !work.erased.contains(*id)) {
+            deprovisions += self.state.link(Kind::User, id)?.is_some() as usize;
+        }
+        let window = Duration::from_secs(self.target.config.breaker_window_s);
+        while self.deprovisions.front().is_some_and(|t| t.elapsed() > window) {
+            self.deprovisions.pop_front();
+        }
+        if approved {
+            self.deprovisions.clear();
+        }
+        let recent = self.deprovisions.len();
+        let hold = !approved && recent + deprovisions > self.target.config.max_deprovisions;
+        if hold {
+            tracing::warn!(
+                target = self.target.name(),
+                deprovisions,
+                "deletion breaker tripped: deprovisions held until approved"
+            );
+        }
+        let held_detail = format!(
+            "deletion breaker: {deprovisions} deprovisions after {recent} in the last {} s exceed max_deprovisions {}; approve with `scimlog outbound approve-deletes`",
+            self.target.config.breaker_window_s,
+            self.target.config.max_deprovisions
+        );
         for (id, position) in gone_groups {
-            self.remove(Kind::Group, id, position, false).await?;
+            match hold {
+                true => self.hold(Kind::Group, id, position, &held_detail)?,
+                false => self.remove(Kind::Group, id, position, false).await?,
+            }
         }
         for (id, position) in gone_users {
-            self.remove(Kind::User, id, position, work.erased.contains(id)).await?;
+            let erased = work.erased.contains(id);
+            match hold && !erased {
+                true => self.hold(Kind::User, id, position, &held_detail)?,
+                false => self.remove(Kind::User, id, position, erased).await?,
+            }
         }
         Ok(())
+    }
+
+    fn hold(&self, kind: Kind, id: &str, position: u64, detail: &str) -> Result<(), Halt> {
+        if self.state.link(kind, id)?.is_none() {
+            return Ok(());
+        }
+        self.park(ParkedKey::Object(kind, id.into()), position, HELD, None, None, detail)
     }
 
     /// Brings one existing object to `doc`: create when unlinked, else update what changed.
@@ -302,7 +441,10 @@ impl Connector {
             return self.settled(kind, id);
         }
         let path = format!("/{}/{}", kind.endpoint(), enc(&link.remote_id));
-        let result = match (self.patch, kind) {
+        // A user whose remote state is unknown (adopted, resync) is replaced whole: attributes
+        // set downstream by someone else go away.
+        let put_user = kind == Kind::User && (!self.patch || link.sent.is_null());
+        let result = match (self.patch && !put_user, kind) {
             (true, _) => match render::patch(&link.sent, &doc) {
                 Some(body) => self.client.send(Method::PATCH, &path, Some(&body)).await.map(|_| ()),
                 None => Ok(()),
@@ -643,6 +785,9 @@ impl Connector {
         }
         self.state.unpark(&mut b, &key);
         self.state.commit(b)?;
+        if !erased {
+            self.deprovisions.push_back(std::time::Instant::now());
+        }
         if erased {
             // The last sent document held the person's values: out of the files too.
             self.state.purge_user(id)?;
@@ -724,6 +869,8 @@ fn retry_after(class: &str, attempts: u32) -> chrono::Duration {
     const SCHEDULE_S: [i64; 5] = [60, 900, 3600, 6 * 3600, 24 * 3600];
     match class {
         "blocked" => chrono::Duration::seconds((attempts as i64).min(60)),
+        // Only an approval releases it.
+        HELD => chrono::Duration::days(3650),
         _ => chrono::Duration::seconds(SCHEDULE_S[(attempts as usize - 1).min(SCHEDULE_S.len() - 1)]),
     }
 }

@@ -244,7 +244,24 @@ struct Running {
     target: config::Target,
     status: Arc<Status>,
     stop: watch::Sender<bool>,
+    control: tokio::sync::mpsc::Sender<connector::ControlMsg>,
     task: JoinHandle<()>,
+}
+
+/// Operator requests waiting for a connector (one at a time is the usual case).
+const CONTROL_QUEUE: usize = 16;
+/// How long an operator request waits for the connector to take it (it may be in a long
+/// request to its target, or waiting out a Retry-After).
+const CONTROL_WAIT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("no outbound target named {0:?} in this tenant")]
+    Unknown(String),
+    #[error("the connector did not take the request within {} s (busy with its target); try again", CONTROL_WAIT.as_secs())]
+    Busy,
+    #[error("the connector failed: {0}")]
+    Failed(String),
 }
 
 /// The running connectors, by target name.
@@ -265,6 +282,28 @@ impl Outbound {
             .map(|r| r.status.view(&r.target))
             .collect()
     }
+    /// Hands an operator request to a tenant's target and waits for its answer.
+    pub async fn control(&self, tenant: &str, name: &str, c: connector::Control) -> Result<String, ControlError> {
+        let tx = {
+            let running = self.running.lock().expect("outbound lock");
+            match running.get(name) {
+                Some(r) if r.target.tenant() == tenant => r.control.clone(),
+                _ => return Err(ControlError::Unknown(name.into())),
+            }
+        };
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let asked = async {
+            tx.send((c, reply)).await.map_err(|_| ControlError::Busy)?;
+            answer.await.map_err(|_| ControlError::Busy)
+        };
+        match tokio::time::timeout(CONTROL_WAIT, asked).await {
+            Ok(Ok(Ok(done))) => Ok(done),
+            Ok(Ok(Err(e))) => Err(ControlError::Failed(e)),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(ControlError::Busy),
+        }
+    }
+
     pub fn file_error(&self) -> Option<String> {
         self.file_error.lock().expect("outbound lock").clone()
     }
@@ -344,6 +383,7 @@ async fn reconcile(ctx: &Context, outbound: &Outbound, targets: Vec<config::Targ
         }
         let status = Arc::new(Status::default());
         let (stop, stop_rx) = watch::channel(false);
+        let (control, control_rx) = tokio::sync::mpsc::channel(CONTROL_QUEUE);
         let task = match connector::Connector::new(
             t.clone(),
             ctx.store.clone(),
@@ -351,7 +391,7 @@ async fn reconcile(ctx: &Context, outbound: &Outbound, targets: Vec<config::Targ
             ctx.metrics.clone(),
             stop_rx.clone(),
         ) {
-            Ok(c) => tokio::spawn(c.run(ctx.committed.clone(), stop_rx)),
+            Ok(c) => tokio::spawn(c.run(ctx.committed.clone(), control_rx, stop_rx)),
             Err(e) => {
                 tracing::error!(target = t.name(), error = %e, "cannot start the outbound connector");
                 status.error(Some(e));
@@ -359,6 +399,6 @@ async fn reconcile(ctx: &Context, outbound: &Outbound, targets: Vec<config::Targ
             }
         };
         tracing::info!(target = t.name(), tenant = t.tenant(), "outbound connector started");
-        running.insert(t.name().to_string(), Running { target: t, status, stop, task });
+        running.insert(t.name().to_string(), Running { target: t, status, stop, control, task });
     }
 }

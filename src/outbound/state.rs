@@ -196,6 +196,34 @@ impl State {
             .collect())
     }
 
+    /// Makes every link's last sent document unknown, so each object is next sent whole (a
+    /// resync); answers how many links there are. Pages of 1000, one batch each.
+    pub fn forget_sent(&self) -> Result<usize, LogError> {
+        const PAGE: usize = 1000;
+        let mut n = 0;
+        for kind in [Kind::User, Kind::Group] {
+            let prefix = self.key(&["l", kind.tag(), ""]);
+            let mut after: Option<Vec<u8>> = None;
+            loop {
+                let page = self.store.scan(&prefix, after.as_deref(), PAGE)?;
+                let mut b = Batch::default();
+                for (k, v) in &page {
+                    let mut link: Link = serde_json::from_slice(v)
+                        .map_err(|e| LogError::Corrupt { position: 0, detail: format!("outbound link: {e}") })?;
+                    link.sent = Value::Null;
+                    b.0.push((k.clone(), json(&link)));
+                }
+                n += page.len();
+                self.commit(b)?;
+                if page.len() < PAGE {
+                    break;
+                }
+                after = page.last().map(|(k, _)| k.clone());
+            }
+        }
+        Ok(n)
+    }
+
     pub fn commit(&self, batch: Batch) -> Result<(), LogError> {
         if batch.0.is_empty() {
             return Ok(());

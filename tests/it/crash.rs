@@ -10,18 +10,32 @@ use serde_json::{json, Value};
 
 use crate::support::{eventually, read, NatsServer};
 
-const TOKEN: &str = "crash-test-token";
+pub const TOKEN: &str = "crash-test-token";
 
-struct Proc {
+pub struct Proc {
     child: Child,
-    base: String,
+    pub base: String,
+}
+
+impl Proc {
+    /// SIGKILL, as a crash.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
 }
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-async fn start(dir: &std::path::Path, nats: Option<&str>) -> Proc {
+pub async fn start(dir: &std::path::Path, nats: Option<&str>) -> Proc {
     let port = free_port();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_scimlog"));
     // The check after the crashes reads every acknowledged write at once from one token: not
@@ -48,9 +62,9 @@ async fn start(dir: &std::path::Path, nats: Option<&str>) -> Proc {
 }
 
 /// xorshift: repeatable randomness without a dependency.
-struct Rng(u64);
+pub struct Rng(pub u64);
 impl Rng {
-    fn next(&mut self) -> u64 {
+    pub fn next(&mut self) -> u64 {
         self.0 ^= self.0 << 13;
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;

@@ -94,6 +94,7 @@ async fn every_answer_is_what_the_description_says() {
         case(Method::POST, "/users/{id}/erase", &format!("/users/{erased}/erase"), Some(json!({"reason": "r"})), 403),
         case(Method::GET, "/events", "/events", None, 403),
         case(Method::GET, "/outbound/targets", "/outbound/targets", None, 403),
+        case(Method::POST, "/outbound/targets/{name}/{action}", "/outbound/targets/crm/retry", None, 403),
     ];
     let target = json!({"name": "crm", "url": "http://127.0.0.1:9/scim/v2", "token_file": "/nonexistent/crm.token"});
     let admin = [
@@ -113,6 +114,8 @@ async fn every_answer_is_what_the_description_says() {
         case(Method::POST, "/outbound/targets", "/outbound/targets", Some(target), 409),
         case(Method::DELETE, "/outbound/targets/{name}", "/outbound/targets/crm", None, 204),
         case(Method::DELETE, "/outbound/targets/{name}", "/outbound/targets/crm", None, 404),
+        case(Method::POST, "/outbound/targets/{name}/{action}", "/outbound/targets/nope/retry", None, 404),
+        case(Method::POST, "/outbound/targets/{name}/{action}", "/outbound/targets/nope/explode", None, 400),
     ];
     cases.extend(admin.into_iter().map(|c| Case { admin: true, ..c }));
     cases.push(Case { admin: false, ..case(Method::GET, "/environments", "/environments", None, 401) });

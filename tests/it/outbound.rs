@@ -75,6 +75,14 @@ impl Hub {
         .await;
     }
 
+    /// An operator action through the admin API; answers its `done` text.
+    async fn act(&self, action: &str, body: Option<Value>) -> String {
+        let url = format!("{}/api/v1/outbound/targets/crm/{action}", self.server.base);
+        let r = self.server.send_as(&self.server.admin_token(), Method::POST, &url, body.as_ref(), &[]).await;
+        assert_eq!(r.status, 200, "{action}: {}", r.body);
+        r.body["done"].as_str().unwrap().to_string()
+    }
+
     async fn user(&self, user_name: &str) -> String {
         let r = self
             .server
@@ -84,14 +92,44 @@ impl Hub {
         r.id()
     }
 
-    /// The differences between the directory and the downstream copy (empty: a mirror). Users
-    /// and groups are matched by externalId (= the scimlog id); duplicates are differences.
-    async fn mirror_diff(&self) -> Vec<String> {
+    async fn mirror_diff_now(&self) -> Vec<String> {
+        mirror_diff(&self.server.base, &self.server.token, &self.peer).await
+    }
+
+    async fn mirrored(&self, secs: u64) {
+        mirrored(&self.server.base, &self.server.token, &self.peer, secs).await
+    }
+}
+
+/// The directory's resources of one type (`Users`, `Groups`), read over SCIM.
+async fn local_all(base: &str, token: &str, endpoint: &str) -> Vec<Value> {
+    let r = reqwest::Client::new().get(format!("{base}/scim/v2/{endpoint}?count=1000")).bearer_auth(token).send().await;
+    let body = crate::support::read(r.unwrap()).await.body;
+    body["Resources"].as_array().cloned().unwrap_or_default()
+}
+
+/// Waits until the downstream copy mirrors the directory (see [`mirror_diff`]).
+async fn mirrored(base: &str, token: &str, peer: &ScimPeer, secs: u64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        let diff = mirror_diff(base, token, peer).await;
+        if diff.is_empty() {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "the target never mirrored the directory: {diff:#?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The differences between the directory and the downstream copy (empty: a mirror). Users and
+/// groups are matched by externalId (= the scimlog id); duplicates are differences.
+async fn mirror_diff(base: &str, token: &str, peer: &ScimPeer) -> Vec<String> {
+    {
         let mut diff = Vec::new();
-        let local_users = self.server.get("/Users?count=1000").await.body["Resources"].as_array().cloned().unwrap();
-        let local_groups = self.server.get("/Groups?count=1000").await.body["Resources"].as_array().cloned().unwrap();
-        let remote_users = self.peer.all("Users").await;
-        let remote_groups = self.peer.all("Groups").await;
+        let local_users = local_all(base, token, "Users").await;
+        let local_groups = local_all(base, token, "Groups").await;
+        let remote_users = peer.all("Users").await;
+        let remote_groups = peer.all("Groups").await;
         let index = |all: &[Value], diff: &mut Vec<String>| {
             let mut by_ext: BTreeMap<String, Value> = BTreeMap::new();
             for r in all {
@@ -157,18 +195,6 @@ impl Hub {
             }
         }
         diff
-    }
-
-    async fn mirrored(&self, secs: u64) {
-        let deadline = std::time::Instant::now() + Duration::from_secs(secs);
-        loop {
-            let diff = self.mirror_diff().await;
-            if diff.is_empty() {
-                return;
-            }
-            assert!(std::time::Instant::now() < deadline, "the target never mirrored the directory: {diff:#?}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
     }
 }
 
@@ -467,4 +493,148 @@ async fn targets_are_added_and_removed_through_the_admin_api_while_serving() {
     })
     .await;
     s.send_as(&admin, Method::DELETE, &format!("{api}/crm"), None, &[]).await.assert_error(404, None, "crm");
+}
+
+/// The real binary, killed (SIGKILL) at random moments while it provisions through a slow
+/// target, 100 times, with writes between the kills: the target ends up mirroring the
+/// directory, with no duplicate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkills_mid_sync_leave_a_mirror_without_duplicates() {
+    const ROUNDS: usize = 100;
+    let peer = ScimPeer::start(DOWNSTREAM_TOKEN).await;
+    let proxy = FaultProxy::start(&peer.url).await;
+    proxy.set_latency(Duration::from_millis(40));
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_path_buf();
+    let token_file = dir.join("crm.token");
+    std::fs::write(&token_file, DOWNSTREAM_TOKEN).unwrap();
+    let mut c: TargetConfig = toml::from_str(&format!(
+        "tenant = \"default\"\nname = \"crm\"\nurl = {:?}\ntoken_file = {:?}\ndeprovision = \"delete\"\nretry_base_ms = 20\nbatch_max = 7",
+        proxy.url(),
+        token_file
+    ))
+    .unwrap();
+    c.timeout_ms = 5000;
+    config::add(&config::path(&dir.join("data")), c).unwrap();
+    let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1;
+    eprintln!("outbound kill seed {seed}");
+    let mut rng = crate::crash::Rng(seed);
+    let (mut users, mut groups): (Vec<String>, Vec<String>) = (Vec::new(), Vec::new());
+    for round in 0..ROUNDS {
+        let mut p = crate::crash::start(&dir.join("data"), None).await;
+        let post = |path: &'static str, body: Value| {
+            let base = p.base.clone();
+            async move {
+                let r = reqwest::Client::new()
+                    .post(format!("{base}/scim/v2/{path}"))
+                    .bearer_auth(crate::crash::TOKEN)
+                    .header("content-type", "application/scim+json")
+                    .body(body.to_string())
+                    .send()
+                    .await
+                    .unwrap();
+                crate::support::read(r).await.body["id"].as_str().map(str::to_string)
+            }
+        };
+        for i in 0..2 {
+            users.extend(post("Users", json!({"userName": format!("k{round}-{i}@example.com")})).await);
+        }
+        if round % 10 == 0 {
+            let members: Vec<Value> = users.iter().rev().take(5).map(|u| json!({"value": u})).collect();
+            groups.extend(post("Groups", json!({"displayName": format!("g{round}"), "members": members})).await);
+        }
+        if round % 7 == 3 && users.len() > 4 {
+            // A deletion mid-stream: the target must delete it too, never re-create it.
+            let victim = users.remove((rng.next() % users.len() as u64) as usize);
+            let r = reqwest::Client::new()
+                .delete(format!("{}/scim/v2/Users/{victim}", p.base))
+                .bearer_auth(crate::crash::TOKEN)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 204);
+        }
+        tokio::time::sleep(Duration::from_millis(rng.next() % 250)).await;
+        p.kill();
+    }
+    let p = crate::crash::start(&dir.join("data"), None).await;
+    mirrored(&p.base, crate::crash::TOKEN, &peer, 120).await;
+    let remote = peer.all("Users").await;
+    assert_eq!(remote.len(), users.len(), "every user once, the deleted ones gone");
+    assert_eq!(peer.all("Groups").await.len(), groups.len());
+    // Kills cut creates in flight: those were settled by a lookup, not a second POST.
+    let lookups = proxy.seen().iter().filter(|r| r.path.contains("filter=externalId")).count();
+    assert!(lookups > 0, "no kill cut a create in flight: the test did not test that");
+    eprintln!(
+        "{ROUNDS} kills: {} users, {} groups, {} requests to the target, {lookups} creates settled by a lookup",
+        users.len(),
+        groups.len(),
+        proxy.seen().len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_deletion_breaker_holds_mass_deprovisioning_until_approved() {
+    let h = hub(|c| c.max_deprovisions = 3, vec![]).await;
+    let mut ids = Vec::new();
+    for i in 0..6 {
+        ids.push(h.user(&format!("leaver{i}@example.com")).await);
+    }
+    h.mirrored(20).await;
+    // Given a mirrored directory, when six users are deleted...
+    for id in &ids {
+        assert_eq!(h.server.delete(&format!("/Users/{id}")).await.status, 204);
+    }
+    h.caught_up(20).await;
+    // ...at most three go downstream; the rest are held, visibly.
+    let left = h.peer.all("Users").await.len();
+    assert!(left >= 3, "the breaker let {} of 6 deletions through", 6 - left);
+    let st = h.status().await.unwrap();
+    assert_eq!(st["parked"], left, "{st}");
+    // An operator approves from the command line (through the admin API).
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_scimlog"))
+        .args(["outbound", "approve-deletes", "--target", "crm", "--url", &h.server.base])
+        .env("SCIMLOG_ADMIN_TOKEN", h.server.admin_token())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains(&format!("{left} held deprovisions are sent")), "{said}");
+    eventually(20, "the held deletions went out", || async { h.peer.all("Users").await.is_empty() }).await;
+    eventually(10, "nothing is parked", || async { h.status().await.unwrap()["parked"] == 0 }).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operators_retry_parked_objects_resync_drift_and_unlink() {
+    let refuse = rule(AxMethod::POST, "/Users", "stuck@example.com", usize::MAX, Fault::Status(400, vec![]));
+    let h = hub(|_| {}, vec![refuse]).await;
+    h.user("stuck@example.com").await;
+    let ok = h.user("ok@example.com").await;
+    h.caught_up(20).await;
+    assert_eq!(h.status().await.unwrap()["parked"], 1);
+    // Retry: the target was fixed; the parked user goes now, not at its next scheduled try.
+    h.proxy.clear_rules();
+    assert_eq!(h.act("retry", None).await, "1 parked objects are tried at the next step");
+    h.mirrored(20).await;
+    // Resync: an edit made downstream (out of band) is overwritten.
+    let remote = h.peer.all("Users").await.into_iter().find(|u| u["userName"] == "ok@example.com").unwrap();
+    let remote_id = remote["id"].as_str().unwrap().to_string();
+    let edited = json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"], "userName": "ok@example.com",
+                        "externalId": ok, "title": "set downstream", "active": true});
+    assert_eq!(h.peer.send(Method::PUT, &format!("/Users/{remote_id}"), Some(&edited)).await, 200);
+    assert!(!h.mirror_diff_now().await.is_empty(), "the edit shows as drift");
+    assert!(h.act("resync", None).await.contains("2 linked objects are sent whole"));
+    h.mirrored(20).await;
+    // Unlink: the link is forgotten; the next change finds the remote object by externalId
+    // (after the 409 its create meets) and links it again: no duplicate.
+    let said = h.act("unlink", Some(json!({"resource": format!("Users/{ok}")}))).await;
+    assert!(said.contains(&format!("unlinked from remote id {remote_id}")), "{said}");
+    patch(&h.server, &format!("/Users/{ok}"), json!([{"op": "replace", "path": "title", "value": "CFO"}])).await;
+    h.mirrored(20).await;
+    let users = h.peer.all("Users").await;
+    assert_eq!(users.len(), 2, "{users:?}");
+    assert!(users.iter().any(|u| u["id"] == remote_id.as_str() && u["title"] == "CFO"), "{users:?}");
+    let url = format!("{}/api/v1/outbound/targets/crm/explode", h.server.base);
+    let r = h.server.send_as(&h.server.admin_token(), Method::POST, &url, None, &[]).await;
+    r.assert_error(400, Some("invalidValue"), "\"explode\" is not one of");
 }

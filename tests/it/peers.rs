@@ -63,6 +63,17 @@ impl ScimPeer {
     }
 }
 
+impl ScimPeer {
+    /// An out-of-band edit, as an admin of the downstream application would make.
+    pub async fn send(&self, method: reqwest::Method, path: &str, body: Option<&Value>) -> u16 {
+        let mut req = reqwest::Client::new().request(method, format!("{}{path}", self.url)).bearer_auth(&self.token);
+        if let Some(b) = body {
+            req = req.header("content-type", "application/scim+json").body(b.to_string());
+        }
+        req.send().await.unwrap().status().as_u16()
+    }
+}
+
 impl Drop for ScimPeer {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -107,6 +118,8 @@ pub struct Seen {
 struct Shared {
     rules: Vec<Rule>,
     seen: Vec<Seen>,
+    /// Added before each forwarded request (a slow target).
+    latency: Duration,
 }
 
 #[derive(Clone)]
@@ -141,6 +154,14 @@ impl FaultProxy {
 
     pub fn add(&self, rule: Rule) {
         self.shared.lock().unwrap().rules.push(rule);
+    }
+
+    pub fn clear_rules(&self) {
+        self.shared.lock().unwrap().rules.clear();
+    }
+
+    pub fn set_latency(&self, latency: Duration) {
+        self.shared.lock().unwrap().latency = latency;
     }
 
     pub fn seen(&self) -> Vec<Seen> {
@@ -194,6 +215,8 @@ async fn handle(State(s): State<ProxyState>, method: Method, uri: Uri, headers: 
         });
         return r.body(Body::from(body.to_string())).unwrap();
     }
+    let latency = s.shared.lock().unwrap().latency;
+    tokio::time::sleep(latency).await;
     let mut req = s
         .client
         .request(reqwest::Method::from_bytes(method.as_str().as_bytes()).unwrap(), format!("{}{path}", s.upstream));
