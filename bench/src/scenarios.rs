@@ -12,7 +12,7 @@ use hyper::Method;
 
 use crate::client::Conn;
 use crate::load::{self, drive, CpuClock, Row};
-use crate::target::{Nats, Scimlog, Trivial, NOISY_TENANT, TOKEN};
+use crate::target::{Nats, Scimlog, Sink, Trivial, NOISY_TENANT, TOKEN};
 use crate::Args;
 
 /// Scenarios that change nothing, so that running them again measures the same thing.
@@ -20,6 +20,9 @@ const REPEATABLE: &[&str] = &["lookup", "get-by-id", "list-page", "healthz", "tr
 
 /// Connections creating users while the publish lag is measured.
 const PUBLISH_LAG_CONNECTIONS: usize = 4;
+/// The outbound lag's writer: one connection keeps the create rate under what a connector sends
+/// (one request at a time to its target), so the lag measured is a change's way, not a queue.
+const OUTBOUND_LAG_CONNECTIONS: usize = 1;
 
 /// A start-up measured at one directory size.
 pub struct Startup {
@@ -313,6 +316,7 @@ impl Bench {
             "two-tenants" => self.two_tenants().await,
             "replay" => self.replay().await,
             "publish" => self.publish().await,
+            "outbound" => self.outbound().await,
             "healthz" => self.healthz().await,
             "trivial" => self.trivial().await,
             "log-append" => {
@@ -822,17 +826,87 @@ impl Bench {
                 }
             })
         };
-        let answered: Arc<Mutex<HashMap<String, Instant>>> = Default::default();
-        let (api, sink, offset) = (self.api(), answered.clone(), self.next_user);
-        let requests = self.args.requests.min(20_000);
-        self.next_user += requests;
         // The lag is measured under an IdP's steady pace (4 connections), not at saturation,
         // where it only measures the queue in front of a CPU shared by three processes.
+        let requests = self.args.requests.min(20_000);
+        let (load, answered) =
+            self.timed_creates(PUBLISH_LAG_CONNECTIONS, "(creates while publishing)", requests).await;
+        let lags = arrival_lags(&answered, &delivered).await;
+        reader.abort();
+        let name = format!(
+            "publish lag: 201 → delivered by a JetStream consumer, during {:.0} creates/s on {PUBLISH_LAG_CONNECTIONS} connections (errors = never delivered)",
+            load.rate()
+        );
+        let mut row = Row::new(name, lags.len() as u64, load.seconds, lags);
+        row.errors = answered.len() as u64 - row.requests + load.errors;
+        (row.server_cpu_us, row.generator_cpu_us) = (load.server_cpu_us, load.generator_cpu_us);
+        self.push(row);
+        self.server("publish")?.restart(None).await?;
+        nats.stop().await
+    }
+
+    /// Outbound provisioning into a SCIM target that takes everything (`Sink`): the backlog of
+    /// the directory so far replayed into a new target (events/s, the server's CPU per event),
+    /// then the time from a create's 201 to its POST reaching the target, at an IdP's pace.
+    async fn outbound(&mut self) -> anyhow::Result<()> {
+        let sink = Sink::start().await?;
+        let head = self.log_position().await?;
+        let token_file = self.server("outbound")?.data_dir().with_extension("sink-token");
+        std::fs::write(&token_file, "sink-token")?;
+        let token_arg = token_file.to_string_lossy().into_owned();
+        let add = ["outbound", "add", "--name", "bench", "--url", &sink.url, "--token-file", &token_arg];
+        self.server("outbound")?.cli(&add)?;
+        let started = Instant::now();
+        let cpu = CpuClock::start(self.server_pid());
+        loop {
+            let targets = self.admin_get("/api/v1/outbound/targets").await?;
+            let w = targets[0]["watermark"].as_u64().unwrap_or(0);
+            if w >= head {
+                break;
+            }
+            anyhow::ensure!(
+                started.elapsed() < Duration::from_secs(self.args.seed_timeout_s),
+                "the outbound target reached {w} of {head} in --seed-timeout-s"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let name = format!("outbound: backlog of {head} events into a SCIM target (events/s)");
+        let mut row = Row::new(name, head, started.elapsed().as_secs_f64(), vec![]);
+        row.server_cpu_us = cpu.per_op_us(head);
+        self.push(row);
+
+        let requests = self.args.requests.min(5_000);
+        let (load, answered) =
+            self.timed_creates(OUTBOUND_LAG_CONNECTIONS, "(creates while provisioning onward)", requests).await;
+        let lags = arrival_lags(&answered, &sink.arrivals).await;
+        let name = format!(
+            "outbound lag: 201 → POST at the target, during {:.0} creates/s on {OUTBOUND_LAG_CONNECTIONS} connections (errors = never arrived)",
+            load.rate()
+        );
+        let mut row = Row::new(name, lags.len() as u64, load.seconds, lags);
+        row.errors = answered.len() as u64 - row.requests + load.errors;
+        (row.server_cpu_us, row.generator_cpu_us) = (load.server_cpu_us, load.generator_cpu_us);
+        self.push(row);
+        self.server("outbound")?.cli(&["outbound", "remove", "--name", "bench"])?;
+        Ok(())
+    }
+
+    /// Creates `requests` users on `connections` connections; answers the load's row and when
+    /// each 201 came back, by user id.
+    async fn timed_creates(
+        &mut self,
+        connections: usize,
+        label: &str,
+        requests: u64,
+    ) -> (Row, HashMap<String, Instant>) {
+        let answered: Arc<Mutex<HashMap<String, Instant>>> = Default::default();
+        let (api, sink, offset) = (self.api(), answered.clone(), self.next_user);
+        self.next_user += requests;
         let load = self
             .measure_on(
                 &self.conn,
-                PUBLISH_LAG_CONNECTIONS,
-                "(creates while publishing)",
+                connections,
+                label,
                 self.server_pid(),
                 requests,
                 self.args.limit(),
@@ -848,29 +922,13 @@ impl Bench {
             )
             .await;
         let answered = std::mem::take(&mut *answered.lock().unwrap());
-        let waited = Instant::now();
-        while delivered.lock().unwrap().len() < answered.len() && waited.elapsed() < Duration::from_secs(30) {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        reader.abort();
-        // Negative lags (delivered before the HTTP answer reached the generator) count as 0.
-        let lags: Vec<u64> = {
-            let delivered = delivered.lock().unwrap();
-            answered
-                .iter()
-                .filter_map(|(id, at)| delivered.get(id).map(|d| d.saturating_duration_since(*at).as_micros() as u64))
-                .collect()
-        };
-        let name = format!(
-            "publish lag: 201 → delivered by a JetStream consumer, during {:.0} creates/s on {PUBLISH_LAG_CONNECTIONS} connections (errors = never delivered)",
-            load.rate()
-        );
-        let mut row = Row::new(name, lags.len() as u64, load.seconds, lags);
-        row.errors = answered.len() as u64 - row.requests + load.errors;
-        (row.server_cpu_us, row.generator_cpu_us) = (load.server_cpu_us, load.generator_cpu_us);
-        self.push(row);
-        self.server("publish")?.restart(None).await?;
-        nats.stop().await
+        (load, answered)
+    }
+
+    async fn admin_get(&mut self, path: &str) -> anyhow::Result<Value> {
+        let (status, body) = self.health.get(path).await?;
+        anyhow::ensure!(status.is_success(), "{path} answered {status}");
+        Ok(serde_json::from_slice(&body)?)
     }
 
     async fn healthz(&mut self) -> anyhow::Result<()> {
@@ -915,6 +973,23 @@ impl Bench {
         self.push_raw(row);
         Ok(())
     }
+}
+
+/// From each answer to the arrival of the same id elsewhere (a NATS consumer, a SCIM target),
+/// after waiting (at most 30 s) until every answered id has arrived. Negative lags (arrived
+/// before the HTTP answer reached the generator) count as 0.
+async fn arrival_lags(answered: &HashMap<String, Instant>, arrived: &Mutex<HashMap<String, Instant>>) -> Vec<u64> {
+    let waited = Instant::now();
+    while !answered.keys().all(|id| arrived.lock().unwrap().contains_key(id))
+        && waited.elapsed() < Duration::from_secs(30)
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let arrived = arrived.lock().unwrap();
+    answered
+        .iter()
+        .filter_map(|(id, at)| arrived.get(id).map(|d| d.saturating_duration_since(*at).as_micros() as u64))
+        .collect()
 }
 
 /// Raw RocksDB commits of `n` 300-byte records per batch, fsync on and off: the disk's limit

@@ -1,9 +1,12 @@
 //! The processes under test, each in its own process so that the memory and CPU figures are
 //! theirs: the scimlog binary on a temp data dir (restarted to time start-up), nats-server for the
-//! publish scenario, and the trivial handler that gives the HTTP stack's ceiling.
+//! publish scenario, and the trivial handler that gives the HTTP stack's ceiling; and the sink
+//! the outbound scenario provisions into (in this process).
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -71,6 +74,13 @@ impl Scimlog {
 
     pub fn data_dir(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// Runs a CLI command of this binary on this server's data dir (`--data-dir` appended).
+    pub fn cli(&self, args: &[&str]) -> anyhow::Result<()> {
+        let out = std::process::Command::new(&self.bin).args(args).arg("--data-dir").arg(self.dir.path()).output()?;
+        anyhow::ensure!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        Ok(())
     }
 
     /// A new token of `tenant`, made with `scimlog token create` on this server's data dir (the
@@ -281,5 +291,56 @@ impl NatsCluster {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         Ok(NatsCluster { _children: children, _dir: dir, urls })
+    }
+}
+
+/// A SCIM target that takes everything (in this process, on loopback): what the outbound
+/// scenario measures is the connector, not a downstream server. It answers as a SCIM server with
+/// PATCH and filters would, and records when each user's create arrived, by externalId.
+pub struct Sink {
+    pub url: String,
+    pub arrivals: Arc<Mutex<HashMap<String, Instant>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Sink {
+    pub async fn start() -> anyhow::Result<Sink> {
+        use axum::routing::{get, post};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let url = format!("http://{}", listener.local_addr()?);
+        let arrivals: Arc<Mutex<HashMap<String, Instant>>> = Default::default();
+        let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let created = {
+            let (arrivals, next) = (arrivals.clone(), next.clone());
+            move |body: axum::body::Bytes| {
+                let (arrivals, next) = (arrivals.clone(), next.clone());
+                async move {
+                    let at = Instant::now();
+                    let mut v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+                    if let Some(ext) = v.get("externalId").and_then(|e| e.as_str()) {
+                        arrivals.lock().unwrap().insert(ext.to_string(), at);
+                    }
+                    let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    v["id"] = serde_json::Value::String(format!("r{n}"));
+                    (axum::http::StatusCode::CREATED, v.to_string())
+                }
+            }
+        };
+        let spc = r#"{"patch":{"supported":true},"filter":{"supported":true,"maxResults":100}}"#;
+        let app = axum::Router::new()
+            .route("/ServiceProviderConfig", get(move || async move { spc }))
+            .route("/Users", post(created.clone()).get(|| async { r#"{"Resources":[]}"# }))
+            .route("/Groups", post(created).get(|| async { r#"{"Resources":[]}"# }))
+            .fallback(|| async { axum::http::StatusCode::NO_CONTENT });
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(Sink { url, arrivals, task })
+    }
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }

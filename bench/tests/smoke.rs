@@ -20,7 +20,7 @@ fn every_scenario_runs_and_reports_without_errors() {
             "--connections",
             "8",
             "--scenario",
-            "create-users,lookup,get-by-id,list-page,startup,okta-import,cursor-import,group-push,authentik-sync,mixed,two-tenants,replay,publish,healthz,trivial,log-append",
+            "create-users,lookup,get-by-id,list-page,startup,okta-import,cursor-import,group-push,authentik-sync,mixed,two-tenants,replay,publish,outbound,healthz,trivial,log-append",
         ])
         .output()
         .expect("scimlog-bench runs");
@@ -55,6 +55,8 @@ fn every_scenario_runs_and_reports_without_errors() {
         "replay: rebuild all read models",
         "publish: backlog",
         "publish lag",
+        "outbound: backlog",
+        "outbound lag",
         "GET /healthz with an admin token",
         "trivial axum handler",
         "RocksDB commits of 128 records",

@@ -49,8 +49,9 @@ async fn list(State(s): State<AppState>, caller: Caller) -> Result<Json<Vec<Stat
 }
 
 /// `POST /api/v1/outbound/targets`: adds a target to the caller's tenant (a `[[target]]` table
-/// as JSON; `tenant` may be left out). Secrets are named (`token_file`, `token_env`,
-/// `password_file`), never given.
+/// as JSON; `tenant` may be left out). Secrets are named, never given: `token_file` and
+/// `password_file` are file names in `<data-dir>/outbound-secrets/`, `token_env` a variable
+/// starting with `SCIMLOG_OUTBOUND_`.
 #[utoipa::path(
     post, path = "/outbound/targets", tag = "outbound",
     request_body(content = Object, description = "A target: tenant (optional), name, url, profile, token_file | token_env | basic_user + password_file, deprovision, mode, adopt, limits"),
@@ -74,8 +75,9 @@ async fn add(State(s): State<AppState>, caller: Caller, ScimBody(body): ScimBody
             Some(t) => return Err(SchemaError::invalid_value(format!("tenant {t} is not the token's tenant")).into()),
         }
     }
-    let c: TargetConfig =
+    let mut c: TargetConfig =
         serde_json::from_value(body).map_err(|e| SchemaError::invalid_value(format!("not a valid target: {e}")))?;
+    confine_secrets(&mut c, &s.cfg.data_dir)?;
     config::add(&s.cfg.outbound_path(), c).map_err(config_error)?;
     Ok(StatusCode::CREATED)
 }
@@ -172,6 +174,32 @@ async fn act(
             Err(ApiError::Unavailable("the connector could not do it; see the server log".into()))
         }
     }
+}
+
+/// Where secrets of targets added over the API live: `<data-dir>/outbound-secrets/`.
+pub const SECRETS_DIR: &str = "outbound-secrets";
+/// The prefix of the environment variables a target added over the API may name.
+pub const SECRET_ENV_PREFIX: &str = "SCIMLOG_OUTBOUND_";
+
+/// A tenant's admin names secrets, and the server sends them to a URL the admin chose: over the
+/// API a secret file is a plain file name in `<data-dir>/outbound-secrets/` and a variable must
+/// start with `SCIMLOG_OUTBOUND_`. Otherwise `token_file = "<data-dir>/master.key"` would send the
+/// master key away. (The CLI, run by the host's operator, may name any file.)
+fn confine_secrets(c: &mut TargetConfig, data_dir: &std::path::Path) -> Result<(), ApiError> {
+    for file in [&mut c.token_file, &mut c.password_file].into_iter().flatten() {
+        let name = file.to_string_lossy().into_owned();
+        let plain = !name.is_empty() && !name.starts_with('.') && !name.contains(['/', '\\', '\0']);
+        if !plain {
+            let detail = format!("secret file {name:?} must be a file name in <data-dir>/{SECRETS_DIR}/ (no path)");
+            return Err(SchemaError::invalid_value(detail).into());
+        }
+        *file = data_dir.join(SECRETS_DIR).join(name);
+    }
+    if let Some(var) = c.token_env.as_deref().filter(|v| !v.starts_with(SECRET_ENV_PREFIX)) {
+        let detail = format!("token_env {var:?} must start with {SECRET_ENV_PREFIX}");
+        return Err(SchemaError::invalid_value(detail).into());
+    }
+    Ok(())
 }
 
 fn config_error(e: ConfigError) -> ApiError {

@@ -492,8 +492,9 @@ impl OutboundStore {
         Ok(out)
     }
 
-    /// Puts (`Some`) and deletes (`None`) as one atomic batch, fsync'd before it returns.
-    pub fn write(&self, entries: Vec<(Vec<u8>, Option<Vec<u8>>)>) -> Result<(), LogError> {
+    /// Puts (`Some`) and deletes (`None`) as one atomic batch; with `sync` fsync'd (with every
+    /// write before it: the WAL is one file) before it returns.
+    pub fn write(&self, entries: Vec<(Vec<u8>, Option<Vec<u8>>)>, sync: bool) -> Result<(), LogError> {
         let cf = self.0.cf(CF_OUTBOUND);
         let mut batch = WriteBatch::default();
         for (k, v) in entries {
@@ -503,7 +504,7 @@ impl OutboundStore {
             }
         }
         let mut wo = WriteOptions::default();
-        wo.set_sync(true);
+        wo.set_sync(sync);
         self.0.db.write_opt(batch, &wo)?;
         Ok(())
     }

@@ -179,6 +179,12 @@ impl Client {
         }
     }
 
+    /// Waits the backoff of a `tries`th attempt (a create sent again after a lookup found
+    /// nothing); `Err(Stopped)` when stopping.
+    pub async fn pause(&self, tries: u32) -> Result<(), Failure> {
+        self.sleep(self.backoff(tries)).await
+    }
+
     /// Full jitter: a random wait up to base × 2^(tries-1), capped.
     fn backoff(&self, tries: u32) -> Duration {
         let base = Duration::from_millis(self.target.config.retry_base_ms);

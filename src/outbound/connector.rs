@@ -259,7 +259,7 @@ impl Connector {
                 let n = self.state.forget_sent()?;
                 let mut b = Batch::default();
                 self.state.set_watermark(&mut b, 0);
-                self.state.commit(b)?;
+                self.state.commit_durable(b)?;
                 Ok(format!("resync from position 0: {n} linked objects are sent whole"))
             }
             Control::Unlink(kind, id) => {
@@ -349,7 +349,7 @@ impl Connector {
         if to > watermark {
             let mut b = Batch::default();
             self.state.set_watermark(&mut b, to);
-            self.state.commit(b)?;
+            self.state.commit_durable(b)?;
         }
         self.status.quarantine(None);
         self.refresh_counts()?;
@@ -526,7 +526,7 @@ impl Connector {
         }
         let mut b = Batch::default();
         self.state.put_intent(&mut b, kind, id, &Intent { position, at: Utc::now() });
-        self.state.commit(b)?;
+        self.state.commit_durable(b)?;
         let mut tries = 0;
         loop {
             tries += 1;
@@ -550,6 +550,9 @@ impl Connector {
                 return self.adopt(kind, id, doc, position, remote, false).await;
             }
             if unknown && tries < self.target.config.retry_max {
+                if self.client.pause(tries).await.is_err() {
+                    return Err(Halt::Stopped);
+                }
                 continue;
             }
             if !unknown && self.target.config.adopt == Adopt::ByIdentity {
@@ -724,7 +727,9 @@ impl Connector {
             };
             remote.extend(self.state.link(kind, &m.id)?.map(|l| l.remote_id));
         }
-        let body = render::with_members(&link.sent, &remote);
+        let doc = { query::group(&self.store.view(), &t, group) };
+        let Some(doc) = doc else { return Ok(()) };
+        let body = render::with_members(&render::group(&doc, &self.target.knobs), &remote);
         let path = format!("/Groups/{}", enc(&link.remote_id));
         match self.client.send(Method::PUT, &path, Some(&body)).await {
             Ok(_) => {
@@ -767,7 +772,8 @@ impl Connector {
                     return self.unpark_if(key);
                 }
                 let now = render::deactivated(&link.sent);
-                let sent = match self.patch {
+                // A PUT needs the whole document: unknown (adopted, resync), it is a PATCH.
+                let sent = match self.patch || !link.sent.is_object() {
                     true => {
                         let body = json!({"schemas": [render::PATCH_OP], "Operations": [{"op": "replace", "value": {"active": false}}]});
                         self.client.send(Method::PATCH, &path, Some(&body)).await

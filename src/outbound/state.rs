@@ -8,7 +8,10 @@
 //! | `p\0U\0<id>`, `p\0G\0<id>`, `p\0M\0<group>\0<member>` | [`Parked`]: why it waits       |
 //! | `m\0<group>\0<member>`     | the membership as last sent (`U` or `G`)                  |
 //!
-//! One applied step (link, intent, parked entry, memberships) is one [`Batch`], written at once.
+//! One applied object (link, intent, parked entry, memberships) is one [`Batch`], written at
+//! once. Only an intent and the watermark are fsync'd ([`State::commit_durable`]): a link lost
+//! in a crash leaves its intent, so the object is looked up again, never created twice; and the
+//! watermark's fsync makes every earlier write durable with it (one WAL).
 //! Nothing here holds a token; a link holds the last sent document (personal values, like the
 //! read models), deleted and purged when the person is erased.
 
@@ -224,16 +227,25 @@ impl State {
         Ok(n)
     }
 
+    /// Writes a batch, not waiting for the disk (see the module's doc for why that is safe).
     pub fn commit(&self, batch: Batch) -> Result<(), LogError> {
         if batch.0.is_empty() {
             return Ok(());
         }
-        self.store.write(batch.0)
+        self.store.write(batch.0, false)
     }
 
-    /// Flushes and compacts this target's keys of an erased person.
+    /// Writes a batch and waits until it (and everything written before) is on disk: an intent
+    /// before its POST, the watermark.
+    pub fn commit_durable(&self, batch: Batch) -> Result<(), LogError> {
+        self.store.write(batch.0, true)
+    }
+
+    /// Flushes and compacts this target's keys of an erased person: the link (its last sent
+    /// document) and a parked entry (a target's error detail may quote a value).
     pub fn purge_user(&self, id: &str) -> Result<(), LogError> {
-        self.store.purge(&self.key(&["l", Kind::User.tag(), id]))
+        self.store.purge(&self.key(&["l", Kind::User.tag(), id]))?;
+        self.store.purge(&self.key(&["p", Kind::User.tag(), id]))
     }
 
     // Batch builders.

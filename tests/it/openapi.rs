@@ -96,7 +96,7 @@ async fn every_answer_is_what_the_description_says() {
         case(Method::GET, "/outbound/targets", "/outbound/targets", None, 403),
         case(Method::POST, "/outbound/targets/{name}/{action}", "/outbound/targets/crm/retry", None, 403),
     ];
-    let target = json!({"name": "crm", "url": "http://127.0.0.1:9/scim/v2", "token_file": "/nonexistent/crm.token"});
+    let target = json!({"name": "crm", "url": "http://127.0.0.1:9/scim/v2", "token_file": "crm.token"});
     let admin = [
         case(Method::GET, "/events", "/events?limit=3", None, 200),
         case(Method::GET, "/events", "/events?types=user.nope", None, 400),

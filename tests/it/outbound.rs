@@ -460,16 +460,26 @@ async fn targets_are_added_and_removed_through_the_admin_api_while_serving() {
     let s = TestServer::start().await;
     let admin = s.admin_token();
     let api = format!("{}/api/v1/outbound/targets", s.base);
-    let secrets = tempfile::tempdir().unwrap();
-    let token_file = secrets.path().join("t");
-    std::fs::write(&token_file, DOWNSTREAM_TOKEN).unwrap();
+    // Over the API a secret is a file of <data-dir>/outbound-secrets/ (or a SCIMLOG_OUTBOUND_
+    // variable): an admin of a tenant cannot have the server send any file it can read.
+    let secrets = s.data_dir().join("outbound-secrets");
+    std::fs::create_dir_all(&secrets).unwrap();
+    std::fs::write(secrets.join("t"), DOWNSTREAM_TOKEN).unwrap();
+    let master = s.data_dir().join("master.key");
     let cases = [
-        (json!({"name": "x", "url": "ftp://nope", "token_file": token_file}), 400, "url \"ftp://nope\""),
+        (json!({"name": "x", "url": "ftp://nope", "token_file": "t"}), 400, "url \"ftp://nope\""),
         (json!({"name": "x", "url": peer.url, "token": "a-secret-in-clear"}), 400, "unknown field `token`"),
+        (json!({"name": "x", "url": peer.url, "token_file": "t", "tenant": "other"}), 400, "not the token's tenant"),
         (
-            json!({"name": "x", "url": peer.url, "token_file": token_file, "tenant": "other"}),
+            json!({"name": "x", "url": peer.url, "token_file": master}),
             400,
-            "not the token's tenant",
+            "must be a file name in <data-dir>/outbound-secrets/",
+        ),
+        (json!({"name": "x", "url": peer.url, "token_file": "../master.key"}), 400, "must be a file name"),
+        (
+            json!({"name": "x", "url": peer.url, "token_env": "SCIMLOG_MASTER_KEY"}),
+            400,
+            "must start with SCIMLOG_OUTBOUND_",
         ),
     ];
     for (body, status, detail) in cases {
@@ -478,7 +488,7 @@ async fn targets_are_added_and_removed_through_the_admin_api_while_serving() {
     }
     let r = s.send_as(&s.token, Method::GET, &api, None, &[]).await;
     r.assert_error(403, None, "admin token");
-    let good = json!({"name": "crm", "url": peer.url, "token_file": token_file});
+    let good = json!({"name": "crm", "url": peer.url, "token_file": "t"});
     assert_eq!(s.send_as(&admin, Method::POST, &api, Some(&good), &[]).await.status, 201);
     s.send_as(&admin, Method::POST, &api, Some(&good), &[]).await.assert_error(409, Some("uniqueness"), "exists");
     s.post(
@@ -637,4 +647,67 @@ async fn operators_retry_parked_objects_resync_drift_and_unlink() {
     let url = format!("{}/api/v1/outbound/targets/crm/explode", h.server.base);
     let r = h.server.send_as(&h.server.admin_token(), Method::POST, &url, None, &[]).await;
     r.assert_error(400, Some("invalidValue"), "\"explode\" is not one of");
+}
+
+/// A target added to a directory that already has a history replays it from position 0; a slow
+/// target beside it falls behind alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_target_holds_up_only_itself_and_a_new_target_replays_the_history() {
+    let h = hub(|_| {}, vec![]).await;
+    h.proxy.set_latency(Duration::from_millis(300));
+    let fast_peer = ScimPeer::start(DOWNSTREAM_TOKEN).await;
+    let secrets = tempfile::tempdir().unwrap();
+    let token_file = secrets.path().join("fast.token");
+    std::fs::write(&token_file, DOWNSTREAM_TOKEN).unwrap();
+    let add = |name: &str, url: &str| {
+        let c: TargetConfig = toml::from_str(&format!(
+            "tenant = \"default\"\nname = {name:?}\nurl = {url:?}\ntoken_file = {token_file:?}\nretry_base_ms = 20"
+        ))
+        .unwrap();
+        config::add(&config::path(h.server.data_dir()), c).unwrap();
+    };
+    add("fast", &fast_peer.url);
+    let mut ids = Vec::new();
+    for i in 0..20 {
+        ids.push(h.user(&format!("busy{i}@example.com")).await);
+    }
+    let members: Vec<Value> = ids.iter().map(|id| json!({"value": id})).collect();
+    let r = h
+        .server
+        .post("/Groups", &json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group"], "displayName": "busy", "members": members}))
+        .await;
+    assert_eq!(r.status, 201);
+    // The fast target mirrors the directory while the slow one (300 ms a request) is behind.
+    mirrored(&h.server.base, &h.server.token, &fast_peer, 20).await;
+    let slow = h.status().await.unwrap();
+    assert_eq!(slow["name"], "crm");
+    assert!(slow["lagPositions"].as_u64().unwrap() > 0, "the slow target is behind: {slow}");
+    h.mirrored(60).await;
+    // A third target, added now, starts at position 0 and ends equal to the live state.
+    let fresh_peer = ScimPeer::start(DOWNSTREAM_TOKEN).await;
+    add("fresh", &fresh_peer.url);
+    mirrored(&h.server.base, &h.server.token, &fresh_peer, 20).await;
+}
+
+/// A membership whose user is not downstream yet waits for it, visibly, and is never dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_membership_waits_for_its_user() {
+    let refuse_once = rule(AxMethod::POST, "/Users", "late@example.com", 1, Fault::Status(400, vec![]));
+    let h = hub(|_| {}, vec![refuse_once]).await;
+    let late = h.user("late@example.com").await;
+    let r = h
+        .server
+        .post("/Groups", &json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group"], "displayName": "g", "members": [{"value": late}]}))
+        .await;
+    assert_eq!(r.status, 201);
+    h.caught_up(20).await;
+    // The user is parked (refused once), its membership waits behind it.
+    let state = scimlog::outbound::state::State::new(h.server.store().outbound(), "crm");
+    let parked: Vec<String> = state.all_parked(10).unwrap().into_iter().map(|(_, p)| p.class).collect();
+    assert_eq!(parked, ["blocked", "rejected"], "the membership is blocked, the user rejected");
+    h.act("retry", None).await;
+    h.mirrored(20).await;
+    eventually(10, "nothing is parked", || async { h.status().await.unwrap()["parked"] == 0 }).await;
+    let group = &h.peer.all("Groups").await[0];
+    assert_eq!(group["members"].as_array().map(Vec::len), Some(1));
 }
