@@ -39,6 +39,8 @@ const MAX_PARKED_PER_STEP: usize = 1000;
 const MAX_PUT_MEMBERS: usize = 10_000;
 /// How long an idle connector sleeps before it looks at parked entries again.
 const IDLE_TICK: Duration = Duration::from_secs(1);
+/// How often the links are counted for the status (a scan of all of them).
+const LINK_COUNT_EVERY: Duration = Duration::from_secs(5);
 
 /// Why a step ended early.
 #[derive(Debug)]
@@ -138,6 +140,8 @@ pub struct Connector {
     /// When the recent deprovisions were sent (the breaker's window; in memory, so a restart
     /// starts a new window).
     deprovisions: std::collections::VecDeque<std::time::Instant>,
+    /// When links were last counted, and the counts (users, groups).
+    links_counted: Option<(std::time::Instant, usize, usize)>,
 }
 
 /// What an operator asks of a running connector (`scimlog outbound retry|resync|approve-deletes
@@ -190,6 +194,7 @@ impl Connector {
             retry_all: false,
             approved: false,
             deprovisions: Default::default(),
+            links_counted: None,
         })
     }
 
@@ -296,13 +301,17 @@ impl Connector {
         self.status.caps(format!("{origin}; patch={} filter={}", self.patch, self.filter));
     }
 
-    fn refresh_counts(&self) -> Result<(), LogError> {
+    /// The status's counts. Parked entries are few and counted every step; links are counted
+    /// (a scan of every one) at most every [`LINK_COUNT_EVERY`].
+    fn refresh_counts(&mut self) -> Result<(), LogError> {
         const COUNT_LIMIT: usize = 1_000_000;
-        self.status.counts(
-            self.state.all_parked(COUNT_LIMIT)?.len(),
-            self.state.count_links(Kind::User, COUNT_LIMIT)?,
-            self.state.count_links(Kind::Group, COUNT_LIMIT)?,
-        );
+        if self.links_counted.is_none_or(|(at, _, _)| at.elapsed() >= LINK_COUNT_EVERY) {
+            let users = self.state.count_links(Kind::User, COUNT_LIMIT)?;
+            let groups = self.state.count_links(Kind::Group, COUNT_LIMIT)?;
+            self.links_counted = Some((std::time::Instant::now(), users, groups));
+        }
+        let (_, users, groups) = self.links_counted.expect("counted above");
+        self.status.counts(self.state.all_parked(COUNT_LIMIT)?.len(), users, groups);
         Ok(())
     }
 
@@ -382,12 +391,37 @@ impl Connector {
         for (group, members) in by_group {
             self.sync_members(group, &members).await?;
         }
-        // The deletion breaker: many deprovisions at once (a scope or IdP mistake) are held.
+        let held = self.breaker(&gone_users, &gone_groups, &work.erased, approved)?;
+        for (id, position) in gone_groups {
+            match &held {
+                Some(why) => self.hold(Kind::Group, id, position, why)?,
+                None => self.remove(Kind::Group, id, position, false).await?,
+            }
+        }
+        for (id, position) in gone_users {
+            let erased = work.erased.contains(id);
+            match (&held, erased) {
+                (Some(why), false) => self.hold(Kind::User, id, position, why)?,
+                (None, _) | (Some(_), true) => self.remove(Kind::User, id, position, erased).await?,
+            }
+        }
+        Ok(())
+    }
+
+    /// The deletion breaker: many deprovisions at once (a scope or IdP mistake) are held. Answers
+    /// why, when this step's deprovisions are to be held.
+    fn breaker(
+        &mut self,
+        gone_users: &[(&String, u64)],
+        gone_groups: &[(&String, u64)],
+        erased: &BTreeSet<String>,
+        approved: bool,
+    ) -> Result<Option<String>, Halt> {
         let mut deprovisions = 0;
-        for (id, _) in &gone_groups {
+        for (id, _) in gone_groups {
             deprovisions += self.state.link(Kind::Group, id)?.is_some() as usize;
         }
-        for (id, _) in gone_users.iter().filter(|(id, _)| !work.erased.contains(*id)) {
+        for (id, _) in gone_users.iter().filter(|(id, _)| !erased.contains(*id)) {
             deprovisions += self.state.link(Kind::User, id)?.is_some() as usize;
         }
         let window = Duration::from_secs(self.target.config.breaker_window_s);
@@ -398,33 +432,19 @@ impl Connector {
             self.deprovisions.clear();
         }
         let recent = self.deprovisions.len();
-        let hold = !approved && recent + deprovisions > self.target.config.max_deprovisions;
-        if hold {
-            tracing::warn!(
-                target = self.target.name(),
-                deprovisions,
-                "deletion breaker tripped: deprovisions held until approved"
-            );
+        let max = self.target.config.max_deprovisions;
+        if approved || recent + deprovisions <= max {
+            return Ok(None);
         }
-        let held_detail = format!(
-            "deletion breaker: {deprovisions} deprovisions after {recent} in the last {} s exceed max_deprovisions {}; approve with `scimlog outbound approve-deletes`",
-            self.target.config.breaker_window_s,
-            self.target.config.max_deprovisions
+        tracing::warn!(
+            target = self.target.name(),
+            deprovisions,
+            "deletion breaker tripped: deprovisions held until approved"
         );
-        for (id, position) in gone_groups {
-            match hold {
-                true => self.hold(Kind::Group, id, position, &held_detail)?,
-                false => self.remove(Kind::Group, id, position, false).await?,
-            }
-        }
-        for (id, position) in gone_users {
-            let erased = work.erased.contains(id);
-            match hold && !erased {
-                true => self.hold(Kind::User, id, position, &held_detail)?,
-                false => self.remove(Kind::User, id, position, erased).await?,
-            }
-        }
-        Ok(())
+        Ok(Some(format!(
+            "deletion breaker: {deprovisions} deprovisions after {recent} in the last {} s exceed max_deprovisions {max}; approve with `scimlog outbound approve-deletes`",
+            self.target.config.breaker_window_s
+        )))
     }
 
     fn hold(&self, kind: Kind, id: &str, position: u64, detail: &str) -> Result<(), Halt> {
