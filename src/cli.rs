@@ -261,6 +261,17 @@ enum OutboundCmd {
         #[command(flatten)]
         server: ServerArgs,
     },
+    /// Read every linked object back and report what differs: missing, drifted (attribute
+    /// names), membership drift, orphaned and unmanaged remote objects; `--repair` sends the
+    /// missing and drifted ones again (through the running server).
+    Verify {
+        #[arg(long)]
+        target: String,
+        #[arg(long)]
+        repair: bool,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
     /// Forget one object's link; the remote object stays (through the running server).
     Unlink {
         #[arg(long)]
@@ -845,6 +856,9 @@ fn outbound_cmd(command: OutboundCmd) -> anyhow::Result<()> {
         OutboundCmd::Retry { target, server } => outbound_action(&server, &target, "retry", None),
         OutboundCmd::ApproveDeletes { target, server } => outbound_action(&server, &target, "approve-deletes", None),
         OutboundCmd::Resync { target, server } => outbound_action(&server, &target, "resync", None),
+        OutboundCmd::Verify { target, repair, server } => {
+            outbound_action(&server, &target, if repair { "repair" } else { "verify" }, None)
+        }
         OutboundCmd::Unlink { target, resource, server } => {
             outbound_action(&server, &target, "unlink", Some(serde_json::json!({ "resource": resource })))
         }
@@ -910,6 +924,9 @@ fn outbound_action(
     match answer.get("done").and_then(serde_json::Value::as_str) {
         Some(done) if status == 200 => {
             println!("{done}");
+            if let Some(report) = answer.get("report") {
+                println!("{}", serde_json::to_string_pretty(report)?);
+            }
             Ok(())
         }
         _ => anyhow::bail!(

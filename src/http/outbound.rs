@@ -112,17 +112,23 @@ async fn remove(State(s): State<AppState>, caller: Caller, Path(name): Path<Stri
 pub struct Done {
     /// In words: how many objects it concerns.
     done: String,
+    /// `verify` and `repair`: what was found (checked, missing, drifted, membershipDrift,
+    /// orphaned, unmanaged: counts, and the first ids of each; repaired).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    report: Option<Value>,
 }
 
 /// `POST /api/v1/outbound/targets/{name}/{action}`: `retry` (every parked object at the next
 /// step), `approve-deletes` (send the deprovisions the deletion breaker holds), `resync` (from
 /// position 0, every linked object sent whole), `unlink` (forget one object's link; body
-/// `{"resource": "Users/<id>"}`).
+/// `{"resource": "Users/<id>"}`), `verify` (read every linked object back and report what
+/// differs), `repair` (verify, then send the missing and drifted objects again).
 #[utoipa::path(
     post, path = "/outbound/targets/{name}/{action}", tag = "outbound",
     params(
         ("name" = String, Path, description = "The target's name"),
-        ("action" = String, Path, description = "retry | approve-deletes | resync | unlink"),
+        ("action" = String, Path, description = "retry | approve-deletes | resync | unlink | verify | repair"),
     ),
     request_body(content = Object, description = "For unlink: {\"resource\": \"Users/<id>\" or \"Groups/<id>\"}"),
     responses(
@@ -146,6 +152,8 @@ async fn act(
         "retry" => Control::Retry,
         "approve-deletes" => Control::ApproveDeletes,
         "resync" => Control::Resync,
+        "verify" => Control::Verify { repair: false },
+        "repair" => Control::Verify { repair: true },
         "unlink" => {
             // A small JSON body, or none (the other actions take none).
             let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
@@ -161,12 +169,27 @@ async fn act(
             }
         }
         other => {
-            let detail = format!("action {other:?} is not one of retry, approve-deletes, resync, unlink");
+            let detail =
+                format!("action {other:?} is not one of retry, approve-deletes, resync, unlink, verify, repair");
             return Err(SchemaError::invalid_value(detail).into());
         }
     };
     match outbound(&s)?.control(&caller.principal.tenant, &name, control).await {
-        Ok(done) => Ok(Json(Done { done })),
+        Ok(done) => match action.as_str() {
+            "verify" | "repair" => {
+                let report: Value = serde_json::from_str(&done).unwrap_or_default();
+                let counts = report["counts"]
+                    .as_object()
+                    .map(|c| c.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", "));
+                let done = format!(
+                    "{} linked objects checked; {}",
+                    report["checked"],
+                    counts.filter(|c| !c.is_empty()).unwrap_or_else(|| "no difference".into())
+                );
+                Ok(Json(Done { done, report: Some(report) }))
+            }
+            _ => Ok(Json(Done { done, report: None })),
+        },
         Err(e @ crate::outbound::ControlError::Unknown(_)) => Err(ApiError::NotFound(e.to_string())),
         Err(e @ crate::outbound::ControlError::Busy) => Err(ApiError::Unavailable(e.to_string())),
         Err(e @ crate::outbound::ControlError::Failed(_)) => {

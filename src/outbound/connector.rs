@@ -156,6 +156,49 @@ pub enum Control {
     Resync,
     /// Forget one object's link (the remote object stays as it is).
     Unlink(Kind, String),
+    /// Compare the target with what was last sent: linked objects missing or changed there,
+    /// member lists that differ, remote objects nobody here links. With `repair`, missing and
+    /// drifted objects are sent again at the next step (orphans are reported only).
+    Verify { repair: bool },
+}
+
+/// Objects a verify reads remotely at most (links, and remote objects listed).
+const MAX_VERIFY: usize = 100_000;
+/// Ids a verify report names per class (the counts are whole).
+const REPORT_IDS: usize = 20;
+
+/// What a verify found: counts per class and the first ids of each (scimlog ids for linked
+/// objects, remote ids for objects nobody here links). Attribute names, never values.
+#[derive(Default, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Report {
+    pub checked: usize,
+    pub missing: Vec<String>,
+    pub drifted: Vec<String>,
+    pub membership_drift: Vec<String>,
+    /// Remote objects whose externalId is not a linked scimlog id (left by an unlink, or made by
+    /// someone else with an externalId).
+    pub orphaned: Vec<String>,
+    /// Remote objects without an externalId: not made by scimlog.
+    pub unmanaged: Vec<String>,
+    pub counts: BTreeMap<String, usize>,
+    pub repaired: usize,
+}
+
+impl Report {
+    fn note(&mut self, class: &str, id: String) {
+        *self.counts.entry(class.into()).or_default() += 1;
+        let list = match class {
+            "missing" => &mut self.missing,
+            "drifted" => &mut self.drifted,
+            "membershipDrift" => &mut self.membership_drift,
+            "orphaned" => &mut self.orphaned,
+            _ => &mut self.unmanaged,
+        };
+        if list.len() < REPORT_IDS {
+            list.push(id);
+        }
+    }
 }
 
 pub type ControlMsg = (Control, tokio::sync::oneshot::Sender<Result<String, String>>);
@@ -208,12 +251,12 @@ impl Connector {
             self.status.caps("paused".into());
             let _ = self.refresh_counts();
             loop {
-                tokio::select! {
-                    Some((c, reply)) = control.recv() => {
-                        let _ = reply.send(self.control(c).map_err(|e| e.to_string()));
-                    }
+                let asked = tokio::select! {
+                    Some(asked) = control.recv() => asked,
                     _ = stop.wait_for(|s| *s) => return,
-                }
+                };
+                let (c, reply) = asked;
+                let _ = reply.send(self.control(c).await);
             }
         }
         self.read_caps().await;
@@ -236,19 +279,34 @@ impl Connector {
                     IDLE_TICK
                 }
             };
-            tokio::select! {
-                _ = tokio::time::sleep(wait) => {}
-                _ = committed.changed(), if !self.status.is_quarantined() => {}
-                Some((c, reply)) = control.recv() => {
-                    let _ = reply.send(self.control(c).map_err(|e| e.to_string()));
-                }
+            let asked = tokio::select! {
+                _ = tokio::time::sleep(wait) => None,
+                _ = committed.changed(), if !self.status.is_quarantined() => None,
+                Some(asked) = control.recv() => Some(asked),
                 _ = stop.wait_for(|s| *s) => return,
+            };
+            if let Some((c, reply)) = asked {
+                let _ = reply.send(self.control(c).await);
             }
         }
     }
 
-    fn control(&mut self, c: Control) -> Result<String, LogError> {
+    async fn control(&mut self, c: Control) -> Result<String, String> {
+        let verify = match c {
+            Control::Verify { repair } => repair,
+            other => return self.act(other).map_err(|e| e.to_string()),
+        };
+        match self.verify(verify).await {
+            Ok(report) => Ok(serde_json::to_string(&report).expect("reports serialise")),
+            Err(Halt::Storage(e)) => Err(e.to_string()),
+            Err(Halt::Quarantine(why)) => Err(format!("the target refused the verify: {why}")),
+            Err(Halt::Stopped) => Err("stopping".into()),
+        }
+    }
+
+    fn act(&mut self, c: Control) -> Result<String, LogError> {
         match c {
+            Control::Verify { .. } => unreachable!("verify is answered by `control`"),
             Control::Retry => {
                 self.retry_all = true;
                 let n = self.state.all_parked(MAX_PARKED_PER_STEP)?.len();
@@ -285,6 +343,150 @@ impl Connector {
                 Ok(format!("{}/{id} unlinked from remote id {}", kind.endpoint(), link.remote_id))
             }
         }
+    }
+
+    /// Reads every linked object back (and the target's lists), compares, and with `repair`
+    /// parks the missing and drifted ones as due, so the next step sends them whole.
+    async fn verify(&mut self, repair: bool) -> Result<Report, Halt> {
+        let mut report = Report::default();
+        let mut linked_ids = BTreeSet::new();
+        for kind in [Kind::User, Kind::Group] {
+            for (id, link) in self.state.links(kind, MAX_VERIFY)? {
+                report.checked += 1;
+                linked_ids.insert(id.clone());
+                let path = format!("/{}/{}", kind.endpoint(), enc(&link.remote_id));
+                let remote = match self.client.send(Method::GET, &path, None).await {
+                    Ok(r) => r.body,
+                    Err(Failure::NotFound) => {
+                        report.note("missing", id.clone());
+                        report.repaired += self.repair(repair, kind, &id, None)?;
+                        continue;
+                    }
+                    Err(f) => return Err(halt_of(f)),
+                };
+                let changed: Vec<&String> = match &link.sent {
+                    Value::Object(sent) => sent
+                        .iter()
+                        .filter(|(k, v)| *k != "schemas" && remote.get(*k) != Some(*v))
+                        .map(|(k, _)| k)
+                        .collect(),
+                    _ => vec![],
+                };
+                if !changed.is_empty() {
+                    report.note(
+                        "drifted",
+                        format!("{id} ({})", changed.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")),
+                    );
+                    report.repaired += self.repair(repair, kind, &id, Some(&link))?;
+                }
+                if kind == Kind::Group && self.member_drift(&id, &remote)? {
+                    report.note("membershipDrift", id.clone());
+                    if repair {
+                        // Members there that are not members here go; every member here is
+                        // sent again (a member not linked now waits, parked).
+                        self.remove_strangers(&id, &link.remote_id, &remote).await?;
+                        self.resend_members(kind, &id, link.position).await?;
+                        report.repaired += 1;
+                    }
+                }
+            }
+        }
+        for kind in [Kind::User, Kind::Group] {
+            for res in self.list_remote(kind).await? {
+                let remote_id = res.get("id").and_then(Value::as_str).unwrap_or_default().to_string();
+                match res.get("externalId").and_then(Value::as_str) {
+                    Some(ext) if linked_ids.contains(ext) => {}
+                    Some(_) => report.note("orphaned", remote_id),
+                    None => report.note("unmanaged", remote_id),
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    /// Removes from a remote group the members that are not, linked, members of it here.
+    async fn remove_strangers(&mut self, group: &str, remote_id: &str, remote: &Value) -> Result<(), Halt> {
+        let t = self.target.tenant().to_string();
+        let local = { query::members(&self.store.view(), &t, group, None, MAX_VERIFY) };
+        let mut ours = BTreeSet::new();
+        for m in local {
+            let kind = match m.member_type {
+                scimlog_schemas::MemberType::User => Kind::User,
+                scimlog_schemas::MemberType::Group => Kind::Group,
+            };
+            ours.extend(self.state.link(kind, &m.id)?.map(|l| l.remote_id));
+        }
+        let strangers: Vec<String> = remote["members"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|m| m["value"].as_str())
+            .filter(|v| !ours.contains(*v))
+            .map(str::to_string)
+            .collect();
+        let path = format!("/Groups/{}", enc(remote_id));
+        for body in render::member_patches(&[], &strangers, self.target.knobs.max_members_per_request) {
+            self.client.send(Method::PATCH, &path, Some(&body)).await.map_err(halt_of)?;
+        }
+        Ok(())
+    }
+
+    /// Whether a group's members there differ from the members as last sent.
+    fn member_drift(&self, group: &str, remote: &Value) -> Result<bool, Halt> {
+        let there: BTreeSet<&str> =
+            remote["members"].as_array().into_iter().flatten().filter_map(|m| m["value"].as_str()).collect();
+        let mut sent = BTreeSet::new();
+        for m in self.state.members_sent(group, None, MAX_VERIFY)? {
+            let link = match self.state.link(Kind::User, &m)? {
+                Some(l) => Some(l),
+                None => self.state.link(Kind::Group, &m)?,
+            };
+            sent.extend(link.map(|l| l.remote_id));
+        }
+        Ok(there.len() != sent.len() || sent.iter().any(|s| !there.contains(s.as_str())))
+    }
+
+    /// Repair of one object: a missing one is unlinked (created again), a drifted one gets an
+    /// unknown last sent document (sent whole); either is parked as due, so the next step takes it.
+    fn repair(&self, repair: bool, kind: Kind, id: &str, drifted: Option<&Link>) -> Result<usize, Halt> {
+        if !repair {
+            return Ok(0);
+        }
+        let mut b = Batch::default();
+        match drifted {
+            Some(link) => self.state.put_link(&mut b, kind, id, &Link { sent: Value::Null, ..link.clone() }),
+            None => self.state.delete_link(&mut b, kind, id),
+        }
+        let parked = Parked {
+            class: "repair".into(),
+            position: 0,
+            attempts: 0,
+            status: None,
+            scim_type: None,
+            detail: "verify found it missing or drifted".into(),
+            next_attempt: Utc::now(),
+        };
+        self.state.park(&mut b, &ParkedKey::Object(kind, id.into()), &parked);
+        self.state.commit(b)?;
+        Ok(1)
+    }
+
+    /// Every object of a kind on the target, paged by `startIndex` (at most [`MAX_VERIFY`]).
+    async fn list_remote(&self, kind: Kind) -> Result<Vec<Value>, Halt> {
+        const PAGE: usize = 100;
+        let mut out = Vec::new();
+        while out.len() < MAX_VERIFY {
+            let path = format!("/{}?startIndex={}&count={PAGE}", kind.endpoint(), out.len() + 1);
+            let page = self.client.send(Method::GET, &path, None).await.map_err(halt_of)?.body;
+            let resources = page["Resources"].as_array().cloned().unwrap_or_default();
+            let total = page["totalResults"].as_u64().unwrap_or(0) as usize;
+            let n = resources.len();
+            out.extend(resources);
+            if n == 0 || out.len() >= total {
+                break;
+            }
+        }
+        Ok(out)
     }
 
     /// Reads `/ServiceProviderConfig`: PATCH and filter support, unless the profile decides.
@@ -552,7 +754,10 @@ impl Connector {
             tries += 1;
             let failure = match self.client.send(Method::POST, &format!("/{}", kind.endpoint()), Some(&doc)).await {
                 Ok(reply) => match reply.body.get("id").and_then(Value::as_str) {
-                    Some(remote) => return self.linked(kind, id, doc, position, remote.to_string(), false),
+                    Some(remote) => {
+                        self.linked(kind, id, doc, position, remote.to_string(), false)?;
+                        return self.resend_members(kind, id, position).await;
+                    }
                     None => Failure::Rejected {
                         status: reply.status,
                         scim_type: None,
@@ -608,7 +813,37 @@ impl Connector {
         );
         // What it holds is unknown: an empty "last sent" makes the update send every attribute.
         self.linked(kind, id, Value::Null, position, remote, adopted)?;
-        Box::pin(self.upsert(kind, id, doc, position)).await
+        Box::pin(self.upsert(kind, id, doc, position)).await?;
+        Box::pin(self.resend_members(kind, id, position)).await
+    }
+
+    /// A group just created remotely holds no member: every member it has here is sent (and
+    /// the members recorded as sent for an earlier remote copy are forgotten). Users: nothing.
+    async fn resend_members(&mut self, kind: Kind, group: &str, position: u64) -> Result<(), Halt> {
+        const PAGE: usize = 1000;
+        if kind == Kind::User {
+            return Ok(());
+        }
+        let mut b = Batch::default();
+        self.forget_members(&mut b, group)?;
+        self.state.commit(b)?;
+        let t = self.target.tenant().to_string();
+        let mut after: Option<String> = None;
+        loop {
+            let page = { query::members(&self.store.view(), &t, group, after.as_deref(), PAGE) };
+            let members: Vec<(&str, Kind, u64)> = page
+                .iter()
+                .map(|m| match m.member_type {
+                    scimlog_schemas::MemberType::User => (m.id.as_str(), Kind::User, position),
+                    scimlog_schemas::MemberType::Group => (m.id.as_str(), Kind::Group, position),
+                })
+                .collect();
+            self.sync_members(group, &members).await?;
+            if page.len() < PAGE {
+                return Ok(());
+            }
+            after = page.last().map(|m| m.id.clone());
+        }
     }
 
     fn linked(
@@ -886,6 +1121,14 @@ impl Connector {
         self.state.park(&mut b, &key, &parked);
         self.state.commit(b)?;
         Ok(())
+    }
+}
+
+/// A failure that ends a verify (an object's own failures are reported, not parked, there).
+fn halt_of(f: Failure) -> Halt {
+    match f {
+        Failure::Stopped => Halt::Stopped,
+        other => Halt::Quarantine(other.detail()),
     }
 }
 

@@ -253,12 +253,14 @@ const CONTROL_QUEUE: usize = 16;
 /// How long an operator request waits for the connector to take it (it may be in a long
 /// request to its target, or waiting out a Retry-After).
 const CONTROL_WAIT: Duration = Duration::from_secs(30);
+/// How long a verify may take before its caller stops waiting (it goes on to its end).
+const VERIFY_WAIT: Duration = Duration::from_secs(600);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
     #[error("no outbound target named {0:?} in this tenant")]
     Unknown(String),
-    #[error("the connector did not take the request within {} s (busy with its target); try again", CONTROL_WAIT.as_secs())]
+    #[error("the connector did not answer in time (busy with its target); try again")]
     Busy,
     #[error("the connector failed: {0}")]
     Failed(String),
@@ -291,12 +293,20 @@ impl Outbound {
                 _ => return Err(ControlError::Unknown(name.into())),
             }
         };
+        // A verify reads every linked object back: it may take minutes.
+        let wait = match c {
+            connector::Control::Verify { .. } => VERIFY_WAIT,
+            connector::Control::Retry
+            | connector::Control::ApproveDeletes
+            | connector::Control::Resync
+            | connector::Control::Unlink(..) => CONTROL_WAIT,
+        };
         let (reply, answer) = tokio::sync::oneshot::channel();
         let asked = async {
             tx.send((c, reply)).await.map_err(|_| ControlError::Busy)?;
             answer.await.map_err(|_| ControlError::Busy)
         };
-        match tokio::time::timeout(CONTROL_WAIT, asked).await {
+        match tokio::time::timeout(wait, asked).await {
             Ok(Ok(Ok(done))) => Ok(done),
             Ok(Ok(Err(e))) => Err(ControlError::Failed(e)),
             Ok(Err(e)) => Err(e),

@@ -182,6 +182,18 @@ impl State {
         Ok(out)
     }
 
+    /// Up to `limit` links of a kind, with the scimlog id each belongs to.
+    pub fn links(&self, kind: Kind, limit: usize) -> Result<Vec<(String, Link)>, LogError> {
+        let prefix = self.key(&["l", kind.tag(), ""]);
+        let mut out = Vec::new();
+        for (k, v) in self.store.scan(&prefix, None, limit)? {
+            let link = serde_json::from_slice(&v)
+                .map_err(|e| LogError::Corrupt { position: 0, detail: format!("outbound link: {e}") })?;
+            out.push((String::from_utf8_lossy(&k[prefix.len()..]).into_owned(), link));
+        }
+        Ok(out)
+    }
+
     /// How many links of a kind there are (bounded by `limit`).
     pub fn count_links(&self, kind: Kind, limit: usize) -> Result<usize, LogError> {
         Ok(self.store.scan(&self.key(&["l", kind.tag(), ""]), None, limit)?.len())

@@ -711,3 +711,51 @@ async fn a_membership_waits_for_its_user() {
     let group = &h.peer.all("Groups").await[0];
     assert_eq!(group["members"].as_array().map(Vec::len), Some(1));
 }
+
+/// Out-of-band changes downstream: verify reports each class (attribute names and ids, never
+/// values), repair brings the target back to the directory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_reports_drift_and_repair_fixes_it() {
+    let h = hub(|_| {}, vec![]).await;
+    let (a, b) = (h.user("drift-a@example.com").await, h.user("drift-b@example.com").await);
+    let group = json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group"], "displayName": "drifters",
+                       "members": [{"value": a}, {"value": b}]});
+    let g = h.server.post("/Groups", &group).await.id();
+    h.mirrored(20).await;
+    let users = h.peer.all("Users").await;
+    let remote = |name: &str| users.iter().find(|u| u["userName"] == name).cloned().unwrap();
+    let (ra, rb) = (remote("drift-a@example.com"), remote("drift-b@example.com"));
+    // Someone edits the application directly: a deactivates and leaves the group, b is
+    // deleted, a user appears.
+    let mut edited = ra.clone();
+    edited["active"] = json!(false);
+    assert_eq!(h.peer.send(Method::PUT, &format!("/Users/{}", ra["id"].as_str().unwrap()), Some(&edited)).await, 200);
+    assert_eq!(h.peer.send(Method::DELETE, &format!("/Users/{}", rb["id"].as_str().unwrap()), None).await, 204);
+    let rg = h.peer.all("Groups").await.remove(0);
+    let drop_a = json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
+        "Operations": [{"op": "remove", "path": format!("members[value eq \"{}\"]", ra["id"].as_str().unwrap())}]});
+    let status = h.peer.send(Method::PATCH, &format!("/Groups/{}", rg["id"].as_str().unwrap()), Some(&drop_a)).await;
+    assert!(status == 200 || status == 204, "{status}");
+    let stranger =
+        json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"], "userName": "stranger@example.com"});
+    assert_eq!(h.peer.send(Method::POST, "/Users", Some(&stranger)).await, 201);
+    let url = format!("{}/api/v1/outbound/targets/crm/verify", h.server.base);
+    let r = h.server.send_as(&h.server.admin_token(), Method::POST, &url, None, &[]).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let report = &r.body["report"];
+    assert_eq!(report["checked"], 3, "{report}");
+    assert_eq!(report["missing"], json!([b]), "{report}");
+    assert_eq!(report["drifted"], json!([format!("{a} (active)")]), "{report}");
+    assert_eq!(report["unmanaged"].as_array().map(Vec::len), Some(1), "{report}");
+    assert_eq!(report["membershipDrift"], json!([g]), "{report}");
+    assert!(!report.to_string().contains("stranger@"), "a report names no value: {report}");
+    // Repair sends the missing and drifted objects again; the stranger is not ours to delete.
+    let r = h.server.send_as(&h.server.admin_token(), Method::POST, &url.replace("verify", "repair"), None, &[]).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let stranger_id =
+        h.peer.all("Users").await.into_iter().find(|u| u["userName"] == "stranger@example.com").unwrap()["id"].clone();
+    assert_eq!(h.peer.send(Method::DELETE, &format!("/Users/{}", stranger_id.as_str().unwrap()), None).await, 204);
+    h.mirrored(30).await;
+    let r = h.server.send_as(&h.server.admin_token(), Method::POST, &url, None, &[]).await;
+    assert_eq!(r.body["done"], "3 linked objects checked; no difference", "{}", r.body);
+}
