@@ -29,7 +29,7 @@ use tokio::sync::watch;
 use super::client::{Client, Failure};
 use super::config::{Adopt, Deprovision, Mode, Target};
 use super::render;
-use super::state::{Batch, Intent, Kind, Link, Parked, ParkedKey, State};
+use super::state::{member_kind, Batch, Intent, Kind, Link, Parked, ParkedKey, State};
 use super::Status;
 use crate::log::{LogError, Store};
 
@@ -410,10 +410,7 @@ impl Connector {
         let local = { query::members(&self.store.view(), &t, group, None, MAX_VERIFY) };
         let mut ours = BTreeSet::new();
         for m in local {
-            let kind = match m.member_type {
-                scimlog_schemas::MemberType::User => Kind::User,
-                scimlog_schemas::MemberType::Group => Kind::Group,
-            };
+            let kind = member_kind(m.member_type);
             ours.extend(self.state.link(kind, &m.id)?.map(|l| l.remote_id));
         }
         let strangers: Vec<String> = remote["members"]
@@ -831,13 +828,8 @@ impl Connector {
         let mut after: Option<String> = None;
         loop {
             let page = { query::members(&self.store.view(), &t, group, after.as_deref(), PAGE) };
-            let members: Vec<(&str, Kind, u64)> = page
-                .iter()
-                .map(|m| match m.member_type {
-                    scimlog_schemas::MemberType::User => (m.id.as_str(), Kind::User, position),
-                    scimlog_schemas::MemberType::Group => (m.id.as_str(), Kind::Group, position),
-                })
-                .collect();
+            let members: Vec<(&str, Kind, u64)> =
+                page.iter().map(|m| (m.id.as_str(), member_kind(m.member_type), position)).collect();
             self.sync_members(group, &members).await?;
             if page.len() < PAGE {
                 return Ok(());
@@ -976,10 +968,7 @@ impl Connector {
         }
         let mut remote = Vec::with_capacity(now.len());
         for m in &now {
-            let kind = match m.member_type {
-                scimlog_schemas::MemberType::User => Kind::User,
-                scimlog_schemas::MemberType::Group => Kind::Group,
-            };
+            let kind = member_kind(m.member_type);
             remote.extend(self.state.link(kind, &m.id)?.map(|l| l.remote_id));
         }
         let doc = { query::group(&self.store.view(), &t, group) };

@@ -21,32 +21,30 @@ use serde_json::Value;
 
 use crate::log::{LogError, OutboundStore};
 
-/// What an object here is, as the state's keys spell it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Kind {
-    User,
-    Group,
+/// What an object here is: a User or a Group (the directory's own `ScimKind`).
+pub use scimlog_schemas::ScimKind as Kind;
+
+/// A kind as the state's keys spell it.
+fn tag(kind: Kind) -> &'static str {
+    match kind {
+        Kind::User => "U",
+        Kind::Group => "G",
+    }
 }
 
-impl Kind {
-    fn tag(self) -> &'static str {
-        match self {
-            Kind::User => "U",
-            Kind::Group => "G",
-        }
+fn parse_tag(tag: &str) -> Option<Kind> {
+    match tag {
+        "U" => Some(Kind::User),
+        "G" => Some(Kind::Group),
+        _ => None,
     }
-    pub fn endpoint(self) -> &'static str {
-        match self {
-            Kind::User => "Users",
-            Kind::Group => "Groups",
-        }
-    }
-    fn parse(tag: &str) -> Option<Kind> {
-        match tag {
-            "U" => Some(Kind::User),
-            "G" => Some(Kind::Group),
-            _ => None,
-        }
+}
+
+/// The kind of a group member.
+pub fn member_kind(t: scimlog_schemas::MemberType) -> Kind {
+    match t {
+        scimlog_schemas::MemberType::User => Kind::User,
+        scimlog_schemas::MemberType::Group => Kind::Group,
     }
 }
 
@@ -90,7 +88,7 @@ pub struct Parked {
 }
 
 /// What a parked key names.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ParkedKey {
     Object(Kind, String),
     Membership { group: String, member: String },
@@ -141,10 +139,10 @@ impl State {
         Ok(self.store.get(&self.key(&["w"]))?.and_then(|v| v.try_into().ok()).map(u64::from_be_bytes).unwrap_or(0))
     }
     pub fn link(&self, kind: Kind, id: &str) -> Result<Option<Link>, LogError> {
-        self.get(&self.key(&["l", kind.tag(), id]))
+        self.get(&self.key(&["l", tag(kind), id]))
     }
     pub fn intent(&self, kind: Kind, id: &str) -> Result<Option<Intent>, LogError> {
-        self.get(&self.key(&["i", kind.tag(), id]))
+        self.get(&self.key(&["i", tag(kind), id]))
     }
     pub fn parked(&self, key: &ParkedKey) -> Result<Option<Parked>, LogError> {
         self.get(&self.parked_key(key))
@@ -155,7 +153,7 @@ impl State {
 
     fn parked_key(&self, key: &ParkedKey) -> Vec<u8> {
         match key {
-            ParkedKey::Object(kind, id) => self.key(&["p", kind.tag(), id]),
+            ParkedKey::Object(kind, id) => self.key(&["p", tag(*kind), id]),
             ParkedKey::Membership { group, member } => self.key(&["p", "M", group, member]),
         }
     }
@@ -169,7 +167,7 @@ impl State {
             let parts: Vec<&str> = rest.split('\0').collect();
             let key = match parts.as_slice() {
                 ["M", g, m] => ParkedKey::Membership { group: g.to_string(), member: m.to_string() },
-                [tag, id] => match Kind::parse(tag) {
+                [tag, id] => match parse_tag(tag) {
                     Some(kind) => ParkedKey::Object(kind, id.to_string()),
                     None => continue,
                 },
@@ -184,7 +182,7 @@ impl State {
 
     /// Up to `limit` links of a kind, with the scimlog id each belongs to.
     pub fn links(&self, kind: Kind, limit: usize) -> Result<Vec<(String, Link)>, LogError> {
-        let prefix = self.key(&["l", kind.tag(), ""]);
+        let prefix = self.key(&["l", tag(kind), ""]);
         let mut out = Vec::new();
         for (k, v) in self.store.scan(&prefix, None, limit)? {
             let link = serde_json::from_slice(&v)
@@ -196,7 +194,7 @@ impl State {
 
     /// How many links of a kind there are (bounded by `limit`).
     pub fn count_links(&self, kind: Kind, limit: usize) -> Result<usize, LogError> {
-        Ok(self.store.scan(&self.key(&["l", kind.tag(), ""]), None, limit)?.len())
+        Ok(self.store.scan(&self.key(&["l", tag(kind), ""]), None, limit)?.len())
     }
 
     /// The members last sent for a group, after `after`, up to `limit`.
@@ -217,7 +215,7 @@ impl State {
         const PAGE: usize = 1000;
         let mut n = 0;
         for kind in [Kind::User, Kind::Group] {
-            let prefix = self.key(&["l", kind.tag(), ""]);
+            let prefix = self.key(&["l", tag(kind), ""]);
             let mut after: Option<Vec<u8>> = None;
             loop {
                 let page = self.store.scan(&prefix, after.as_deref(), PAGE)?;
@@ -256,8 +254,8 @@ impl State {
     /// Flushes and compacts this target's keys of an erased person: the link (its last sent
     /// document) and a parked entry (a target's error detail may quote a value).
     pub fn purge_user(&self, id: &str) -> Result<(), LogError> {
-        self.store.purge(&self.key(&["l", Kind::User.tag(), id]))?;
-        self.store.purge(&self.key(&["p", Kind::User.tag(), id]))
+        self.store.purge(&self.key(&["l", tag(Kind::User), id]))?;
+        self.store.purge(&self.key(&["p", tag(Kind::User), id]))
     }
 
     // Batch builders.
@@ -265,16 +263,16 @@ impl State {
         b.0.push((self.key(&["w"]), Some(position.to_be_bytes().to_vec())));
     }
     pub fn put_link(&self, b: &mut Batch, kind: Kind, id: &str, link: &Link) {
-        b.0.push((self.key(&["l", kind.tag(), id]), json(link)));
+        b.0.push((self.key(&["l", tag(kind), id]), json(link)));
     }
     pub fn delete_link(&self, b: &mut Batch, kind: Kind, id: &str) {
-        b.0.push((self.key(&["l", kind.tag(), id]), None));
+        b.0.push((self.key(&["l", tag(kind), id]), None));
     }
     pub fn put_intent(&self, b: &mut Batch, kind: Kind, id: &str, intent: &Intent) {
-        b.0.push((self.key(&["i", kind.tag(), id]), json(intent)));
+        b.0.push((self.key(&["i", tag(kind), id]), json(intent)));
     }
     pub fn delete_intent(&self, b: &mut Batch, kind: Kind, id: &str) {
-        b.0.push((self.key(&["i", kind.tag(), id]), None));
+        b.0.push((self.key(&["i", tag(kind), id]), None));
     }
     pub fn park(&self, b: &mut Batch, key: &ParkedKey, parked: &Parked) {
         b.0.push((self.parked_key(key), json(parked)));
@@ -283,6 +281,6 @@ impl State {
         b.0.push((self.parked_key(key), None));
     }
     pub fn set_member_sent(&self, b: &mut Batch, group: &str, member: &str, kind: Option<Kind>) {
-        b.0.push((self.key(&["m", group, member]), kind.map(|k| k.tag().as_bytes().to_vec())));
+        b.0.push((self.key(&["m", group, member]), kind.map(|k| tag(k).as_bytes().to_vec())));
     }
 }
