@@ -209,7 +209,7 @@ pub const SECRET_ENV_PREFIX: &str = "SCIMLOG_OUTBOUND_";
 /// start with `SCIMLOG_OUTBOUND_`. Otherwise `token_file = "<data-dir>/master.key"` would send the
 /// master key away. (The CLI, run by the host's operator, may name any file.)
 fn confine_secrets(c: &mut TargetConfig, data_dir: &std::path::Path) -> Result<(), ApiError> {
-    for file in [&mut c.token_file, &mut c.password_file].into_iter().flatten() {
+    for file in [&mut c.token_file, &mut c.password_file, &mut c.oauth_client_secret_file].into_iter().flatten() {
         let name = file.to_string_lossy().into_owned();
         let plain = !name.is_empty() && !name.starts_with('.') && !name.contains(['/', '\\', '\0']);
         if !plain {

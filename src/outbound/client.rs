@@ -18,7 +18,7 @@ use reqwest::Method;
 use serde_json::Value;
 use tokio::sync::{watch, Mutex};
 
-use super::config::{Mode, Target};
+use super::config::{Auth, Mode, Target};
 use super::Status;
 
 /// The most of a target's answer that is read (a SCIM resource or a page of them).
@@ -76,7 +76,8 @@ pub struct Client {
     http: reqwest::Client,
     target: Target,
     status: Arc<Status>,
-    authorization: Mutex<Option<String>>,
+    /// The Authorization header and, for an OAuth 2.0 access token, when to renew it.
+    authorization: Mutex<Option<(String, Option<Instant>)>>,
     pace: Mutex<Pace>,
     stop: watch::Receiver<bool>,
     metrics: crate::metrics::Metrics,
@@ -217,16 +218,57 @@ impl Client {
 
     async fn authorization(&self) -> Result<String, Failure> {
         let mut slot = self.authorization.lock().await;
-        if let Some(h) = &*slot {
-            return Ok(h.clone());
+        if let Some((h, renew)) = &*slot {
+            if renew.is_none_or(|at| Instant::now() < at) {
+                return Ok(h.clone());
+            }
         }
-        let h = self.target.auth.header().map_err(|detail| {
-            // A secret that cannot be read is the target's problem, as a refused one is.
-            tracing::error!(target = self.target.name(), %detail, "cannot read the target's credentials");
+        let got = match &self.target.auth {
+            Auth::OAuth2 { token_url, client_id, secret_file, scope } => {
+                self.access_token(token_url, client_id, secret_file, scope.as_deref()).await
+            }
+            other => other.header().map(|h| (h, None)),
+        };
+        let (h, renew) = got.map_err(|detail| {
+            // A secret that cannot be read (or a token endpoint that refuses) is the target's
+            // problem, as a refused token is: the target is quarantined, and probed.
+            tracing::error!(target = self.target.name(), %detail, "cannot get the target's credentials");
             Failure::Unauthorized(0)
         })?;
-        *slot = Some(h.clone());
+        *slot = Some((h.clone(), renew));
         Ok(h)
+    }
+
+    /// An access token from an OAuth 2.0 token endpoint (client credentials, the secret sent
+    /// with HTTP Basic), renewed a minute before it expires (after an hour without
+    /// `expires_in`), and at once after a 401.
+    async fn access_token(
+        &self,
+        url: &str,
+        client_id: &str,
+        secret_file: &std::path::Path,
+        scope: Option<&str>,
+    ) -> Result<(String, Option<Instant>), String> {
+        let secret = Auth::client_secret(secret_file)?;
+        let mut form = vec![("grant_type", "client_credentials")];
+        form.extend(scope.map(|s| ("scope", s)));
+        let r = self
+            .http
+            .post(url)
+            .basic_auth(client_id, Some(secret))
+            .form(&form)
+            .send()
+            .await
+            .map_err(|e| format!("token endpoint: {e}"))?;
+        let status = r.status().as_u16();
+        let body: Value = r.json().await.unwrap_or_default();
+        let token = body.get("access_token").and_then(Value::as_str).filter(|_| status == 200);
+        let Some(token) = token else {
+            return Err(format!("the token endpoint answered {status} without an access_token"));
+        };
+        let lifetime = Duration::from_secs(body.get("expires_in").and_then(Value::as_u64).unwrap_or(3600));
+        let renew = Instant::now() + lifetime.saturating_sub(Duration::from_secs(60));
+        Ok((format!("Bearer {token}"), Some(renew)))
     }
 
     async fn once(&self, method: Method, path: &str, body: Option<&Value>) -> Result<Reply, Failure> {

@@ -46,6 +46,16 @@ pub struct TargetConfig {
     pub basic_user: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password_file: Option<PathBuf>,
+    /// OAuth 2.0 client credentials (RFC 6749 §4.4): the token endpoint, the client id, and a
+    /// file holding the client secret (sent with HTTP Basic); an optional scope.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oauth_token_url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oauth_client_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oauth_client_secret_file: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oauth_scope: Option<String>,
     /// What happens remotely when a user is deleted here (an erasure always DELETEs).
     #[serde(default)]
     pub deprovision: Deprovision,
@@ -170,7 +180,17 @@ pub enum Adopt {
 pub enum Auth {
     BearerFile(PathBuf),
     BearerEnv(String),
-    Basic { user: String, password_file: PathBuf },
+    Basic {
+        user: String,
+        password_file: PathBuf,
+    },
+    /// Client credentials: the client gets (and renews) an access token (`client.rs`).
+    OAuth2 {
+        token_url: String,
+        client_id: String,
+        secret_file: PathBuf,
+        scope: Option<String>,
+    },
 }
 
 impl Auth {
@@ -191,7 +211,15 @@ impl Auth {
                 let pair = format!("{user}:{}", read(password_file)?);
                 Ok(format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(pair)))
             }
+            Auth::OAuth2 { .. } => Err("an OAuth 2.0 target's header comes from its token endpoint".into()),
         }
+    }
+
+    /// The client secret of an OAuth 2.0 target, read now.
+    pub fn client_secret(path: &Path) -> Result<String, String> {
+        std::fs::read_to_string(path)
+            .map(|s| s.trim().to_string())
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))
     }
 }
 
@@ -251,11 +279,23 @@ pub fn check(c: TargetConfig) -> Result<Target, ConfigError> {
     if rest.is_none_or(|r| r.is_empty() || r.starts_with('/')) || url.contains(['?', '#', ' ']) {
         return Err(bad(format!("url {url:?} is not an http(s) base URL without query or fragment")));
     }
-    let auth = match (&c.token_file, &c.token_env, &c.basic_user, &c.password_file) {
-        (Some(f), None, None, None) => Auth::BearerFile(f.clone()),
-        (None, Some(v), None, None) => Auth::BearerEnv(v.clone()),
-        (None, None, Some(u), Some(f)) => Auth::Basic { user: u.clone(), password_file: f.clone() },
-        _ => return Err(bad("give exactly one of token_file, token_env, or basic_user with password_file".into())),
+    let oauth = (&c.oauth_token_url, &c.oauth_client_id, &c.oauth_client_secret_file);
+    let auth = match (&c.token_file, &c.token_env, &c.basic_user, &c.password_file, oauth) {
+        (Some(f), None, None, None, (None, None, None)) => Auth::BearerFile(f.clone()),
+        (None, Some(v), None, None, (None, None, None)) => Auth::BearerEnv(v.clone()),
+        (None, None, Some(u), Some(f), (None, None, None)) => Auth::Basic { user: u.clone(), password_file: f.clone() },
+        (None, None, None, None, (Some(url), Some(id), Some(f))) => {
+            if !url.starts_with("https://") && !url.starts_with("http://") {
+                return Err(bad(format!("oauth_token_url {url:?} is not an http(s) URL")));
+            }
+            let scope = c.oauth_scope.clone();
+            Auth::OAuth2 { token_url: url.clone(), client_id: id.clone(), secret_file: f.clone(), scope }
+        }
+        _ => {
+            return Err(bad("give exactly one of token_file, token_env, basic_user with password_file, \
+                 or oauth_token_url with oauth_client_id and oauth_client_secret_file"
+                .into()))
+        }
     };
     let ranges: [(&str, u64, u64, u64); 7] = [
         ("breaker_window_s", c.breaker_window_s, 1, 7 * 86_400),

@@ -759,3 +759,31 @@ async fn verify_reports_drift_and_repair_fixes_it() {
     let r = h.server.send_as(&h.server.admin_token(), Method::POST, &url, None, &[]).await;
     assert_eq!(r.body["done"], "3 linked objects checked; no difference", "{}", r.body);
 }
+
+/// OAuth 2.0 client credentials: the connector gets its access token from the token endpoint
+/// (the client secret from a file, sent with HTTP Basic), once, and provisions with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oauth_target_gets_its_token_from_the_token_endpoint() {
+    let secrets = tempfile::tempdir().unwrap();
+    let secret_file = secrets.path().join("client.secret");
+    std::fs::write(&secret_file, "client-secret-42\n").unwrap();
+    let sf = secret_file.clone();
+    let h = hub(
+        move |c| {
+            c.token_file = None;
+            c.oauth_client_id = Some("crm-client".into());
+            c.oauth_client_secret_file = Some(sf);
+            c.oauth_token_url = Some(c.url.clone() + "/oauth/token");
+        },
+        vec![],
+    )
+    .await;
+    h.proxy.serve_oauth("crm-client", "client-secret-42", DOWNSTREAM_TOKEN);
+    // The connector's first request came before the endpoint served: quarantined until it does.
+    h.user("oauth@example.com").await;
+    h.mirrored(20).await;
+    let tokens: Vec<Option<u16>> =
+        h.proxy.seen().into_iter().filter(|r| r.path == "/oauth/token").map(|r| r.status).collect();
+    assert_eq!(tokens.last(), Some(&Some(200)), "{tokens:?}");
+    assert_eq!(tokens.iter().filter(|s| **s == Some(200)).count(), 1, "one token, reused: {tokens:?}");
+}

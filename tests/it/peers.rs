@@ -120,6 +120,8 @@ struct Shared {
     seen: Vec<Seen>,
     /// Added before each forwarded request (a slow target).
     latency: Duration,
+    /// An OAuth 2.0 token endpoint at `/oauth/token`: (client id, secret, the token it hands out).
+    oauth: Option<(String, String, String)>,
 }
 
 #[derive(Clone)]
@@ -154,6 +156,12 @@ impl FaultProxy {
 
     pub fn add(&self, rule: Rule) {
         self.shared.lock().unwrap().rules.push(rule);
+    }
+
+    /// Serves `/oauth/token` (client credentials with HTTP Basic): `token` for `client:secret`,
+    /// 401 otherwise.
+    pub fn serve_oauth(&self, client: &str, secret: &str, token: &str) {
+        self.shared.lock().unwrap().oauth = Some((client.into(), secret.into(), token.into()));
     }
 
     pub fn clear_rules(&self) {
@@ -203,6 +211,19 @@ async fn handle(State(s): State<ProxyState>, method: Method, uri: Uri, headers: 
             status,
         })
     };
+    let oauth = s.shared.lock().unwrap().oauth.clone();
+    if let (Some((client, secret, token)), true) = (oauth, path == "/oauth/token") {
+        use base64::Engine as _;
+        let basic = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{client}:{secret}")));
+        let ok = headers.get("authorization").is_some_and(|v| v.as_bytes() == basic.as_bytes())
+            && text.contains("grant_type=client_credentials");
+        record(Some(if ok { 200 } else { 401 }));
+        let body = match ok {
+            true => serde_json::json!({"access_token": token, "token_type": "Bearer", "expires_in": 3600}),
+            false => serde_json::json!({"error": "invalid_client"}),
+        };
+        return Response::builder().status(if ok { 200 } else { 401 }).body(Body::from(body.to_string())).unwrap();
+    }
     if let Some(Fault::Status(code, extra)) = &fault {
         record(Some(*code));
         let mut r = Response::builder().status(*code).header("content-type", "application/scim+json");
