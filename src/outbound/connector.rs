@@ -500,6 +500,16 @@ impl Connector {
         self.status.caps(format!("{origin}; patch={} filter={}", self.patch, self.filter));
     }
 
+    /// Runs a write that waits for the disk (an fsync, a flush and compaction) on the blocking
+    /// pool: a busy connector never holds up the runtime's workers, which serve HTTP.
+    async fn on_disk(&self, write: impl FnOnce(&State) -> Result<(), LogError> + Send + 'static) -> Result<(), Halt> {
+        let state = self.state.clone();
+        match tokio::task::spawn_blocking(move || write(&state)).await {
+            Ok(done) => Ok(done?),
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        }
+    }
+
     /// The status's counts. Parked entries are few and counted every step; links are counted
     /// (a scan of every one) at most every [`LINK_COUNT_EVERY`].
     fn refresh_counts(&mut self) -> Result<(), LogError> {
@@ -557,7 +567,7 @@ impl Connector {
         if to > watermark {
             let mut b = Batch::default();
             self.state.set_watermark(&mut b, to);
-            self.state.commit_durable(b)?;
+            self.on_disk(move |st| st.commit_durable(b)).await?;
         }
         self.status.quarantine(None);
         self.refresh_counts()?;
@@ -745,7 +755,7 @@ impl Connector {
         }
         let mut b = Batch::default();
         self.state.put_intent(&mut b, kind, id, &Intent { position, at: Utc::now() });
-        self.state.commit_durable(b)?;
+        self.on_disk(move |st| st.commit_durable(b)).await?;
         let mut tries = 0;
         loop {
             tries += 1;
@@ -1040,7 +1050,8 @@ impl Connector {
         }
         if erased {
             // The last sent document held the person's values: out of the files too.
-            self.state.purge_user(id)?;
+            let id = id.to_string();
+            self.on_disk(move |st| st.purge_user(&id)).await?;
         }
         self.status.outcome(true);
         Ok(())
