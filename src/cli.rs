@@ -790,9 +790,6 @@ fn outbound_cmd(command: OutboundCmd) -> anyhow::Result<()> {
     use crate::outbound::state::{Kind, ParkedKey, State};
     match command {
         OutboundCmd::Add { tenant, name, url, token_file, token_env, profile, deprovision, mode, file } => {
-            let toml_default: TargetConfig =
-                toml::from_str(&format!("tenant = {tenant:?}\nname = {name:?}\nurl = {url:?}\ntoken_env = \"-\""))
-                    .context("the target's fields")?;
             let c = TargetConfig {
                 token_file: token_file.map(|f| std::path::absolute(&f).unwrap_or(f)),
                 token_env,
@@ -812,7 +809,7 @@ fn outbound_cmd(command: OutboundCmd) -> anyhow::Result<()> {
                     ModeArg::DryRun => Mode::DryRun,
                     ModeArg::Paused => Mode::Paused,
                 },
-                ..toml_default
+                ..TargetConfig::new(&tenant, &name, &url)
             };
             config::add(&file.path(), c)?;
             eprintln!("target {name:?} added to {}; a running server starts it within a second", file.path().display());

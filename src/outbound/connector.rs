@@ -434,11 +434,7 @@ impl Connector {
             remote["members"].as_array().into_iter().flatten().filter_map(|m| m["value"].as_str()).collect();
         let mut sent = BTreeSet::new();
         for m in self.state.members_sent(group, None, MAX_VERIFY)? {
-            let link = match self.state.link(Kind::User, &m)? {
-                Some(l) => Some(l),
-                None => self.state.link(Kind::Group, &m)?,
-            };
-            sent.extend(link.map(|l| l.remote_id));
+            sent.extend(self.member_remote_id(&m)?);
         }
         Ok(there.len() != sent.len() || sent.iter().any(|s| !there.contains(s.as_str())))
     }
@@ -716,6 +712,15 @@ impl Connector {
         }
     }
 
+    /// The remote id of a member as sent (a user's, else a nested group's), if it is linked.
+    fn member_remote_id(&self, member: &str) -> Result<Option<String>, LogError> {
+        let link = match self.state.link(Kind::User, member)? {
+            Some(l) => Some(l),
+            None => self.state.link(Kind::Group, member)?,
+        };
+        Ok(link.map(|l| l.remote_id))
+    }
+
     /// The remote ids of a group's members, for a PUT; `None` when there are too many.
     fn members_for_put(&self, group: &str) -> Result<Option<Vec<String>>, Halt> {
         let sent = self.state.members_sent(group, None, MAX_PUT_MEMBERS + 1)?;
@@ -724,11 +729,7 @@ impl Connector {
         }
         let mut out = Vec::with_capacity(sent.len());
         for m in sent {
-            let link = match self.state.link(Kind::User, &m)? {
-                Some(l) => Some(l),
-                None => self.state.link(Kind::Group, &m)?,
-            };
-            out.extend(link.map(|l| l.remote_id));
+            out.extend(self.member_remote_id(&m)?);
         }
         Ok(Some(out))
     }
