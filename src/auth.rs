@@ -301,13 +301,26 @@ impl TokenStore {
         self.authenticate_loaded(presented)
     }
 
+    /// The principal of the token whose SHA-256 is `hash`, if it is still valid (the file is
+    /// looked at again first): a console session holds the hash of the token it logged in with,
+    /// so that revoking the token ends the session at its next request.
+    pub fn principal_of_hash(&self, hash: &[u8; 32]) -> Option<Principal> {
+        if let Err(e) = self.refresh() {
+            tracing::error!(error = %e, "cannot reload tokens; keeping the last good set");
+        }
+        self.find_hash(hash)
+    }
+
     /// Like [`TokenStore::authenticate`], without looking at the file again.
     pub fn authenticate_loaded(&self, presented: &str) -> Option<Principal> {
-        let h = hash_token(presented);
+        self.find_hash(&hash_token(presented))
+    }
+
+    fn find_hash(&self, h: &[u8; 32]) -> Option<Principal> {
         let loaded = self.loaded.lock().expect("token lock");
         let mut found = None;
         for (stored, p) in loaded.tokens.iter().chain(self.bootstrap.iter()) {
-            if bool::from(stored.ct_eq(&h)) && found.is_none() {
+            if bool::from(stored.ct_eq(h)) && found.is_none() {
                 found = Some(p.clone());
             }
         }

@@ -237,6 +237,22 @@ pub struct ServeConfig {
     /// On shutdown, how long in-flight requests may take to finish.
     #[arg(long, env = "SCIMLOG_DRAIN_TIMEOUT_MS", default_value_t = 10_000, help_heading = "Server")]
     pub drain_timeout_ms: u64,
+    /// Where the admin console is served (a path: `/admin`).
+    #[arg(long, env = "SCIMLOG_CONSOLE_PATH", default_value = "/admin", help_heading = "Console")]
+    pub console_path: String,
+    /// Serve no admin console.
+    #[arg(long, env = "SCIMLOG_NO_CONSOLE", help_heading = "Console")]
+    pub no_console: bool,
+    /// How long a console session lasts after its login, in seconds (60 to 604800).
+    #[arg(long, env = "SCIMLOG_CONSOLE_SESSION_TTL_S", default_value_t = 28_800, help_heading = "Console")]
+    pub console_session_ttl_s: u64,
+    /// Most console sessions at once; a new login beyond it ends the oldest session.
+    #[arg(long, env = "SCIMLOG_CONSOLE_MAX_SESSIONS", default_value_t = 1000, help_heading = "Console")]
+    pub console_max_sessions: usize,
+    /// Recent SCIM and /api/v1 requests kept in memory for the console's Requests page (0 to
+    /// 100000; no bodies, gone at restart).
+    #[arg(long, env = "SCIMLOG_REQUEST_LOG_SIZE", default_value_t = 1000, help_heading = "Console")]
+    pub request_log_size: usize,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -289,6 +305,21 @@ impl ServeConfig {
         ];
         for (flag, value) in at_least_one {
             anyhow::ensure!(value >= 1, "{flag} must be at least 1, got {value}");
+        }
+        anyhow::ensure!(
+            (60..=604_800).contains(&self.console_session_ttl_s),
+            "--console-session-ttl-s must be between 60 and 604800, got {}",
+            self.console_session_ttl_s
+        );
+        anyhow::ensure!(self.console_max_sessions >= 1, "--console-max-sessions must be at least 1");
+        anyhow::ensure!(
+            self.request_log_size <= 100_000,
+            "--request-log-size must be at most 100000, got {}",
+            self.request_log_size
+        );
+        if !self.no_console {
+            crate::http::console::check_path(&self.console_path)
+                .map_err(|why| anyhow::anyhow!("--console-path {:?}: {why}", self.console_path))?;
         }
         if self.cluster.cluster {
             anyhow::ensure!(self.nats.nats_url.is_some(), "--cluster needs --nats-url (the cluster's log is on NATS)");

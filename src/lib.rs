@@ -18,6 +18,7 @@
 //!   of the log with its own state (links, watermark, intents, parked objects).
 //! - [`audit`]: reading the log back: hash-chain verification, export.
 //! - [`files`]: private, atomic, locked files (keys, tokens) and the permission checks at start.
+//! - [`request_log`]: the recent requests and each token's health, in memory, for the console.
 //! - [`metrics`]: the Prometheus series, one registry per server, rendered at `GET /metrics`.
 //! - [`telemetry`]: OpenTelemetry traces over OTLP (off unless `OTEL_EXPORTER_OTLP_ENDPOINT`),
 //!   and the W3C `traceparent` a write stores with its events.
@@ -38,6 +39,7 @@ pub mod http;
 pub mod log;
 pub mod metrics;
 pub mod outbound;
+pub mod request_log;
 pub mod server;
 pub mod telemetry;
 

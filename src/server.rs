@@ -207,6 +207,7 @@ impl Server {
         let writer_thread = std::sync::Mutex::new(Some(writer_thread));
         let draining = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let shutdown_delay = Duration::from_millis(cfg.shutdown_delay_ms);
+        let (request_log_size, console) = (cfg.request_log_size, http::console::ConsoleState::new(&cfg));
         let state = AppState::new(Inner {
             reads: tokio::sync::Semaphore::new(cfg.max_concurrent_reads),
             rates: http::rate::RateLimits::new(
@@ -226,6 +227,8 @@ impl Server {
             draining: draining.clone(),
             cluster: cluster.map(|(state, _)| state),
             outbound,
+            requests: crate::request_log::RequestLog::new(request_log_size),
+            console,
         });
         // Token changes made while the server was down, then every second (requests that meet a
         // changed file record it themselves, before they go on).

@@ -36,6 +36,8 @@ pub enum AuditError {
     Io(#[from] std::io::Error),
     #[error(transparent)]
     Keys(#[from] KeyError),
+    #[error("the history has {count} events, more than the {limit} this reads (--max-scan)")]
+    TooLong { count: usize, limit: usize },
 }
 
 #[derive(Deserialize)]
@@ -253,20 +255,64 @@ pub fn history(
     kind: ResourceKind,
     id: &str,
 ) -> Result<Vec<Event>, AuditError> {
+    history_tail(store, opener, tenant, kind, id, usize::MAX).map(|(_, events)| events)
+}
+
+/// The last `limit` events of a resource's history, oldest first, and how many it has in all
+/// (only the index is walked for the count; only the tail is read and decoded).
+pub fn history_tail(
+    store: &Store,
+    opener: &dyn Opener,
+    tenant: &str,
+    kind: ResourceKind,
+    id: &str,
+    limit: usize,
+) -> Result<(usize, Vec<Event>), AuditError> {
     let view = store.view();
     let positions = query::history_positions(&view, tenant, kind, id);
     if let Some(e) = view.take_error() {
         return Err(e.into());
     }
-    let mut out = Vec::with_capacity(positions.len());
-    for position in positions {
+    let total = positions.len();
+    let mut out = Vec::with_capacity(total.min(limit));
+    for &position in &positions[total.saturating_sub(limit)..] {
         for (p, sealed) in store.events_from(position, 1)? {
             if p == position {
                 out.push(sealed.decode(opener).map_err(|e| AuditError::Broken { position, what: e.to_string() })?);
             }
         }
     }
-    Ok(out)
+    Ok((total, out))
+}
+
+/// A user's history folded one event at a time by the live fold: each event that touched the
+/// user (its memberships' too), with the user as it stood right after it (`None` before it
+/// was created and once deleted), rendered as [`render`] does. What the console shows as a
+/// user's history (what each event changed) and as the user as of a moment. A user with more
+/// than `limit` events in its history is refused (`TooLong`).
+pub fn user_story(
+    store: &Store,
+    opener: &dyn Opener,
+    tenant: &str,
+    id: &str,
+    limit: usize,
+) -> Result<Vec<(Event, Option<Value>)>, AuditError> {
+    let view = store.view();
+    let count = query::history_positions(&view, tenant, ResourceKind::User, id).len();
+    drop(view);
+    if count > limit {
+        return Err(AuditError::TooLong { count, limit });
+    }
+    let mut kv = MemKv::with_blinder(blinder_of(store)?);
+    let events = history(store, opener, tenant, ResourceKind::User, id)?;
+    Ok(events
+        .into_iter()
+        .map(|e| {
+            apply(&mut kv, &e);
+            let after = render(&kv, tenant, ResourceKind::User, id);
+            (e, after)
+        })
+        .collect())
 }
 
 /// The id of the user that has (or last had) `user_name`: the live index first, then the log.

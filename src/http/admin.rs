@@ -31,10 +31,10 @@ pub struct EraseRequest {
 #[serde(rename_all = "camelCase")]
 pub struct Erased {
     /// The user's id.
-    erased: String,
+    pub erased: String,
     /// The positions of the events the erasure wrote.
-    event_positions: Vec<u64>,
-    purge: Purge,
+    pub event_positions: Vec<u64>,
+    pub purge: Purge,
 }
 
 /// Whether the store's files are purged of the person's values yet.
@@ -77,7 +77,18 @@ async fn erase(
         Some(Value::String(r)) if !r.trim().is_empty() => r.clone(),
         _ => return Err(SchemaError::invalid_value("'reason' is required: say why (no personal data)").into()),
     };
-    let committed = s.writer.submit(caller.origin(), Command::EraseUser { id: id.clone(), reason }).await?;
+    erase_user(&s, caller.origin(), id, reason).await.map(Json)
+}
+
+/// Erases a user (the admin API's and the console's erasure): submits the erasure, then waits
+/// a little for its purge so that the usual answer is `done`.
+pub(super) async fn erase_user(
+    s: &AppState,
+    origin: crate::log::writer::Origin,
+    id: String,
+    reason: String,
+) -> Result<Erased, ApiError> {
+    let committed = s.writer.submit(origin, Command::EraseUser { id: id.clone(), reason }).await?;
     let positions: Vec<u64> = committed.events.iter().map(|e| e.position).collect();
     // The purge runs apart from the writer; a short wait lets the usual case answer "done".
     let purge = match committed.purge {
@@ -94,5 +105,5 @@ async fn erase(
         }
         None => Purge::Done,
     };
-    Ok(Json(Erased { erased: id, event_positions: positions, purge }))
+    Ok(Erased { erased: id, event_positions: positions, purge })
 }

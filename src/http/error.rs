@@ -109,7 +109,7 @@ impl From<LogError> for ApiError {
 }
 
 impl ApiError {
-    fn parts(&self) -> (StatusCode, Option<&'static str>, String) {
+    pub fn parts(&self) -> (StatusCode, Option<&'static str>, String) {
         match self {
             ApiError::Invalid(e) => {
                 let status =
@@ -202,6 +202,10 @@ pub struct ScimErrorDoc {
 #[derive(Clone, Copy, Debug)]
 pub struct ScimTypeTag(pub &'static str);
 
+/// The `detail` of an error response, for the request log (`http::request_context`).
+#[derive(Clone, Debug)]
+pub struct DetailTag(pub String);
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let retry_after = match &self {
@@ -212,6 +216,9 @@ impl IntoResponse for ApiError {
         let mut resp = super::scim_response(status, &body);
         // For the metrics middleware: which scimType this answer carried.
         resp.extensions_mut().insert(ScimTypeTag(scim_type.unwrap_or("")));
+        if let Some(detail) = body.get("detail").and_then(serde_json::Value::as_str) {
+            resp.extensions_mut().insert(DetailTag(detail.to_string()));
+        }
         match status {
             StatusCode::UNAUTHORIZED => {
                 resp.headers_mut()

@@ -4,6 +4,7 @@
 mod access;
 mod admin;
 mod bulk;
+pub mod console;
 mod discovery;
 pub mod error;
 mod events;
@@ -69,6 +70,10 @@ pub struct Inner {
     pub cluster: Option<Arc<crate::cluster::ClusterState>>,
     /// The outbound connectors (`None` in cluster mode, where they do not run yet).
     pub outbound: Option<Arc<crate::outbound::Outbound>>,
+    /// The recent SCIM and `/api/v1` requests, and each token's health (the console's).
+    pub requests: crate::request_log::RequestLog,
+    /// The console's sessions and last chain verification.
+    pub console: console::ConsoleState,
 }
 
 /// When the last handle to the state goes (server stopped, or its runtime dropped), the writer
@@ -163,10 +168,17 @@ pub fn router(state: AppState) -> Router {
     let metrics = metrics::router()
         .route_layer(middleware::from_fn_with_state(state.clone(), note_route))
         .layer(middleware::from_fn_with_state(state.clone(), authenticate));
-    Router::new()
-        .nest("/scim/v2", scim)
-        .nest("/api/v1", api)
-        .merge(metrics)
+    let mut app = Router::new().nest("/scim/v2", scim).nest("/api/v1", api);
+    if !state.cfg.no_console {
+        let base = state.cfg.console_path.clone();
+        let console = console::router(&state).route_layer(middleware::from_fn_with_state(state.clone(), note_route));
+        // `/admin/` goes to `/admin` (a nested router's root is the prefix alone).
+        let root = base.clone();
+        app = app
+            .nest(&base, console)
+            .route(&format!("{base}/"), axum::routing::get(move || async move { console::redirect_to(&root) }));
+    }
+    app.merge(metrics)
         .merge(health::router().route_layer(middleware::from_fn_with_state(state.clone(), note_route)))
         .merge(openapi::docs_router(description).route_layer(middleware::from_fn_with_state(state.clone(), note_route)))
         .layer(DefaultBodyLimit::max(state.cfg.max_body_bytes))
@@ -263,6 +275,8 @@ async fn request_context(State(state): State<AppState>, mut req: Request, next: 
     let id = Uuid::now_v7().to_string();
     req.extensions_mut().insert(RequestId(id.clone()));
     let method = req.method().clone();
+    // Requests of the APIs that tokens call are kept for the console (never the path itself).
+    let recorded = ["/scim/v2/", "/api/v1/"].iter().any(|p| req.uri().path().starts_with(p));
     let started = Instant::now();
     // The trace span (exported only with tracing on): a child of the caller's `traceparent`.
     let span = tracing::info_span!(
@@ -306,6 +320,20 @@ async fn request_context(State(state): State<AppState>, mut req: Request, next: 
         tracing::warn!(target: "scimlog::access", %method, route = %path, status, micros, request_id = %id, token, tenant, scim_type, trace_id = trace_id.as_deref().map(tracing::field::display), "request failed");
     } else {
         tracing::info!(target: "scimlog::access", %method, route = %path, status, micros, request_id = %id, token, tenant, scim_type, trace_id = trace_id.as_deref().map(tracing::field::display), "request");
+    }
+    if recorded {
+        state.requests.record(crate::request_log::RequestRecord {
+            at: chrono::Utc::now(),
+            token: token.to_string(),
+            tenant: tenant.to_string(),
+            method: method.as_str().to_string(),
+            route: path.clone(),
+            status,
+            scim_type: scim_type.to_string(),
+            detail: resp.extensions().get::<error::DetailTag>().map_or_else(String::new, |d| d.0.clone()),
+            micros,
+            request_id: id.clone(),
+        });
     }
     if let Ok(v) = HeaderValue::from_str(&id) {
         resp.headers_mut().insert("x-request-id", v);

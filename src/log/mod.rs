@@ -109,6 +109,8 @@ pub struct StoreStats {
     pub pending_compaction_bytes: u64,
     /// RocksDB's estimate of the live data in all families.
     pub live_data_bytes: u64,
+    /// The size of the families' table files on disk (what was flushed; memtables are apart).
+    pub sst_files_bytes: u64,
     /// Background (flush, compaction) errors since the store opened.
     pub background_errors: u64,
 }
@@ -351,6 +353,7 @@ impl Store {
             stats.table_reader_bytes += prop(p::ESTIMATE_TABLE_READERS_MEM)?;
             stats.pending_compaction_bytes += prop(p::ESTIMATE_PENDING_COMPACTION_BYTES)?;
             stats.live_data_bytes += prop(p::ESTIMATE_LIVE_DATA_SIZE)?;
+            stats.sst_files_bytes += prop(p::TOTAL_SST_FILES_SIZE)?;
             // One cache shared by the families: the same figure from each.
             stats.block_cache_bytes = prop(p::BLOCK_CACHE_USAGE)?;
         }

@@ -8,6 +8,7 @@ mod cluster;
 mod cluster_failover;
 mod cluster_mode;
 mod conformance;
+mod console;
 mod crash;
 mod discovery;
 mod entra;
