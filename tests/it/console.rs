@@ -315,14 +315,11 @@ impl Http {
 
     /// Signs in with `token`; the answer (a 303 with the cookie, or the refusal).
     async fn login(&mut self, token: &str) -> reqwest::Response {
-        let r = self
-            .client
-            .post(format!("{}/admin/login", self.base))
-            .header("origin", &self.base)
-            .form(&[("token", token)])
-            .send()
-            .await
-            .unwrap();
+        let mut req = self.client.post(format!("{}/admin/login", self.base)).header("origin", &self.base);
+        if let Some(c) = &self.cookie {
+            req = req.header("cookie", c);
+        }
+        let r = req.form(&[("token", token)]).send().await.unwrap();
         if let Some(c) = r.headers().get("set-cookie") {
             self.cookie = Some(c.to_str().unwrap().split(';').next().unwrap().to_string());
         }
@@ -407,7 +404,8 @@ async fn forged_posts_are_refused() {
     h.login(ADMIN_TOKEN).await;
     let csrf = h.csrf().await;
     let own = s.base.clone();
-    let cases: [(Option<&str>, &str, &str); 4] = [
+    let cases: [(Option<&str>, &str, &str); 5] = [
+        (Some("http://localhost.evil.example"), &csrf, "came from http://localhost.evil.example"),
         (Some("http://evil.example"), &csrf, "came from http://evil.example"),
         (None, &csrf, "no Origin header"),
         (Some(&own), "", "the form is stale"),
@@ -498,4 +496,46 @@ async fn the_console_can_move_or_be_off() {
         let e = cfg.validate().unwrap_err().to_string();
         assert!(e.contains("--console-path") && e.contains(says), "{path}: {e}");
     }
+}
+
+/// A session sees the tenants of the admin tokens it signed in with, and no other.
+#[tokio::test]
+async fn the_tenant_switcher_offers_the_tenants_signed_in_to() {
+    use scimlog::auth::{create_token, Role};
+    let s = TestServer::start().await;
+    let mut admins = Vec::new();
+    for tenant in ["acme", "globex"] {
+        let scim = create_token(s.data_dir(), &format!("{tenant}-idp"), tenant, Role::Scim).unwrap();
+        let r = s
+            .send_as(
+                &scim,
+                reqwest::Method::POST,
+                "/Users",
+                Some(&json!({"userName": format!("someone@{tenant}.example")})),
+                &[],
+            )
+            .await;
+        assert_eq!(r.status, 201);
+        admins.push(create_token(s.data_dir(), &format!("{tenant}-admin"), tenant, Role::Admin).unwrap());
+    }
+    let mut h = Http::new(&s.base);
+    let users = |page: String| (page.contains("someone@acme.example"), page.contains("someone@globex.example"));
+    h.login(&admins[0]).await;
+    assert_eq!(users(h.get("/users").await.text().await.unwrap()), (true, false));
+    // Signing in with globex's admin token adds globex to this session, and shows it.
+    h.login(&admins[1]).await;
+    let page = h.get("/users").await.text().await.unwrap();
+    assert_eq!(users(page.clone()), (false, true));
+    assert!(
+        page.contains("<option value=\"acme\">acme</option>") && page.contains("value=\"globex\" selected"),
+        "{page}"
+    );
+    let csrf = h.csrf().await;
+    let own = s.base.clone();
+    let r = h.post("/tenant", Some(&own), &[("csrf", &csrf), ("tenant", "acme")]).await;
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    assert_eq!(users(h.get("/users").await.text().await.unwrap()), (true, false));
+    let r = h.post("/tenant", Some(&own), &[("csrf", &csrf), ("tenant", "default")]).await;
+    assert_eq!(r.status(), StatusCode::FORBIDDEN, "no admin token of that tenant was given");
+    assert!(r.text().await.unwrap().contains("this session has no admin token of tenant"));
 }

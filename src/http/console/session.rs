@@ -198,7 +198,8 @@ impl FromRequestParts<AppState> for Session {
 }
 
 /// Refuses a POST that does not come from this origin: its `Origin` must name the host the
-/// request was sent to (a browser always sends `Origin` with a form POST). With the form token
+/// request was sent to, or be `--public-url` (a browser always sends `Origin` with a form POST
+/// when the page's referrer policy allows it, as the console's does). With the form token
 /// this is the CSRF defence; `SameSite=Strict` is a third.
 pub async fn same_origin_posts(State(state): State<AppState>, req: Request, next: Next) -> Response {
     if matches!(*req.method(), Method::GET | Method::HEAD) {
@@ -206,7 +207,10 @@ pub async fn same_origin_posts(State(state): State<AppState>, req: Request, next
     }
     let host = req.headers().get(header::HOST).and_then(|v| v.to_str().ok());
     let origin = req.headers().get(header::ORIGIN).and_then(|v| v.to_str().ok());
+    // Behind a proxy that rewrites Host, the page's origin is the public URL's.
+    let public = state.cfg.public_url.as_deref().map(|u| u.trim_end_matches('/'));
     let same = match (origin, host) {
+        (Some(o), _) if public.is_some_and(|p| p.eq_ignore_ascii_case(o)) => true,
         (Some(o), Some(h)) => o
             .split_once("://")
             .is_some_and(|(scheme, rest)| matches!(scheme, "http" | "https") && rest.eq_ignore_ascii_case(h)),
