@@ -237,6 +237,17 @@ pub struct ServeConfig {
     /// On shutdown, how long in-flight requests may take to finish.
     #[arg(long, env = "SCIMLOG_DRAIN_TIMEOUT_MS", default_value_t = 10_000, help_heading = "Server")]
     pub drain_timeout_ms: u64,
+    /// A SET poll stream (RFC 8936) for a receiver, as TENANT/NAME; repeat or separate with
+    /// commas. Polled at `POST /api/v1/sets/streams/NAME/poll` with an events or admin token.
+    #[arg(long, env = "SCIMLOG_SET_STREAMS", value_delimiter = ',', help_heading = "Events API")]
+    pub set_stream: Vec<crate::sets::streams::StreamId>,
+    /// The key SETs are signed with (PKCS#8 ECDSA P-256, PEM or DER); default: one generated at
+    /// the first start into `<data-dir>/set-signing-key.p8`.
+    #[arg(long, env = "SCIMLOG_SET_SIGNING_KEY_FILE", help_heading = "Events API")]
+    pub set_signing_key_file: Option<PathBuf>,
+    /// Most SETs one poll answers (`maxEvents` is clamped to it).
+    #[arg(long, env = "SCIMLOG_SET_POLL_MAX", default_value_t = 100, help_heading = "Events API")]
+    pub set_poll_max: usize,
     /// Where the admin console is served (a path: `/admin`).
     #[arg(long, env = "SCIMLOG_CONSOLE_PATH", default_value = "/admin", help_heading = "Console")]
     pub console_path: String,
@@ -298,6 +309,7 @@ impl ServeConfig {
             ("--max-members-rendered", self.max_members_rendered),
             ("--max-concurrent-reads", self.max_concurrent_reads),
             ("--events-page-max", self.events_page_max),
+            ("--set-poll-max", self.set_poll_max),
             ("--write-queue-depth", self.write_queue_depth),
             ("--write-queue-per-tenant", self.write_queue_per_tenant),
             ("--group-commit-max", self.group_commit_max),

@@ -18,6 +18,8 @@
 //!   of the log with its own state (links, watermark, intents, parked objects).
 //! - [`audit`]: reading the log back: hash-chain verification, export.
 //! - [`files`]: private, atomic, locked files (keys, tokens) and the permission checks at start.
+//! - [`sets`]: SCIM Security Event Tokens (RFC 9967): events rendered as signed SETs, and the
+//!   poll streams' acknowledgements.
 //! - [`request_log`]: the recent requests and each token's health, in memory, for the console.
 //! - [`metrics`]: the Prometheus series, one registry per server, rendered at `GET /metrics`.
 //! - [`telemetry`]: OpenTelemetry traces over OTLP (off unless `OTEL_EXPORTER_OTLP_ENDPOINT`),
@@ -41,6 +43,7 @@ pub mod metrics;
 pub mod outbound;
 pub mod request_log;
 pub mod server;
+pub mod sets;
 pub mod telemetry;
 
 /// The git revision this binary was built from (`unknown` outside a checkout).

@@ -208,6 +208,11 @@ impl Server {
         let draining = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let shutdown_delay = Duration::from_millis(cfg.shutdown_delay_ms);
         let (request_log_size, console) = (cfg.request_log_size, http::console::ConsoleState::new(&cfg));
+        let sets = http::sets::SetState {
+            signer: crate::sets::Signer::open(&cfg.data_dir, cfg.set_signing_key_file.as_deref())?,
+            streams: cfg.set_stream.clone(),
+            lock: tokio::sync::Mutex::new(()),
+        };
         let state = AppState::new(Inner {
             reads: tokio::sync::Semaphore::new(cfg.max_concurrent_reads),
             rates: http::rate::RateLimits::new(
@@ -229,6 +234,7 @@ impl Server {
             outbound,
             requests: crate::request_log::RequestLog::new(request_log_size),
             console,
+            sets,
         });
         // Token changes made while the server was down, then every second (requests that meet a
         // changed file record it themselves, before they go on).

@@ -37,7 +37,7 @@ fn absolute(mut v: Value, base: &str) -> Value {
     v
 }
 
-async fn service_provider_config(State(s): State<AppState>) -> Response {
+async fn service_provider_config(State(s): State<AppState>, caller: super::extract::Caller) -> Response {
     let mut doc = absolute(document(SERVICE_PROVIDER_CONFIG_JSON), &s.scim_base);
     doc["filter"]["maxResults"] = s.cfg.max_page_size.into();
     doc["bulk"] = serde_json::json!({
@@ -52,6 +52,11 @@ async fn service_provider_config(State(s): State<AppState>) -> Response {
         Some(url) => url.clone().into(),
         None => format!("{}/docs", s.cfg.base_url()).into(),
     };
+    // RFC 9967 §4: the SETs this server issues, when the caller's tenant has a poll stream
+    // (absent means "not configured for Security Events").
+    if s.sets.streams.iter().any(|st| st.tenant == caller.tenant()) {
+        doc["securityEvents"] = serde_json::json!({"asyncRequest": "none", "eventUris": crate::sets::EVENT_URIS});
+    }
     if !s.cfg.advertise_roles_entitlements {
         if let Some(o) = doc.as_object_mut() {
             o.remove("RolesAndEntitlements");

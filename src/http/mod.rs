@@ -22,6 +22,7 @@ mod request_line;
 mod resource;
 mod search;
 pub mod serve;
+pub mod sets;
 mod users;
 
 use std::sync::Arc;
@@ -74,6 +75,8 @@ pub struct Inner {
     pub requests: crate::request_log::RequestLog,
     /// The console's sessions and last chain verification.
     pub console: console::ConsoleState,
+    /// The SET signer and poll streams.
+    pub sets: sets::SetState,
 }
 
 /// When the last handle to the state goes (server stopped, or its runtime dropped), the writer
@@ -179,6 +182,7 @@ pub fn router(state: AppState) -> Router {
             .route(&format!("{base}/"), axum::routing::get(move || async move { console::redirect_to(&root) }));
     }
     app.merge(metrics)
+        .merge(sets::jwks_router().route_layer(middleware::from_fn_with_state(state.clone(), note_route)))
         .merge(health::router().route_layer(middleware::from_fn_with_state(state.clone(), note_route)))
         .merge(openapi::docs_router(description).route_layer(middleware::from_fn_with_state(state.clone(), note_route)))
         .layer(DefaultBodyLimit::max(state.cfg.max_body_bytes))

@@ -89,10 +89,15 @@ impl Modify for ErrorResponses {
     }
 }
 
-/// The error responses an operation declares, under the media type they are sent with.
+/// The SCIM error responses an operation declares, under the media type they are sent with
+/// (other error bodies, such as RFC 8936's `{"err", "description"}`, stay `application/json`).
 fn scim_json_errors(op: &mut Operation) {
+    let scim_error = |c: &RefOr<utoipa::openapi::Content>| matches!(c, RefOr::T(c) if matches!(&c.schema, Some(RefOr::Ref(r)) if r.ref_location.ends_with("/ScimErrorDoc")));
     for (status, response) in op.responses.responses.iter_mut() {
         let (RefOr::T(response), true) = (response, status.parse::<u16>().is_ok_and(|s| s >= 400)) else { continue };
+        if !response.content.get("application/json").is_some_and(scim_error) {
+            continue;
+        }
         if let Some(content) = response.content.shift_remove("application/json") {
             response.content.insert(super::SCIM_CONTENT_TYPE.into(), content);
         }
@@ -105,6 +110,7 @@ pub fn api() -> (Router<AppState>, Document) {
         .merge(super::admin::router())
         .merge(super::access::router())
         .merge(super::events::router())
+        .merge(super::sets::router())
         .merge(super::outbound::router())
         .split_for_parts();
     // After the merge: the derive's own modifiers run before the routes' paths are in.

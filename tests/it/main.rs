@@ -28,6 +28,7 @@ mod patch;
 mod peers;
 mod read_levels;
 mod rfc;
+mod sets;
 mod support;
 mod telemetry;
 mod transport;

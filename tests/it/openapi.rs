@@ -61,7 +61,7 @@ fn case(method: Method, template: &'static str, path: &str, body: Option<Value>,
 /// the document lists for it, the media type it names, and a body its schema accepts.
 #[tokio::test]
 async fn every_answer_is_what_the_description_says() {
-    let s = TestServer::start().await;
+    let s = TestServer::start_configured(|c| c.set_stream = vec!["default/siem".parse().unwrap()]).await;
     let doc: Value = public_get(&s, "/api/v1/openapi.json").await.json().await.unwrap();
     let user = s.post("/Users", &json!({"userName": "oa.user", "externalId": "ext-oa", "roles": [PROD_ADMIN]})).await;
     let uid = user.id();
@@ -95,6 +95,7 @@ async fn every_answer_is_what_the_description_says() {
         case(Method::GET, "/events", "/events", None, 403),
         case(Method::GET, "/outbound/targets", "/outbound/targets", None, 403),
         case(Method::POST, "/outbound/targets/{name}/{action}", "/outbound/targets/crm/retry", None, 403),
+        case(Method::POST, "/sets/streams/{name}/poll", "/sets/streams/siem/poll", Some(json!({})), 403),
     ];
     let target = json!({"name": "crm", "url": "http://127.0.0.1:9/scim/v2", "token_file": "crm.token"});
     let admin = [
@@ -116,6 +117,21 @@ async fn every_answer_is_what_the_description_says() {
         case(Method::DELETE, "/outbound/targets/{name}", "/outbound/targets/crm", None, 404),
         case(Method::POST, "/outbound/targets/{name}/{action}", "/outbound/targets/nope/retry", None, 404),
         case(Method::POST, "/outbound/targets/{name}/{action}", "/outbound/targets/nope/explode", None, 400),
+        case(
+            Method::POST,
+            "/sets/streams/{name}/poll",
+            "/sets/streams/siem/poll",
+            Some(json!({"returnImmediately": true})),
+            200,
+        ),
+        case(
+            Method::POST,
+            "/sets/streams/{name}/poll",
+            "/sets/streams/siem/poll",
+            Some(json!({"ack": ["1.0000000000000000"]})),
+            400,
+        ),
+        case(Method::POST, "/sets/streams/{name}/poll", "/sets/streams/nope/poll", Some(json!({})), 404),
     ];
     cases.extend(admin.into_iter().map(|c| Case { admin: true, ..c }));
     cases.push(Case { admin: false, ..case(Method::GET, "/environments", "/environments", None, 401) });

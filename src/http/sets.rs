@@ -1,0 +1,238 @@
+//! Security Event Tokens over HTTP: poll delivery (RFC 8936) at
+//! `POST /api/v1/sets/streams/{name}/poll`, and the public keys at `GET /sets/jwks.json`.
+//! Each poll first records the acknowledgements it carries (all of them, or none when one names
+//! no SET of the stream), then answers the stream's oldest unacknowledged SETs, in log order.
+
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::error::{ApiError, ScimErrorDoc};
+use super::extract::{Caller, ScimBody};
+use super::{blocking_read, AppState};
+use crate::sets::streams::{self, Acknowledged, StreamId};
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(poll))
+}
+
+/// `GET /sets/jwks.json`: public keys, no token needed.
+pub fn jwks_router() -> Router<AppState> {
+    Router::new().route("/sets/jwks.json", get(|State(s): State<AppState>| async move { Json(s.sets.signer.jwks()) }))
+}
+
+/// The SETs' signer and the configured poll streams.
+pub struct SetState {
+    pub signer: crate::sets::Signer,
+    pub streams: Vec<StreamId>,
+    /// One poll at a time changes a stream's acknowledgements.
+    pub lock: tokio::sync::Mutex<()>,
+}
+
+/// A poll request (RFC 8936 §2.4).
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PollRequest {
+    /// The `jti`s of SETs received and processed.
+    #[serde(default)]
+    ack: Vec<String>,
+    /// SETs received that the receiver could not process, by `jti` (`{"err", "description"}`);
+    /// they count as delivered.
+    #[serde(default, rename = "setErrs")]
+    #[schema(value_type = Object)]
+    set_errs: Map<String, Value>,
+    /// Most SETs to answer (default and limit `--set-poll-max`); 0 only acknowledges.
+    #[serde(rename = "maxEvents")]
+    max_events: Option<usize>,
+    /// Answer at once even with no SET (default false: wait up to `--events-wait-max-s`).
+    #[serde(default, rename = "returnImmediately")]
+    return_immediately: bool,
+}
+
+/// A poll answer: SETs by `jti`, in log order.
+#[derive(Serialize, ToSchema)]
+pub struct PollResponse {
+    /// Compact JWS (ES256, `typ: secevent+jwt`), verifiable with `/sets/jwks.json`.
+    #[schema(value_type = Object)]
+    sets: Map<String, Value>,
+    /// More unacknowledged SETs wait beyond these.
+    #[serde(rename = "moreAvailable")]
+    more_available: bool,
+}
+
+/// An RFC 8936 error body (`err`, `description`), answered 400.
+#[derive(Serialize, ToSchema)]
+pub struct PollErrorDoc {
+    err: String,
+    description: String,
+}
+
+pub enum PollError {
+    InvalidRequest(String),
+    Api(ApiError),
+}
+
+impl From<ApiError> for PollError {
+    fn from(e: ApiError) -> Self {
+        PollError::Api(e)
+    }
+}
+
+impl From<crate::log::LogError> for PollError {
+    fn from(e: crate::log::LogError) -> Self {
+        PollError::Api(e.into())
+    }
+}
+
+impl IntoResponse for PollError {
+    fn into_response(self) -> Response {
+        match self {
+            PollError::InvalidRequest(description) => {
+                let doc = PollErrorDoc { err: "invalid_request".into(), description };
+                (StatusCode::BAD_REQUEST, Json(doc)).into_response()
+            }
+            PollError::Api(e) => e.into_response(),
+        }
+    }
+}
+
+/// Acknowledges the SETs a receiver processed and answers the next ones of its stream.
+#[utoipa::path(
+    post, path = "/sets/streams/{name}/poll", tag = "events",
+    params(("name" = String, Path, description = "The stream's name (`--set-stream TENANT/NAME`)")),
+    request_body = PollRequest,
+    responses(
+        (status = 200, description = "SETs (possibly none) and whether more wait", body = PollResponse),
+        (status = 400, description = "The body is not a poll request, or acknowledges a jti that is no SET of this stream; nothing was acknowledged", body = PollErrorDoc),
+        (status = 403, description = "Not an events or admin token", body = ScimErrorDoc),
+        (status = 404, description = "No such stream in the caller's tenant", body = ScimErrorDoc),
+    ),
+)]
+async fn poll(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+    ScimBody(body): ScimBody,
+) -> Result<Json<PollResponse>, PollError> {
+    if !caller.principal.role.may_read_events() {
+        return Err(ApiError::Forbidden("SET streams need an events or admin token").into());
+    }
+    let id = s
+        .sets
+        .streams
+        .iter()
+        .find(|st| st.tenant == caller.tenant() && st.name == name)
+        .cloned()
+        .ok_or_else(|| ApiError::NotFound(format!("no SET stream {name:?} in this tenant (--set-stream)")))?;
+    let req: PollRequest = serde_json::from_value(body)
+        .map_err(|e| PollError::InvalidRequest(format!("not a poll request (RFC 8936): {e}")))?;
+    for (jti, err) in &req.set_errs {
+        tracing::warn!(stream = %id.name, tenant = %id.tenant, %jti, error = %err, "a SET receiver could not process a SET");
+    }
+    let mut acks: Vec<String> = req.ack;
+    acks.extend(req.set_errs.keys().cloned());
+    let max = req.max_events.unwrap_or(s.cfg.set_poll_max).min(s.cfg.set_poll_max);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(s.cfg.events_wait_max_s);
+    let mut committed = s.writer.committed();
+    loop {
+        let guard = s.sets.lock.lock().await;
+        let (id2, acks2) = (id.clone(), std::mem::take(&mut acks));
+        let page = blocking_read(&s, move |s| Ok(poll_once(s, &id2, &acks2, max))).await??;
+        drop(guard);
+        let done = !page.0.sets.is_empty() || req.return_immediately || max == 0;
+        if done || tokio::time::Instant::now() >= deadline {
+            return Ok(Json(page.0));
+        }
+        // Nothing to deliver: wait for the next commit (or the deadline), then look again.
+        let head = page.1;
+        let _ = tokio::time::timeout_at(deadline, committed.wait_for(|h| *h > head)).await;
+    }
+}
+
+/// The audience of a stream's SETs.
+fn audience(s: &AppState, id: &StreamId) -> String {
+    format!("{}/sets/streams/{}", s.scim_base.trim_end_matches("/scim/v2"), id.name)
+}
+
+/// Records `acks`, then collects up to `max` unacknowledged SETs from the watermark on (reading
+/// at most `--max-scan` events). Returns the answer and the head it read up to.
+fn poll_once(s: &AppState, id: &StreamId, acks: &[String], max: usize) -> Result<(PollResponse, u64), PollError> {
+    let store = s.store.outbound();
+    let before = streams::load(&store, id)?;
+    let mut next = Acknowledged { watermark: before.watermark, above: before.above.clone() };
+    for jti in acks {
+        let position = acknowledged_position(s, id, jti)?;
+        if position > next.watermark {
+            next.above.insert(position);
+        }
+    }
+    let head = s.store.head()?.position;
+    let aud = audience(s, id);
+    let (mut sets, mut more, mut pending, mut at, mut scanned) = (Map::new(), false, false, next.watermark, 0usize);
+    'scan: while at < head && scanned < s.cfg.max_scan {
+        for (position, sealed) in s.store.events_from(at + 1, 256)? {
+            if scanned == s.cfg.max_scan {
+                break 'scan;
+            }
+            scanned += 1;
+            at = position;
+            let e = sealed.decode(s.keys.as_ref()).map_err(|e| {
+                tracing::error!(position, error = %e, "an event cannot be decoded for a SET stream");
+                ApiError::Internal("an event cannot be read")
+            })?;
+            let ours = e.tenant == id.tenant && crate::sets::has_set(&e);
+            if !ours || next.above.contains(&position) {
+                // Nothing unacknowledged before it: the watermark moves past it.
+                if !pending {
+                    next.watermark = position;
+                    next.above.remove(&position);
+                }
+                continue;
+            }
+            pending = true;
+            if sets.len() == max {
+                more = true;
+                break 'scan;
+            }
+            let hash = sealed.hash_hex();
+            let claims = crate::sets::claims(&e, &hash, &s.scim_base, &aud).expect("has_set said it has one");
+            let jws = s.sets.signer.sign(&claims).map_err(|e| {
+                tracing::error!(error = %e, "a SET cannot be signed");
+                ApiError::Internal("a SET cannot be signed")
+            })?;
+            sets.insert(crate::sets::jti(position, &hash), json!(jws));
+        }
+    }
+    // Stopped before the head (a full answer, or --max-scan events read): more may wait.
+    more |= at < head;
+    streams::save(&store, id, &before, &next)?;
+    Ok((PollResponse { sets, more_available: more }, head))
+}
+
+/// The position an acknowledged `jti` names, if it is a SET of this stream: a position of this
+/// log whose event has that hash, in the stream's tenant, with a SET.
+fn acknowledged_position(s: &AppState, id: &StreamId, jti: &str) -> Result<u64, PollError> {
+    let unknown = || {
+        PollError::InvalidRequest(format!("jti {jti:?} names no SET of stream {:?}; nothing was acknowledged", id.name))
+    };
+    let (position, hash) = crate::sets::parse_jti(jti).ok_or_else(unknown)?;
+    let found = s.store.events_from(position, 1)?.into_iter().find(|(p, _)| *p == position);
+    let Some((_, sealed)) = found else { return Err(unknown()) };
+    if !sealed.hash_hex().starts_with(hash) {
+        return Err(unknown());
+    }
+    let e = sealed.decode(&scimlog_schemas::personal::NoKeys).map_err(|_| unknown())?;
+    match e.tenant == id.tenant && crate::sets::has_set(&e) {
+        true => Ok(position),
+        false => Err(unknown()),
+    }
+}

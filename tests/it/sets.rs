@@ -1,0 +1,268 @@
+//! SCIM Security Event Tokens (issue 19, RFC 9967) delivered by poll (RFC 8936): a receiver
+//! written here verifies every SET against the server's JWKS and checks order, `txn` grouping
+//! and completeness against the log; acknowledgements survive a restart; a `jti` that names no
+//! SET of the stream is refused and acknowledges nothing.
+
+use std::collections::BTreeMap;
+
+use jsonwebtoken::jwk::JwkSet;
+use jsonwebtoken::{DecodingKey, Validation};
+use reqwest::Method;
+use serde_json::{json, Value};
+
+use crate::support::{Reply, TestServer, ADMIN_TOKEN};
+
+const STREAM: &str = "/api/v1/sets/streams/siem/poll";
+
+async fn start() -> TestServer {
+    TestServer::start_configured(|c| {
+        c.set_stream = vec!["default/siem".parse().unwrap()];
+        c.set_poll_max = 4;
+    })
+    .await
+}
+
+async fn poll(s: &TestServer, body: Value) -> Reply {
+    s.send_as(ADMIN_TOKEN, Method::POST, &format!("{}{STREAM}", s.base), Some(&body), &[]).await
+}
+
+/// A receiver: the server's keys, and every SET it verified, by position.
+struct Receiver {
+    keys: JwkSet,
+    aud: String,
+    got: BTreeMap<u64, Value>,
+}
+
+impl Receiver {
+    async fn new(s: &TestServer) -> Receiver {
+        let jwks: Value = reqwest::get(format!("{}/sets/jwks.json", s.base)).await.unwrap().json().await.unwrap();
+        Receiver {
+            keys: serde_json::from_value(jwks).unwrap(),
+            aud: format!("{}/sets/streams/siem", s.base),
+            got: BTreeMap::new(),
+        }
+    }
+
+    /// Verifies one SET (signature by a key of the JWKS, ES256, `typ`, audience) and returns
+    /// its claims.
+    fn verify(&self, jti: &str, jws: &str) -> Value {
+        let header = jsonwebtoken::decode_header(jws).unwrap();
+        assert_eq!(header.typ.as_deref(), Some("secevent+jwt"));
+        let jwk = self.keys.find(header.kid.as_deref().expect("a kid")).expect("the kid is in the JWKS");
+        let mut v = Validation::new(jsonwebtoken::Algorithm::ES256);
+        v.required_spec_claims.clear();
+        v.validate_exp = false;
+        v.set_audience(&[&self.aud]);
+        let claims = jsonwebtoken::decode::<Value>(jws, &DecodingKey::from_jwk(jwk).unwrap(), &v)
+            .expect("a valid signature")
+            .claims;
+        assert_eq!(claims["jti"], jti, "the envelope's jti is the SET's");
+        claims
+    }
+
+    /// Polls until nothing is left, acknowledging each batch with the next poll.
+    async fn drain(&mut self, s: &TestServer) -> usize {
+        let mut ack: Vec<String> = vec![];
+        let mut polls = 0;
+        loop {
+            let r = poll(s, json!({"ack": ack, "returnImmediately": true})).await;
+            assert_eq!(r.status, 200, "{}", r.body);
+            polls += 1;
+            let sets = r.body["sets"].as_object().unwrap();
+            assert!(sets.len() <= 4, "maxEvents defaults to --set-poll-max");
+            ack = vec![];
+            let mut last = self.got.keys().last().copied().unwrap_or(0);
+            for (jti, jws) in sets {
+                let claims = self.verify(jti, jws.as_str().unwrap());
+                let position: u64 = jti.split('.').next().unwrap().parse().unwrap();
+                assert!(position > last, "SETs come in log order");
+                last = position;
+                assert!(self.got.insert(position, claims).is_none(), "no SET is delivered twice once acknowledged");
+                ack.push(jti.clone());
+            }
+            if sets.is_empty() {
+                assert_eq!(r.body["moreAvailable"], false);
+                return polls;
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_receiver_gets_every_change_signed_in_order_grouped_by_request() {
+    let s = start().await;
+    // A scripted workload: creates (one with an externalId), a PATCH, a deactivation, a group
+    // with two members made in one request, a member removed, a deletion.
+    let alice = s.post("/Users", &json!({"userName": "alice", "externalId": "A-1"})).await.id();
+    let bob = s.post("/Users", &json!({"userName": "bob"})).await.id();
+    let patch = |ops: Value| json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"], "Operations": ops});
+    s.send(
+        Method::PATCH,
+        &format!("/Users/{alice}"),
+        Some(&patch(json!([{"op": "replace", "path": "title", "value": "CTO"}]))),
+        &[],
+    )
+    .await;
+    s.send(
+        Method::PATCH,
+        &format!("/Users/{bob}"),
+        Some(&patch(json!([{"op": "replace", "path": "active", "value": false}]))),
+        &[],
+    )
+    .await;
+    let group =
+        s.post("/Groups", &json!({"displayName": "Eng", "members": [{"value": alice}, {"value": bob}]})).await.id();
+    s.send(
+        Method::PATCH,
+        &format!("/Groups/{group}"),
+        Some(&patch(json!([{"op": "remove", "path": format!("members[value eq \"{bob}\"]")}]))),
+        &[],
+    )
+    .await;
+    assert_eq!(s.delete(&format!("/Users/{bob}")).await.status, 204);
+
+    let mut receiver = Receiver::new(&s).await;
+    receiver.drain(&s).await;
+    // Completeness: one SET per user or group event of the log, and none for anything else.
+    let log = s.send_as(ADMIN_TOKEN, Method::GET, &format!("{}/api/v1/events?limit=1000", s.base), None, &[]).await;
+    let events = log.body["events"].as_array().unwrap();
+    let expected: Vec<u64> = events
+        .iter()
+        .filter(|e| matches!(e["resourceType"].as_str(), Some("User" | "Group")) && e["type"] != "user.erased")
+        .map(|e| e["position"].as_u64().unwrap())
+        .collect();
+    assert_eq!(receiver.got.keys().copied().collect::<Vec<_>>(), expected);
+    let uri_of = |p: u64| receiver.got[&p]["events"].as_object().unwrap().keys().next().unwrap().clone();
+    for e in events.iter().filter(|e| expected.contains(&e["position"].as_u64().unwrap())) {
+        let p = e["position"].as_u64().unwrap();
+        let set = &receiver.got[&p];
+        // txn: the request id, shared by every event of one request.
+        assert_eq!(set["txn"], e["requestId"]);
+        let kind = if e["resourceType"] == "User" { "Users" } else { "Groups" };
+        assert_eq!(set["sub_id"]["format"], "scim");
+        assert_eq!(set["sub_id"]["uri"], format!("/{kind}/{}", e["resourceId"].as_str().unwrap()));
+        assert_eq!(set["iss"], format!("{}/scim/v2", s.base));
+        let body = &set["events"][uri_of(p)];
+        assert_eq!(body["version"], format!("W/\"{}\"", e["resourceVersion"]));
+        let want = match e["type"].as_str().unwrap() {
+            "user.created" | "group.created" => "urn:ietf:params:scim:event:prov:create:full",
+            "user.updated" | "group.updated" | "group.renamed" | "group.member_added" | "group.member_removed" => {
+                "urn:ietf:params:scim:event:prov:patch:full"
+            }
+            "user.deactivated" => "urn:ietf:params:scim:event:prov:deactivate",
+            "user.reactivated" => "urn:ietf:params:scim:event:prov:activate",
+            "user.deleted" | "group.deleted" => "urn:ietf:params:scim:event:prov:delete",
+            other => panic!("no SET expected for {other}"),
+        };
+        assert_eq!(uri_of(p), want, "position {p}");
+    }
+    // The group and its two members came in one request: one txn over three SETs.
+    let created = events.iter().find(|e| e["type"] == "group.created").unwrap();
+    let same_txn = receiver.got.values().filter(|c| c["txn"] == created["requestId"]).count();
+    assert_eq!(same_txn, 3);
+    let alice_created = receiver.got.values().find(|c| c["sub_id"]["uri"] == format!("/Users/{alice}")).unwrap();
+    assert_eq!(alice_created["sub_id"]["externalId"], "A-1");
+    let data = &alice_created["events"]["urn:ietf:params:scim:event:prov:create:full"]["data"];
+    assert_eq!((data["id"].as_str(), data["userName"].as_str()), (Some(alice.as_str()), Some("alice")));
+    // ServiceProviderConfig says what this server issues.
+    let spc = s.get("/ServiceProviderConfig").await;
+    let uris: Vec<&str> =
+        spc.body["securityEvents"]["eventUris"].as_array().unwrap().iter().map(|u| u.as_str().unwrap()).collect();
+    for p in receiver.got.keys() {
+        assert!(uris.contains(&uri_of(*p).as_str()));
+    }
+    assert_eq!(spc.body["securityEvents"]["asyncRequest"], "none");
+    // A tenant without a stream is told none is configured (the attribute is absent).
+    let other = scimlog::auth::create_token(s.data_dir(), "other-idp", "other", scimlog::auth::Role::Scim).unwrap();
+    let spc = s.send_as(&other, Method::GET, "/ServiceProviderConfig", None, &[]).await;
+    assert_eq!(spc.status, 200);
+    assert!(spc.body.get("securityEvents").is_none(), "{}", spc.body);
+}
+
+/// What was delivered and not acknowledged comes again, after a restart too; what was
+/// acknowledged never does.
+#[tokio::test]
+async fn acknowledgements_survive_a_restart() {
+    let s = start().await;
+    for n in 0..6 {
+        s.post("/Users", &json!({"userName": format!("u{n}")})).await;
+    }
+    let first = poll(&s, json!({"maxEvents": 2, "returnImmediately": true})).await;
+    let jtis: Vec<String> = first.body["sets"].as_object().unwrap().keys().cloned().collect();
+    assert_eq!(jtis.len(), 2);
+    assert_eq!(first.body["moreAvailable"], true);
+    let s = s.restart().await;
+    let again = poll(&s, json!({"maxEvents": 2, "returnImmediately": true})).await;
+    assert_eq!(
+        again.body["sets"].as_object().unwrap().keys().cloned().collect::<Vec<_>>(),
+        jtis,
+        "not acknowledged: sent again"
+    );
+    // Acknowledge only the second: the first comes again, the second never.
+    let r = poll(&s, json!({"ack": [jtis[1]], "maxEvents": 2, "returnImmediately": true})).await;
+    let next: Vec<String> = r.body["sets"].as_object().unwrap().keys().cloned().collect();
+    assert_eq!(next[0], jtis[0]);
+    assert!(!next.contains(&jtis[1]));
+    let s = s.restart().await;
+    let mut receiver = Receiver::new(&s).await;
+    poll(&s, json!({"ack": [jtis[0]], "maxEvents": 0})).await;
+    receiver.drain(&s).await;
+    assert_eq!(receiver.got.len(), 4, "the six creates, less the two acknowledged");
+    assert!(jtis.iter().all(|j| !receiver.got.values().any(|c| c["jti"] == j.as_str())));
+}
+
+#[tokio::test]
+async fn an_unknown_jti_is_refused_and_acknowledges_nothing() {
+    let s = start().await;
+    s.post("/Users", &json!({"userName": "x"})).await;
+    let r = poll(&s, json!({"returnImmediately": true})).await;
+    let good = r.body["sets"].as_object().unwrap().keys().next().unwrap().clone();
+    let (position, _) = good.split_once('.').unwrap();
+    let cases = [
+        "999.0123456789abcdef".to_string(),     // beyond the log
+        format!("{position}.0000000000000000"), // a real position, another hash
+        "not-a-jti".to_string(),
+    ];
+    for bad in cases {
+        let r = poll(&s, json!({"ack": [good.clone(), bad.clone()], "returnImmediately": true})).await;
+        assert_eq!(r.status, 400, "{bad}");
+        assert_eq!(r.body["err"], "invalid_request");
+        assert!(r.body["description"].as_str().unwrap().contains(&bad), "{}", r.body);
+    }
+    let r = poll(&s, json!({"returnImmediately": true})).await;
+    assert!(r.body["sets"].as_object().unwrap().contains_key(&good), "the good jti was not acknowledged either");
+    let r = poll(&s, json!({"acks": [], "returnImmediately": true})).await;
+    assert_eq!(r.status, 400, "an unknown member is refused, not ignored");
+}
+
+#[tokio::test]
+async fn streams_are_per_tenant_and_for_event_readers() {
+    let s = start().await;
+    let r = s.send(Method::POST, &format!("{}{STREAM}", s.base), Some(&json!({})), &[]).await;
+    assert_eq!(r.status, 403, "a scim token may not read SETs");
+    let r = s
+        .send_as(
+            ADMIN_TOKEN,
+            Method::POST,
+            &format!("{}/api/v1/sets/streams/other/poll", s.base),
+            Some(&json!({})),
+            &[],
+        )
+        .await;
+    r.assert_error(404, None, "no SET stream \"other\"");
+}
+
+/// A poll with nothing to deliver waits for the next write.
+#[tokio::test]
+async fn a_poll_waits_for_the_next_change() {
+    let s = start().await;
+    let (client, url) = (s.client.clone(), format!("{}{STREAM}", s.base));
+    let waiting = tokio::spawn(async move {
+        client.post(url).bearer_auth(ADMIN_TOKEN).json(&json!({})).send().await.unwrap().json::<Value>().await.unwrap()
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(!waiting.is_finished(), "nothing to deliver yet: the poll waits");
+    s.post("/Users", &json!({"userName": "late"})).await;
+    let body = waiting.await.unwrap();
+    assert_eq!(body["sets"].as_object().unwrap().len(), 1);
+}
