@@ -45,8 +45,8 @@ async fn js(urls: impl async_nats::ToServerAddrs + Clone) -> async_nats::jetstre
 #[tokio::test]
 async fn the_log_stream_fences_a_stale_writer() {
     let cluster = NatsCluster::start().await;
-    let a = LogStream::open(js(&cluster.node_url(0)).await, 3).await.unwrap();
-    let b = LogStream::open(js(&cluster.node_url(2)).await, 3).await.unwrap();
+    let a = open_log(js(&cluster.node_url(0)).await, 3).await;
+    let b = open_log(js(&cluster.node_url(2)).await, 3).await;
     assert_eq!(a.head().await.unwrap(), 0);
     assert_eq!(a.append(0, &records("a", 0, 3)).await.unwrap(), 3);
     // On head 2, its second record expects sequence 3, which is the true head: sent before the
@@ -112,7 +112,7 @@ async fn the_writer_lease_has_one_holder_and_lapses() {
 #[tokio::test]
 async fn appends_survive_the_loss_of_the_stream_leader() {
     let mut cluster = NatsCluster::start().await;
-    let log = LogStream::open(js(cluster.urls()).await, 3).await.unwrap();
+    let log = open_log(js(cluster.urls()).await, 3).await;
     let ctx = js(cluster.urls()).await;
     let total = 30u64;
     let mut head = 0u64;
@@ -161,8 +161,8 @@ async fn appends_survive_the_loss_of_the_stream_leader() {
 #[tokio::test]
 async fn an_atomic_batch_is_stored_whole_or_not_at_all() {
     let cluster = NatsCluster::start().await;
-    let a = LogStream::open(js(&cluster.node_url(0)).await, 3).await.unwrap();
-    let b = LogStream::open(js(&cluster.node_url(1)).await, 3).await.unwrap();
+    let a = open_log(js(&cluster.node_url(0)).await, 3).await;
+    let b = open_log(js(&cluster.node_url(1)).await, 3).await;
     assert!(a.atomic(), "nats-server 2.15 stores atomic batches");
     assert_eq!(a.append_atomic(0, &records("a", 0, 5)).await.unwrap(), 5);
     match b.append_atomic(3, &records("b", 3, 4)).await {
@@ -207,4 +207,21 @@ async fn an_old_server_is_not_taken_for_an_atomic_one() {
     assert!(!log.atomic());
     assert!(matches!(log.append_atomic(0, &records("a", 0, 2)).await, Err(AppendError::Refused(_))));
     assert_eq!(log.append(0, &records("a", 0, 2)).await.unwrap(), 2, "one at a time works on 2.9");
+}
+
+/// Opens the log stream on a 3-node cluster, trying again for up to 30 s: under load (the whole
+/// suite at once on 2 cores) a JetStream API request can time out while the meta leader is busy,
+/// which is not what these tests are about.
+async fn open_log(js: async_nats::jetstream::Context, replicas: usize) -> LogStream {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        match LogStream::open(js.clone(), replicas).await {
+            Ok(log) => return log,
+            Err(e) if std::time::Instant::now() < deadline => {
+                eprintln!("opening the log stream failed, trying again: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            }
+            Err(e) => panic!("the log stream does not open: {e}"),
+        }
+    }
 }
