@@ -65,6 +65,8 @@ impl Server {
         if let Some(t) = &cfg.admin_token {
             anyhow::ensure!(t.len() >= 16, "the admin token (--admin-token or its file) needs 16 or more characters");
         }
+        // A bad SET signing key stops the start before anything runs.
+        let signer = crate::sets::Signer::open(&cfg.data_dir, cfg.set_signing_key_file.as_deref())?;
         // Bound before anything else starts: in cluster mode the lease carries this node's URL.
         let listener = tokio::net::TcpListener::bind(cfg.listen)
             .await
@@ -208,11 +210,7 @@ impl Server {
         let draining = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let shutdown_delay = Duration::from_millis(cfg.shutdown_delay_ms);
         let (request_log_size, console) = (cfg.request_log_size, http::console::ConsoleState::new(&cfg));
-        let sets = http::sets::SetState {
-            signer: crate::sets::Signer::open(&cfg.data_dir, cfg.set_signing_key_file.as_deref())?,
-            streams: cfg.set_stream.clone(),
-            lock: tokio::sync::Mutex::new(()),
-        };
+        let sets = http::sets::SetState { signer, streams: cfg.set_stream.clone(), lock: tokio::sync::Mutex::new(()) };
         let state = AppState::new(Inner {
             reads: tokio::sync::Semaphore::new(cfg.max_concurrent_reads),
             rates: http::rate::RateLimits::new(

@@ -266,3 +266,15 @@ async fn a_poll_waits_for_the_next_change() {
     let body = waiting.await.unwrap();
     assert_eq!(body["sets"].as_object().unwrap().len(), 1);
 }
+
+/// A signing key that is not a P-256 PKCS#8 key stops the start, naming the file.
+#[tokio::test]
+async fn a_bad_signing_key_stops_the_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("set.pem");
+    std::fs::write(&key, "-----BEGIN PRIVATE KEY-----\nMAA=\n-----END PRIVATE KEY-----\n").unwrap();
+    let mut cfg = crate::support::config(dir.path());
+    cfg.set_signing_key_file = Some(key.clone());
+    let e = scimlog::server::Server::start(cfg).await.err().expect("the start fails").to_string();
+    assert!(e.contains("SET signing key") && e.contains("set.pem"), "{e}");
+}
