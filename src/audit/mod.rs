@@ -305,14 +305,39 @@ pub fn user_story(
     }
     let mut kv = MemKv::with_blinder(blinder_of(store)?);
     let events = history(store, opener, tenant, ResourceKind::User, id)?;
+    let live = store.view();
     Ok(events
         .into_iter()
         .map(|e| {
+            stand_in_for_group(&mut kv, &live, &e);
             apply(&mut kv, &e);
             let after = render(&kv, tenant, ResourceKind::User, id);
             (e, after)
         })
         .collect())
+}
+
+/// A user's history holds its memberships' events but not the groups' own: before the first
+/// membership event of a group, the fold gets a stand-in for the group (as it is now, or a
+/// placeholder once deleted), so that it records the membership. Memberships as of a moment
+/// are then exact; the groups' names are today's.
+fn stand_in_for_group(kv: &mut MemKv, live: &impl KvRead, e: &Event) {
+    let (EventBody::GroupMemberAdded { .. } | EventBody::GroupMemberRemoved { .. }) = &e.body else { return };
+    let (t, group) = (e.tenant.as_str(), e.resource_id.as_str());
+    if query::group(&*kv, t, group).is_some() {
+        return;
+    }
+    let doc = query::group(live, t, group).unwrap_or_else(|| scimlog_projections::GroupDoc {
+        id: group.to_string(),
+        version: 0,
+        created: e.recorded_at,
+        last_modified: e.recorded_at,
+        display_name: format!("(deleted group {group})"),
+        attributes: Default::default(),
+        member_count: 0,
+    });
+    let doc = scimlog_projections::GroupDoc { member_count: 0, ..doc };
+    scimlog_projections::Kv::put(kv, &keys::group(t, group), &serde_json::to_vec(&doc).expect("a group serialises"));
 }
 
 /// The id of the user that has (or last had) `user_name`: the live index first, then the log.

@@ -199,6 +199,7 @@ async fn an_admin_morning_in_a_real_browser() {
     let history = text(&c, "history").await;
     assert!(history.contains("title: Engineer → Staff Engineer"), "{history}");
     assert!(history.contains("alice@example.com joined Engineering"), "{history}");
+    assert!(history.contains("groups: + Engineering"), "{history}");
     assert_same_origin(&c, &base).await;
     shoot(&c, "user").await;
 
@@ -208,6 +209,10 @@ async fn an_admin_morning_in_a_real_browser() {
     let as_of = text(&c, "as-of").await;
     assert!(as_of.contains(&format!("after position {before_promotion}")), "{as_of}");
     assert!(as_of.contains("Engineer") && !as_of.contains("Staff Engineer"), "{as_of}");
+    assert!(as_of.contains("groups Engineering"), "memberships as of then: {as_of}");
+    fill(&c, "at", "1").await;
+    click(&c, Locator::Id("show-as-of")).await;
+    assert!(text(&c, "as-of").await.contains("groups none"), "before the group existed");
     shoot(&c, "user-as-of").await;
 
     // Her group's page lists her and its grant.

@@ -303,16 +303,23 @@ fn attribute_rows(doc: &Value) -> Vec<(String, String)> {
         .unwrap_or_default()
 }
 
-/// What changed between two renders of a user: each attribute whose value differs. (Groups
-/// joined and left are events of their own, named in the history's summary.)
-fn changes(before: Option<&Value>, after: Option<&Value>) -> Vec<Change> {
+/// The ids in a rendered user's `groups`.
+fn group_ids(doc: Option<&Value>) -> Vec<String> {
+    doc.and_then(|d| d["groups"].as_array())
+        .map(|gs| gs.iter().filter_map(|g| g["value"].as_str().map(str::to_string)).collect())
+        .unwrap_or_default()
+}
+
+/// What changed between two renders of a user: each attribute whose value differs, and the
+/// groups joined (`+`) and left (`−`), named as they are named now.
+fn changes(before: Option<&Value>, after: Option<&Value>, group_name: &dyn Fn(&str) -> String) -> Vec<Change> {
     let empty = serde_json::Map::new();
     let (b, a) =
         (before.and_then(Value::as_object).unwrap_or(&empty), after.and_then(Value::as_object).unwrap_or(&empty));
     let mut names: Vec<&String> = b.keys().chain(a.keys()).collect();
     names.sort();
     names.dedup();
-    names
+    let mut out: Vec<Change> = names
         .into_iter()
         .filter(|k| !matches!(k.as_str(), "schemas" | "meta" | "groups" | "id"))
         .filter(|k| b.get(*k) != a.get(*k))
@@ -321,7 +328,15 @@ fn changes(before: Option<&Value>, after: Option<&Value>) -> Vec<Change> {
             old: b.get(k).map_or("—".into(), show),
             new: a.get(k).map_or("—".into(), show),
         })
-        .collect()
+        .collect();
+    let (was, is) = (group_ids(before), group_ids(after));
+    for g in is.iter().filter(|g| !was.contains(g)) {
+        out.push(Change { attr: "groups".into(), old: String::new(), new: format!("+ {}", group_name(g)) });
+    }
+    for g in was.iter().filter(|g| !is.contains(g)) {
+        out.push(Change { attr: "groups".into(), old: format!("− {}", group_name(g)), new: String::new() });
+    }
+    out
 }
 
 /// A user's or a group's name as it is now, for history lines.
@@ -354,7 +369,7 @@ fn user_page(s: &AppState, session: &Session, id: &str, p: &UserParams) -> Resul
     let mut history = Vec::with_capacity(story.len().min(HISTORY_ROWS));
     for (i, (e, after)) in story.iter().enumerate().skip(story.len().saturating_sub(HISTORY_ROWS)) {
         let before = i.checked_sub(1).and_then(|j| story[j].1.as_ref());
-        history.push(history_row(e, changes(before, after.as_ref()), &name_of));
+        history.push(history_row(e, changes(before, after.as_ref(), &name_of), &name_of));
     }
     history.reverse();
     let as_of = match p.at.trim() {
@@ -388,8 +403,17 @@ fn as_of(moment: Moment, story: &[(Event, Option<Value>)]) -> AsOf {
         Moment::Position(p) => format!("after position {p}"),
         Moment::Time(t) => format!("at {}", when(&t)),
     };
-    let state = story.iter().take_while(|(e, _)| upto(e)).last();
-    AsOf { label, attributes: state.and_then(|(_, after)| after.as_ref()).map(attribute_rows) }
+    let state = story.iter().take_while(|(e, _)| upto(e)).last().and_then(|(_, after)| after.as_ref());
+    let rows = state.map(|doc| {
+        let mut rows = attribute_rows(doc);
+        let names: Vec<String> = doc["groups"]
+            .as_array()
+            .map(|gs| gs.iter().map(|g| g["display"].as_str().unwrap_or("?").to_string()).collect())
+            .unwrap_or_default();
+        rows.push(("groups".into(), if names.is_empty() { "none".into() } else { names.join(", ") }));
+        rows
+    });
+    AsOf { label, attributes: rows }
 }
 
 fn history_row(e: &Event, changes: Vec<Change>, name_of: &dyn Fn(&str) -> String) -> HistoryRow {
@@ -567,15 +591,16 @@ mod tests {
     }
 
     #[test]
-    fn changes_name_old_and_new_values() {
+    fn changes_name_old_and_new_values_and_groups() {
         let before =
             json!({"id": "1", "userName": "a", "title": "x", "groups": [{"value": "g1"}], "meta": {"version": "1"}});
-        let after = json!({"id": "1", "userName": "a", "displayName": "A", "groups": [], "meta": {"version": "2"}});
+        let after = json!({"id": "1", "userName": "a", "displayName": "A", "groups": [{"value": "g2"}], "meta": {"version": "2"}});
+        let name = |g: &str| format!("G-{g}");
         let got: Vec<(String, String, String)> =
-            changes(Some(&before), Some(&after)).into_iter().map(|c| (c.attr, c.old, c.new)).collect();
-        let want = [("displayName", "—", "A"), ("title", "x", "—")]
+            changes(Some(&before), Some(&after), &name).into_iter().map(|c| (c.attr, c.old, c.new)).collect();
+        let want = [("displayName", "—", "A"), ("title", "x", "—"), ("groups", "", "+ G-g2"), ("groups", "− G-g1", "")]
             .map(|(a, o, n)| (a.to_string(), o.to_string(), n.to_string()));
         assert_eq!(got, want);
-        assert!(changes(Some(&before), Some(&before)).is_empty(), "no change, no line");
+        assert!(changes(Some(&before), Some(&before), &name).is_empty(), "no change, no line");
     }
 }
