@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -19,7 +19,8 @@ use utoipa_axum::routes;
 use super::error::{ApiError, ScimErrorDoc};
 use super::extract::{Caller, ScimBody};
 use super::{blocking_read, AppState};
-use crate::sets::streams::{self, Acknowledged, StreamId};
+use crate::sets::deliver::{DeliverError, Source};
+use crate::sets::streams::StreamId;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(poll))
@@ -84,12 +85,6 @@ pub enum PollError {
 impl From<ApiError> for PollError {
     fn from(e: ApiError) -> Self {
         PollError::Api(e)
-    }
-}
-
-impl From<crate::log::LogError> for PollError {
-    fn from(e: crate::log::LogError) -> Self {
-        PollError::Api(e.into())
     }
 }
 
@@ -158,81 +153,23 @@ async fn poll(
     }
 }
 
-/// The audience of a stream's SETs.
-fn audience(s: &AppState, id: &StreamId) -> String {
-    format!("{}/sets/streams/{}", s.scim_base.trim_end_matches("/scim/v2"), id.name)
+/// Where this server's SETs come from.
+pub fn source(s: &AppState) -> Source<'_> {
+    Source {
+        store: &s.store,
+        keys: s.keys.as_ref(),
+        signer: &s.sets.signer,
+        iss: &s.scim_base,
+        max_scan: s.cfg.max_scan,
+    }
 }
 
-/// Records `acks`, then collects up to `max` unacknowledged SETs from the watermark on (reading
-/// at most `--max-scan` events). Returns the answer and the head it read up to.
+/// Records `acks`, then collects up to `max` unacknowledged SETs (see `sets::deliver`).
 fn poll_once(s: &AppState, id: &StreamId, acks: &[String], max: usize) -> Result<(PollResponse, u64), PollError> {
-    let store = s.store.outbound();
-    let before = streams::load(&store, id)?;
-    let mut next = Acknowledged { watermark: before.watermark, above: before.above.clone() };
-    for jti in acks {
-        let position = acknowledged_position(s, id, jti)?;
-        if position > next.watermark {
-            next.above.insert(position);
-        }
-    }
-    let head = s.store.head()?.position;
-    let aud = audience(s, id);
-    let (mut sets, mut more, mut pending, mut at, mut scanned) = (Map::new(), false, false, next.watermark, 0usize);
-    'scan: while at < head && scanned < s.cfg.max_scan {
-        for (position, sealed) in s.store.events_from(at + 1, 256)? {
-            if scanned == s.cfg.max_scan {
-                break 'scan;
-            }
-            scanned += 1;
-            at = position;
-            let e = sealed.decode(s.keys.as_ref()).map_err(|e| {
-                tracing::error!(position, error = %e, "an event cannot be decoded for a SET stream");
-                ApiError::Internal("an event cannot be read")
-            })?;
-            let ours = e.tenant == id.tenant && crate::sets::has_set(&e);
-            if !ours || next.above.contains(&position) {
-                // Nothing unacknowledged before it: the watermark moves past it.
-                if !pending {
-                    next.watermark = position;
-                    next.above.remove(&position);
-                }
-                continue;
-            }
-            pending = true;
-            if sets.len() == max {
-                more = true;
-                break 'scan;
-            }
-            let hash = sealed.hash_hex();
-            let claims = crate::sets::claims(&e, &hash, &s.scim_base, &aud).expect("has_set said it has one");
-            let jws = s.sets.signer.sign(&claims).map_err(|e| {
-                tracing::error!(error = %e, "a SET cannot be signed");
-                ApiError::Internal("a SET cannot be signed")
-            })?;
-            sets.insert(crate::sets::jti(position, &hash), json!(jws));
-        }
-    }
-    // Stopped before the head (a full answer, or --max-scan events read): more may wait.
-    more |= at < head;
-    streams::save(&store, id, &before, &next)?;
-    Ok((PollResponse { sets, more_available: more }, head))
-}
-
-/// The position an acknowledged `jti` names, if it is a SET of this stream: a position of this
-/// log whose event has that hash, in the stream's tenant, with a SET.
-fn acknowledged_position(s: &AppState, id: &StreamId, jti: &str) -> Result<u64, PollError> {
-    let unknown = || {
-        PollError::InvalidRequest(format!("jti {jti:?} names no SET of stream {:?}; nothing was acknowledged", id.name))
-    };
-    let (position, hash) = crate::sets::parse_jti(jti).ok_or_else(unknown)?;
-    let found = s.store.events_from(position, 1)?.into_iter().find(|(p, _)| *p == position);
-    let Some((_, sealed)) = found else { return Err(unknown()) };
-    if !sealed.hash_hex().starts_with(hash) {
-        return Err(unknown());
-    }
-    let e = sealed.decode(&scimlog_schemas::personal::NoKeys).map_err(|_| unknown())?;
-    match e.tenant == id.tenant && crate::sets::has_set(&e) {
-        true => Ok(position),
-        false => Err(unknown()),
-    }
+    let batch = source(s).next(id, acks, max).map_err(|e| match e {
+        DeliverError::UnknownJti(why) => PollError::InvalidRequest(why),
+        DeliverError::Log(e) => PollError::Api(e.into()),
+        DeliverError::Internal(what) => PollError::Api(ApiError::Internal(what)),
+    })?;
+    Ok((PollResponse { sets: batch.sets, more_available: batch.more }, batch.head))
 }

@@ -15,6 +15,7 @@
 //! groups have SETs (create, patch, activate, deactivate, delete); grants, scopes, hosts and
 //! tokens do not (they are not SCIM resources a receiver provisions).
 
+pub mod deliver;
 pub mod streams;
 
 use std::path::{Path, PathBuf};
