@@ -241,6 +241,11 @@ pub struct ServeConfig {
     /// commas. Polled at `POST /api/v1/sets/streams/NAME/poll` with an events or admin token.
     #[arg(long, env = "SCIMLOG_SET_STREAMS", value_delimiter = ',', help_heading = "Events API")]
     pub set_stream: Vec<crate::sets::streams::StreamId>,
+    /// A SET push stream (RFC 8935) as TENANT/NAME=URL: its SETs are POSTed to URL in log
+    /// order (bearer token, if any, in `<data-dir>/set-push-secrets/NAME`); repeat or separate
+    /// with commas.
+    #[arg(long, env = "SCIMLOG_SET_PUSH", value_delimiter = ',', help_heading = "Events API")]
+    pub set_push: Vec<crate::sets::push::PushTarget>,
     /// The key SETs are signed with (PKCS#8 ECDSA P-256, PEM or DER); default: one generated at
     /// the first start into `<data-dir>/set-signing-key.p8`.
     #[arg(long, env = "SCIMLOG_SET_SIGNING_KEY_FILE", help_heading = "Events API")]
@@ -329,6 +334,16 @@ impl ServeConfig {
             "--request-log-size must be at most 100000, got {}",
             self.request_log_size
         );
+        let mut names: Vec<&crate::sets::streams::StreamId> = self.set_stream.iter().collect();
+        names.extend(self.set_push.iter().map(|p| &p.id));
+        for (i, id) in names.iter().enumerate() {
+            anyhow::ensure!(
+                !names[..i].contains(id),
+                "SET stream {}/{} is configured twice (--set-stream, --set-push)",
+                id.tenant,
+                id.name
+            );
+        }
         if !self.no_console {
             crate::http::console::check_path(&self.console_path)
                 .map_err(|why| anyhow::anyhow!("--console-path {:?}: {why}", self.console_path))?;

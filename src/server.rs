@@ -210,7 +210,12 @@ impl Server {
         let draining = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let shutdown_delay = Duration::from_millis(cfg.shutdown_delay_ms);
         let (request_log_size, console) = (cfg.request_log_size, http::console::ConsoleState::new(&cfg));
-        let sets = http::sets::SetState { signer, streams: cfg.set_stream.clone(), lock: tokio::sync::Mutex::new(()) };
+        let sets = http::sets::SetState {
+            signer: Arc::new(signer),
+            streams: cfg.set_stream.clone(),
+            push: cfg.set_push.iter().map(|t| (t.clone(), Default::default())).collect(),
+            lock: tokio::sync::Mutex::new(()),
+        };
         let state = AppState::new(Inner {
             reads: tokio::sync::Semaphore::new(cfg.max_concurrent_reads),
             rates: http::rate::RateLimits::new(
@@ -237,6 +242,25 @@ impl Server {
         // Token changes made while the server was down, then every second (requests that meet a
         // changed file record it themselves, before they go on).
         http::reconcile_tokens(&state).await;
+        // One task per SET push stream, stopped with the rest.
+        let push_tasks: Vec<_> = state
+            .sets
+            .push
+            .iter()
+            .map(|(target, status)| {
+                let worker = crate::sets::push::Worker {
+                    store: state.store.clone(),
+                    keys: state.keys.clone(),
+                    signer: state.sets.signer.clone(),
+                    iss: state.scim_base.clone(),
+                    max_scan: state.cfg.max_scan,
+                    secrets: state.cfg.data_dir.join("set-push-secrets"),
+                    committed: state.writer.committed(),
+                    shutdown: bus_shutdown_for_tokens.clone(),
+                };
+                tokio::spawn(worker.run(target.clone(), status.clone()))
+            })
+            .collect();
         let token_task = {
             let (state, mut stop) = (state.clone(), bus_shutdown_for_tokens);
             tokio::spawn(async move {
@@ -295,6 +319,9 @@ impl Server {
             }
             // Its handle of the state must be gone too before the store can close.
             let _ = token_task.await;
+            for t in push_tasks {
+                let _ = t.await;
+            }
             // The connectors hold the store: they stop where they are (their watermark and
             // intents say where to go on).
             if let Some(t) = outbound_task {

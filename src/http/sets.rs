@@ -23,7 +23,7 @@ use crate::sets::deliver::{DeliverError, Source};
 use crate::sets::streams::StreamId;
 
 pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(poll))
+    OpenApiRouter::new().routes(routes!(poll)).routes(routes!(list_streams))
 }
 
 /// `GET /sets/jwks.json`: public keys, no token needed.
@@ -33,8 +33,11 @@ pub fn jwks_router() -> Router<AppState> {
 
 /// The SETs' signer and the configured poll streams.
 pub struct SetState {
-    pub signer: crate::sets::Signer,
+    pub signer: std::sync::Arc<crate::sets::Signer>,
+    /// Poll streams.
     pub streams: Vec<StreamId>,
+    /// Push streams, each with the state its task reports.
+    pub push: Vec<(crate::sets::push::PushTarget, crate::sets::push::Status)>,
     /// One poll at a time changes a stream's acknowledgements.
     pub lock: tokio::sync::Mutex<()>,
 }
@@ -172,4 +175,57 @@ fn poll_once(s: &AppState, id: &StreamId, acks: &[String], max: usize) -> Result
         DeliverError::Internal(what) => PollError::Api(ApiError::Internal(what)),
     })?;
     Ok((PollResponse { sets: batch.sets, more_available: batch.more }, batch.head))
+}
+
+/// A SET stream of the caller's tenant and where it stands.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StreamView {
+    name: String,
+    /// `poll` (RFC 8936) or `push` (RFC 8935).
+    delivery: String,
+    /// The receiver's endpoint (push streams).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    url: Option<String>,
+    /// Every position up to here is acknowledged or has no SET for this stream.
+    watermark: u64,
+    /// Positions acknowledged beyond the watermark.
+    acknowledged_above: usize,
+    /// The push task's state (push streams).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    push: Option<crate::sets::push::PushState>,
+}
+
+/// The caller's tenant's SET streams, poll and push, with what each receiver acknowledged.
+#[utoipa::path(
+    get, path = "/sets/streams", tag = "events",
+    responses(
+        (status = 200, description = "The tenant's SET streams", body = Vec<StreamView>),
+        (status = 403, description = "Not an events or admin token", body = ScimErrorDoc),
+    ),
+)]
+async fn list_streams(State(s): State<AppState>, caller: Caller) -> Result<Json<Vec<StreamView>>, ApiError> {
+    if !caller.principal.role.may_read_events() {
+        return Err(ApiError::Forbidden("SET streams need an events or admin token"));
+    }
+    let tenant = caller.tenant().to_string();
+    blocking_read(&s, move |s| {
+        let store = s.store.outbound();
+        let polls = s.sets.streams.iter().filter(|id| id.tenant == tenant).map(|id| (id, None));
+        let pushes = s.sets.push.iter().filter(|(t, _)| t.id.tenant == tenant).map(|(t, st)| (&t.id, Some((t, st))));
+        let mut out = Vec::new();
+        for (id, push) in polls.chain(pushes) {
+            let acked = crate::sets::streams::load(&store, id)?;
+            out.push(StreamView {
+                name: id.name.clone(),
+                delivery: if push.is_some() { "push".into() } else { "poll".into() },
+                url: push.map(|(t, _)| t.url.clone()),
+                watermark: acked.watermark,
+                acknowledged_above: acked.above.len(),
+                push: push.map(|(_, st)| st.lock().expect("push status lock").clone()),
+            });
+        }
+        Ok(Json(out))
+    })
+    .await
 }

@@ -16,6 +16,7 @@
 //! tokens do not (they are not SCIM resources a receiver provisions).
 
 pub mod deliver;
+pub mod push;
 pub mod streams;
 
 use std::path::{Path, PathBuf};

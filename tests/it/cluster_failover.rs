@@ -239,8 +239,9 @@ async fn the_leader_killed_or_paused_loses_no_answered_write() {
     assert!(created.len() > rounds, "the writers got writes through");
 
     // Every node converges on the same head (waiting out a node just started again or
-    // continued, slow to answer on a loaded machine); every answered write is on every node.
-    let deadline = Instant::now() + Duration::from_secs(60);
+    // continued, slow to answer on a loaded machine: the whole suite, browser tests included,
+    // shares 2 cores with it, and once took more than 60 s); every answered write is on every node.
+    let deadline = Instant::now() + Duration::from_secs(180);
     let head = loop {
         let mut applied = Vec::new();
         for n in &nodes {

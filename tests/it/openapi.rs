@@ -96,6 +96,7 @@ async fn every_answer_is_what_the_description_says() {
         case(Method::GET, "/outbound/targets", "/outbound/targets", None, 403),
         case(Method::POST, "/outbound/targets/{name}/{action}", "/outbound/targets/crm/retry", None, 403),
         case(Method::POST, "/sets/streams/{name}/poll", "/sets/streams/siem/poll", Some(json!({})), 403),
+        case(Method::GET, "/sets/streams", "/sets/streams", None, 403),
     ];
     let target = json!({"name": "crm", "url": "http://127.0.0.1:9/scim/v2", "token_file": "crm.token"});
     let admin = [
@@ -132,6 +133,7 @@ async fn every_answer_is_what_the_description_says() {
             400,
         ),
         case(Method::POST, "/sets/streams/{name}/poll", "/sets/streams/nope/poll", Some(json!({})), 404),
+        case(Method::GET, "/sets/streams", "/sets/streams", None, 200),
     ];
     cases.extend(admin.into_iter().map(|c| Case { admin: true, ..c }));
     cases.push(Case { admin: false, ..case(Method::GET, "/environments", "/environments", None, 401) });

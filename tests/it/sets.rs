@@ -278,3 +278,101 @@ async fn a_bad_signing_key_stops_the_start() {
     let e = scimlog::server::Server::start(cfg).await.err().expect("the start fails").to_string();
     assert!(e.contains("SET signing key") && e.contains("set.pem"), "{e}");
 }
+
+/// A SET receiver's endpoint on loopback: answers 503 to the first `fail` SETs, 400 with an
+/// RFC 8935 error to the next `refuse`, then 202; keeps every SET it accepted, in order.
+struct Endpoint {
+    url: String,
+    accepted: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    attempts: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+async fn endpoint(fail: usize, refuse: usize) -> Endpoint {
+    use std::sync::atomic::Ordering;
+    let accepted = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let attempts = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (acc, att) = (accepted.clone(), attempts.clone());
+    let app = axum::Router::new().route(
+        "/events",
+        axum::routing::post(move |headers: axum::http::HeaderMap, body: String| {
+            let (acc, att) = (acc.clone(), att.clone());
+            async move {
+                assert_eq!(headers["content-type"], "application/secevent+jwt");
+                let n = att.fetch_add(1, Ordering::SeqCst);
+                if n < fail {
+                    return (axum::http::StatusCode::SERVICE_UNAVAILABLE, String::new());
+                }
+                if n < fail + refuse {
+                    let err = json!({"err": "invalid_key", "description": "not this key"}).to_string();
+                    return (axum::http::StatusCode::BAD_REQUEST, err);
+                }
+                acc.lock().unwrap().push(body);
+                (axum::http::StatusCode::ACCEPTED, String::new())
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/events", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    Endpoint { url, accepted, attempts }
+}
+
+async fn streams(s: &TestServer) -> Value {
+    s.send_as(ADMIN_TOKEN, Method::GET, &format!("{}/api/v1/sets/streams", s.base), None, &[]).await.body
+}
+
+/// Push (RFC 8935): every SET reaches the receiver in log order, once, through failures (503:
+/// retried with backoff) and refusals (400 with an error: kept, not retried), and across a
+/// restart; the stream's state is visible.
+#[tokio::test]
+async fn push_delivers_in_order_once_through_failures_and_restarts() {
+    let hook = endpoint(2, 1).await;
+    let target = format!("default/hook={}", hook.url);
+    let s = TestServer::start_configured(|c| c.set_push = vec![target.parse().unwrap()]).await;
+    for n in 0..5 {
+        s.post("/Users", &json!({"userName": format!("p{n}")})).await;
+    }
+    let accepted = hook.accepted.clone();
+    crate::support::eventually(30, "four SETs accepted", || {
+        let a = accepted.clone();
+        async move { a.lock().unwrap().len() == 4 }
+    })
+    .await;
+    let view = streams(&s).await;
+    let hook_view = view.as_array().unwrap().iter().find(|v| v["name"] == "hook").unwrap().clone();
+    assert_eq!(hook_view["delivery"], "push");
+    assert_eq!((hook_view["push"]["delivered"].as_u64(), hook_view["push"]["refused"].as_u64()), (Some(4), Some(1)));
+    assert!(hook_view["push"]["lastError"].as_str().unwrap().contains("invalid_key"), "{hook_view}");
+    assert_eq!(hook.attempts.load(std::sync::atomic::Ordering::SeqCst), 2 + 5, "503s retried, the refusal not");
+
+    // After a restart, only new changes are sent.
+    let s = s.restart().await;
+    s.post("/Users", &json!({"userName": "after-restart"})).await;
+    let accepted = hook.accepted.clone();
+    crate::support::eventually(30, "the new SET accepted", || {
+        let a = accepted.clone();
+        async move { a.lock().unwrap().len() == 5 }
+    })
+    .await;
+    let mut receiver = Receiver::new(&s).await;
+    let mut last = 0;
+    for jws in hook.accepted.lock().unwrap().iter() {
+        let header = jsonwebtoken::decode_header(jws).unwrap();
+        assert_eq!(header.typ.as_deref(), Some("secevent+jwt"));
+        let claims: Value = {
+            let parts: Vec<&str> = jws.split('.').collect();
+            use base64::Engine;
+            serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(parts[1]).unwrap()).unwrap()
+        };
+        let jti = claims["jti"].as_str().unwrap().to_string();
+        // Each server start listens on a new port: the audience is that of the SET's issuer.
+        receiver.aud = format!("{}/sets/streams/hook", claims["iss"].as_str().unwrap().trim_end_matches("/scim/v2"));
+        receiver.verify(&jti, jws);
+        let position: u64 = jti.split('.').next().unwrap().parse().unwrap();
+        assert!(position > last, "in log order, each once");
+        last = position;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(hook.accepted.lock().unwrap().len(), 5, "nothing sent twice");
+    assert_eq!(hook.attempts.load(std::sync::atomic::Ordering::SeqCst), 2 + 5 + 1);
+}

@@ -1,0 +1,224 @@
+//! Push delivery (RFC 8935): a stream whose receiver has an endpoint (`--set-push
+//! TENANT/NAME=URL`) gets its SETs POSTed one at a time, in log order, by a task of its own.
+//! A SET is acknowledged (and never sent again) when the receiver answers 202, or 400 with an
+//! RFC 8935 error (it was received and refused: retrying would not help; the error is kept);
+//! anything else is retried with backoff (1 s doubling to 60 s), and after
+//! `PAUSE_AFTER` failures in a row the stream shows `paused` and is tried once a minute.
+//! The bearer token, if any, is read from `<data-dir>/set-push-secrets/<NAME>` at each attempt.
+//!
+//! A SET is sent again only when the server stopped between the receiver's 202 and the
+//! acknowledgement's fsync: receivers dedupe by `jti`, which is stable.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::sync::watch;
+
+use super::deliver::{Batch, DeliverError, Source};
+use super::streams::StreamId;
+use super::Signer;
+use crate::log::keys::KeyRing;
+use crate::log::Store;
+
+/// Failures in a row after which a stream shows `paused` (and is tried once a minute).
+pub const PAUSE_AFTER: u32 = 5;
+const BACKOFF_MAX: Duration = Duration::from_secs(60);
+/// How long a receiver has to answer one SET.
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A push stream, parsed from `TENANT/NAME=URL`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PushTarget {
+    pub id: StreamId,
+    pub url: String,
+}
+
+impl std::str::FromStr for PushTarget {
+    type Err = String;
+    fn from_str(s: &str) -> Result<PushTarget, String> {
+        let (id, url) = s.split_once('=').ok_or_else(|| format!("{s:?}: expected TENANT/NAME=URL"))?;
+        let parsed = reqwest::Url::parse(url).map_err(|e| format!("{s:?}: {url:?} is not a URL: {e}"))?;
+        if !matches!(parsed.scheme(), "http" | "https") {
+            return Err(format!("{s:?}: the receiver's URL must be http or https"));
+        }
+        Ok(PushTarget { id: id.parse()?, url: url.to_string() })
+    }
+}
+
+/// Where a push stream stands, for `GET /api/v1/sets/streams`.
+#[derive(Clone, Debug, Default, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PushState {
+    /// `idle` (all delivered), `delivering`, `retrying` (the last attempt failed) or `paused`
+    /// (`PAUSE_AFTER` failures in a row: tried once a minute).
+    pub state: String,
+    /// SETs the receiver accepted (202) since start.
+    pub delivered: u64,
+    /// SETs the receiver refused with an RFC 8935 error (400) since start; not sent again.
+    pub refused: u64,
+    /// Failed attempts in a row.
+    pub failures: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+pub type Status = Arc<Mutex<PushState>>;
+
+/// What a push task needs: the log and keys, the signer, the issuer, the scan bound, where
+/// secrets live, the committed head (to wake on new events) and the shutdown signal.
+pub struct Worker {
+    pub store: Store,
+    pub keys: Arc<KeyRing>,
+    pub signer: Arc<Signer>,
+    pub iss: String,
+    pub max_scan: usize,
+    pub secrets: PathBuf,
+    pub committed: watch::Receiver<u64>,
+    pub shutdown: watch::Receiver<bool>,
+}
+
+enum Outcome {
+    Accepted,
+    Refused(String),
+    Failed(String),
+}
+
+impl Worker {
+    /// `Source::next` on the blocking pool (it reads the store and fsyncs acknowledgements).
+    async fn next(&self, id: &StreamId, acks: Vec<String>, max: usize) -> Result<Batch, DeliverError> {
+        let (store, keys, signer) = (self.store.clone(), self.keys.clone(), self.signer.clone());
+        let (iss, max_scan, id) = (self.iss.clone(), self.max_scan, id.clone());
+        tokio::task::spawn_blocking(move || {
+            Source { store: &store, keys: &keys, signer: &signer, iss: &iss, max_scan }.next(&id, &acks, max)
+        })
+        .await
+        .unwrap_or(Err(DeliverError::Internal("a SET push step panicked")))
+    }
+
+    /// Delivers `target`'s SETs until shutdown.
+    pub async fn run(mut self, target: PushTarget, status: Status) {
+        let client = match reqwest::Client::builder().timeout(TIMEOUT).build() {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, "no HTTP client for SET push");
+                return;
+            }
+        };
+        let set = |f: &dyn Fn(&mut PushState)| f(&mut status.lock().expect("push status lock"));
+        let mut backoff = Duration::from_secs(1);
+        loop {
+            if *self.shutdown.borrow() {
+                return;
+            }
+            let next = self.next(&target.id, vec![], 1).await;
+            let batch = match next {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::error!(stream = %target.id.name, error = %e, "a SET push stream cannot read the log");
+                    if self.pause(BACKOFF_MAX).await {
+                        return;
+                    }
+                    continue;
+                }
+            };
+            let Some((jti, jws)) = batch.sets.into_iter().next() else {
+                set(&|s| s.state = "idle".into());
+                let head = batch.head;
+                let woke = tokio::select! {
+                    r = self.committed.wait_for(|h| *h > head) => r.is_ok(),
+                    _ = self.shutdown.changed() => return,
+                };
+                // The writer is gone (the server is stopping): no busy loop meanwhile.
+                if !woke && self.pause(BACKOFF_MAX).await {
+                    return;
+                }
+                continue;
+            };
+            set(&|s| s.state = if s.failures == 0 { "delivering".into() } else { s.state.clone() });
+            let outcome = self.send(&client, &target, jws.as_str().unwrap_or_default()).await;
+            match outcome {
+                Outcome::Accepted | Outcome::Refused(_) => {
+                    if let Err(e) = self.next(&target.id, vec![jti.clone()], 0).await {
+                        tracing::error!(stream = %target.id.name, %jti, error = %e, "a pushed SET cannot be acknowledged");
+                    }
+                    backoff = Duration::from_secs(1);
+                    set(&|s| {
+                        s.failures = 0;
+                        match &outcome {
+                            Outcome::Refused(why) => {
+                                s.refused += 1;
+                                s.last_error = Some(format!("{jti} refused: {why}"));
+                            }
+                            _ => s.delivered += 1,
+                        }
+                    });
+                }
+                Outcome::Failed(why) => {
+                    tracing::warn!(stream = %target.id.name, %jti, error = %why, "pushing a SET failed; trying again");
+                    let failures = {
+                        let mut s = status.lock().expect("push status lock");
+                        s.failures += 1;
+                        s.state = if s.failures >= PAUSE_AFTER { "paused".into() } else { "retrying".into() };
+                        s.last_error = Some(why);
+                        s.failures
+                    };
+                    let wait = if failures >= PAUSE_AFTER { BACKOFF_MAX } else { backoff };
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                    if self.pause(wait).await {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sleeps `d`, or less when the server stops (then `true`).
+    async fn pause(&mut self, d: Duration) -> bool {
+        tokio::select! {
+            _ = tokio::time::sleep(d) => false,
+            _ = self.shutdown.changed() => true,
+        }
+    }
+
+    async fn send(&self, client: &reqwest::Client, target: &PushTarget, jws: &str) -> Outcome {
+        let mut req = client
+            .post(&target.url)
+            .header("content-type", "application/secevent+jwt")
+            .header("accept", "application/json")
+            .body(jws.to_string());
+        if let Ok(token) = std::fs::read_to_string(self.secrets.join(&target.id.name)) {
+            req = req.bearer_auth(token.trim());
+        }
+        match req.send().await {
+            Ok(r) if r.status().as_u16() == 202 => Outcome::Accepted,
+            Ok(r) if r.status().as_u16() == 400 => {
+                let body: serde_json::Value = r.json().await.unwrap_or_default();
+                match body["err"].as_str() {
+                    Some(err) => Outcome::Refused(format!("{err}: {}", body["description"].as_str().unwrap_or(""))),
+                    None => Outcome::Failed("400 without an RFC 8935 error".into()),
+                }
+            }
+            Ok(r) => Outcome::Failed(format!("the receiver answered {}", r.status())),
+            Err(e) => Outcome::Failed(format!("no answer: {e}")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn push_targets() {
+        let t: PushTarget = "acme/siem=https://siem.example/events".parse().unwrap();
+        assert_eq!(
+            (t.id.tenant.as_str(), t.id.name.as_str(), t.url.as_str()),
+            ("acme", "siem", "https://siem.example/events")
+        );
+        for bad in ["acme/siem", "acme/siem=not a url", "acme/siem=ftp://x/", "siem=https://x/"] {
+            assert!(bad.parse::<PushTarget>().is_err(), "{bad}");
+        }
+    }
+}
