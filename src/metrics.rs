@@ -69,6 +69,13 @@ pub struct TargetLabels {
     pub target: String,
 }
 
+/// A SET stream (its tenant and configured name).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StreamLabels {
+    pub tenant: String,
+    pub stream: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TargetStateLabels {
     pub target: String,
@@ -129,6 +136,26 @@ pub struct Metrics {
     /// Requests the outbound connectors sent, by target, method and status.
     pub outbound_requests: Family<TargetRequestLabels, Counter>,
     outbound: OutboundGauges,
+    sets: SetGauges,
+}
+
+#[derive(Clone, Default)]
+struct SetGauges {
+    lag_positions: Family<StreamLabels, Gauge>,
+    delivered: Family<StreamLabels, Gauge>,
+    refused: Family<StreamLabels, Gauge>,
+    failures: Family<StreamLabels, Gauge>,
+}
+
+/// A SET stream at scrape time.
+#[derive(Clone, Debug)]
+pub struct SetStreamScrape {
+    pub tenant: String,
+    pub stream: String,
+    /// Log positions after the stream's watermark (not yet acknowledged, or not yet looked at).
+    pub lag_positions: u64,
+    /// A push stream's figures since start: delivered, refused, failures in a row.
+    pub push: Option<(u64, u64, u32)>,
 }
 
 #[derive(Clone, Default)]
@@ -185,6 +212,8 @@ pub struct Scrape {
     pub store: Option<crate::log::StoreStats>,
     /// Each outbound target's status.
     pub outbound: Vec<crate::outbound::StatusView>,
+    /// Each SET stream.
+    pub sets: Vec<SetStreamScrape>,
 }
 
 impl Metrics {
@@ -212,6 +241,7 @@ impl Metrics {
             process: ProcessGauges::default(),
             outbound_requests: Family::default(),
             outbound: OutboundGauges::default(),
+            sets: SetGauges::default(),
         };
         let mut r = Registry::default();
         r.register(
@@ -321,6 +351,18 @@ impl Metrics {
             m.outbound.parked.clone(),
         );
         r.register("scimlog_outbound_health", "1 for an outbound target's current health", m.outbound.health.clone());
+        r.register(
+            "scimlog_set_stream_lag_positions",
+            "Log positions after a SET stream's watermark (not acknowledged yet)",
+            m.sets.lag_positions.clone(),
+        );
+        r.register("scimlog_set_push_delivered", "SETs a push receiver accepted since start", m.sets.delivered.clone());
+        r.register(
+            "scimlog_set_push_refused",
+            "SETs a push receiver refused (RFC 8935 error) since start",
+            m.sets.refused.clone(),
+        );
+        r.register("scimlog_set_push_failures", "Failed push attempts in a row", m.sets.failures.clone());
         let build: Family<BuildLabels, Gauge> = Family::default();
         build
             .get_or_create(&BuildLabels { version: env!("CARGO_PKG_VERSION").into(), git_sha: crate::GIT_SHA.into() })
@@ -361,6 +403,16 @@ impl Metrics {
             for h in crate::outbound::Health::ALL {
                 let labels = TargetStateLabels { target: t.name.clone(), state: h.as_str().into() };
                 self.outbound.health.get_or_create(&labels).set((h == t.health) as i64);
+            }
+        }
+        self.sets.lag_positions.clear();
+        for st in &scrape.sets {
+            let l = StreamLabels { tenant: st.tenant.clone(), stream: st.stream.clone() };
+            self.sets.lag_positions.get_or_create(&l).set(st.lag_positions as i64);
+            if let Some((delivered, refused, failures)) = st.push {
+                self.sets.delivered.get_or_create(&l).set(delivered as i64);
+                self.sets.refused.get_or_create(&l).set(refused as i64);
+                self.sets.failures.get_or_create(&l).set(failures as i64);
             }
         }
         if let Some(p) = process_figures() {
@@ -429,6 +481,7 @@ mod tests {
             }),
             store: None,
             outbound: vec![],
+            sets: vec![],
         });
         for line in [
             "scimlog_events_written_total{type=\"user.created\"} 1",

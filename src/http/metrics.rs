@@ -35,6 +35,25 @@ pub fn open_router(state: AppState) -> Router {
     Router::new().route("/metrics", get(|State(s): State<AppState>| async move { scrape(&s) })).with_state(state)
 }
 
+/// Each SET stream's lag (one read of its watermark) and, for push, its task's figures.
+fn set_streams(state: &AppState, head: u64) -> Vec<crate::metrics::SetStreamScrape> {
+    let store = state.store.outbound();
+    let polls = state.sets.streams.iter().map(|id| (id, None));
+    let pushes = state.sets.push.iter().map(|(t, st)| {
+        let p = st.lock().expect("push status lock");
+        (&t.id, Some((p.delivered, p.refused, p.failures)))
+    });
+    polls
+        .chain(pushes)
+        .map(|(id, push)| crate::metrics::SetStreamScrape {
+            tenant: id.tenant.clone(),
+            stream: id.name.clone(),
+            lag_positions: crate::sets::streams::load(&store, id).map_or(0, |a| head.saturating_sub(a.watermark)),
+            push,
+        })
+        .collect()
+}
+
 fn scrape(state: &AppState) -> Response {
     let head = state.store.head().map(|h| h.position).unwrap_or(0);
     let snapshot = Scrape {
@@ -47,6 +66,7 @@ fn scrape(state: &AppState) -> Response {
         }),
         store: state.store.stats().ok(),
         outbound: state.outbound.as_ref().map(|o| o.statuses(None)).unwrap_or_default(),
+        sets: set_streams(state, head),
     };
     let mut resp = (StatusCode::OK, state.metrics.render(&snapshot)).into_response();
     resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(OPENMETRICS));

@@ -344,6 +344,23 @@ async fn push_delivers_in_order_once_through_failures_and_restarts() {
     assert_eq!((hook_view["push"]["delivered"].as_u64(), hook_view["push"]["refused"].as_u64()), (Some(4), Some(1)));
     assert!(hook_view["push"]["lastError"].as_str().unwrap().contains("invalid_key"), "{hook_view}");
     assert_eq!(hook.attempts.load(std::sync::atomic::Ordering::SeqCst), 2 + 5, "503s retried, the refusal not");
+    let metrics = reqwest::Client::new()
+        .get(format!("{}/metrics", s.base))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        "scimlog_set_push_delivered{tenant=\"default\",stream=\"hook\"} 4",
+        "scimlog_set_push_refused{tenant=\"default\",stream=\"hook\"} 1",
+        "scimlog_set_push_failures{tenant=\"default\",stream=\"hook\"} 0",
+        "scimlog_set_stream_lag_positions{tenant=\"default\",stream=\"hook\"} 0",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} in\n{metrics}");
+    }
 
     // After a restart, only new changes are sent.
     let s = s.restart().await;
