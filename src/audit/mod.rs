@@ -268,21 +268,33 @@ pub fn history_tail(
     id: &str,
     limit: usize,
 ) -> Result<(usize, Vec<Event>), AuditError> {
+    let positions = history_index(store, tenant, kind, id)?;
+    let total = positions.len();
+    let events = read_events(store, opener, &positions[total.saturating_sub(limit)..])?;
+    Ok((total, events))
+}
+
+/// The positions of a resource's history, oldest first (the history index alone).
+fn history_index(store: &Store, tenant: &str, kind: ResourceKind, id: &str) -> Result<Vec<u64>, AuditError> {
     let view = store.view();
     let positions = query::history_positions(&view, tenant, kind, id);
-    if let Some(e) = view.take_error() {
-        return Err(e.into());
+    match view.take_error() {
+        Some(e) => Err(e.into()),
+        None => Ok(positions),
     }
-    let total = positions.len();
-    let mut out = Vec::with_capacity(total.min(limit));
-    for &position in &positions[total.saturating_sub(limit)..] {
+}
+
+/// The events at `positions`, decoded.
+fn read_events(store: &Store, opener: &dyn Opener, positions: &[u64]) -> Result<Vec<Event>, AuditError> {
+    let mut out = Vec::with_capacity(positions.len());
+    for &position in positions {
         for (p, sealed) in store.events_from(position, 1)? {
             if p == position {
                 out.push(sealed.decode(opener).map_err(|e| AuditError::Broken { position, what: e.to_string() })?);
             }
         }
     }
-    Ok((total, out))
+    Ok(out)
 }
 
 /// A user's history folded one event at a time by the live fold: each event that touched the
@@ -297,14 +309,13 @@ pub fn user_story(
     id: &str,
     limit: usize,
 ) -> Result<Vec<(Event, Option<Value>)>, AuditError> {
-    let view = store.view();
-    let count = query::history_positions(&view, tenant, ResourceKind::User, id).len();
-    drop(view);
-    if count > limit {
-        return Err(AuditError::TooLong { count, limit });
+    // The index is walked once: to refuse a long history before reading it, then to read it.
+    let positions = history_index(store, tenant, ResourceKind::User, id)?;
+    if positions.len() > limit {
+        return Err(AuditError::TooLong { count: positions.len(), limit });
     }
     let mut kv = MemKv::with_blinder(blinder_of(store)?);
-    let events = history(store, opener, tenant, ResourceKind::User, id)?;
+    let events = read_events(store, opener, &positions)?;
     let live = store.view();
     Ok(events
         .into_iter()
