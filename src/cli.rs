@@ -84,6 +84,12 @@ enum Cmd {
         #[command(subcommand)]
         command: OutboundCmd,
     },
+    /// SET streams (RFC 9967 events for receivers that do not speak NATS): `add` and `remove`
+    /// work while the server runs (it follows `<data-dir>/set-streams.toml` within a second).
+    Sets {
+        #[command(subcommand)]
+        command: SetsCmd,
+    },
     /// Erase a person: delete the user if it still exists and destroy its data key, so that its
     /// personal values in the log can never be read again. Offline: with a server running, use
     /// POST /api/v1/users/{id}/erase with an admin token instead.
@@ -180,6 +186,47 @@ enum TokenCmd {
         data_dir: PathBuf,
     },
     /// List token names, tenants and roles (never the tokens).
+    List {
+        #[arg(long, env = "SCIMLOG_DATA_DIR", default_value = "./scimlog-data")]
+        data_dir: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum SetsCmd {
+    /// Add a stream: poll (RFC 8936) without --url, push (RFC 8935) with it.
+    Add {
+        #[arg(long, default_value = "default")]
+        tenant: String,
+        #[arg(long)]
+        name: String,
+        /// The receiver's endpoint: SETs are POSTed there in log order.
+        #[arg(long)]
+        url: Option<String>,
+        /// A file holding the push receiver's bearer token (default:
+        /// `<data-dir>/set-push-secrets/<name>`), read at each attempt.
+        #[arg(long, requires = "url")]
+        token_file: Option<PathBuf>,
+        /// Carry only these event URIs (repeat or separate with commas; default: all).
+        #[arg(long, value_delimiter = ',')]
+        events: Vec<String>,
+        /// A feed: carry the user members of these groups (ids), with feed:add and
+        /// feed:remove as they join and leave (repeat or separate with commas).
+        #[arg(long = "group", value_delimiter = ',')]
+        groups: Vec<String>,
+        #[arg(long, env = "SCIMLOG_DATA_DIR", default_value = "./scimlog-data")]
+        data_dir: PathBuf,
+    },
+    /// Remove a stream (what its receiver acknowledged stays in the store).
+    Remove {
+        #[arg(long, default_value = "default")]
+        tenant: String,
+        #[arg(long)]
+        name: String,
+        #[arg(long, env = "SCIMLOG_DATA_DIR", default_value = "./scimlog-data")]
+        data_dir: PathBuf,
+    },
+    /// The file's streams, each with its watermark and lag (read beside a running server).
     List {
         #[arg(long, env = "SCIMLOG_DATA_DIR", default_value = "./scimlog-data")]
         data_dir: PathBuf,
@@ -536,6 +583,7 @@ pub fn main() -> anyhow::Result<()> {
             }
         },
         Cmd::Outbound { command } => outbound_cmd(command),
+        Cmd::Sets { command } => sets_cmd(command),
         Cmd::Erase { resource, reason, tenant, store } => {
             let id = resource
                 .strip_prefix("Users/")
@@ -782,6 +830,43 @@ fn progress_bar(total: Option<u64>, what: &str, quiet: bool) -> indicatif::Progr
     bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
     bar.set_message(what.to_string());
     bar
+}
+
+fn sets_cmd(command: SetsCmd) -> anyhow::Result<()> {
+    use crate::sets::config::{self, StreamConfig};
+    match command {
+        SetsCmd::Add { tenant, name, url, token_file, events, groups, data_dir } => {
+            let token_file = token_file.map(|f| std::path::absolute(&f).unwrap_or(f));
+            let c = StreamConfig { tenant, name: name.clone(), url, token_file, events, groups };
+            config::add(&config::path(&data_dir), &data_dir, c, &[])?;
+            eprintln!("SET stream {name:?} added; a running server serves it within a second");
+            Ok(())
+        }
+        SetsCmd::Remove { tenant, name, data_dir } => {
+            let id = format!("{tenant}/{name}").parse().map_err(|e: String| anyhow::anyhow!(e))?;
+            config::remove(&config::path(&data_dir), &id)?;
+            eprintln!("SET stream {name:?} removed");
+            Ok(())
+        }
+        SetsCmd::List { data_dir } => {
+            let streams = config::load(&config::path(&data_dir), &data_dir)?;
+            let store = Store::open_read_only(&data_dir)?;
+            let head = store.head()?.position;
+            for s in &streams {
+                let w = crate::sets::streams::load(&store.outbound(), &s.id)?.watermark;
+                let delivery = s.push.as_ref().map_or("poll".to_string(), |p| format!("push {}", p.url));
+                let scope = s.groups.as_ref().map_or("tenant".to_string(), |g| format!("groups={}", g.len()));
+                println!(
+                    "{}/{}	{delivery}	{scope}	events={}	watermark={w}	head={head}	lag={}",
+                    s.id.tenant,
+                    s.id.name,
+                    s.uris().len(),
+                    head.saturating_sub(w)
+                );
+            }
+            Ok(())
+        }
+    }
 }
 
 fn outbound_cmd(command: OutboundCmd) -> anyhow::Result<()> {

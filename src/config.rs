@@ -381,6 +381,11 @@ impl ServeConfig {
         self.tenant_grant_shapes.iter().find(|(t, _)| t == tenant).map(|(_, s)| *s).unwrap_or(self.grant_shape)
     }
 
+    /// `<data-dir>/set-streams.toml`: the SET streams added by `scimlog sets add` or the API.
+    pub fn set_streams_path(&self) -> PathBuf {
+        crate::sets::config::path(&self.data_dir)
+    }
+
     pub fn outbound_path(&self) -> PathBuf {
         self.outbound_file.clone().unwrap_or_else(|| crate::outbound::config::path(&self.data_dir))
     }

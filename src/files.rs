@@ -87,6 +87,41 @@ impl Drop for FileLock {
     }
 }
 
+/// Why a TOML configuration file (the outbound targets, the SET streams) was not read or written.
+#[derive(Debug)]
+pub enum TomlError {
+    Io(std::io::Error),
+    Syntax(String),
+}
+
+/// The file parsed as `T`; a missing file is `T::default()`.
+pub fn read_toml<T: serde::de::DeserializeOwned + Default>(path: &Path) -> Result<T, TomlError> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => toml::from_str(&text).map_err(|e| TomlError::Syntax(e.to_string())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(T::default()),
+        Err(e) => Err(TomlError::Io(e)),
+    }
+}
+
+/// Reads, changes (`f`) and replaces the file under its lock, so that two commands take turns;
+/// `f`'s own error leaves the file as it was.
+pub fn edit_toml<T, E>(path: &Path, f: impl FnOnce(&mut T) -> Result<(), E>) -> Result<Result<(), E>, TomlError>
+where
+    T: serde::de::DeserializeOwned + serde::Serialize + Default,
+{
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        create_private_dir(dir).map_err(TomlError::Io)?;
+    }
+    let _lock = FileLock::acquire(path).map_err(TomlError::Io)?;
+    let mut file: T = read_toml(path)?;
+    if let Err(e) = f(&mut file) {
+        return Ok(Err(e));
+    }
+    let text = toml::to_string(&file).map_err(|e| TomlError::Syntax(e.to_string()))?;
+    replace_private(path, text.as_bytes()).map_err(TomlError::Io)?;
+    Ok(Ok(()))
+}
+
 /// What group or other users may do with a file or directory, if anything: `Some(mode)` when it
 /// is readable, writable or searchable by anyone but the owner.
 pub fn loose_mode(path: &Path) -> Option<u32> {

@@ -210,10 +210,11 @@ impl Server {
         let draining = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let shutdown_delay = Duration::from_millis(cfg.shutdown_delay_ms);
         let (request_log_size, console) = (cfg.request_log_size, http::console::ConsoleState::new(&cfg));
+        let set_flags = crate::sets::config::from_flags(&cfg.set_stream, &cfg.set_push, &cfg.data_dir);
+        let set_streams = Arc::new(crate::sets::run::Streams::new(&set_flags, &cfg.set_streams_path(), &cfg.data_dir));
         let sets = http::sets::SetState {
             signer: Arc::new(signer),
-            streams: cfg.set_stream.clone(),
-            push: cfg.set_push.iter().map(|t| (t.clone(), Default::default())).collect(),
+            streams: set_streams.clone(),
             lock: tokio::sync::Mutex::new(()),
         };
         let state = AppState::new(Inner {
@@ -242,25 +243,30 @@ impl Server {
         // Token changes made while the server was down, then every second (requests that meet a
         // changed file record it themselves, before they go on).
         http::reconcile_tokens(&state).await;
-        // One task per SET push stream, stopped with the rest.
-        let push_tasks: Vec<_> = state
-            .sets
-            .push
-            .iter()
-            .map(|(target, status)| {
-                let worker = crate::sets::push::Worker {
+        // The SET streams file, read again when it changes; one task per push stream (on the
+        // leader only, in cluster mode), stopped with the rest.
+        let sets_task = crate::sets::run::start(
+            crate::sets::run::Context {
+                file: state.cfg.set_streams_path(),
+                data_dir: state.cfg.data_dir.clone(),
+                flags: set_flags,
+                worker: crate::sets::push::Worker {
                     store: state.store.clone(),
                     keys: state.keys.clone(),
                     signer: state.sets.signer.clone(),
                     iss: state.scim_base.clone(),
                     max_scan: state.cfg.max_scan,
-                    secrets: state.cfg.data_dir.join("set-push-secrets"),
                     committed: state.writer.committed(),
                     shutdown: bus_shutdown_for_tokens.clone(),
-                };
-                tokio::spawn(worker.run(target.clone(), status.clone()))
-            })
-            .collect();
+                },
+                shutdown: bus_shutdown_for_tokens.clone(),
+                leading: {
+                    let cluster = state.cluster.clone();
+                    Box::new(move || cluster.as_ref().is_none_or(|c| c.is_leader()))
+                },
+            },
+            set_streams,
+        );
         let token_task = {
             let (state, mut stop) = (state.clone(), bus_shutdown_for_tokens);
             tokio::spawn(async move {
@@ -319,9 +325,7 @@ impl Server {
             }
             // Its handle of the state must be gone too before the store can close.
             let _ = token_task.await;
-            for t in push_tasks {
-                let _ = t.await;
-            }
+            let _ = sets_task.await;
             // The connectors hold the store: they stop where they are (their watermark and
             // intents say where to go on).
             if let Some(t) = outbound_task {

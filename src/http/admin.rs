@@ -107,3 +107,38 @@ pub(super) async fn erase_user(
     };
     Ok(Erased { erased: id, event_positions: positions, purge })
 }
+
+/// A body an admin sends to configure something of a tenant (an outbound target, a SET
+/// stream) names the caller's tenant: filled in when absent, refused when another.
+pub fn own_tenant(body: &mut Value, caller: &Caller) -> Result<(), ApiError> {
+    if let Value::Object(m) = body {
+        match m.get("tenant") {
+            None => {
+                m.insert("tenant".into(), Value::String(caller.principal.tenant.clone()));
+            }
+            Some(Value::String(t)) if *t == caller.principal.tenant => {}
+            Some(t) => return Err(SchemaError::invalid_value(format!("tenant {t} is not the token's tenant")).into()),
+        }
+    }
+    Ok(())
+}
+
+/// A tenant's admin names secrets, and the server sends them to a URL the admin chose: over the
+/// API a secret file is a plain file name in `<data-dir>/<dir>/`. Otherwise
+/// `token_file = "<data-dir>/master.key"` would send the master key away. (The CLI, run by the
+/// host's operator, may name any file.)
+pub fn confine_secret_file(
+    file: &mut std::path::PathBuf,
+    data_dir: &std::path::Path,
+    dir: &str,
+    field: &str,
+) -> Result<(), ApiError> {
+    let name = file.to_string_lossy().into_owned();
+    let plain = !name.is_empty() && !name.starts_with('.') && !name.contains(['/', '\\', '\0']);
+    if !plain {
+        let detail = format!("{field} {name:?} must be a file name in <data-dir>/{dir}/ (no path)");
+        return Err(SchemaError::invalid_value(detail).into());
+    }
+    *file = data_dir.join(dir).join(name);
+    Ok(())
+}

@@ -54,8 +54,13 @@ async fn service_provider_config(State(s): State<AppState>, caller: super::extra
     };
     // RFC 9967 §4: the SETs this server issues, when the caller's tenant has a poll stream
     // (absent means "not configured for Security Events").
-    if s.sets.streams.iter().any(|st| st.tenant == caller.tenant()) {
-        doc["securityEvents"] = serde_json::json!({"asyncRequest": "none", "eventUris": crate::sets::EVENT_URIS});
+    let streams = s.sets.streams.all();
+    let mut uris: Vec<&str> =
+        streams.iter().filter(|st| st.id.tenant == caller.tenant()).flat_map(|st| st.uris()).collect();
+    if !uris.is_empty() {
+        uris.sort_unstable();
+        uris.dedup();
+        doc["securityEvents"] = serde_json::json!({"asyncRequest": "none", "eventUris": uris});
     }
     if !s.cfg.advertise_roles_entitlements {
         if let Some(o) = doc.as_object_mut() {

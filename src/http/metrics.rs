@@ -38,18 +38,14 @@ pub fn open_router(state: AppState) -> Router {
 /// Each SET stream's lag (one read of its watermark) and, for push, its task's figures.
 fn set_streams(state: &AppState, head: u64) -> Vec<crate::metrics::SetStreamScrape> {
     let store = state.store.outbound();
-    let polls = state.sets.streams.iter().map(|id| (id, None));
-    let pushes = state.sets.push.iter().map(|(t, st)| {
-        let p = st.lock().expect("push status lock");
-        (&t.id, Some((p.delivered, p.refused, p.failures)))
-    });
-    polls
-        .chain(pushes)
-        .map(|(id, push)| crate::metrics::SetStreamScrape {
-            tenant: id.tenant.clone(),
-            stream: id.name.clone(),
-            lag_positions: crate::sets::streams::load(&store, id).map_or(0, |a| head.saturating_sub(a.watermark)),
-            push,
+    let streams = state.sets.streams.all();
+    streams
+        .iter()
+        .map(|st| crate::metrics::SetStreamScrape {
+            tenant: st.id.tenant.clone(),
+            stream: st.id.name.clone(),
+            lag_positions: crate::sets::streams::load(&store, &st.id).map_or(0, |a| head.saturating_sub(a.watermark)),
+            push: state.sets.streams.push_state(&st.id).map(|p| (p.delivered, p.refused, p.failures)),
         })
         .collect()
 }

@@ -66,15 +66,7 @@ async fn add(State(s): State<AppState>, caller: Caller, ScimBody(body): ScimBody
     admin(&caller)?;
     outbound(&s)?;
     let mut body = body;
-    if let Value::Object(m) = &mut body {
-        match m.get("tenant") {
-            None => {
-                m.insert("tenant".into(), Value::String(caller.principal.tenant.clone()));
-            }
-            Some(Value::String(t)) if *t == caller.principal.tenant => {}
-            Some(t) => return Err(SchemaError::invalid_value(format!("tenant {t} is not the token's tenant")).into()),
-        }
-    }
+    super::admin::own_tenant(&mut body, &caller)?;
     let mut c: TargetConfig =
         serde_json::from_value(body).map_err(|e| SchemaError::invalid_value(format!("not a valid target: {e}")))?;
     confine_secrets(&mut c, &s.cfg.data_dir)?;
@@ -204,19 +196,18 @@ pub const SECRETS_DIR: &str = "outbound-secrets";
 /// The prefix of the environment variables a target added over the API may name.
 pub const SECRET_ENV_PREFIX: &str = "SCIMLOG_OUTBOUND_";
 
-/// A tenant's admin names secrets, and the server sends them to a URL the admin chose: over the
-/// API a secret file is a plain file name in `<data-dir>/outbound-secrets/` and a variable must
-/// start with `SCIMLOG_OUTBOUND_`. Otherwise `token_file = "<data-dir>/master.key"` would send the
-/// master key away. (The CLI, run by the host's operator, may name any file.)
+/// Secret files over the API are plain names in `<data-dir>/outbound-secrets/`; a variable must
+/// start with `SCIMLOG_OUTBOUND_` (see `admin::confine_secret_file`).
 fn confine_secrets(c: &mut TargetConfig, data_dir: &std::path::Path) -> Result<(), ApiError> {
-    for file in [&mut c.token_file, &mut c.password_file, &mut c.oauth_client_secret_file].into_iter().flatten() {
-        let name = file.to_string_lossy().into_owned();
-        let plain = !name.is_empty() && !name.starts_with('.') && !name.contains(['/', '\\', '\0']);
-        if !plain {
-            let detail = format!("secret file {name:?} must be a file name in <data-dir>/{SECRETS_DIR}/ (no path)");
-            return Err(SchemaError::invalid_value(detail).into());
+    let files = [
+        ("token_file", &mut c.token_file),
+        ("password_file", &mut c.password_file),
+        ("oauth_client_secret_file", &mut c.oauth_client_secret_file),
+    ];
+    for (field, file) in files {
+        if let Some(file) = file {
+            super::admin::confine_secret_file(file, data_dir, SECRETS_DIR, field)?;
         }
-        *file = data_dir.join(SECRETS_DIR).join(name);
     }
     if let Some(var) = c.token_env.as_deref().filter(|v| !v.starts_with(SECRET_ENV_PREFIX)) {
         let detail = format!("token_env {var:?} must start with {SECRET_ENV_PREFIX}");

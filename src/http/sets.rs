@@ -1,7 +1,9 @@
 //! Security Event Tokens over HTTP: poll delivery (RFC 8936) at
-//! `POST /api/v1/sets/streams/{name}/poll`, and the public keys at `GET /sets/jwks.json`.
-//! Each poll first records the acknowledgements it carries (all of them, or none when one names
-//! no SET of the stream), then answers the stream's oldest unacknowledged SETs, in log order.
+//! `POST /api/v1/sets/streams/{name}/poll`, the tenant's streams at `GET|POST
+//! /api/v1/sets/streams` and `DELETE /api/v1/sets/streams/{name}`, and the public keys at
+//! `GET /sets/jwks.json`. Each poll first records the acknowledgements it carries (all of
+//! them, or none when one names no SET of the stream), then answers the stream's oldest
+//! unacknowledged SETs, in log order.
 
 use std::time::Duration;
 
@@ -10,6 +12,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use scimlog_schemas::{SchemaError, ScimType};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use utoipa::ToSchema;
@@ -19,11 +22,12 @@ use utoipa_axum::routes;
 use super::error::{ApiError, ScimErrorDoc};
 use super::extract::{Caller, ScimBody};
 use super::{blocking_read, AppState};
+use crate::sets::config::{ConfigError, Stream, StreamConfig, SECRETS_DIR};
 use crate::sets::deliver::{DeliverError, Source};
 use crate::sets::streams::StreamId;
 
 pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(poll)).routes(routes!(list_streams))
+    OpenApiRouter::new().routes(routes!(poll)).routes(routes!(list_streams, add_stream)).routes(routes!(remove_stream))
 }
 
 /// `GET /sets/jwks.json`: public keys, no token needed.
@@ -31,13 +35,11 @@ pub fn jwks_router() -> Router<AppState> {
     Router::new().route("/sets/jwks.json", get(|State(s): State<AppState>| async move { Json(s.sets.signer.jwks()) }))
 }
 
-/// The SETs' signer and the configured poll streams.
+/// The SETs' signer and the streams.
 pub struct SetState {
     pub signer: std::sync::Arc<crate::sets::Signer>,
-    /// Poll streams.
-    pub streams: Vec<StreamId>,
-    /// Push streams, each with the state its task reports.
-    pub push: Vec<(crate::sets::push::PushTarget, crate::sets::push::Status)>,
+    /// Every stream, with the push tasks' states.
+    pub streams: std::sync::Arc<crate::sets::run::Streams>,
     /// One poll at a time changes a stream's acknowledgements.
     pub lock: tokio::sync::Mutex<()>,
 }
@@ -124,13 +126,13 @@ async fn poll(
     if !caller.principal.role.may_read_events() {
         return Err(ApiError::Forbidden("SET streams need an events or admin token").into());
     }
-    let id = s
+    let stream = s
         .sets
         .streams
-        .iter()
-        .find(|st| st.tenant == caller.tenant() && st.name == name)
-        .cloned()
-        .ok_or_else(|| ApiError::NotFound(format!("no SET stream {name:?} in this tenant (--set-stream)")))?;
+        .find(caller.tenant(), &name)
+        .filter(|st| st.push.is_none())
+        .ok_or_else(|| ApiError::NotFound(format!("no SET poll stream {name:?} in this tenant")))?;
+    let id = &stream.id;
     let req: PollRequest = serde_json::from_value(body)
         .map_err(|e| PollError::InvalidRequest(format!("not a poll request (RFC 8936): {e}")))?;
     for (jti, err) in &req.set_errs {
@@ -143,8 +145,8 @@ async fn poll(
     let mut committed = s.writer.committed();
     loop {
         let guard = s.sets.lock.lock().await;
-        let (id2, acks2) = (id.clone(), std::mem::take(&mut acks));
-        let page = blocking_read(&s, move |s| Ok(poll_once(s, &id2, &acks2, max))).await??;
+        let (stream2, acks2) = (stream.clone(), std::mem::take(&mut acks));
+        let page = blocking_read(&s, move |s| Ok(poll_once(s, &stream2, &acks2, max))).await??;
         drop(guard);
         let done = !page.0.sets.is_empty() || req.return_immediately || max == 0;
         if done || tokio::time::Instant::now() >= deadline {
@@ -168,8 +170,8 @@ pub fn source(s: &AppState) -> Source<'_> {
 }
 
 /// Records `acks`, then collects up to `max` unacknowledged SETs (see `sets::deliver`).
-fn poll_once(s: &AppState, id: &StreamId, acks: &[String], max: usize) -> Result<(PollResponse, u64), PollError> {
-    let batch = source(s).next(id, acks, max).map_err(|e| match e {
+fn poll_once(s: &AppState, stream: &Stream, acks: &[String], max: usize) -> Result<(PollResponse, u64), PollError> {
+    let batch = source(s).next(stream, acks, max).map_err(|e| match e {
         DeliverError::UnknownJti(why) => PollError::InvalidRequest(why),
         DeliverError::Log(e) => PollError::Api(e.into()),
         DeliverError::Internal(what) => PollError::Api(ApiError::Internal(what)),
@@ -187,13 +189,27 @@ pub struct StreamView {
     /// The receiver's endpoint (push streams).
     #[serde(skip_serializing_if = "Option::is_none")]
     url: Option<String>,
+    /// The event URIs it carries.
+    events: Vec<&'static str>,
+    /// A feed's groups (absent: the whole tenant).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    groups: Option<Vec<String>>,
+    /// `flags` (`--set-stream`, `--set-push`) or `file` (`set-streams.toml`, the API).
+    configured_by: &'static str,
     /// Every position up to here is acknowledged or has no SET for this stream.
     watermark: u64,
-    /// Positions acknowledged beyond the watermark.
+    /// SETs acknowledged beyond the watermark.
     acknowledged_above: usize,
-    /// The push task's state (push streams).
+    /// The push task's state (push streams, on the node that pushes).
     #[serde(skip_serializing_if = "Option::is_none")]
     push: Option<crate::sets::push::PushState>,
+}
+
+fn may_read_events(caller: &Caller) -> Result<(), ApiError> {
+    match caller.principal.role.may_read_events() {
+        true => Ok(()),
+        false => Err(ApiError::Forbidden("SET streams need an events or admin token")),
+    }
 }
 
 /// The caller's tenant's SET streams, poll and push, with what each receiver acknowledged.
@@ -205,27 +221,113 @@ pub struct StreamView {
     ),
 )]
 async fn list_streams(State(s): State<AppState>, caller: Caller) -> Result<Json<Vec<StreamView>>, ApiError> {
-    if !caller.principal.role.may_read_events() {
-        return Err(ApiError::Forbidden("SET streams need an events or admin token"));
-    }
+    may_read_events(&caller)?;
     let tenant = caller.tenant().to_string();
     blocking_read(&s, move |s| {
         let store = s.store.outbound();
-        let polls = s.sets.streams.iter().filter(|id| id.tenant == tenant).map(|id| (id, None));
-        let pushes = s.sets.push.iter().filter(|(t, _)| t.id.tenant == tenant).map(|(t, st)| (&t.id, Some((t, st))));
         let mut out = Vec::new();
-        for (id, push) in polls.chain(pushes) {
-            let acked = crate::sets::streams::load(&store, id)?;
+        for st in s.sets.streams.all().iter().filter(|st| st.id.tenant == tenant) {
+            let acked = crate::sets::streams::load(&store, &st.id)?;
             out.push(StreamView {
-                name: id.name.clone(),
-                delivery: if push.is_some() { "push".into() } else { "poll".into() },
-                url: push.map(|(t, _)| t.url.clone()),
+                name: st.id.name.clone(),
+                delivery: if st.push.is_some() { "push".into() } else { "poll".into() },
+                url: st.push.as_ref().map(|p| p.url.clone()),
+                events: st.uris(),
+                groups: st.groups.as_ref().map(|g| g.iter().cloned().collect()),
+                configured_by: if st.from_flags { "flags" } else { "file" },
                 watermark: acked.watermark,
                 acknowledged_above: acked.above.len(),
-                push: push.map(|(_, st)| st.lock().expect("push status lock").clone()),
+                push: s.sets.streams.push_state(&st.id),
             });
         }
         Ok(Json(out))
     })
     .await
+}
+
+/// Adds a SET stream to the caller's tenant (in `<data-dir>/set-streams.toml`): served within
+/// a second, from position 0 on. A push stream's `token_file` is a file name in
+/// `<data-dir>/set-push-secrets/`. Admin tokens only.
+#[utoipa::path(
+    post, path = "/sets/streams", tag = "events",
+    request_body = crate::sets::config::StreamConfig,
+    responses(
+        (status = 201, description = "Added; served within a second"),
+        (status = 400, description = "Not a valid stream (the detail names the field), or a feed group that does not exist", body = ScimErrorDoc),
+        (status = 403, description = "Not an admin token", body = ScimErrorDoc),
+        (status = 409, description = "A stream of that name exists in the tenant", body = ScimErrorDoc),
+    ),
+)]
+async fn add_stream(
+    State(s): State<AppState>,
+    caller: Caller,
+    ScimBody(mut body): ScimBody,
+) -> Result<StatusCode, ApiError> {
+    admin(&caller)?;
+    super::admin::own_tenant(&mut body, &caller)?;
+    let mut c: StreamConfig =
+        serde_json::from_value(body).map_err(|e| SchemaError::invalid_value(format!("not a valid SET stream: {e}")))?;
+    if let Some(file) = &mut c.token_file {
+        super::admin::confine_secret_file(file, &s.cfg.data_dir, SECRETS_DIR, "token_file")?;
+    }
+    let groups = c.groups.clone();
+    let tenant = caller.tenant().to_string();
+    blocking_read(&s, move |s| {
+        let view = s.store.view();
+        let missing = groups.iter().find(|g| scimlog_projections::query::group(&view, &tenant, g).is_none()).cloned();
+        if let Some(e) = view.take_error() {
+            return Err(e.into());
+        }
+        match missing {
+            Some(g) => Err(SchemaError::invalid_value(format!("groups: no group {g:?} in this tenant")).into()),
+            None => Ok(()),
+        }
+    })
+    .await?;
+    let flags: Vec<StreamId> = s.sets.streams.all().iter().filter(|st| st.from_flags).map(|st| st.id.clone()).collect();
+    crate::sets::config::add(&s.cfg.set_streams_path(), &s.cfg.data_dir, c, &flags).map_err(config_error)?;
+    Ok(StatusCode::CREATED)
+}
+
+/// Removes a SET stream of the caller's tenant from the file (what its receiver acknowledged
+/// stays: added again under its name, it goes on from there). Admin tokens only.
+#[utoipa::path(
+    delete, path = "/sets/streams/{name}", tag = "events",
+    params(("name" = String, Path, description = "The stream's name")),
+    responses(
+        (status = 204, description = "Removed; no longer served within a second"),
+        (status = 403, description = "Not an admin token", body = ScimErrorDoc),
+        (status = 404, description = "No such stream in the file for this tenant", body = ScimErrorDoc),
+    ),
+)]
+async fn remove_stream(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    admin(&caller)?;
+    let id: StreamId = format!("{}/{name}", caller.tenant())
+        .parse()
+        .map_err(|_| ApiError::NotFound(format!("no SET stream named {name:?} in this tenant")))?;
+    crate::sets::config::remove(&s.cfg.set_streams_path(), &id).map_err(config_error)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+fn admin(caller: &Caller) -> Result<(), ApiError> {
+    match caller.principal.role.may_administer() {
+        true => Ok(()),
+        false => Err(ApiError::Forbidden("managing SET streams needs an admin token")),
+    }
+}
+
+fn config_error(e: ConfigError) -> ApiError {
+    match e {
+        ConfigError::Invalid { .. } => SchemaError::invalid_value(e.to_string()).into(),
+        ConfigError::Exists(_) => SchemaError::new(ScimType::Uniqueness, e.to_string()).into(),
+        ConfigError::Unknown(_) => ApiError::NotFound(e.to_string()),
+        ConfigError::Io { .. } | ConfigError::Syntax { .. } => {
+            tracing::error!(error = %e, "the SET streams file cannot be edited");
+            ApiError::Unavailable("the SET streams file cannot be edited".into())
+        }
+    }
 }

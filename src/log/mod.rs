@@ -461,8 +461,9 @@ impl Store {
     }
 }
 
-/// The outbound connectors' family (`outbound`): point reads, prefix scans, and writes of one
-/// atomic, fsync'd batch. Only `crate::outbound` holds one; the writer never touches the family.
+/// The subscribers' family (`outbound`): point reads, prefix scans, and writes of one atomic
+/// batch. Only `crate::outbound` (per target) and `crate::sets` (per stream, under `\0set\0`)
+/// hold one; the writer never touches the family.
 #[derive(Clone)]
 pub struct OutboundStore(Store);
 

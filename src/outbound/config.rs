@@ -342,25 +342,19 @@ pub fn load(path: &Path) -> Result<Vec<Target>, ConfigError> {
 }
 
 fn read(path: &Path) -> Result<TargetsFile, ConfigError> {
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(TargetsFile::default()),
-        Err(error) => return Err(ConfigError::Io { path: path.into(), error }),
-    };
-    toml::from_str(&text).map_err(|e| ConfigError::Syntax { path: path.into(), detail: e.to_string() })
+    crate::files::read_toml(path).map_err(|e| toml_error(path, e))
 }
 
-/// Reads, changes and writes the file under its lock (two CLI commands take turns).
-fn edit(path: &Path, f: impl FnOnce(&mut Vec<TargetConfig>) -> Result<(), ConfigError>) -> Result<(), ConfigError> {
-    let io = |error| ConfigError::Io { path: path.into(), error };
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        crate::files::create_private_dir(dir).map_err(io)?;
+fn toml_error(path: &Path, e: crate::files::TomlError) -> ConfigError {
+    match e {
+        crate::files::TomlError::Io(error) => ConfigError::Io { path: path.into(), error },
+        crate::files::TomlError::Syntax(detail) => ConfigError::Syntax { path: path.into(), detail },
     }
-    let _lock = crate::files::FileLock::acquire(path).map_err(io)?;
-    let mut file = read(path)?;
-    f(&mut file.targets)?;
-    let text = toml::to_string(&file).map_err(|e| ConfigError::Syntax { path: path.into(), detail: e.to_string() })?;
-    crate::files::replace_private(path, text.as_bytes()).map_err(io)
+}
+
+/// Reads, changes and writes the file under its lock (two commands take turns).
+fn edit(path: &Path, f: impl FnOnce(&mut Vec<TargetConfig>) -> Result<(), ConfigError>) -> Result<(), ConfigError> {
+    crate::files::edit_toml(path, |file: &mut TargetsFile| f(&mut file.targets)).map_err(|e| toml_error(path, e))?
 }
 
 /// Adds a target (checked first); a running server starts its connector within a second.

@@ -15,8 +15,11 @@
 //! groups have SETs (create, patch, activate, deactivate, delete); grants, scopes, hosts and
 //! tokens do not (they are not SCIM resources a receiver provisions).
 
+pub mod config;
 pub mod deliver;
+pub mod feed;
 pub mod push;
+pub mod run;
 pub mod streams;
 
 use std::path::{Path, PathBuf};
@@ -42,16 +45,28 @@ pub const EVENT_URIS: [&str; 5] = [
 /// Hex digits of the event's hash in its `jti`.
 const JTI_HASH_HEX: usize = 16;
 
-/// `42.9f86d081884c7d65`: the position, then the start of the event's hash.
-pub fn jti(position: u64, hash_hex: &str) -> String {
-    format!("{position}.{}", &hash_hex[..JTI_HASH_HEX.min(hash_hex.len())])
+/// `42.9f86d081884c7d65`: the position, then the start of the event's hash; a feed's further
+/// SETs of one event (a feed group deleted) add their index: `42.9f86d081884c7d65.1`.
+pub fn jti(position: u64, index: u32, hash_hex: &str) -> String {
+    let hash = &hash_hex[..JTI_HASH_HEX.min(hash_hex.len())];
+    match index {
+        0 => format!("{position}.{hash}"),
+        i => format!("{position}.{hash}.{i}"),
+    }
 }
 
-/// The position and hash prefix a `jti` names, if it has the shape this server gives.
-pub fn parse_jti(jti: &str) -> Option<(u64, &str)> {
-    let (position, hash) = jti.split_once('.')?;
-    let position = position.parse().ok().filter(|p| *p > 0)?;
-    (hash.len() == JTI_HASH_HEX && hash.bytes().all(|b| b.is_ascii_hexdigit())).then_some((position, hash))
+/// The position, index and hash prefix a `jti` names, if it has the shape this server gives.
+pub fn parse_jti(jti: &str) -> Option<(u64, u32, &str)> {
+    let mut parts = jti.splitn(3, '.');
+    let position = parts.next()?.parse().ok().filter(|p| *p > 0)?;
+    let hash = parts.next()?;
+    let index = match parts.next() {
+        None => 0,
+        // One spelling per index: no sign, no leading zero (and so never 0).
+        Some(i) if !i.starts_with(['+', '0']) => i.parse().ok()?,
+        Some(_) => return None,
+    };
+    (hash.len() == JTI_HASH_HEX && hash.bytes().all(|b| b.is_ascii_hexdigit())).then_some((position, index, hash))
 }
 
 fn resource_path(kind: ResourceKind, id: &str) -> Option<String> {
@@ -129,13 +144,33 @@ fn payload(e: &Event) -> Option<(String, Value)> {
 
 /// Whether a log event is rendered as a SET at all.
 pub fn has_set(e: &Event) -> bool {
-    resource_path(e.resource_type, &e.resource_id).is_some() && payload(e).is_some()
+    event_uri(e).is_some()
+}
+
+/// The event URI of a log event's SET (`None`: it has none).
+pub fn event_uri(e: &Event) -> Option<String> {
+    resource_path(e.resource_type, &e.resource_id)?;
+    payload(e).map(|(uri, _)| uri)
+}
+
+/// The claims of a feed's `feed:add` or `feed:remove` (`event_uri`) of `user`, caused by the
+/// event `e` (its request is the `txn`, its time the `iat`).
+pub fn feed_claims(e: &Event, user: &str, event_uri: &str, jti: String, iss: &str, aud: &str) -> Value {
+    json!({
+        "iss": iss,
+        "iat": e.recorded_at.timestamp(),
+        "jti": jti,
+        "aud": aud,
+        "txn": e.request_id,
+        "sub_id": {"format": "scim", "uri": format!("/Users/{user}"), "id": user},
+        "events": {event_uri: {}},
+    })
 }
 
 /// The claims of the SET for a log event (`None`: it has none): `iss` the SCIM base URL, `aud`
 /// the stream, `txn` the request id shared by the request's events, `sub_id` in the `scim`
 /// format, and the event's payload with `version`, the resource's ETag after the event.
-pub fn claims(e: &Event, hash_hex: &str, iss: &str, aud: &str) -> Option<Value> {
+pub fn claims(e: &Event, jti: String, iss: &str, aud: &str) -> Option<Value> {
     let uri = resource_path(e.resource_type, &e.resource_id)?;
     let (event_uri, mut body) = payload(e)?;
     body["version"] = json!(format!("W/\"{}\"", e.resource_version));
@@ -152,7 +187,7 @@ pub fn claims(e: &Event, hash_hex: &str, iss: &str, aud: &str) -> Option<Value> 
     Some(json!({
         "iss": iss,
         "iat": e.recorded_at.timestamp(),
-        "jti": jti(e.position, hash_hex),
+        "jti": jti,
         "aud": aud,
         "txn": e.request_id,
         "sub_id": sub_id,
@@ -237,10 +272,24 @@ mod tests {
     #[test]
     fn jti_names_a_position_and_a_hash() {
         let hash = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
-        let j = jti(42, hash);
+        let j = jti(42, 0, hash);
         assert_eq!(j, "42.9f86d081884c7d65");
-        assert_eq!(parse_jti(&j), Some((42, "9f86d081884c7d65")));
-        for bad in ["42", "x.9f86d081884c7d65", "0.9f86d081884c7d65", "42.9f86", "42.zz86d081884c7d65", ""] {
+        assert_eq!(parse_jti(&j), Some((42, 0, "9f86d081884c7d65")));
+        assert_eq!(jti(42, 3, hash), "42.9f86d081884c7d65.3");
+        assert_eq!(parse_jti("42.9f86d081884c7d65.3"), Some((42, 3, "9f86d081884c7d65")));
+        let bad = [
+            "42",
+            "x.9f86d081884c7d65",
+            "0.9f86d081884c7d65",
+            "42.9f86",
+            "42.zz86d081884c7d65",
+            "",
+            "42.9f86d081884c7d65.0",
+            "42.9f86d081884c7d65.03",
+            "42.9f86d081884c7d65.+3",
+            "42.9f86d081884c7d65.x",
+        ];
+        for bad in bad {
             assert_eq!(parse_jti(bad), None, "{bad}");
         }
     }

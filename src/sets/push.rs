@@ -1,21 +1,23 @@
 //! Push delivery (RFC 8935): a stream whose receiver has an endpoint (`--set-push
-//! TENANT/NAME=URL`) gets its SETs POSTed one at a time, in log order, by a task of its own.
+//! TENANT/NAME=URL`, or `url` in the streams file) gets its SETs POSTed one at a time, in log
+//! order, by a task of its own (`run.rs` starts and stops them).
 //! A SET is acknowledged (and never sent again) when the receiver answers 202, or 400 with an
 //! RFC 8935 error (it was received and refused: retrying would not help; the error is kept);
 //! anything else is retried with backoff (1 s doubling to 60 s), and after
 //! `PAUSE_AFTER` failures in a row the stream shows `paused` and is tried once a minute.
-//! The bearer token, if any, is read from `<data-dir>/set-push-secrets/<NAME>` at each attempt.
+//! The bearer token, if any, is read from the stream's `token_file` (default
+//! `<data-dir>/set-push-secrets/<NAME>`) at each attempt.
 //!
 //! A SET is sent again only when the server stopped between the receiver's 202 and the
 //! acknowledgement's fsync: receivers dedupe by `jti`, which is stable.
 
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::Serialize;
 use tokio::sync::watch;
 
+use super::config::Stream;
 use super::deliver::{Batch, DeliverError, Source};
 use super::streams::StreamId;
 use super::Signer;
@@ -66,15 +68,15 @@ pub struct PushState {
 
 pub type Status = Arc<Mutex<PushState>>;
 
-/// What a push task needs: the log and keys, the signer, the issuer, the scan bound, where
-/// secrets live, the committed head (to wake on new events) and the shutdown signal.
+/// What a push task needs: the log and keys, the signer, the issuer, the scan bound, the
+/// committed head (to wake on new events) and its stop signal.
+#[derive(Clone)]
 pub struct Worker {
     pub store: Store,
     pub keys: Arc<KeyRing>,
     pub signer: Arc<Signer>,
     pub iss: String,
     pub max_scan: usize,
-    pub secrets: PathBuf,
     pub committed: watch::Receiver<u64>,
     pub shutdown: watch::Receiver<bool>,
 }
@@ -87,18 +89,19 @@ enum Outcome {
 
 impl Worker {
     /// `Source::next` on the blocking pool (it reads the store and fsyncs acknowledgements).
-    async fn next(&self, id: &StreamId, acks: Vec<String>, max: usize) -> Result<Batch, DeliverError> {
+    async fn next(&self, stream: &Stream, acks: Vec<String>, max: usize) -> Result<Batch, DeliverError> {
         let (store, keys, signer) = (self.store.clone(), self.keys.clone(), self.signer.clone());
-        let (iss, max_scan, id) = (self.iss.clone(), self.max_scan, id.clone());
+        let (iss, max_scan, stream) = (self.iss.clone(), self.max_scan, stream.clone());
         tokio::task::spawn_blocking(move || {
-            Source { store: &store, keys: &keys, signer: &signer, iss: &iss, max_scan }.next(&id, &acks, max)
+            Source { store: &store, keys: &keys, signer: &signer, iss: &iss, max_scan }.next(&stream, &acks, max)
         })
         .await
         .unwrap_or(Err(DeliverError::Internal("a SET push step panicked")))
     }
 
-    /// Delivers `target`'s SETs until shutdown.
-    pub async fn run(mut self, target: PushTarget, status: Status) {
+    /// Delivers a push stream's SETs until stopped.
+    pub async fn run(mut self, target: Stream, status: Status) {
+        let Some(push) = target.push.clone() else { return };
         let client = match reqwest::Client::builder().timeout(TIMEOUT).build() {
             Ok(c) => c,
             Err(e) => {
@@ -112,7 +115,7 @@ impl Worker {
             if *self.shutdown.borrow() {
                 return;
             }
-            let next = self.next(&target.id, vec![], 1).await;
+            let next = self.next(&target, vec![], 1).await;
             let batch = match next {
                 Ok(b) => b,
                 Err(e) => {
@@ -137,10 +140,10 @@ impl Worker {
                 continue;
             };
             set(&|s| s.state = if s.failures == 0 { "delivering".into() } else { s.state.clone() });
-            let outcome = self.send(&client, &target, jws.as_str().unwrap_or_default()).await;
+            let outcome = send(&client, &push, jws.as_str().unwrap_or_default()).await;
             match outcome {
                 Outcome::Accepted | Outcome::Refused(_) => {
-                    if let Err(e) = self.next(&target.id, vec![jti.clone()], 0).await {
+                    if let Err(e) = self.next(&target, vec![jti.clone()], 0).await {
                         tracing::error!(stream = %target.id.name, %jti, error = %e, "a pushed SET cannot be acknowledged");
                     }
                     backoff = Duration::from_secs(1);
@@ -181,28 +184,29 @@ impl Worker {
             _ = self.shutdown.changed() => true,
         }
     }
+}
 
-    async fn send(&self, client: &reqwest::Client, target: &PushTarget, jws: &str) -> Outcome {
-        let mut req = client
-            .post(&target.url)
-            .header("content-type", "application/secevent+jwt")
-            .header("accept", "application/json")
-            .body(jws.to_string());
-        if let Ok(token) = std::fs::read_to_string(self.secrets.join(&target.id.name)) {
-            req = req.bearer_auth(token.trim());
-        }
-        match req.send().await {
-            Ok(r) if r.status().as_u16() == 202 => Outcome::Accepted,
-            Ok(r) if r.status().as_u16() == 400 => {
-                let body: serde_json::Value = r.json().await.unwrap_or_default();
-                match body["err"].as_str() {
-                    Some(err) => Outcome::Refused(format!("{err}: {}", body["description"].as_str().unwrap_or(""))),
-                    None => Outcome::Failed("400 without an RFC 8935 error".into()),
-                }
+/// POSTs one SET to the receiver.
+async fn send(client: &reqwest::Client, push: &super::config::Push, jws: &str) -> Outcome {
+    let mut req = client
+        .post(&push.url)
+        .header("content-type", "application/secevent+jwt")
+        .header("accept", "application/json")
+        .body(jws.to_string());
+    if let Ok(token) = std::fs::read_to_string(&push.token_file) {
+        req = req.bearer_auth(token.trim());
+    }
+    match req.send().await {
+        Ok(r) if r.status().as_u16() == 202 => Outcome::Accepted,
+        Ok(r) if r.status().as_u16() == 400 => {
+            let body: serde_json::Value = r.json().await.unwrap_or_default();
+            match body["err"].as_str() {
+                Some(err) => Outcome::Refused(format!("{err}: {}", body["description"].as_str().unwrap_or(""))),
+                None => Outcome::Failed("400 without an RFC 8935 error".into()),
             }
-            Ok(r) => Outcome::Failed(format!("the receiver answered {}", r.status())),
-            Err(e) => Outcome::Failed(format!("no answer: {e}")),
         }
+        Ok(r) => Outcome::Failed(format!("the receiver answered {}", r.status())),
+        Err(e) => Outcome::Failed(format!("no answer: {e}")),
     }
 }
 

@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 use crate::log::{LogError, OutboundStore};
 
 /// A stream's name and tenant, parsed from `TENANT/NAME`.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct StreamId {
     pub tenant: String,
     pub name: String,
@@ -33,14 +33,16 @@ impl std::str::FromStr for StreamId {
     }
 }
 
-/// What a receiver has acknowledged.
-#[derive(Debug, Default, PartialEq, Eq)]
+/// What a receiver has acknowledged: SETs are named by position and, where one event gives a
+/// feed several SETs (a feed group deleted), their index at that position (0 otherwise).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Acknowledged {
     pub watermark: u64,
-    pub above: BTreeSet<u64>,
+    pub above: BTreeSet<(u64, u32)>,
 }
 
-fn prefix(id: &StreamId) -> Vec<u8> {
+/// Where every key of the stream starts.
+pub fn prefix(id: &StreamId) -> Vec<u8> {
     let mut p = b"\0set\0".to_vec();
     p.extend_from_slice(id.tenant.as_bytes());
     p.push(0);
@@ -49,13 +51,24 @@ fn prefix(id: &StreamId) -> Vec<u8> {
     p
 }
 
-fn key(id: &StreamId, kind: u8, position: Option<u64>) -> Vec<u8> {
+fn key(id: &StreamId, kind: u8, at: Option<(u64, u32)>) -> Vec<u8> {
     let mut k = prefix(id);
     k.push(kind);
-    if let Some(p) = position {
+    if let Some((p, sub)) = at {
         k.extend_from_slice(&p.to_be_bytes());
+        k.extend_from_slice(&sub.to_be_bytes());
     }
     k
+}
+
+/// A position and index from a key's tail (8 bytes: index 0, as the first streams wrote them).
+pub fn at_of(tail: &[u8]) -> Option<(u64, u32)> {
+    let p = u64::from_be_bytes(tail.get(..8)?.try_into().ok()?);
+    let sub = match tail.get(8..) {
+        Some([]) | None => 0,
+        Some(rest) => u32::from_be_bytes(rest.try_into().ok()?),
+    };
+    Some((p, sub))
 }
 
 /// The stream's state as stored.
@@ -71,23 +84,34 @@ pub fn load(store: &OutboundStore, id: &StreamId) -> Result<Acknowledged, LogErr
         let page = store.scan(&acked, after.as_deref(), 4096)?;
         let Some((last, _)) = page.last() else { break };
         after = Some(last.clone());
-        above.extend(page.iter().filter_map(|(k, _)| k[acked.len()..].try_into().ok().map(u64::from_be_bytes)));
+        above.extend(page.iter().filter_map(|(k, _)| at_of(&k[acked.len()..])));
     }
     Ok(Acknowledged { watermark, above })
 }
 
 /// Stores `next` (which the caller derived from `before`): the new watermark, the positions
 /// acknowledged since, and the removal of those the watermark now covers. One fsync'd write.
-pub fn save(store: &OutboundStore, id: &StreamId, before: &Acknowledged, next: &Acknowledged) -> Result<(), LogError> {
-    let mut entries: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::new();
+/// `extra` are written in the same batch (a feed's descriptors the watermark passed).
+pub fn save(
+    store: &OutboundStore,
+    id: &StreamId,
+    before: &Acknowledged,
+    next: &Acknowledged,
+    extra: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+) -> Result<(), LogError> {
+    let mut entries = extra;
     if next.watermark != before.watermark {
         entries.push((key(id, b'w', None), Some(next.watermark.to_be_bytes().to_vec())));
     }
-    for p in before.above.difference(&next.above) {
-        entries.push((key(id, b'a', Some(*p)), None));
+    for at in before.above.difference(&next.above) {
+        entries.push((key(id, b'a', Some(*at)), None));
+        if at.1 == 0 {
+            // As the first streams wrote it.
+            entries.push((key(id, b'a', None).into_iter().chain(at.0.to_be_bytes()).collect(), None));
+        }
     }
-    for p in next.above.difference(&before.above) {
-        entries.push((key(id, b'a', Some(*p)), Some(Vec::new())));
+    for at in next.above.difference(&before.above) {
+        entries.push((key(id, b'a', Some(*at)), Some(Vec::new())));
     }
     if entries.is_empty() {
         return Ok(());
@@ -101,6 +125,10 @@ mod tests {
 
     #[test]
     fn stream_names() {
+        assert_eq!(at_of(&7u64.to_be_bytes()), Some((7, 0)));
+        let both: Vec<u8> = 7u64.to_be_bytes().into_iter().chain(2u32.to_be_bytes()).collect();
+        assert_eq!(at_of(&both), Some((7, 2)));
+        assert_eq!(at_of(&[1, 2]), None);
         let ok: StreamId = "acme/siem-1".parse().unwrap();
         assert_eq!((ok.tenant.as_str(), ok.name.as_str()), ("acme", "siem-1"));
         for bad in ["acme", "/siem", "acme/", "Acme/siem", "acme/si em", "acme/a/b"] {

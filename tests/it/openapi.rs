@@ -97,6 +97,8 @@ async fn every_answer_is_what_the_description_says() {
         case(Method::POST, "/outbound/targets/{name}/{action}", "/outbound/targets/crm/retry", None, 403),
         case(Method::POST, "/sets/streams/{name}/poll", "/sets/streams/siem/poll", Some(json!({})), 403),
         case(Method::GET, "/sets/streams", "/sets/streams", None, 403),
+        case(Method::POST, "/sets/streams", "/sets/streams", Some(json!({"name": "feed"})), 403),
+        case(Method::DELETE, "/sets/streams/{name}", "/sets/streams/feed", None, 403),
     ];
     let target = json!({"name": "crm", "url": "http://127.0.0.1:9/scim/v2", "token_file": "crm.token"});
     let admin = [
@@ -134,6 +136,11 @@ async fn every_answer_is_what_the_description_says() {
         ),
         case(Method::POST, "/sets/streams/{name}/poll", "/sets/streams/nope/poll", Some(json!({})), 404),
         case(Method::GET, "/sets/streams", "/sets/streams", None, 200),
+        case(Method::POST, "/sets/streams", "/sets/streams", Some(json!({"name": "feed", "groups": ["nope"]})), 400),
+        case(Method::POST, "/sets/streams", "/sets/streams", Some(json!({"name": "feed"})), 201),
+        case(Method::POST, "/sets/streams", "/sets/streams", Some(json!({"name": "feed"})), 409),
+        case(Method::DELETE, "/sets/streams/{name}", "/sets/streams/feed", None, 204),
+        case(Method::DELETE, "/sets/streams/{name}", "/sets/streams/feed", None, 404),
     ];
     cases.extend(admin.into_iter().map(|c| Case { admin: true, ..c }));
     cases.push(Case { admin: false, ..case(Method::GET, "/environments", "/environments", None, 401) });

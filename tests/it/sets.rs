@@ -249,7 +249,7 @@ async fn streams_are_per_tenant_and_for_event_readers() {
             &[],
         )
         .await;
-    r.assert_error(404, None, "no SET stream \"other\"");
+    r.assert_error(404, None, "no SET poll stream \"other\"");
 }
 
 /// A poll with nothing to deliver waits for the next write.
@@ -392,4 +392,409 @@ async fn push_delivers_in_order_once_through_failures_and_restarts() {
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     assert_eq!(hook.accepted.lock().unwrap().len(), 5, "nothing sent twice");
     assert_eq!(hook.attempts.load(std::sync::atomic::Ordering::SeqCst), 2 + 5 + 1);
+}
+
+async fn add_stream(s: &TestServer, body: Value) -> Reply {
+    s.send_as(ADMIN_TOKEN, Method::POST, &format!("{}/api/v1/sets/streams", s.base), Some(&body), &[]).await
+}
+
+async fn poll_stream(s: &TestServer, name: &str, body: Value) -> Reply {
+    let url = format!("{}/api/v1/sets/streams/{name}/poll", s.base);
+    s.send_as(ADMIN_TOKEN, Method::POST, &url, Some(&body), &[]).await
+}
+
+/// Waits until the running server serves stream `name` (it reads the file within a second).
+async fn served(s: &TestServer, name: &str, present: bool) {
+    let (client, url) = (s.client.clone(), format!("{}/api/v1/sets/streams", s.base));
+    crate::support::eventually(10, &format!("stream {name} served: {present}"), || {
+        let (client, url) = (client.clone(), url.clone());
+        async move {
+            let v: Value = client.get(url).bearer_auth(ADMIN_TOKEN).send().await.unwrap().json().await.unwrap();
+            v.as_array().unwrap().iter().any(|st| st["name"] == name) == present
+        }
+    })
+    .await;
+}
+
+/// Every SET of a stream, verified, acknowledged as it goes: (jti, event URI, subject id).
+async fn drain_stream(s: &TestServer, name: &str) -> Vec<(String, String, String, Value)> {
+    let mut receiver = Receiver::new(s).await;
+    receiver.aud = format!("{}/sets/streams/{name}", s.base);
+    let (mut ack, mut out): (Vec<String>, Vec<_>) = (vec![], vec![]);
+    loop {
+        let r = poll_stream(s, name, json!({"ack": ack, "returnImmediately": true, "maxEvents": 3})).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        let sets = r.body["sets"].as_object().unwrap().clone();
+        if sets.is_empty() {
+            assert_eq!(r.body["moreAvailable"], false);
+            return out;
+        }
+        ack = sets.keys().cloned().collect();
+        for (jti, jws) in sets {
+            let claims = receiver.verify(&jti, jws.as_str().unwrap());
+            let uri = claims["events"].as_object().unwrap().keys().next().unwrap().clone();
+            let subject = claims["sub_id"]["id"].as_str().unwrap().to_string();
+            out.push((jti, uri, subject, claims));
+        }
+    }
+}
+
+const FEED_ADD: &str = "urn:ietf:params:scim:event:feed:add";
+const FEED_REMOVE: &str = "urn:ietf:params:scim:event:feed:remove";
+const PROV: &str = "urn:ietf:params:scim:event:prov";
+
+fn members(op: &str, ids: &[&str]) -> Value {
+    let value: Vec<Value> = ids.iter().map(|id| json!({"value": id})).collect();
+    let op = match op {
+        "add" => json!({"op": "add", "path": "members", "value": value}),
+        _ => json!({"op": "remove", "path": format!("members[value eq \"{}\"]", ids[0])}),
+    };
+    json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"], "Operations": [op]})
+}
+
+async fn patch(s: &TestServer, path: String, body: Value) {
+    let r = s.send(Method::PATCH, &path, Some(&body), &[]).await;
+    assert!(r.status.as_u16() < 300, "{path}: {}", r.body);
+}
+
+fn retitle(title: &str) -> Value {
+    json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
+           "Operations": [{"op": "replace", "path": "title", "value": title}]})
+}
+
+/// A feed (RFC 9967 §2.3): a stream scoped to a group carries its user members only, with
+/// feed:add as they join, feed:remove as they leave (and none for a member deleted: its
+/// prov:delete instead), feed:remove for every member when the group is deleted; the fold
+/// goes on across a restart with what was acknowledged.
+#[tokio::test]
+async fn a_feed_carries_its_groups_members_with_feed_add_and_remove() {
+    let s = TestServer::start().await;
+    let alice = s.post("/Users", &json!({"userName": "alice"})).await.id();
+    let bob = s.post("/Users", &json!({"userName": "bob"})).await.id();
+    let carol = s.post("/Users", &json!({"userName": "carol"})).await.id();
+    let eng = s.post("/Groups", &json!({"displayName": "Eng"})).await.id();
+    let sales = s.post("/Groups", &json!({"displayName": "Sales"})).await.id();
+    assert_eq!(add_stream(&s, json!({"name": "eng-feed", "groups": [eng]})).await.status, 201);
+    served(&s, "eng-feed", true).await;
+    patch(&s, format!("/Groups/{eng}"), members("add", &[&alice])).await; // feed:add alice
+    patch(&s, format!("/Users/{alice}"), retitle("CTO")).await; // her change
+    patch(&s, format!("/Users/{bob}"), retitle("Intern")).await; // not in the feed
+    patch(&s, format!("/Groups/{sales}"), members("add", &[&alice])).await; // not a feed group
+    patch(&s, format!("/Groups/{eng}"), members("add", &[&bob])).await; // feed:add bob
+
+    // Half now, acknowledged; the rest after a restart.
+    let first = drain_stream(&s, "eng-feed").await;
+    let s = s.restart().await;
+    patch(&s, format!("/Groups/{eng}"), members("remove", &[&alice])).await; // feed:remove alice
+    patch(&s, format!("/Users/{alice}"), retitle("CEO")).await; // out of the feed
+    assert_eq!(s.delete(&format!("/Users/{bob}")).await.status, 204); // prov:delete, no feed:remove
+    patch(&s, format!("/Groups/{eng}"), members("add", &[&carol])).await; // feed:add carol
+    assert_eq!(s.delete(&format!("/Groups/{eng}")).await.status, 204); // feed:remove carol
+    let second = drain_stream(&s, "eng-feed").await;
+
+    let got: Vec<(String, String)> =
+        first.iter().chain(&second).map(|(_, uri, subject, _)| (uri.clone(), subject.clone())).collect();
+    let want = vec![
+        (FEED_ADD.to_string(), alice.clone()),
+        (format!("{PROV}:patch:full"), alice.clone()),
+        (FEED_ADD.to_string(), bob.clone()),
+        (FEED_REMOVE.to_string(), alice.clone()),
+        (format!("{PROV}:delete"), bob.clone()),
+        (FEED_ADD.to_string(), carol.clone()),
+        (FEED_REMOVE.to_string(), carol.clone()),
+    ];
+    assert_eq!(got, want);
+    // The feed's SETs are about users, named as SCIM names them, in the request's txn.
+    let log = s.send_as(ADMIN_TOKEN, Method::GET, &format!("{}/api/v1/events?limit=1000", s.base), None, &[]).await;
+    let events = log.body["events"].as_array().unwrap();
+    for (jti, _, subject, claims) in first.iter().chain(&second) {
+        assert_eq!(claims["sub_id"]["uri"], format!("/Users/{subject}"));
+        let position: u64 = jti.split('.').next().unwrap().parse().unwrap();
+        let e = events.iter().find(|e| e["position"] == position).unwrap();
+        assert_eq!(claims["txn"], e["requestId"], "{jti}");
+    }
+    let jtis: std::collections::BTreeSet<&String> = first.iter().chain(&second).map(|(j, ..)| j).collect();
+    assert_eq!(jtis.len(), want.len(), "every jti is its own");
+    // The server says a feed carries feed events.
+    let spc = s.get("/ServiceProviderConfig").await;
+    let uris = spc.body["securityEvents"]["eventUris"].as_array().unwrap();
+    assert!(uris.contains(&json!(FEED_ADD)) && uris.contains(&json!(FEED_REMOVE)), "{uris:?}");
+}
+
+/// Streams are added and removed while the server runs, by the admin API and by the CLI;
+/// bad tables are refused naming the value; an event filter narrows what a stream carries.
+#[tokio::test]
+async fn streams_are_managed_over_the_api_and_the_cli_while_the_server_runs() {
+    let s = TestServer::start().await;
+    let bad: [(Value, u16, &str); 7] = [
+        (json!({"name": "x", "events": ["urn:ietf:params:scim:event:prov:put:full"]}), 400, "prov:put:full"),
+        (json!({"name": "x", "events": [FEED_ADD]}), 400, "need groups"),
+        (json!({"name": "x", "groups": ["no-such-group"]}), 400, "no-such-group"),
+        (json!({"name": "x", "url": "http://127.0.0.1:9/", "token_file": "../master.key"}), 400, "../master.key"),
+        (json!({"name": "x", "tenant": "other"}), 400, "other"),
+        (json!({"name": "x", "colour": "red"}), 400, "colour"),
+        (json!({"name": "x y"}), 400, "x y"),
+    ];
+    for (body, status, detail) in bad {
+        add_stream(&s, body.clone()).await.assert_error(status, Some("invalidValue"), detail);
+    }
+    let url = format!("{}/api/v1/sets/streams", s.base);
+    let r = s.send(Method::POST, &url, Some(&json!({"name": "x"})), &[]).await;
+    assert_eq!(r.status, 403, "a scim token may not add streams");
+    let deletes = json!({"name": "deletes", "events": [format!("{PROV}:delete")]});
+    assert_eq!(add_stream(&s, deletes.clone()).await.status, 201);
+    add_stream(&s, deletes).await.assert_error(409, Some("uniqueness"), "deletes");
+    served(&s, "deletes", true).await;
+
+    // The CLI, beside the running server.
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_scimlog"))
+            .args(args)
+            .arg("--data-dir")
+            .arg(s.data_dir())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    cli(&["sets", "add", "--name", "from-cli"]);
+    served(&s, "from-cli", true).await;
+    let u = s.post("/Users", &json!({"userName": "gone-soon"})).await.id();
+    assert_eq!(s.delete(&format!("/Users/{u}")).await.status, 204);
+    let only_deletes = drain_stream(&s, "deletes").await;
+    assert_eq!(
+        only_deletes.iter().map(|(_, uri, id, _)| (uri.as_str(), id.as_str())).collect::<Vec<_>>(),
+        [(format!("{PROV}:delete").as_str(), u.as_str())],
+        "the filter lets deletes through only"
+    );
+    assert_eq!(drain_stream(&s, "from-cli").await.len(), 2, "an unfiltered stream: the create and the delete");
+    let listed = cli(&["sets", "list"]);
+    assert!(listed.lines().any(|l| l.starts_with("default/deletes\tpoll\ttenant\tevents=1")), "{listed}");
+
+    // Removed by the CLI and by the API: no longer served.
+    cli(&["sets", "remove", "--name", "from-cli"]);
+    let r = s.send_as(ADMIN_TOKEN, Method::DELETE, &format!("{url}/deletes"), None, &[]).await;
+    assert_eq!(r.status, 204);
+    let r = s.send_as(ADMIN_TOKEN, Method::DELETE, &format!("{url}/deletes"), None, &[]).await;
+    r.assert_error(404, None, "deletes");
+    served(&s, "from-cli", false).await;
+    served(&s, "deletes", false).await;
+    poll_stream(&s, "deletes", json!({})).await.assert_error(404, None, "deletes");
+}
+
+/// A push receiver that can go away and come back on the same port: it keeps every SET it
+/// accepted as (jti, position, the scimlog incarnation that was running then).
+struct Receiving {
+    got: std::sync::Arc<std::sync::Mutex<Vec<(String, u64, usize)>>>,
+    epoch: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    addr: std::net::SocketAddr,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Receiving {
+    async fn start() -> Receiving {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut r = Receiving {
+            got: Default::default(),
+            epoch: Default::default(),
+            addr: listener.local_addr().unwrap(),
+            task: None,
+        };
+        r.serve(listener);
+        r
+    }
+
+    fn serve(&mut self, listener: tokio::net::TcpListener) {
+        let (got, epoch) = (self.got.clone(), self.epoch.clone());
+        let app = axum::Router::new().route(
+            "/events",
+            axum::routing::post(move |body: String| {
+                let (got, epoch) = (got.clone(), epoch.clone());
+                async move {
+                    use base64::Engine;
+                    let payload = body.split('.').nth(1).unwrap();
+                    let claims: Value = serde_json::from_slice(
+                        &base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).unwrap(),
+                    )
+                    .unwrap();
+                    let jti = claims["jti"].as_str().unwrap().to_string();
+                    let position = jti.split('.').next().unwrap().parse().unwrap();
+                    got.lock().unwrap().push((jti, position, epoch.load(std::sync::atomic::Ordering::SeqCst)));
+                    axum::http::StatusCode::ACCEPTED
+                }
+            }),
+        );
+        self.task = Some(tokio::spawn(async move { axum::serve(listener, app).await.unwrap() }));
+    }
+
+    /// Gone: connections are refused until `back`.
+    fn down(&mut self) {
+        if let Some(t) = self.task.take() {
+            t.abort();
+        }
+    }
+
+    async fn back(&mut self) {
+        if self.task.is_none() {
+            let listener = tokio::net::TcpListener::bind(self.addr).await.unwrap();
+            self.serve(listener);
+        }
+    }
+}
+
+/// RFC 8935 push, killed: the real binary is SIGKILLed at random moments while it writes and
+/// pushes, and the receiver goes away and comes back. Every SET arrives, in log order; a SET
+/// arrives twice only when the server died between the receiver's 202 and recording it, and
+/// then it is the first thing the next incarnation sends, the same SET the last one sent last.
+#[tokio::test]
+async fn push_is_exact_across_sigkills_of_the_server_and_absences_of_the_receiver() {
+    use crate::crash::{start, Rng, TOKEN};
+    let dir = tempfile::tempdir().unwrap();
+    let mut receiver = Receiving::start().await;
+    let url = format!("http://{}/events", receiver.addr);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_scimlog"))
+        .args(["sets", "add", "--name", "hook", "--url", &url, "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let client = reqwest::Client::new();
+    let mut rng = Rng(0x5e7_9935);
+    let created = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    const ROUNDS: usize = 25;
+    for round in 0..ROUNDS {
+        receiver.epoch.store(round, std::sync::atomic::Ordering::SeqCst);
+        let mut p = start(dir.path(), None).await;
+        // Writes go on while the server pushes, until it is killed.
+        let writes = {
+            let (client, base, created) = (client.clone(), p.base.clone(), created.clone());
+            tokio::spawn(async move {
+                loop {
+                    let n = created.load(std::sync::atomic::Ordering::SeqCst);
+                    let body = json!({"userName": format!("k{round}-{n}")});
+                    let r = client.post(format!("{base}/scim/v2/Users")).bearer_auth(TOKEN).json(&body).send().await;
+                    match r {
+                        Ok(r) if r.status() == 201 => created.fetch_add(1, std::sync::atomic::Ordering::SeqCst),
+                        _ => break,
+                    };
+                    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                }
+            })
+        };
+        if rng.next() % 4 == 0 {
+            receiver.down();
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(rng.next() % 300)).await;
+        receiver.back().await;
+        tokio::time::sleep(std::time::Duration::from_millis(50 + rng.next() % 300)).await;
+        p.kill();
+        let _ = writes.await;
+        // Whatever the killed process had in flight has landed before the next incarnation.
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let created = created.load(std::sync::atomic::Ordering::SeqCst);
+    receiver.epoch.store(ROUNDS, std::sync::atomic::Ordering::SeqCst);
+    let p = start(dir.path(), None).await;
+    // Every user event of the log, by position.
+    let admin = crate::support::ADMIN_TOKEN;
+    let mut want: Vec<u64> = Vec::new();
+    loop {
+        let after = want.last().copied().unwrap_or(0);
+        let url = format!("{}/api/v1/events?after={after}&limit=1000&types=user.created", p.base);
+        let page: Value = client.get(url).bearer_auth(admin).send().await.unwrap().json().await.unwrap();
+        let events = page["events"].as_array().unwrap();
+        if events.is_empty() {
+            break;
+        }
+        want.extend(events.iter().map(|e| e["position"].as_u64().unwrap()));
+    }
+    assert!(want.len() >= created, "every acknowledged create is in the log: {} of {created}", want.len());
+    let got = receiver.got.clone();
+    let last = *want.last().unwrap();
+    crate::support::eventually(60, "every SET pushed", || {
+        let got = got.clone();
+        async move { got.lock().unwrap().iter().any(|(_, p, _)| *p == last) }
+    })
+    .await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let got = receiver.got.lock().unwrap().clone();
+    let mut firsts: Vec<u64> = Vec::new();
+    let mut duplicates = 0;
+    for (i, (jti, position, epoch)) in got.iter().enumerate() {
+        if firsts.contains(position) {
+            duplicates += 1;
+            let (prev_jti, _, prev_epoch) = &got[i - 1];
+            assert!(
+                prev_jti == jti && prev_epoch < epoch,
+                "{jti} again in incarnation {epoch}: only the last SET of a killed incarnation may come again, first"
+            );
+            continue;
+        }
+        assert!(firsts.last().is_none_or(|l| l < position), "{jti}: in log order");
+        firsts.push(*position);
+    }
+    assert_eq!(firsts, want, "every SET, none missing");
+    assert!(duplicates < ROUNDS, "{duplicates} redeliveries in {ROUNDS} kills");
+    eprintln!("{} SETs over {ROUNDS} SIGKILLs: {duplicates} redelivered after a kill", want.len());
+}
+
+/// Every SET payload this server issues, of every event URI (a feed's too), validates against
+/// `schemas/sets/set.json`, which receivers in any language can use; the schema is not vacuous.
+#[tokio::test]
+async fn every_set_matches_its_json_schema() {
+    let schema: Value = serde_json::from_str(
+        &std::fs::read_to_string(format!("{}/schemas/sets/set.json", crate::support::manifest_dir())).unwrap(),
+    )
+    .unwrap();
+    let validator = jsonschema::validator_for(&schema).unwrap();
+    let s = TestServer::start().await;
+    let team = s.post("/Groups", &json!({"displayName": "Team"})).await.id();
+    assert_eq!(add_stream(&s, json!({"name": "all"})).await.status, 201);
+    assert_eq!(add_stream(&s, json!({"name": "feed", "groups": [team]})).await.status, 201);
+    served(&s, "feed", true).await;
+    let u = s
+        .post("/Users", &json!({"userName": "schema.set", "externalId": "X-1", "name": {"givenName": "S"}}))
+        .await
+        .id();
+    patch(&s, format!("/Groups/{team}"), members("add", &[&u])).await;
+    patch(&s, format!("/Users/{u}"), retitle("Lead")).await;
+    let active = |on: bool| {
+        json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
+               "Operations": [{"op": "replace", "path": "active", "value": on}]})
+    };
+    patch(&s, format!("/Users/{u}"), active(false)).await;
+    patch(&s, format!("/Users/{u}"), active(true)).await;
+    patch(&s, format!("/Groups/{team}"), members("remove", &[&u])).await;
+    assert_eq!(s.delete(&format!("/Users/{u}")).await.status, 204);
+    assert_eq!(s.delete(&format!("/Groups/{team}")).await.status, 204);
+    let mut uris = std::collections::BTreeSet::new();
+    for name in ["all", "feed"] {
+        for (jti, uri, _, claims) in drain_stream(&s, name).await {
+            let errors: Vec<String> =
+                validator.iter_errors(&claims).map(|e| format!("{e} at {}", e.instance_path)).collect();
+            assert!(errors.is_empty(), "{jti} ({uri}) fails set.json: {errors:?}\n{claims}");
+            uris.insert(uri);
+        }
+    }
+    let mut every: Vec<String> = ["create:full", "patch:full", "activate", "deactivate", "delete"]
+        .iter()
+        .map(|v| format!("{PROV}:{v}"))
+        .collect();
+    every.extend([FEED_ADD.to_string(), FEED_REMOVE.to_string()]);
+    assert_eq!(uris, every.into_iter().collect(), "every event URI was seen");
+    let good = json!({"iss": "i", "iat": 1, "jti": "4.0123456789abcdef", "aud": "a", "txn": "t",
+        "sub_id": {"format": "scim", "uri": "/Users/u", "id": "u"}, "events": {FEED_ADD: {}}});
+    assert!(validator.is_valid(&good));
+    for bad in [
+        json!({"jti": "4.0123"}),
+        json!({"jti": "4.0123456789abcdef.0"}),
+        json!({"events": {}}),
+        json!({"events": {"urn:ietf:params:scim:event:prov:put:full": {}}}),
+        json!({"sub_id": {"format": "email", "uri": "/Users/u", "id": "u"}}),
+        json!({"events": {format!("{PROV}:delete"): {}}}),
+    ] {
+        let mut v = good.clone();
+        v.as_object_mut().unwrap().extend(bad.as_object().unwrap().clone());
+        assert!(!validator.is_valid(&v), "{v}");
+    }
 }
