@@ -212,8 +212,24 @@ impl Server {
         let (request_log_size, console) = (cfg.request_log_size, http::console::ConsoleState::new(&cfg));
         let set_flags = crate::sets::config::from_flags(&cfg.set_stream, &cfg.set_push, &cfg.data_dir);
         let set_streams = Arc::new(crate::sets::run::Streams::new(&set_flags, &cfg.set_streams_path(), &cfg.data_dir));
+        // What the streams' receivers acknowledged: this node's store, or in cluster mode the
+        // replicated bucket (a new leader goes on where the last one's receivers were).
+        let acks = match &cluster {
+            Some((_, link)) => crate::sets::streams::AckStore::replicated(link.set_acks.clone()),
+            None => crate::sets::streams::AckStore::Local(store.outbound()),
+        };
+        let signer = Arc::new(signer);
+        let deliver = crate::sets::deliver::Deliverer {
+            store: store.clone(),
+            keys: keys.clone(),
+            signer: signer.clone(),
+            iss: scim_base.clone(),
+            max_scan: cfg.max_scan,
+            acks,
+        };
         let sets = http::sets::SetState {
-            signer: Arc::new(signer),
+            signer,
+            deliver: deliver.clone(),
             streams: set_streams.clone(),
             lock: tokio::sync::Mutex::new(()),
         };
@@ -251,11 +267,7 @@ impl Server {
                 data_dir: state.cfg.data_dir.clone(),
                 flags: set_flags,
                 worker: crate::sets::push::Worker {
-                    store: state.store.clone(),
-                    keys: state.keys.clone(),
-                    signer: state.sets.signer.clone(),
-                    iss: state.scim_base.clone(),
-                    max_scan: state.cfg.max_scan,
+                    deliver,
                     committed: state.writer.committed(),
                     shutdown: bus_shutdown_for_tokens.clone(),
                 },

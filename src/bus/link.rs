@@ -18,6 +18,7 @@ pub struct Link {
     pub keys: ReplicatedKeys,
     pub lease: Lease,
     pub snapshots: Snapshots,
+    pub set_acks: std::sync::Arc<super::set_acks::ReplicatedAcks>,
 }
 
 impl Link {
@@ -44,6 +45,7 @@ impl Link {
         let keys = ReplicatedKeys::open(&js, replicas).await?;
         let lease = Lease::open(&js, replicas, lease_ttl, holder).await?;
         let snapshots = Snapshots::open(&js, replicas).await?;
-        Ok(Link { stream, keys, lease, snapshots })
+        let set_acks = std::sync::Arc::new(super::set_acks::ReplicatedAcks::open(&js, replicas).await?);
+        Ok(Link { stream, keys, lease, snapshots, set_acks })
     }
 }

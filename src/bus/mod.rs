@@ -12,6 +12,7 @@ pub mod keys_kv;
 pub mod lease;
 pub mod link;
 pub mod log_stream;
+pub mod set_acks;
 pub mod snapshots;
 pub mod tail;
 

@@ -37,14 +37,13 @@ pub fn open_router(state: AppState) -> Router {
 
 /// Each SET stream's lag (one read of its watermark) and, for push, its task's figures.
 fn set_streams(state: &AppState, head: u64) -> Vec<crate::metrics::SetStreamScrape> {
-    let store = state.store.outbound();
     let streams = state.sets.streams.all();
     streams
         .iter()
         .map(|st| crate::metrics::SetStreamScrape {
             tenant: st.id.tenant.clone(),
             stream: st.id.name.clone(),
-            lag_positions: crate::sets::streams::load(&store, &st.id).map_or(0, |a| head.saturating_sub(a.watermark)),
+            lag_positions: head.saturating_sub(state.sets.deliver.acks.watermark_now(&st.id)),
             push: state.sets.streams.push_state(&st.id).map(|p| (p.delivered, p.refused, p.failures)),
         })
         .collect()

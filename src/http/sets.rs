@@ -22,8 +22,8 @@ use utoipa_axum::routes;
 use super::error::{ApiError, ScimErrorDoc};
 use super::extract::{Caller, ScimBody};
 use super::{blocking_read, AppState};
-use crate::sets::config::{ConfigError, Stream, StreamConfig, SECRETS_DIR};
-use crate::sets::deliver::{DeliverError, Source};
+use crate::sets::config::{ConfigError, StreamConfig, SECRETS_DIR};
+use crate::sets::deliver::{DeliverError, Deliverer};
 use crate::sets::streams::StreamId;
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -35,9 +35,10 @@ pub fn jwks_router() -> Router<AppState> {
     Router::new().route("/sets/jwks.json", get(|State(s): State<AppState>| async move { Json(s.sets.signer.jwks()) }))
 }
 
-/// The SETs' signer and the streams.
+/// The SETs' signer, what delivers them, and the streams.
 pub struct SetState {
     pub signer: std::sync::Arc<crate::sets::Signer>,
+    pub deliver: Deliverer,
     /// Every stream, with the push tasks' states.
     pub streams: std::sync::Arc<crate::sets::run::Streams>,
     /// One poll at a time changes a stream's acknowledgements.
@@ -145,38 +146,22 @@ async fn poll(
     let mut committed = s.writer.committed();
     loop {
         let guard = s.sets.lock.lock().await;
-        let (stream2, acks2) = (stream.clone(), std::mem::take(&mut acks));
-        let page = blocking_read(&s, move |s| Ok(poll_once(s, &stream2, &acks2, max))).await??;
+        let batch = s.sets.deliver.next(&stream, std::mem::take(&mut acks), max).await.map_err(|e| match e {
+            DeliverError::UnknownJti(why) => PollError::InvalidRequest(why),
+            DeliverError::Log(e) => PollError::Api(e.into()),
+            DeliverError::Acks(why) => PollError::Api(ApiError::Unavailable(why)),
+            DeliverError::Internal(what) => PollError::Api(ApiError::Internal(what)),
+        })?;
         drop(guard);
-        let done = !page.0.sets.is_empty() || req.return_immediately || max == 0;
+        let page = PollResponse { sets: batch.sets, more_available: batch.more };
+        let done = !page.sets.is_empty() || req.return_immediately || max == 0;
         if done || tokio::time::Instant::now() >= deadline {
-            return Ok(Json(page.0));
+            return Ok(Json(page));
         }
         // Nothing to deliver: wait for the next commit (or the deadline), then look again.
-        let head = page.1;
+        let head = batch.head;
         let _ = tokio::time::timeout_at(deadline, committed.wait_for(|h| *h > head)).await;
     }
-}
-
-/// Where this server's SETs come from.
-pub fn source(s: &AppState) -> Source<'_> {
-    Source {
-        store: &s.store,
-        keys: s.keys.as_ref(),
-        signer: &s.sets.signer,
-        iss: &s.scim_base,
-        max_scan: s.cfg.max_scan,
-    }
-}
-
-/// Records `acks`, then collects up to `max` unacknowledged SETs (see `sets::deliver`).
-fn poll_once(s: &AppState, stream: &Stream, acks: &[String], max: usize) -> Result<(PollResponse, u64), PollError> {
-    let batch = source(s).next(stream, acks, max).map_err(|e| match e {
-        DeliverError::UnknownJti(why) => PollError::InvalidRequest(why),
-        DeliverError::Log(e) => PollError::Api(e.into()),
-        DeliverError::Internal(what) => PollError::Api(ApiError::Internal(what)),
-    })?;
-    Ok((PollResponse { sets: batch.sets, more_available: batch.more }, batch.head))
 }
 
 /// A SET stream of the caller's tenant and where it stands.
@@ -223,11 +208,14 @@ fn may_read_events(caller: &Caller) -> Result<(), ApiError> {
 async fn list_streams(State(s): State<AppState>, caller: Caller) -> Result<Json<Vec<StreamView>>, ApiError> {
     may_read_events(&caller)?;
     let tenant = caller.tenant().to_string();
-    blocking_read(&s, move |s| {
-        let store = s.store.outbound();
-        let mut out = Vec::new();
-        for st in s.sets.streams.all().iter().filter(|st| st.id.tenant == tenant) {
-            let acked = crate::sets::streams::load(&store, &st.id)?;
+    let mut out = Vec::new();
+    for st in s.sets.streams.all().iter().filter(|st| st.id.tenant == tenant) {
+        let acked = s.sets.deliver.acks.load(&st.id).await.map_err(|e| {
+            tracing::warn!(error = %e, "a SET stream's acknowledgements cannot be read");
+            ApiError::Unavailable("a SET stream's acknowledgements cannot be read now; try again".into())
+        })?;
+        let acked = acked.acked;
+        {
             out.push(StreamView {
                 name: st.id.name.clone(),
                 delivery: if st.push.is_some() { "push".into() } else { "poll".into() },
@@ -240,9 +228,8 @@ async fn list_streams(State(s): State<AppState>, caller: Caller) -> Result<Json<
                 push: s.sets.streams.push_state(&st.id),
             });
         }
-        Ok(Json(out))
-    })
-    .await
+    }
+    Ok(Json(out))
 }
 
 /// Adds a SET stream to the caller's tenant (in `<data-dir>/set-streams.toml`): served within

@@ -30,6 +30,14 @@ pub struct Batch {
     pub head: u64,
 }
 
+/// One step of a stream: the batch, the acknowledgements after it, and a feed's notes the
+/// watermark passed (deleted once those are stored).
+pub struct Step {
+    pub batch: Batch,
+    pub next: Acknowledged,
+    pub gone: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum DeliverError {
     /// An acknowledgement names no SET of the stream (nothing was acknowledged).
@@ -37,6 +45,10 @@ pub enum DeliverError {
     UnknownJti(String),
     #[error(transparent)]
     Log(#[from] LogError),
+    /// The acknowledgements could not be read or stored (cluster mode: NATS, or another node
+    /// wrote them meanwhile). Nothing was acknowledged; the receiver tries again.
+    #[error("{0}")]
+    Acks(String),
     /// An event could not be read or a SET signed (logged where it happened).
     #[error("{0}")]
     Internal(&'static str),
@@ -48,15 +60,19 @@ pub fn audience(iss: &str, id: &StreamId) -> String {
 }
 
 impl Source<'_> {
-    /// Records `acks`, then collects up to `max` unacknowledged SETs from the watermark on
-    /// (reading at most `max_scan` events), moving the watermark past what needs no delivery.
-    pub fn next(&self, stream: &Stream, acks: &[String], max: usize) -> Result<Batch, DeliverError> {
-        let store = self.store.outbound();
-        let id = &stream.id;
-        let before = streams::load(&store, id)?;
+    /// Records `acks` over `before`, then collects up to `max` unacknowledged SETs from the
+    /// watermark on (reading at most `max_scan` events), moving the watermark past what needs
+    /// no delivery. Stores nothing of the acknowledgements: the caller does (`Deliverer`).
+    pub fn next(
+        &self,
+        stream: &Stream,
+        before: &Acknowledged,
+        acks: &[String],
+        max: usize,
+    ) -> Result<Step, DeliverError> {
         let mut next = before.clone();
         for jti in acks {
-            let at = self.acknowledged(stream, jti)?;
+            let at = self.acknowledged(stream, before.watermark, jti)?;
             if at.0 > next.watermark {
                 next.above.insert(at);
             }
@@ -65,8 +81,7 @@ impl Source<'_> {
             None => (self.scan_log(stream, &mut next, max)?, vec![]),
             Some(_) => self.scan_feed(stream, &mut next, max)?,
         };
-        streams::save(&store, id, &before, &next, gone)?;
-        Ok(batch)
+        Ok(Step { batch, next, gone })
     }
 
     fn sign(&self, claims: &Value) -> Result<Value, DeliverError> {
@@ -198,7 +213,7 @@ impl Source<'_> {
     }
 
     /// The position and index an acknowledged `jti` names, if it is a SET of this stream.
-    fn acknowledged(&self, stream: &Stream, jti: &str) -> Result<(u64, u32), DeliverError> {
+    fn acknowledged(&self, stream: &Stream, watermark: u64, jti: &str) -> Result<(u64, u32), DeliverError> {
         let unknown = || {
             DeliverError::UnknownJti(format!(
                 "jti {jti:?} names no SET of stream {:?}; nothing was acknowledged",
@@ -219,7 +234,6 @@ impl Source<'_> {
             None => index == 0 && super::event_uri(&e).is_some_and(|u| stream.carries(&u)),
             // A feed's SET is one it wrote down; one behind the watermark is acknowledged already.
             Some(_) => {
-                let watermark = streams::load(&self.store.outbound(), &stream.id)?.watermark;
                 position <= watermark
                     || self.store.outbound().get(&feed::descriptor_key(stream, position, index))?.is_some()
             }
@@ -228,5 +242,49 @@ impl Source<'_> {
             true => Ok((position, index)),
             false => Err(unknown()),
         }
+    }
+}
+
+/// What a server delivers SETs with, owned (for the push tasks and the poll handler alike):
+/// each step loads the stream's acknowledgements, reads and signs on the blocking pool, stores
+/// the new acknowledgements, then drops a feed's notes the watermark passed.
+#[derive(Clone)]
+pub struct Deliverer {
+    pub store: Store,
+    pub keys: std::sync::Arc<KeyRing>,
+    pub signer: std::sync::Arc<Signer>,
+    pub iss: String,
+    pub max_scan: usize,
+    pub acks: streams::AckStore,
+}
+
+impl Deliverer {
+    pub async fn next(&self, stream: &Stream, acks: Vec<String>, max: usize) -> Result<Batch, DeliverError> {
+        let ack_error = |e: streams::AckError| {
+            tracing::warn!(error = %e, "a SET stream's acknowledgements cannot be read or stored");
+            DeliverError::Acks("the stream's acknowledgements cannot be read or stored now; try again".into())
+        };
+        let before = self.acks.load(&stream.id).await.map_err(ack_error)?;
+        let (this, stream2, acked) = (self.clone(), stream.clone(), before.acked.clone());
+        let step = tokio::task::spawn_blocking(move || {
+            let source = Source {
+                store: &this.store,
+                keys: &this.keys,
+                signer: &this.signer,
+                iss: &this.iss,
+                max_scan: this.max_scan,
+            };
+            source.next(&stream2, &acked, &acks, max)
+        })
+        .await
+        .unwrap_or(Err(DeliverError::Internal("a SET stream step panicked")))?;
+        self.acks.save(&stream.id, &before, &step.next).await.map_err(ack_error)?;
+        if !step.gone.is_empty() {
+            let out = self.store.outbound();
+            tokio::task::spawn_blocking(move || out.write(step.gone, false))
+                .await
+                .unwrap_or(Err(LogError::Corrupt { position: 0, detail: "a SET feed cleanup panicked".into() }))?;
+        }
+        Ok(step.batch)
     }
 }

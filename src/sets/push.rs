@@ -18,11 +18,8 @@ use serde::Serialize;
 use tokio::sync::watch;
 
 use super::config::Stream;
-use super::deliver::{Batch, DeliverError, Source};
+use super::deliver::Deliverer;
 use super::streams::StreamId;
-use super::Signer;
-use crate::log::keys::KeyRing;
-use crate::log::Store;
 
 /// Failures in a row after which a stream shows `paused` (and is tried once a minute).
 pub const PAUSE_AFTER: u32 = 5;
@@ -68,15 +65,11 @@ pub struct PushState {
 
 pub type Status = Arc<Mutex<PushState>>;
 
-/// What a push task needs: the log and keys, the signer, the issuer, the scan bound, the
-/// committed head (to wake on new events) and its stop signal.
+/// What a push task needs: what delivers SETs, the committed head (to wake on new events)
+/// and its stop signal.
 #[derive(Clone)]
 pub struct Worker {
-    pub store: Store,
-    pub keys: Arc<KeyRing>,
-    pub signer: Arc<Signer>,
-    pub iss: String,
-    pub max_scan: usize,
+    pub deliver: Deliverer,
     pub committed: watch::Receiver<u64>,
     pub shutdown: watch::Receiver<bool>,
 }
@@ -88,17 +81,6 @@ enum Outcome {
 }
 
 impl Worker {
-    /// `Source::next` on the blocking pool (it reads the store and fsyncs acknowledgements).
-    async fn next(&self, stream: &Stream, acks: Vec<String>, max: usize) -> Result<Batch, DeliverError> {
-        let (store, keys, signer) = (self.store.clone(), self.keys.clone(), self.signer.clone());
-        let (iss, max_scan, stream) = (self.iss.clone(), self.max_scan, stream.clone());
-        tokio::task::spawn_blocking(move || {
-            Source { store: &store, keys: &keys, signer: &signer, iss: &iss, max_scan }.next(&stream, &acks, max)
-        })
-        .await
-        .unwrap_or(Err(DeliverError::Internal("a SET push step panicked")))
-    }
-
     /// Delivers a push stream's SETs until stopped.
     pub async fn run(mut self, target: Stream, status: Status) {
         let Some(push) = target.push.clone() else { return };
@@ -115,7 +97,7 @@ impl Worker {
             if *self.shutdown.borrow() {
                 return;
             }
-            let next = self.next(&target, vec![], 1).await;
+            let next = self.deliver.next(&target, vec![], 1).await;
             let batch = match next {
                 Ok(b) => b,
                 Err(e) => {
@@ -143,7 +125,7 @@ impl Worker {
             let outcome = send(&client, &push, jws.as_str().unwrap_or_default()).await;
             match outcome {
                 Outcome::Accepted | Outcome::Refused(_) => {
-                    if let Err(e) = self.next(&target, vec![jti.clone()], 0).await {
+                    if let Err(e) = self.deliver.next(&target, vec![jti.clone()], 0).await {
                         tracing::error!(stream = %target.id.name, %jti, error = %e, "a pushed SET cannot be acknowledged");
                     }
                     backoff = Duration::from_secs(1);

@@ -1,12 +1,16 @@
-//! Poll streams (RFC 8936): one per receiver, named per tenant (`--set-stream acme/siem`).
-//! A stream's state is what its receiver acknowledged: a watermark (every position at or below
-//! it is acknowledged, or has no SET for this stream) and the acknowledged positions above it.
-//! Both live in the `outbound` family under `\0set\0<tenant>\0<name>\0` (no target name starts
-//! with a NUL), written with fsync, so that a stream survives restarts: what was delivered and
-//! not acknowledged is delivered again; what was acknowledged never is.
+//! Streams: one per receiver, named per tenant (`acme/siem`). A stream's state is what its
+//! receiver acknowledged: a watermark (every position at or below it is acknowledged, or has no
+//! SET for this stream) and the acknowledged SETs above it. On one node both live in the
+//! `outbound` family under `\0set\0<tenant>\0<name>\0` (no target name starts with a NUL),
+//! written with fsync; in cluster mode in the replicated KV bucket `scimlog_set_acks`
+//! (`bus::set_acks`), so that they survive restarts and failovers: what was delivered and not
+//! acknowledged is delivered again; what was acknowledged never is.
 
 use std::collections::BTreeSet;
 
+use std::sync::{Arc, Mutex};
+
+use crate::bus::set_acks::ReplicatedAcks;
 use crate::log::{LogError, OutboundStore};
 
 /// A stream's name and tenant, parsed from `TENANT/NAME`.
@@ -119,6 +123,109 @@ pub fn save(
     store.write(entries, true)
 }
 
+/// Where a server keeps what its streams' receivers acknowledged.
+#[derive(Clone)]
+pub enum AckStore {
+    /// One node: the `outbound` family.
+    Local(OutboundStore),
+    /// Cluster mode: the replicated bucket, and the watermarks this node last read or wrote
+    /// there (for `/metrics`, which does not wait on NATS).
+    Replicated(Arc<ReplicatedAcks>, Arc<Mutex<std::collections::BTreeMap<StreamId, u64>>>),
+}
+
+/// A stream's acknowledgements as loaded, with the revision a replicated save must match.
+pub struct Loaded {
+    pub acked: Acknowledged,
+    revision: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AckError {
+    #[error(transparent)]
+    Log(#[from] LogError),
+    #[error(transparent)]
+    Replicated(#[from] crate::bus::BusError),
+}
+
+impl AckStore {
+    pub fn replicated(acks: Arc<ReplicatedAcks>) -> AckStore {
+        AckStore::Replicated(acks, Default::default())
+    }
+
+    pub async fn load(&self, id: &StreamId) -> Result<Loaded, AckError> {
+        match self {
+            AckStore::Local(store) => {
+                let (store, id) = (store.clone(), id.clone());
+                let acked = tokio::task::spawn_blocking(move || load(&store, &id)).await.map_err(|e| {
+                    LogError::Corrupt { position: 0, detail: format!("a SET stream load panicked: {e}") }
+                })??;
+                Ok(Loaded { acked, revision: 0 })
+            }
+            AckStore::Replicated(kv, seen) => {
+                let (value, revision) = kv.load(&kv_key(id)).await?;
+                let acked = value.as_deref().and_then(decode).unwrap_or_default();
+                seen.lock().expect("acks lock").insert(id.clone(), acked.watermark);
+                Ok(Loaded { acked, revision })
+            }
+        }
+    }
+
+    /// Stores `next` (derived from `before`); in cluster mode only if no other node wrote the
+    /// stream's entry since `before` was loaded.
+    pub async fn save(&self, id: &StreamId, before: &Loaded, next: &Acknowledged) -> Result<(), AckError> {
+        if before.acked == *next {
+            return Ok(());
+        }
+        match self {
+            AckStore::Local(store) => {
+                let (store, id, b, n) = (store.clone(), id.clone(), before.acked.clone(), next.clone());
+                tokio::task::spawn_blocking(move || save(&store, &id, &b, &n, vec![])).await.map_err(|e| {
+                    LogError::Corrupt { position: 0, detail: format!("a SET stream save panicked: {e}") }
+                })??;
+                Ok(())
+            }
+            AckStore::Replicated(kv, seen) => {
+                kv.save(&kv_key(id), encode(next), before.revision).await?;
+                seen.lock().expect("acks lock").insert(id.clone(), next.watermark);
+                Ok(())
+            }
+        }
+    }
+
+    /// The stream's watermark as this node knows it without waiting (for `/metrics`).
+    pub fn watermark_now(&self, id: &StreamId) -> u64 {
+        match self {
+            AckStore::Local(store) => load(store, id).map_or(0, |a| a.watermark),
+            AckStore::Replicated(_, seen) => seen.lock().expect("acks lock").get(id).copied().unwrap_or(0),
+        }
+    }
+}
+
+/// `<tenant>.<name>`: a KV key (tenants and names use only characters a key may hold).
+fn kv_key(id: &StreamId) -> String {
+    format!("{}.{}", id.tenant, id.name)
+}
+
+/// The watermark, then each (position, index) above it: 8 + 12 bytes each, big-endian.
+fn encode(a: &Acknowledged) -> Vec<u8> {
+    let mut out = a.watermark.to_be_bytes().to_vec();
+    for (p, i) in &a.above {
+        out.extend_from_slice(&p.to_be_bytes());
+        out.extend_from_slice(&i.to_be_bytes());
+    }
+    out
+}
+
+fn decode(bytes: &[u8]) -> Option<Acknowledged> {
+    let watermark = u64::from_be_bytes(bytes.get(..8)?.try_into().ok()?);
+    let rest = &bytes[8..];
+    if !rest.len().is_multiple_of(12) {
+        return None;
+    }
+    let above = rest.chunks(12).filter_map(at_of).collect();
+    Some(Acknowledged { watermark, above })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -129,6 +236,10 @@ mod tests {
         let both: Vec<u8> = 7u64.to_be_bytes().into_iter().chain(2u32.to_be_bytes()).collect();
         assert_eq!(at_of(&both), Some((7, 2)));
         assert_eq!(at_of(&[1, 2]), None);
+        let a = Acknowledged { watermark: 9, above: [(11, 0), (11, 2), (40, 0)].into_iter().collect() };
+        assert_eq!(decode(&encode(&a)), Some(a));
+        assert_eq!(decode(&[0; 7]), None);
+        assert_eq!(decode(&[0; 13]), None);
         let ok: StreamId = "acme/siem-1".parse().unwrap();
         assert_eq!((ok.tenant.as_str(), ok.name.as_str()), ("acme", "siem-1"));
         for bad in ["acme", "/siem", "acme/", "Acme/siem", "acme/si em", "acme/a/b"] {

@@ -394,3 +394,51 @@ async fn a_leader_cut_off_from_nats_is_replaced() {
         n.stop().await;
     }
 }
+
+/// SET streams in cluster mode: polls sent to a follower go to the leader, and what the
+/// receiver acknowledged is in the replicated bucket, so that after the leader stops the new
+/// one delivers exactly what was not acknowledged, never what was.
+#[tokio::test]
+async fn set_acknowledgements_follow_the_lead() {
+    let nats = NatsCluster::start().await;
+    let with_stream = |id: &str, dir: &std::path::Path| {
+        let mut cfg = cluster_config(nats.urls().join(","), id, scimlog::cluster::Forwarding::Proxy, dir);
+        cfg.set_stream = vec!["default/siem".parse().unwrap()];
+        cfg
+    };
+    let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = TestServer::start_with(with_stream("a", a_dir.path())).await;
+    eventually(20, "node a leads", || async { role(&a).await == "leader" }).await;
+    let b = TestServer::start_with(with_stream("b", b_dir.path())).await;
+    eventually(20, "b follows a", || async { b.healthz().await["cluster"]["leader"]["node"] == "a" }).await;
+    for i in 0..6 {
+        assert_eq!(a.post("/Users", &user(&format!("set{i}"))).await.status, 201);
+    }
+    let poll = |n: &TestServer, body: Value| {
+        let (url, token) = (format!("{}/api/v1/sets/streams/siem/poll", n.base), n.admin_token());
+        let client = n.client.clone();
+        async move {
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            loop {
+                let r = client.post(&url).bearer_auth(&token).json(&body).send().await.unwrap();
+                let status = r.status();
+                let v: Value = r.json().await.unwrap_or_default();
+                if status == 200 {
+                    return v["sets"].as_object().unwrap().keys().cloned().collect::<Vec<String>>();
+                }
+                // An election under way, or a follower still naming the old leader: retried.
+                assert!(status == 503 && std::time::Instant::now() < deadline, "{status}: {v}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    let all = poll(&b, json!({"returnImmediately": true, "maxEvents": 6})).await;
+    assert_eq!(all.len(), 6, "{all:?}");
+    let (acked, rest) = all.split_at(3);
+    assert!(poll(&b, json!({"ack": acked, "maxEvents": 0})).await.is_empty());
+    a.stop().await;
+    eventually(20, "b leads", || async { role(&b).await == "leader" }).await;
+    let after = poll(&b, json!({"returnImmediately": true, "maxEvents": 6})).await;
+    assert_eq!(after, rest, "the new leader sends what was not acknowledged, and only that");
+    b.stop().await;
+}

@@ -681,7 +681,7 @@ async fn push_is_exact_across_sigkills_of_the_server_and_absences_of_the_receive
                 }
             })
         };
-        if rng.next() % 4 == 0 {
+        if rng.next().is_multiple_of(4) {
             receiver.down();
         }
         tokio::time::sleep(std::time::Duration::from_millis(rng.next() % 300)).await;
