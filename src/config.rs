@@ -253,6 +253,11 @@ pub struct ServeConfig {
     /// Most SETs one poll answers (`maxEvents` is clamped to it).
     #[arg(long, env = "SCIMLOG_SET_POLL_MAX", default_value_t = 100, help_heading = "Events API")]
     pub set_poll_max: usize,
+    /// Most SETs a stream's receiver may have acknowledged beyond the oldest one it has not
+    /// (acknowledging out of order); past it, an acknowledgement is refused until the oldest
+    /// is acknowledged. Bounds what a stream's state holds.
+    #[arg(long, env = "SCIMLOG_SET_MAX_ACKED_AHEAD", default_value_t = 10_000, help_heading = "Events API")]
+    pub set_max_acked_ahead: usize,
     /// Where the admin console is served (a path: `/admin`).
     #[arg(long, env = "SCIMLOG_CONSOLE_PATH", default_value = "/admin", help_heading = "Console")]
     pub console_path: String,
@@ -315,6 +320,7 @@ impl ServeConfig {
             ("--max-concurrent-reads", self.max_concurrent_reads),
             ("--events-page-max", self.events_page_max),
             ("--set-poll-max", self.set_poll_max),
+            ("--set-max-acked-ahead", self.set_max_acked_ahead),
             ("--write-queue-depth", self.write_queue_depth),
             ("--write-queue-per-tenant", self.write_queue_per_tenant),
             ("--group-commit-max", self.group_commit_max),

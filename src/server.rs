@@ -225,6 +225,7 @@ impl Server {
             signer: signer.clone(),
             iss: scim_base.clone(),
             max_scan: cfg.max_scan,
+            max_ahead: cfg.set_max_acked_ahead,
             acks,
         };
         let sets = http::sets::SetState {

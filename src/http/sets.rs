@@ -147,7 +147,7 @@ async fn poll(
     loop {
         let guard = s.sets.lock.lock().await;
         let batch = s.sets.deliver.next(&stream, std::mem::take(&mut acks), max).await.map_err(|e| match e {
-            DeliverError::UnknownJti(why) => PollError::InvalidRequest(why),
+            DeliverError::UnknownJti(why) | DeliverError::TooFarAhead(why) => PollError::InvalidRequest(why),
             DeliverError::Log(e) => PollError::Api(e.into()),
             DeliverError::Acks(why) => PollError::Api(ApiError::Unavailable(why)),
             DeliverError::Internal(what) => PollError::Api(ApiError::Internal(what)),

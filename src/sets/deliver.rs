@@ -21,6 +21,8 @@ pub struct Source<'a> {
     /// The SCIM base URL (`iss`).
     pub iss: &'a str,
     pub max_scan: usize,
+    /// Most SETs acknowledged beyond the watermark (`--set-max-acked-ahead`).
+    pub max_ahead: usize,
 }
 
 /// SETs by `jti` in log order, whether more wait, and the head read up to.
@@ -43,6 +45,10 @@ pub enum DeliverError {
     /// An acknowledgement names no SET of the stream (nothing was acknowledged).
     #[error("{0}")]
     UnknownJti(String),
+    /// The acknowledgements would leave more than `--set-max-acked-ahead` SETs acknowledged
+    /// beyond the oldest unacknowledged one (nothing was acknowledged).
+    #[error("{0}")]
+    TooFarAhead(String),
     #[error(transparent)]
     Log(#[from] LogError),
     /// The acknowledgements could not be read or stored (cluster mode: NATS, or another node
@@ -81,6 +87,15 @@ impl Source<'_> {
             None => (self.scan_log(stream, &mut next, max)?, vec![]),
             Some(_) => self.scan_feed(stream, &mut next, max)?,
         };
+        // Counted once the watermark moved past what is acknowledged in order.
+        if next.above.len() > self.max_ahead && next.above.len() > before.above.len() {
+            return Err(DeliverError::TooFarAhead(format!(
+                "these acknowledgements would leave {} SETs acknowledged beyond the oldest one not acknowledged \
+                 (at most {}, --set-max-acked-ahead); acknowledge the oldest first; nothing was acknowledged",
+                next.above.len(),
+                self.max_ahead
+            )));
+        }
         Ok(Step { batch, next, gone })
     }
 
@@ -255,6 +270,7 @@ pub struct Deliverer {
     pub signer: std::sync::Arc<Signer>,
     pub iss: String,
     pub max_scan: usize,
+    pub max_ahead: usize,
     pub acks: streams::AckStore,
 }
 
@@ -273,6 +289,7 @@ impl Deliverer {
                 signer: &this.signer,
                 iss: &this.iss,
                 max_scan: this.max_scan,
+                max_ahead: this.max_ahead,
             };
             source.next(&stream2, &acked, &acks, max)
         })

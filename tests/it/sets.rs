@@ -798,3 +798,30 @@ async fn every_set_matches_its_json_schema() {
         assert!(!validator.is_valid(&v), "{v}");
     }
 }
+
+/// A receiver acknowledging out of order may run at most `--set-max-acked-ahead` SETs beyond
+/// the oldest it has not acknowledged: past that, the acknowledgement is refused, naming the
+/// limit, and nothing is acknowledged; acknowledging the oldest lets it go on.
+#[tokio::test]
+async fn acknowledging_far_ahead_of_the_oldest_is_refused_at_the_limit() {
+    let s = TestServer::start_configured(|c| {
+        c.set_stream = vec!["default/siem".parse().unwrap()];
+        c.set_max_acked_ahead = 2;
+    })
+    .await;
+    for n in 0..4 {
+        s.post("/Users", &json!({"userName": format!("a{n}")})).await;
+    }
+    let r = poll(&s, json!({"returnImmediately": true})).await;
+    let jtis: Vec<String> = r.body["sets"].as_object().unwrap().keys().cloned().collect();
+    assert_eq!(jtis.len(), 4);
+    let r = poll(&s, json!({"ack": jtis[1..4], "returnImmediately": true})).await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert_eq!(r.body["err"], "invalid_request");
+    assert!(r.body["description"].as_str().unwrap().contains("at most 2, --set-max-acked-ahead"), "{}", r.body);
+    let r = poll(&s, json!({"ack": jtis[1..3], "returnImmediately": true})).await;
+    let again: Vec<String> = r.body["sets"].as_object().unwrap().keys().cloned().collect();
+    assert_eq!(again, [jtis[0].clone(), jtis[3].clone()], "two ahead is allowed; the rest comes again");
+    let r = poll(&s, json!({"ack": [jtis[0].clone(), jtis[3].clone()], "returnImmediately": true})).await;
+    assert_eq!((r.status.as_u16(), r.body["sets"].as_object().unwrap().len()), (200, 0));
+}
