@@ -258,6 +258,10 @@ enum OutboundCmd {
         /// `dry-run`: real reads, writes journaled and never sent, own watermark.
         #[arg(long, value_enum, default_value_t = ModeArg::Live)]
         mode: ModeArg,
+        /// Scope: provision only the user members of these groups (ids; repeat or separate
+        /// with commas), with those groups; default: the whole tenant.
+        #[arg(long = "group", value_delimiter = ',')]
+        groups: Vec<String>,
         #[command(flatten)]
         file: OutboundFileArgs,
     },
@@ -874,8 +878,9 @@ fn outbound_cmd(command: OutboundCmd) -> anyhow::Result<()> {
     use crate::outbound::profile::Profile;
     use crate::outbound::state::{Kind, ParkedKey, State};
     match command {
-        OutboundCmd::Add { tenant, name, url, token_file, token_env, profile, deprovision, mode, file } => {
+        OutboundCmd::Add { tenant, name, url, token_file, token_env, profile, deprovision, mode, groups, file } => {
             let c = TargetConfig {
+                groups,
                 token_file: token_file.map(|f| std::path::absolute(&f).unwrap_or(f)),
                 token_env,
                 profile: match profile {

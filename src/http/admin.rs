@@ -142,3 +142,24 @@ pub fn confine_secret_file(
     *file = data_dir.join(dir).join(name);
     Ok(())
 }
+
+/// Refuses, naming it, the first of `groups` that is no group of the tenant (a scope or a feed
+/// that names a group which does not exist would silently match no one).
+pub async fn groups_exist(s: &AppState, tenant: &str, groups: Vec<String>) -> Result<(), ApiError> {
+    if groups.is_empty() {
+        return Ok(());
+    }
+    let tenant = tenant.to_string();
+    super::blocking_read(s, move |s| {
+        let view = s.store.view();
+        let missing = groups.iter().find(|g| scimlog_projections::query::group(&view, &tenant, g).is_none()).cloned();
+        if let Some(e) = view.take_error() {
+            return Err(e.into());
+        }
+        match missing {
+            Some(g) => Err(SchemaError::invalid_value(format!("groups: no group {g:?} in this tenant")).into()),
+            None => Ok(()),
+        }
+    })
+    .await
+}

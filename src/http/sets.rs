@@ -21,7 +21,7 @@ use utoipa_axum::routes;
 
 use super::error::{ApiError, ScimErrorDoc};
 use super::extract::{Caller, ScimBody};
-use super::{blocking_read, AppState};
+use super::AppState;
 use crate::sets::config::{ConfigError, StreamConfig, SECRETS_DIR};
 use crate::sets::deliver::{DeliverError, Deliverer};
 use crate::sets::streams::StreamId;
@@ -257,20 +257,7 @@ async fn add_stream(
     if let Some(file) = &mut c.token_file {
         super::admin::confine_secret_file(file, &s.cfg.data_dir, SECRETS_DIR, "token_file")?;
     }
-    let groups = c.groups.clone();
-    let tenant = caller.tenant().to_string();
-    blocking_read(&s, move |s| {
-        let view = s.store.view();
-        let missing = groups.iter().find(|g| scimlog_projections::query::group(&view, &tenant, g).is_none()).cloned();
-        if let Some(e) = view.take_error() {
-            return Err(e.into());
-        }
-        match missing {
-            Some(g) => Err(SchemaError::invalid_value(format!("groups: no group {g:?} in this tenant")).into()),
-            None => Ok(()),
-        }
-    })
-    .await?;
+    super::admin::groups_exist(&s, caller.tenant(), c.groups.clone()).await?;
     let flags: Vec<StreamId> = s.sets.streams.all().iter().filter(|st| st.from_flags).map(|st| st.id.clone()).collect();
     crate::sets::config::add(&s.cfg.set_streams_path(), &s.cfg.data_dir, c, &flags).map_err(config_error)?;
     Ok(StatusCode::CREATED)

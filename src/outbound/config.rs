@@ -23,6 +23,8 @@ pub fn path(data_dir: &Path) -> PathBuf {
 const MAX_TIMEOUT_MS: u64 = 300_000;
 const MAX_BATCH: usize = 10_000;
 const MAX_RETRIES: u32 = 30;
+/// Most groups one target's scope names.
+pub const MAX_SCOPE_GROUPS: usize = 100;
 
 /// One `[[target]]` table as written in the file.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -89,6 +91,11 @@ pub struct TargetConfig {
     pub max_deprovisions: usize,
     #[serde(default = "defaults::breaker_window_s")]
     pub breaker_window_s: u64,
+    /// Scope: the ids of the groups whose user members this target gets (with those groups
+    /// and their memberships); absent or empty, every user and group of the tenant. A user
+    /// who leaves the scope is deprovisioned as `deprovision` says.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<String>,
     /// Profile knobs set here win over the profile's (see README "Outbound provisioning").
     #[serde(default, skip_serializing_if = "Overrides::is_empty")]
     pub overrides: Overrides,
@@ -240,6 +247,8 @@ pub struct Target {
     pub config: TargetConfig,
     pub auth: Auth,
     pub knobs: Knobs,
+    /// `None`: the whole tenant; otherwise the groups whose user members are provisioned.
+    pub scope: Option<std::collections::BTreeSet<String>>,
 }
 
 impl Target {
@@ -323,7 +332,14 @@ pub fn check(c: TargetConfig) -> Result<Target, ConfigError> {
         }
     }
     let knobs = c.profile.knobs().with(&c.overrides).map_err(bad)?;
-    Ok(Target { auth, knobs, config: c })
+    if c.groups.len() > MAX_SCOPE_GROUPS {
+        return Err(bad(format!("groups: {} groups, at most {MAX_SCOPE_GROUPS}", c.groups.len())));
+    }
+    if let Some(g) = c.groups.iter().find(|g| g.is_empty() || g.len() > 256) {
+        return Err(bad(format!("groups: {g:?} is not a group id")));
+    }
+    let scope = (!c.groups.is_empty()).then(|| c.groups.iter().cloned().collect());
+    Ok(Target { auth, knobs, scope, config: c })
 }
 
 /// The targets of the file (none when there is no file). Every table is checked; one bad table

@@ -571,26 +571,68 @@ impl Connector {
         Ok(if to > watermark { Progress::Moved } else { Progress::Idle })
     }
 
+    /// Whether a group is provisioned: every group, or those of the scope.
+    fn group_in_scope(&self, id: &str) -> bool {
+        self.target.scope.as_ref().is_none_or(|s| s.contains(id))
+    }
+
+    /// Whether a user is provisioned: every user, or the members of a group of the scope now.
+    fn user_in_scope(&self, id: &str) -> bool {
+        let Some(scope) = &self.target.scope else { return true };
+        let view = self.store.view();
+        scope.iter().any(|g| query::member(&view, self.target.tenant(), g, id).is_some())
+    }
+
+    /// With a scope, the users whose place in it may have changed: members joining or leaving
+    /// a scope group, and the members last sent of a scope group that is gone.
+    fn scope_changes(&self, work: &Work, users: &mut BTreeMap<String, u64>) -> Result<(), Halt> {
+        if self.target.scope.is_none() {
+            return Ok(());
+        }
+        for ((g, m), &(kind, position)) in &work.members {
+            if kind == Kind::User && self.group_in_scope(g) {
+                users.entry(m.clone()).or_insert(position);
+            }
+        }
+        let t = self.target.tenant();
+        for (g, &position) in work.groups.iter().filter(|(g, _)| self.group_in_scope(g)) {
+            if query::group(&self.store.view(), t, g).is_none() {
+                for m in self.state.members_sent(g, None, MAX_VERIFY)? {
+                    users.entry(m).or_insert(position);
+                }
+            }
+        }
+        Ok(())
+    }
+
     async fn apply(&mut self, work: &Work, approved: bool) -> Result<(), Halt> {
         let t = self.target.tenant().to_string();
+        let mut users = work.users.clone();
+        self.scope_changes(work, &mut users)?;
         let mut gone_users = Vec::new();
-        for (id, &position) in &work.users {
+        for (id, &position) in &users {
             let doc = { query::user(&self.store.view(), &t, id) };
-            match doc {
+            match doc.filter(|_| self.user_in_scope(id)) {
                 Some(doc) => self.upsert(Kind::User, id, render::user(&doc, &self.target.knobs), position).await?,
+                // Gone, or out of the scope: deprovisioned (if it was ever sent).
                 None => gone_users.push((id, position)),
             }
         }
         let mut gone_groups = Vec::new();
         for (id, &position) in &work.groups {
             let doc = { query::group(&self.store.view(), &t, id) };
-            match doc {
+            match doc.filter(|_| self.group_in_scope(id)) {
                 Some(doc) => self.upsert(Kind::Group, id, render::group(&doc, &self.target.knobs), position).await?,
                 None => gone_groups.push((id, position)),
             }
         }
         let mut by_group: BTreeMap<&str, Vec<(&str, Kind, u64)>> = BTreeMap::new();
         for ((g, m), &(kind, position)) in &work.members {
+            // Out of the scope: a group not provisioned, or a nested group that is not.
+            if !self.group_in_scope(g) || (kind == Kind::Group && !self.group_in_scope(m)) {
+                self.unpark_if(ParkedKey::Membership { group: g.clone(), member: m.clone() })?;
+                continue;
+            }
             by_group.entry(g).or_default().push((m, kind, position));
         }
         for (group, members) in by_group {
@@ -604,7 +646,7 @@ impl Connector {
             }
         }
         for (id, position) in gone_users {
-            let erased = work.erased.contains(id);
+            let erased = work.erased.contains(id.as_str());
             match (&held, erased) {
                 (Some(why), false) => self.hold(Kind::User, id, position, why)?,
                 (None, _) | (Some(_), true) => self.remove(Kind::User, id, position, erased).await?,

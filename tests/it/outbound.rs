@@ -481,6 +481,7 @@ async fn targets_are_added_and_removed_through_the_admin_api_while_serving() {
             400,
             "must start with SCIMLOG_OUTBOUND_",
         ),
+        (json!({"name": "x", "url": peer.url, "token_file": "t", "groups": ["no-such-group"]}), 400, "no-such-group"),
     ];
     for (body, status, detail) in cases {
         let r = s.send_as(&admin, Method::POST, &api, Some(&body), &[]).await;
@@ -786,4 +787,89 @@ async fn an_oauth_target_gets_its_token_from_the_token_endpoint() {
         h.proxy.seen().into_iter().filter(|r| r.path == "/oauth/token").map(|r| r.status).collect();
     assert_eq!(tokens.last(), Some(&Some(200)), "{tokens:?}");
     assert_eq!(tokens.iter().filter(|s| **s == Some(200)).count(), 1, "one token, reused: {tokens:?}");
+}
+
+/// What a target holds: users by userName (active), groups by displayName (member names).
+async fn remote_view(peer: &ScimPeer) -> (BTreeMap<String, bool>, BTreeMap<String, BTreeSet<String>>) {
+    let users = peer.all("Users").await;
+    let name_of: BTreeMap<String, String> = users
+        .iter()
+        .map(|u| (u["id"].as_str().unwrap().to_string(), u["userName"].as_str().unwrap().to_string()))
+        .collect();
+    let active: BTreeMap<String, bool> = users
+        .iter()
+        .map(|u| (u["userName"].as_str().unwrap().to_string(), u["active"].as_bool().unwrap_or(true)))
+        .collect();
+    let groups = peer
+        .all("Groups")
+        .await
+        .iter()
+        .map(|g| {
+            let members = g["members"].as_array().into_iter().flatten();
+            let names = members.filter_map(|m| name_of.get(m["value"].as_str()?).cloned()).collect();
+            (g["displayName"].as_str().unwrap().to_string(), names)
+        })
+        .collect();
+    (active, groups)
+}
+
+async fn change_members(s: &TestServer, group: &str, op: &str, id: &str) {
+    let op = match op {
+        "add" => json!({"op": "add", "path": "members", "value": [{"value": id}]}),
+        _ => json!({"op": "remove", "path": format!("members[value eq \"{id}\"]")}),
+    };
+    let body = json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"], "Operations": [op]});
+    let r = s.send(Method::PATCH, &format!("/Groups/{group}"), Some(&body), &[]).await;
+    assert!(r.status.is_success(), "{}", r.body);
+}
+
+/// A target scoped to a group (`groups`) gets that group's user members, the group and its
+/// memberships, and nothing else; a member who leaves is deprovisioned (deactivated), one who
+/// joins is created and added; the group deleted deprovisions its members.
+#[tokio::test]
+async fn a_scoped_target_gets_only_its_groups_members() {
+    let peer = ScimPeer::start(DOWNSTREAM_TOKEN).await;
+    let proxy = FaultProxy::start(&peer.url).await;
+    let server = TestServer::start().await;
+    let h = Hub { server, peer, proxy, _secrets: tempfile::tempdir().unwrap() };
+    let s = &h.server;
+    let apps = s.post("/Groups", &json!({"displayName": "Apps"})).await.id();
+    let other = s.post("/Groups", &json!({"displayName": "Other"})).await.id();
+    let mut ids = BTreeMap::new();
+    for name in ["alice", "bob", "carol"] {
+        ids.insert(name, s.post("/Users", &json!({"userName": name})).await.id());
+    }
+    change_members(s, &apps, "add", &ids["alice"]).await;
+    change_members(s, &apps, "add", &ids["carol"]).await;
+    change_members(s, &other, "add", &ids["bob"]).await;
+    let token_file = h._secrets.path().join("crm.token");
+    std::fs::write(&token_file, DOWNSTREAM_TOKEN).unwrap();
+    let mut c = TargetConfig::new("default", "crm", &h.proxy.url());
+    c.token_file = Some(token_file);
+    c.groups = vec![apps.clone()];
+    config::add(&config::path(s.data_dir()), c).unwrap();
+    eventually(10, "the connector has started", || async { h.status().await.is_some() }).await;
+
+    let set = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<BTreeSet<String>>();
+    h.caught_up(30).await;
+    let (users, groups) = remote_view(&h.peer).await;
+    assert_eq!(users, BTreeMap::from([("alice".into(), true), ("carol".into(), true)]), "bob is out of scope");
+    assert_eq!(groups, BTreeMap::from([("Apps".into(), set(&["alice", "carol"]))]), "Other is not provisioned");
+
+    // carol leaves the scope, bob joins it.
+    change_members(s, &apps, "remove", &ids["carol"]).await;
+    change_members(s, &apps, "add", &ids["bob"]).await;
+    h.caught_up(30).await;
+    let (users, groups) = remote_view(&h.peer).await;
+    let want = BTreeMap::from([("alice".into(), true), ("bob".into(), true), ("carol".into(), false)]);
+    assert_eq!(users, want, "carol deactivated, bob created");
+    assert_eq!(groups, BTreeMap::from([("Apps".into(), set(&["alice", "bob"]))]));
+
+    // The scope's group deleted: its members leave the scope.
+    assert_eq!(s.delete(&format!("/Groups/{apps}")).await.status, 204);
+    h.caught_up(30).await;
+    let (users, groups) = remote_view(&h.peer).await;
+    let want = BTreeMap::from([("alice".into(), false), ("bob".into(), false), ("carol".into(), false)]);
+    assert_eq!(users, want);
+    assert!(groups.is_empty(), "{groups:?}");
 }

@@ -409,7 +409,21 @@ fn free_port() -> u16 {
 }
 
 impl NatsCluster {
+    /// Three nodes on free loopback ports. A port found free can be taken by another test
+    /// before the node binds it (then the node exits and the cluster never forms): the cluster
+    /// is then started again on new ports, at most three times.
     pub async fn start() -> NatsCluster {
+        for attempt in 1..=3 {
+            let mut cluster = NatsCluster::on_new_ports();
+            if cluster.wait_for_jetstream().await {
+                return cluster;
+            }
+            eprintln!("the NATS cluster did not form (attempt {attempt}); again on new ports");
+        }
+        panic!("the NATS cluster did not place a 3-replica stream in three attempts");
+    }
+
+    fn on_new_ports() -> NatsCluster {
         let binary = recent_nats_server();
         let dir = tempfile::tempdir().unwrap();
         let routes: Vec<u16> = (0..3).map(|_| free_port()).collect();
@@ -433,7 +447,6 @@ impl NatsCluster {
         for i in 0..3 {
             cluster.spawn(i);
         }
-        cluster.wait_for_jetstream().await;
         cluster
     }
 
@@ -451,8 +464,9 @@ impl NatsCluster {
 
     /// Until the cluster places a 3-replica stream: a meta leader answering is not enough, the
     /// peers must be known to it too (else "no suitable peers for placement", 10005). 0.2-3 s
-    /// here, more while other tests load the cores.
-    async fn wait_for_jetstream(&self) {
+    /// here, more while other tests load the cores. `false`: a node exited (its port was
+    /// taken), or 60 s went by.
+    async fn wait_for_jetstream(&mut self) -> bool {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
         let probe = async_nats::jetstream::stream::Config {
             name: "HARNESS_PROBE".into(),
@@ -464,10 +478,14 @@ impl NatsCluster {
             if let Ok(c) = async_nats::connect(self.urls()).await {
                 let js = async_nats::jetstream::new(c);
                 if js.create_stream(probe.clone()).await.is_ok() && js.delete_stream("HARNESS_PROBE").await.is_ok() {
-                    return;
+                    return true;
                 }
             }
-            assert!(std::time::Instant::now() < deadline, "the NATS cluster did not place a 3-replica stream");
+            let exited =
+                self.nodes.iter_mut().any(|n| n.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(Some(_)))));
+            if exited || std::time::Instant::now() > deadline {
+                return false;
+            }
             tokio::time::sleep(std::time::Duration::from_millis(200)).await;
         }
     }
