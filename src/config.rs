@@ -246,6 +246,11 @@ pub struct ServeConfig {
     /// with commas.
     #[arg(long, env = "SCIMLOG_SET_PUSH", value_delimiter = ',', help_heading = "Events API")]
     pub set_push: Vec<crate::sets::push::PushTarget>,
+    /// Let outbound targets and SET push receivers be loopback, private, link-local or reserved
+    /// addresses. Off by default: those URLs are chosen by tenants' admins, and the server would
+    /// otherwise send requests into its own network for them (cloud metadata, internal services).
+    #[arg(long, env = "SCIMLOG_ALLOW_PRIVATE_NETWORKS", help_heading = "Events API")]
+    pub allow_private_networks: bool,
     /// The key SETs are signed with (PKCS#8 ECDSA P-256, PEM or DER); default: one generated at
     /// the first start into `<data-dir>/set-signing-key.p8`.
     #[arg(long, env = "SCIMLOG_SET_SIGNING_KEY_FILE", help_heading = "Events API")]

@@ -18,8 +18,9 @@
 //!   of the log with its own state (links, watermark, intents, parked objects).
 //! - [`audit`]: reading the log back: hash-chain verification, export.
 //! - [`files`]: private, atomic, locked files (keys, tokens) and the permission checks at start.
-//! - [`sets`]: SCIM Security Event Tokens (RFC 9967): events rendered as signed SETs, and the
-//!   poll streams' acknowledgements.
+//! - [`sets`]: SCIM Security Event Tokens (RFC 9967): events rendered as signed SETs, the
+//!   streams (poll, push, filters, feeds) and what their receivers acknowledged.
+//! - [`net_guard`]: the SSRF guard for URLs tenants choose (outbound targets, push receivers).
 //! - [`request_log`]: the recent requests and each token's health, in memory, for the console.
 //! - [`metrics`]: the Prometheus series, one registry per server, rendered at `GET /metrics`.
 //! - [`telemetry`]: OpenTelemetry traces over OTLP (off unless `OTEL_EXPORTER_OTLP_ENDPOINT`),
@@ -40,6 +41,7 @@ pub mod files;
 pub mod http;
 pub mod log;
 pub mod metrics;
+pub mod net_guard;
 pub mod outbound;
 pub mod request_log;
 pub mod server;

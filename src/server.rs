@@ -196,6 +196,7 @@ impl Server {
                     committed: writer.committed(),
                     shutdown: bus_shutdown.clone(),
                     metrics: metrics.clone(),
+                    allow_private_networks: cfg.allow_private_networks,
                 });
                 (Some(o), Some(task))
             }
@@ -269,6 +270,7 @@ impl Server {
                 flags: set_flags,
                 worker: crate::sets::push::Worker {
                     deliver,
+                    allow_private_networks: state.cfg.allow_private_networks,
                     committed: state.writer.committed(),
                     shutdown: bus_shutdown_for_tokens.clone(),
                 },

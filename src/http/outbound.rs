@@ -70,6 +70,11 @@ async fn add(State(s): State<AppState>, caller: Caller, ScimBody(body): ScimBody
     let mut c: TargetConfig =
         serde_json::from_value(body).map_err(|e| SchemaError::invalid_value(format!("not a valid target: {e}")))?;
     confine_secrets(&mut c, &s.cfg.data_dir)?;
+    if !s.cfg.allow_private_networks {
+        for url in std::iter::once(&c.url).chain(&c.oauth_token_url) {
+            crate::net_guard::check_url(url).map_err(SchemaError::invalid_value)?;
+        }
+    }
     super::admin::groups_exist(&s, caller.tenant(), c.groups.clone()).await?;
     config::add(&s.cfg.outbound_path(), c).map_err(config_error)?;
     Ok(StatusCode::CREATED)

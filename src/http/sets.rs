@@ -257,6 +257,9 @@ async fn add_stream(
     if let Some(file) = &mut c.token_file {
         super::admin::confine_secret_file(file, &s.cfg.data_dir, SECRETS_DIR, "token_file")?;
     }
+    if let Some(url) = c.url.as_deref().filter(|_| !s.cfg.allow_private_networks) {
+        crate::net_guard::check_url(url).map_err(SchemaError::invalid_value)?;
+    }
     super::admin::groups_exist(&s, caller.tenant(), c.groups.clone()).await?;
     let flags: Vec<StreamId> = s.sets.streams.all().iter().filter(|st| st.from_flags).map(|st| st.id.clone()).collect();
     crate::sets::config::add(&s.cfg.set_streams_path(), &s.cfg.data_dir, c, &flags).map_err(config_error)?;

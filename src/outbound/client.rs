@@ -97,11 +97,17 @@ impl Client {
         status: Arc<Status>,
         metrics: crate::metrics::Metrics,
         stop: watch::Receiver<bool>,
+        allow_private_networks: bool,
     ) -> Result<Client, String> {
-        let mut b = reqwest::Client::builder()
+        if !allow_private_networks {
+            crate::net_guard::check_url(&target.config.url)?;
+            if let Some(url) = &target.config.oauth_token_url {
+                crate::net_guard::check_url(url)?;
+            }
+        }
+        let mut b = crate::net_guard::client_builder(allow_private_networks)
             .timeout(Duration::from_millis(target.config.timeout_ms))
-            .connect_timeout(Duration::from_millis(target.config.timeout_ms.min(10_000)))
-            .redirect(reqwest::redirect::Policy::none());
+            .connect_timeout(Duration::from_millis(target.config.timeout_ms.min(10_000)));
         if let Some(ua) = target.knobs.user_agent {
             b = b.user_agent(format!("{ua}/{}", env!("CARGO_PKG_VERSION")));
         }
@@ -299,7 +305,11 @@ impl Client {
 
     async fn exchange(&self, req: reqwest::RequestBuilder) -> Result<(u16, Option<String>, Vec<u8>), Failure> {
         let transport = |e: reqwest::Error| Failure::Transient {
-            detail: format!("{}: {e}", if e.is_timeout() { "timeout" } else { "transport" }),
+            detail: format!(
+                "{}: {}",
+                if e.is_timeout() { "timeout" } else { "transport" },
+                crate::net_guard::describe(&e)
+            ),
             // A refused connection never reached the target; anything later may have.
             maybe_applied: !e.is_connect(),
         };

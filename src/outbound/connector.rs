@@ -218,6 +218,7 @@ impl Connector {
         status: Arc<Status>,
         metrics: crate::metrics::Metrics,
         stop: watch::Receiver<bool>,
+        allow_private_networks: bool,
     ) -> Result<Connector, String> {
         // A dry run keeps its own state (and watermark): going live later loses nothing.
         let namespace = match target.config.mode {
@@ -225,7 +226,7 @@ impl Connector {
             Mode::Live | Mode::Paused => target.name().to_string(),
         };
         let state = State::new(store.outbound(), &namespace);
-        let client = Client::new(target.clone(), status.clone(), metrics, stop)?;
+        let client = Client::new(target.clone(), status.clone(), metrics, stop, allow_private_networks)?;
         Ok(Connector {
             target,
             client,

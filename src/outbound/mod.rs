@@ -326,6 +326,8 @@ pub struct Context {
     pub committed: watch::Receiver<u64>,
     pub shutdown: watch::Receiver<bool>,
     pub metrics: crate::metrics::Metrics,
+    /// `--allow-private-networks` (see `net_guard`).
+    pub allow_private_networks: bool,
 }
 
 /// How often the targets file is looked at.
@@ -400,6 +402,7 @@ async fn reconcile(ctx: &Context, outbound: &Outbound, targets: Vec<config::Targ
             status.clone(),
             ctx.metrics.clone(),
             stop_rx.clone(),
+            ctx.allow_private_networks,
         ) {
             Ok(c) => tokio::spawn(c.run(ctx.committed.clone(), control_rx, stop_rx)),
             Err(e) => {

@@ -50,8 +50,9 @@ impl std::str::FromStr for PushTarget {
 #[derive(Clone, Debug, Default, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PushState {
-    /// `idle` (all delivered), `delivering`, `retrying` (the last attempt failed) or `paused`
-    /// (`PAUSE_AFTER` failures in a row: tried once a minute).
+    /// `idle` (all delivered), `delivering`, `retrying` (the last attempt failed), `paused`
+    /// (`PAUSE_AFTER` failures in a row: tried once a minute) or `refused` (its URL names an
+    /// address the SSRF guard forbids: nothing is sent).
     pub state: String,
     /// SETs the receiver accepted (202) since start.
     pub delivered: u64,
@@ -70,6 +71,8 @@ pub type Status = Arc<Mutex<PushState>>;
 #[derive(Clone)]
 pub struct Worker {
     pub deliver: Deliverer,
+    /// `--allow-private-networks` (see `net_guard`).
+    pub allow_private_networks: bool,
     pub committed: watch::Receiver<u64>,
     pub shutdown: watch::Receiver<bool>,
 }
@@ -84,7 +87,16 @@ impl Worker {
     /// Delivers a push stream's SETs until stopped.
     pub async fn run(mut self, target: Stream, status: Status) {
         let Some(push) = target.push.clone() else { return };
-        let client = match reqwest::Client::builder().timeout(TIMEOUT).build() {
+        if let Some(why) =
+            (!self.allow_private_networks).then(|| crate::net_guard::check_url(&push.url).err()).flatten()
+        {
+            tracing::error!(stream = %target.id.name, error = %why, "a SET push stream's receiver is refused");
+            *status.lock().expect("push status lock") =
+                PushState { state: "refused".into(), last_error: Some(why), ..Default::default() };
+            let _ = self.shutdown.changed().await;
+            return;
+        }
+        let client = match crate::net_guard::client_builder(self.allow_private_networks).timeout(TIMEOUT).build() {
             Ok(c) => c,
             Err(e) => {
                 tracing::error!(error = %e, "no HTTP client for SET push");
@@ -188,7 +200,7 @@ async fn send(client: &reqwest::Client, push: &super::config::Push, jws: &str) -
             }
         }
         Ok(r) => Outcome::Failed(format!("the receiver answered {}", r.status())),
-        Err(e) => Outcome::Failed(format!("no answer: {e}")),
+        Err(e) => Outcome::Failed(format!("no answer: {}", crate::net_guard::describe(&e))),
     }
 }
 

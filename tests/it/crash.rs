@@ -41,7 +41,7 @@ pub async fn start(dir: &std::path::Path, nats: Option<&str>) -> Proc {
     // The check after the crashes reads every acknowledged write at once from one token: not
     // what the rate limit is for (tested in `trust`), so it is off here.
     cmd.args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--token", TOKEN, "--rate-limit-per-s", "0"])
-        .args(["--admin-token", crate::support::ADMIN_TOKEN])
+        .args(["--admin-token", crate::support::ADMIN_TOKEN, "--allow-private-networks"])
         .arg("--data-dir")
         .arg(dir)
         .env("SCIMLOG_LOG", "warn")

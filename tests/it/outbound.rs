@@ -873,3 +873,72 @@ async fn a_scoped_target_gets_only_its_groups_members() {
     assert_eq!(users, want);
     assert!(groups.is_empty(), "{groups:?}");
 }
+
+/// The SSRF guard (on unless `--allow-private-networks`): a tenant's admin cannot point a target
+/// or a SET push receiver at loopback, private or link-local addresses (cloud metadata); an IP
+/// literal is refused when added over the API and never contacted when written in a file; a
+/// name that resolves to loopback reaches nothing either.
+#[tokio::test]
+async fn the_ssrf_guard_keeps_targets_and_receivers_off_private_addresses() {
+    let peer = ScimPeer::start(DOWNSTREAM_TOKEN).await;
+    let s = TestServer::start_configured(|c| c.allow_private_networks = false).await;
+    let admin = s.admin_token();
+    let secrets = s.data_dir().join("outbound-secrets");
+    std::fs::create_dir_all(&secrets).unwrap();
+    std::fs::write(secrets.join("t"), DOWNSTREAM_TOKEN).unwrap();
+    let targets = format!("{}/api/v1/outbound/targets", s.base);
+    let metadata = json!({"name": "meta", "url": "http://169.254.169.254/latest", "token_file": "t"});
+    let r = s.send_as(&admin, Method::POST, &targets, Some(&metadata), &[]).await;
+    r.assert_error(400, Some("invalidValue"), "169.254.169.254");
+    assert!(r.body["detail"].as_str().unwrap().contains("--allow-private-networks"), "{}", r.body);
+    let streams = format!("{}/api/v1/sets/streams", s.base);
+    let hook = json!({"name": "hook", "url": "http://[::1]:9/events"});
+    let r = s.send_as(&admin, Method::POST, &streams, Some(&hook), &[]).await;
+    r.assert_error(400, Some("invalidValue"), "::1");
+
+    // Written in the files by the host's operator: the literal is never contacted, nor is a
+    // name of loopback.
+    let port = peer.url.rsplit(':').next().unwrap().trim_end_matches('/').to_string();
+    let mut literal = TargetConfig::new("default", "literal", &peer.url);
+    literal.token_file = Some(secrets.join("t"));
+    config::add(&config::path(s.data_dir()), literal).unwrap();
+    let by_name = format!("http://localhost:{port}");
+    let mut named = TargetConfig::new("default", "named", &by_name);
+    named.token_file = Some(secrets.join("t"));
+    named.retry_base_ms = 20;
+    config::add(&config::path(s.data_dir()), named).unwrap();
+    let sets_file = scimlog::sets::config::path(s.data_dir());
+    let push = |name: &str, url: String| scimlog::sets::config::StreamConfig {
+        tenant: "default".into(),
+        name: name.into(),
+        url: Some(url),
+        token_file: None,
+        events: vec![],
+        groups: vec![],
+    };
+    scimlog::sets::config::add(&sets_file, s.data_dir(), push("literal", format!("{}/events", peer.url)), &[]).unwrap();
+    scimlog::sets::config::add(&sets_file, s.data_dir(), push("named", format!("{by_name}/events")), &[]).unwrap();
+    s.post("/Users", &json!({"userName": "nobody-downstream"})).await;
+    let get = |url: String| {
+        let (client, admin) = (s.client.clone(), admin.clone());
+        async move { client.get(url).bearer_auth(admin).send().await.unwrap().json::<Value>().await.unwrap() }
+    };
+    let find = |all: &Value, name: &str| all.as_array().unwrap().iter().find(|t| t["name"] == name).cloned();
+    eventually(20, "both targets and both streams say why they send nothing", || async {
+        let t = get(targets.clone()).await;
+        let st = get(streams.clone()).await;
+        let said = |v: Option<Value>, field: &str, what: &str| {
+            v.is_some_and(|v| v[field].as_str().or(v["push"][field].as_str()).is_some_and(|e| e.contains(what)))
+        };
+        said(find(&t, "literal"), "lastError", "--allow-private-networks")
+            // The name's refusal is in the reading of its ServiceProviderConfig, and its user
+            // is parked (transport), never sent.
+            && said(find(&t, "named"), "capabilities", "resolves only to loopback")
+            && find(&t, "named").is_some_and(|n| n["parked"] == 1)
+            && said(find(&st, "literal"), "lastError", "--allow-private-networks")
+            && said(find(&st, "named"), "lastError", "resolves only to loopback")
+    })
+    .await;
+    assert_eq!(find(&get(streams.clone()).await, "literal").unwrap()["push"]["state"], "refused");
+    assert!(peer.all("Users").await.is_empty(), "nothing reached the loopback peer");
+}
