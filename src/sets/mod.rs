@@ -3,15 +3,23 @@
 //!
 //! # Layout
 //!
-//! - this file: the rendering of one log event as a SET's claims (`claims`), its `jti` (the
-//!   position and the start of the event's hash, so that an acknowledgement names exactly one
-//!   event of this log), and the signing key (`Signer`: ES256, the key from
-//!   `--set-signing-key-file` or generated once into `<data-dir>/set-signing-key.p8`, its public
-//!   half served as a JWKS).
-//! - [`streams`]: poll streams (RFC 8936), one per receiver: what each has acknowledged, in
-//!   the `outbound` family, so that a stream survives restarts.
+//! - this file: the rendering of one log event as a SET's claims (`claims`, `feed_claims`), its
+//!   `jti` (the position, the start of the event's hash and, for a feed's further SETs of one
+//!   event, their index: an acknowledgement names exactly one SET of this log), and the
+//!   signing key (`Signer`: ES256, the key from `--set-signing-key-file` or generated once into
+//!   `<data-dir>/set-signing-key.p8`, its public half served as a JWKS).
+//! - [`config`]: the streams as configured (flags, `<data-dir>/set-streams.toml`): poll or
+//!   push, an event filter, a feed's groups.
+//! - [`run`]: the streams a running server serves, and one push task per push stream.
+//! - [`streams`]: what each stream's receiver acknowledged (`AckStore`: this node's `outbound`
+//!   family, or in cluster mode the replicated bucket), so that it survives restarts.
+//! - [`feed`]: a feed's own fold of its groups' memberships, in log order.
+//! - [`deliver`]: what a stream delivers next (`Source::next`), and `Deliverer`, the step poll
+//!   and push share.
+//! - [`push`]: RFC 8935 delivery, one SET at a time.
 //!
-//! One event is one SET; the SETs of one request share its `txn` (the request id). Users and
+//! One event is one SET (a feed's group deleted: one `feed:remove` per member); the SETs of one
+//! request share its `txn` (the request id). Users and
 //! groups have SETs (create, patch, activate, deactivate, delete); grants, scopes, hosts and
 //! tokens do not (they are not SCIM resources a receiver provisions).
 
@@ -140,11 +148,6 @@ fn payload(e: &Event) -> Option<(String, Value)> {
         | EventBody::TokenRevoked {} => return None,
     };
     Some(out)
-}
-
-/// Whether a log event is rendered as a SET at all.
-pub fn has_set(e: &Event) -> bool {
-    event_uri(e).is_some()
 }
 
 /// The event URI of a log event's SET (`None`: it has none).

@@ -95,15 +95,8 @@ pub fn load(store: &OutboundStore, id: &StreamId) -> Result<Acknowledged, LogErr
 
 /// Stores `next` (which the caller derived from `before`): the new watermark, the positions
 /// acknowledged since, and the removal of those the watermark now covers. One fsync'd write.
-/// `extra` are written in the same batch (a feed's descriptors the watermark passed).
-pub fn save(
-    store: &OutboundStore,
-    id: &StreamId,
-    before: &Acknowledged,
-    next: &Acknowledged,
-    extra: Vec<(Vec<u8>, Option<Vec<u8>>)>,
-) -> Result<(), LogError> {
-    let mut entries = extra;
+pub fn save(store: &OutboundStore, id: &StreamId, before: &Acknowledged, next: &Acknowledged) -> Result<(), LogError> {
+    let mut entries = Vec::new();
     if next.watermark != before.watermark {
         entries.push((key(id, b'w', None), Some(next.watermark.to_be_bytes().to_vec())));
     }
@@ -179,7 +172,7 @@ impl AckStore {
         match self {
             AckStore::Local(store) => {
                 let (store, id, b, n) = (store.clone(), id.clone(), before.acked.clone(), next.clone());
-                tokio::task::spawn_blocking(move || save(&store, &id, &b, &n, vec![])).await.map_err(|e| {
+                tokio::task::spawn_blocking(move || save(&store, &id, &b, &n)).await.map_err(|e| {
                     LogError::Corrupt { position: 0, detail: format!("a SET stream save panicked: {e}") }
                 })??;
                 Ok(())
