@@ -121,6 +121,9 @@ impl Scimlog {
             .args(["--rate-limit-per-s", "0"])
             // The two-tenants scenario's noisy tenant keeps a rate, as an operator would give it.
             .args(["--tenant-rate-limit", &format!("{NOISY_TENANT}=1000:2000")])
+            // The outbound scenario's target is a SCIM server on loopback (the SSRF guard's
+            // default would refuse it).
+            .arg("--allow-private-networks")
             .arg("--data-dir")
             .arg(self.dir.path())
             .env("SCIMLOG_LOG", "warn")
