@@ -214,20 +214,17 @@ async fn list_streams(State(s): State<AppState>, caller: Caller) -> Result<Json<
             tracing::warn!(error = %e, "a SET stream's acknowledgements cannot be read");
             ApiError::Unavailable("a SET stream's acknowledgements cannot be read now; try again".into())
         })?;
-        let acked = acked.acked;
-        {
-            out.push(StreamView {
-                name: st.id.name.clone(),
-                delivery: if st.push.is_some() { "push".into() } else { "poll".into() },
-                url: st.push.as_ref().map(|p| p.url.clone()),
-                events: st.uris(),
-                groups: st.groups.as_ref().map(|g| g.iter().cloned().collect()),
-                configured_by: if st.from_flags { "flags" } else { "file" },
-                watermark: acked.watermark,
-                acknowledged_above: acked.above.len(),
-                push: s.sets.streams.push_state(&st.id),
-            });
-        }
+        out.push(StreamView {
+            name: st.id.name.clone(),
+            delivery: if st.push.is_some() { "push".into() } else { "poll".into() },
+            url: st.push.as_ref().map(|p| p.url.clone()),
+            events: st.uris(),
+            groups: st.groups.as_ref().map(|g| g.iter().cloned().collect()),
+            configured_by: if st.from_flags { "flags" } else { "file" },
+            watermark: acked.acked.watermark,
+            acknowledged_above: acked.acked.above.len(),
+            push: s.sets.streams.push_state(&st.id),
+        });
     }
     Ok(Json(out))
 }
