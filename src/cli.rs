@@ -144,8 +144,8 @@ enum Cmd {
         nats_url: String,
         #[arg(long, env = "SCIMLOG_NATS_STREAM", default_value = "SCIMLOG")]
         stream: String,
-        /// One subject filter, e.g. 'scimlog.*.group.>'.
-        #[arg(long, default_value = "scimlog.>")]
+        /// One subject filter, e.g. 'scimlog.*.group.*' (events are scimlog.<tenant>.<resource>.<event>).
+        #[arg(long, default_value = "scimlog.*.*.*")]
         subject: String,
         /// Durable consumer name; without it, an ephemeral consumer reads from the start.
         #[arg(long)]
@@ -262,6 +262,13 @@ enum OutboundCmd {
         /// with commas), with those groups; default: the whole tenant.
         #[arg(long = "group", value_delimiter = ',')]
         groups: Vec<String>,
+        /// Scope: provision the holders of this role (a URN; directly or through a group;
+        /// repeat for more). With --group, the union.
+        #[arg(long = "role")]
+        roles: Vec<String>,
+        /// Scope: provision the holders of this entitlement (a URN; repeat for more).
+        #[arg(long = "entitlement")]
+        entitlements: Vec<String>,
         #[command(flatten)]
         file: OutboundFileArgs,
     },
@@ -320,6 +327,18 @@ enum OutboundCmd {
         target: String,
         #[arg(long)]
         repair: bool,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Print the exact requests the connector would send, from --from (default: its
+    /// watermark) to the log's head: one line each, method, path and body. Only reads reach
+    /// the target; nothing of its state changes (through the running server).
+    Plan {
+        #[arg(long)]
+        target: String,
+        /// The log position to plan from (0: the whole history, as a replay would).
+        #[arg(long)]
+        from: Option<u64>,
         #[command(flatten)]
         server: ServerArgs,
     },
@@ -878,9 +897,24 @@ fn outbound_cmd(command: OutboundCmd) -> anyhow::Result<()> {
     use crate::outbound::profile::Profile;
     use crate::outbound::state::{Kind, ParkedKey, State};
     match command {
-        OutboundCmd::Add { tenant, name, url, token_file, token_env, profile, deprovision, mode, groups, file } => {
+        OutboundCmd::Add {
+            tenant,
+            name,
+            url,
+            token_file,
+            token_env,
+            profile,
+            deprovision,
+            mode,
+            groups,
+            roles,
+            entitlements,
+            file,
+        } => {
             let c = TargetConfig {
                 groups,
+                roles,
+                entitlements,
                 token_file: token_file.map(|f| std::path::absolute(&f).unwrap_or(f)),
                 token_env,
                 profile: match profile {
@@ -945,6 +979,9 @@ fn outbound_cmd(command: OutboundCmd) -> anyhow::Result<()> {
         OutboundCmd::Resync { target, server } => outbound_action(&server, &target, "resync", None),
         OutboundCmd::Verify { target, repair, server } => {
             outbound_action(&server, &target, if repair { "repair" } else { "verify" }, None)
+        }
+        OutboundCmd::Plan { target, from, server } => {
+            outbound_action(&server, &target, "plan", Some(serde_json::json!({ "from": from })))
         }
         OutboundCmd::Unlink { target, resource, server } => {
             outbound_action(&server, &target, "unlink", Some(serde_json::json!({ "resource": resource })))
@@ -1013,6 +1050,14 @@ fn outbound_action(
             println!("{done}");
             if let Some(report) = answer.get("report") {
                 println!("{}", serde_json::to_string_pretty(report)?);
+            }
+            let requests = answer.pointer("/plan/requests").and_then(serde_json::Value::as_array);
+            for r in requests.into_iter().flatten() {
+                let body = r.get("body").map(|b| format!(" {b}")).unwrap_or_default();
+                println!("{} {}{body}", r["method"].as_str().unwrap_or("?"), r["path"].as_str().unwrap_or("?"));
+            }
+            if answer.pointer("/plan/truncated") == Some(&serde_json::Value::Bool(true)) {
+                println!("(cut at {} requests)", crate::outbound::connector::MAX_PLAN_REQUESTS);
             }
             Ok(())
         }

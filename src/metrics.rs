@@ -82,6 +82,13 @@ pub struct TargetStateLabels {
     pub state: String,
 }
 
+/// An outbound target and a class (of parked objects) or an outcome.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TargetClassLabels {
+    pub target: String,
+    pub class: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TargetRequestLabels {
     pub target: String,
@@ -135,6 +142,9 @@ pub struct Metrics {
     process: ProcessGauges,
     /// Requests the outbound connectors sent, by target, method and status.
     pub outbound_requests: Family<TargetRequestLabels, Counter>,
+    /// Outcome events by target and outcome (`class`), and those lost to a full queue.
+    pub outbound_outcomes: Family<TargetClassLabels, Counter>,
+    pub outbound_outcomes_dropped: Counter,
     outbound: OutboundGauges,
     sets: SetGauges,
 }
@@ -162,7 +172,7 @@ pub struct SetStreamScrape {
 struct OutboundGauges {
     lag_positions: Family<TargetLabels, Gauge>,
     lag_seconds: Family<TargetLabels, FloatGauge>,
-    parked: Family<TargetLabels, Gauge>,
+    parked: Family<TargetClassLabels, Gauge>,
     health: Family<TargetStateLabels, Gauge>,
 }
 
@@ -240,6 +250,8 @@ impl Metrics {
             rocksdb: RocksDbGauges::default(),
             process: ProcessGauges::default(),
             outbound_requests: Family::default(),
+            outbound_outcomes: Family::default(),
+            outbound_outcomes_dropped: Counter::default(),
             outbound: OutboundGauges::default(),
             sets: SetGauges::default(),
         };
@@ -347,8 +359,18 @@ impl Metrics {
         );
         r.register(
             "scimlog_outbound_parked",
-            "Objects an outbound target holds back (refused, conflicting, blocked)",
+            "Objects an outbound target holds back, by class (rejected, conflict, transient, blocked, held, repair)",
             m.outbound.parked.clone(),
+        );
+        r.register(
+            "scimlog_outbound_outcomes",
+            "Outcome events of outbound targets by target and outcome (also on NATS when configured)",
+            m.outbound_outcomes.clone(),
+        );
+        r.register(
+            "scimlog_outbound_outcomes_dropped",
+            "Outcome events not published because NATS was behind or away and the queue was full",
+            m.outbound_outcomes_dropped.clone(),
         );
         r.register("scimlog_outbound_health", "1 for an outbound target's current health", m.outbound.health.clone());
         r.register(
@@ -399,7 +421,11 @@ impl Metrics {
             let l = TargetLabels { target: t.name.clone() };
             self.outbound.lag_positions.get_or_create(&l).set(t.lag_positions as i64);
             self.outbound.lag_seconds.get_or_create(&l).set(t.lag_seconds);
-            self.outbound.parked.get_or_create(&l).set(t.parked as i64);
+            for class in crate::outbound::state::PARKED_CLASSES {
+                let labels = TargetClassLabels { target: t.name.clone(), class: class.into() };
+                let n = t.parked_by_class.get(class).copied().unwrap_or(0);
+                self.outbound.parked.get_or_create(&labels).set(n as i64);
+            }
             for h in crate::outbound::Health::ALL {
                 let labels = TargetStateLabels { target: t.name.clone(), state: h.as_str().into() };
                 self.outbound.health.get_or_create(&labels).set((h == t.health) as i64);

@@ -15,6 +15,9 @@ use crate::http::{self, AppState, Inner};
 use crate::log::keys::KeyRing;
 use crate::log::{writer, Store};
 
+/// How long outbound outcomes still queued at shutdown may take to reach NATS.
+const OUTCOMES_FLUSH: Duration = Duration::from_secs(2);
+
 /// A running server.
 pub struct Server {
     pub addr: SocketAddr,
@@ -190,13 +193,23 @@ impl Server {
         // mode yet: each node would send (its state is per node).
         let (outbound, outbound_task) = match &cluster {
             None => {
+                let (outcomes, outcomes_task) =
+                    crate::outbound::outcomes::start(Some(cfg.nats.clone()), metrics.clone(), bus_shutdown.clone());
                 let (o, task) = crate::outbound::start(crate::outbound::Context {
+                    outcomes,
                     store: store.clone(),
                     targets_file: cfg.outbound_path(),
                     committed: writer.committed(),
                     shutdown: bus_shutdown.clone(),
                     metrics: metrics.clone(),
                     allow_private_networks: cfg.allow_private_networks,
+                });
+                // The outcomes the connectors queued last get a moment to reach NATS.
+                let task = tokio::spawn(async move {
+                    let _ = task.await;
+                    if let Some(t) = outcomes_task {
+                        let _ = tokio::time::timeout(OUTCOMES_FLUSH, t).await;
+                    }
                 });
                 (Some(o), Some(task))
             }

@@ -283,6 +283,12 @@ pub fn environment_members(
     Ok(out)
 }
 
+/// The users in a group, through nested groups too (each group once), reading at most `limit`
+/// memberships: whose access a grant of the group, or a change of its members, changes.
+pub fn users_of_group(kv: &impl KvRead, t: &str, group: &str, limit: usize) -> Result<Vec<String>, TooLarge> {
+    users_in_group(kv, t, group, &mut Budget::new(limit))
+}
+
 /// The users in a group, through nested groups too, counting the memberships read.
 fn users_in_group(kv: &impl KvRead, t: &str, group: &str, budget: &mut Budget) -> Result<Vec<String>, TooLarge> {
     let mut users = Vec::new();

@@ -45,7 +45,7 @@ pub struct NatsConfig {
     /// several may be given, comma-separated.
     #[arg(long, env = "SCIMLOG_NATS_URL")]
     pub nats_url: Option<String>,
-    /// JetStream stream name (subjects `scimlog.>`).
+    /// JetStream stream name (subjects `scimlog.*.*.*`: `scimlog.<tenant>.<resource>.<event>`).
     #[arg(long, env = "SCIMLOG_NATS_STREAM", default_value = "SCIMLOG")]
     pub nats_stream: String,
     /// How long the stream keeps events. This bounds how long subscribers' copies of personal
@@ -161,10 +161,14 @@ pub fn subject(tenant: &str, event_type: &str) -> String {
     format!("scimlog.{tenant}.{event_type}")
 }
 
+/// The log stream's subjects: exactly the events' four tokens. Other subjects under `scimlog.`
+/// (the outbound outcomes' five) must not fall into it, since its sequence is the log position.
+pub const EVENT_SUBJECTS: &str = "scimlog.*.*.*";
+
 pub fn stream_config(cfg: &NatsConfig) -> stream::Config {
     stream::Config {
         name: cfg.nats_stream.clone(),
-        subjects: vec!["scimlog.>".into()],
+        subjects: vec![EVENT_SUBJECTS.into()],
         retention: stream::RetentionPolicy::Limits,
         storage: stream::StorageType::File,
         max_age: Duration::from_secs(cfg.nats_max_age_s),

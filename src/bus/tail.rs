@@ -13,7 +13,9 @@ use super::{nats, BusError};
 pub struct TailOptions {
     pub url: String,
     pub stream: String,
-    /// e.g. `scimlog.*.group.>`. A single subject: nats-server 2.9 ignores `filter_subjects`.
+    /// e.g. `scimlog.*.group.*`: events have four tokens, and nats-server 2.9 takes only a subset
+    /// of the stream's `scimlog.*.*.*` (`*` rather than `>`). A single subject: nats-server 2.9
+    /// ignores `filter_subjects`.
     pub subject: String,
     /// Durable consumer name; `None` for an ephemeral consumer that starts at the beginning.
     pub durable: Option<String>,

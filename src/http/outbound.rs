@@ -54,7 +54,7 @@ async fn list(State(s): State<AppState>, caller: Caller) -> Result<Json<Vec<Stat
 /// starting with `SCIMLOG_OUTBOUND_`.
 #[utoipa::path(
     post, path = "/outbound/targets", tag = "outbound",
-    request_body(content = Object, description = "A target: tenant (optional), name, url, profile, token_file | token_env | basic_user + password_file, deprovision, mode, adopt, limits"),
+    request_body(content = Object, description = "A target: tenant (optional), name, url, profile, token_file | token_env | basic_user + password_file, deprovision, mode, adopt, scope (groups, roles, entitlements), limits"),
     responses(
         (status = 201, description = "Added; its connector starts within a second"),
         (status = 400, description = "Not a valid target", body = ScimErrorDoc),
@@ -115,20 +115,27 @@ pub struct Done {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
     report: Option<Value>,
+    /// `plan`: `from` and `to` (log positions), `requests` (method, path, body: what would be
+    /// sent, in order), `truncated`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    plan: Option<Value>,
 }
 
 /// `POST /api/v1/outbound/targets/{name}/{action}`: `retry` (every parked object at the next
 /// step), `approve-deletes` (send the deprovisions the deletion breaker holds), `resync` (from
 /// position 0, every linked object sent whole), `unlink` (forget one object's link; body
 /// `{"resource": "Users/<id>"}`), `verify` (read every linked object back and report what
-/// differs), `repair` (verify, then send the missing and drifted objects again).
+/// differs), `repair` (verify, then send the missing and drifted objects again), `plan` (the
+/// exact requests the connector would send from a position, default its watermark, to the
+/// head; body `{"from": <position>}` or none; only reads are sent).
 #[utoipa::path(
     post, path = "/outbound/targets/{name}/{action}", tag = "outbound",
     params(
         ("name" = String, Path, description = "The target's name"),
-        ("action" = String, Path, description = "retry | approve-deletes | resync | unlink | verify | repair"),
+        ("action" = String, Path, description = "retry | approve-deletes | resync | unlink | verify | repair | plan"),
     ),
-    request_body(content = Object, description = "For unlink: {\"resource\": \"Users/<id>\" or \"Groups/<id>\"}"),
+    request_body(content = Object, description = "For unlink: {\"resource\": \"Users/<id>\" or \"Groups/<id>\"}; for plan, optional: {\"from\": <position>}"),
     responses(
         (status = 200, description = "Done", body = Done),
         (status = 400, description = "No such action, or no resource to unlink", body = ScimErrorDoc),
@@ -152,6 +159,20 @@ async fn act(
         "resync" => Control::Resync,
         "verify" => Control::Verify { repair: false },
         "repair" => Control::Verify { repair: true },
+        "plan" => {
+            let body: Value = match body.is_empty() {
+                true => Value::Null,
+                false => serde_json::from_slice(&body)
+                    .map_err(|e| SchemaError::new(ScimType::InvalidSyntax, format!("plan's body is not JSON: {e}")))?,
+            };
+            let from = match body.get("from") {
+                None | Some(Value::Null) => None,
+                Some(v) => Some(v.as_u64().ok_or_else(|| {
+                    SchemaError::invalid_value(format!("plan's from must be a log position (0 or more), got {v}"))
+                })?),
+            };
+            Control::Plan { from }
+        }
         "unlink" => {
             // A small JSON body, or none (the other actions take none).
             let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
@@ -168,7 +189,7 @@ async fn act(
         }
         other => {
             let detail =
-                format!("action {other:?} is not one of retry, approve-deletes, resync, unlink, verify, repair");
+                format!("action {other:?} is not one of retry, approve-deletes, resync, unlink, verify, repair, plan");
             return Err(SchemaError::invalid_value(detail).into());
         }
     };
@@ -184,9 +205,15 @@ async fn act(
                     report["checked"],
                     counts.filter(|c| !c.is_empty()).unwrap_or_else(|| "no difference".into())
                 );
-                Ok(Json(Done { done, report: Some(report) }))
+                Ok(Json(Done { done, report: Some(report), plan: None }))
             }
-            _ => Ok(Json(Done { done, report: None })),
+            "plan" => {
+                let plan: Value = serde_json::from_str(&done).unwrap_or_default();
+                let n = plan["requests"].as_array().map_or(0, Vec::len);
+                let done = format!("{n} requests from position {} to {}", plan["from"], plan["to"]);
+                Ok(Json(Done { done, report: None, plan: Some(plan) }))
+            }
+            _ => Ok(Json(Done { done, report: None, plan: None })),
         },
         Err(e @ crate::outbound::ControlError::Unknown(_)) => Err(ApiError::NotFound(e.to_string())),
         Err(e @ crate::outbound::ControlError::Busy) => Err(ApiError::Unavailable(e.to_string())),

@@ -81,7 +81,20 @@ pub struct Client {
     pace: Mutex<Pace>,
     stop: watch::Receiver<bool>,
     metrics: crate::metrics::Metrics,
+    /// A plan's: the writes a dry run would send, with their bodies, in order.
+    recorder: Option<Recorder>,
 }
+
+/// A request a plan would send.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Planned {
+    pub method: String,
+    pub path: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub body: Option<Value>,
+}
+
+pub type Recorder = Arc<std::sync::Mutex<Vec<Planned>>>;
 
 /// Pacing: the gap between two requests, widened on every 429 (halving the rate) and narrowed
 /// back by 1% per success, to the profile's rate.
@@ -121,7 +134,14 @@ impl Client {
             pace: Mutex::new(Pace { base, gap: base, next: Instant::now() }),
             stop,
             metrics,
+            recorder: None,
         })
+    }
+
+    /// A dry run's client whose writes are also recorded, bodies included (`plan`).
+    pub fn recording(mut self, recorder: Recorder) -> Client {
+        self.recorder = Some(recorder);
+        self
     }
 
     /// A request, retried as its class says; `idempotent` is false for POST only.
@@ -129,6 +149,10 @@ impl Client {
         if self.target.config.mode == Mode::DryRun && method != Method::GET {
             // Dry run: journaled, never sent; a create "gets" an id no target would give.
             self.status.journal(method.as_str(), path, None, Duration::ZERO, true);
+            if let Some(r) = &self.recorder {
+                let planned = Planned { method: method.to_string(), path: path.into(), body: body.cloned() };
+                r.lock().expect("recorder lock").push(planned);
+            }
             let mut body = body.cloned().unwrap_or(Value::Null);
             if let Value::Object(m) = &mut body {
                 let ext = m.get("externalId").and_then(Value::as_str).unwrap_or("unknown").to_string();

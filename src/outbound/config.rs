@@ -25,6 +25,8 @@ const MAX_BATCH: usize = 10_000;
 const MAX_RETRIES: u32 = 30;
 /// Most groups one target's scope names.
 pub const MAX_SCOPE_GROUPS: usize = 100;
+/// Most roles and entitlements one target's scope names (together).
+pub const MAX_SCOPE_GRANTS: usize = 100;
 
 /// One `[[target]]` table as written in the file.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -96,6 +98,13 @@ pub struct TargetConfig {
     /// who leaves the scope is deprovisioned as `deprovision` says.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub groups: Vec<String>,
+    /// Scope: roles (URNs, `urn:<ns>:role:...`) whose holders this target gets, whether they
+    /// hold them directly or through a group (nested groups too). With `groups`, the union.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub roles: Vec<String>,
+    /// Scope: entitlements (URNs, `urn:<ns>:entitlement:...`) whose holders this target gets.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub entitlements: Vec<String>,
     /// Profile knobs set here win over the profile's (see README "Outbound provisioning").
     #[serde(default, skip_serializing_if = "Overrides::is_empty")]
     pub overrides: Overrides,
@@ -247,8 +256,43 @@ pub struct Target {
     pub config: TargetConfig,
     pub auth: Auth,
     pub knobs: Knobs,
-    /// `None`: the whole tenant; otherwise the groups whose user members are provisioned.
-    pub scope: Option<std::collections::BTreeSet<String>>,
+    /// `None`: the whole tenant.
+    pub scope: Option<Scope>,
+}
+
+/// Who a target provisions when it is not the whole tenant: the user members of `groups`
+/// (those groups go out too, with their memberships) and the holders of `grants`. Judged on
+/// the read models as they are when a change is sent.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Scope {
+    pub groups: std::collections::BTreeSet<String>,
+    /// Roles and entitlements, parsed: held directly or through any group, nested too.
+    pub grants: Vec<scimlog_schemas::access::Grant>,
+}
+
+impl Scope {
+    /// Whether a group goes out: only the scope's own groups (a scope of roles alone sends
+    /// no group).
+    pub fn has_group(&self, id: &str) -> bool {
+        self.groups.contains(id)
+    }
+    /// Whether an effective grant is one of the scope's (any namespace, without case: the
+    /// directory matches scopes by id or slug without case).
+    pub fn holds(&self, held: &scimlog_schemas::access::Grant) -> bool {
+        let norm = |g: &scimlog_schemas::access::Grant| g.urn("-").to_ascii_lowercase();
+        let held = norm(held);
+        self.grants.iter().any(|g| norm(g) == held)
+    }
+    /// A fingerprint of the scope: a change of it makes the connector go over the history again
+    /// (users entering are provisioned, users leaving deprovisioned).
+    pub fn fingerprint(scope: Option<&Scope>) -> String {
+        use sha2::Digest as _;
+        let Some(s) = scope else { return "tenant".into() };
+        let mut grants: Vec<String> = s.grants.iter().map(|g| g.urn("-").to_ascii_lowercase()).collect();
+        grants.sort();
+        let text = format!("groups={:?};grants={grants:?}", s.groups);
+        hex::encode(&sha2::Sha256::digest(text.as_bytes())[..8])
+    }
 }
 
 impl Target {
@@ -338,7 +382,20 @@ pub fn check(c: TargetConfig) -> Result<Target, ConfigError> {
     if let Some(g) = c.groups.iter().find(|g| g.is_empty() || g.len() > 256) {
         return Err(bad(format!("groups: {g:?} is not a group id")));
     }
-    let scope = (!c.groups.is_empty()).then(|| c.groups.iter().cloned().collect());
+    let mut grants = Vec::new();
+    for (attr, list) in [("roles", &c.roles), ("entitlements", &c.entitlements)] {
+        for urn in list {
+            // In the namespace it names: a target may name grants of any namespace.
+            let ns = urn.split(':').nth(1).filter(|n| !n.is_empty()).unwrap_or("scimlog");
+            let g = scimlog_schemas::access::parse_grant(ns, attr, urn).map_err(|e| bad(e.detail))?;
+            grants.push(g);
+        }
+    }
+    if grants.len() > MAX_SCOPE_GRANTS {
+        return Err(bad(format!("roles and entitlements: {}, at most {MAX_SCOPE_GRANTS}", grants.len())));
+    }
+    let scope = (!c.groups.is_empty() || !grants.is_empty())
+        .then(|| Scope { groups: c.groups.iter().cloned().collect(), grants });
     Ok(Target { auth, knobs, scope, config: c })
 }
 
@@ -424,6 +481,29 @@ token_file = "/run/crm.token""#,
             ("zero timeout", |c| c.timeout_ms = 0, Some("timeout_ms 0")),
             ("huge batch", |c| c.batch_max = 1 << 20, Some("batch_max 1048576")),
             (
+                "a role and an entitlement",
+                |c| {
+                    c.roles = vec!["urn:scimlog:role:environment:prod:admin".into()];
+                    c.entitlements = vec!["urn:scimlog:entitlement:environment:prod".into()];
+                },
+                None,
+            ),
+            (
+                "a role of no scope kind",
+                |c| c.roles = vec!["urn:scimlog:role:planet:x:admin".into()],
+                Some(r#"roles value "urn:scimlog:role:planet:x:admin" is not a valid role"#),
+            ),
+            (
+                "an entitlement given as a role",
+                |c| c.roles = vec!["urn:scimlog:entitlement:environment:prod".into()],
+                Some(r#"roles value "urn:scimlog:entitlement:environment:prod" is not a valid role"#),
+            ),
+            (
+                "a plain entitlement name",
+                |c| c.entitlements = vec!["crm-access".into()],
+                Some(r#"entitlements value "crm-access" is not a valid URN"#),
+            ),
+            (
                 "members cap over the profile's",
                 |c| {
                     c.profile = Profile::AwsIdentityCenter;
@@ -441,6 +521,27 @@ token_file = "/run/crm.token""#,
                 (got, want) => panic!("{what}: got {got:?}, wanted {want:?}"),
             }
         }
+    }
+
+    #[test]
+    fn a_scope_matches_grants_without_case_or_namespace_and_its_fingerprint_follows_it() {
+        let mut c = base();
+        c.roles = vec!["urn:scimlog:role:environment:Prod:admin".into()];
+        let scope = check(c.clone()).unwrap().scope.expect("a scope of roles");
+        let held = |urn: &str| scimlog_projections::access::parse_any("roles", urn).unwrap();
+        assert!(scope.holds(&held("urn:scimlog:role:environment:prod:admin")));
+        assert!(scope.holds(&held("urn:testkube:role:environment:PROD:Admin")));
+        assert!(!scope.holds(&held("urn:scimlog:role:environment:prod:viewer")));
+        assert!(!scope.has_group("any"), "a scope of roles alone sends no group");
+        let fingerprint = |c: &TargetConfig| Scope::fingerprint(check(c.clone()).unwrap().scope.as_ref());
+        let roles_only = fingerprint(&c);
+        c.groups = vec!["g1".into()];
+        let with_group = fingerprint(&c);
+        c.roles.clear();
+        c.groups.clear();
+        let whole = fingerprint(&c);
+        assert_eq!(whole, "tenant");
+        assert!(roles_only != with_group && with_group != whole, "{roles_only} {with_group} {whole}");
     }
 
     #[test]

@@ -21,13 +21,14 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
 use reqwest::Method;
-use scimlog_projections::query;
+use scimlog_projections::{access, query};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::watch;
 
 use super::client::{Client, Failure};
-use super::config::{Adopt, Deprovision, Mode, Target};
+use super::config::{Adopt, Deprovision, Mode, Scope, Target};
+use super::outcomes::{Outcome, Outcomes, What};
 use super::render;
 use super::state::{member_kind, Batch, Intent, Kind, Link, Parked, ParkedKey, State};
 use super::Status;
@@ -76,6 +77,8 @@ struct Work {
     erased: BTreeSet<String>,
     groups: BTreeMap<String, u64>,
     members: BTreeMap<(String, String), (Kind, u64)>,
+    /// Users and groups whose roles or entitlements changed (for a scope of grants).
+    grants: BTreeMap<String, u64>,
 }
 
 impl Work {
@@ -103,8 +106,12 @@ impl Work {
                 };
                 self.members.insert((id, member), (kind, position));
             }
-            // Grants, scopes, hosts and tokens are not provisioned (roles and entitlements go
-            // out as the user's attributes when the IdP sent them so).
+            // Not provisioned themselves (roles and entitlements go out as the user's attributes
+            // when the IdP sent them so), but they move holders in or out of a scope of grants.
+            "role.assigned" | "role.revoked" | "entitlement.granted" | "entitlement.revoked" => {
+                self.grants.insert(id, position);
+            }
+            // Scopes, hosts and tokens are not provisioned.
             _ => {}
         }
     }
@@ -142,6 +149,11 @@ pub struct Connector {
     deprovisions: std::collections::VecDeque<std::time::Instant>,
     /// When links were last counted, and the counts (users, groups).
     links_counted: Option<(std::time::Instant, usize, usize)>,
+    outcomes: Outcomes,
+    /// For a plan's client.
+    metrics: crate::metrics::Metrics,
+    stop: watch::Receiver<bool>,
+    allow_private: bool,
 }
 
 /// What an operator asks of a running connector (`scimlog outbound retry|resync|approve-deletes
@@ -160,10 +172,33 @@ pub enum Control {
     /// member lists that differ, remote objects nobody here links. With `repair`, missing and
     /// drifted objects are sent again at the next step (orphans are reported only).
     Verify { repair: bool },
+    /// The exact requests the next steps would send, from a position (default: the
+    /// watermark) to the head; nothing is sent but reads, nothing of the state changes.
+    Plan { from: Option<u64> },
 }
 
-/// Objects a verify reads remotely at most (links, and remote objects listed).
+/// A plan: the writes the connector would send to bring the target from `from` to `to`.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Plan {
+    pub from: u64,
+    pub to: u64,
+    pub requests: Vec<super::client::Planned>,
+    /// More would be sent than [`MAX_PLAN_REQUESTS`] (the plan stops there).
+    pub truncated: bool,
+}
+
+/// Requests a plan lists at most.
+pub const MAX_PLAN_REQUESTS: usize = 10_000;
+/// A target's state keys a plan copies at most (its scratch copy).
+const MAX_PLAN_STATE: usize = 2_000_000;
+
+/// Objects a verify reads remotely at most (links, and remote objects listed); also the most
+/// linked users judged again when a group of a scope of grants is deleted.
 const MAX_VERIFY: usize = 100_000;
+/// Memberships read at most to judge one user's (or one group's users') place in a scope of
+/// grants.
+const MAX_SCOPE_READ: usize = 100_000;
 /// Ids a verify report names per class (the counts are whole).
 const REPORT_IDS: usize = 20;
 
@@ -219,6 +254,7 @@ impl Connector {
         metrics: crate::metrics::Metrics,
         stop: watch::Receiver<bool>,
         allow_private_networks: bool,
+        outcomes: Outcomes,
     ) -> Result<Connector, String> {
         // A dry run keeps its own state (and watermark): going live later loses nothing.
         let namespace = match target.config.mode {
@@ -226,7 +262,8 @@ impl Connector {
             Mode::Live | Mode::Paused => target.name().to_string(),
         };
         let state = State::new(store.outbound(), &namespace);
-        let client = Client::new(target.clone(), status.clone(), metrics, stop, allow_private_networks)?;
+        let client =
+            Client::new(target.clone(), status.clone(), metrics.clone(), stop.clone(), allow_private_networks)?;
         Ok(Connector {
             target,
             client,
@@ -239,6 +276,10 @@ impl Connector {
             approved: false,
             deprovisions: Default::default(),
             links_counted: None,
+            outcomes,
+            metrics,
+            stop,
+            allow_private: allow_private_networks,
         })
     }
 
@@ -260,6 +301,9 @@ impl Connector {
                 let _ = reply.send(self.control(c).await);
             }
         }
+        if let Err(e) = self.rescope().await {
+            tracing::error!(target = self.target.name(), error = ?e, "cannot record the outbound scope");
+        }
         self.read_caps().await;
         loop {
             if *stop.borrow() {
@@ -271,6 +315,9 @@ impl Connector {
                 Err(Halt::Stopped) => return,
                 Err(Halt::Quarantine(why)) => {
                     tracing::warn!(target = self.target.name(), %why, "outbound target quarantined");
+                    if !self.status.is_quarantined() {
+                        self.emit(What::Quarantined, None, 0, |_| {});
+                    }
                     self.status.quarantine(Some(why));
                     Duration::from_millis(self.target.config.probe_ms)
                 }
@@ -292,9 +339,46 @@ impl Connector {
         }
     }
 
+    /// Publishes what happened (see `outcomes`): ids, positions, statuses, never values.
+    fn emit(&self, what: What, object: Option<(Kind, &str)>, position: u64, fill: impl FnOnce(&mut Outcome)) {
+        let mut o = Outcomes::of(self.target.tenant(), self.target.name(), what, object, position);
+        o.dry_run = self.target.config.mode == Mode::DryRun;
+        fill(&mut o);
+        self.outcomes.emit(o);
+    }
+
+    /// A scope other than the one the state was built in (the file's `groups`, `roles` or
+    /// `entitlements` edited): the history is gone over again from position 0. What did not
+    /// change sends nothing (equal documents and memberships are skipped); users who entered
+    /// are provisioned, users who left are deprovisioned, through the deletion breaker.
+    async fn rescope(&self) -> Result<(), Halt> {
+        let now = Scope::fingerprint(self.target.scope.as_ref());
+        if self.state.scope_fingerprint()?.as_deref() == Some(now.as_str()) {
+            return Ok(());
+        }
+        let mut b = Batch::default();
+        if self.state.watermark()? > 0 {
+            tracing::info!(
+                target = self.target.name(),
+                "the scope changed: going over the history again from position 0"
+            );
+            self.state.set_watermark(&mut b, 0);
+        }
+        self.state.set_scope_fingerprint(&mut b, &now);
+        self.on_disk(move |st| st.commit_durable(b)).await
+    }
+
     async fn control(&mut self, c: Control) -> Result<String, String> {
         let verify = match c {
             Control::Verify { repair } => repair,
+            Control::Plan { from } => {
+                return match self.plan(from).await {
+                    Ok(plan) => Ok(serde_json::to_string(&plan).expect("plans serialise")),
+                    Err(Halt::Storage(e)) => Err(e.to_string()),
+                    Err(Halt::Quarantine(why)) => Err(format!("the target refused the plan's reads: {why}")),
+                    Err(Halt::Stopped) => Err("stopping".into()),
+                };
+            }
             other => return self.act(other).map_err(|e| e.to_string()),
         };
         match self.verify(verify).await {
@@ -305,9 +389,76 @@ impl Connector {
         }
     }
 
+    /// A plan: this target's state copied under `<name>~plan`, stepped as a dry run (real reads,
+    /// writes recorded with their bodies) from `from` to the head, then the copy deleted. The
+    /// live state, watermark and status stay as they were.
+    async fn plan(&mut self, from: Option<u64>) -> Result<Plan, Halt> {
+        let scratch = State::new(self.store.outbound(), &format!("{}~plan", self.target.name()));
+        scratch.clear()?;
+        if !self.state.copy_to(&scratch, MAX_PLAN_STATE)? {
+            scratch.clear()?;
+            return Err(Halt::Storage(LogError::Corrupt {
+                position: 0,
+                detail: format!("the target's state has more than {MAX_PLAN_STATE} keys: too large to plan on"),
+            }));
+        }
+        let from = match from {
+            Some(p) => p,
+            None => self.state.watermark()?,
+        };
+        let mut b = Batch::default();
+        scratch.set_watermark(&mut b, from);
+        scratch.commit(b)?;
+        let mut target = self.target.clone();
+        target.config.mode = Mode::DryRun;
+        let recorder = super::client::Recorder::default();
+        let status = Arc::new(Status::default());
+        let client =
+            Client::new(target.clone(), status.clone(), self.metrics.clone(), self.stop.clone(), self.allow_private)
+                .map_err(Halt::Quarantine)?
+                .recording(recorder.clone());
+        let mut dry = Connector {
+            target,
+            client,
+            state: scratch.clone(),
+            store: self.store.clone(),
+            status,
+            patch: self.patch,
+            filter: self.filter,
+            retry_all: false,
+            approved: false,
+            deprovisions: self.deprovisions.clone(),
+            links_counted: None,
+            outcomes: Outcomes::silent(),
+            metrics: self.metrics.clone(),
+            stop: self.stop.clone(),
+            allow_private: self.allow_private,
+        };
+        let ran = dry.plan_steps(&recorder).await;
+        let to = scratch.watermark()?;
+        scratch.clear()?;
+        let truncated = ran?;
+        let mut requests = std::mem::take(&mut *recorder.lock().expect("recorder lock"));
+        requests.truncate(MAX_PLAN_REQUESTS);
+        Ok(Plan { from, to, requests, truncated })
+    }
+
+    /// Steps a plan's dry run until it reaches the head or has recorded enough; answers whether
+    /// it stopped short.
+    async fn plan_steps(&mut self, recorder: &super::client::Recorder) -> Result<bool, Halt> {
+        loop {
+            if recorder.lock().expect("recorder lock").len() > MAX_PLAN_REQUESTS {
+                return Ok(true);
+            }
+            if let Progress::Idle = self.step().await? {
+                return Ok(false);
+            }
+        }
+    }
+
     fn act(&mut self, c: Control) -> Result<String, LogError> {
         match c {
-            Control::Verify { .. } => unreachable!("verify is answered by `control`"),
+            Control::Verify { .. } | Control::Plan { .. } => unreachable!("verify and plan are answered by `control`"),
             Control::Retry => {
                 self.retry_all = true;
                 let n = self.state.all_parked(MAX_PARKED_PER_STEP)?.len();
@@ -360,6 +511,7 @@ impl Connector {
                     Ok(r) => r.body,
                     Err(Failure::NotFound) => {
                         report.note("missing", id.clone());
+                        self.drift(kind, &id, "missing");
                         report.repaired += self.repair(repair, kind, &id, None)?;
                         continue;
                     }
@@ -374,6 +526,7 @@ impl Connector {
                     _ => vec![],
                 };
                 if !changed.is_empty() {
+                    self.drift(kind, &id, "drifted");
                     report.note(
                         "drifted",
                         format!("{id} ({})", changed.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")),
@@ -382,6 +535,7 @@ impl Connector {
                 }
                 if kind == Kind::Group && self.member_drift(&id, &remote)? {
                     report.note("membershipDrift", id.clone());
+                    self.drift(kind, &id, "membershipDrift");
                     if repair {
                         // Members there that are not members here go; every member here is
                         // sent again (a member not linked now waits, parked).
@@ -403,6 +557,10 @@ impl Connector {
             }
         }
         Ok(report)
+    }
+
+    fn drift(&self, kind: Kind, id: &str, class: &str) {
+        self.emit(What::DriftDetected, Some((kind, id)), 0, |o| o.class = Some(class.into()));
     }
 
     /// Removes from a remote group the members that are not, linked, members of it here.
@@ -517,7 +675,11 @@ impl Connector {
             self.links_counted = Some((std::time::Instant::now(), users, groups));
         }
         let (_, users, groups) = self.links_counted.expect("counted above");
-        self.status.counts(self.state.all_parked(COUNT_LIMIT)?.len(), users, groups);
+        let mut parked = BTreeMap::new();
+        for (_, p) in self.state.all_parked(COUNT_LIMIT)? {
+            *parked.entry(p.class).or_default() += 1;
+        }
+        self.status.counts(parked, users, groups);
         Ok(())
     }
 
@@ -566,44 +728,95 @@ impl Connector {
             self.state.set_watermark(&mut b, to);
             self.on_disk(move |st| st.commit_durable(b)).await?;
         }
+        if self.status.is_quarantined() {
+            self.emit(What::Recovered, None, to, |_| {});
+        }
         self.status.quarantine(None);
         self.refresh_counts()?;
         self.status.positions(to, head, lag);
         Ok(if to > watermark { Progress::Moved } else { Progress::Idle })
     }
 
-    /// Whether a group is provisioned: every group, or those of the scope.
+    /// Whether a group is provisioned: every group, or the scope's own groups.
     fn group_in_scope(&self, id: &str) -> bool {
-        self.target.scope.as_ref().is_none_or(|s| s.contains(id))
+        self.target.scope.as_ref().is_none_or(|s| s.has_group(id))
     }
 
-    /// Whether a user is provisioned: every user, or the members of a group of the scope now.
+    /// Whether a user is provisioned: every user, or, now, a member of a scope group or a
+    /// holder of a scope role or entitlement (directly or through groups, nested too).
     fn user_in_scope(&self, id: &str) -> bool {
         let Some(scope) = &self.target.scope else { return true };
-        let view = self.store.view();
-        scope.iter().any(|g| query::member(&view, self.target.tenant(), g, id).is_some())
+        let (view, t) = (self.store.view(), self.target.tenant());
+        if scope.groups.iter().any(|g| query::member(&view, t, g, id).is_some()) {
+            return true;
+        }
+        if scope.grants.is_empty() {
+            return false;
+        }
+        match access::effective(&view, t, id, MAX_SCOPE_READ) {
+            Ok(held) => held.iter().any(|e| scope.holds(&e.grant)),
+            // Kept rather than deprovisioned on a guess; said once per judgement.
+            Err(e) => {
+                let why = "a user's groups are too many to judge its scope; it stays in";
+                tracing::warn!(target = self.target.name(), error = %e, "{why}");
+                true
+            }
+        }
     }
 
     /// With a scope, the users whose place in it may have changed: members joining or leaving
-    /// a scope group, and the members last sent of a scope group that is gone.
+    /// a scope group (or, for a scope of grants, any group, and the users of a nested group),
+    /// holders of a changed grant, and the members last sent of a scope group that is gone.
     fn scope_changes(&self, work: &Work, users: &mut BTreeMap<String, u64>) -> Result<(), Halt> {
-        if self.target.scope.is_none() {
-            return Ok(());
-        }
+        let Some(scope) = &self.target.scope else { return Ok(()) };
+        let by_grant = !scope.grants.is_empty();
+        let t = self.target.tenant();
+        let view = self.store.view();
+        let mut note = |id: String, position: u64| {
+            users.entry(id).or_insert(position);
+        };
         for ((g, m), &(kind, position)) in &work.members {
-            if kind == Kind::User && self.group_in_scope(g) {
-                users.entry(m.clone()).or_insert(position);
+            match kind {
+                Kind::User if by_grant || scope.has_group(g) => note(m.clone(), position),
+                // A nested group joining or leaving: its users' inherited grants changed.
+                Kind::Group if by_grant => self.users_of(&view, m).into_iter().for_each(|u| note(u, position)),
+                Kind::User | Kind::Group => {}
             }
         }
-        let t = self.target.tenant();
-        for (g, &position) in work.groups.iter().filter(|(g, _)| self.group_in_scope(g)) {
-            if query::group(&self.store.view(), t, g).is_none() {
+        if by_grant {
+            for (subject, &position) in &work.grants {
+                match query::user(&view, t, subject) {
+                    Some(_) => note(subject.clone(), position),
+                    None => self.users_of(&view, subject).into_iter().for_each(|u| note(u, position)),
+                }
+            }
+        }
+        for (g, &position) in &work.groups {
+            if query::group(&view, t, g).is_some() {
+                continue;
+            }
+            if scope.has_group(g) {
                 for m in self.state.members_sent(g, None, MAX_VERIFY)? {
-                    users.entry(m).or_insert(position);
+                    note(m, position);
+                }
+            }
+            // A deleted group took its members' inherited grants along, and its members are
+            // not known any more: every linked user is judged again.
+            if by_grant {
+                for (u, _) in self.state.links(Kind::User, MAX_VERIFY)? {
+                    note(u, position);
                 }
             }
         }
         Ok(())
+    }
+
+    /// The users of a group, nested groups included (bounded; too many is said and skipped).
+    fn users_of(&self, view: &crate::log::StateView<'_>, group: &str) -> Vec<String> {
+        access::users_of_group(view, self.target.tenant(), group, MAX_SCOPE_READ).unwrap_or_else(|e| {
+            tracing::warn!(target = self.target.name(), error = %e, "a group's users are too many to judge their scope");
+            Vec::new()
+        })
     }
 
     async fn apply(&mut self, work: &Work, approved: bool) -> Result<(), Halt> {
@@ -715,6 +928,7 @@ impl Connector {
         let result = match (self.patch && !put_user, kind) {
             (true, _) => match render::patch(&link.sent, &doc) {
                 Some(body) => self.client.send(Method::PATCH, &path, Some(&body)).await.map(|_| ()),
+                // Nothing a target is sent differs (only what it is not sent changed).
                 None => Ok(()),
             },
             (false, Kind::User) => self.client.send(Method::PUT, &path, Some(&doc)).await.map(|_| ()),
@@ -732,11 +946,13 @@ impl Connector {
         };
         match result {
             Ok(()) => {
+                let remote = link.remote_id.clone();
                 let mut b = Batch::default();
                 self.state.put_link(&mut b, kind, id, &Link { sent: doc, position, ..link });
                 self.state.unpark(&mut b, &ParkedKey::Object(kind, id.into()));
                 self.state.commit(b)?;
                 self.status.outcome(true);
+                self.emit(What::Updated, Some((kind, id)), position, |o| o.remote_id = Some(remote));
                 Ok(())
             }
             Err(Failure::NotFound) => {
@@ -902,6 +1118,8 @@ impl Connector {
         adopted: bool,
     ) -> Result<(), Halt> {
         let mut b = Batch::default();
+        let what = if adopted { What::Adopted } else { What::Linked };
+        self.emit(what, Some((kind, id)), position, |o| o.remote_id = Some(remote_id.clone()));
         self.state.put_link(&mut b, kind, id, &Link { remote_id, sent, position, adopted });
         self.state.delete_intent(&mut b, kind, id);
         self.state.unpark(&mut b, &ParkedKey::Object(kind, id.into()));
@@ -977,6 +1195,7 @@ impl Connector {
         }
         let path = format!("/Groups/{}", enc(&group_link.remote_id));
         let cap = self.target.knobs.max_members_per_request;
+        let (mut added, mut removed, mut last) = (0, 0, 0);
         for (chunk, add) in adds.chunks(cap).map(|c| (c, true)).chain(removes.chunks(cap).map(|c| (c, false))) {
             let ids: Vec<String> = chunk.iter().map(|c| c.3.clone()).collect();
             let body = match add {
@@ -993,11 +1212,16 @@ impl Connector {
             match result {
                 Ok(()) => {
                     let mut b = Batch::default();
-                    for &(m, kind, _, _) in chunk {
+                    for &(m, kind, position, _) in chunk {
                         self.state.set_member_sent(&mut b, group, m, add.then_some(kind));
                         self.state.unpark(&mut b, &ParkedKey::Membership { group: group.into(), member: m.into() });
+                        last = last.max(position);
                     }
                     self.state.commit(b)?;
+                    match add {
+                        true => added += chunk.len(),
+                        false => removed += chunk.len(),
+                    }
                 }
                 Err(f) => {
                     for &(m, _, position, _) in chunk {
@@ -1006,6 +1230,13 @@ impl Connector {
                     }
                 }
             }
+        }
+        if added + removed > 0 {
+            let remote = group_link.remote_id.clone();
+            self.emit(What::Updated, Some((Kind::Group, group)), last, |o| {
+                o.remote_id = Some(remote);
+                o.members = Some((added, removed));
+            });
         }
         Ok(())
     }
@@ -1032,12 +1263,22 @@ impl Connector {
         match self.client.send(Method::PUT, &path, Some(&body)).await {
             Ok(_) => {
                 let mut b = Batch::default();
+                let (mut added, mut removed) = (0, 0);
                 for &(m, kind, _) in members {
                     let is_member = now.iter().any(|x| x.id == m);
+                    match is_member {
+                        true => added += 1,
+                        false => removed += 1,
+                    }
                     self.state.set_member_sent(&mut b, group, m, is_member.then_some(kind));
                     self.state.unpark(&mut b, &ParkedKey::Membership { group: group.into(), member: m.into() });
                 }
                 self.state.commit(b)?;
+                let remote = link.remote_id.clone();
+                self.emit(What::Updated, Some((Kind::Group, group)), position, |o| {
+                    o.remote_id = Some(remote);
+                    o.members = Some((added, removed));
+                });
                 Ok(())
             }
             Err(f) => self.fail(ParkedKey::Object(Kind::Group, group.into()), position, f),
@@ -1054,6 +1295,12 @@ impl Connector {
         };
         let path = format!("/{}/{}", kind.endpoint(), enc(&link.remote_id));
         let mut b = Batch::default();
+        let remote = link.remote_id.clone();
+        let what = match policy {
+            Deprovision::Delete => What::Deleted,
+            Deprovision::Deactivate => What::Deactivated,
+            Deprovision::None => What::Unlinked,
+        };
         match policy {
             Deprovision::Delete => match self.client.send(Method::DELETE, &path, None).await {
                 Ok(_) | Err(Failure::NotFound) => {
@@ -1089,6 +1336,7 @@ impl Connector {
         }
         self.state.unpark(&mut b, &key);
         self.state.commit(b)?;
+        self.emit(what, Some((kind, id)), position, |o| o.remote_id = Some(remote));
         if !erased {
             self.deprovisions.push_back(std::time::Instant::now());
         }
@@ -1151,6 +1399,17 @@ impl Connector {
         detail: &str,
     ) -> Result<(), Halt> {
         let old = self.state.parked(&key)?;
+        // Said once per class: a blocked membership is parked again at every retry.
+        if old.as_ref().is_none_or(|p| p.class != class) {
+            let object = match &key {
+                ParkedKey::Object(kind, id) => (*kind, id.as_str()),
+                ParkedKey::Membership { group, .. } => (Kind::Group, group.as_str()),
+            };
+            self.emit(What::Parked, Some(object), position, |o| {
+                o.status = status;
+                o.class = Some(class.into());
+            });
+        }
         let attempts = old.as_ref().map_or(0, |p| p.attempts) + 1;
         let parked = Parked {
             class: class.into(),

@@ -9,6 +9,8 @@
 //!   parked objects, memberships as sent);
 //! - [`render`]: documents, PATCHes and member changes, as pure functions of the read models;
 //! - [`client`]: the HTTP side (credentials, pacing, `Retry-After`, backoff, error classes);
+//! - [`outcomes`]: what each connector did, as events on NATS
+//!   (`scimlog.<tenant>.outbound.<target>.<outcome>`) and counters;
 //! - [`connector`]: one target's loop: read the log after the watermark, coalesce per resource,
 //!   render from the current state, diff against what was last sent, send, record;
 //! - this file: [`Status`] (what `status`, the admin API and `/metrics` show) and the supervisor
@@ -20,6 +22,7 @@
 pub mod client;
 pub mod config;
 pub mod connector;
+pub mod outcomes;
 pub mod profile;
 pub mod render;
 pub mod state;
@@ -103,6 +106,7 @@ struct StatusInner {
     requests: BTreeMap<(String, String), u64>,
     journal: VecDeque<JournalEntry>,
     parked: usize,
+    parked_by_class: BTreeMap<String, usize>,
     linked_users: usize,
     linked_groups: usize,
 }
@@ -122,6 +126,8 @@ pub struct StatusView {
     pub lag_positions: u64,
     pub lag_seconds: f64,
     pub parked: usize,
+    /// Parked objects by class (`rejected`, `conflict`, `transient`, `blocked`, `held`, `repair`).
+    pub parked_by_class: BTreeMap<String, usize>,
     pub linked_users: usize,
     pub linked_groups: usize,
     /// Where the capabilities came from: `ServiceProviderConfig` or `assumed (...)`.
@@ -195,9 +201,10 @@ impl Status {
             s.lag_seconds = lag_seconds;
         })
     }
-    pub fn counts(&self, parked: usize, linked_users: usize, linked_groups: usize) {
+    pub fn counts(&self, parked: BTreeMap<String, usize>, linked_users: usize, linked_groups: usize) {
         self.with(|s| {
-            s.parked = parked;
+            s.parked = parked.values().sum();
+            s.parked_by_class = parked;
             s.linked_users = linked_users;
             s.linked_groups = linked_groups;
         })
@@ -229,6 +236,7 @@ impl Status {
             lag_positions: s.head.saturating_sub(s.watermark),
             lag_seconds: s.lag_seconds,
             parked: s.parked,
+            parked_by_class: s.parked_by_class.clone(),
             linked_users: s.linked_users,
             linked_groups: s.linked_groups,
             capabilities: s.caps.clone(),
@@ -295,7 +303,7 @@ impl Outbound {
         };
         // A verify reads every linked object back: it may take minutes.
         let wait = match c {
-            connector::Control::Verify { .. } => VERIFY_WAIT,
+            connector::Control::Verify { .. } | connector::Control::Plan { .. } => VERIFY_WAIT,
             connector::Control::Retry
             | connector::Control::ApproveDeletes
             | connector::Control::Resync
@@ -328,6 +336,7 @@ pub struct Context {
     pub metrics: crate::metrics::Metrics,
     /// `--allow-private-networks` (see `net_guard`).
     pub allow_private_networks: bool,
+    pub outcomes: outcomes::Outcomes,
 }
 
 /// How often the targets file is looked at.
@@ -403,6 +412,7 @@ async fn reconcile(ctx: &Context, outbound: &Outbound, targets: Vec<config::Targ
             ctx.metrics.clone(),
             stop_rx.clone(),
             ctx.allow_private_networks,
+            ctx.outcomes.clone(),
         ) {
             Ok(c) => tokio::spawn(c.run(ctx.committed.clone(), control_rx, stop_rx)),
             Err(e) => {

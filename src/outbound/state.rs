@@ -3,6 +3,7 @@
 //! | key                        | value                                                     |
 //! |----------------------------|-----------------------------------------------------------|
 //! | `w`                        | the watermark: every position ≤ it is applied or parked   |
+//! | `s`                        | the fingerprint of the scope the watermark was reached in |
 //! | `l\0U\0<id>`, `l\0G\0<id>` | [`Link`]: the remote id and the document last sent        |
 //! | `i\0U\0<id>`, `i\0G\0<id>` | [`Intent`]: a create is under way (written before a POST) |
 //! | `p\0U\0<id>`, `p\0G\0<id>`, `p\0M\0<group>\0<member>` | [`Parked`]: why it waits       |
@@ -68,9 +69,13 @@ pub struct Intent {
     pub at: DateTime<Utc>,
 }
 
+/// Every class a parked entry may have (the metrics show each, zero included).
+pub const PARKED_CLASSES: [&str; 6] = ["rejected", "conflict", "transient", "blocked", "held", "repair"];
+
 /// Why an object waits. Classes: `rejected` (a 4xx for this object), `conflict` (exists
 /// remotely, not ours to adopt), `transient` (retries used up), `blocked` (a membership whose
-/// member or group is parked or not yet linked).
+/// member or group is parked or not yet linked), `held` (by the deletion breaker), `repair`
+/// (found missing or drifted by a verify, sent again at the next step).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Parked {
@@ -137,6 +142,10 @@ impl State {
 
     pub fn watermark(&self) -> Result<u64, LogError> {
         Ok(self.store.get(&self.key(&["w"]))?.and_then(|v| v.try_into().ok()).map(u64::from_be_bytes).unwrap_or(0))
+    }
+    /// The fingerprint of the scope the state was built in (`None` before the first step).
+    pub fn scope_fingerprint(&self) -> Result<Option<String>, LogError> {
+        Ok(self.store.get(&self.key(&["s"]))?.map(|v| String::from_utf8_lossy(&v).into_owned()))
     }
     pub fn link(&self, kind: Kind, id: &str) -> Result<Option<Link>, LogError> {
         self.get(&self.key(&["l", tag(kind), id]))
@@ -237,6 +246,45 @@ impl State {
         Ok(n)
     }
 
+    /// Every key of this state, copied under `to`'s (a plan's scratch copy), in pages. Stops,
+    /// answering false, beyond `limit` keys.
+    pub fn copy_to(&self, to: &State, limit: usize) -> Result<bool, LogError> {
+        const PAGE: usize = 1000;
+        let (mut after, mut n): (Option<Vec<u8>>, usize) = (None, 0);
+        loop {
+            let page = self.store.scan(&self.prefix, after.as_deref(), PAGE)?;
+            n += page.len();
+            if n > limit {
+                return Ok(false);
+            }
+            let mut b = Batch::default();
+            for (k, v) in &page {
+                let mut key = to.prefix.clone();
+                key.extend_from_slice(&k[self.prefix.len()..]);
+                b.0.push((key, Some(v.clone())));
+            }
+            self.commit(b)?;
+            if page.len() < PAGE {
+                return Ok(true);
+            }
+            after = page.last().map(|(k, _)| k.clone());
+        }
+    }
+
+    /// Deletes every key of this state (a plan's scratch copy), in pages.
+    pub fn clear(&self) -> Result<(), LogError> {
+        const PAGE: usize = 1000;
+        loop {
+            let page = self.store.scan(&self.prefix, None, PAGE)?;
+            let mut b = Batch::default();
+            b.0.extend(page.iter().map(|(k, _)| (k.clone(), None)));
+            self.commit(b)?;
+            if page.len() < PAGE {
+                return Ok(());
+            }
+        }
+    }
+
     /// Writes a batch, not waiting for the disk (see the module's doc for why that is safe).
     pub fn commit(&self, batch: Batch) -> Result<(), LogError> {
         if batch.0.is_empty() {
@@ -261,6 +309,9 @@ impl State {
     // Batch builders.
     pub fn set_watermark(&self, b: &mut Batch, position: u64) {
         b.0.push((self.key(&["w"]), Some(position.to_be_bytes().to_vec())));
+    }
+    pub fn set_scope_fingerprint(&self, b: &mut Batch, fingerprint: &str) {
+        b.0.push((self.key(&["s"]), Some(fingerprint.as_bytes().to_vec())));
     }
     pub fn put_link(&self, b: &mut Batch, kind: Kind, id: &str, link: &Link) {
         b.0.push((self.key(&["l", tag(kind), id]), json(link)));

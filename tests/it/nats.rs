@@ -156,7 +156,7 @@ fn lose_tail(nats: &mut NatsServer) {
             let p = e.path();
             if p.is_dir() {
                 stack.push(p);
-            } else if p.extension().is_some_and(|x| x == "blk") && p.to_string_lossy().contains("SCIMLOG") {
+            } else if p.extension().is_some_and(|x| x == "blk") && p.components().any(|c| c.as_os_str() == "SCIMLOG") {
                 blocks.push(p);
             } else if p.extension().is_some_and(|x| x == "idx") || p.file_name().is_some_and(|n| n == "index.db") {
                 let _ = std::fs::remove_file(&p);
@@ -201,7 +201,7 @@ async fn tail_with_a_durable_consumer_resumes_after_the_last_acked_event() {
     let opts = |max| scimlog::bus::tail::TailOptions {
         url: nats.url(),
         stream: "SCIMLOG".into(),
-        subject: "scimlog.*.user.>".into(),
+        subject: "scimlog.*.user.*".into(),
         durable: Some("printer".into()),
         max,
         idle_exit: Some(std::time::Duration::from_secs(2)),

@@ -26,12 +26,15 @@ struct Hub {
 /// A scimlog server with one target, `crm`, reached through the fault proxy; the proxy's
 /// `rules` are in place before the connector's first request.
 async fn hub(change: impl FnOnce(&mut TargetConfig), rules: Vec<Rule>) -> Hub {
-    let peer = ScimPeer::start(DOWNSTREAM_TOKEN).await;
+    hub_on(TestServer::start().await, ScimPeer::start(DOWNSTREAM_TOKEN).await, change, rules).await
+}
+
+/// [`hub`] on a server and a downstream peer of the test's own.
+async fn hub_on(server: TestServer, peer: ScimPeer, change: impl FnOnce(&mut TargetConfig), rules: Vec<Rule>) -> Hub {
     let proxy = FaultProxy::start(&peer.url).await;
     for r in rules {
         proxy.add(r);
     }
-    let server = TestServer::start().await;
     let secrets = tempfile::tempdir().unwrap();
     let token_file = secrets.path().join("crm.token");
     std::fs::write(&token_file, DOWNSTREAM_TOKEN).unwrap();
@@ -50,6 +53,26 @@ async fn hub(change: impl FnOnce(&mut TargetConfig), rules: Vec<Rule>) -> Hub {
 }
 
 impl Hub {
+    /// A server and a peer behind the proxy, with no target yet (see [`Hub::add_target`]).
+    async fn without_target() -> Hub {
+        let peer = ScimPeer::start(DOWNSTREAM_TOKEN).await;
+        let proxy = FaultProxy::start(&peer.url).await;
+        let server = TestServer::start().await;
+        Hub { server, peer, proxy, _secrets: tempfile::tempdir().unwrap() }
+    }
+
+    /// Adds the target `crm` (through the proxy) as `change` makes it; answers its table.
+    async fn add_target(&self, change: impl FnOnce(&mut TargetConfig)) -> TargetConfig {
+        let token_file = self._secrets.path().join("crm.token");
+        std::fs::write(&token_file, DOWNSTREAM_TOKEN).unwrap();
+        let mut c = TargetConfig::new("default", "crm", &self.proxy.url());
+        c.token_file = Some(token_file);
+        change(&mut c);
+        config::add(&config::path(self.server.data_dir()), c.clone()).unwrap();
+        eventually(10, "the connector has started", || async { self.status().await.is_some() }).await;
+        c
+    }
+
     /// The target's status from the admin API.
     async fn status(&self) -> Option<Value> {
         let r = self
@@ -211,7 +234,27 @@ fn rule(method: AxMethod, path_has: &str, body_has: &str, times: usize, fault: F
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_target_mirrors_every_change_with_exact_member_changes() {
-    let h = hub(|_| {}, vec![]).await;
+    mirrors_every_change(hub(|_| {}, vec![]).await).await;
+}
+
+/// The same on SCIMMY (npm), a target of other code: its own PATCH engine, filters and error
+/// texts, and a 409 for a taken userName.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scimmy_target_mirrors_every_change_with_exact_member_changes() {
+    let peer = ScimPeer::scimmy(DOWNSTREAM_TOKEN).await;
+    mirrors_every_change(hub_on(TestServer::start().await, peer, |_| {}, vec![]).await).await;
+}
+
+/// A lost create answer on SCIMMY: looked up by externalId, never sent twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scimmy_create_whose_answer_is_lost_is_looked_up_never_sent_twice() {
+    let (server, peer) = (TestServer::start().await, ScimPeer::scimmy(DOWNSTREAM_TOKEN).await);
+    lost_create_is_looked_up(|rules| hub_on(server, peer, |_| {}, rules)).await;
+}
+
+/// Given a mirrored directory, when attributes, memberships and states change, the target
+/// mirrors it again with exact member changes, no duplicate and nothing parked.
+async fn mirrors_every_change(h: Hub) {
     let s = &h.server;
     let mut ids = Vec::new();
     for i in 0..5 {
@@ -269,8 +312,13 @@ async fn the_target_mirrors_every_change_with_exact_member_changes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_create_whose_answer_is_lost_is_looked_up_never_sent_twice() {
-    let lose = rule(AxMethod::POST, "/Users", "", 1, Fault::LoseAnswer);
-    let h = hub(|_| {}, vec![lose]).await;
+    lost_create_is_looked_up(|rules| hub(|_| {}, rules)).await;
+}
+
+/// A create whose answer is lost on the way back (the target made the user): one POST, then one
+/// lookup by externalId, and the user linked, never created twice.
+async fn lost_create_is_looked_up<F: std::future::Future<Output = Hub>>(hub_with: impl FnOnce(Vec<Rule>) -> F) {
+    let h = hub_with(vec![rule(AxMethod::POST, "/Users", "", 1, Fault::LoseAnswer)]).await;
     let id = h.user("lost@example.com").await;
     h.mirrored(20).await;
     let users = h.peer.all("Users").await;
@@ -309,7 +357,7 @@ async fn throttling_waits_for_retry_after_and_parks_nothing() {
         "scimlog_outbound_health{target=\"crm\",state=\"throttled\"} 1",
         "scimlog_outbound_health{target=\"crm\",state=\"healthy\"} 0",
         "scimlog_outbound_lag_positions{target=\"crm\"} 0",
-        "scimlog_outbound_parked{target=\"crm\"} 0",
+        "scimlog_outbound_parked{target=\"crm\",class=\"rejected\"} 0",
     ] {
         assert!(text.contains(line), "{line} in\n{text}");
     }
@@ -828,10 +876,7 @@ async fn change_members(s: &TestServer, group: &str, op: &str, id: &str) {
 /// joins is created and added; the group deleted deprovisions its members.
 #[tokio::test]
 async fn a_scoped_target_gets_only_its_groups_members() {
-    let peer = ScimPeer::start(DOWNSTREAM_TOKEN).await;
-    let proxy = FaultProxy::start(&peer.url).await;
-    let server = TestServer::start().await;
-    let h = Hub { server, peer, proxy, _secrets: tempfile::tempdir().unwrap() };
+    let h = Hub::without_target().await;
     let s = &h.server;
     let apps = s.post("/Groups", &json!({"displayName": "Apps"})).await.id();
     let other = s.post("/Groups", &json!({"displayName": "Other"})).await.id();
@@ -842,13 +887,7 @@ async fn a_scoped_target_gets_only_its_groups_members() {
     change_members(s, &apps, "add", &ids["alice"]).await;
     change_members(s, &apps, "add", &ids["carol"]).await;
     change_members(s, &other, "add", &ids["bob"]).await;
-    let token_file = h._secrets.path().join("crm.token");
-    std::fs::write(&token_file, DOWNSTREAM_TOKEN).unwrap();
-    let mut c = TargetConfig::new("default", "crm", &h.proxy.url());
-    c.token_file = Some(token_file);
-    c.groups = vec![apps.clone()];
-    config::add(&config::path(s.data_dir()), c).unwrap();
-    eventually(10, "the connector has started", || async { h.status().await.is_some() }).await;
+    h.add_target(|c| c.groups = vec![apps.clone()]).await;
 
     let set = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<BTreeSet<String>>();
     h.caught_up(30).await;
@@ -941,4 +980,234 @@ async fn the_ssrf_guard_keeps_targets_and_receivers_off_private_addresses() {
     .await;
     assert_eq!(find(&get(streams.clone()).await, "literal").unwrap()["push"]["state"], "refused");
     assert!(peer.all("Users").await.is_empty(), "nothing reached the loopback peer");
+}
+
+const PROD_ADMIN: &str = "urn:scimlog:role:environment:prod:admin";
+const GROUP_ACCESS: &str = "urn:scimlog:params:scim:schemas:extension:access:2.0:Group";
+
+/// A target scoped to a role gets its holders, direct or through groups (nested too), and no
+/// group: a role revoked, a member leaving the group that holds it, or the group's role removed
+/// deprovisions (deactivates); a role granted provisions. Then the scope is edited in the file
+/// (to the whole tenant): without any other write, the connector goes over the history again and
+/// provisions everyone, groups and memberships included, and sends nothing twice.
+#[tokio::test]
+async fn a_target_scoped_to_a_role_gets_its_holders_and_follows_an_edited_scope() {
+    let h = Hub::without_target().await;
+    let s = &h.server;
+    let user = |name: &str, roles: Value| json!({"userName": name, "roles": roles});
+    let alice = s.post("/Users", &user("alice", json!([PROD_ADMIN]))).await.id();
+    let bob = s.post("/Users", &user("bob", json!([]))).await.id();
+    let carol = s.post("/Users", &user("carol", json!([]))).await.id();
+    let dave = s.post("/Users", &user("dave", json!([]))).await.id();
+    let ops = s.post("/Groups", &json!({"displayName": "Ops", "members": [{"value": dave}]})).await.id();
+    let admins = s
+        .post(
+            "/Groups",
+            &json!({"displayName": "Admins", "members": [{"value": bob}, {"value": ops}],
+                GROUP_ACCESS: {"roles": [{"value": PROD_ADMIN}]}}),
+        )
+        .await
+        .id();
+    let mut c = h.add_target(|c| c.roles = vec!["urn:scimlog:role:environment:Prod:admin".into()]).await;
+    let file = config::path(s.data_dir());
+
+    let active = |pairs: &[(&str, bool)]| pairs.iter().map(|(n, a)| (n.to_string(), *a)).collect::<BTreeMap<_, _>>();
+    h.caught_up(30).await;
+    let (users, groups) = remote_view(&h.peer).await;
+    assert_eq!(users, active(&[("alice", true), ("bob", true), ("dave", true)]), "direct, through Admins, through Ops");
+    assert!(groups.is_empty(), "a scope of roles sends no group: {groups:?}");
+
+    // alice's role revoked, bob leaves Admins, carol is granted the role.
+    s.put(&format!("/Users/{alice}"), &user("alice", json!([]))).await;
+    change_members(s, &admins, "remove", &bob).await;
+    s.put(&format!("/Users/{carol}"), &user("carol", json!([PROD_ADMIN]))).await;
+    h.caught_up(30).await;
+    let (users, _) = remote_view(&h.peer).await;
+    let want = active(&[("alice", false), ("bob", false), ("carol", true), ("dave", true)]);
+    assert_eq!(users, want);
+
+    // The group's role removed: dave (through Ops) leaves.
+    let drop_role = json!({"Operations": [{"op": "remove", "path": format!("{GROUP_ACCESS}:roles")}]});
+    let r = s.send(Method::PATCH, &format!("/Groups/{admins}"), Some(&drop_role), &[]).await;
+    assert_eq!(r.status, 204, "{}", r.body);
+    h.caught_up(30).await;
+    let (users, _) = remote_view(&h.peer).await;
+    assert_eq!(users, active(&[("alice", false), ("bob", false), ("carol", true), ("dave", false)]));
+
+    // The scope edited to the whole tenant: no write here, yet everyone arrives.
+    let posts_before = h.proxy.count(AxMethod::POST, "/Users");
+    config::remove(&file, "crm").unwrap();
+    c.roles.clear();
+    config::add(&file, c).unwrap();
+    h.mirrored(30).await;
+    let (users, groups) = remote_view(&h.peer).await;
+    assert_eq!(users, active(&[("alice", true), ("bob", true), ("carol", true), ("dave", true)]));
+    let names = |n: &[&str]| n.iter().map(|s| s.to_string()).collect::<BTreeSet<_>>();
+    assert_eq!(groups, BTreeMap::from([("Admins".into(), names(&[])), ("Ops".into(), names(&["dave"]))]));
+    assert_eq!(h.proxy.count(AxMethod::POST, "/Users"), posts_before, "no user was created twice");
+}
+
+/// Outcome events on a real nats-server: each object's fate as a fact on
+/// `scimlog.<tenant>.outbound.<target>.<outcome>` (linked, parked with its class and status,
+/// updated with member counts, deleted), ids and positions but no personal value; the log
+/// stream, made by an older scimlog with `scimlog.>`, is narrowed and still holds exactly the
+/// log (the outcomes' subjects never fall into it); the same outcomes counted in `/metrics`,
+/// and parked objects by class.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outcomes_are_published_on_nats_beside_the_log_stream() {
+    let nats = crate::support::NatsServer::start();
+    // A log stream as an older scimlog made it, taking every subject under `scimlog.`.
+    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    let old = async_nats::jetstream::stream::Config {
+        name: "SCIMLOG".into(),
+        subjects: vec!["scimlog.>".into()],
+        ..Default::default()
+    };
+    js.create_stream(old).await.unwrap();
+    let url = nats.url();
+    let server = TestServer::start_configured(|c| c.nats.nats_url = Some(url)).await;
+    let refuse = rule(AxMethod::POST, "/Users", "bob-the-refused", usize::MAX, Fault::Status(400, vec![]));
+    let h = hub_on(server, ScimPeer::start(DOWNSTREAM_TOKEN).await, |_| {}, vec![refuse]).await;
+    let s = &h.server;
+    let alice = h.user("alice-outcome@example.com").await;
+    let bob = h.user("bob-the-refused").await;
+    let group = s.post("/Groups", &json!({"displayName": "Outcomes", "members": [{"value": alice}]})).await.id();
+    // Two phases, so that the member is sent before it is removed (one step would coalesce).
+    h.caught_up(30).await;
+    assert_eq!(s.delete(&format!("/Users/{alice}")).await.status, 204);
+    h.caught_up(30).await;
+
+    let want: Vec<(String, &str)> = vec![
+        (format!("Users/{alice}"), "linked"),
+        (format!("Users/{bob}"), "parked"),
+        (format!("Groups/{group}"), "linked"),
+        (format!("Groups/{group}"), "updated"),
+        (format!("Groups/{group}"), "updated"),
+        (format!("Users/{alice}"), "deleted"),
+    ];
+    eventually(20, "every outcome is on NATS", || async {
+        crate::support::stream_messages(&nats.url(), "SCIMLOG_OUTBOUND").await.len() >= want.len()
+    })
+    .await;
+    let got = crate::support::stream_messages(&nats.url(), "SCIMLOG_OUTBOUND").await;
+    let seen: Vec<(String, &str)> = got
+        .iter()
+        .map(|(_, _, _, b)| (b["resource"].as_str().unwrap().to_string(), b["outcome"].as_str().unwrap()))
+        .collect();
+    assert_eq!(seen, want);
+    for (_, subject, headers, body) in &got {
+        assert_eq!(subject, &format!("scimlog.default.outbound.crm.{}", body["outcome"].as_str().unwrap()));
+        assert_eq!(body["tenant"], "default");
+        assert_eq!(body["dryRun"], false);
+        assert!(body["position"].as_u64().unwrap() > 0, "{body}");
+        let msg_id = headers.iter().find(|(k, _)| k.to_string() == "Nats-Msg-Id").map(|(_, v)| v[0].to_string());
+        assert_eq!(msg_id.as_deref(), body["id"].as_str(), "published with its id for de-duplication");
+        let text = body.to_string();
+        assert!(!text.contains("alice-outcome") && !text.contains("bob-the-refused"), "a personal value: {text}");
+    }
+    let parked = &got[1].3;
+    assert_eq!((parked["class"].as_str(), parked["status"].as_u64()), (Some("rejected"), Some(400)));
+    assert!(parked.get("detail").is_none(), "a target's text may quote a value: {parked}");
+    assert_eq!(got[3].3["members"], json!([1, 0]), "one member added");
+    assert_eq!(got[4].3["members"], json!([0, 1]), "one member removed (before the user's delete)");
+    assert!(got[0].3["remoteId"].as_str().is_some_and(|r| !r.is_empty()));
+
+    // The log stream holds the log and nothing else.
+    let head = s.log_position().await;
+    eventually(20, "the log stream has every event", || async {
+        crate::support::stream_messages(&nats.url(), "SCIMLOG").await.len() as u64 == head
+    })
+    .await;
+    for (seq, subject, _, body) in crate::support::stream_messages(&nats.url(), "SCIMLOG").await {
+        assert_eq!(body["position"], seq);
+        assert_eq!(subject.split('.').count(), 4, "{subject}");
+    }
+    let subjects = js.get_stream("SCIMLOG").await.unwrap().info().await.unwrap().config.subjects.clone();
+    assert_eq!(subjects, ["scimlog.*.*.*"], "the old stream was narrowed to the events' subjects");
+
+    let r = s.send_as(&s.admin_token(), Method::GET, &format!("{}/metrics", s.base), None, &[]).await;
+    let metrics = r.body.as_str().unwrap_or_default().to_string();
+    for line in [
+        "scimlog_outbound_outcomes_total{target=\"crm\",class=\"linked\"} 2",
+        "scimlog_outbound_outcomes_total{target=\"crm\",class=\"parked\"} 1",
+        "scimlog_outbound_outcomes_total{target=\"crm\",class=\"deleted\"} 1",
+        "scimlog_outbound_parked{target=\"crm\",class=\"rejected\"} 1",
+        "scimlog_outbound_parked{target=\"crm\",class=\"held\"} 0",
+        "scimlog_outbound_outcomes_dropped_total 0",
+    ] {
+        assert!(metrics.contains(line), "{line} in {metrics}");
+    }
+}
+
+/// `plan` lists the exact requests the connector would send, and sends none of them: on a
+/// paused target with a history, the plan's writes are then, once the target goes live, the
+/// very writes it receives, in order, bodies included (the remote ids a dry run cannot know
+/// aside). Nothing of the plan stays in the store; bad bodies and unknown targets are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plan_lists_exactly_what_going_live_then_sends() {
+    let h = hub(|c| c.mode = config::Mode::Paused, vec![]).await;
+    let s = &h.server;
+    let alice = h.user("alice-plan@example.com").await;
+    let bob = h.user("bob-plan@example.com").await;
+    s.post("/Groups", &json!({"displayName": "Planners", "members": [{"value": alice}, {"value": bob}]})).await;
+    let title = json!([{"op": "replace", "path": "title", "value": "Planner"}]);
+    patch(s, &format!("/Users/{bob}"), title).await;
+    let url = format!("{}/api/v1/outbound/targets/crm/plan", s.base);
+    let r = s.send_as(&s.admin_token(), Method::POST, &url, None, &[]).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let plan = r.body["plan"].clone();
+    assert_eq!((plan["from"].as_u64(), plan["to"].as_u64()), (Some(0), Some(s.log_position().await)), "{plan}");
+    assert_eq!(plan["truncated"], false);
+    // Paths compared as they read (ids are percent-encoded in them).
+    let decoded = |p: &str| percent_encoding::percent_decode_str(p).decode_utf8_lossy().into_owned();
+    let planned: Vec<(String, String, Value)> = plan["requests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["method"].as_str().unwrap().into(), decoded(r["path"].as_str().unwrap()), r["body"].clone()))
+        .collect();
+    let methods: Vec<&str> =
+        planned.iter().map(|(m, p, _)| if p.starts_with("/Users") { m.as_str() } else { "G" }).collect();
+    assert_eq!(
+        methods,
+        ["POST", "POST", "G", "G"],
+        "two users created (bob with his title), a group, its members: {planned:#?}"
+    );
+    assert!(h.proxy.seen().is_empty(), "a plan of a paused target sends nothing: {:?}", h.proxy.seen());
+    let scratch = scimlog::outbound::state::State::new(s.store().outbound(), "crm~plan");
+    assert_eq!(scratch.watermark().unwrap(), 0, "the plan's copy is gone");
+    assert_eq!(scratch.count_links(scimlog::outbound::state::Kind::User, 10).unwrap(), 0);
+
+    // Live: what arrives is what was planned.
+    let file = config::path(s.data_dir());
+    let mut c = config::load(&file).unwrap().remove(0).config;
+    c.mode = config::Mode::Live;
+    config::remove(&file, "crm").unwrap();
+    config::add(&file, c).unwrap();
+    h.mirrored(30).await;
+    let mut sent: Vec<(String, String, Value)> = h
+        .proxy
+        .seen()
+        .into_iter()
+        .filter(|r| r.method != AxMethod::GET)
+        .map(|r| (r.method.to_string(), decoded(&r.path), r.body))
+        .collect();
+    // A dry run's remote id is `dry-run-<externalId>`: the real ones are put back so.
+    let remote: Vec<Value> = [h.peer.all("Users").await, h.peer.all("Groups").await].concat();
+    for r in &remote {
+        let (id, ext) = (r["id"].as_str().unwrap(), r["externalId"].as_str().unwrap());
+        for (_, path, body) in sent.iter_mut() {
+            *path = path.replace(id, &format!("dry-run-{ext}"));
+            *body = serde_json::from_str(&body.to_string().replace(id, &format!("dry-run-{ext}"))).unwrap();
+        }
+    }
+    assert_eq!(sent, planned);
+
+    for (body, want) in [(json!({"from": "x"}), "plan's from must be a log position"), (json!({"from": -1}), "got -1")]
+    {
+        let r = s.send_as(&s.admin_token(), Method::POST, &url, Some(&body), &[]).await;
+        r.assert_error(400, Some("invalidValue"), want);
+    }
+    let other = format!("{}/api/v1/outbound/targets/nope/plan", s.base);
+    assert_eq!(s.send_as(&s.admin_token(), Method::POST, &other, None, &[]).await.status, 404);
 }

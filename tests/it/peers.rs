@@ -1,7 +1,8 @@
 //! Downstream SCIM servers for the outbound tests: a real `scim2-server` (PyPI, installed into
-//! the test venv by `./scripts/setup --test`) on a free loopback port, and a fault and quirk
-//! proxy (in this file) between a connector and it: it records every request, and rules make
-//! it answer a status of their own, forward and then lose the answer, or forward.
+//! the test venv by `./scripts/setup --test`) or SCIMMY (npm, `tests/peers/scimmy`) on a free
+//! loopback port, and a fault and quirk proxy (in this file) between a connector and it: it
+//! records every request, and rules make it answer a status of their own, forward and then lose
+//! the answer, or forward.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -13,11 +14,16 @@ use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::Response;
 use serde_json::Value;
 
-/// A `scim2-server` process; killed on drop. Fails the test loudly when it is not installed.
+/// A downstream SCIM server process; killed on drop. Fails the test loudly when it is not
+/// installed.
 pub struct ScimPeer {
     child: std::process::Child,
     pub url: String,
     pub token: String,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 fn venv_bin(name: &str) -> String {
@@ -27,16 +33,38 @@ fn venv_bin(name: &str) -> String {
 }
 
 impl ScimPeer {
+    /// A `scim2-server` (PyPI): PATCH, filters, ETags; in memory.
     pub async fn start(token: &str) -> ScimPeer {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = free_port();
         let bin = venv_bin("scim2-server");
-        let child = std::process::Command::new(&bin)
-            .args(["--hostname", "127.0.0.1", "--port", &port.to_string(), "--bearer-token", token])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("{bin} must be installed for the outbound tests (./scripts/setup --test): {e}"));
-        let peer = ScimPeer { child, url: format!("http://127.0.0.1:{port}"), token: token.into() };
+        let mut cmd = std::process::Command::new(&bin);
+        cmd.args(["--hostname", "127.0.0.1", "--port", &port.to_string(), "--bearer-token", token]);
+        ScimPeer::spawn(cmd, &bin, format!("http://127.0.0.1:{port}"), token).await
+    }
+
+    /// SCIMMY (npm) behind its Express routers, with the in-memory handlers of
+    /// `tests/peers/scimmy/server.mjs`: PATCH and filters, its own error texts, and a 409
+    /// `uniqueness` for a taken userName or displayName.
+    pub async fn scimmy(token: &str) -> ScimPeer {
+        let port = free_port();
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/scimmy/server.mjs");
+        let mut cmd = std::process::Command::new("node");
+        cmd.args([script, &port.to_string(), token]);
+        ScimPeer::spawn(
+            cmd,
+            "node (with tests/peers/scimmy's packages)",
+            format!("http://127.0.0.1:{port}/scim/v2"),
+            token,
+        )
+        .await
+    }
+
+    async fn spawn(mut cmd: std::process::Command, what: &str, url: String, token: &str) -> ScimPeer {
+        let child =
+            cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap_or_else(|e| {
+                panic!("{what} must be installed for the outbound tests (./scripts/setup --test): {e}")
+            });
+        let mut peer = ScimPeer { child, url, token: token.into() };
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let ok = reqwest::get(format!("{}/ServiceProviderConfig", peer.url))
@@ -45,7 +73,13 @@ impl ScimPeer {
             if ok {
                 return peer;
             }
-            assert!(Instant::now() < deadline, "scim2-server did not start on port {port}");
+            if let Ok(Some(status)) = peer.child.try_wait() {
+                panic!(
+                    "{what} exited ({status}) before it served {}: is it installed (./scripts/setup --test)?",
+                    peer.url
+                );
+            }
+            assert!(Instant::now() < deadline, "{what} did not start at {}", peer.url);
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
