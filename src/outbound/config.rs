@@ -157,6 +157,9 @@ pub struct Overrides {
     pub patch: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_per_s: Option<f64>,
+    /// `filter` (default) or `value`: how a member removal is phrased (see `MemberRemove`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub member_remove: Option<super::profile::MemberRemove>,
 }
 
 impl Overrides {

@@ -236,6 +236,28 @@ impl Report {
     }
 }
 
+/// Objects of a kind a lookup lists at most on a target that cannot filter.
+const MAX_LOOKUP_LIST: usize = 10_000;
+
+/// What a lookup found on the target.
+enum Found {
+    /// The remote id.
+    Yes(String),
+    No,
+    /// The target could not be asked (a failed read, a list too long to scan): whether the
+    /// object exists there is unknown, so nothing may be created. The failure to park it with.
+    Unknown(Failure),
+}
+
+impl Found {
+    fn of(res: Option<&Value>) -> Found {
+        match res.and_then(|r| r.get("id")).and_then(Value::as_str) {
+            Some(id) => Found::Yes(id.to_string()),
+            None => Found::No,
+        }
+    }
+}
+
 pub type ControlMsg = (Control, tokio::sync::oneshot::Sender<Result<String, String>>);
 
 /// The class of an object the deletion breaker holds.
@@ -581,7 +603,8 @@ impl Connector {
             .map(str::to_string)
             .collect();
         let path = format!("/Groups/{}", enc(remote_id));
-        for body in render::member_patches(&[], &strangers, self.target.knobs.max_members_per_request) {
+        let knobs = &self.target.knobs;
+        for body in render::member_patches(&[], &strangers, knobs.max_members_per_request, knobs.member_remove) {
             self.client.send(Method::PATCH, &path, Some(&body)).await.map_err(halt_of)?;
         }
         Ok(())
@@ -1009,8 +1032,10 @@ impl Connector {
     async fn create(&mut self, kind: Kind, id: &str, doc: Value, position: u64) -> Result<(), Halt> {
         let key = ParkedKey::Object(kind, id.into());
         if self.state.intent(kind, id)?.is_some() {
-            if let Some(remote) = self.lookup(kind, "externalId", id).await? {
-                return self.adopt(kind, id, doc, position, remote, false).await;
+            match self.lookup(kind, "externalId", id).await? {
+                Found::Yes(remote) => return self.adopt(kind, id, doc, position, remote, false).await,
+                Found::No => {}
+                Found::Unknown(f) => return self.fail(key, position, f),
             }
         }
         let mut b = Batch::default();
@@ -1038,8 +1063,10 @@ impl Connector {
                 return self.fail(key, position, failure);
             }
             // Ours from an earlier try whose answer was lost? Never POST blindly.
-            if let Some(remote) = self.lookup(kind, "externalId", id).await? {
-                return self.adopt(kind, id, doc, position, remote, false).await;
+            match self.lookup(kind, "externalId", id).await? {
+                Found::Yes(remote) => return self.adopt(kind, id, doc, position, remote, false).await,
+                Found::No => {}
+                Found::Unknown(f) => return self.fail(key, position, f),
             }
             if unknown && tries < self.target.config.retry_max {
                 if self.client.pause(tries).await.is_err() {
@@ -1053,7 +1080,7 @@ impl Connector {
                     Kind::Group => ("displayName", doc.get("displayName")),
                 };
                 if let Some(v) = value.and_then(Value::as_str) {
-                    if let Some(remote) = self.lookup(kind, attr, v).await? {
+                    if let Found::Yes(remote) = self.lookup(kind, attr, v).await? {
                         return self.adopt(kind, id, doc, position, remote, true).await;
                     }
                 }
@@ -1128,26 +1155,61 @@ impl Connector {
         Ok(())
     }
 
-    /// The remote id of the object whose `attr` equals `value`, if the target can filter.
-    async fn lookup(&self, kind: Kind, attr: &str, value: &str) -> Result<Option<String>, Halt> {
+    /// The remote object whose `attr` equals `value` (without case): by a filter, or, when the
+    /// target cannot filter, by listing it. A lookup that cannot be made answers `Unknown`: a
+    /// create is then parked, never sent again blindly.
+    async fn lookup(&self, kind: Kind, attr: &str, value: &str) -> Result<Found, Halt> {
+        let matches =
+            |res: &&Value| res.get(attr).and_then(Value::as_str).is_some_and(|v| v.eq_ignore_ascii_case(value));
         if !self.filter {
-            return Ok(None);
+            return self.lookup_by_listing(kind, matches).await;
         }
         let filter = format!("{attr} eq {}", Value::String(value.into()));
         let path = format!("/{}?filter={}", kind.endpoint(), enc(&filter));
         match self.client.send(Method::GET, &path, None).await {
-            Ok(r) => Ok(r.body["Resources"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .find(|res| res.get(attr).and_then(Value::as_str).is_some_and(|v| v.eq_ignore_ascii_case(value)))
-                .and_then(|res| res.get("id").and_then(Value::as_str))
-                .map(str::to_string)),
-            Err(Failure::Unauthorized(s)) => Err(Halt::Quarantine(Failure::Unauthorized(s).detail())),
-            Err(Failure::Stopped) => Err(Halt::Stopped),
-            Err(f) => {
+            Ok(r) => Ok(Found::of(r.body["Resources"].as_array().into_iter().flatten().find(matches))),
+            Err(f) => self.lookup_failed(f),
+        }
+    }
+
+    /// A target that cannot filter: its objects listed a page at a time (at most
+    /// [`MAX_LOOKUP_LIST`]) and matched here.
+    async fn lookup_by_listing(&self, kind: Kind, matches: impl Fn(&&Value) -> bool) -> Result<Found, Halt> {
+        const PAGE: usize = 100;
+        let mut seen = 0;
+        loop {
+            let path = format!("/{}?startIndex={}&count={PAGE}", kind.endpoint(), seen + 1);
+            let page = match self.client.send(Method::GET, &path, None).await {
+                Ok(r) => r.body,
+                Err(f) => return self.lookup_failed(f),
+            };
+            let resources = page["Resources"].as_array().map(Vec::as_slice).unwrap_or_default();
+            if let Some(found) = resources.iter().find(&matches) {
+                return Ok(Found::of(Some(found)));
+            }
+            seen += resources.len();
+            let total = page["totalResults"].as_u64().unwrap_or(0) as usize;
+            if resources.is_empty() || seen >= total {
+                return Ok(Found::No);
+            }
+            if seen >= MAX_LOOKUP_LIST {
+                let detail = format!(
+                    "cannot tell whether it exists there: the target cannot filter and lists more than {MAX_LOOKUP_LIST} {}",
+                    kind.endpoint()
+                );
+                return Ok(Found::Unknown(Failure::Conflict { detail }));
+            }
+        }
+    }
+
+    fn lookup_failed(&self, f: Failure) -> Result<Found, Halt> {
+        match f {
+            Failure::Unauthorized(s) => Err(Halt::Quarantine(Failure::Unauthorized(s).detail())),
+            Failure::Stopped => Err(Halt::Stopped),
+            f => {
                 tracing::warn!(target = self.target.name(), error = %f.detail(), "a lookup failed");
-                Ok(None)
+                let detail = format!("cannot tell whether it exists there: the lookup failed: {}", f.detail());
+                Ok(Found::Unknown(Failure::Transient { detail, maybe_applied: false }))
             }
         }
     }
@@ -1199,8 +1261,8 @@ impl Connector {
         for (chunk, add) in adds.chunks(cap).map(|c| (c, true)).chain(removes.chunks(cap).map(|c| (c, false))) {
             let ids: Vec<String> = chunk.iter().map(|c| c.3.clone()).collect();
             let body = match add {
-                true => render::member_patches(&ids, &[], cap),
-                false => render::member_patches(&[], &ids, cap),
+                true => render::member_patches(&ids, &[], cap, self.target.knobs.member_remove),
+                false => render::member_patches(&[], &ids, cap, self.target.knobs.member_remove),
             };
             let mut result = Ok(());
             for b in &body {

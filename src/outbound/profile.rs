@@ -42,6 +42,7 @@ impl Profile {
             rate_per_s: None,
             delete_deactivates: false,
             user_agent: None,
+            member_remove: MemberRemove::Filter,
         };
         match self {
             Profile::Generic => generic,
@@ -75,6 +76,20 @@ pub struct Knobs {
     /// it by externalId and reactivates it).
     pub delete_deactivates: bool,
     pub user_agent: Option<&'static str>,
+    /// How a member removal is phrased.
+    pub member_remove: MemberRemove,
+}
+
+/// How a PATCH removes members (RFC 7644 §3.5.2.2 allows both; targets take one or the other).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MemberRemove {
+    /// One `remove` per member, by a value filter: `"path": "members[value eq \"<id>\"]"`.
+    #[default]
+    Filter,
+    /// One `remove` with the members in `value`: `"path": "members", "value": [{"value": ...}]`
+    /// (targets that do not parse filters in paths, such as django-scim2).
+    Value,
 }
 
 impl Knobs {
@@ -98,6 +113,9 @@ impl Knobs {
         }
         if o.patch.is_some() {
             self.patch = o.patch;
+        }
+        if let Some(m) = o.member_remove {
+            self.member_remove = m;
         }
         Ok(self)
     }

@@ -6,7 +6,7 @@ use scimlog_projections::model::{GroupDoc, UserDoc};
 use scimlog_schemas::urn;
 use serde_json::{json, Map, Value};
 
-use super::profile::Knobs;
+use super::profile::{Knobs, MemberRemove};
 
 pub const PATCH_OP: &str = "urn:ietf:params:scim:api:messages:2.0:PatchOp";
 
@@ -90,19 +90,24 @@ pub fn patch(sent: &Value, now: &Value) -> Option<Value> {
 }
 
 /// Member changes as PATCH bodies, each naming at most `max` members in all: adds first (one
-/// `add` with their values), then removes (one `remove` per member, by filter).
-pub fn member_patches(adds: &[String], removes: &[String], max: usize) -> Vec<Value> {
+/// `add` with their values), then removes, phrased as the target takes them (`remove`).
+pub fn member_patches(adds: &[String], removes: &[String], max: usize, remove: MemberRemove) -> Vec<Value> {
     let max = max.max(1);
+    let values = |chunk: &[String]| -> Vec<Value> { chunk.iter().map(|id| json!({"value": id})).collect() };
     let mut out = Vec::new();
     for chunk in adds.chunks(max) {
-        let values: Vec<Value> = chunk.iter().map(|id| json!({"value": id})).collect();
-        out.push(json!({"schemas": [PATCH_OP], "Operations": [{"op": "add", "path": "members", "value": values}]}));
+        out.push(
+            json!({"schemas": [PATCH_OP], "Operations": [{"op": "add", "path": "members", "value": values(chunk)}]}),
+        );
     }
     for chunk in removes.chunks(max) {
-        let ops: Vec<Value> = chunk
-            .iter()
-            .map(|id| json!({"op": "remove", "path": format!("members[value eq {}]", Value::String(id.clone()))}))
-            .collect();
+        let ops: Vec<Value> = match remove {
+            MemberRemove::Filter => chunk
+                .iter()
+                .map(|id| json!({"op": "remove", "path": format!("members[value eq {}]", Value::String(id.clone()))}))
+                .collect(),
+            MemberRemove::Value => vec![json!({"op": "remove", "path": "members", "value": values(chunk)})],
+        };
         out.push(json!({"schemas": [PATCH_OP], "Operations": ops}));
     }
     out
@@ -176,7 +181,7 @@ mod tests {
     fn member_changes_are_chunked_by_the_cap() {
         let adds: Vec<String> = (0..250).map(|i| format!("a{i}")).collect();
         let removes: Vec<String> = (0..3).map(|i| format!("r{i}")).collect();
-        let bodies = member_patches(&adds, &removes, 100);
+        let bodies = member_patches(&adds, &removes, 100, MemberRemove::Filter);
         assert_eq!(bodies.len(), 4);
         let counts: Vec<usize> = bodies
             .iter()
@@ -186,5 +191,11 @@ mod tests {
             .collect();
         assert_eq!(counts, [100, 100, 50, 3]);
         assert_eq!(bodies[3]["Operations"][0]["path"], "members[value eq \"r0\"]");
+        let by_value = member_patches(&[], &removes, 2, MemberRemove::Value);
+        let want = [
+            json!([{"op": "remove", "path": "members", "value": [{"value": "r0"}, {"value": "r1"}]}]),
+            json!([{"op": "remove", "path": "members", "value": [{"value": "r2"}]}]),
+        ];
+        assert_eq!(by_value.iter().map(|b| b["Operations"].clone()).collect::<Vec<_>>(), want);
     }
 }

@@ -1211,3 +1211,48 @@ async fn a_plan_lists_exactly_what_going_live_then_sends() {
     let other = format!("{}/api/v1/outbound/targets/nope/plan", s.base);
     assert_eq!(s.send_as(&s.admin_token(), Method::POST, &other, None, &[]).await.status, 404);
 }
+
+/// A target that cannot filter and removes members only by a value list (django-scim2's
+/// manner): its ServiceProviderConfig says `filter: false`, a filter or a `members[value eq]`
+/// path is refused (by the proxy, in front of SCIMMY, which takes both removal forms). A create
+/// whose answer is lost is found by listing the target, never sent twice; with `member_remove =
+/// "value"` a member leaves by a value list; the target mirrors the directory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_without_filters_is_listed_to_find_a_lost_create() {
+    let spc = json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:ServiceProviderConfig"],
+        "patch": {"supported": true}, "filter": {"supported": false, "maxResults": 0},
+        "bulk": {"supported": false}, "sort": {"supported": false}, "etag": {"supported": false},
+        "changePassword": {"supported": false}, "authenticationSchemes": []});
+    let rules = vec![
+        rule(AxMethod::GET, "/ServiceProviderConfig", "", usize::MAX, Fault::Answer(200, spc)),
+        rule(AxMethod::GET, "filter=", "", usize::MAX, Fault::Status(400, vec![])),
+        rule(AxMethod::PATCH, "/Groups/", "members[value eq", usize::MAX, Fault::Status(400, vec![])),
+        rule(AxMethod::POST, "/Users", "", 1, Fault::LoseAnswer),
+    ];
+    let by_value =
+        |c: &mut TargetConfig| c.overrides.member_remove = Some(scimlog::outbound::profile::MemberRemove::Value);
+    let (server, peer) = (TestServer::start().await, ScimPeer::scimmy(DOWNSTREAM_TOKEN).await);
+    let h = hub_on(server, peer, by_value, rules).await;
+    let s = &h.server;
+    let ids = [h.user("lost-nofilter@example.com").await, h.user("b@example.com").await, h.user("c@example.com").await];
+    let g = s
+        .post("/Groups", &json!({"displayName": "nofilter", "members": [{"value": ids[0]}, {"value": ids[1]}]}))
+        .await
+        .id();
+    h.mirrored(30).await;
+    change_members(s, &g, "remove", &ids[0]).await;
+    h.mirrored(30).await;
+    h.caught_up(10).await;
+    assert_eq!(h.status().await.unwrap()["parked"], 0);
+    assert_eq!(
+        h.proxy.count(AxMethod::POST, "/Users"),
+        3,
+        "the lost create was found, not sent again: {:?}",
+        h.proxy.seen()
+    );
+    let seen = h.proxy.seen();
+    assert!(seen.iter().any(|r| r.method == AxMethod::GET && r.path.starts_with("/Users?startIndex=")), "listed");
+    assert!(seen.iter().all(|r| r.status != Some(400)), "no filter and no filtered path was sent: {seen:?}");
+    let removal = seen.iter().rev().find(|r| r.method == AxMethod::PATCH).unwrap();
+    assert_eq!(removal.body["Operations"][0]["path"], "members", "{:?}", removal.body);
+}

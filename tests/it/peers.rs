@@ -123,6 +123,8 @@ pub enum Fault {
     /// Forward, then break the connection in the middle of the answer: the target did it, the
     /// client never learns.
     LoseAnswer,
+    /// Answer this status and body; nothing is forwarded (a quirk: another ServiceProviderConfig).
+    Answer(u16, Value),
 }
 
 #[derive(Clone, Debug)]
@@ -268,6 +270,11 @@ async fn handle(State(s): State<ProxyState>, method: Method, uri: Uri, headers: 
             "schemas": ["urn:ietf:params:scim:api:messages:2.0:Error"],
             "status": code.to_string(), "scimType": "invalidValue", "detail": "injected by the test proxy"
         });
+        return r.body(Body::from(body.to_string())).unwrap();
+    }
+    if let Some(Fault::Answer(code, body)) = &fault {
+        record(Some(*code));
+        let r = Response::builder().status(*code).header("content-type", "application/scim+json");
         return r.body(Body::from(body.to_string())).unwrap();
     }
     let latency = s.shared.lock().unwrap().latency;
