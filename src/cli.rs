@@ -272,6 +272,25 @@ enum OutboundCmd {
         #[command(flatten)]
         file: OutboundFileArgs,
     },
+    /// Replay the whole history into another SCIM server (a throwaway one, to try a mapping or
+    /// a profile before go-live): adds a live copy of the target (tenant, scope, profile,
+    /// mapping, knobs) named --name, at --into, which starts from position 0. Remove it with
+    /// `outbound remove` when done.
+    Replay {
+        #[arg(long)]
+        target: String,
+        /// The SCIM base URL to replay into.
+        #[arg(long)]
+        into: String,
+        /// A file holding its bearer token.
+        #[arg(long)]
+        token_file: PathBuf,
+        /// The copy's name (default: <target>-replay).
+        #[arg(long)]
+        name: Option<String>,
+        #[command(flatten)]
+        file: OutboundFileArgs,
+    },
     /// Remove a target (its state in the store stays).
     Remove {
         #[arg(long)]
@@ -937,6 +956,13 @@ fn outbound_cmd(command: OutboundCmd) -> anyhow::Result<()> {
             };
             config::add(&file.path(), c)?;
             eprintln!("target {name:?} added to {}; a running server starts it within a second", file.path().display());
+            Ok(())
+        }
+        OutboundCmd::Replay { target, into, token_file, name, file } => {
+            let name = name.unwrap_or_else(|| format!("{target}-replay"));
+            let token_file = std::path::absolute(&token_file).unwrap_or(token_file);
+            config::add_copy(&file.path(), &target, &name, &into, token_file)?;
+            eprintln!("target {name:?} (a copy of {target:?}) added: a running server replays the history into {into}");
             Ok(())
         }
         OutboundCmd::Remove { name, file } => {

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use super::mapping::{Mapping, MappingConfig};
 use super::profile::{Knobs, Profile};
 
 /// The file's name in the data dir.
@@ -108,6 +109,9 @@ pub struct TargetConfig {
     /// Profile knobs set here win over the profile's (see README "Outbound provisioning").
     #[serde(default, skip_serializing_if = "Overrides::is_empty")]
     pub overrides: Overrides,
+    /// Users' attributes dropped or set (from another attribute, or a constant): `mapping.rs`.
+    #[serde(default, skip_serializing_if = "MappingConfig::is_empty")]
+    pub mapping: MappingConfig,
 }
 
 impl TargetConfig {
@@ -259,6 +263,7 @@ pub struct Target {
     pub config: TargetConfig,
     pub auth: Auth,
     pub knobs: Knobs,
+    pub mapping: Mapping,
     /// `None`: the whole tenant.
     pub scope: Option<Scope>,
 }
@@ -286,15 +291,11 @@ impl Scope {
         let held = norm(held);
         self.grants.iter().any(|g| norm(g) == held)
     }
-    /// A fingerprint of the scope: a change of it makes the connector go over the history again
-    /// (users entering are provisioned, users leaving deprovisioned).
-    pub fn fingerprint(scope: Option<&Scope>) -> String {
-        use sha2::Digest as _;
+    fn describe(scope: Option<&Scope>) -> String {
         let Some(s) = scope else { return "tenant".into() };
         let mut grants: Vec<String> = s.grants.iter().map(|g| g.urn("-").to_ascii_lowercase()).collect();
         grants.sort();
-        let text = format!("groups={:?};grants={grants:?}", s.groups);
-        hex::encode(&sha2::Sha256::digest(text.as_bytes())[..8])
+        format!("groups={:?};grants={grants:?}", s.groups)
     }
 }
 
@@ -304,6 +305,19 @@ impl Target {
     }
     pub fn tenant(&self) -> &str {
         &self.config.tenant
+    }
+    /// A fingerprint of what decides who is sent and what they are sent as: the scope, the
+    /// profile and the mapping. A change of it makes the connector go over the history again
+    /// (users entering are provisioned, users leaving deprovisioned, changed documents sent).
+    pub fn fingerprint(&self) -> String {
+        use sha2::Digest as _;
+        let text = format!(
+            "scope={};profile={};mapping={:?}",
+            Scope::describe(self.scope.as_ref()),
+            self.config.profile.as_str(),
+            self.config.mapping
+        );
+        hex::encode(&sha2::Sha256::digest(text.as_bytes())[..8])
     }
     /// The base URL without a trailing slash.
     pub fn base(&self) -> &str {
@@ -399,7 +413,8 @@ pub fn check(c: TargetConfig) -> Result<Target, ConfigError> {
     }
     let scope = (!c.groups.is_empty() || !grants.is_empty())
         .then(|| Scope { groups: c.groups.iter().cloned().collect(), grants });
-    Ok(Target { auth, knobs, scope, config: c })
+    let mapping = Mapping::parse(&c.mapping).map_err(bad)?;
+    Ok(Target { auth, knobs, mapping, scope, config: c })
 }
 
 /// The targets of the file (none when there is no file). Every table is checked; one bad table
@@ -443,6 +458,31 @@ pub fn add(path: &Path, c: TargetConfig) -> Result<(), ConfigError> {
         targets.push(c);
         Ok(())
     })
+}
+
+/// Adds a copy of target `from` named `name`, at `url` with the bearer token in `token_file`
+/// (a throwaway server, say): the same tenant, scope, profile, mapping and knobs, live. A new
+/// target starts at position 0, so the copy gets the whole history, rendered as `from` renders
+/// it (`scimlog outbound replay`).
+pub fn add_copy(path: &Path, from: &str, name: &str, url: &str, token_file: PathBuf) -> Result<(), ConfigError> {
+    let Some(original) = read(path)?.targets.into_iter().find(|t| t.name == from) else {
+        return Err(ConfigError::Unknown(from.into()));
+    };
+    let copy = TargetConfig {
+        name: name.into(),
+        url: url.into(),
+        token_file: Some(token_file),
+        token_env: None,
+        basic_user: None,
+        password_file: None,
+        oauth_token_url: None,
+        oauth_client_id: None,
+        oauth_client_secret_file: None,
+        oauth_scope: None,
+        mode: Mode::Live,
+        ..original
+    };
+    add(path, copy)
 }
 
 /// Removes a target from the file; its state in the store stays (for `status` and a re-add).
@@ -527,7 +567,7 @@ token_file = "/run/crm.token""#,
     }
 
     #[test]
-    fn a_scope_matches_grants_without_case_or_namespace_and_its_fingerprint_follows_it() {
+    fn a_scope_matches_grants_without_case_or_namespace_and_the_fingerprint_follows_scope_and_mapping() {
         let mut c = base();
         c.roles = vec!["urn:scimlog:role:environment:Prod:admin".into()];
         let scope = check(c.clone()).unwrap().scope.expect("a scope of roles");
@@ -536,15 +576,21 @@ token_file = "/run/crm.token""#,
         assert!(scope.holds(&held("urn:testkube:role:environment:PROD:Admin")));
         assert!(!scope.holds(&held("urn:scimlog:role:environment:prod:viewer")));
         assert!(!scope.has_group("any"), "a scope of roles alone sends no group");
-        let fingerprint = |c: &TargetConfig| Scope::fingerprint(check(c.clone()).unwrap().scope.as_ref());
+        let fingerprint = |c: &TargetConfig| check(c.clone()).unwrap().fingerprint();
         let roles_only = fingerprint(&c);
+        assert_eq!(roles_only, fingerprint(&c), "stable");
         c.groups = vec!["g1".into()];
         let with_group = fingerprint(&c);
         c.roles.clear();
         c.groups.clear();
         let whole = fingerprint(&c);
-        assert_eq!(whole, "tenant");
-        assert!(roles_only != with_group && with_group != whole, "{roles_only} {with_group} {whole}");
+        c.mapping.drop = vec!["title".into()];
+        let mapped = fingerprint(&c);
+        c.mapping.drop.clear();
+        c.timeout_ms = 1000;
+        assert_eq!(fingerprint(&c), whole, "a timeout decides nothing sent");
+        let all = [&roles_only, &with_group, &whole, &mapped];
+        assert_eq!(all.iter().collect::<std::collections::BTreeSet<_>>().len(), 4, "{all:?}");
     }
 
     #[test]

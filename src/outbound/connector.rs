@@ -27,7 +27,7 @@ use serde_json::{json, Value};
 use tokio::sync::watch;
 
 use super::client::{Client, Failure};
-use super::config::{Adopt, Deprovision, Mode, Scope, Target};
+use super::config::{Adopt, Deprovision, Mode, Target};
 use super::outcomes::{Outcome, Outcomes, What};
 use super::render;
 use super::state::{member_kind, Batch, Intent, Kind, Link, Parked, ParkedKey, State};
@@ -323,8 +323,8 @@ impl Connector {
                 let _ = reply.send(self.control(c).await);
             }
         }
-        if let Err(e) = self.rescope().await {
-            tracing::error!(target = self.target.name(), error = ?e, "cannot record the outbound scope");
+        if let Err(e) = self.follow_config_change().await {
+            tracing::error!(target = self.target.name(), error = ?e, "cannot record the target's fingerprint");
         }
         self.read_caps().await;
         loop {
@@ -369,24 +369,25 @@ impl Connector {
         self.outcomes.emit(o);
     }
 
-    /// A scope other than the one the state was built in (the file's `groups`, `roles` or
-    /// `entitlements` edited): the history is gone over again from position 0. What did not
-    /// change sends nothing (equal documents and memberships are skipped); users who entered
-    /// are provisioned, users who left are deprovisioned, through the deletion breaker.
-    async fn rescope(&self) -> Result<(), Halt> {
-        let now = Scope::fingerprint(self.target.scope.as_ref());
-        if self.state.scope_fingerprint()?.as_deref() == Some(now.as_str()) {
+    /// A scope, profile or mapping other than the one the state was built in (the targets file
+    /// edited): the history is gone over again from position 0. What did not change sends
+    /// nothing (equal documents and memberships are skipped); users who entered the scope are
+    /// provisioned, users who left it deprovisioned (through the deletion breaker), documents
+    /// rendered otherwise sent as their differences.
+    async fn follow_config_change(&self) -> Result<(), Halt> {
+        let now = self.target.fingerprint();
+        if self.state.fingerprint()?.as_deref() == Some(now.as_str()) {
             return Ok(());
         }
         let mut b = Batch::default();
         if self.state.watermark()? > 0 {
             tracing::info!(
                 target = self.target.name(),
-                "the scope changed: going over the history again from position 0"
+                "the scope, profile or mapping changed: going over the history again from position 0"
             );
             self.state.set_watermark(&mut b, 0);
         }
-        self.state.set_scope_fingerprint(&mut b, &now);
+        self.state.set_fingerprint(&mut b, &now);
         self.on_disk(move |st| st.commit_durable(b)).await
     }
 
@@ -850,7 +851,10 @@ impl Connector {
         for (id, &position) in &users {
             let doc = { query::user(&self.store.view(), &t, id) };
             match doc.filter(|_| self.user_in_scope(id)) {
-                Some(doc) => self.upsert(Kind::User, id, render::user(&doc, &self.target.knobs), position).await?,
+                Some(doc) => {
+                    self.upsert(Kind::User, id, render::user(&doc, &self.target.knobs, &self.target.mapping), position)
+                        .await?
+                }
                 // Gone, or out of the scope: deprovisioned (if it was ever sent).
                 None => gone_users.push((id, position)),
             }

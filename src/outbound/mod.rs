@@ -5,6 +5,7 @@
 //! Layout:
 //! - [`config`]: the targets file (`<data-dir>/outbound.toml`), its checks, `add`/`remove`;
 //! - [`profile`]: the knobs of each kind of target (generic, aws-identity-center, slack, ...);
+//! - [`mapping`]: a target's attribute mapping (users' attributes dropped or set);
 //! - [`state`]: a target's own state in the store's `outbound` family (watermark, links, intents,
 //!   parked objects, memberships as sent);
 //! - [`render`]: documents, PATCHes and member changes, as pure functions of the read models;
@@ -22,6 +23,7 @@
 pub mod client;
 pub mod config;
 pub mod connector;
+pub mod mapping;
 pub mod outcomes;
 pub mod profile;
 pub mod render;

@@ -6,6 +6,7 @@ use scimlog_projections::model::{GroupDoc, UserDoc};
 use scimlog_schemas::urn;
 use serde_json::{json, Map, Value};
 
+use super::mapping::Mapping;
 use super::profile::{Knobs, MemberRemove};
 
 pub const PATCH_OP: &str = "urn:ietf:params:scim:api:messages:2.0:PatchOp";
@@ -15,8 +16,9 @@ pub const PATCH_OP: &str = "urn:ietf:params:scim:api:messages:2.0:PatchOp";
 /// group member changes).
 const NOT_SENT: [&str; 3] = ["externalId", "groups", "password"];
 
-/// The user as the target gets it: `externalId` = the scimlog id, `active` always explicit.
-pub fn user(doc: &UserDoc, knobs: &Knobs) -> Value {
+/// The user as the target gets it: `externalId` = the scimlog id, `active` always explicit, the
+/// profile's knobs and then the target's mapping applied.
+pub fn user(doc: &UserDoc, knobs: &Knobs, mapping: &Mapping) -> Value {
     let mut m = Map::with_capacity(doc.attributes.len() + 3);
     m.insert("schemas".into(), Value::Array(doc.schemas()));
     m.insert("externalId".into(), Value::String(doc.id.clone()));
@@ -33,6 +35,7 @@ pub fn user(doc: &UserDoc, knobs: &Knobs) -> Value {
     if let Some(Value::Array(schemas)) = m.get_mut("schemas") {
         schemas.retain(|s| s.as_str().is_none_or(|s| !knobs.drop_attributes.contains(&s)));
     }
+    mapping.apply(&doc.attributes, &mut m);
     m.insert("active".into(), Value::Bool(doc.is_active()));
     Value::Object(m)
 }
@@ -145,12 +148,12 @@ mod tests {
                    "emails": [{"value": "a@x"}, {"value": "b@x", "primary": true}]}),
             None,
         );
-        let generic = user(&d, &Profile::Generic.knobs());
+        let generic = user(&d, &Profile::Generic.knobs(), &Mapping::default());
         assert_eq!(generic["externalId"], "u-1");
         assert_eq!(generic["active"], true);
         assert_eq!(generic["emails"].as_array().unwrap().len(), 2);
         assert!(generic.get("photos").is_some());
-        let aws = user(&d, &Profile::AwsIdentityCenter.knobs());
+        let aws = user(&d, &Profile::AwsIdentityCenter.knobs(), &Mapping::default());
         assert_eq!(aws["emails"], json!([{"value": "b@x", "primary": true}]));
         assert!(aws.get("photos").is_none());
     }

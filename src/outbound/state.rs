@@ -3,7 +3,7 @@
 //! | key                        | value                                                     |
 //! |----------------------------|-----------------------------------------------------------|
 //! | `w`                        | the watermark: every position ≤ it is applied or parked   |
-//! | `s`                        | the fingerprint of the scope the watermark was reached in |
+//! | `s`                        | the fingerprint of the scope, profile and mapping the state was built in |
 //! | `l\0U\0<id>`, `l\0G\0<id>` | [`Link`]: the remote id and the document last sent        |
 //! | `i\0U\0<id>`, `i\0G\0<id>` | [`Intent`]: a create is under way (written before a POST) |
 //! | `p\0U\0<id>`, `p\0G\0<id>`, `p\0M\0<group>\0<member>` | [`Parked`]: why it waits       |
@@ -143,8 +143,9 @@ impl State {
     pub fn watermark(&self) -> Result<u64, LogError> {
         Ok(self.store.get(&self.key(&["w"]))?.and_then(|v| v.try_into().ok()).map(u64::from_be_bytes).unwrap_or(0))
     }
-    /// The fingerprint of the scope the state was built in (`None` before the first step).
-    pub fn scope_fingerprint(&self) -> Result<Option<String>, LogError> {
+    /// The fingerprint of the target's scope, profile and mapping the state was built in
+    /// (`None` before the first step).
+    pub fn fingerprint(&self) -> Result<Option<String>, LogError> {
         Ok(self.store.get(&self.key(&["s"]))?.map(|v| String::from_utf8_lossy(&v).into_owned()))
     }
     pub fn link(&self, kind: Kind, id: &str) -> Result<Option<Link>, LogError> {
@@ -310,7 +311,7 @@ impl State {
     pub fn set_watermark(&self, b: &mut Batch, position: u64) {
         b.0.push((self.key(&["w"]), Some(position.to_be_bytes().to_vec())));
     }
-    pub fn set_scope_fingerprint(&self, b: &mut Batch, fingerprint: &str) {
+    pub fn set_fingerprint(&self, b: &mut Batch, fingerprint: &str) {
         b.0.push((self.key(&["s"]), Some(fingerprint.as_bytes().to_vec())));
     }
     pub fn put_link(&self, b: &mut Batch, kind: Kind, id: &str, link: &Link) {

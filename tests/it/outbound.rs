@@ -848,15 +848,10 @@ async fn remote_view(peer: &ScimPeer) -> (BTreeMap<String, bool>, BTreeMap<Strin
         .iter()
         .map(|u| (u["userName"].as_str().unwrap().to_string(), u["active"].as_bool().unwrap_or(true)))
         .collect();
-    let groups = peer
-        .all("Groups")
+    let groups = remote_groups(peer, &name_of)
         .await
-        .iter()
-        .map(|g| {
-            let members = g["members"].as_array().into_iter().flatten();
-            let names = members.filter_map(|m| name_of.get(m["value"].as_str()?).cloned()).collect();
-            (g["displayName"].as_str().unwrap().to_string(), names)
-        })
+        .into_iter()
+        .map(|(g, names)| (g["displayName"].as_str().unwrap().to_string(), names))
         .collect();
     (active, groups)
 }
@@ -1255,4 +1250,132 @@ async fn a_target_without_filters_is_listed_to_find_a_lost_create() {
     assert!(seen.iter().all(|r| r.status != Some(400)), "no filter and no filtered path was sent: {seen:?}");
     let removal = seen.iter().rev().find(|r| r.method == AxMethod::PATCH).unwrap();
     assert_eq!(removal.body["Operations"][0]["path"], "members", "{:?}", removal.body);
+}
+
+/// A target's attribute mapping, against scim2-server: `title` is not sent but becomes the
+/// enterprise `department`, `displayName` is the primary email, `userType` a constant; a change
+/// of the source goes out as a change of its target attribute, and a mapping edited in the file
+/// is applied by itself (the connector restarts, renders anew and sends the difference).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mapping_drops_and_sets_attributes_downstream() {
+    const ENTERPRISE: &str = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User";
+    let mapping = |c: &mut TargetConfig| {
+        c.mapping = toml::from_str(&format!(
+            "drop = [\"title\"]\n[set]\ndisplayName = {{ from = \"emails.value\" }}\n\
+             userType = {{ value = \"Employee\" }}\n\"{ENTERPRISE}:department\" = {{ from = \"title\" }}"
+        ))
+        .unwrap();
+    };
+    let h = hub(mapping, vec![]).await;
+    let s = &h.server;
+    let ann = s
+        .post(
+            "/Users",
+            &json!({"userName": "ann", "title": "CTO", "emails": [{"value": "ann@old"}, {"value": "ann@x", "primary": true}]}),
+        )
+        .await
+        .id();
+    h.caught_up(20).await;
+    let remote = |users: Vec<Value>| users.into_iter().find(|u| u["externalId"] == ann.as_str()).expect("ann is there");
+    let u = remote(h.peer.all("Users").await);
+    assert!(u.get("title").is_none(), "{u}");
+    assert_eq!((u["displayName"].as_str(), u["userType"].as_str()), (Some("ann@x"), Some("Employee")), "{u}");
+    assert_eq!(u[ENTERPRISE]["department"], "CTO", "{u}");
+
+    patch(s, &format!("/Users/{ann}"), json!([{"op": "replace", "path": "title", "value": "CEO"}])).await;
+    h.caught_up(20).await;
+    let u = remote(h.peer.all("Users").await);
+    assert_eq!(u[ENTERPRISE]["department"], "CEO", "{u}");
+    assert!(u.get("title").is_none(), "{u}");
+
+    // The mapping edited: title is sent again, userType no longer set.
+    let file = config::path(s.data_dir());
+    let mut c = config::load(&file).unwrap().remove(0).config;
+    c.mapping.drop.clear();
+    c.mapping.set.remove("userType");
+    config::remove(&file, "crm").unwrap();
+    config::add(&file, c).unwrap();
+    eventually(20, "the edited mapping reached the target", || async {
+        let u = remote(h.peer.all("Users").await);
+        u["title"] == "CEO" && u.get("userType").is_none()
+    })
+    .await;
+}
+
+/// `scimlog outbound replay`: a live copy of a target at a fresh SCIM server gets the whole
+/// history from position 0 and ends holding what the live target holds (the same users with
+/// the same mapped attributes and states, the same groups and members), while the live target
+/// is sent nothing more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_into_a_fresh_target_equals_the_live_one() {
+    let h = hub(|c| c.mapping.drop = vec!["title".into()], vec![]).await;
+    let s = &h.server;
+    let mut ids = Vec::new();
+    for i in 0..4 {
+        let u = json!({"userName": format!("r{i}@example.com"), "title": "T", "name": {"givenName": format!("R{i}")}});
+        ids.push(s.post("/Users", &u).await.id());
+    }
+    let g = s
+        .post("/Groups", &json!({"displayName": "replayed", "members": [{"value": ids[0]}, {"value": ids[1]}]}))
+        .await
+        .id();
+    change_members(s, &g, "remove", &ids[0]).await;
+    patch(s, &format!("/Users/{}", ids[2]), json!([{"op": "replace", "path": "active", "value": false}])).await;
+    assert_eq!(s.delete(&format!("/Users/{}", ids[3])).await.status, 204);
+    h.caught_up(30).await;
+    let live_requests = h.proxy.seen().len();
+
+    let fresh = ScimPeer::start(DOWNSTREAM_TOKEN).await;
+    let token = h._secrets.path().join("fresh.token");
+    std::fs::write(&token, DOWNSTREAM_TOKEN).unwrap();
+    config::add_copy(&config::path(s.data_dir()), "crm", "crm-replay", &fresh.url, token).unwrap();
+    let live = remote_state(&h.peer).await;
+    assert_eq!(live.0.len(), 3, "{live:?}");
+    eventually(30, "the replayed copy holds what the live target holds", || async {
+        remote_state(&fresh).await == live
+    })
+    .await;
+    let copy =
+        config::load(&config::path(s.data_dir())).unwrap().into_iter().find(|t| t.name() == "crm-replay").unwrap();
+    assert_eq!(copy.config.mapping.drop, ["title"], "the copy renders as the original");
+    assert_eq!(h.proxy.seen().len(), live_requests, "the live target was sent nothing more");
+    let r = config::add_copy(&config::path(s.data_dir()), "nope", "x", &fresh.url, "/dev/null".into());
+    assert!(matches!(r, Err(config::ConfigError::Unknown(n)) if n == "nope"));
+}
+
+/// What a target holds, comparable across targets: users by externalId with userName, name,
+/// active and whether a title is there; groups by externalId with displayName and members (by
+/// externalId).
+async fn remote_state(peer: &ScimPeer) -> (BTreeSet<String>, BTreeSet<String>) {
+    let users = peer.all("Users").await;
+    let ext_of: BTreeMap<String, String> = users
+        .iter()
+        .map(|u| (u["id"].as_str().unwrap().to_string(), u["externalId"].as_str().unwrap().to_string()))
+        .collect();
+    let users = users
+        .iter()
+        .map(|u| {
+            format!("{} {} {} {} {}", u["externalId"], u["userName"], u["name"], u["active"], u.get("title").is_some())
+        })
+        .collect();
+    let groups = remote_groups(peer, &ext_of)
+        .await
+        .into_iter()
+        .map(|(g, members)| format!("{} {} {members:?}", g["externalId"], g["displayName"]))
+        .collect();
+    (users, groups)
+}
+
+/// A target's groups, each with its members named through `label` (remote id → a label; a
+/// member without one is left out).
+async fn remote_groups(peer: &ScimPeer, label: &BTreeMap<String, String>) -> Vec<(Value, BTreeSet<String>)> {
+    let groups = peer.all("Groups").await;
+    groups
+        .into_iter()
+        .map(|g| {
+            let members = g["members"].as_array().into_iter().flatten();
+            let labels = members.filter_map(|m| label.get(m["value"].as_str()?).cloned()).collect();
+            (g, labels)
+        })
+        .collect()
 }
