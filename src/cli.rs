@@ -269,6 +269,9 @@ enum OutboundCmd {
         /// Scope: provision the holders of this entitlement (a URN; repeat for more).
         #[arg(long = "entitlement")]
         entitlements: Vec<String>,
+        /// In cluster mode, the node (its --node-id) that runs the target.
+        #[arg(long)]
+        node: Option<String>,
         #[command(flatten)]
         file: OutboundFileArgs,
     },
@@ -928,12 +931,14 @@ fn outbound_cmd(command: OutboundCmd) -> anyhow::Result<()> {
             groups,
             roles,
             entitlements,
+            node,
             file,
         } => {
             let c = TargetConfig {
                 groups,
                 roles,
                 entitlements,
+                node,
                 token_file: token_file.map(|f| std::path::absolute(&f).unwrap_or(f)),
                 token_env,
                 profile: match profile {

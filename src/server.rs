@@ -189,37 +189,29 @@ impl Server {
             };
             tokio::spawn(crate::cluster::run(node, bus_shutdown.clone()))
         });
-        // Outbound provisioning: one connector per target of the targets file. Not in cluster
-        // mode yet: each node would send (its state is per node).
-        let (outbound, outbound_task) = match &cluster {
-            None => {
-                let (outcomes, outcomes_task) =
-                    crate::outbound::outcomes::start(Some(cfg.nats.clone()), metrics.clone(), bus_shutdown.clone());
-                let (o, task) = crate::outbound::start(crate::outbound::Context {
-                    outcomes,
-                    store: store.clone(),
-                    targets_file: cfg.outbound_path(),
-                    committed: writer.committed(),
-                    shutdown: bus_shutdown.clone(),
-                    metrics: metrics.clone(),
-                    allow_private_networks: cfg.allow_private_networks,
-                });
-                // The outcomes the connectors queued last get a moment to reach NATS.
-                let task = tokio::spawn(async move {
-                    let _ = task.await;
-                    if let Some(t) = outcomes_task {
-                        let _ = tokio::time::timeout(OUTCOMES_FLUSH, t).await;
-                    }
-                });
-                (Some(o), Some(task))
+        // Outbound provisioning: one connector per target of the targets file. In cluster mode
+        // a node runs the targets named to it (`node`), leader or not: each target's state is
+        // then always the one node's that sends for it.
+        let (outcomes, outcomes_task) =
+            crate::outbound::outcomes::start(Some(cfg.nats.clone()), metrics.clone(), bus_shutdown.clone());
+        let (outbound, outbound_task) = crate::outbound::start(crate::outbound::Context {
+            outcomes,
+            store: store.clone(),
+            targets_file: cfg.outbound_path(),
+            committed: writer.committed(),
+            shutdown: bus_shutdown.clone(),
+            metrics: metrics.clone(),
+            allow_private_networks: cfg.allow_private_networks,
+            node: cluster.as_ref().and(cfg.cluster.node_id.clone()),
+        });
+        // The outcomes the connectors queued last get a moment to reach NATS.
+        let outbound_task = tokio::spawn(async move {
+            let _ = outbound_task.await;
+            if let Some(t) = outcomes_task {
+                let _ = tokio::time::timeout(OUTCOMES_FLUSH, t).await;
             }
-            Some(_) => {
-                if crate::outbound::config::load(&cfg.outbound_path()).is_ok_and(|t| !t.is_empty()) {
-                    tracing::warn!("outbound targets are configured, but they do not run in cluster mode yet");
-                }
-                (None, None)
-            }
-        };
+        });
+        let outbound_task = Some(outbound_task);
         let writer_thread = std::sync::Mutex::new(Some(writer_thread));
         let draining = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let shutdown_delay = Duration::from_millis(cfg.shutdown_delay_ms);

@@ -60,7 +60,7 @@ fn scrape(state: &AppState) -> Response {
             published: p.published(),
         }),
         store: state.store.stats().ok(),
-        outbound: state.outbound.as_ref().map(|o| o.statuses(None)).unwrap_or_default(),
+        outbound: state.outbound.statuses(None),
         sets: set_streams(state, head),
     };
     let mut resp = (StatusCode::OK, state.metrics.render(&snapshot)).into_response();

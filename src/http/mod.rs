@@ -69,8 +69,8 @@ pub struct Inner {
     pub draining: Arc<std::sync::atomic::AtomicBool>,
     /// Cluster mode: this node's role and the leader (`None`: a single node).
     pub cluster: Option<Arc<crate::cluster::ClusterState>>,
-    /// The outbound connectors (`None` in cluster mode, where they do not run yet).
-    pub outbound: Option<Arc<crate::outbound::Outbound>>,
+    /// The outbound connectors this node runs (in cluster mode, the targets named to it).
+    pub outbound: Arc<crate::outbound::Outbound>,
     /// The recent SCIM and `/api/v1` requests, and each token's health (the console's).
     pub requests: crate::request_log::RequestLog,
     /// The console's sessions and last chain verification.

@@ -28,10 +28,6 @@ fn admin(caller: &Caller) -> Result<(), ApiError> {
     }
 }
 
-fn outbound(s: &AppState) -> Result<&crate::outbound::Outbound, ApiError> {
-    s.outbound.as_deref().ok_or(ApiError::NotImplemented("outbound provisioning does not run in cluster mode yet"))
-}
-
 /// `GET /api/v1/outbound/targets`: every target of the tenant with its status.
 #[utoipa::path(
     get, path = "/outbound/targets", tag = "outbound",
@@ -42,10 +38,10 @@ fn outbound(s: &AppState) -> Result<&crate::outbound::Outbound, ApiError> {
 )]
 async fn list(State(s): State<AppState>, caller: Caller) -> Result<Json<Vec<StatusView>>, ApiError> {
     admin(&caller)?;
-    if let Some(e) = outbound(&s)?.file_error() {
+    if let Some(e) = s.outbound.file_error() {
         tracing::warn!(error = %e, "listing outbound targets while the targets file is not valid");
     }
-    Ok(Json(outbound(&s)?.statuses(Some(&caller.principal.tenant))))
+    Ok(Json(s.outbound.statuses(Some(&caller.principal.tenant))))
 }
 
 /// `POST /api/v1/outbound/targets`: adds a target to the caller's tenant (a `[[target]]` table
@@ -64,7 +60,6 @@ async fn list(State(s): State<AppState>, caller: Caller) -> Result<Json<Vec<Stat
 )]
 async fn add(State(s): State<AppState>, caller: Caller, ScimBody(body): ScimBody) -> Result<StatusCode, ApiError> {
     admin(&caller)?;
-    outbound(&s)?;
     let mut body = body;
     super::admin::own_tenant(&mut body, &caller)?;
     let mut c: TargetConfig =
@@ -74,6 +69,10 @@ async fn add(State(s): State<AppState>, caller: Caller, ScimBody(body): ScimBody
         for url in std::iter::once(&c.url).chain(&c.oauth_token_url) {
             crate::net_guard::check_url(url).map_err(SchemaError::invalid_value)?;
         }
+    }
+    if s.cluster.is_some() && c.node.is_none() {
+        let detail = "in cluster mode a target names the node that runs it: node (a --node-id)";
+        return Err(SchemaError::invalid_value(detail).into());
     }
     super::admin::groups_exist(&s, caller.tenant(), c.groups.clone()).await?;
     config::add(&s.cfg.outbound_path(), c).map_err(config_error)?;
@@ -193,7 +192,7 @@ async fn act(
             return Err(SchemaError::invalid_value(detail).into());
         }
     };
-    match outbound(&s)?.control(&caller.principal.tenant, &name, control).await {
+    match s.outbound.control(&caller.principal.tenant, &name, control).await {
         Ok(done) => match action.as_str() {
             "verify" | "repair" => {
                 let report: Value = serde_json::from_str(&done).unwrap_or_default();

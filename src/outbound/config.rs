@@ -109,6 +109,10 @@ pub struct TargetConfig {
     /// Profile knobs set here win over the profile's (see README "Outbound provisioning").
     #[serde(default, skip_serializing_if = "Overrides::is_empty")]
     pub overrides: Overrides,
+    /// In cluster mode, the node (its `--node-id`) that runs this target: each node runs the
+    /// targets named to it, leader or not, with its own state. Ignored on a single node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
     /// Users' attributes dropped or set (from another attribute, or a constant): `mapping.rs`.
     #[serde(default, skip_serializing_if = "MappingConfig::is_empty")]
     pub mapping: MappingConfig,
@@ -164,6 +168,9 @@ pub struct Overrides {
     /// `filter` (default) or `value`: how a member removal is phrased (see `MemberRemove`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub member_remove: Option<super::profile::MemberRemove>,
+    /// Member changes by PATCH even with `patch = false` (see `Knobs::members_by_patch`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub members_by_patch: Option<bool>,
 }
 
 impl Overrides {
@@ -413,6 +420,9 @@ pub fn check(c: TargetConfig) -> Result<Target, ConfigError> {
     }
     let scope = (!c.groups.is_empty() || !grants.is_empty())
         .then(|| Scope { groups: c.groups.iter().cloned().collect(), grants });
+    if let Some(n) = c.node.as_deref().filter(|n| n.is_empty() || n.len() > 128 || n.contains(char::is_whitespace)) {
+        return Err(bad(format!("node {n:?} is not a node id (--node-id)")));
+    }
     let mapping = Mapping::parse(&c.mapping).map_err(bad)?;
     Ok(Target { auth, knobs, mapping, scope, config: c })
 }
@@ -523,6 +533,8 @@ token_file = "/run/crm.token""#,
             ("no secret", |c| c.token_file = None, Some("exactly one")),
             ("zero timeout", |c| c.timeout_ms = 0, Some("timeout_ms 0")),
             ("huge batch", |c| c.batch_max = 1 << 20, Some("batch_max 1048576")),
+            ("a node", |c| c.node = Some("n1".into()), None),
+            ("an empty node", |c| c.node = Some(String::new()), Some("node \"\" is not a node id")),
             (
                 "a role and an entitlement",
                 |c| {

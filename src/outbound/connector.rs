@@ -959,6 +959,10 @@ impl Connector {
                 None => Ok(()),
             },
             (false, Kind::User) => self.client.send(Method::PUT, &path, Some(&doc)).await.map(|_| ()),
+            // Members go by PATCH: the group's PUT carries its own attributes only.
+            (false, Kind::Group) if self.target.knobs.members_by_patch => {
+                self.client.send(Method::PUT, &path, Some(&doc)).await.map(|_| ())
+            }
             (false, Kind::Group) => match self.members_for_put(id)? {
                 Some(members) => {
                     let body = render::with_members(&doc, &members);
@@ -1233,7 +1237,7 @@ impl Connector {
             }
             return Ok(());
         };
-        if !self.patch {
+        if !self.patch && !self.target.knobs.members_by_patch {
             // A PUT-only target gets the whole member list with the group.
             return self.put_members(group, &group_link, members).await;
         }

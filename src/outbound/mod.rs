@@ -268,7 +268,7 @@ const VERIFY_WAIT: Duration = Duration::from_secs(600);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
-    #[error("no outbound target named {0:?} in this tenant")]
+    #[error("no outbound target named {0:?} runs here for this tenant (in cluster mode, a target runs on the node it names)")]
     Unknown(String),
     #[error("the connector did not answer in time (busy with its target); try again")]
     Busy,
@@ -339,6 +339,8 @@ pub struct Context {
     /// `--allow-private-networks` (see `net_guard`).
     pub allow_private_networks: bool,
     pub outcomes: outcomes::Outcomes,
+    /// In cluster mode, this node's id: it runs only the targets whose `node` names it.
+    pub node: Option<String>,
 }
 
 /// How often the targets file is looked at.
@@ -360,8 +362,18 @@ async fn supervise(mut ctx: Context, outbound: Arc<Outbound>) {
             stamp = Some(now);
             match config::load(&ctx.targets_file) {
                 Ok(targets) => {
-                    *outbound.file_error.lock().expect("outbound lock") = None;
-                    reconcile(&ctx, &outbound, targets).await;
+                    let (here, nowhere) = on_this_node(targets, ctx.node.as_deref());
+                    let error = (!nowhere.is_empty()).then(|| {
+                        format!(
+                            "in cluster mode a target names the node that runs it (node = \"<node id>\"); these run nowhere: {}",
+                            nowhere.join(", ")
+                        )
+                    });
+                    if let Some(e) = &error {
+                        tracing::error!(error = %e, "outbound targets without a node");
+                    }
+                    *outbound.file_error.lock().expect("outbound lock") = error;
+                    reconcile(&ctx, &outbound, here).await;
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "the outbound targets file is not valid; the running targets stay as they were");
@@ -380,6 +392,14 @@ async fn supervise(mut ctx: Context, outbound: Arc<Outbound>) {
         let _ = r.stop.send(true);
         let _ = r.task.await;
     }
+}
+
+/// The targets this node runs (all of them on a single node; in cluster mode those whose `node`
+/// is this one), and the names of those no node runs (cluster mode, no `node`).
+fn on_this_node(targets: Vec<config::Target>, me: Option<&str>) -> (Vec<config::Target>, Vec<String>) {
+    let Some(me) = me else { return (targets, vec![]) };
+    let nowhere = targets.iter().filter(|t| t.config.node.is_none()).map(|t| t.name().to_string()).collect();
+    (targets.into_iter().filter(|t| t.config.node.as_deref() == Some(me)).collect(), nowhere)
 }
 
 /// Starts the new targets, stops the removed ones, restarts the changed ones.

@@ -43,6 +43,7 @@ impl Profile {
             delete_deactivates: false,
             user_agent: None,
             member_remove: MemberRemove::Filter,
+            members_by_patch: false,
         };
         match self {
             Profile::Generic => generic,
@@ -78,6 +79,11 @@ pub struct Knobs {
     pub user_agent: Option<&'static str>,
     /// How a member removal is phrased.
     pub member_remove: MemberRemove,
+    /// Member changes go by PATCH even where updates are PUT (`patch = false`), and a group's
+    /// PUT then carries its own attributes only: for targets whose PATCH takes members but not
+    /// attributes, and whose PUT leaves members alone (django-scim2). On a target whose PUT
+    /// replaces members, this would empty its groups at every group update.
+    pub members_by_patch: bool,
 }
 
 /// How a PATCH removes members (RFC 7644 §3.5.2.2 allows both; targets take one or the other).
@@ -116,6 +122,9 @@ impl Knobs {
         }
         if let Some(m) = o.member_remove {
             self.member_remove = m;
+        }
+        if let Some(b) = o.members_by_patch {
+            self.members_by_patch = b;
         }
         Ok(self)
     }

@@ -1379,3 +1379,139 @@ async fn remote_groups(peer: &ScimPeer, label: &BTreeMap<String, String>) -> Vec
         })
         .collect()
 }
+
+/// django-scim2, the third kind of target and the least able: no filter, a PATCH that takes
+/// members (by a value list) but no complex attribute, a PUT that leaves members alone. With
+/// `patch = false`, `members_by_patch` and `member_remove = "value"` it converges: users PUT
+/// whole, groups PUT with their own attributes and their members PATCHed, a create whose answer
+/// is lost found by listing, a deactivation and a deletion sent; no duplicate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_django_scim2_target_converges_with_put_and_member_patches() {
+    let knobs = |c: &mut TargetConfig| {
+        c.overrides.patch = Some(false);
+        c.overrides.members_by_patch = Some(true);
+        c.overrides.member_remove = Some(scimlog::outbound::profile::MemberRemove::Value);
+    };
+    let lose = rule(AxMethod::POST, "/Users", "", 1, Fault::LoseAnswer);
+    let (server, peer) = (TestServer::start().await, ScimPeer::django(DOWNSTREAM_TOKEN).await);
+    let h = hub_on(server, peer, knobs, vec![lose]).await;
+    let s = &h.server;
+    let mut ids = Vec::new();
+    for i in 0..4 {
+        let u = json!({"userName": format!("d{i}@example.com"), "name": {"givenName": format!("D{i}"), "familyName": "Jango"}});
+        ids.push(s.post("/Users", &u).await.id());
+    }
+    let members: Vec<Value> = ids[..3].iter().map(|id| json!({"value": id})).collect();
+    let g = s.post("/Groups", &json!({"displayName": "pythons", "members": members})).await.id();
+    h.caught_up(30).await;
+    patch(s, &format!("/Users/{}", ids[0]), json!([{"op": "replace", "path": "name.givenName", "value": "Dee"}])).await;
+    let group = json!([
+        {"op": "replace", "path": "displayName", "value": "pythonistas"},
+        {"op": "add", "path": "members", "value": [{"value": ids[3]}]},
+        {"op": "remove", "path": format!("members[value eq \"{}\"]", ids[1])}]);
+    patch(s, &format!("/Groups/{g}"), group).await;
+    patch(s, &format!("/Users/{}", ids[2]), json!([{"op": "replace", "path": "active", "value": false}])).await;
+    assert_eq!(s.delete(&format!("/Users/{}", ids[1])).await.status, 204);
+    h.caught_up(30).await;
+
+    let users = h.peer.all("Users").await;
+    let got: BTreeMap<String, String> = users
+        .iter()
+        .map(|u| {
+            (
+                u["externalId"].as_str().unwrap().to_string(),
+                format!("{} {} {}", u["userName"], u["name"]["givenName"], u["active"]),
+            )
+        })
+        .collect();
+    let want = BTreeMap::from([
+        (ids[0].clone(), "\"d0@example.com\" \"Dee\" true".to_string()),
+        (ids[2].clone(), "\"d2@example.com\" \"D2\" false".to_string()),
+        (ids[3].clone(), "\"d3@example.com\" \"D3\" true".to_string()),
+    ]);
+    assert_eq!(got, want, "d1 deleted (deprovision = delete), d2 deactivated, d0 renamed");
+    let ext_of: BTreeMap<String, String> = users
+        .iter()
+        .map(|u| (u["id"].as_str().unwrap().to_string(), u["externalId"].as_str().unwrap().to_string()))
+        .collect();
+    let groups = remote_groups(&h.peer, &ext_of).await;
+    assert_eq!(groups.len(), 1, "{groups:?}");
+    assert_eq!(groups[0].0["displayName"], "pythonistas");
+    assert_eq!(groups[0].1, BTreeSet::from([ids[0].clone(), ids[2].clone(), ids[3].clone()]));
+    assert_eq!(
+        h.proxy.count(AxMethod::POST, "/Users"),
+        4,
+        "the lost create was found by listing: {:?}",
+        h.proxy.seen()
+    );
+    assert_eq!(h.status().await.unwrap()["parked"], 0);
+    assert!(h.proxy.seen().iter().all(|r| r.status.is_none_or(|s| s < 400)), "nothing refused: {:?}", h.proxy.seen());
+}
+
+/// Outbound in cluster mode: a target runs on the node its `node` names, leader or not, and
+/// only there (its state is that node's). Users written through the leader reach the target
+/// from a follower's connector; after the leader stops and that follower leads, writes still
+/// arrive, with no duplicate. A target that names no node runs nowhere; over the API, a target
+/// without `node` is refused in cluster mode.
+#[tokio::test]
+async fn in_cluster_mode_a_target_runs_on_its_node_whoever_leads() {
+    use crate::cluster_mode::{cluster_config, role};
+    let nats = crate::support::NatsCluster::start().await;
+    let start = |id: &'static str, dir: std::path::PathBuf| {
+        let mut cfg = cluster_config(nats.urls().join(","), id, scimlog::cluster::Forwarding::Proxy, &dir);
+        cfg.allow_private_networks = true;
+        TestServer::start_with(cfg)
+    };
+    let (a_dir, b_dir, secrets) =
+        (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = start("a", a_dir.path().into()).await;
+    eventually(20, "node a leads", || async { role(&a).await == "leader" }).await;
+    let b = start("b", b_dir.path().into()).await;
+    eventually(20, "b follows a", || async { b.healthz().await["cluster"]["leader"]["node"] == "a" }).await;
+    let peer = ScimPeer::start(DOWNSTREAM_TOKEN).await;
+    let proxy = FaultProxy::start(&peer.url).await;
+    let token = secrets.path().join("crm.token");
+    std::fs::write(&token, DOWNSTREAM_TOKEN).unwrap();
+    // The same targets file on both nodes: crm runs on b; stray names no node.
+    for dir in [a.data_dir(), b.data_dir()] {
+        let mut crm = TargetConfig::new("default", "crm", &proxy.url());
+        crm.token_file = Some(token.clone());
+        crm.node = Some("b".into());
+        crm.deprovision = config::Deprovision::Delete;
+        config::add(&config::path(dir), crm).unwrap();
+        let mut stray = TargetConfig::new("default", "stray", &proxy.url());
+        stray.token_file = Some(token.clone());
+        config::add(&config::path(dir), stray).unwrap();
+    }
+    let names = |n: &TestServer| {
+        let (url, admin, client) = (format!("{}/api/v1/outbound/targets", n.base), n.admin_token(), n.client.clone());
+        async move {
+            let all: Value = client.get(url).bearer_auth(admin).send().await.unwrap().json().await.unwrap();
+            all.as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap().to_string()).collect::<Vec<_>>()
+        }
+    };
+    eventually(20, "b runs crm", || async { names(&b).await == ["crm"] }).await;
+    assert!(names(&a).await.is_empty(), "a runs no target: crm is b's, stray nobody's");
+    for i in 0..3 {
+        assert_eq!(a.post("/Users", &json!({"userName": format!("c{i}@example.com")})).await.status, 201);
+    }
+    mirrored(&b.base, &b.token, &peer, 30).await;
+
+    a.stop().await;
+    eventually(30, "b leads", || async { role(&b).await == "leader" }).await;
+    for i in 3..5 {
+        assert_eq!(b.post("/Users", &json!({"userName": format!("c{i}@example.com")})).await.status, 201);
+    }
+    mirrored(&b.base, &b.token, &peer, 30).await;
+    assert_eq!(peer.all("Users").await.len(), 5);
+    assert_eq!(proxy.count(AxMethod::POST, "/Users"), 5, "each user created once: {:?}", proxy.seen());
+
+    let over_api = json!({"name": "api", "url": "https://crm.example.com/scim/v2", "token_env": "SCIMLOG_OUTBOUND_X"});
+    let url = format!("{}/api/v1/outbound/targets", b.base);
+    b.send_as(&b.admin_token(), Method::POST, &url, Some(&over_api), &[]).await.assert_error(
+        400,
+        Some("invalidValue"),
+        "in cluster mode a target names the node that runs it",
+    );
+    b.stop().await;
+}

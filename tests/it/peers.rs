@@ -1,6 +1,6 @@
 //! Downstream SCIM servers for the outbound tests: a real `scim2-server` (PyPI, installed into
-//! the test venv by `./scripts/setup --test`) or SCIMMY (npm, `tests/peers/scimmy`) on a free
-//! loopback port, and a fault and quirk proxy (in this file) between a connector and it: it
+//! the test venv by `./scripts/setup --test`), SCIMMY (npm, `tests/peers/scimmy`) or
+//! django-scim2 (PyPI, `tests/peers/django`) on a free loopback port, and a fault and quirk proxy (in this file) between a connector and it: it
 //! records every request, and rules make it answer a status of their own, forward and then lose
 //! the answer, or forward.
 
@@ -57,6 +57,18 @@ impl ScimPeer {
             token,
         )
         .await
+    }
+
+    /// django-scim2 (PyPI) in the Django project of `tests/peers/django`, on a fresh SQLite
+    /// file: the lowest capabilities (no filter; PATCH takes members, by a value list, but no
+    /// complex attribute; PUT leaves members alone; ids are small integers).
+    pub async fn django(token: &str) -> ScimPeer {
+        let port = free_port();
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/django/serve.py");
+        let python = venv_bin("python3");
+        let mut cmd = std::process::Command::new(&python);
+        cmd.args([script, &port.to_string(), token]);
+        ScimPeer::spawn(cmd, "django-scim2 (in the test venv)", format!("http://127.0.0.1:{port}/scim/v2"), token).await
     }
 
     async fn spawn(mut cmd: std::process::Command, what: &str, url: String, token: &str) -> ScimPeer {

@@ -137,8 +137,10 @@ pub async fn page(State(state): State<AppState>, session: Session) -> Result<Res
         store_bytes: bytes(stats.sst_files_bytes + stats.memtable_bytes),
         memory_bytes: bytes(stats.memtable_bytes + stats.block_cache_bytes + stats.table_reader_bytes),
         connections: connections(&state, &t, now),
-        targets: state.outbound.as_ref().map(|o| {
-            o.statuses(Some(&t))
+        targets: Some(
+            state
+                .outbound
+                .statuses(Some(&t))
                 .into_iter()
                 .map(|s| TargetRow {
                     health: serde_json::to_value(s.health).map(|v| super::show(&v)).unwrap_or_default(),
@@ -147,8 +149,8 @@ pub async fn page(State(state): State<AppState>, session: Session) -> Result<Res
                     parked: s.parked,
                     last_error: s.last_error.unwrap_or_default(),
                 })
-                .collect()
-        }),
+                .collect(),
+        ),
         request_log_size: state.requests.capacity(),
     };
     Ok(render(&page))
