@@ -216,6 +216,7 @@ async fn act(
         },
         Err(e @ crate::outbound::ControlError::Unknown(_)) => Err(ApiError::NotFound(e.to_string())),
         Err(e @ crate::outbound::ControlError::Busy) => Err(ApiError::Unavailable(e.to_string())),
+        Err(crate::outbound::ControlError::Refused(why)) => Err(SchemaError::new(ScimType::TooMany, why).into()),
         Err(e @ crate::outbound::ControlError::Failed(_)) => {
             tracing::error!(error = %e, "an outbound action failed");
             Err(ApiError::Unavailable("the connector could not do it; see the server log".into()))

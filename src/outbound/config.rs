@@ -534,6 +534,11 @@ token_file = "/run/crm.token""#,
             ("zero timeout", |c| c.timeout_ms = 0, Some("timeout_ms 0")),
             ("huge batch", |c| c.batch_max = 1 << 20, Some("batch_max 1048576")),
             ("a node", |c| c.node = Some("n1".into()), None),
+            (
+                "101 grants",
+                |c| c.roles = (0..101).map(|i| format!("urn:scimlog:role:environment:e{i}:admin")).collect(),
+                Some("roles and entitlements: 101, at most 100"),
+            ),
             ("an empty node", |c| c.node = Some(String::new()), Some("node \"\" is not a node id")),
             (
                 "a role and an entitlement",

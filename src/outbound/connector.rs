@@ -258,7 +258,16 @@ impl Found {
     }
 }
 
-pub type ControlMsg = (Control, tokio::sync::oneshot::Sender<Result<String, String>>);
+/// Why an operator request was not done.
+#[derive(Debug)]
+pub enum ControlFailure {
+    /// Not done as asked, for a reason the operator can act on (said to them).
+    Refused(String),
+    /// The store or the target failed (logged; the caller hears only that it failed).
+    Failed(String),
+}
+
+pub type ControlMsg = (Control, tokio::sync::oneshot::Sender<Result<String, ControlFailure>>);
 
 /// The class of an object the deletion breaker holds.
 const HELD: &str = "held";
@@ -391,39 +400,40 @@ impl Connector {
         self.on_disk(move |st| st.commit_durable(b)).await
     }
 
-    async fn control(&mut self, c: Control) -> Result<String, String> {
+    async fn control(&mut self, c: Control) -> Result<String, ControlFailure> {
+        let failed = |what: &str, h: Halt| {
+            ControlFailure::Failed(match h {
+                Halt::Storage(e) => e.to_string(),
+                Halt::Quarantine(why) => format!("the target refused the {what}: {why}"),
+                Halt::Stopped => "stopping".into(),
+            })
+        };
         let verify = match c {
             Control::Verify { repair } => repair,
             Control::Plan { from } => {
                 return match self.plan(from).await {
-                    Ok(plan) => Ok(serde_json::to_string(&plan).expect("plans serialise")),
-                    Err(Halt::Storage(e)) => Err(e.to_string()),
-                    Err(Halt::Quarantine(why)) => Err(format!("the target refused the plan's reads: {why}")),
-                    Err(Halt::Stopped) => Err("stopping".into()),
+                    Ok(Ok(plan)) => Ok(serde_json::to_string(&plan).expect("plans serialise")),
+                    Ok(Err(refused)) => Err(ControlFailure::Refused(refused)),
+                    Err(h) => Err(failed("plan's reads", h)),
                 };
             }
-            other => return self.act(other).map_err(|e| e.to_string()),
+            other => return self.act(other).map_err(|e| ControlFailure::Failed(e.to_string())),
         };
         match self.verify(verify).await {
             Ok(report) => Ok(serde_json::to_string(&report).expect("reports serialise")),
-            Err(Halt::Storage(e)) => Err(e.to_string()),
-            Err(Halt::Quarantine(why)) => Err(format!("the target refused the verify: {why}")),
-            Err(Halt::Stopped) => Err("stopping".into()),
+            Err(h) => Err(failed("verify", h)),
         }
     }
 
     /// A plan: this target's state copied under `<name>~plan`, stepped as a dry run (real reads,
     /// writes recorded with their bodies) from `from` to the head, then the copy deleted. The
-    /// live state, watermark and status stay as they were.
-    async fn plan(&mut self, from: Option<u64>) -> Result<Plan, Halt> {
+    /// live state, watermark and status stay as they were. The inner error: refused (too large).
+    async fn plan(&mut self, from: Option<u64>) -> Result<Result<Plan, String>, Halt> {
         let scratch = State::new(self.store.outbound(), &format!("{}~plan", self.target.name()));
         scratch.clear()?;
         if !self.state.copy_to(&scratch, MAX_PLAN_STATE)? {
             scratch.clear()?;
-            return Err(Halt::Storage(LogError::Corrupt {
-                position: 0,
-                detail: format!("the target's state has more than {MAX_PLAN_STATE} keys: too large to plan on"),
-            }));
+            return Ok(Err(format!("the target's state has more than {MAX_PLAN_STATE} keys: too large to plan on")));
         }
         let from = match from {
             Some(p) => p,
@@ -463,7 +473,7 @@ impl Connector {
         let truncated = ran?;
         let mut requests = std::mem::take(&mut *recorder.lock().expect("recorder lock"));
         requests.truncate(MAX_PLAN_REQUESTS);
-        Ok(Plan { from, to, requests, truncated })
+        Ok(Ok(Plan { from, to, requests, truncated }))
     }
 
     /// Steps a plan's dry run until it reaches the head or has recorded enough; answers whether
@@ -952,21 +962,22 @@ impl Connector {
         // A user whose remote state is unknown (adopted, resync) is replaced whole: attributes
         // set downstream by someone else go away.
         let put_user = kind == Kind::User && (!self.patch || link.sent.is_null());
+        // Whether a request went out (a PATCH of attributes the target is not sent sends none).
+        let sent = |r: Result<_, Failure>| r.map(|_| true);
         let result = match (self.patch && !put_user, kind) {
             (true, _) => match render::patch(&link.sent, &doc) {
-                Some(body) => self.client.send(Method::PATCH, &path, Some(&body)).await.map(|_| ()),
-                // Nothing a target is sent differs (only what it is not sent changed).
-                None => Ok(()),
+                Some(body) => sent(self.client.send(Method::PATCH, &path, Some(&body)).await),
+                None => Ok(false),
             },
-            (false, Kind::User) => self.client.send(Method::PUT, &path, Some(&doc)).await.map(|_| ()),
+            (false, Kind::User) => sent(self.client.send(Method::PUT, &path, Some(&doc)).await),
             // Members go by PATCH: the group's PUT carries its own attributes only.
             (false, Kind::Group) if self.target.knobs.members_by_patch => {
-                self.client.send(Method::PUT, &path, Some(&doc)).await.map(|_| ())
+                sent(self.client.send(Method::PUT, &path, Some(&doc)).await)
             }
             (false, Kind::Group) => match self.members_for_put(id)? {
                 Some(members) => {
                     let body = render::with_members(&doc, &members);
-                    self.client.send(Method::PUT, &path, Some(&body)).await.map(|_| ())
+                    sent(self.client.send(Method::PUT, &path, Some(&body)).await)
                 }
                 None => Err(Failure::Rejected {
                     status: 0,
@@ -976,14 +987,16 @@ impl Connector {
             },
         };
         match result {
-            Ok(()) => {
+            Ok(sent) => {
                 let remote = link.remote_id.clone();
                 let mut b = Batch::default();
                 self.state.put_link(&mut b, kind, id, &Link { sent: doc, position, ..link });
                 self.state.unpark(&mut b, &ParkedKey::Object(kind, id.into()));
                 self.state.commit(b)?;
                 self.status.outcome(true);
-                self.emit(What::Updated, Some((kind, id)), position, |o| o.remote_id = Some(remote));
+                if sent {
+                    self.emit(What::Updated, Some((kind, id)), position, |o| o.remote_id = Some(remote));
+                }
                 Ok(())
             }
             Err(Failure::NotFound) => {

@@ -272,6 +272,9 @@ pub enum ControlError {
     Unknown(String),
     #[error("the connector did not answer in time (busy with its target); try again")]
     Busy,
+    /// Too large to do as asked (a plan of a huge state): said to the caller.
+    #[error("{0}")]
+    Refused(String),
     #[error("the connector failed: {0}")]
     Failed(String),
 }
@@ -318,7 +321,8 @@ impl Outbound {
         };
         match tokio::time::timeout(wait, asked).await {
             Ok(Ok(Ok(done))) => Ok(done),
-            Ok(Ok(Err(e))) => Err(ControlError::Failed(e)),
+            Ok(Ok(Err(connector::ControlFailure::Refused(why)))) => Err(ControlError::Refused(why)),
+            Ok(Ok(Err(connector::ControlFailure::Failed(e)))) => Err(ControlError::Failed(e)),
             Ok(Err(e)) => Err(e),
             Err(_) => Err(ControlError::Busy),
         }
