@@ -173,6 +173,7 @@ struct OutboundGauges {
     lag_positions: Family<TargetLabels, Gauge>,
     lag_seconds: Family<TargetLabels, FloatGauge>,
     parked: Family<TargetClassLabels, Gauge>,
+    drift: Family<TargetClassLabels, Gauge>,
     health: Family<TargetStateLabels, Gauge>,
 }
 
@@ -363,6 +364,11 @@ impl Metrics {
             m.outbound.parked.clone(),
         );
         r.register(
+            "scimlog_outbound_drift",
+            "What the last verify of an outbound target found, by class (missing, drifted, membershipDrift, orphaned, unmanaged)",
+            m.outbound.drift.clone(),
+        );
+        r.register(
             "scimlog_outbound_outcomes",
             "Outcome events of outbound targets by target and outcome (also on NATS when configured)",
             m.outbound_outcomes.clone(),
@@ -416,11 +422,18 @@ impl Metrics {
         self.outbound.lag_positions.clear();
         self.outbound.lag_seconds.clear();
         self.outbound.parked.clear();
+        self.outbound.drift.clear();
         self.outbound.health.clear();
         for t in &scrape.outbound {
             let l = TargetLabels { target: t.name.clone() };
             self.outbound.lag_positions.get_or_create(&l).set(t.lag_positions as i64);
             self.outbound.lag_seconds.get_or_create(&l).set(t.lag_seconds);
+            if let Some(v) = &t.last_verify {
+                for class in crate::outbound::connector::DRIFT_CLASSES {
+                    let labels = TargetClassLabels { target: t.name.clone(), class: class.into() };
+                    self.outbound.drift.get_or_create(&labels).set(v.counts.get(class).copied().unwrap_or(0) as i64);
+                }
+            }
             for class in crate::outbound::state::PARKED_CLASSES {
                 let labels = TargetClassLabels { target: t.name.clone(), class: class.into() };
                 let n = t.parked_by_class.get(class).copied().unwrap_or(0);

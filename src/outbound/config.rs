@@ -94,6 +94,10 @@ pub struct TargetConfig {
     pub max_deprovisions: usize,
     #[serde(default = "defaults::breaker_window_s")]
     pub breaker_window_s: u64,
+    /// A verify (report only, never a repair) this often, when the connector is idle; its last
+    /// report is kept in the state and shown in the status and `/metrics`. 0: only on demand.
+    #[serde(default)]
+    pub verify_every_s: u64,
     /// Scope: the ids of the groups whose user members this target gets (with those groups
     /// and their memberships); absent or empty, every user and group of the tenant. A user
     /// who leaves the scope is deprovisioned as `deprovision` says.
@@ -385,7 +389,8 @@ pub fn check(c: TargetConfig) -> Result<Target, ConfigError> {
                 .into()))
         }
     };
-    let ranges: [(&str, u64, u64, u64); 7] = [
+    let ranges: [(&str, u64, u64, u64); 8] = [
+        ("verify_every_s", c.verify_every_s, 0, 7 * 86_400),
         ("breaker_window_s", c.breaker_window_s, 1, 7 * 86_400),
         ("max_deprovisions", c.max_deprovisions as u64, 1, 1_000_000),
         ("timeout_ms", c.timeout_ms, 1, MAX_TIMEOUT_MS),

@@ -30,7 +30,7 @@ use super::client::{Client, Failure};
 use super::config::{Adopt, Deprovision, Mode, Target};
 use super::outcomes::{Outcome, Outcomes, What};
 use super::render;
-use super::state::{member_kind, Batch, Intent, Kind, Link, Parked, ParkedKey, State};
+use super::state::{member_kind, Batch, Intent, Kind, Link, Parked, ParkedKey, State, VerifyRecord};
 use super::Status;
 use crate::log::{LogError, Store};
 
@@ -193,6 +193,9 @@ pub const MAX_PLAN_REQUESTS: usize = 10_000;
 /// A target's state keys a plan copies at most (its scratch copy).
 const MAX_PLAN_STATE: usize = 2_000_000;
 
+/// The classes a verify reports (the metrics show each, zero included, once a verify ran).
+pub const DRIFT_CLASSES: [&str; 5] = ["missing", "drifted", "membershipDrift", "orphaned", "unmanaged"];
+
 /// Objects a verify reads remotely at most (links, and remote objects listed); also the most
 /// linked users judged again when a group of a scope of grants is deleted.
 const MAX_VERIFY: usize = 100_000;
@@ -320,6 +323,9 @@ impl Connector {
         mut control: tokio::sync::mpsc::Receiver<ControlMsg>,
         mut stop: watch::Receiver<bool>,
     ) {
+        if let Ok(last) = self.state.last_verify() {
+            self.status.verified(last);
+        }
         if self.target.config.mode == Mode::Paused {
             self.status.caps("paused".into());
             let _ = self.refresh_counts();
@@ -342,7 +348,14 @@ impl Connector {
             }
             let wait = match self.step().await {
                 Ok(Progress::Moved) => continue,
-                Ok(Progress::Idle) => IDLE_TICK,
+                Ok(Progress::Idle) => match self.verify_if_due().await {
+                    Ok(()) => IDLE_TICK,
+                    Err(Halt::Stopped) => return,
+                    Err(e) => {
+                        tracing::warn!(target = self.target.name(), error = ?e, "the scheduled verify failed");
+                        IDLE_TICK
+                    }
+                },
                 Err(Halt::Stopped) => return,
                 Err(Halt::Quarantine(why)) => {
                     tracing::warn!(target = self.target.name(), %why, "outbound target quarantined");
@@ -419,10 +432,39 @@ impl Connector {
             }
             other => return self.act(other).map_err(|e| ControlFailure::Failed(e.to_string())),
         };
-        match self.verify(verify).await {
+        match self.verify_and_record(verify).await {
             Ok(report) => Ok(serde_json::to_string(&report).expect("reports serialise")),
             Err(h) => Err(failed("verify", h)),
         }
+    }
+
+    /// A verify whose counts are kept (the state's `r`, the status, `/metrics`).
+    async fn verify_and_record(&mut self, repair: bool) -> Result<Report, Halt> {
+        let position = self.state.watermark()?;
+        let report = self.verify(repair).await?;
+        let record = VerifyRecord { at: Utc::now(), position, checked: report.checked, counts: report.counts.clone() };
+        let mut b = Batch::default();
+        self.state.set_last_verify(&mut b, &record);
+        self.state.commit(b)?;
+        self.status.verified(Some(record));
+        Ok(report)
+    }
+
+    /// The scheduled verify (`verify_every_s`), when one is due: a report, never a repair.
+    async fn verify_if_due(&mut self) -> Result<(), Halt> {
+        let every = self.target.config.verify_every_s;
+        if every == 0 || self.target.config.mode != Mode::Live || self.status.is_quarantined() {
+            return Ok(());
+        }
+        let due = match self.state.last_verify()? {
+            Some(last) => Utc::now() - last.at >= chrono::Duration::seconds(every as i64),
+            None => true,
+        };
+        if due {
+            let report = self.verify_and_record(false).await?;
+            tracing::info!(target = self.target.name(), checked = report.checked, counts = ?report.counts, "scheduled verify");
+        }
+        Ok(())
     }
 
     /// A plan: this target's state copied under `<name>~plan`, stepped as a dry run (real reads,

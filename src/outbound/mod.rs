@@ -111,6 +111,7 @@ struct StatusInner {
     parked_by_class: BTreeMap<String, usize>,
     linked_users: usize,
     linked_groups: usize,
+    last_verify: Option<state::VerifyRecord>,
 }
 
 /// A snapshot of a [`Status`].
@@ -140,6 +141,9 @@ pub struct StatusView {
     pub last_retry_after_seconds: Option<u64>,
     /// Requests by method and status (`error`: no answer).
     pub requests: BTreeMap<String, u64>,
+    /// The last verify's counts (on demand, or every `verify_every_s`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_verify: Option<state::VerifyRecord>,
     pub journal: Vec<JournalEntry>,
 }
 
@@ -203,6 +207,9 @@ impl Status {
             s.lag_seconds = lag_seconds;
         })
     }
+    pub fn verified(&self, record: Option<state::VerifyRecord>) {
+        self.with(|s| s.last_verify = record)
+    }
     pub fn counts(&self, parked: BTreeMap<String, usize>, linked_users: usize, linked_groups: usize) {
         self.with(|s| {
             s.parked = parked.values().sum();
@@ -245,6 +252,7 @@ impl Status {
             last_error: s.last_error.clone(),
             last_retry_after_seconds: s.last_throttle.map(|(_, d)| d.as_secs()),
             requests: s.requests.iter().map(|((m, c), n)| (format!("{m} {c}"), *n)).collect(),
+            last_verify: s.last_verify.clone(),
             journal: s.journal.iter().cloned().collect(),
         })
     }

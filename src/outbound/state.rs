@@ -3,6 +3,7 @@
 //! | key                        | value                                                     |
 //! |----------------------------|-----------------------------------------------------------|
 //! | `w`                        | the watermark: every position ≤ it is applied or parked   |
+//! | `r`                        | [`VerifyRecord`]: the last verify's counts, when, at what watermark |
 //! | `s`                        | the fingerprint of the scope, profile and mapping the state was built in |
 //! | `l\0U\0<id>`, `l\0G\0<id>` | [`Link`]: the remote id and the document last sent        |
 //! | `i\0U\0<id>`, `i\0G\0<id>` | [`Intent`]: a create is under way (written before a POST) |
@@ -92,6 +93,18 @@ pub struct Parked {
     pub next_attempt: DateTime<Utc>,
 }
 
+/// What the last verify found (counts per class; the ids are in its answer only).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VerifyRecord {
+    pub at: DateTime<Utc>,
+    /// The watermark when it ran: what the target was compared with.
+    pub position: u64,
+    pub checked: usize,
+    /// missing, drifted, membershipDrift, orphaned, unmanaged (absent: none).
+    pub counts: std::collections::BTreeMap<String, usize>,
+}
+
 /// What a parked key names.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ParkedKey {
@@ -147,6 +160,9 @@ impl State {
     /// (`None` before the first step).
     pub fn fingerprint(&self) -> Result<Option<String>, LogError> {
         Ok(self.store.get(&self.key(&["s"]))?.map(|v| String::from_utf8_lossy(&v).into_owned()))
+    }
+    pub fn last_verify(&self) -> Result<Option<VerifyRecord>, LogError> {
+        self.get(&self.key(&["r"]))
     }
     pub fn link(&self, kind: Kind, id: &str) -> Result<Option<Link>, LogError> {
         self.get(&self.key(&["l", tag(kind), id]))
@@ -310,6 +326,9 @@ impl State {
     // Batch builders.
     pub fn set_watermark(&self, b: &mut Batch, position: u64) {
         b.0.push((self.key(&["w"]), Some(position.to_be_bytes().to_vec())));
+    }
+    pub fn set_last_verify(&self, b: &mut Batch, record: &VerifyRecord) {
+        b.0.push((self.key(&["r"]), json(record)));
     }
     pub fn set_fingerprint(&self, b: &mut Batch, fingerprint: &str) {
         b.0.push((self.key(&["s"]), Some(fingerprint.as_bytes().to_vec())));

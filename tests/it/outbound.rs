@@ -1515,3 +1515,42 @@ async fn in_cluster_mode_a_target_runs_on_its_node_whoever_leads() {
     );
     b.stop().await;
 }
+
+/// The scheduled verify (`verify_every_s`): with the target idle, the connector reads it back on
+/// its own and keeps what it found (status `lastVerify`, `scimlog_outbound_drift{class}`),
+/// reporting only: an out-of-band edit is found, not undone, until an operator repairs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scheduled_verify_reports_drift_without_repairing() {
+    let h = hub(|c| c.verify_every_s = 1, vec![]).await;
+    let a = h.user("sched-a@example.com").await;
+    h.user("sched-b@example.com").await;
+    h.mirrored(20).await;
+    eventually(20, "a first verify finds nothing", || async {
+        h.status().await.unwrap()["lastVerify"]["checked"] == 2
+    })
+    .await;
+    let st = h.status().await.unwrap();
+    assert_eq!(st["lastVerify"]["counts"], json!({}), "{st}");
+    let ra = h.peer.all("Users").await.into_iter().find(|u| u["externalId"] == a.as_str()).unwrap();
+    let mut edited = ra.clone();
+    edited["active"] = json!(false);
+    assert_eq!(h.peer.send(Method::PUT, &format!("/Users/{}", ra["id"].as_str().unwrap()), Some(&edited)).await, 200);
+    eventually(20, "a later verify finds the edit", || async {
+        h.status().await.unwrap()["lastVerify"]["counts"]["drifted"] == 1
+    })
+    .await;
+    let r =
+        h.server.send_as(&h.server.admin_token(), Method::GET, &format!("{}/metrics", h.server.base), None, &[]).await;
+    let metrics = r.body.as_str().unwrap_or_default().to_string();
+    for line in [
+        "scimlog_outbound_drift{target=\"crm\",class=\"drifted\"} 1",
+        "scimlog_outbound_drift{target=\"crm\",class=\"missing\"} 0",
+    ] {
+        assert!(metrics.contains(line), "{line} in {metrics}");
+    }
+    let still = h.peer.all("Users").await.into_iter().find(|u| u["externalId"] == a.as_str()).unwrap();
+    assert_eq!(still["active"], false, "a scheduled verify never repairs");
+    let mut bad = TargetConfig::new("default", "x", "https://x.example.com");
+    (bad.verify_every_s, bad.token_env) = (8 * 86_400, Some("T".into()));
+    assert!(config::check(bad).unwrap_err().to_string().contains("verify_every_s 691200 is outside 0..=604800"));
+}
