@@ -315,11 +315,22 @@ impl Drop for NatsServer {
     }
 }
 
-/// Every message of a stream, in order: (sequence, subject, headers, payload as JSON).
+/// Every message of a stream, in order: (sequence, subject, headers, payload as JSON). None
+/// while the stream does not exist yet (the publisher makes it when it first connects: a test
+/// that polls may ask before that, under a loaded machine).
 pub async fn stream_messages(url: &str, stream: &str) -> Vec<(u64, String, async_nats::HeaderMap, Value)> {
     let client = async_nats::connect(url).await.unwrap();
     let js = async_nats::jetstream::new(client);
-    let mut s = js.get_stream(stream).await.unwrap();
+    let mut s = match js.get_stream(stream).await {
+        Ok(s) => s,
+        Err(e)
+            if matches!(e.kind(), async_nats::jetstream::context::GetStreamErrorKind::JetStream(j)
+                if j.error_code() == async_nats::jetstream::ErrorCode::STREAM_NOT_FOUND) =>
+        {
+            return vec![]
+        }
+        Err(e) => panic!("cannot read stream {stream}: {e}"),
+    };
     let last = s.info().await.unwrap().state.last_sequence;
     let mut out = Vec::new();
     for seq in 1..=last {
