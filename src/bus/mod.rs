@@ -166,9 +166,15 @@ pub fn subject(tenant: &str, event_type: &str) -> String {
 pub const EVENT_SUBJECTS: &str = "scimlog.*.*.*";
 
 pub fn stream_config(cfg: &NatsConfig) -> stream::Config {
+    limits_stream(cfg, &cfg.nats_stream, EVENT_SUBJECTS)
+}
+
+/// A file stream of these subjects kept as the configuration says (age, de-duplication window,
+/// replicas): the log stream, and the outbound outcomes' stream.
+pub fn limits_stream(cfg: &NatsConfig, name: &str, subjects: &str) -> stream::Config {
     stream::Config {
-        name: cfg.nats_stream.clone(),
-        subjects: vec![EVENT_SUBJECTS.into()],
+        name: name.into(),
+        subjects: vec![subjects.into()],
         retention: stream::RetentionPolicy::Limits,
         storage: stream::StorageType::File,
         max_age: Duration::from_secs(cfg.nats_max_age_s),

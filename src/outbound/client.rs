@@ -138,10 +138,9 @@ impl Client {
         })
     }
 
-    /// A dry run's client whose writes are also recorded, bodies included (`plan`).
-    pub fn recording(mut self, recorder: Recorder) -> Client {
+    /// A dry run's writes are also recorded, bodies included (`plan`).
+    pub fn record_into(&mut self, recorder: Recorder) {
         self.recorder = Some(recorder);
-        self
     }
 
     /// A request, retried as its class says; `idempotent` is false for POST only.

@@ -286,7 +286,7 @@ pub struct Target {
 pub struct Scope {
     pub groups: std::collections::BTreeSet<String>,
     /// Roles and entitlements, parsed: held directly or through any group, nested too.
-    pub grants: Vec<scimlog_schemas::access::Grant>,
+    grants: std::collections::BTreeSet<String>,
 }
 
 impl Scope {
@@ -298,15 +298,19 @@ impl Scope {
     /// Whether an effective grant is one of the scope's (any namespace, without case: the
     /// directory matches scopes by id or slug without case).
     pub fn holds(&self, held: &scimlog_schemas::access::Grant) -> bool {
-        let norm = |g: &scimlog_schemas::access::Grant| g.urn("-").to_ascii_lowercase();
-        let held = norm(held);
-        self.grants.iter().any(|g| norm(g) == held)
+        self.grants.contains(&Scope::norm(held))
+    }
+    /// Whether the scope names roles or entitlements.
+    pub fn by_grant(&self) -> bool {
+        !self.grants.is_empty()
+    }
+    /// A grant as the scope compares it: its URN without namespace or case.
+    fn norm(g: &scimlog_schemas::access::Grant) -> String {
+        g.urn("-").to_ascii_lowercase()
     }
     fn describe(scope: Option<&Scope>) -> String {
         let Some(s) = scope else { return "tenant".into() };
-        let mut grants: Vec<String> = s.grants.iter().map(|g| g.urn("-").to_ascii_lowercase()).collect();
-        grants.sort();
-        format!("groups={:?};grants={grants:?}", s.groups)
+        format!("groups={:?};grants={:?}", s.groups, s.grants)
     }
 }
 
@@ -411,13 +415,13 @@ pub fn check(c: TargetConfig) -> Result<Target, ConfigError> {
     if let Some(g) = c.groups.iter().find(|g| g.is_empty() || g.len() > 256) {
         return Err(bad(format!("groups: {g:?} is not a group id")));
     }
-    let mut grants = Vec::new();
+    let mut grants = std::collections::BTreeSet::new();
     for (attr, list) in [("roles", &c.roles), ("entitlements", &c.entitlements)] {
         for urn in list {
             // In the namespace it names: a target may name grants of any namespace.
             let ns = urn.split(':').nth(1).filter(|n| !n.is_empty()).unwrap_or("scimlog");
             let g = scimlog_schemas::access::parse_grant(ns, attr, urn).map_err(|e| bad(e.detail))?;
-            grants.push(g);
+            grants.insert(Scope::norm(&g));
         }
     }
     if grants.len() > MAX_SCOPE_GRANTS {

@@ -385,7 +385,7 @@ impl Connector {
 
     /// Publishes what happened (see `outcomes`): ids, positions, statuses, never values.
     fn emit(&self, what: What, object: Option<(Kind, &str)>, position: u64, fill: impl FnOnce(&mut Outcome)) {
-        let mut o = Outcomes::of(self.target.tenant(), self.target.name(), what, object, position);
+        let mut o = Outcome::new(self.target.tenant(), self.target.name(), what, object, position);
         o.dry_run = self.target.config.mode == Mode::DryRun;
         fill(&mut o);
         self.outcomes.emit(o);
@@ -488,27 +488,12 @@ impl Connector {
         target.config.mode = Mode::DryRun;
         let recorder = super::client::Recorder::default();
         let status = Arc::new(Status::default());
-        let client =
-            Client::new(target.clone(), status.clone(), self.metrics.clone(), self.stop.clone(), self.allow_private)
-                .map_err(Halt::Quarantine)?
-                .recording(recorder.clone());
-        let mut dry = Connector {
-            target,
-            client,
-            state: scratch.clone(),
-            store: self.store.clone(),
-            status,
-            patch: self.patch,
-            filter: self.filter,
-            retry_all: false,
-            approved: false,
-            deprovisions: self.deprovisions.clone(),
-            links_counted: None,
-            outcomes: Outcomes::silent(),
-            metrics: self.metrics.clone(),
-            stop: self.stop.clone(),
-            allow_private: self.allow_private,
-        };
+        let (store, metrics, stop) = (self.store.clone(), self.metrics.clone(), self.stop.clone());
+        let mut dry = Connector::new(target, store, status, metrics, stop, self.allow_private, Outcomes::silent())
+            .map_err(Halt::Quarantine)?;
+        dry.client.record_into(recorder.clone());
+        (dry.state, dry.patch, dry.filter) = (scratch.clone(), self.patch, self.filter);
+        dry.deprovisions = self.deprovisions.clone();
         let ran = dry.plan_steps(&recorder).await;
         let to = scratch.watermark()?;
         scratch.clear()?;
@@ -701,13 +686,9 @@ impl Connector {
 
     /// Every object of a kind on the target, paged by `startIndex` (at most [`MAX_VERIFY`]).
     async fn list_remote(&self, kind: Kind) -> Result<Vec<Value>, Halt> {
-        const PAGE: usize = 100;
         let mut out = Vec::new();
         while out.len() < MAX_VERIFY {
-            let path = format!("/{}?startIndex={}&count={PAGE}", kind.endpoint(), out.len() + 1);
-            let page = self.client.send(Method::GET, &path, None).await.map_err(halt_of)?.body;
-            let resources = page["Resources"].as_array().cloned().unwrap_or_default();
-            let total = page["totalResults"].as_u64().unwrap_or(0) as usize;
+            let (resources, total) = self.remote_page(kind, out.len()).await.map_err(halt_of)?;
             let n = resources.len();
             out.extend(resources);
             if n == 0 || out.len() >= total {
@@ -715,6 +696,19 @@ impl Connector {
             }
         }
         Ok(out)
+    }
+
+    /// One page of a kind's objects on the target, after the first `seen`: the objects and the
+    /// target's `totalResults`.
+    async fn remote_page(&self, kind: Kind, seen: usize) -> Result<(Vec<Value>, usize), Failure> {
+        const PAGE: usize = 100;
+        let path = format!("/{}?startIndex={}&count={PAGE}", kind.endpoint(), seen + 1);
+        let mut page = self.client.send(Method::GET, &path, None).await?.body;
+        let total = page["totalResults"].as_u64().unwrap_or(0) as usize;
+        match page.get_mut("Resources").map(Value::take) {
+            Some(Value::Array(resources)) => Ok((resources, total)),
+            _ => Ok((Vec::new(), total)),
+        }
     }
 
     /// Reads `/ServiceProviderConfig`: PATCH and filter support, unless the profile decides.
@@ -826,11 +820,15 @@ impl Connector {
         if scope.groups.iter().any(|g| query::member(&view, t, g, id).is_some()) {
             return true;
         }
-        if scope.grants.is_empty() {
+        if !scope.by_grant() {
             return false;
         }
-        match access::effective(&view, t, id, MAX_SCOPE_READ) {
-            Ok(held) => held.iter().any(|e| scope.holds(&e.grant)),
+        // The user's own grants, then its groups' (no display names: `access::effective` would
+        // read each group's document for its provenance).
+        match access::groups_transitively(&view, t, id, MAX_SCOPE_READ) {
+            Ok(groups) => std::iter::once(id.to_string())
+                .chain(groups)
+                .any(|subject| access::grants_of(&view, t, &subject).iter().any(|g| scope.holds(&g.grant))),
             // Kept rather than deprovisioned on a guess; said once per judgement.
             Err(e) => {
                 let why = "a user's groups are too many to judge its scope; it stays in";
@@ -845,7 +843,7 @@ impl Connector {
     /// holders of a changed grant, and the members last sent of a scope group that is gone.
     fn scope_changes(&self, work: &Work, users: &mut BTreeMap<String, u64>) -> Result<(), Halt> {
         let Some(scope) = &self.target.scope else { return Ok(()) };
-        let by_grant = !scope.grants.is_empty();
+        let by_grant = scope.by_grant();
         let t = self.target.tenant();
         let view = self.store.view();
         let mut note = |id: String, position: u64| {
@@ -867,21 +865,23 @@ impl Connector {
                 }
             }
         }
+        let mut deleted = None;
         for (g, &position) in &work.groups {
             if query::group(&view, t, g).is_some() {
                 continue;
             }
+            deleted = deleted.max(Some(position));
             if scope.has_group(g) {
                 for m in self.state.members_sent(g, None, MAX_VERIFY)? {
                     note(m, position);
                 }
             }
-            // A deleted group took its members' inherited grants along, and its members are
-            // not known any more: every linked user is judged again.
-            if by_grant {
-                for (u, _) in self.state.links(Kind::User, MAX_VERIFY)? {
-                    note(u, position);
-                }
+        }
+        // A deleted group took its members' inherited grants along, and its members are not
+        // known any more: every linked user is judged again (once, however many were deleted).
+        if let (true, Some(position)) = (by_grant, deleted) {
+            for (u, _) in self.state.links(Kind::User, MAX_VERIFY)? {
+                note(u, position);
             }
         }
         Ok(())
@@ -1238,20 +1238,16 @@ impl Connector {
     /// A target that cannot filter: its objects listed a page at a time (at most
     /// [`MAX_LOOKUP_LIST`]) and matched here.
     async fn lookup_by_listing(&self, kind: Kind, matches: impl Fn(&&Value) -> bool) -> Result<Found, Halt> {
-        const PAGE: usize = 100;
         let mut seen = 0;
         loop {
-            let path = format!("/{}?startIndex={}&count={PAGE}", kind.endpoint(), seen + 1);
-            let page = match self.client.send(Method::GET, &path, None).await {
-                Ok(r) => r.body,
+            let (resources, total) = match self.remote_page(kind, seen).await {
+                Ok(page) => page,
                 Err(f) => return self.lookup_failed(f),
             };
-            let resources = page["Resources"].as_array().map(Vec::as_slice).unwrap_or_default();
             if let Some(found) = resources.iter().find(&matches) {
                 return Ok(Found::of(Some(found)));
             }
             seen += resources.len();
-            let total = page["totalResults"].as_u64().unwrap_or(0) as usize;
             if resources.is_empty() || seen >= total {
                 return Ok(Found::No);
             }

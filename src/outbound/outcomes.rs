@@ -102,6 +102,24 @@ pub struct Outcome {
 }
 
 impl Outcome {
+    /// One object's outcome (or the target's own, without an object), stamped now.
+    pub fn new(tenant: &str, target: &str, what: What, object: Option<(Kind, &str)>, position: u64) -> Outcome {
+        Outcome {
+            id: uuid::Uuid::now_v7(),
+            tenant: tenant.into(),
+            target: target.into(),
+            outcome: what,
+            resource: object.map(|(k, id)| format!("{}/{id}", k.endpoint())),
+            remote_id: None,
+            position,
+            status: None,
+            class: None,
+            members: None,
+            dry_run: false,
+            at: Utc::now(),
+        }
+    }
+
     pub fn subject(&self) -> String {
         format!("scimlog.{}.outbound.{}.{}", self.tenant, self.target, self.outcome.as_str())
     }
@@ -134,37 +152,11 @@ impl Outcomes {
             metrics.outbound_outcomes_dropped.inc();
         }
     }
-
-    /// A builder for one object's outcome.
-    pub fn of(tenant: &str, target: &str, what: What, object: Option<(Kind, &str)>, position: u64) -> Outcome {
-        Outcome {
-            id: uuid::Uuid::now_v7(),
-            tenant: tenant.into(),
-            target: target.into(),
-            outcome: what,
-            resource: object.map(|(k, id)| format!("{}/{id}", k.endpoint())),
-            remote_id: None,
-            position,
-            status: None,
-            class: None,
-            members: None,
-            dry_run: false,
-            at: Utc::now(),
-        }
-    }
 }
 
-/// The outcome stream's settings: retention as the log stream's (`--nats-max-age-s`).
+/// The outcome stream's settings: kept as the log stream is (`--nats-max-age-s`, replicas).
 pub fn stream_config(cfg: &crate::bus::NatsConfig) -> stream::Config {
-    stream::Config {
-        name: format!("{}_OUTBOUND", cfg.nats_stream),
-        subjects: vec![SUBJECTS.into()],
-        retention: stream::RetentionPolicy::Limits,
-        storage: stream::StorageType::File,
-        max_age: Duration::from_secs(cfg.nats_max_age_s),
-        num_replicas: cfg.nats_replicas,
-        ..Default::default()
-    }
+    crate::bus::limits_stream(cfg, &format!("{}_OUTBOUND", cfg.nats_stream), SUBJECTS)
 }
 
 /// Starts the publisher task (when NATS is configured) and answers the connectors' side.
