@@ -294,6 +294,18 @@ enum OutboundCmd {
         #[command(flatten)]
         file: OutboundFileArgs,
     },
+    /// Run one target outside the directory's server: a process with its own data dir that
+    /// folds the directory's NATS stream (a durable consumer, `scimlog-outbound-<target>`) into
+    /// a copy at the same positions and provisions from it. Takes `scimlog serve`'s flags
+    /// (--nats-url and --nats-stream name the directory's stream; --listen serves the copy's
+    /// reads, /healthz, /metrics and the outbound admin API; writes are refused).
+    Run {
+        /// The target of the targets file (--outbound-file, default <data-dir>/outbound.toml).
+        #[arg(long)]
+        target: String,
+        #[command(flatten)]
+        serve: Box<crate::config::ServeConfig>,
+    },
     /// Remove a target (its state in the store stays).
     Remove {
         #[arg(long)]
@@ -969,6 +981,10 @@ fn outbound_cmd(command: OutboundCmd) -> anyhow::Result<()> {
             config::add_copy(&file.path(), &target, &name, &into, token_file)?;
             eprintln!("target {name:?} (a copy of {target:?}) added: a running server replays the history into {into}");
             Ok(())
+        }
+        OutboundCmd::Run { target, serve } => {
+            let cfg = crate::config::ServeConfig { runner: Some(target), ..*serve };
+            tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(crate::server::serve(cfg))
         }
         OutboundCmd::Remove { name, file } => {
             config::remove(&file.path(), &name)?;

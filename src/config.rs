@@ -279,6 +279,10 @@ pub struct ServeConfig {
     /// 100000; no bodies, gone at restart).
     #[arg(long, env = "SCIMLOG_REQUEST_LOG_SIZE", default_value_t = 1000, help_heading = "Console")]
     pub request_log_size: usize,
+    /// `scimlog outbound run --target T`: this process is an outbound runner, a copy of a
+    /// directory folded from its NATS stream that runs the one target T and refuses writes.
+    #[arg(skip)]
+    pub runner: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -358,6 +362,12 @@ impl ServeConfig {
         if !self.no_console {
             crate::http::console::check_path(&self.console_path)
                 .map_err(|why| anyhow::anyhow!("--console-path {:?}: {why}", self.console_path))?;
+        }
+        if self.runner.is_some() {
+            let why = "scimlog outbound run needs --nats-url (the directory's event stream it copies)";
+            anyhow::ensure!(self.nats.nats_url.is_some(), "{why}");
+            anyhow::ensure!(!self.cluster.cluster, "scimlog outbound run is not a cluster node: leave out --cluster");
+            anyhow::ensure!(self.cluster.apply_batch_max >= 1, "--apply-batch-max must be at least 1");
         }
         if self.cluster.cluster {
             anyhow::ensure!(self.nats.nats_url.is_some(), "--cluster needs --nats-url (the cluster's log is on NATS)");

@@ -136,6 +136,7 @@ impl Server {
                 default_organization: cfg.default_organization.clone(),
                 limits: cfg.write_limits(),
                 metrics: metrics.clone(),
+                copy: cfg.runner.is_some(),
                 replication: cluster.as_ref().map(|(state, link)| {
                     Arc::new(crate::cluster::NatsReplication {
                         state: state.clone(),
@@ -158,8 +159,9 @@ impl Server {
             header_read_timeout: Duration::from_millis(cfg.header_read_timeout_ms),
             drain,
         };
+        // An outbound runner copies a directory's stream; it never publishes into it.
         let (publisher, publisher_task) = match &cfg.nats.nats_url {
-            Some(_) => {
+            Some(_) if cfg.runner.is_none() => {
                 let (status, task) = crate::bus::start(
                     cfg.nats.clone(),
                     store.clone(),
@@ -171,8 +173,20 @@ impl Server {
                 );
                 (Some(status), Some(task))
             }
-            None => (None, None),
+            _ => (None, None),
         };
+        let copy = cfg.runner.as_ref().map(|target| {
+            let status = Arc::new(crate::bus::copy::CopyStatus::new(crate::bus::copy::consumer_name(target)));
+            let copy = crate::bus::copy::Copy {
+                cfg: cfg.nats.clone(),
+                store: store.clone(),
+                writer: writer.downgrade(),
+                status: status.clone(),
+                batch_max: cfg.cluster.apply_batch_max,
+            };
+            (status, tokio::spawn(crate::bus::copy::run(copy, bus_shutdown.clone())))
+        });
+        let (copy, copy_task) = copy.unzip();
         let role_task = cluster.as_ref().map(|(state, link)| {
             let node = crate::cluster::Node {
                 state: state.clone(),
@@ -202,7 +216,11 @@ impl Server {
             shutdown: bus_shutdown.clone(),
             metrics: metrics.clone(),
             allow_private_networks: cfg.allow_private_networks,
-            node: cluster.as_ref().and(cfg.cluster.node_id.clone()),
+            placement: match (&cfg.runner, cluster.as_ref().and(cfg.cluster.node_id.as_ref())) {
+                (Some(target), _) => crate::outbound::Placement::Runner(target.clone()),
+                (None, Some(node)) => crate::outbound::Placement::Node(node.clone()),
+                (None, None) => crate::outbound::Placement::All,
+            },
         });
         // The outcomes the connectors queued last get a moment to reach NATS.
         let outbound_task = tokio::spawn(async move {
@@ -258,6 +276,7 @@ impl Server {
             metrics,
             draining: draining.clone(),
             cluster: cluster.map(|(state, _)| state),
+            copy,
             outbound,
             requests: crate::request_log::RequestLog::new(request_log_size),
             console,
@@ -339,8 +358,11 @@ impl Server {
             if let Some(t) = publisher_task {
                 let _ = tokio::time::timeout(drain, t).await;
             }
-            // The role loop hands the lease over and lets go of its writer handle.
+            // The role loop hands the lease over and lets go of its writer handle; so does the copy.
             if let Some(t) = role_task {
+                let _ = t.await;
+            }
+            if let Some(t) = copy_task {
                 let _ = t.await;
             }
             // Its handle of the state must be gone too before the store can close.
@@ -428,6 +450,7 @@ pub async fn erase_offline(
             limits: crate::command::WriteLimits::DEFAULT,
             metrics: Default::default(),
             replication: None,
+            copy: false,
         },
     )?;
     let origin = writer::Origin {
@@ -478,7 +501,13 @@ fn warn_about_files(cfg: &ServeConfig) {
 pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
     let server = Server::start(cfg.clone()).await?;
     let path = initial_token_path(&cfg.data_dir);
-    let base = format!("{}/scim/v2", ServeConfig { listen: server.addr, ..cfg }.base_url());
+    let base = format!("{}/scim/v2", ServeConfig { listen: server.addr, ..cfg.clone() }.base_url());
+    if let Some(target) = &cfg.runner {
+        println!(
+            "scimlog outbound runner for target {target:?}: copying the stream {} from NATS; its copy is read at {base}",
+            cfg.nats.nats_stream
+        );
+    }
     if server.created_token.is_some() {
         println!("First start: created the bearer token \"default\" and wrote it to {}", path.display());
         println!("(mode 0600: readable by you alone; it is not printed, so it stays out of logs).\n");
@@ -486,7 +515,7 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
         println!("  Bearer token:  cat {}\n", path.display());
         println!("Paste both into your IdP's SCIM provisioning settings (Okta: SCIM connector base URL +");
         println!("HTTP Header auth; Entra ID: Tenant URL + Secret Token). More: scimlog token create --name NAME");
-    } else {
+    } else if cfg.runner.is_none() {
         println!("scimlog serving SCIM at {base}");
     }
     shutdown_signal().await;

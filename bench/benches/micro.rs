@@ -208,6 +208,7 @@ fn log_append(c: &mut Criterion) {
                 limits: scimlog::command::WriteLimits::DEFAULT,
                 metrics: Default::default(),
                 replication: None,
+                copy: false,
             };
             let (handle, thread) = writer::start(store, keys, opts).unwrap();
             let origin = Origin { tenant: "bench".into(), actor: "bench".into(), request_id: "r".into() };

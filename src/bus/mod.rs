@@ -8,6 +8,7 @@
 //! acknowledged messages (Debian's nats-server 2.9 syncs its file store every 60 s), the stream's
 //! tail says so and the missing events are sent again from the log.
 
+pub mod copy;
 pub mod keys_kv;
 pub mod lease;
 pub mod link;
@@ -144,6 +145,18 @@ pub enum BusError {
     /// The NATS server cannot do what is asked of it (too old): trying again will not help.
     #[error("{0}")]
     Unsupported(String),
+}
+
+/// A session's client: a short connection timeout and few reconnects, since the caller retries
+/// a failed session whole (from where the stream or the store says).
+pub(crate) async fn connect(cfg: &NatsConfig) -> Result<async_nats::Client, BusError> {
+    let url = cfg.nats_url.as_deref().unwrap_or_default();
+    async_nats::ConnectOptions::new()
+        .connection_timeout(Duration::from_secs(2))
+        .max_reconnects(Some(3))
+        .connect(server_addrs(url))
+        .await
+        .map_err(nats)
 }
 
 /// `--nats-url`'s servers: one URL, or several comma-separated.
@@ -403,14 +416,7 @@ async fn session(
     mut shutdown: watch::Receiver<bool>,
     status: &PublisherStatus,
 ) -> Result<(), BusError> {
-    let url = cfg.nats_url.as_deref().unwrap_or_default();
-    let client = async_nats::ConnectOptions::new()
-        .connection_timeout(Duration::from_secs(2))
-        .max_reconnects(Some(3))
-        .connect(server_addrs(url))
-        .await
-        .map_err(nats)?;
-    let js = jetstream::new(client);
+    let js = jetstream::new(connect(cfg).await?);
     let mut stream = ensure_stream(&js, cfg).await?;
     loop {
         let (mut next, mut last_seq) = resume_point(&mut stream, status).await?;

@@ -95,6 +95,10 @@ impl From<WriteError> for ApiError {
                  known: retry shortly (a retried create may answer 409 uniqueness if it was)"
                     .into(),
             ),
+            WriteError::Copy => ApiError::NotImplemented(
+                "this server is an outbound runner (scimlog outbound run), a read copy of a directory: \
+                 send writes to the directory itself; nothing was written",
+            ),
             WriteError::ClusterUnavailable => {
                 ApiError::Unavailable("the replicated log did not take the write; nothing was written: retry shortly".into())
             }

@@ -38,7 +38,9 @@ pub async fn writes_to_leader(State(state): State<AppState>, req: Request, next:
     let Some(cluster) = state.cluster.as_ref().filter(|c| !c.is_leader()) else {
         return next.run(req).await;
     };
-    if !is_write(req.method(), original_target(&req).split('?').next().unwrap_or_default()) {
+    let target = original_target(&req);
+    let path = target.split('?').next().unwrap_or_default();
+    if !is_write(req.method(), path) || is_node_local(path) {
         return next.run(req).await;
     }
     let mut resp = if req.headers().contains_key(HEADER_FORWARDED_BY) {
@@ -65,6 +67,12 @@ pub async fn writes_to_leader(State(state): State<AppState>, req: Request, next:
 /// Whether a request changes the directory: every POST, PUT, PATCH and DELETE but a search.
 fn is_write(method: &Method, path: &str) -> bool {
     matches!(*method, Method::POST | Method::PUT | Method::PATCH | Method::DELETE) && !path.ends_with("/.search")
+}
+
+/// Outbound targets run on the node they name, their state in its store and in its targets file:
+/// their admin API is that node's own, leader or not (the leader does not run them).
+fn is_node_local(path: &str) -> bool {
+    path.starts_with("/api/v1/outbound/")
 }
 
 /// The request's path and query as the client sent it (inside a nested router, `uri()` has

@@ -110,6 +110,18 @@ async fn healthz(State(state): State<AppState>, headers: axum::http::HeaderMap) 
                     "startedFrom": c.started_from().map(|s| json!({"snapshot": s.name, "position": s.position})),
                 });
             }
+            if let Some(c) = &state.copy {
+                let stream_last = c.stream_last().max(head.position);
+                body["runner"] = json!({
+                    "target": state.cfg.runner,
+                    "consumer": c.consumer,
+                    "appliedPosition": head.position,
+                    "streamPosition": stream_last,
+                    "lag": stream_last - head.position,
+                    "deletedPositionsPassedOver": c.holes(),
+                    "lastError": c.last_error(),
+                });
+            }
             if let Some(p) = &state.publisher {
                 let (publisher_state, error) = p.state();
                 let published = p.published();

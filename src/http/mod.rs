@@ -70,6 +70,8 @@ pub struct Inner {
     /// Cluster mode: this node's role and the leader (`None`: a single node).
     pub cluster: Option<Arc<crate::cluster::ClusterState>>,
     /// The outbound connectors this node runs (in cluster mode, the targets named to it).
+    /// An outbound runner's copy of a directory (`scimlog outbound run`): how far it is.
+    pub copy: Option<Arc<crate::bus::copy::CopyStatus>>,
     pub outbound: Arc<crate::outbound::Outbound>,
     /// The recent SCIM and `/api/v1` requests, and each token's health (the console's).
     pub requests: crate::request_log::RequestLog,
@@ -458,6 +460,10 @@ async fn provisioning_only(State(state): State<AppState>, req: Request, next: Ne
 /// and roles only), one command per tenant that differs.
 pub async fn reconcile_tokens(state: &AppState) {
     let Some(tokens) = &state.tokens else { return };
+    // An outbound runner's log is the directory's: its tokens are its own, never evented.
+    if state.copy.is_some() {
+        return;
+    }
     // In a cluster the leader records them (each node reads the same file), once it leads.
     if state.cluster.as_ref().is_some_and(|c| !c.is_leader()) {
         return;

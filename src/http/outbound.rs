@@ -1,7 +1,9 @@
 //! `/api/v1/outbound/targets`: the outbound targets of the caller's tenant, for `admin` tokens:
 //! their status (health, watermark, lag, parked objects, requests by status, the recent
 //! journal), and adding or removing one (the same edit of the targets file as `scimlog outbound
-//! add|remove`; the supervisor starts or stops its connector within a second).
+//! add|remove`; the supervisor starts or stops its connector within a second). In cluster mode
+//! these are served by the node asked, never forwarded to the leader: a target runs on the node
+//! it names, with its state in that node's store and its table in that node's targets file.
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -70,9 +72,22 @@ async fn add(State(s): State<AppState>, caller: Caller, ScimBody(body): ScimBody
             crate::net_guard::check_url(url).map_err(SchemaError::invalid_value)?;
         }
     }
-    if s.cluster.is_some() && c.node.is_none() {
-        let detail = "in cluster mode a target names the node that runs it: node (a --node-id)";
-        return Err(SchemaError::invalid_value(detail).into());
+    if let Some(cluster) = &s.cluster {
+        // The API edits this node's targets file: the target must be one this node runs.
+        match &c.node {
+            None => {
+                let detail = "in cluster mode a target names the node that runs it: node (a --node-id)";
+                return Err(SchemaError::invalid_value(detail).into());
+            }
+            Some(node) if *node != cluster.node_id => {
+                let detail = format!(
+                    "this is node {:?}: add a target that runs on node {node:?} through that node's API",
+                    cluster.node_id
+                );
+                return Err(SchemaError::invalid_value(detail).into());
+            }
+            Some(_) => {}
+        }
     }
     super::admin::groups_exist(&s, caller.tenant(), c.groups.clone()).await?;
     config::add(&s.cfg.outbound_path(), c).map_err(config_error)?;

@@ -11,6 +11,10 @@
 //! before the local commit, and only while this node leads; on a follower it applies the
 //! records the leader appended ([`WriterHandle::apply_replicated`]), checked against its head,
 //! through the same fold. Either way this thread is the only one that writes the store.
+//!
+//! An outbound runner (`scimlog outbound run`) keeps a copy of a directory folded from its
+//! public event stream ([`WeakWriter::apply_copied`]): the events come opened, are sealed here
+//! with this store's own keys, and chain on this store's own head, at the directory's positions.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -79,6 +83,9 @@ pub enum WriteError {
     /// Cluster mode: the replicated log did not take the batch; nothing was written.
     #[error("the replicated log is unavailable; nothing was written")]
     ClusterUnavailable,
+    /// An outbound runner's copy: writes go to the directory it copies.
+    #[error("this is an outbound runner's copy of a directory; it takes no writes")]
+    Copy,
 }
 
 /// Cluster mode's replicated log as the writer sees it (`cluster.rs` implements it over NATS).
@@ -140,7 +147,15 @@ pub enum ApplyError {
 
 enum Input {
     Write(WriteRequest),
-    Replicated(ReplicatedBatch, oneshot::Sender<Result<Head, ApplyError>>),
+    /// Records of another log, answered with the new head.
+    Other(OtherLog, oneshot::Sender<Result<Head, ApplyError>>),
+}
+
+enum OtherLog {
+    /// A cluster leader's sealed records.
+    Replicated(ReplicatedBatch),
+    /// A directory's events as its public stream carries them (an outbound runner's copy).
+    Copied(Vec<Event>),
 }
 
 #[derive(Clone)]
@@ -163,6 +178,9 @@ pub struct WriterOptions {
     pub metrics: crate::metrics::Metrics,
     /// Cluster mode: the replicated log every batch goes to first. `None`: a single node.
     pub replication: Option<Arc<dyn Replication>>,
+    /// An outbound runner's copy of a directory: every write is refused (the directory decides
+    /// them); the store changes only by [`WeakWriter::apply_copied`].
+    pub copy: bool,
 }
 
 impl std::fmt::Debug for WriterOptions {
@@ -202,7 +220,17 @@ impl WeakWriter {
     pub async fn apply_replicated(&self, batch: ReplicatedBatch) -> Result<Head, ApplyError> {
         let (reply, rx) = oneshot::channel();
         let tx = self.tx.as_ref().and_then(|tx| tx.upgrade()).ok_or(ApplyError::Closed)?;
-        tx.send(Input::Replicated(batch, reply)).await.map_err(|_| ApplyError::Closed)?;
+        tx.send(Input::Other(OtherLog::Replicated(batch), reply)).await.map_err(|_| ApplyError::Closed)?;
+        drop(tx);
+        rx.await.map_err(|_| ApplyError::Closed)?
+    }
+
+    /// Applies events of a directory's public stream to this copy (an outbound runner), in
+    /// position order after the head. Waits for a place in the queue, as `apply_replicated`.
+    pub async fn apply_copied(&self, events: Vec<Event>) -> Result<Head, ApplyError> {
+        let (reply, rx) = oneshot::channel();
+        let tx = self.tx.as_ref().and_then(|tx| tx.upgrade()).ok_or(ApplyError::Closed)?;
+        tx.send(Input::Other(OtherLog::Copied(events), reply)).await.map_err(|_| ApplyError::Closed)?;
         drop(tx);
         rx.await.map_err(|_| ApplyError::Closed)?
     }
@@ -352,21 +380,12 @@ fn run(
     while let Some(first) = next_input.take().or_else(|| rx.blocking_recv()) {
         let first = match first {
             Input::Write(w) => w,
-            Input::Replicated(records, reply) => {
-                // As for a batch of writes: a panic while folding drops these records (the
-                // follower loop learns it as the reply goes, and follows again from the head).
-                let applied = catch_unwind(AssertUnwindSafe(|| {
-                    apply_replicated(&store, &keys, records, &head, &opts, purger, &committed)
-                }));
-                match applied {
-                    Ok(applied) => {
-                        if let Ok(h) = &applied {
-                            head = h.clone();
-                        }
-                        let _ = reply.send(applied);
-                    }
-                    Err(_) => tracing::error!(position = head.position, "applying replicated records panicked"),
+            Input::Other(log, reply) => {
+                let applied = apply_other_log(log, &store, &keys, &head, &opts, purger, &committed);
+                if let Ok(h) = &applied {
+                    head = h.clone();
                 }
+                let _ = reply.send(applied);
                 continue;
             }
         };
@@ -375,8 +394,8 @@ fn run(
             match rx.try_recv() {
                 Ok(Input::Write(r)) => batch.push(r),
                 // Applied after this batch, in the order it came.
-                Ok(replicated) => {
-                    next_input = Some(replicated);
+                Ok(other) => {
+                    next_input = Some(other);
                     break;
                 }
                 Err(_) => break,
@@ -396,6 +415,28 @@ fn run(
     tracing::info!(position = head.position, "writer drained and stopped");
 }
 
+/// Applies records of another log (a cluster leader's, or a directory's public stream for a
+/// copy). As for a batch of writes, a panic while folding drops the records: the loop that sent
+/// them learns it from the answer, and follows again from the head.
+fn apply_other_log(
+    log: OtherLog,
+    store: &Store,
+    keys: &KeyRing,
+    head: &Head,
+    opts: &WriterOptions,
+    purger: &super::purge::Purger,
+    committed: &watch::Sender<u64>,
+) -> Result<Head, ApplyError> {
+    let applied = catch_unwind(AssertUnwindSafe(|| match log {
+        OtherLog::Replicated(records) => apply_replicated(store, keys, records, head, opts, purger, committed),
+        OtherLog::Copied(events) => apply_copied(store, keys, events, head, opts, purger, committed),
+    }));
+    applied.unwrap_or_else(|_| {
+        tracing::error!(position = head.position, "applying records of another log panicked");
+        Err(ApplyError::Storage("applying the records panicked; nothing of them was committed".into()))
+    })
+}
+
 /// Decides, folds and commits one batch; answers every request in it. Returns the new head.
 fn commit_batch(
     store: &Store,
@@ -407,6 +448,12 @@ fn commit_batch(
     committed: &watch::Sender<u64>,
 ) -> Head {
     let sync = opts.sync;
+    if opts.copy {
+        for req in batch {
+            let _ = req.reply.send(Err(WriteError::Copy));
+        }
+        return head;
+    }
     if opts.replication.as_ref().is_some_and(|r| !r.is_leader()) {
         // A follower (or a leader that just stepped down) decides nothing: the HTTP layer
         // forwards writes to the leader; the ones already queued here are answered 503.
@@ -423,9 +470,7 @@ fn commit_batch(
     let mut request_ends: Vec<bool> = Vec::new();
     let mut answers = Vec::with_capacity(batch.len());
     let mut sealer = keys.batch();
-    let mut erased: Vec<(String, String)> = Vec::new();
-    // People deleted in this batch: their read-model keys are the ones this batch deletes.
-    let mut deleted: std::collections::HashSet<(String, String)> = std::collections::HashSet::new();
+    let mut people_gone = PeopleGone::default();
     // Milliseconds: the precision `meta.lastModified` is shown with, so that a client filtering
     // with a value it was given matches the resource it came from.
     let now = Utc::now().trunc_subsecs(3);
@@ -489,15 +534,8 @@ fn commit_batch(
                         prev_hash: next.hash,
                     };
                     let sealed = event.seal(&mut sealer);
-                    match event.body {
-                        EventBody::UserErased { .. } => {
-                            sealer.discard(&event.tenant, &event.resource_id);
-                            erased.push((event.tenant.clone(), event.resource_id.clone()));
-                        }
-                        EventBody::UserDeleted {} => {
-                            deleted.insert((event.tenant.clone(), event.resource_id.clone()));
-                        }
-                        _ => {}
+                    if people_gone.note(&event) {
+                        sealer.discard(&event.tenant, &event.resource_id);
                     }
                     next = Head { position: event.position, hash: sealed.event_hash() };
                     apply(&mut overlay, &event);
@@ -518,11 +556,11 @@ fn commit_batch(
     // The view is a snapshot: it must be gone before a purge, or RocksDB keeps the old values
     // alive for it.
     drop(view);
-    let purge_job = purge_job_for(&erased, &deleted, &writes);
+    let purge_job = people_gone.purge_job(&writes);
     let mut key_writes = sealer.new_keys();
     let replicated_keys: Vec<(Vec<u8>, Vec<u8>)> =
         key_writes.iter().filter_map(|(id, w)| w.clone().map(|w| (id.clone(), w))).collect();
-    key_writes.extend(erased.iter().map(|(t, s)| (super::keys::data_key_id(t, s), None)));
+    key_writes.extend(people_gone.erased.iter().map(|(t, s)| (super::keys::data_key_id(t, s), None)));
     let result = match failed {
         Some(e) => Err(CommitFailure::Store(e)),
         None if appended.is_empty() => Ok(()),
@@ -566,11 +604,11 @@ fn commit_batch(
                     opts.metrics.events_written.get_or_create(&label).inc();
                 }
             }
-            for (t, s) in &erased {
+            for (t, s) in &people_gone.erased {
                 keys.forget(t, s);
             }
-            if let Some(r) = opts.replication.as_ref().filter(|_| !erased.is_empty()) {
-                r.erased(erased.iter().map(|(t, s)| super::keys::data_key_id(t, s)).collect());
+            if let Some(r) = opts.replication.as_ref().filter(|_| !people_gone.erased.is_empty()) {
+                r.erased(people_gone.erased.iter().map(|(t, s)| super::keys::data_key_id(t, s)).collect());
             }
             // The keys are deleted; the purge thread makes sure no file still holds them or the
             // erased read-model values, once no older snapshot can see them.
@@ -620,7 +658,7 @@ fn apply_replicated(
     let view = store.view();
     let mut overlay = Overlay::new(&view);
     let mut next = head.clone();
-    let (mut erased, mut deleted) = (Vec::new(), std::collections::HashSet::new());
+    let mut people_gone = PeopleGone::default();
     for (position, sealed) in &batch.records {
         let broken = |detail: String| ApplyError::Discontinuous { position: *position, detail };
         if *position != next.position + 1 || !sealed.is_intact() {
@@ -630,13 +668,7 @@ fn apply_replicated(
         if event.position != *position || event.prev_hash != next.hash {
             return Err(broken("its position or prevHash does not link to the local head".into()));
         }
-        match event.body {
-            EventBody::UserErased { .. } => erased.push((event.tenant.clone(), event.resource_id.clone())),
-            EventBody::UserDeleted {} => {
-                deleted.insert((event.tenant.clone(), event.resource_id.clone()));
-            }
-            _ => {}
-        }
+        people_gone.note(&event);
         apply(&mut overlay, &event);
         next = Head { position: *position, hash: sealed.event_hash() };
     }
@@ -645,44 +677,130 @@ fn apply_replicated(
     }
     let writes = overlay.into_writes();
     drop(view);
-    let purge_job = purge_job_for(&erased, &deleted, &writes);
+    let purge_job = people_gone.purge_job(&writes);
     let mut key_writes: Vec<(Vec<u8>, Option<Vec<u8>>)> =
         batch.keys.into_iter().map(|(id, wrapped)| (id, Some(wrapped))).collect();
-    key_writes.extend(erased.iter().map(|(t, s)| (super::keys::data_key_id(t, s), None)));
+    key_writes.extend(people_gone.erased.iter().map(|(t, s)| (super::keys::data_key_id(t, s), None)));
     // The same invariant as the leader's, checked against the store itself.
     let stored = store.head().map_err(|e| ApplyError::Storage(e.to_string()))?;
     if stored != *head {
         return Err(ApplyError::Discontinuous { position: head.position + 1, detail: "the stored head moved".into() });
     }
     store.commit(&batch.records, writes, key_writes, opts.sync).map_err(|e| ApplyError::Storage(e.to_string()))?;
-    for (t, s) in &erased {
+    for (t, s) in &people_gone.erased {
         keys.forget(t, s);
     }
     if let Some(job) = purge_job {
         purger.submit(super::purge::PurgeJob { sequence: store.latest_sequence(), ..job });
     }
-    if let Some(r) = opts.replication.as_ref().filter(|_| !erased.is_empty()) {
-        r.erased(erased.iter().map(|(t, s)| super::keys::data_key_id(t, s)).collect());
+    if let Some(r) = opts.replication.as_ref().filter(|_| !people_gone.erased.is_empty()) {
+        r.erased(people_gone.erased.iter().map(|(t, s)| super::keys::data_key_id(t, s)).collect());
     }
     committed.send_replace(next.position);
     Ok(next)
 }
 
-/// The purge an erasure needs: the deleted read-model keys when every erased person was deleted
-/// in the same commit (else the whole `state` family), and their data keys.
-fn purge_job_for(
-    erased: &[(String, String)],
-    deleted: &std::collections::HashSet<(String, String)>,
-    writes: &std::collections::BTreeMap<Vec<u8>, Option<Vec<u8>>>,
-) -> Option<super::purge::PurgeJob> {
-    (!erased.is_empty()).then(|| super::purge::PurgeJob {
-        sequence: 0,
-        state_keys: erased
-            .iter()
-            .all(|p| deleted.contains(p))
-            .then(|| writes.iter().filter(|(_, v)| v.is_none()).map(|(k, _)| k.clone()).collect()),
-        key_ids: erased.iter().map(|(t, s)| super::keys::data_key_id(t, s)).collect(),
-    })
+/// Applies a directory's events, as its public stream carries them, to this copy (an outbound
+/// runner's store). Positions are the directory's, increasing; holes are allowed, because the
+/// stream deletes an erased person's earlier messages. Each event is sealed with this store's
+/// keys and chained on this store's head (its `prevHash` and hash are the copy's own, not the
+/// directory's), folded by the same `apply`, and committed in one batch with the read models. An
+/// erasure destroys the copy's key of the person and purges, as in the directory.
+fn apply_copied(
+    store: &Store,
+    keys: &KeyRing,
+    events: Vec<Event>,
+    head: &Head,
+    opts: &WriterOptions,
+    purger: &super::purge::Purger,
+    committed: &watch::Sender<u64>,
+) -> Result<Head, ApplyError> {
+    let view = store.view();
+    let mut overlay = Overlay::new(&view);
+    let mut sealer = keys.batch();
+    let mut next = head.clone();
+    let mut appended = Vec::with_capacity(events.len());
+    let mut people_gone = PeopleGone::default();
+    for mut event in events {
+        if event.position <= next.position {
+            let detail = format!("the copy holds position {} already", next.position);
+            return Err(ApplyError::Discontinuous { position: event.position, detail });
+        }
+        event.prev_hash = next.hash;
+        let sealed = event.seal(&mut sealer);
+        if people_gone.note(&event) {
+            sealer.discard(&event.tenant, &event.resource_id);
+        }
+        apply(&mut overlay, &event);
+        next = Head { position: event.position, hash: sealed.event_hash() };
+        appended.push((event.position, sealed));
+    }
+    if let Some(e) = view.take_error().or_else(|| sealer.take_error()) {
+        return Err(ApplyError::Storage(e.to_string()));
+    }
+    let writes = overlay.into_writes();
+    drop(view);
+    let purge_job = people_gone.purge_job(&writes);
+    let mut key_writes = sealer.new_keys();
+    key_writes.extend(people_gone.erased.iter().map(|(t, s)| (super::keys::data_key_id(t, s), None)));
+    let stored = store.head().map_err(|e| ApplyError::Storage(e.to_string()))?;
+    if stored != *head {
+        return Err(ApplyError::Discontinuous { position: head.position + 1, detail: "the stored head moved".into() });
+    }
+    store.commit(&appended, writes, key_writes, opts.sync).map_err(|e| ApplyError::Storage(e.to_string()))?;
+    keys.committed(sealer);
+    for (t, s) in &people_gone.erased {
+        keys.forget(t, s);
+    }
+    if let Some(job) = purge_job {
+        purger.submit(super::purge::PurgeJob { sequence: store.latest_sequence(), ..job });
+    }
+    committed.send_replace(next.position);
+    Ok(next)
+}
+
+/// The people a batch erased or deleted: what its purge and its key deletions need.
+#[derive(Default)]
+struct PeopleGone {
+    /// (tenant, user) erased in this batch.
+    erased: Vec<(String, String)>,
+    /// (tenant, user) deleted in this batch: their read-model keys are the ones it deletes.
+    deleted: std::collections::HashSet<(String, String)>,
+}
+
+impl PeopleGone {
+    /// Notes an event; answers whether it erased its person (whose key the batch must drop).
+    fn note(&mut self, event: &Event) -> bool {
+        let who = || (event.tenant.clone(), event.resource_id.clone());
+        match event.body {
+            EventBody::UserErased { .. } => {
+                self.erased.push(who());
+                true
+            }
+            EventBody::UserDeleted {} => {
+                self.deleted.insert(who());
+                false
+            }
+            _ => false,
+        }
+    }
+
+    /// The purge an erasure needs: the deleted read-model keys when every erased person was
+    /// deleted in the same commit (else the whole `state` family), and their data keys.
+    fn purge_job(
+        &self,
+        writes: &std::collections::BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    ) -> Option<super::purge::PurgeJob> {
+        (!self.erased.is_empty()).then(|| super::purge::PurgeJob {
+            sequence: 0,
+            state_keys: self
+                .erased
+                .iter()
+                .all(|p| self.deleted.contains(p))
+                .then(|| writes.iter().filter(|(_, v)| v.is_none()).map(|(k, _)| k.clone()).collect()),
+            key_ids: self.erased.iter().map(|(t, s)| super::keys::data_key_id(t, s)).collect(),
+        })
+    }
 }
 
 enum CommitFailure {
@@ -748,6 +866,7 @@ mod tests {
             limits: command::WriteLimits::DEFAULT,
             metrics: Default::default(),
             replication: None,
+            copy: false,
         };
         let (mut handle, thread) = start(store, keys, opts).unwrap();
         let mut observer = handle.clone();

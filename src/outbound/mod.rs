@@ -351,8 +351,19 @@ pub struct Context {
     /// `--allow-private-networks` (see `net_guard`).
     pub allow_private_networks: bool,
     pub outcomes: outcomes::Outcomes,
-    /// In cluster mode, this node's id: it runs only the targets whose `node` names it.
-    pub node: Option<String>,
+    /// Which targets of the file this process runs.
+    pub placement: Placement,
+}
+
+/// Which targets of the targets file a process runs.
+#[derive(Clone, Debug)]
+pub enum Placement {
+    /// A single server: all of them.
+    All,
+    /// A cluster node (its id): those whose `node` names it.
+    Node(String),
+    /// An outbound runner (`scimlog outbound run --target T`): that one alone.
+    Runner(String),
 }
 
 /// How often the targets file is looked at.
@@ -374,15 +385,9 @@ async fn supervise(mut ctx: Context, outbound: Arc<Outbound>) {
             stamp = Some(now);
             match config::load(&ctx.targets_file) {
                 Ok(targets) => {
-                    let (here, nowhere) = on_this_node(targets, ctx.node.as_deref());
-                    let error = (!nowhere.is_empty()).then(|| {
-                        format!(
-                            "in cluster mode a target names the node that runs it (node = \"<node id>\"); these run nowhere: {}",
-                            nowhere.join(", ")
-                        )
-                    });
+                    let (here, error) = placed(targets, &ctx.placement);
                     if let Some(e) = &error {
-                        tracing::error!(error = %e, "outbound targets without a node");
+                        tracing::error!(error = %e, "the targets file does not place every target");
                     }
                     *outbound.file_error.lock().expect("outbound lock") = error;
                     reconcile(&ctx, &outbound, here).await;
@@ -406,12 +411,27 @@ async fn supervise(mut ctx: Context, outbound: Arc<Outbound>) {
     }
 }
 
-/// The targets this node runs (all of them on a single node; in cluster mode those whose `node`
-/// is this one), and the names of those no node runs (cluster mode, no `node`).
-fn on_this_node(targets: Vec<config::Target>, me: Option<&str>) -> (Vec<config::Target>, Vec<String>) {
-    let Some(me) = me else { return (targets, vec![]) };
-    let nowhere = targets.iter().filter(|t| t.config.node.is_none()).map(|t| t.name().to_string()).collect();
-    (targets.into_iter().filter(|t| t.config.node.as_deref() == Some(me)).collect(), nowhere)
+/// The targets this process runs, and what is wrong with the file's placement: targets no node
+/// runs (cluster mode, no `node`), or a runner's target that is not in the file.
+fn placed(targets: Vec<config::Target>, placement: &Placement) -> (Vec<config::Target>, Option<String>) {
+    match placement {
+        Placement::All => (targets, None),
+        Placement::Node(me) => {
+            let nowhere: Vec<&str> = targets.iter().filter(|t| t.config.node.is_none()).map(|t| t.name()).collect();
+            let error = (!nowhere.is_empty()).then(|| {
+                format!(
+                    "in cluster mode a target names the node that runs it (node = \"<node id>\"); these run nowhere: {}",
+                    nowhere.join(", ")
+                )
+            });
+            (targets.into_iter().filter(|t| t.config.node.as_deref() == Some(me.as_str())).collect(), error)
+        }
+        Placement::Runner(name) => {
+            let mine: Vec<config::Target> = targets.into_iter().filter(|t| t.name() == name).collect();
+            let error = mine.is_empty().then(|| format!("this runner's target {name:?} is not in the targets file"));
+            (mine, error)
+        }
+    }
 }
 
 /// Starts the new targets, stops the removed ones, restarts the changed ones.

@@ -30,7 +30,7 @@ pub fn files_containing(dir: &Path, needle: &[u8]) -> Vec<String> {
     hits
 }
 
-fn export(dir: &Path, opened: bool, source: &MasterKeySource) -> String {
+pub fn export(dir: &Path, opened: bool, source: &MasterKeySource) -> String {
     let store = Store::open_read_only(dir).unwrap();
     let mut out = Vec::new();
     if opened {

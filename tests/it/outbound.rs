@@ -1496,6 +1496,25 @@ async fn in_cluster_mode_a_target_runs_on_its_node_whoever_leads() {
         assert_eq!(a.post("/Users", &json!({"userName": format!("c{i}@example.com")})).await.status, 201);
     }
     mirrored(&b.base, &b.token, &peer, 30).await;
+    // The target's admin API is b's own while b follows: an action is not sent on to the leader
+    // (which does not run crm), and a target added over b's API must be one b runs.
+    let verify = format!("{}/api/v1/outbound/targets/crm/verify", b.base);
+    let r = b.send_as(&b.admin_token(), Method::POST, &verify, None, &[]).await;
+    assert_eq!(r.status, 200, "an action on the follower that runs crm: {}", r.body);
+    assert_eq!(r.body["report"]["counts"]["missing"].as_u64().unwrap_or(0), 0, "{}", r.body);
+    let targets = format!("{}/api/v1/outbound/targets", b.base);
+    let on = |node: &str| json!({"name": format!("on-{node}"), "url": proxy.url(), "token_env": "SCIMLOG_OUTBOUND_X", "node": node});
+    b.send_as(&b.admin_token(), Method::POST, &targets, Some(&on("a")), &[]).await.assert_error(
+        400,
+        Some("invalidValue"),
+        "through that node's API",
+    );
+    let r = b.send_as(&b.admin_token(), Method::POST, &targets, Some(&on("b")), &[]).await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert!(config::load(&config::path(b.data_dir())).unwrap().iter().any(|t| t.name() == "on-b"));
+    assert!(!config::load(&config::path(a.data_dir())).unwrap().iter().any(|t| t.name() == "on-b"));
+    let r = b.send_as(&b.admin_token(), Method::DELETE, &format!("{targets}/on-b"), None, &[]).await;
+    assert_eq!(r.status, 204, "{}", r.body);
 
     a.stop().await;
     eventually(30, "b leads", || async { role(&b).await == "leader" }).await;
@@ -1553,4 +1572,144 @@ async fn a_scheduled_verify_reports_drift_without_repairing() {
     let mut bad = TargetConfig::new("default", "x", "https://x.example.com");
     (bad.verify_every_s, bad.token_env) = (8 * 86_400, Some("T".into()));
     assert!(config::check(bad).unwrap_err().to_string().contains("verify_every_s 691200 is outside 0..=604800"));
+}
+
+/// `scimlog outbound run --target crm`: the target runs outside the directory's server, in a
+/// process with its own store that folds the directory's NATS stream (a durable consumer) at the
+/// same positions and provisions from that copy. It converges as the server's own connector
+/// does, resumes after a restart without a duplicate, passes over an erased person's deleted
+/// messages, carries an erasure downstream and out of its own files, and takes no write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runner_outside_the_server_provisions_from_the_nats_stream_at_the_same_positions() {
+    let nats = crate::support::NatsServer::start();
+    let directory = TestServer::start_configured(|c| c.nats.nats_url = Some(nats.url())).await;
+    let post_user = |name: &str| {
+        let body = json!({"userName": name, "name": {"familyName": "Runner"}});
+        let (url, token, client) = (directory.url("/Users"), directory.token.clone(), directory.client.clone());
+        async move {
+            let r = client.post(url).bearer_auth(token).json(&body).send().await.unwrap();
+            let r = crate::support::read(r).await;
+            assert_eq!(r.status, 201, "{}", r.body);
+            r.id()
+        }
+    };
+    // History from before the runner exists: it starts from position 1.
+    let (a, b) = (post_user("run-a@example.com").await, post_user("run-b@example.com").await);
+    let g = directory.post("/Groups", &json!({"displayName": "runners", "members": [{"value": a}]})).await;
+    assert_eq!(g.status, 201, "{}", g.body);
+
+    let peer = ScimPeer::start(DOWNSTREAM_TOKEN).await;
+    let proxy = FaultProxy::start(&peer.url).await;
+    let runner_dir = tempfile::tempdir().unwrap();
+    let token_file = runner_dir.path().join("crm.token");
+    std::fs::write(&token_file, DOWNSTREAM_TOKEN).unwrap();
+    for name in ["crm", "other"] {
+        let mut t = TargetConfig::new("default", name, &proxy.url());
+        t.token_file = Some(token_file.clone());
+        t.deprovision = config::Deprovision::Delete;
+        config::add(&config::path(runner_dir.path()), t).unwrap();
+    }
+    let mut cfg = crate::support::config(runner_dir.path());
+    cfg.nats.nats_url = Some(nats.url());
+    cfg.runner = Some("crm".into());
+    let runner = TestServer::start_with(cfg).await;
+    mirrored(&directory.base, &directory.token, &peer, 30).await;
+    eventually(20, "the runner runs crm alone, at the directory's position", || runner_at_head(&runner, &directory))
+        .await;
+    assert_eq!(runner.log_position().await, directory.log_position().await, "the copy holds the same positions");
+    runner.post("/Users", &json!({"userName": "nope@example.com"})).await.assert_error(501, None, "outbound runner");
+    let read = runner.get(&format!("/Users/{b}")).await;
+    assert_eq!(
+        (read.status.as_u16(), read.body["userName"].as_str()),
+        (200, Some("run-b@example.com")),
+        "{}",
+        read.body
+    );
+    let r = runner
+        .send_as(
+            &runner.admin_token(),
+            Method::POST,
+            &format!("{}/api/v1/outbound/targets/crm/verify", runner.base),
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, 200, "operator actions go to the runner's own API: {}", r.body);
+
+    // NATS shows the runner's durable consumer, caught up.
+    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    let stream = js.get_stream("SCIMLOG").await.unwrap();
+    let head = directory.log_position().await;
+    eventually(10, "the durable consumer has acknowledged the whole stream", || {
+        let stream = stream.clone();
+        async move {
+            let mut c = stream
+                .get_consumer::<async_nats::jetstream::consumer::pull::Config>("scimlog-outbound-crm")
+                .await
+                .unwrap();
+            let info = c.info().await.unwrap();
+            info.num_pending == 0 && info.ack_floor.stream_sequence == head
+        }
+    })
+    .await;
+
+    // While the runner is down: more writes, and a person created and erased (the directory
+    // deletes that person's messages from the stream: the copy passes over them).
+    let runner = {
+        let dir = runner.stop_keeping_data().await;
+        assert!(dir.is_none(), "the runner's dir is the test's");
+        let c = post_user("run-c@example.com").await;
+        assert_eq!(directory.delete(&format!("/Users/{a}")).await.status, 204);
+        let gone = post_user("erased-while-down@unique.example").await;
+        erase(&directory, &gone).await;
+        let g = directory.post("/Groups", &json!({"displayName": "later", "members": [{"value": c}]})).await;
+        assert_eq!(g.status, 201, "{}", g.body);
+        let mut cfg = crate::support::config(runner_dir.path());
+        cfg.nats.nats_url = Some(nats.url());
+        cfg.runner = Some("crm".into());
+        TestServer::start_with(cfg).await
+    };
+    mirrored(&directory.base, &directory.token, &peer, 30).await;
+    eventually(20, "the restarted runner is at the directory's position", || runner_at_head(&runner, &directory)).await;
+    let health = runner.healthz().await;
+    assert_eq!(health["runner"]["consumer"], "scimlog-outbound-crm", "{health}");
+    assert_eq!(health["runner"]["deletedPositionsPassedOver"], 1, "the erased person's user.created: {health}");
+    assert_eq!(health["runner"]["lag"], 0, "{health}");
+
+    // An erasure while the runner runs: DELETE downstream, no value left in the runner's files.
+    let d = post_user("erase-me-runner@unique.example").await;
+    mirrored(&directory.base, &directory.token, &peer, 30).await;
+    let held = crate::erasure::files_containing(runner_dir.path(), b"erase-me-runner@unique.example");
+    assert!(!held.is_empty(), "the copy holds the person's userName in clear before the erasure");
+    erase(&directory, &d).await;
+    mirrored(&directory.base, &directory.token, &peer, 30).await;
+    eventually(20, "the runner's files hold no erased userName", || {
+        let dir = runner_dir.path().to_path_buf();
+        async move { crate::erasure::files_containing(&dir, b"erase-me-runner@unique.example").is_empty() }
+    })
+    .await;
+    // The copy's own key of the person is destroyed: its log reads "[erased]" where it held them.
+    let key = crate::support::config(runner_dir.path()).master_key_source();
+    let opened = crate::erasure::export(runner_dir.path(), true, &key);
+    assert!(opened.contains("run-c@example.com"), "the export opens the others' values");
+    assert!(!opened.contains("erase-me-runner@unique.example"), "the copy's key of the erased person is gone");
+    assert_eq!(proxy.count(AxMethod::POST, "/Users"), 4, "b, a, c and d each created once: {:?}", proxy.seen());
+    runner.stop().await;
+    directory.stop().await;
+}
+
+/// Whether the runner runs crm alone, with its watermark at the directory's last position.
+async fn runner_at_head(runner: &TestServer, directory: &TestServer) -> bool {
+    let head = directory.log_position().await;
+    let url = format!("{}/api/v1/outbound/targets", runner.base);
+    let all: Value =
+        runner.client.get(url).bearer_auth(runner.admin_token()).send().await.unwrap().json().await.unwrap();
+    let all = all.as_array().unwrap();
+    all.len() == 1 && all[0]["name"] == "crm" && all[0]["watermark"].as_u64() == Some(head)
+}
+
+async fn erase(s: &TestServer, id: &str) {
+    let url = format!("{}/api/v1/users/{id}/erase", s.base);
+    let r = s.send_as(&s.admin_token(), Method::POST, &url, Some(&json!({"reason": "test"})), &[]).await;
+    assert_eq!(r.status, 200, "{}", r.body);
 }
