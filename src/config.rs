@@ -118,6 +118,16 @@ pub struct ServeConfig {
     /// How many resources a filter on unindexed attributes may read before it is refused.
     #[arg(long, env = "SCIMLOG_MAX_SCAN", default_value_t = 200_000, help_heading = "SCIM limits")]
     pub max_scan: usize,
+    /// Most groups whose name, grants and parent groups the access answers keep in memory
+    /// (emptied when a group's name, grants or parents change; at the limit it starts over).
+    /// 0: none kept, every answer reads every group from the store.
+    #[arg(
+        long,
+        env = "SCIMLOG_ACCESS_CACHE_GROUPS",
+        default_value_t = 100_000,
+        help_heading = "Roles and entitlements"
+    )]
+    pub access_cache_groups: usize,
     /// Most members one request may name (a group's POST or PUT, or one PATCH's operations
     /// together): the single writer's work per request stays bounded.
     #[arg(long, env = "SCIMLOG_MAX_MEMBERS_PER_REQUEST", default_value_t = 20_000, help_heading = "SCIM limits")]

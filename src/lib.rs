@@ -17,6 +17,7 @@
 //! - [`outbound`]: provisioning onward: one connector per downstream SCIM target, a subscriber
 //!   of the log with its own state (links, watermark, intents, parked objects).
 //! - [`audit`]: reading the log back: hash-chain verification, export.
+//! - [`access_cache`]: the access answers' group nodes, kept per group generation.
 //! - [`files`]: private, atomic, locked files (keys, tokens) and the permission checks at start.
 //! - [`sets`]: SCIM Security Event Tokens (RFC 9967): events rendered as signed SETs, the
 //!   streams (poll, push, filters, feeds) and what their receivers acknowledged.
@@ -29,6 +30,7 @@
 //! A write goes HTTP -> `schemas` parsing -> `command::decide` (on the writer thread) -> events ->
 //! one fsync'd RocksDB batch with the projections' writes -> response.
 
+pub mod access_cache;
 pub mod audit;
 pub mod auth;
 pub mod bus;

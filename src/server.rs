@@ -258,6 +258,7 @@ impl Server {
             streams: set_streams.clone(),
             lock: tokio::sync::Mutex::new(()),
         };
+        let groups = crate::access_cache::GroupCache::new(cfg.access_cache_groups);
         let state = AppState::new(Inner {
             reads: tokio::sync::Semaphore::new(cfg.max_concurrent_reads),
             rates: http::rate::RateLimits::new(
@@ -276,6 +277,7 @@ impl Server {
             metrics,
             draining: draining.clone(),
             cluster: cluster.map(|(state, _)| state),
+            groups,
             copy,
             outbound,
             requests: crate::request_log::RequestLog::new(request_log_size),

@@ -53,7 +53,8 @@ pub struct Args {
     /// create-users (seeds up to the size), lookup, get-by-id, list-page, startup. Then once, at
     /// the largest size: okta-import (startIndex paging), cursor-import (RFC 9865 cursors),
     /// group-push, authentik-sync (every user PUT back unchanged, as authentik's full sync does),
-    /// mixed, two-tenants (a calm tenant's lookups while another floods), replay,
+    /// mixed, access (access checks through groups nested 3 deep, then 90% checks with 10% group
+    /// pushes), two-tenants (a calm tenant's lookups while another floods), replay,
     /// publish, outbound (the directory replayed into a SCIM target, and write → target lag), healthz, trivial (an empty axum handler: the HTTP
     /// stack's ceiling), log-append (raw RocksDB commits: the disk's), stream-append (the
     /// replicated log stream of cluster mode on a 3-node NATS cluster), cluster-writes (creates
@@ -61,7 +62,7 @@ pub struct Args {
     /// not in the default list.
     #[arg(
         long,
-        default_value = "create-users,lookup,get-by-id,startup,okta-import,cursor-import,group-push,authentik-sync,mixed,two-tenants,replay,publish,outbound,healthz,trivial,log-append"
+        default_value = "create-users,lookup,get-by-id,startup,okta-import,cursor-import,group-push,authentik-sync,mixed,access,two-tenants,replay,publish,outbound,healthz,trivial,log-append"
     )]
     scenario: String,
     /// Directory sizes, comma-separated: the per-size scenarios run at each.

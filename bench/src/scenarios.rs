@@ -18,11 +18,26 @@ use crate::Args;
 /// Scenarios that change nothing, so that running them again measures the same thing.
 const REPEATABLE: &[&str] = &["lookup", "get-by-id", "list-page", "healthz", "trivial"];
 
+/// The group access extension's schema (a group's roles and entitlements).
+const GROUP_ACCESS: &str = "urn:scimlog:params:scim:schemas:extension:access:2.0:Group";
+/// The access scenario's groups: one per this many users, at most [`ACCESS_GROUPS_MAX`].
+const USERS_PER_ACCESS_GROUP: usize = 100;
+const ACCESS_GROUPS_MAX: usize = 10_000;
+/// Users the access checks ask about (each checked once before, to be one that is allowed).
+const ACCESS_SAMPLE: usize = 10_000;
+/// Leaf groups each user of the access scenario is in.
+const ACCESS_GROUPS_PER_USER: usize = 5;
+
 /// Connections creating users while the publish lag is measured.
 const PUBLISH_LAG_CONNECTIONS: usize = 4;
 /// The outbound lag's writer: one connection keeps the create rate under what a connector sends
 /// (one request at a time to its target), so the lag measured is a change's way, not a queue.
 const OUTBOUND_LAG_CONNECTIONS: usize = 1;
+
+/// The access scenario's leaf groups (the ones users are in).
+struct AccessTree {
+    leaves: Vec<String>,
+}
 
 /// A start-up measured at one directory size.
 pub struct Startup {
@@ -127,10 +142,13 @@ impl Api {
     }
 
     async fn create_group(&self, conn: &mut Conn, name: &str) -> anyhow::Result<String> {
-        let body = json!({"displayName": name}).to_string();
-        let (status, body) = conn.request(Method::POST, &format!("{SCIM}/Groups"), Some(body)).await?;
-        anyhow::ensure!(status.as_u16() == 201, "creating group {name}: {status}");
-        serde_json::from_slice::<Value>(&body)?["id"].as_str().map(String::from).context("no group id")
+        self.create_group_with(conn, json!({"displayName": name})).await
+    }
+
+    async fn create_group_with(&self, conn: &mut Conn, body: Value) -> anyhow::Result<String> {
+        let (status, answer) = conn.request(Method::POST, &format!("{SCIM}/Groups"), Some(body.to_string())).await?;
+        anyhow::ensure!(status.as_u16() == 201, "creating group {body}: {status}");
+        serde_json::from_slice::<Value>(&answer)?["id"].as_str().map(String::from).context("no group id")
     }
 
     /// Adds members in PATCHes of 1000, as Okta's group push does on a first sync.
@@ -313,6 +331,7 @@ impl Bench {
             "group-push" => self.group_push().await,
             "authentik-sync" => self.authentik_sync().await,
             "mixed" => self.mixed().await,
+            "access" => self.access().await,
             "two-tenants" => self.two_tenants().await,
             "replay" => self.replay().await,
             "publish" => self.publish().await,
@@ -625,6 +644,137 @@ impl Bench {
             self.push(row);
         }
         Ok(())
+    }
+
+    /// The access check an application makes on each of its own requests. Groups nested three
+    /// deep (a user's leaf group is in a middle group, which is in a top group; one group per 100
+    /// users, at most 10 000: 80% leaves, 10% middles, 10% tops), each user in 5 leaf groups,
+    /// and only the top groups holding the environment's role: every allowed answer comes
+    /// through three levels. Then the same checks with 10% writes among them (group pushes on
+    /// leaf groups), as an application's traffic meets an IdP's.
+    async fn access(&mut self) -> anyhow::Result<()> {
+        self.need_users("access")?;
+        let users = self.ids();
+        let (env, role) = (format!("bench-{}", self.tag), "viewer");
+        let tree = self.seed_access_tree(&users, &env, role).await?;
+        self.settle().await?;
+        let (n, groups) = (users.len(), tree.leaves.len() * 10 / 8);
+        let check = move |u: &str| format!("/api/v1/access/check?user={u}&environment={env}&role={role}&by=id");
+        let all = users.clone();
+        let users = self.allowed_sample(&users, &check).await?;
+        let rows: [(&str, Arc<dyn Fn(&str) -> String + Send + Sync>); 2] = [
+            ("access check, allowed through 3 nested groups", Arc::new(check.clone())),
+            ("GET /api/v1/users/{id}/access", Arc::new(|u: &str| format!("/api/v1/users/{u}/access"))),
+        ];
+        for (what, path) in rows {
+            let users = users.clone();
+            let name = format!("{what} ({n} users, {groups} groups, {ACCESS_GROUPS_PER_USER} per user)");
+            let row = self
+                .measure(&name, self.server_pid(), self.args.requests, self.args.limit(), move |mut conn, i| {
+                    let (users, path) = (users.clone(), path.clone());
+                    async move {
+                        let url = path(&users[(i as usize * 7919) % users.len()]);
+                        let ok = matches!(conn.get(&url).await, Ok((s, b)) if s.is_success() && !b.starts_with(b"{\"allowed\":false"));
+                        (conn, ok)
+                    }
+                })
+                .await;
+            self.push(row);
+        }
+        let (api, leaves) = (self.api(), Arc::new(tree.leaves));
+        let name = format!("application: 90% access checks, 10% group pushes ({n} users, {groups} groups)");
+        let row = self
+            .measure(&name, self.server_pid(), self.args.requests, self.args.limit(), move |mut conn, i| {
+                let (api, users, leaves, check) = (api.clone(), users.clone(), leaves.clone(), check.clone());
+                let all = all.clone();
+                async move {
+                    let ok = match i % 10 {
+                        0 => {
+                            // Each pair of pushes adds a user to a leaf group it is not in (user
+                            // u is in leaves 5u..5u+4), then takes it out again.
+                            let k = i as usize / 10;
+                            let u = (k / 2 * 7919) % all.len();
+                            let leaf = &leaves[(u * ACCESS_GROUPS_PER_USER + ACCESS_GROUPS_PER_USER) % leaves.len()];
+                            api.push(&mut conn, leaf, &all[u], k % 2 == 0).await
+                        }
+                        _ => {
+                            let user = &users[(i as usize * 7919) % users.len()];
+                            matches!(conn.get(&check(user)).await, Ok((s, _)) if s.is_success())
+                        }
+                    };
+                    (conn, ok)
+                }
+            })
+            .await;
+        self.push(row);
+        Ok(())
+    }
+
+    /// Up to 10 000 users whose check is allowed (earlier scenarios may have deactivated some),
+    /// each asked once: the measured checks then count a denial as an error.
+    async fn allowed_sample(
+        &self,
+        users: &[String],
+        check: &(dyn Fn(&str) -> String + Sync),
+    ) -> anyhow::Result<Arc<Vec<String>>> {
+        let mut conn = self.conn.try_clone();
+        let step = (users.len() / ACCESS_SAMPLE).max(1);
+        let mut allowed = Vec::new();
+        for u in users.iter().step_by(step).take(ACCESS_SAMPLE) {
+            let (status, body) = conn.get(&check(u)).await?;
+            anyhow::ensure!(status.is_success(), "an access check answered {status}");
+            if serde_json::from_slice::<Value>(&body)?["allowed"] == true {
+                allowed.push(u.clone());
+            }
+        }
+        let asked = users.len().div_ceil(step).min(ACCESS_SAMPLE);
+        anyhow::ensure!(allowed.len() * 2 >= asked, "only {} of {asked} users are allowed", allowed.len());
+        Ok(Arc::new(allowed))
+    }
+
+    /// Creates the access scenario's groups and memberships (see [`Bench::access`]).
+    async fn seed_access_tree(&mut self, users: &[String], env: &str, role: &str) -> anyhow::Result<AccessTree> {
+        let groups = (users.len() / USERS_PER_ACCESS_GROUP).clamp(30, ACCESS_GROUPS_MAX);
+        let (tops, mids) = (groups / 10, groups / 10);
+        let leaves = groups - tops - mids;
+        let api = self.api();
+        let mut conn = self.conn.try_clone();
+        let started = Instant::now();
+        let urn = format!("urn:scimlog:role:environment:{env}:{role}");
+        let mut top_ids = Vec::with_capacity(tops);
+        for i in 0..tops {
+            let body =
+                json!({"displayName": format!("top-{i}-{}", self.tag), GROUP_ACCESS: {"roles": [{"value": urn}]}});
+            top_ids.push(api.create_group_with(&mut conn, body).await?);
+        }
+        let mut mid_ids = Vec::with_capacity(mids);
+        for i in 0..mids {
+            let id = api.create_group(&mut conn, &format!("mid-{i}-{}", self.tag)).await?;
+            api.add_members(&mut conn, &top_ids[i % tops], std::slice::from_ref(&id)).await?;
+            mid_ids.push(id);
+        }
+        let mut leaf_ids = Vec::with_capacity(leaves);
+        for i in 0..leaves {
+            let id = api.create_group(&mut conn, &format!("leaf-{i}-{}", self.tag)).await?;
+            api.add_members(&mut conn, &mid_ids[i % mids], std::slice::from_ref(&id)).await?;
+            leaf_ids.push(id);
+        }
+        // User u is in leaves (u * 5 + k) % leaves, k < 5: five different ones.
+        let mut members: Vec<Vec<String>> = vec![Vec::new(); leaves];
+        for (u, id) in users.iter().enumerate() {
+            for k in 0..ACCESS_GROUPS_PER_USER {
+                members[(u * ACCESS_GROUPS_PER_USER + k) % leaves].push(id.clone());
+            }
+        }
+        for (leaf, ids) in leaf_ids.iter().zip(&members) {
+            api.add_members(&mut conn, leaf, ids).await?;
+        }
+        eprintln!(
+            "  access tree: {groups} groups, {} memberships in {:.1} s",
+            users.len() * ACCESS_GROUPS_PER_USER + mids + leaves,
+            started.elapsed().as_secs_f64()
+        );
+        Ok(AccessTree { leaves: leaf_ids })
     }
 
     /// An IdP-like mix: per 20 requests, 10 lookups by userName, 3 GETs by id, 2 creates, 2

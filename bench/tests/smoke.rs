@@ -20,7 +20,7 @@ fn every_scenario_runs_and_reports_without_errors() {
             "--connections",
             "8",
             "--scenario",
-            "create-users,lookup,get-by-id,list-page,startup,okta-import,cursor-import,group-push,authentik-sync,mixed,two-tenants,replay,publish,outbound,healthz,trivial,log-append",
+            "create-users,lookup,get-by-id,list-page,startup,okta-import,cursor-import,group-push,authentik-sync,mixed,access,two-tenants,replay,publish,outbound,healthz,trivial,log-append",
         ])
         .output()
         .expect("scimlog-bench runs");
@@ -50,6 +50,9 @@ fn every_scenario_runs_and_reports_without_errors() {
         "group-push PATCH one member (600 members)",
         "authentik-sync: PUT each of 600 users unchanged (0 events written)",
         "mixed IdP traffic",
+        "access check, allowed through 3 nested groups (600 users, 30 groups",
+        "GET /api/v1/users/{id}/access (600 users",
+        "application: 90% access checks, 10% group pushes",
         "two-tenants: calm tenant lookups, alone",
         "two-tenants: calm tenant lookups while another floods",
         "replay: rebuild all read models",

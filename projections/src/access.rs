@@ -189,17 +189,92 @@ pub fn groups_transitively(kv: &impl KvRead, t: &str, member: &str, limit: usize
 /// A user's effective access: direct grants, then those of every group it is in (at most
 /// `limit` memberships read).
 pub fn effective(kv: &impl KvRead, t: &str, user: &str, limit: usize) -> Result<Vec<Effective>, TooLarge> {
+    effective_with(kv, t, user, limit, &mut |g: &str| std::sync::Arc::new(group_node(kv, t, g, limit)))
+}
+
+/// What an access answer needs of one group: its name, its own grants, and the groups it is a
+/// member of. It changes only with an event of the group itself ([`changes_group_nodes`]), never
+/// when a user joins or leaves it, so it can be kept between answers.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GroupNode {
+    /// Empty for a group that does not exist (any more).
+    pub display_name: String,
+    pub grants: Vec<GrantRecord>,
+    /// At most `limit + 1` (one more than an answer may read: it is then refused as too large).
+    pub parents: Vec<String>,
+}
+
+/// Reads a group's [`GroupNode`], its parents up to `limit + 1`.
+pub fn group_node(kv: &impl KvRead, t: &str, group: &str, limit: usize) -> GroupNode {
+    GroupNode {
+        display_name: query::group(kv, t, group).map(|g| g.display_name).unwrap_or_default(),
+        grants: grants_of(kv, t, group),
+        parents: query::groups_of(kv, t, group, limit.saturating_add(1)),
+    }
+}
+
+/// Whether an event changes a [`GroupNode`]: a group renamed or deleted, a group put in or taken
+/// out of a group, a group's role or entitlement. A user joining or leaving a group does not.
+pub fn changes_group_nodes(e: &scimlog_schemas::Event) -> bool {
+    use scimlog_schemas::{EventBody as B, MemberType, ResourceKind};
+    match &e.body {
+        B::GroupRenamed { .. } | B::GroupDeleted {} => true,
+        B::GroupMemberAdded { member_type, .. } | B::GroupMemberRemoved { member_type, .. } => {
+            *member_type == MemberType::Group
+        }
+        B::RoleAssigned { .. }
+        | B::RoleRevoked { .. }
+        | B::EntitlementGranted { .. }
+        | B::EntitlementRevoked { .. } => e.resource_type == ResourceKind::Group,
+        B::UserCreated { .. }
+        | B::UserUpdated { .. }
+        | B::UserDeactivated {}
+        | B::UserReactivated {}
+        | B::UserDeleted {}
+        | B::UserErased { .. }
+        | B::GroupCreated { .. }
+        | B::GroupUpdated { .. }
+        | B::OrganizationCreated { .. }
+        | B::EnvironmentCreated { .. }
+        | B::ResourceGroupCreated { .. }
+        | B::HostUserLinked { .. }
+        | B::HostUserUnlinked { .. }
+        | B::TokenCreated { .. }
+        | B::TokenRevoked {} => false,
+    }
+}
+
+/// [`effective`], with the groups' nodes from `node` (a cache, or the store): the user's own
+/// grants and groups are read from `kv`, then each group above once, breadth first, counting
+/// the memberships read against `limit` as [`groups_transitively`] does.
+pub fn effective_with(
+    kv: &impl KvRead,
+    t: &str,
+    user: &str,
+    limit: usize,
+    node: &mut dyn FnMut(&str) -> std::sync::Arc<GroupNode>,
+) -> Result<Vec<Effective>, TooLarge> {
     let mut out: Vec<Effective> = grants_of(kv, t, user)
         .into_iter()
         .map(|g| Effective { urn: g.urn, grant: g.grant, via_group: None, position: g.position })
         .collect();
-    for group in groups_transitively(kv, t, user, limit)? {
-        let name = query::group(kv, t, &group).map(|g| g.display_name).unwrap_or_default();
-        for g in grants_of(kv, t, &group) {
+    let mut budget = Budget::new(limit);
+    let first = query::groups_of(kv, t, user, budget.page());
+    budget.spend(first.len())?;
+    let mut seen = BTreeSet::new();
+    let mut queue: VecDeque<String> = first.into();
+    while let Some(group) = queue.pop_front() {
+        if !seen.insert(group.clone()) {
+            continue;
+        }
+        let n = node(&group);
+        budget.spend(n.parents.len())?;
+        queue.extend(n.parents.iter().cloned());
+        for g in &n.grants {
             out.push(Effective {
-                urn: g.urn,
-                grant: g.grant,
-                via_group: Some((group.clone(), name.clone())),
+                urn: g.urn.clone(),
+                grant: g.grant.clone(),
+                via_group: Some((group.clone(), n.display_name.clone())),
                 position: g.position,
             });
         }

@@ -25,7 +25,9 @@ use utoipa_axum::routes;
 use super::error::{ApiError, ScimErrorDoc};
 use super::extract::{Caller, ScimBody};
 use super::{blocking_read, AppState};
+use crate::access_cache::GroupCache;
 use crate::command::{Command, Refusal};
+use crate::log::StateView;
 
 /// The access API's routes, each described in the OpenAPI document by its `#[utoipa::path]`.
 pub fn router() -> OpenApiRouter<AppState> {
@@ -188,8 +190,14 @@ fn find_user(kv: &impl KvRead, t: &str, name: &str, by: UserBy) -> Result<Option
     }
 }
 
-fn user_access_of(kv: &impl KvRead, t: &str, user: &UserDoc, limit: usize) -> Result<UserAccess, ApiError> {
-    let grants = access::effective(kv, t, &user.id, limit)?.iter().map(GrantView::from).collect();
+fn user_access_of(
+    view: &StateView<'_>,
+    groups: &GroupCache,
+    t: &str,
+    user: &UserDoc,
+    limit: usize,
+) -> Result<UserAccess, ApiError> {
+    let grants = groups.effective(view, t, &user.id, limit)?.iter().map(GrantView::from).collect();
     Ok(UserAccess {
         user_id: user.id.clone(),
         user_name: user.user_name().to_string(),
@@ -229,7 +237,8 @@ fn user_access_now(
     let by = parse_by(p.get("by").map(String::as_str))?;
     let view = s.store.view();
     let t = caller.tenant();
-    let body = find_user(&view, t, &id, by)?.map(|u| user_access_of(&view, t, &u, s.cfg.max_scan)).transpose()?;
+    let body =
+        find_user(&view, t, &id, by)?.map(|u| user_access_of(&view, &s.groups, t, &u, s.cfg.max_scan)).transpose()?;
     if let Some(e) = view.take_error() {
         return Err(e.into());
     }
@@ -273,7 +282,7 @@ fn check_now(s: &AppState, caller: &Caller, p: &HashMap<String, String>) -> Resu
     let by = parse_by(p.get("by").map(String::as_str))?;
     let view = s.store.view();
     let t = caller.tenant();
-    let answer = decide_access(&view, t, &s.cfg, user, by, role, env)?;
+    let answer = decide_access(&view, &s.groups, t, &s.cfg, user, by, role, env)?;
     if let Some(e) = view.take_error() {
         return Err(e.into());
     }
@@ -284,8 +293,10 @@ fn refused(user_id: Option<&str>, reason: String) -> AccessDecision {
     AccessDecision { allowed: false, user_id: user_id.map(str::to_string), reason, grant: None }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn decide_access(
-    kv: &impl KvRead,
+    kv: &StateView<'_>,
+    groups: &GroupCache,
     t: &str,
     cfg: &crate::config::ServeConfig,
     user: &str,
@@ -304,7 +315,7 @@ fn decide_access(
         return Ok(refused(Some(&u.id), format!("environment {env:?} does not exist")));
     };
     let environment = scope.as_environment(&cfg.default_organization);
-    let effective = access::effective(kv, t, &u.id, cfg.max_scan)?;
+    let effective = groups.effective(kv, t, &u.id, cfg.max_scan)?;
     Ok(match effective.iter().find(|e| access::allows(e, role, environment)) {
         Some(e) => {
             let how = match &e.via_group {
@@ -444,7 +455,7 @@ fn host_user_now(s: &AppState, caller: &Caller, host_id: &str) -> Result<HostUse
     let user = access::host_user(&view, t, host_id).and_then(|u| query::user(&view, t, &u));
     let body = match user {
         None => None,
-        Some(u) => Some(host_view(&view, t, &u, host_id, s.cfg.max_scan)?),
+        Some(u) => Some(host_view(&view, &s.groups, t, &u, host_id, s.cfg.max_scan)?),
     };
     if let Some(e) = view.take_error() {
         return Err(e.into());
@@ -453,7 +464,14 @@ fn host_user_now(s: &AppState, caller: &Caller, host_id: &str) -> Result<HostUse
 }
 
 /// The user a host belongs to: its effective access, direct groups and department.
-fn host_view(kv: &impl KvRead, t: &str, u: &UserDoc, host_id: &str, limit: usize) -> Result<HostUser, ApiError> {
+fn host_view(
+    kv: &StateView<'_>,
+    cache: &GroupCache,
+    t: &str,
+    u: &UserDoc,
+    host_id: &str,
+    limit: usize,
+) -> Result<HostUser, ApiError> {
     let groups = query::groups_of(kv, t, &u.id, limit)
         .into_iter()
         .filter_map(|g| query::group(kv, t, &g))
@@ -468,7 +486,7 @@ fn host_view(kv: &impl KvRead, t: &str, u: &UserDoc, host_id: &str, limit: usize
     Ok(HostUser {
         host_id: host_id.to_string(),
         display_name: u.display().to_string(),
-        access: user_access_of(kv, t, u, limit)?,
+        access: user_access_of(kv, cache, t, u, limit)?,
         groups,
         department,
     })

@@ -70,6 +70,8 @@ pub struct Inner {
     /// Cluster mode: this node's role and the leader (`None`: a single node).
     pub cluster: Option<Arc<crate::cluster::ClusterState>>,
     /// The outbound connectors this node runs (in cluster mode, the targets named to it).
+    /// The access answers' group nodes (`--access-cache-groups`).
+    pub groups: crate::access_cache::GroupCache,
     /// An outbound runner's copy of a directory (`scimlog outbound run`): how far it is.
     pub copy: Option<Arc<crate::bus::copy::CopyStatus>>,
     pub outbound: Arc<crate::outbound::Outbound>,

@@ -19,6 +19,7 @@ pub mod writer;
 
 use std::cell::RefCell;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use rocksdb::{
@@ -96,6 +97,10 @@ pub struct Store {
     faults: FaultInjector,
     /// A secondary instance's own directory, removed when the last clone goes.
     _scratch: Option<Arc<tempfile::TempDir>>,
+    /// Counts commits that change a group node (`access::changes_group_nodes`): odd while one
+    /// is being committed, so that a view knows whether group nodes kept from another view of
+    /// the same generation are its own (see [`StateView::group_generation`]).
+    group_generation: Arc<AtomicU64>,
 }
 
 #[derive(Clone, Copy, Debug, Default, serde::Serialize)]
@@ -180,7 +185,13 @@ impl Store {
         let cfs = FAMILIES.map(|name| ColumnFamilyDescriptor::new(name, family_options(name, memory, &cache)));
         let db = DB::open_cf_descriptors(&db_options(memory, &cache), &path, cfs)
             .map_err(|source| LogError::Open { path, source })?;
-        Ok(Store { db: Arc::new(db), blinder: Default::default(), faults: FaultInjector::default(), _scratch: None })
+        Ok(Store {
+            db: Arc::new(db),
+            blinder: Default::default(),
+            faults: FaultInjector::default(),
+            _scratch: None,
+            group_generation: Default::default(),
+        })
     }
 
     /// Opens the store for reading beside a live server (audit, export), as a RocksDB secondary
@@ -213,6 +224,7 @@ impl Store {
             blinder: Default::default(),
             faults: FaultInjector::default(),
             _scratch: Some(Arc::new(scratch)),
+            group_generation: Default::default(),
         })
     }
 
@@ -260,8 +272,27 @@ impl Store {
     pub fn view(&self) -> StateView<'_> {
         // A secondary instance cannot take snapshots, and needs none: it does not change after
         // it caught up with the primary.
+        let before = self.group_generation.load(Ordering::SeqCst);
         let snapshot = self._scratch.is_none().then(|| self.db.snapshot());
-        StateView { db: &self.db, snapshot, cf: self.cf(CF_STATE), blinder: self.blinder(), error: RefCell::new(None) }
+        let after = self.group_generation.load(Ordering::SeqCst);
+        // No commit changing a group node began or ended around the snapshot: it shows exactly
+        // the group nodes of that generation. A secondary instance has no generation of its own.
+        let group_generation = (before == after && before % 2 == 0 && self._scratch.is_none()).then_some(before);
+        StateView {
+            db: &self.db,
+            snapshot,
+            cf: self.cf(CF_STATE),
+            blinder: self.blinder(),
+            error: RefCell::new(None),
+            group_generation,
+        }
+    }
+
+    /// Brackets a commit that changes group nodes (see `group_generation`): the generation is
+    /// odd from now until the guard drops, after the commit.
+    pub(crate) fn group_nodes_changing(&self) -> GroupNodesChanging {
+        self.group_generation.fetch_add(1, Ordering::SeqCst);
+        GroupNodesChanging(self.group_generation.clone())
     }
 
     /// Reads up to `limit` events from `from` (inclusive), in log order.
@@ -542,9 +573,31 @@ pub struct StateView<'a> {
     cf: &'a rocksdb::ColumnFamily,
     blinder: Option<scimlog_projections::IndexBlinder>,
     error: RefCell<Option<rocksdb::Error>>,
+    group_generation: Option<u64>,
+}
+
+/// See [`Store::group_nodes_changing`].
+pub(crate) struct GroupNodesChanging(Arc<AtomicU64>);
+
+impl Drop for GroupNodesChanging {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
 }
 
 impl StateView<'_> {
+    /// The generation of group nodes this view shows, when it is known: group nodes read from
+    /// any view of the same generation are this view's too. `None`: a commit changing them was
+    /// under way when the view was taken (or a secondary instance): read them from this view.
+    pub fn group_generation(&self) -> Option<u64> {
+        self.group_generation
+    }
+
+    /// Whether a read through this view failed (the error is still to be taken).
+    pub fn failed(&self) -> bool {
+        self.error.borrow().is_some()
+    }
+
     pub fn take_error(&self) -> Option<LogError> {
         self.error.borrow_mut().take().map(LogError::Storage)
     }

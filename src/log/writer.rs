@@ -470,7 +470,7 @@ fn commit_batch(
     let mut request_ends: Vec<bool> = Vec::new();
     let mut answers = Vec::with_capacity(batch.len());
     let mut sealer = keys.batch();
-    let mut people_gone = PeopleGone::default();
+    let mut facts = BatchFacts::default();
     // Milliseconds: the precision `meta.lastModified` is shown with, so that a client filtering
     // with a value it was given matches the resource it came from.
     let now = Utc::now().trunc_subsecs(3);
@@ -534,7 +534,7 @@ fn commit_batch(
                         prev_hash: next.hash,
                     };
                     let sealed = event.seal(&mut sealer);
-                    if people_gone.note(&event) {
+                    if facts.note(&event) {
                         sealer.discard(&event.tenant, &event.resource_id);
                     }
                     next = Head { position: event.position, hash: sealed.event_hash() };
@@ -556,11 +556,11 @@ fn commit_batch(
     // The view is a snapshot: it must be gone before a purge, or RocksDB keeps the old values
     // alive for it.
     drop(view);
-    let purge_job = people_gone.purge_job(&writes);
+    let purge_job = facts.purge_job(&writes);
     let mut key_writes = sealer.new_keys();
     let replicated_keys: Vec<(Vec<u8>, Vec<u8>)> =
         key_writes.iter().filter_map(|(id, w)| w.clone().map(|w| (id.clone(), w))).collect();
-    key_writes.extend(people_gone.erased.iter().map(|(t, s)| (super::keys::data_key_id(t, s), None)));
+    key_writes.extend(facts.erased.iter().map(|(t, s)| (super::keys::data_key_id(t, s), None)));
     let result = match failed {
         Some(e) => Err(CommitFailure::Store(e)),
         None if appended.is_empty() => Ok(()),
@@ -583,6 +583,7 @@ fn commit_batch(
                     .head()
                     .and_then(|stored| {
                         assert_eq!(stored, head, "the batch continues the stored head");
+                        let _changing = facts.group_nodes_changed.then(|| store.group_nodes_changing());
                         store.commit(&appended, writes, key_writes, sync)
                     })
                     .map_err(CommitFailure::Store)
@@ -604,11 +605,11 @@ fn commit_batch(
                     opts.metrics.events_written.get_or_create(&label).inc();
                 }
             }
-            for (t, s) in &people_gone.erased {
+            for (t, s) in &facts.erased {
                 keys.forget(t, s);
             }
-            if let Some(r) = opts.replication.as_ref().filter(|_| !people_gone.erased.is_empty()) {
-                r.erased(people_gone.erased.iter().map(|(t, s)| super::keys::data_key_id(t, s)).collect());
+            if let Some(r) = opts.replication.as_ref().filter(|_| !facts.erased.is_empty()) {
+                r.erased(facts.erased.iter().map(|(t, s)| super::keys::data_key_id(t, s)).collect());
             }
             // The keys are deleted; the purge thread makes sure no file still holds them or the
             // erased read-model values, once no older snapshot can see them.
@@ -658,7 +659,7 @@ fn apply_replicated(
     let view = store.view();
     let mut overlay = Overlay::new(&view);
     let mut next = head.clone();
-    let mut people_gone = PeopleGone::default();
+    let mut facts = BatchFacts::default();
     for (position, sealed) in &batch.records {
         let broken = |detail: String| ApplyError::Discontinuous { position: *position, detail };
         if *position != next.position + 1 || !sealed.is_intact() {
@@ -668,7 +669,7 @@ fn apply_replicated(
         if event.position != *position || event.prev_hash != next.hash {
             return Err(broken("its position or prevHash does not link to the local head".into()));
         }
-        people_gone.note(&event);
+        facts.note(&event);
         apply(&mut overlay, &event);
         next = Head { position: *position, hash: sealed.event_hash() };
     }
@@ -677,24 +678,26 @@ fn apply_replicated(
     }
     let writes = overlay.into_writes();
     drop(view);
-    let purge_job = people_gone.purge_job(&writes);
+    let purge_job = facts.purge_job(&writes);
     let mut key_writes: Vec<(Vec<u8>, Option<Vec<u8>>)> =
         batch.keys.into_iter().map(|(id, wrapped)| (id, Some(wrapped))).collect();
-    key_writes.extend(people_gone.erased.iter().map(|(t, s)| (super::keys::data_key_id(t, s), None)));
+    key_writes.extend(facts.erased.iter().map(|(t, s)| (super::keys::data_key_id(t, s), None)));
     // The same invariant as the leader's, checked against the store itself.
     let stored = store.head().map_err(|e| ApplyError::Storage(e.to_string()))?;
     if stored != *head {
         return Err(ApplyError::Discontinuous { position: head.position + 1, detail: "the stored head moved".into() });
     }
+    let changing = facts.group_nodes_changed.then(|| store.group_nodes_changing());
     store.commit(&batch.records, writes, key_writes, opts.sync).map_err(|e| ApplyError::Storage(e.to_string()))?;
-    for (t, s) in &people_gone.erased {
+    drop(changing);
+    for (t, s) in &facts.erased {
         keys.forget(t, s);
     }
     if let Some(job) = purge_job {
         purger.submit(super::purge::PurgeJob { sequence: store.latest_sequence(), ..job });
     }
-    if let Some(r) = opts.replication.as_ref().filter(|_| !people_gone.erased.is_empty()) {
-        r.erased(people_gone.erased.iter().map(|(t, s)| super::keys::data_key_id(t, s)).collect());
+    if let Some(r) = opts.replication.as_ref().filter(|_| !facts.erased.is_empty()) {
+        r.erased(facts.erased.iter().map(|(t, s)| super::keys::data_key_id(t, s)).collect());
     }
     committed.send_replace(next.position);
     Ok(next)
@@ -720,7 +723,7 @@ fn apply_copied(
     let mut sealer = keys.batch();
     let mut next = head.clone();
     let mut appended = Vec::with_capacity(events.len());
-    let mut people_gone = PeopleGone::default();
+    let mut facts = BatchFacts::default();
     for mut event in events {
         if event.position <= next.position {
             let detail = format!("the copy holds position {} already", next.position);
@@ -728,7 +731,7 @@ fn apply_copied(
         }
         event.prev_hash = next.hash;
         let sealed = event.seal(&mut sealer);
-        if people_gone.note(&event) {
+        if facts.note(&event) {
             sealer.discard(&event.tenant, &event.resource_id);
         }
         apply(&mut overlay, &event);
@@ -740,16 +743,18 @@ fn apply_copied(
     }
     let writes = overlay.into_writes();
     drop(view);
-    let purge_job = people_gone.purge_job(&writes);
+    let purge_job = facts.purge_job(&writes);
     let mut key_writes = sealer.new_keys();
-    key_writes.extend(people_gone.erased.iter().map(|(t, s)| (super::keys::data_key_id(t, s), None)));
+    key_writes.extend(facts.erased.iter().map(|(t, s)| (super::keys::data_key_id(t, s), None)));
     let stored = store.head().map_err(|e| ApplyError::Storage(e.to_string()))?;
     if stored != *head {
         return Err(ApplyError::Discontinuous { position: head.position + 1, detail: "the stored head moved".into() });
     }
+    let changing = facts.group_nodes_changed.then(|| store.group_nodes_changing());
     store.commit(&appended, writes, key_writes, opts.sync).map_err(|e| ApplyError::Storage(e.to_string()))?;
+    drop(changing);
     keys.committed(sealer);
-    for (t, s) in &people_gone.erased {
+    for (t, s) in &facts.erased {
         keys.forget(t, s);
     }
     if let Some(job) = purge_job {
@@ -759,18 +764,21 @@ fn apply_copied(
     Ok(next)
 }
 
-/// The people a batch erased or deleted: what its purge and its key deletions need.
+/// What a batch's commit must do besides writing: the people it erased or deleted (its purge
+/// and its key deletions), and whether it changes group nodes (the access cache's generation).
 #[derive(Default)]
-struct PeopleGone {
+struct BatchFacts {
     /// (tenant, user) erased in this batch.
     erased: Vec<(String, String)>,
     /// (tenant, user) deleted in this batch: their read-model keys are the ones it deletes.
     deleted: std::collections::HashSet<(String, String)>,
+    group_nodes_changed: bool,
 }
 
-impl PeopleGone {
+impl BatchFacts {
     /// Notes an event; answers whether it erased its person (whose key the batch must drop).
     fn note(&mut self, event: &Event) -> bool {
+        self.group_nodes_changed |= scimlog_projections::access::changes_group_nodes(event);
         let who = || (event.tenant.clone(), event.resource_id.clone());
         match event.body {
             EventBody::UserErased { .. } => {

@@ -260,3 +260,74 @@ async fn the_grant_shape_is_chosen_per_tenant() {
     assert_eq!(objects.body["roles"], json!([{"value": PROD_ADMIN}]), "other tenants keep the default");
     s.stop().await;
 }
+
+/// The access answers keep group nodes (name, grants, parent groups) between requests; no answer
+/// given after a write was acknowledged may come from a node that write changed: a role taken
+/// from the top of a three-level nesting, a middle group taken out of the top, a rename and a
+/// deletion are each seen by the very next check, while other checks keep the cache warm and
+/// race the writes. The same answers with the cache off (`--access-cache-groups 0`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kept_group_nodes_never_outlive_the_write_that_changed_them() {
+    for cache in [100_000, 0] {
+        let s = std::sync::Arc::new(TestServer::start_configured(|c| c.access_cache_groups = cache).await);
+        let u = s.post("/Users", &json!({"userName": "nested@x.org"})).await.id();
+        let leaf = s.post("/Groups", &json!({"displayName": "leaf", "members": [{"value": u}]})).await.id();
+        let mid = s.post("/Groups", &json!({"displayName": "mid", "members": [{"value": leaf}]})).await.id();
+        let top = s
+            .post(
+                "/Groups",
+                &json!({"displayName": "top", "members": [{"value": mid}], GROUP_ACCESS: {"roles": [{"value": PROD_ADMIN}]}}),
+            )
+            .await
+            .id();
+        let allowed = |why: &'static str| {
+            let (s, u) = (s.clone(), u.clone());
+            async move {
+                let c = check(&s, &u, "admin", "prod").await;
+                (
+                    c["allowed"].as_bool().unwrap_or_else(|| panic!("{why}: {c}")),
+                    c["reason"].as_str().unwrap_or("").to_string(),
+                )
+            }
+        };
+        // Checks racing every write below, keeping the nodes in use.
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let racer = {
+            let (s, u, stop) = (s.clone(), u.clone(), stop.clone());
+            tokio::spawn(async move {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    check(&s, &u, "admin", "prod").await;
+                }
+            })
+        };
+        let patch = |group: &str, op: Value| {
+            let (s, path) = (s.clone(), format!("/Groups/{group}"));
+            async move {
+                let r = s.send(Method::PATCH, &path, Some(&json!({"Operations": [op]})), &[]).await;
+                assert!(r.status.is_success(), "{}", r.body);
+            }
+        };
+        for round in 0..10 {
+            let (yes, why) = allowed("before").await;
+            assert!(yes && why.contains("through group \"top\""), "round {round}, cache {cache}: {why}");
+            patch(&top, json!({"op": "remove", "path": format!("{GROUP_ACCESS}:roles")})).await;
+            assert!(!allowed("role taken from the top").await.0, "round {round}, cache {cache}");
+            patch(
+                &top,
+                json!({"op": "add", "path": format!("{GROUP_ACCESS}:roles"), "value": [{"value": PROD_ADMIN}]}),
+            )
+            .await;
+            assert!(allowed("role given back").await.0, "round {round}, cache {cache}");
+            patch(&top, json!({"op": "remove", "path": format!("members[value eq \"{mid}\"]")})).await;
+            assert!(!allowed("middle group out of the top").await.0, "round {round}, cache {cache}");
+            patch(&top, json!({"op": "add", "path": "members", "value": [{"value": mid}]})).await;
+        }
+        patch(&top, json!({"op": "replace", "path": "displayName", "value": "renamed top"})).await;
+        let (yes, why) = allowed("renamed").await;
+        assert!(yes && why.contains("through group \"renamed top\""), "cache {cache}: {why}");
+        assert_eq!(s.delete(&format!("/Groups/{top}")).await.status, 204);
+        assert!(!allowed("top deleted").await.0, "cache {cache}");
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        racer.await.unwrap();
+    }
+}

@@ -1,0 +1,87 @@
+//! The access answers' cache of group nodes (`access::GroupNode`: a group's name, own grants and
+//! parent groups), so that an access check reads the user's own grants and groups from the store
+//! and everything above them from memory: O(groups of the user) reads, whatever the nesting.
+//!
+//! Never stale: the nodes kept are those of one *group generation* (see
+//! `log::StateView::group_generation`), which every commit that changes a node moves on, before
+//! the commit and again after it, and so before any write is answered. A view of a newer
+//! generation empties the cache; a view taken while such a commit was under way, or of an older
+//! generation, reads its nodes from itself and keeps nothing. Users joining and leaving groups
+//! (an IdP's daily traffic) change no node and keep the cache.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use scimlog_projections::access::{self, Effective, GroupNode, TooLarge};
+
+use crate::log::StateView;
+
+pub struct GroupCache {
+    /// Most nodes kept (`--access-cache-groups`; 0: no cache). At the limit it starts over.
+    max: usize,
+    inner: Mutex<Kept>,
+}
+
+#[derive(Default)]
+struct Kept {
+    generation: u64,
+    /// (tenant, group id) → node.
+    nodes: HashMap<(String, String), Arc<GroupNode>>,
+}
+
+impl GroupCache {
+    pub fn new(max: usize) -> GroupCache {
+        GroupCache { max, inner: Mutex::default() }
+    }
+
+    /// How many nodes are kept now.
+    pub fn len(&self) -> usize {
+        self.inner.lock().expect("group cache lock").nodes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// A user's effective access, as `access::effective` answers it from `view`.
+    pub fn effective(
+        &self,
+        view: &StateView<'_>,
+        t: &str,
+        user: &str,
+        limit: usize,
+    ) -> Result<Vec<Effective>, TooLarge> {
+        let generation = match view.group_generation() {
+            Some(g) if self.max > 0 => g,
+            _ => return access::effective(view, t, user, limit),
+        };
+        access::effective_with(view, t, user, limit, &mut |group: &str| self.node(view, generation, t, group, limit))
+    }
+
+    fn node(&self, view: &StateView<'_>, generation: u64, t: &str, group: &str, limit: usize) -> Arc<GroupNode> {
+        let key = (t.to_string(), group.to_string());
+        {
+            let mut kept = self.inner.lock().expect("group cache lock");
+            if kept.generation < generation {
+                kept.generation = generation;
+                kept.nodes.clear();
+            }
+            if kept.generation == generation {
+                if let Some(n) = kept.nodes.get(&key) {
+                    return n.clone();
+                }
+            }
+        }
+        // Read outside the lock: other answers go on meanwhile.
+        let node = Arc::new(access::group_node(view, t, group, limit));
+        let mut kept = self.inner.lock().expect("group cache lock");
+        // A node read while the store failed may be short: the answer fails, and keeps nothing.
+        if kept.generation == generation && !view.failed() {
+            if kept.nodes.len() >= self.max {
+                kept.nodes.clear();
+            }
+            kept.nodes.insert(key, node.clone());
+        }
+        node
+    }
+}
