@@ -184,6 +184,10 @@ fn parse_by(by: Option<&str>) -> Result<UserBy, ApiError> {
 
 /// The user `name` names, as `by` says; two different users is a 409.
 fn find_user(kv: &impl KvRead, t: &str, name: &str, by: UserBy) -> Result<Option<UserDoc>, ApiError> {
+    // By id the document is the lookup: read (and decode) it once.
+    if matches!(by, UserBy::Id) {
+        return Ok(query::user(kv, t, name));
+    }
     match query::find_user(kv, t, name, by) {
         Ok(id) => Ok(id.and_then(|id| query::user(kv, t, &id))),
         Err(ambiguous) => Err(Refusal::Uniqueness(ambiguous.to_string()).into()),
