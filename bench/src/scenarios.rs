@@ -23,6 +23,8 @@ const GROUP_ACCESS: &str = "urn:scimlog:params:scim:schemas:extension:access:2.0
 /// The access scenario's groups: one per this many users, at most [`ACCESS_GROUPS_MAX`].
 const USERS_PER_ACCESS_GROUP: usize = 100;
 const ACCESS_GROUPS_MAX: usize = 10_000;
+/// The large group of the access check's group-size rows.
+const ACCESS_BIG_GROUP: usize = 100_000;
 /// Users the access checks ask about (each checked once before, to be one that is allowed).
 const ACCESS_SAMPLE: usize = 10_000;
 /// Leaf groups each user of the access scenario is in.
@@ -695,6 +697,7 @@ impl Bench {
             }
             self.push(median(runs));
         }
+        self.access_by_group_size(&users, &all).await?;
         let (api, leaves) = (self.api(), Arc::new(tree.leaves));
         let name = format!("application: 90% access checks, 10% group pushes ({n} users, {groups} groups)");
         let row = self
@@ -721,6 +724,49 @@ impl Bench {
             })
             .await;
         self.push(row);
+        Ok(())
+    }
+
+    /// The check's cost against the size of the group that grants the role: 10 users in a group
+    /// of 10, then 10 users in a group of up to 100 000 (each group alone holding a role of an
+    /// environment of its own): the two rows should cost the same.
+    async fn access_by_group_size(&mut self, allowed: &[String], users: &[String]) -> anyhow::Result<()> {
+        anyhow::ensure!(allowed.len() >= 20, "the group-size rows need 20 users who are allowed");
+        // The users asked about are allowed ones (active); the big group's others, any.
+        let small: Vec<String> = allowed[..10].to_vec();
+        let asked: std::collections::HashSet<&String> = allowed[..20].iter().collect();
+        let mut big: Vec<String> = allowed[10..20].to_vec();
+        big.extend(users.iter().filter(|u| !asked.contains(u)).take(ACCESS_BIG_GROUP - 10).cloned());
+        for (size, members) in [(small.len(), small), (big.len(), big)] {
+            let (api, env) = (self.api(), format!("size-{size}-{}", self.tag));
+            let mut conn = self.conn.try_clone();
+            let urn = format!("urn:scimlog:role:environment:{env}:viewer");
+            let body =
+                json!({"displayName": format!("size-{size}-{}", self.tag), GROUP_ACCESS: {"roles": [{"value": urn}]}});
+            let group = api.create_group_with(&mut conn, body).await?;
+            api.add_members(&mut conn, &group, &members).await?;
+            self.settle().await?;
+            let asked = Arc::new(members[..10].to_vec());
+            let name = format!("access check through a group of {size} members ({} users)", users.len());
+            let mut runs = Vec::new();
+            for _ in 0..self.args.runs.max(1) {
+                let (asked, env) = (asked.clone(), env.clone());
+                let row = self
+                    .measure(&name, self.server_pid(), self.args.requests, self.args.limit(), move |mut conn, i| {
+                        let url = format!(
+                            "/api/v1/access/check?user={}&environment={env}&role=viewer&by=id",
+                            asked[i as usize % asked.len()]
+                        );
+                        async move {
+                            let ok = matches!(conn.get(&url).await, Ok((s, b)) if s.is_success() && b.starts_with(b"{\"allowed\":true"));
+                            (conn, ok)
+                        }
+                    })
+                    .await;
+                runs.push(row);
+            }
+            self.push(median(runs));
+        }
         Ok(())
     }
 

@@ -53,6 +53,8 @@ fn every_scenario_runs_and_reports_without_errors() {
         "access check, allowed through 3 nested groups (600 users, 30 groups",
         "GET /api/v1/users/{id}/access (600 users",
         "application: 90% access checks, 10% group pushes",
+        "access check through a group of 10 members",
+        "access check through a group of 590 members",
         "two-tenants: calm tenant lookups, alone",
         "two-tenants: calm tenant lookups while another floods",
         "replay: rebuild all read models",
