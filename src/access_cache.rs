@@ -34,15 +34,6 @@ impl GroupCache {
         GroupCache { max, inner: Mutex::default() }
     }
 
-    /// How many nodes are kept now.
-    pub fn len(&self) -> usize {
-        self.inner.lock().expect("group cache lock").nodes.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// A user's effective access, as `access::effective` answers it from `view`.
     pub fn effective(
         &self,

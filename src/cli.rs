@@ -586,13 +586,17 @@ fn open_exclusive(data_dir: &Path) -> anyhow::Result<Store> {
     })
 }
 
+/// The runtime of the commands that do IO asynchronously (serve, tail, republish, ...).
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build()
+}
+
 /// Runs the command line; the process exit code is non-zero on any error.
 pub fn main() -> anyhow::Result<()> {
     let (args, from_file) = crate::config_file::with_file(std::env::args_os().collect())?;
     let cli = Cli::parse_from(&args);
     // Kept to the end: dropping it exports the spans still buffered.
     let _traces = init_logging()?;
-    let runtime = || tokio::runtime::Builder::new_multi_thread().enable_all().build();
     match cli.command {
         Cmd::Serve(cfg) => runtime()?.block_on(crate::server::serve(cfg)),
         Cmd::Completions { shell } => {
@@ -984,7 +988,7 @@ fn outbound_cmd(command: OutboundCmd) -> anyhow::Result<()> {
         }
         OutboundCmd::Run { target, serve } => {
             let cfg = crate::config::ServeConfig { runner: Some(target), ..*serve };
-            tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(crate::server::serve(cfg))
+            runtime()?.block_on(crate::server::serve(cfg))
         }
         OutboundCmd::Remove { name, file } => {
             config::remove(&file.path(), &name)?;

@@ -177,7 +177,7 @@ impl Server {
         };
         let copy = cfg.runner.as_ref().map(|target| {
             let status = Arc::new(crate::bus::copy::CopyStatus::new(crate::bus::copy::consumer_name(target)));
-            let copy = crate::bus::copy::Copy {
+            let copy = crate::bus::copy::Copier {
                 cfg: cfg.nats.clone(),
                 store: store.clone(),
                 writer: writer.downgrade(),

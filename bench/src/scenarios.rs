@@ -246,6 +246,19 @@ impl Bench {
         self.measure_on(&self.conn, self.args.connections, name, pid, requests, limit, op).await
     }
 
+    /// [`Bench::measure`] --runs times: the run of median throughput, the spread in its name.
+    async fn measure_median<F, Fut>(&self, name: &str, op: F) -> Row
+    where
+        F: Fn(Conn, u64) -> Fut + Clone + Send + Sync + 'static,
+        Fut: std::future::Future<Output = (Conn, bool)> + Send,
+    {
+        let mut runs = Vec::new();
+        for _ in 0..self.args.runs.max(1) {
+            runs.push(self.measure(name, self.server_pid(), self.args.requests, self.args.limit(), op.clone()).await);
+        }
+        median(runs)
+    }
+
     #[allow(clippy::too_many_arguments)]
     async fn measure_on<F, Fut>(
         &self,
@@ -680,22 +693,18 @@ impl Bench {
         // Read-only: --runs times each, the median kept.
         for (what, path) in rows {
             let name = format!("{what} ({n} users, {groups} groups, {ACCESS_GROUPS_PER_USER} per user)");
-            let mut runs = Vec::new();
-            for _ in 0..self.args.runs.max(1) {
-                let (users, path) = (users.clone(), path.clone());
-                let row = self
-                    .measure(&name, self.server_pid(), self.args.requests, self.args.limit(), move |mut conn, i| {
-                        let (users, path) = (users.clone(), path.clone());
-                        async move {
-                            let url = path(&users[(i as usize * 7919) % users.len()]);
-                            let ok = matches!(conn.get(&url).await, Ok((s, b)) if s.is_success() && !b.starts_with(b"{\"allowed\":false"));
-                            (conn, ok)
-                        }
-                    })
-                    .await;
-                runs.push(row);
-            }
-            self.push(median(runs));
+            let users = users.clone();
+            let row = self
+                .measure_median(&name, move |mut conn, i| {
+                    let (users, path) = (users.clone(), path.clone());
+                    async move {
+                        let url = path(&users[(i as usize * 7919) % users.len()]);
+                        let ok = matches!(conn.get(&url).await, Ok((s, b)) if s.is_success() && !b.starts_with(b"{\"allowed\":false"));
+                        (conn, ok)
+                    }
+                })
+                .await;
+            self.push(row);
         }
         self.access_by_group_size(&users, &all).await?;
         let (api, leaves) = (self.api(), Arc::new(tree.leaves));
@@ -748,24 +757,19 @@ impl Bench {
             self.settle().await?;
             let asked = Arc::new(members[..10].to_vec());
             let name = format!("access check through a group of {size} members ({} users)", users.len());
-            let mut runs = Vec::new();
-            for _ in 0..self.args.runs.max(1) {
-                let (asked, env) = (asked.clone(), env.clone());
-                let row = self
-                    .measure(&name, self.server_pid(), self.args.requests, self.args.limit(), move |mut conn, i| {
-                        let url = format!(
-                            "/api/v1/access/check?user={}&environment={env}&role=viewer&by=id",
-                            asked[i as usize % asked.len()]
-                        );
-                        async move {
-                            let ok = matches!(conn.get(&url).await, Ok((s, b)) if s.is_success() && b.starts_with(b"{\"allowed\":true"));
-                            (conn, ok)
-                        }
-                    })
-                    .await;
-                runs.push(row);
-            }
-            self.push(median(runs));
+            let row = self
+                .measure_median(&name, move |mut conn, i| {
+                    let url = format!(
+                        "/api/v1/access/check?user={}&environment={env}&role=viewer&by=id",
+                        asked[i as usize % asked.len()]
+                    );
+                    async move {
+                        let ok = matches!(conn.get(&url).await, Ok((s, b)) if s.is_success() && b.starts_with(b"{\"allowed\":true"));
+                        (conn, ok)
+                    }
+                })
+                .await;
+            self.push(row);
         }
         Ok(())
     }

@@ -72,7 +72,7 @@ pub fn consumer_name(target: &str) -> String {
     format!("scimlog-outbound-{target}")
 }
 
-pub struct Copy {
+pub struct Copier {
     pub cfg: NatsConfig,
     pub store: Store,
     pub writer: WeakWriter,
@@ -82,7 +82,7 @@ pub struct Copy {
 }
 
 /// Follows the stream until `shutdown`; errors are shown in the status and retried.
-pub async fn run(copy: Copy, mut shutdown: watch::Receiver<bool>) {
+pub async fn run(copy: Copier, mut shutdown: watch::Receiver<bool>) {
     let mut backoff = Duration::from_millis(200);
     loop {
         let result = tokio::select! {
@@ -101,7 +101,7 @@ pub async fn run(copy: Copy, mut shutdown: watch::Receiver<bool>) {
     }
 }
 
-async fn session(copy: &Copy) -> Result<(), BusError> {
+async fn session(copy: &Copier) -> Result<(), BusError> {
     let js = jetstream::new(super::connect(&copy.cfg).await?);
     let mut stream = js.get_stream(&copy.cfg.nats_stream).await.map_err(|e| {
         BusError::Nats(format!(

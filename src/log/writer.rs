@@ -427,9 +427,10 @@ fn apply_other_log(
     purger: &super::purge::Purger,
     committed: &watch::Sender<u64>,
 ) -> Result<Head, ApplyError> {
+    let ctx = Committing { store, keys, opts, purger, committed };
     let applied = catch_unwind(AssertUnwindSafe(|| match log {
-        OtherLog::Replicated(records) => apply_replicated(store, keys, records, head, opts, purger, committed),
-        OtherLog::Copied(events) => apply_copied(store, keys, events, head, opts, purger, committed),
+        OtherLog::Replicated(records) => apply_replicated(&ctx, records, head),
+        OtherLog::Copied(events) => apply_copied(&ctx, events, head),
     }));
     applied.unwrap_or_else(|_| {
         tracing::error!(position = head.position, "applying records of another log panicked");
@@ -641,16 +642,9 @@ fn commit_batch(
 /// on the leader, and records, read models and the data keys they brought are committed in
 /// one batch. An erasure among them destroys the key here, purges, and purges the replicated
 /// copy, as on the leader.
-fn apply_replicated(
-    store: &Store,
-    keys: &KeyRing,
-    batch: ReplicatedBatch,
-    head: &Head,
-    opts: &WriterOptions,
-    purger: &super::purge::Purger,
-    committed: &watch::Sender<u64>,
-) -> Result<Head, ApplyError> {
-    if opts.replication.as_ref().is_some_and(|r| r.is_leader()) {
+fn apply_replicated(ctx: &Committing<'_>, batch: ReplicatedBatch, head: &Head) -> Result<Head, ApplyError> {
+    let (store, keys) = (ctx.store, ctx.keys);
+    if ctx.opts.replication.as_ref().is_some_and(|r| r.is_leader()) {
         return Err(ApplyError::Leading);
     }
     let opener = keys
@@ -678,29 +672,8 @@ fn apply_replicated(
     }
     let writes = overlay.into_writes();
     drop(view);
-    let purge_job = facts.purge_job(&writes);
-    let mut key_writes: Vec<(Vec<u8>, Option<Vec<u8>>)> =
-        batch.keys.into_iter().map(|(id, wrapped)| (id, Some(wrapped))).collect();
-    key_writes.extend(facts.erased.iter().map(|(t, s)| (super::keys::data_key_id(t, s), None)));
-    // The same invariant as the leader's, checked against the store itself.
-    let stored = store.head().map_err(|e| ApplyError::Storage(e.to_string()))?;
-    if stored != *head {
-        return Err(ApplyError::Discontinuous { position: head.position + 1, detail: "the stored head moved".into() });
-    }
-    let changing = facts.group_nodes_changed.then(|| store.group_nodes_changing());
-    store.commit(&batch.records, writes, key_writes, opts.sync).map_err(|e| ApplyError::Storage(e.to_string()))?;
-    drop(changing);
-    for (t, s) in &facts.erased {
-        keys.forget(t, s);
-    }
-    if let Some(job) = purge_job {
-        purger.submit(super::purge::PurgeJob { sequence: store.latest_sequence(), ..job });
-    }
-    if let Some(r) = opts.replication.as_ref().filter(|_| !facts.erased.is_empty()) {
-        r.erased(facts.erased.iter().map(|(t, s)| super::keys::data_key_id(t, s)).collect());
-    }
-    committed.send_replace(next.position);
-    Ok(next)
+    let new_keys = batch.keys.into_iter().map(|(id, wrapped)| (id, Some(wrapped))).collect();
+    ctx.commit(Appended { records: &batch.records, writes, new_keys, facts, head, next })
 }
 
 /// Applies a directory's events, as its public stream carries them, to this copy (an outbound
@@ -709,15 +682,8 @@ fn apply_replicated(
 /// keys and chained on this store's head (its `prevHash` and hash are the copy's own, not the
 /// directory's), folded by the same `apply`, and committed in one batch with the read models. An
 /// erasure destroys the copy's key of the person and purges, as in the directory.
-fn apply_copied(
-    store: &Store,
-    keys: &KeyRing,
-    events: Vec<Event>,
-    head: &Head,
-    opts: &WriterOptions,
-    purger: &super::purge::Purger,
-    committed: &watch::Sender<u64>,
-) -> Result<Head, ApplyError> {
+fn apply_copied(ctx: &Committing<'_>, events: Vec<Event>, head: &Head) -> Result<Head, ApplyError> {
+    let (store, keys) = (ctx.store, ctx.keys);
     let view = store.view();
     let mut overlay = Overlay::new(&view);
     let mut sealer = keys.batch();
@@ -743,25 +709,64 @@ fn apply_copied(
     }
     let writes = overlay.into_writes();
     drop(view);
-    let purge_job = facts.purge_job(&writes);
-    let mut key_writes = sealer.new_keys();
-    key_writes.extend(facts.erased.iter().map(|(t, s)| (super::keys::data_key_id(t, s), None)));
-    let stored = store.head().map_err(|e| ApplyError::Storage(e.to_string()))?;
-    if stored != *head {
-        return Err(ApplyError::Discontinuous { position: head.position + 1, detail: "the stored head moved".into() });
-    }
-    let changing = facts.group_nodes_changed.then(|| store.group_nodes_changing());
-    store.commit(&appended, writes, key_writes, opts.sync).map_err(|e| ApplyError::Storage(e.to_string()))?;
-    drop(changing);
+    let new_keys = sealer.new_keys();
+    let head = ctx.commit(Appended { records: &appended, writes, new_keys, facts, head, next })?;
+    // An erased person's key made in this batch was discarded: none comes back here.
     keys.committed(sealer);
-    for (t, s) in &facts.erased {
-        keys.forget(t, s);
+    Ok(head)
+}
+
+/// The writer's parts that commit records of another log.
+struct Committing<'a> {
+    store: &'a Store,
+    keys: &'a KeyRing,
+    opts: &'a WriterOptions,
+    purger: &'a super::purge::Purger,
+    committed: &'a watch::Sender<u64>,
+}
+
+/// Records of another log, folded, ready to commit after `head`.
+struct Appended<'a> {
+    records: &'a [(u64, SealedEvent)],
+    writes: std::collections::BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    /// Data keys the records need that the store does not hold yet.
+    new_keys: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    facts: BatchFacts,
+    head: &'a Head,
+    next: Head,
+}
+
+impl Committing<'_> {
+    /// Commits records, read models and keys in one batch, checked against the stored head (the
+    /// leader's invariant), then does what the batch's facts ask: erased persons' keys deleted
+    /// and forgotten, the purge, the replicated copies purged; answers the new head.
+    fn commit(&self, a: Appended<'_>) -> Result<Head, ApplyError> {
+        let (store, facts) = (self.store, &a.facts);
+        let purge_job = facts.purge_job(&a.writes);
+        let mut key_writes = a.new_keys;
+        key_writes.extend(facts.erased.iter().map(|(t, s)| (super::keys::data_key_id(t, s), None)));
+        let stored = store.head().map_err(|e| ApplyError::Storage(e.to_string()))?;
+        if stored != *a.head {
+            let detail = "the stored head moved".into();
+            return Err(ApplyError::Discontinuous { position: a.head.position + 1, detail });
+        }
+        let changing = facts.group_nodes_changed.then(|| store.group_nodes_changing());
+        store
+            .commit(a.records, a.writes, key_writes, self.opts.sync)
+            .map_err(|e| ApplyError::Storage(e.to_string()))?;
+        drop(changing);
+        for (t, s) in &facts.erased {
+            self.keys.forget(t, s);
+        }
+        if let Some(job) = purge_job {
+            self.purger.submit(super::purge::PurgeJob { sequence: store.latest_sequence(), ..job });
+        }
+        if let Some(r) = self.opts.replication.as_ref().filter(|_| !facts.erased.is_empty()) {
+            r.erased(facts.erased.iter().map(|(t, s)| super::keys::data_key_id(t, s)).collect());
+        }
+        self.committed.send_replace(a.next.position);
+        Ok(a.next)
     }
-    if let Some(job) = purge_job {
-        purger.submit(super::purge::PurgeJob { sequence: store.latest_sequence(), ..job });
-    }
-    committed.send_replace(next.position);
-    Ok(next)
 }
 
 /// What a batch's commit must do besides writing: the people it erased or deleted (its purge

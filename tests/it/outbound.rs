@@ -348,9 +348,7 @@ async fn throttling_waits_for_retry_after_and_parks_nothing() {
     assert_eq!(st["health"], "throttled", "{st}");
     assert_eq!(st["lastRetryAfterSeconds"], 1, "{st}");
     // The same in /metrics, per target.
-    let r =
-        h.server.send_as(&h.server.admin_token(), Method::GET, &format!("{}/metrics", h.server.base), None, &[]).await;
-    let text = r.body.as_str().unwrap_or_default().to_string();
+    let text = h.server.metrics_text().await;
     for line in [
         "scimlog_outbound_requests_total{target=\"crm\",method=\"POST\",status=\"429\"} 2",
         "scimlog_outbound_requests_total{target=\"crm\",method=\"POST\",status=\"201\"} 1",
@@ -1120,8 +1118,7 @@ async fn outcomes_are_published_on_nats_beside_the_log_stream() {
     let subjects = js.get_stream("SCIMLOG").await.unwrap().info().await.unwrap().config.subjects.clone();
     assert_eq!(subjects, ["scimlog.*.*.*"], "the old stream was narrowed to the events' subjects");
 
-    let r = s.send_as(&s.admin_token(), Method::GET, &format!("{}/metrics", s.base), None, &[]).await;
-    let metrics = r.body.as_str().unwrap_or_default().to_string();
+    let metrics = s.metrics_text().await;
     for line in [
         "scimlog_outbound_outcomes_total{target=\"crm\",class=\"linked\"} 2",
         "scimlog_outbound_outcomes_total{target=\"crm\",class=\"parked\"} 1",
@@ -1558,9 +1555,7 @@ async fn a_scheduled_verify_reports_drift_without_repairing() {
         h.status().await.unwrap()["lastVerify"]["counts"]["drifted"] == 1
     })
     .await;
-    let r =
-        h.server.send_as(&h.server.admin_token(), Method::GET, &format!("{}/metrics", h.server.base), None, &[]).await;
-    let metrics = r.body.as_str().unwrap_or_default().to_string();
+    let metrics = h.server.metrics_text().await;
     for line in [
         "scimlog_outbound_drift{target=\"crm\",class=\"drifted\"} 1",
         "scimlog_outbound_drift{target=\"crm\",class=\"missing\"} 0",

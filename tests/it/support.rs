@@ -204,6 +204,12 @@ impl TestServer {
         read(r).await.body
     }
 
+    /// `/metrics` as text, scraped with this server's admin token.
+    pub async fn metrics_text(&self) -> String {
+        let r = self.client.get(format!("{}/metrics", self.base)).bearer_auth(self.admin_token()).send().await.unwrap();
+        r.text().await.unwrap()
+    }
+
     /// This server's admin token (`--admin-token`: in memory, never evented).
     pub fn admin_token(&self) -> String {
         self.cfg.admin_token.clone().unwrap_or_default()
