@@ -19,6 +19,9 @@ use crate::log::StateView;
 pub struct GroupCache {
     /// Most nodes kept (`--access-cache-groups`; 0: no cache). At the limit it starts over.
     max: usize,
+    /// `--max-scan`: every node is read with its parents up to this limit (+ 1), whatever the
+    /// budget of the answer that reads it, so a kept node is complete for every answer.
+    node_limit: usize,
     inner: Mutex<Kept>,
 }
 
@@ -30,23 +33,28 @@ struct Kept {
 }
 
 impl GroupCache {
-    pub fn new(max: usize) -> GroupCache {
-        GroupCache { max, inner: Mutex::default() }
+    pub fn new(max: usize, node_limit: usize) -> GroupCache {
+        GroupCache { max, node_limit, inner: Mutex::default() }
     }
 
-    /// A user's effective access, as `access::effective` answers it from `view`.
+    /// A user's effective access, as `access::effective` answers it from `view`, reading at most
+    /// `budget` memberships (at most `--max-scan`).
     pub fn effective(
         &self,
         view: &StateView<'_>,
         t: &str,
         user: &str,
-        limit: usize,
+        budget: usize,
     ) -> Result<Vec<Effective>, TooLarge> {
-        let generation = match view.group_generation() {
-            Some(g) if self.max > 0 => g,
-            _ => return access::effective(view, t, user, limit),
-        };
-        access::effective_with(view, t, user, limit, &mut |group: &str| self.node(view, generation, t, group, limit))
+        let (budget, limit) = (budget.min(self.node_limit), self.node_limit);
+        match view.group_generation() {
+            Some(generation) if self.max > 0 => access::effective_with(view, t, user, budget, &mut |group: &str| {
+                self.node(view, generation, t, group, limit)
+            }),
+            _ => access::effective_with(view, t, user, budget, &mut |group: &str| {
+                Arc::new(access::group_node(view, t, group, limit))
+            }),
+        }
     }
 
     fn node(&self, view: &StateView<'_>, generation: u64, t: &str, group: &str, limit: usize) -> Arc<GroupNode> {

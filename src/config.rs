@@ -128,6 +128,17 @@ pub struct ServeConfig {
         help_heading = "Roles and entitlements"
     )]
     pub access_cache_groups: usize,
+    /// An access answer (check, a user's access) whose expansion meets at most this many
+    /// memberships is computed on the request's own worker: it reads about what a GET of a user
+    /// with its groups reads. Larger ones go to the blocking pool (`--max-concurrent-reads`)
+    /// with the whole `--max-scan` budget. 0: always the pool.
+    #[arg(
+        long,
+        env = "SCIMLOG_ACCESS_INLINE_MEMBERSHIPS",
+        default_value_t = 64,
+        help_heading = "Roles and entitlements"
+    )]
+    pub access_inline_memberships: usize,
     /// Most members one request may name (a group's POST or PUT, or one PATCH's operations
     /// together): the single writer's work per request stays bounded.
     #[arg(long, env = "SCIMLOG_MAX_MEMBERS_PER_REQUEST", default_value_t = 20_000, help_heading = "SCIM limits")]

@@ -53,6 +53,12 @@ pub struct ReasonLabels {
     pub reason: String,
 }
 
+/// Where an access answer was computed: `worker` (the request's own) or `pool` (blocking pool).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WhereLabels {
+    pub r#where: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TypeLabels {
     pub r#type: String,
@@ -125,6 +131,8 @@ pub struct Metrics {
     pub auth_failures: Family<ReasonLabels, Counter>,
     pub write_queue_rejected: Family<ReasonLabels, Counter>,
     pub events_written: Family<TypeLabels, Counter>,
+    /// Access answers by where they were computed (`--access-inline-memberships`).
+    pub access_answers: Family<WhereLabels, Counter>,
     pub batch_commands: Histogram,
     pub batch_events: Histogram,
     /// One RocksDB write batch with its fsync.
@@ -237,6 +245,7 @@ impl Metrics {
             auth_failures: Family::default(),
             write_queue_rejected: Family::default(),
             events_written: Family::default(),
+            access_answers: Family::default(),
             batch_commands: size_buckets(),
             batch_events: size_buckets(),
             write_duration: latency_buckets(),
@@ -293,6 +302,12 @@ impl Metrics {
             m.write_queue_rejected.clone(),
         );
         r.register("scimlog_events_written", "Events appended to the log by type", m.events_written.clone());
+        r.register(
+            "scimlog_access_answers",
+            "Access answers (checks, a user's access) by where they were computed: on the request's worker, \
+             or on the blocking pool when they met more than --access-inline-memberships memberships",
+            m.access_answers.clone(),
+        );
         r.register(
             "scimlog_publisher_published_position",
             "Last log position known to be in the JetStream stream",
@@ -468,6 +483,11 @@ impl Metrics {
     /// Counts refused credentials by why (`missing`, `invalid`, `forbidden`).
     pub fn auth_failure(&self, reason: &str) {
         self.auth_failures.get_or_create(&ReasonLabels { reason: reason.into() }).inc();
+    }
+
+    /// Counts an access answer computed on the request's `worker` or on the blocking `pool`.
+    pub fn access_answered(&self, r#where: &str) {
+        self.access_answers.get_or_create(&WhereLabels { r#where: r#where.into() }).inc();
     }
 
     /// Counts a refused write by why (`queue_full`, `tenant_share`).

@@ -258,7 +258,7 @@ impl Server {
             streams: set_streams.clone(),
             lock: tokio::sync::Mutex::new(()),
         };
-        let groups = crate::access_cache::GroupCache::new(cfg.access_cache_groups);
+        let groups = crate::access_cache::GroupCache::new(cfg.access_cache_groups, cfg.max_scan);
         let state = AppState::new(Inner {
             reads: tokio::sync::Semaphore::new(cfg.max_concurrent_reads),
             rates: http::rate::RateLimits::new(

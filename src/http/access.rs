@@ -11,7 +11,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, Utc};
-use scimlog_projections::access::{self, Effective, ScopeDoc};
+use scimlog_projections::access::{self, Effective, ScopeDoc, TooLarge};
 use scimlog_projections::query::UserBy;
 use scimlog_projections::{query, KvRead, UserDoc};
 use scimlog_schemas::access::{Grant, ScopeKind};
@@ -194,14 +194,70 @@ fn find_user(kv: &impl KvRead, t: &str, name: &str, by: UserBy) -> Result<Option
     }
 }
 
+/// Why an access answer was not given: its expansion met more memberships than the attempt's
+/// budget (see [`expand_access`]), or it failed.
+enum Expand {
+    TooLarge(TooLarge),
+    Failed(ApiError),
+}
+
+impl From<TooLarge> for Expand {
+    fn from(e: TooLarge) -> Self {
+        Expand::TooLarge(e)
+    }
+}
+impl From<ApiError> for Expand {
+    fn from(e: ApiError) -> Self {
+        Expand::Failed(e)
+    }
+}
+impl From<SchemaError> for Expand {
+    fn from(e: SchemaError) -> Self {
+        Expand::Failed(e.into())
+    }
+}
+impl From<Expand> for ApiError {
+    fn from(e: Expand) -> Self {
+        match e {
+            Expand::TooLarge(e) => e.into(),
+            Expand::Failed(e) => e,
+        }
+    }
+}
+
+/// Computes an access answer with a budget of memberships: first on the request's own worker
+/// with `--access-inline-memberships` (a user in a few groups, nested a few levels: it reads
+/// about what a GET of the user with its groups reads, and saves the blocking pool's hand-off,
+/// a third of a check's CPU), then, when that budget was not enough, on the blocking pool with
+/// the whole `--max-scan`, so that a large expansion never holds a worker that answers other
+/// requests.
+async fn expand_access<T: Send + 'static>(
+    s: AppState,
+    work: impl Fn(&AppState, usize) -> Result<T, Expand> + Send + 'static,
+) -> Result<T, ApiError> {
+    let inline = s.cfg.access_inline_memberships.min(s.cfg.max_scan);
+    if inline > 0 {
+        match work(&s, inline) {
+            // Larger than a worker's share: the pool answers it with the whole budget.
+            Err(Expand::TooLarge(_)) if inline < s.cfg.max_scan => {}
+            done => {
+                s.metrics.access_answered("worker");
+                return done.map_err(ApiError::from);
+            }
+        }
+    }
+    s.metrics.access_answered("pool");
+    blocking_read(&s, move |s| work(s, s.cfg.max_scan).map_err(ApiError::from)).await
+}
+
 fn user_access_of(
     view: &StateView<'_>,
     groups: &GroupCache,
     t: &str,
     user: &UserDoc,
-    limit: usize,
-) -> Result<UserAccess, ApiError> {
-    let grants = groups.effective(view, t, &user.id, limit)?.iter().map(GrantView::from).collect();
+    budget: usize,
+) -> Result<UserAccess, Expand> {
+    let grants = groups.effective(view, t, &user.id, budget)?.iter().map(GrantView::from).collect();
     Ok(UserAccess {
         user_id: user.id.clone(),
         user_name: user.user_name().to_string(),
@@ -229,24 +285,24 @@ async fn user_access(
     Path(id): Path<String>,
     Query(p): Query<HashMap<String, String>>,
 ) -> Result<Json<UserAccess>, ApiError> {
-    blocking_read(&s, move |s| user_access_now(s, &caller, id, &p)).await.map(Json)
+    expand_access(s, move |s, budget| user_access_now(s, &caller, &id, &p, budget)).await.map(Json)
 }
 
 fn user_access_now(
     s: &AppState,
     caller: &Caller,
-    id: String,
+    id: &str,
     p: &HashMap<String, String>,
-) -> Result<UserAccess, ApiError> {
+    budget: usize,
+) -> Result<UserAccess, Expand> {
     let by = parse_by(p.get("by").map(String::as_str))?;
     let view = s.store.view();
     let t = caller.tenant();
-    let body =
-        find_user(&view, t, &id, by)?.map(|u| user_access_of(&view, &s.groups, t, &u, s.cfg.max_scan)).transpose()?;
+    let body = find_user(&view, t, id, by)?.map(|u| user_access_of(&view, &s.groups, t, &u, budget)).transpose()?;
     if let Some(e) = view.take_error() {
-        return Err(e.into());
+        return Err(ApiError::from(e).into());
     }
-    body.ok_or(ApiError::Refused(Refusal::NotFound { kind: ResourceKind::User, id }))
+    Ok(body.ok_or(ApiError::Refused(Refusal::NotFound { kind: ResourceKind::User, id: id.to_string() }))?)
 }
 
 /// Whether a user may act in an environment, and why.
@@ -272,10 +328,15 @@ async fn check(
     caller: Caller,
     Query(p): Query<HashMap<String, String>>,
 ) -> Result<Json<AccessDecision>, ApiError> {
-    blocking_read(&s, move |s| check_now(s, &caller, &p)).await.map(Json)
+    expand_access(s, move |s, budget| check_now(s, &caller, &p, budget)).await.map(Json)
 }
 
-fn check_now(s: &AppState, caller: &Caller, p: &HashMap<String, String>) -> Result<AccessDecision, ApiError> {
+fn check_now(
+    s: &AppState,
+    caller: &Caller,
+    p: &HashMap<String, String>,
+    budget: usize,
+) -> Result<AccessDecision, Expand> {
     let user =
         p.get("user").filter(|u| !u.is_empty()).ok_or_else(|| SchemaError::invalid_value("'user' is required"))?;
     let env = p
@@ -286,9 +347,9 @@ fn check_now(s: &AppState, caller: &Caller, p: &HashMap<String, String>) -> Resu
     let by = parse_by(p.get("by").map(String::as_str))?;
     let view = s.store.view();
     let t = caller.tenant();
-    let answer = decide_access(&view, &s.groups, t, &s.cfg, user, by, role, env)?;
+    let answer = decide_access(&view, &s.groups, t, &s.cfg, user, by, role, env, budget)?;
     if let Some(e) = view.take_error() {
-        return Err(e.into());
+        return Err(ApiError::from(e).into());
     }
     Ok(answer)
 }
@@ -307,7 +368,8 @@ fn decide_access(
     by: UserBy,
     role: Option<&str>,
     env: &str,
-) -> Result<AccessDecision, ApiError> {
+    budget: usize,
+) -> Result<AccessDecision, Expand> {
     let Some(u) = find_user(kv, t, user, by)? else {
         // With SCIM provisioning on, nobody gets in before the IdP provisions them.
         return Ok(refused(None, format!("user {user:?} is not provisioned")));
@@ -319,7 +381,7 @@ fn decide_access(
         return Ok(refused(Some(&u.id), format!("environment {env:?} does not exist")));
     };
     let environment = scope.as_environment(&cfg.default_organization);
-    let effective = groups.effective(kv, t, &u.id, cfg.max_scan)?;
+    let effective = groups.effective(kv, t, &u.id, budget)?;
     Ok(match effective.iter().find(|e| access::allows(e, role, environment)) {
         Some(e) => {
             let how = match &e.via_group {

@@ -4,7 +4,7 @@
 //! stranger's request is refused here, not sent on). Reads are always served locally.
 
 use axum::body::Body;
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::{header, HeaderName, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -34,7 +34,7 @@ const HOP_BY_HOP: [&str; 8] = [
     "upgrade",
 ];
 
-pub async fn writes_to_leader(State(state): State<AppState>, req: Request, next: Next) -> Response {
+pub async fn writes_to_leader(state: &AppState, req: Request, next: Next) -> Response {
     let Some(cluster) = state.cluster.as_ref().filter(|c| !c.is_leader()) else {
         return next.run(req).await;
     };

@@ -8,9 +8,6 @@ use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::extract::{Request, State};
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, Quota};
 
@@ -76,16 +73,13 @@ impl RateLimits {
     }
 }
 
-/// The middleware (after authentication): 429 with `Retry-After` (whole seconds, at least 1).
-pub async fn limit(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let Some(p) = req.extensions().get::<Principal>() else { return next.run(req).await };
-    match state.rates.check(p) {
-        Ok(()) => next.run(req).await,
-        Err(wait) => {
-            let retry_after = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-            ApiError::TooManyRequests { retry_after_s: retry_after.max(1) }.into_response()
-        }
-    }
+/// Whether the token may make a request now (after authentication, in `token_gate`); else 429
+/// with `Retry-After` (whole seconds, at least 1).
+pub fn admit(state: &AppState, p: &Principal) -> Result<(), ApiError> {
+    state.rates.check(p).map_err(|wait| {
+        let retry_after = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        ApiError::TooManyRequests { retry_after_s: retry_after.max(1) }
+    })
 }
 
 #[cfg(test)]

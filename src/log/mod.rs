@@ -170,7 +170,73 @@ fn family_options(name: &str, memory: &StoreMemory, cache: &rocksdb::Cache) -> O
     if name == CF_STATE || name == CF_OUTBOUND {
         opts.set_compression_type(rocksdb::DBCompressionType::None);
     }
+    if name == CF_STATE {
+        // "This user's groups", "this subject's grants", "this group's members" are scans of one
+        // `tag 0 tenant 0 id 0` prefix, and most of them find nothing (a user in no group, with
+        // no grant of its own): the files' bloom filters also hold these prefixes, so such a scan
+        // skips every file that has none (see `read_options`). Whole keys stay in the filters
+        // for point reads. Files written before this extractor keep serving without it.
+        opts.set_prefix_extractor(rocksdb::SliceTransform::create(
+            STATE_PREFIX_NAME,
+            state_prefix,
+            Some(state_prefix_in_domain),
+        ));
+        // The same prefixes in a bloom filter of the memtable (2% of its size): the newest writes
+        // are skipped as cheaply as the files.
+        opts.set_memtable_prefix_bloom_ratio(0.02);
+    }
     opts
+}
+
+/// The name RocksDB stores with the files it filters by [`state_prefix`]: a different name (or
+/// none) in a file means its filter does not hold these prefixes, and it is read without them.
+const STATE_PREFIX_NAME: &str = "scimlog.state.3parts";
+/// How many `0`-terminated parts a `state` prefix spans: `tag 0 tenant 0 id 0`.
+const STATE_PREFIX_PARTS: usize = 3;
+
+/// A `state` key's first three parts with their separators (`tag 0 tenant 0 id 0`): the
+/// prefix every per-resource scan asks for (`keys::memberships`, `keys::grants_of`,
+/// `keys::members`, ...). Only called on keys of its domain.
+fn state_prefix(key: &[u8]) -> &[u8] {
+    &key[..state_prefix_len(key).unwrap_or(key.len())]
+}
+
+fn state_prefix_in_domain(key: &[u8]) -> bool {
+    state_prefix_len(key).is_some()
+}
+
+/// The length of `key`'s first [`STATE_PREFIX_PARTS`] parts with their separators, when it has
+/// that many.
+fn state_prefix_len(key: &[u8]) -> Option<usize> {
+    let sep = scimlog_projections::keys::SEP;
+    key.iter().enumerate().filter(|(_, b)| **b == sep).nth(STATE_PREFIX_PARTS - 1).map(|(i, _)| i + 1)
+}
+
+/// Read options of a scan of the keys under `prefix`. Every scan is bounded by the prefix's
+/// successor, so RocksDB stops at the prefix's end instead of reading the next key (and opening
+/// the next file) to find out. A scan of exactly one [`state_prefix`] (every key it meets has
+/// that prefix, the key it starts from too) may use the prefix filters; any other scan is in
+/// total order, since prefix filters may skip a file's keys of *other* prefixes.
+fn read_options(prefix: &[u8]) -> rocksdb::ReadOptions {
+    let mut opts = rocksdb::ReadOptions::default();
+    if let Some(end) = successor(prefix) {
+        opts.set_iterate_upper_bound(end);
+    }
+    if state_prefix_len(prefix) == Some(prefix.len()) {
+        opts.set_prefix_same_as_start(true);
+    } else {
+        opts.set_total_order_seek(true);
+    }
+    opts
+}
+
+/// The smallest key greater than every key that starts with `prefix` (none when every byte is
+/// 0xff or the prefix is empty).
+fn successor(prefix: &[u8]) -> Option<Vec<u8>> {
+    let last = prefix.iter().rposition(|b| *b != 0xff)?;
+    let mut end = prefix[..=last].to_vec();
+    end[last] += 1;
+    Some(end)
 }
 
 impl Store {
@@ -315,7 +381,8 @@ impl Store {
     }
 
     pub(crate) fn scan_cf(&self, cf: &str, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, LogError> {
-        let it = self.db.iterator_cf(self.cf(cf), IteratorMode::From(prefix, Direction::Forward));
+        let mode = IteratorMode::From(prefix, Direction::Forward);
+        let it = self.db.iterator_cf_opt(self.cf(cf), read_options(prefix), mode);
         let mut out = Vec::new();
         for item in it {
             let (k, v) = item?;
@@ -635,10 +702,10 @@ impl KvRead for StateView<'_> {
             Some(a) if a >= prefix => a,
             _ => prefix,
         };
-        let mode = IteratorMode::From(start, Direction::Forward);
+        let (mode, opts) = (IteratorMode::From(start, Direction::Forward), read_options(prefix));
         let it = match &self.snapshot {
-            Some(s) => s.iterator_cf(self.cf, mode),
-            None => self.db.iterator_cf(self.cf, mode),
+            Some(s) => s.iterator_cf_opt(self.cf, opts, mode),
+            None => self.db.iterator_cf_opt(self.cf, opts, mode),
         };
         let mut out = Vec::new();
         for item in it {
@@ -670,8 +737,8 @@ impl KvRead for StateView<'_> {
         };
         // The raw iterator hands out the key in place: values are never copied.
         let mut it = match &self.snapshot {
-            Some(s) => s.raw_iterator_cf(self.cf),
-            None => self.db.raw_iterator_cf(self.cf),
+            Some(s) => s.raw_iterator_cf_opt(self.cf, read_options(prefix)),
+            None => self.db.raw_iterator_cf_opt(self.cf, read_options(prefix)),
         };
         it.seek(start);
         let mut out = Vec::new();
@@ -689,5 +756,91 @@ impl KvRead for StateView<'_> {
             self.note(e);
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(parts: &[&str]) -> Vec<u8> {
+        parts.join("\0").into_bytes()
+    }
+
+    /// Scans through the prefix filters answer what a scan in key order answers, whichever files
+    /// and memtable hold the keys: including scans that start inside one `tag 0 tenant 0 id 0`
+    /// prefix and go on into others (a file whose filter has no entry for the start's prefix
+    /// still holds later keys).
+    #[test]
+    fn scans_answer_the_same_with_prefix_filters_on_files_and_memtable() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let put = |keys: &[Vec<u8>]| {
+            let writes: Vec<_> = keys.iter().map(|k| (k.clone(), Some(b"v".to_vec()))).collect();
+            store.commit(&[], writes.into_iter(), vec![], true).unwrap();
+        };
+        // One file with two users' memberships and a time index, another with a third user's,
+        // then a memtable with a fourth's.
+        put(&[
+            key(&["mg", "t", "alice", "g1"]),
+            key(&["mg", "t", "carol", "g2"]),
+            key(&["iu/lm", "t", "2026-01-01", "alice"]),
+            key(&["iu/lm", "t", "2026-03-01", "carol"]),
+            key(&["u", "t", "alice"]),
+            key(&["u", "t", "carol"]),
+        ]);
+        store.flush().unwrap();
+        put(&[key(&["mg", "t", "bob", "g1"]), key(&["iu/lm", "t", "2026-02-01", "bob"])]);
+        store.flush().unwrap();
+        put(&[key(&["mg", "t", "dave", "g3"]), key(&["u", "t", "dave"])]);
+
+        let view = store.view();
+        let last_parts = |keys: Vec<Vec<u8>>| -> Vec<String> { keys.iter().map(|k| keys::last_part(k)).collect() };
+        use scimlog_projections::keys;
+        let cases: &[(&str, Vec<u8>, Option<Vec<u8>>, &[&str])] = &[
+            ("a user's groups, in a file", keys::memberships("t", "alice"), None, &["g1"]),
+            ("a user's groups, in the second file", keys::memberships("t", "bob"), None, &["g1"]),
+            ("a user's groups, in the memtable", keys::memberships("t", "dave"), None, &["g3"]),
+            ("a user in no group", keys::memberships("t", "erin"), None, &[]),
+            ("a user id that is a prefix of another", keys::memberships("t", "car"), None, &[]),
+            ("every membership of a tenant", keys::prefix(&[b"mg", b"t"]), None, &["g1", "g1", "g2", "g3"]),
+            (
+                "memberships after one: into other users' prefixes",
+                keys::prefix(&[b"mg", b"t"]),
+                Some(key(&["mg", "t", "alice", "g1"])),
+                &["g1", "g2", "g3"],
+            ),
+            (
+                "time index after a time no file's filter holds",
+                keys::prefix(&[b"iu/lm", b"t"]),
+                Some(key(&["iu/lm", "t", "2026-01-15", "zed"])),
+                &["bob", "carol"],
+            ),
+            ("every user", keys::users("t"), None, &["alice", "carol", "dave"]),
+            ("users after one", keys::users("t"), Some(keys::user("t", "alice")), &["carol", "dave"]),
+        ];
+        for (name, prefix, after, want) in cases {
+            let scanned = view.scan(prefix, after.as_deref(), usize::MAX).into_iter().map(|(k, _)| k).collect();
+            assert_eq!(last_parts(scanned), *want, "scan: {name}");
+            let keys_only = view.scan_keys(prefix, after.as_deref(), usize::MAX);
+            assert_eq!(last_parts(keys_only), *want, "scan_keys: {name}");
+        }
+        assert!(view.take_error().is_none());
+    }
+
+    #[test]
+    fn a_prefix_scan_uses_the_filters_only_within_one_prefix() {
+        let cases: &[(&[u8], Option<usize>, Option<&[u8]>)] = &[
+            (b"mg\0t\0alice\0", Some(11), Some(b"mg\0t\0alice\x01")),
+            (b"mg\0t\0alice\0g1", Some(11), Some(b"mg\0t\0alice\0g2")),
+            (b"mg\0t\0", None, Some(b"mg\0t\x01")),
+            (b"u\0t\0alice", None, Some(b"u\0t\0alicf")),
+            (b"", None, None),
+            (b"\xff\xff", None, None),
+        ];
+        for (key, prefix_len, end) in cases {
+            assert_eq!(state_prefix_len(key), *prefix_len, "{key:?}");
+            assert_eq!(successor(key).as_deref(), *end, "{key:?}");
+        }
     }
 }

@@ -331,3 +331,66 @@ async fn kept_group_nodes_never_outlive_the_write_that_changed_them() {
         racer.await.unwrap();
     }
 }
+
+/// An answer that meets at most `--access-inline-memberships` memberships is computed on the
+/// request's worker; a larger one on the blocking pool with the whole `--max-scan`, and says the
+/// same; one larger than `--max-scan` is refused wherever it runs.
+#[tokio::test]
+async fn answers_larger_than_a_workers_share_go_to_the_pool_and_say_the_same() {
+    // (inline budget, answers expected on the worker, on the pool) for the five answers below.
+    for (inline, worker, pool) in [(3, 1, 4), (0, 0, 5)] {
+        let s = TestServer::start_configured(|c| {
+            c.access_inline_memberships = inline;
+            c.max_scan = 6;
+        })
+        .await;
+        let user = |name: &'static str| {
+            let s = &s;
+            async move { s.post("/Users", &json!({"userName": name})).await.id() }
+        };
+        let (small, wide, huge) = (user("small@x.org").await, user("wide@x.org").await, user("huge@x.org").await);
+        let mut leaves = Vec::new();
+        for i in 0..7 {
+            // small is in the first leaf; wide in the first two; huge in all seven.
+            let members: Vec<Value> = [(&small, i < 1), (&wide, i < 2), (&huge, true)]
+                .into_iter()
+                .filter(|(_, member)| *member)
+                .map(|(id, _)| json!({"value": id}))
+                .collect();
+            leaves.push(s.post("/Groups", &json!({"displayName": format!("leaf {i}"), "members": members})).await.id());
+        }
+        let tops: Vec<Value> = leaves.iter().map(|g| json!({"value": g})).collect();
+        let top = json!({"displayName": "top", "members": tops, GROUP_ACCESS: {"roles": [{"value": PROD_ADMIN}]}});
+        assert_eq!(s.post("/Groups", &top).await.status, 201);
+
+        // small: 1 membership + 1 above its leaf = 2; wide: 2 + 2 = 4; huge: 7, over --max-scan.
+        for (who, memberships) in [(&small, 2), (&wide, 4)] {
+            let c = check(&s, who, "admin", "prod").await;
+            assert_eq!(c["allowed"], true, "inline {inline}, {memberships} memberships: {c}");
+            assert_eq!(c["reason"], format!("{PROD_ADMIN} through group \"top\""), "inline {inline}");
+        }
+        let access = api(&s, Method::GET, &format!("/users/{wide}/access?by=id"), None).await;
+        assert_eq!(access.status, 200, "{}", access.body);
+        let grants = access.body["grants"].as_array().unwrap();
+        assert_eq!(grants.len(), 1, "inline {inline}: {}", access.body);
+        assert_eq!(grants[0]["source"]["groupDisplayName"], "top");
+
+        let too_many = api(&s, Method::GET, &format!("/access/check?user={huge}&environment=prod&by=id"), None).await;
+        assert_eq!((too_many.status.as_u16(), too_many.body["scimType"].as_str()), (400, Some("tooMany")));
+        let r = api(&s, Method::GET, &format!("/users/{huge}/access?by=id"), None).await;
+        assert_eq!((r.status.as_u16(), r.body["scimType"].as_str()), (400, Some("tooMany")), "{}", r.body);
+
+        let metrics = s.metrics_text().await;
+        let count = |line: &str| {
+            metrics.lines().find_map(|l| l.strip_prefix(line)).map_or(0, |n| n.trim().parse::<u64>().unwrap())
+        };
+        assert_eq!(
+            (
+                count("scimlog_access_answers_total{where=\"worker\"}"),
+                count("scimlog_access_answers_total{where=\"pool\"}")
+            ),
+            (worker, pool),
+            "inline {inline}"
+        );
+    }
+}
