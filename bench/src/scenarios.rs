@@ -686,9 +686,15 @@ impl Bench {
         let check = move |u: &str| format!("/api/v1/access/check?user={u}&environment={env}&role={role}&by=id");
         let all = users.clone();
         let users = self.allowed_sample(&users, &check).await?;
-        let rows: [(&str, Arc<dyn Fn(&str) -> String + Send + Sync>); 2] = [
+        // The GET of the same users reads the same state as the checks (their 5 groups rendered):
+        // the check's rate against a GET's, side by side.
+        let rows: [(&str, Arc<dyn Fn(&str) -> String + Send + Sync>); 3] = [
             ("access check, allowed through 3 nested groups", Arc::new(check.clone())),
             ("GET /api/v1/users/{id}/access", Arc::new(|u: &str| format!("/api/v1/users/{u}/access"))),
+            (
+                "GET /Users/{id} of the same users, their groups rendered",
+                Arc::new(|u: &str| format!("{SCIM}/Users/{u}")),
+            ),
         ];
         // Read-only: --runs times each, the median kept.
         for (what, path) in rows {

@@ -52,6 +52,7 @@ fn every_scenario_runs_and_reports_without_errors() {
         "mixed IdP traffic",
         "access check, allowed through 3 nested groups (600 users, 30 groups",
         "GET /api/v1/users/{id}/access (600 users",
+        "GET /Users/{id} of the same users, their groups rendered (600 users",
         "application: 90% access checks, 10% group pushes",
         "access check through a group of 10 members",
         "access check through a group of 590 members",

@@ -24,4 +24,4 @@ pub mod query;
 
 pub use fold::apply;
 pub use kv::{IndexBlinder, Kv, KvRead, MemKv, Overlay};
-pub use model::{GroupDoc, Member, UserDoc};
+pub use model::{GroupDoc, Member, UserDoc, UserHead};

@@ -18,7 +18,42 @@ pub struct UserDoc {
     pub attributes: Map<String, Value>,
 }
 
+/// What an access answer needs of a user, decoded from the stored [`UserDoc`] without its other
+/// attributes (the decoder skips them: no `Map` of the whole document is built).
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+pub struct UserHead {
+    pub id: String,
+    /// As assigned; `None` (unassigned) counts as active.
+    #[serde(default)]
+    pub active: Option<bool>,
+    #[serde(default)]
+    attributes: HeadAttributes,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+struct HeadAttributes {
+    #[serde(rename = "userName", default)]
+    user_name: String,
+}
+
+impl UserHead {
+    pub fn is_active(&self) -> bool {
+        self.active.unwrap_or(true)
+    }
+    pub fn user_name(&self) -> &str {
+        &self.attributes.user_name
+    }
+}
+
 impl UserDoc {
+    /// The user's [`UserHead`], as `query::user_head` decodes it from the stored document.
+    pub fn head(&self) -> UserHead {
+        UserHead {
+            id: self.id.clone(),
+            active: self.active,
+            attributes: HeadAttributes { user_name: self.user_name().to_string() },
+        }
+    }
     pub fn is_active(&self) -> bool {
         self.active.unwrap_or(true)
     }
@@ -81,4 +116,38 @@ pub struct Member {
     pub id: String,
     #[serde(rename = "type")]
     pub member_type: MemberType,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The head decoded from a stored document says what the whole document says.
+    #[test]
+    fn a_user_head_is_the_stored_documents_id_activity_and_user_name() {
+        let at = DateTime::parse_from_rfc3339("2026-12-06T12:00:00Z").unwrap().with_timezone(&Utc);
+        let attrs = |v: Value| v.as_object().cloned().unwrap();
+        let cases = [
+            (None, attrs(serde_json::json!({"userName": "a@x.org"}))),
+            (
+                Some(false),
+                attrs(
+                    serde_json::json!({"userName": "b@x.org", "name": {"givenName": "B"}, "emails": [{"value": "b@x.org"}]}),
+                ),
+            ),
+            (
+                Some(true),
+                attrs(
+                    serde_json::json!({"displayName": "no userName", "roles": ["urn:scimlog:role:environment:prod:admin"]}),
+                ),
+            ),
+        ];
+        for (active, attributes) in cases {
+            let doc = UserDoc { id: "u1".into(), version: 3, created: at, last_modified: at, active, attributes };
+            let stored = serde_json::to_vec(&doc).unwrap();
+            let head: UserHead = serde_json::from_slice(&stored).unwrap();
+            assert_eq!(head, doc.head(), "{}", String::from_utf8_lossy(&stored));
+            assert_eq!((head.is_active(), head.user_name()), (doc.is_active(), doc.user_name()));
+        }
+    }
 }

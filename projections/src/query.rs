@@ -12,9 +12,13 @@ use serde_json::{json, Map, Value};
 use crate::fold::load;
 use crate::keys;
 use crate::kv::KvRead;
-use crate::model::{GroupDoc, Member, UserDoc};
+use crate::model::{GroupDoc, Member, UserDoc, UserHead};
 
 pub fn user(kv: &impl KvRead, t: &str, id: &str) -> Option<UserDoc> {
+    load(kv, &keys::user(t, id))
+}
+/// A user's id, `active` and userName alone (an access answer's reads).
+pub fn user_head(kv: &impl KvRead, t: &str, id: &str) -> Option<UserHead> {
     load(kv, &keys::user(t, id))
 }
 pub fn group(kv: &impl KvRead, t: &str, id: &str) -> Option<GroupDoc> {
@@ -95,7 +99,8 @@ impl std::fmt::Display for AmbiguousUser {
 /// The id of the user `name` names, matched as `by` says. With [`UserBy::Any`]: by id, by
 /// userName, by externalId, and an [`AmbiguousUser`] when they name different users.
 pub fn find_user(kv: &impl KvRead, t: &str, name: &str, by: UserBy) -> Result<Option<String>, AmbiguousUser> {
-    let by_id = || user(kv, t, name).map(|u| u.id);
+    // Whether a user has this id: its document is read, never decoded.
+    let by_id = || kv.get(&keys::user(t, name)).map(|_| name.to_string());
     match by {
         UserBy::Id => return Ok(by_id()),
         UserBy::UserName => return Ok(user_id_by_user_name(kv, t, name)),

@@ -13,7 +13,7 @@ use axum::Json;
 use chrono::{DateTime, Utc};
 use scimlog_projections::access::{self, Effective, ScopeDoc, TooLarge};
 use scimlog_projections::query::UserBy;
-use scimlog_projections::{query, KvRead, UserDoc};
+use scimlog_projections::{query, KvRead, UserDoc, UserHead};
 use scimlog_schemas::access::{Grant, ScopeKind};
 use scimlog_schemas::{ResourceKind, SchemaError};
 use serde::Serialize;
@@ -183,13 +183,14 @@ fn parse_by(by: Option<&str>) -> Result<UserBy, ApiError> {
 }
 
 /// The user `name` names, as `by` says; two different users is a 409.
-fn find_user(kv: &impl KvRead, t: &str, name: &str, by: UserBy) -> Result<Option<UserDoc>, ApiError> {
+/// The user an access answer is about: its head only (id, active, userName).
+fn find_user(kv: &impl KvRead, t: &str, name: &str, by: UserBy) -> Result<Option<UserHead>, ApiError> {
     // By id the document is the lookup: read (and decode) it once.
     if matches!(by, UserBy::Id) {
-        return Ok(query::user(kv, t, name));
+        return Ok(query::user_head(kv, t, name));
     }
     match query::find_user(kv, t, name, by) {
-        Ok(id) => Ok(id.and_then(|id| query::user(kv, t, &id))),
+        Ok(id) => Ok(id.and_then(|id| query::user_head(kv, t, &id))),
         Err(ambiguous) => Err(Refusal::Uniqueness(ambiguous.to_string()).into()),
     }
 }
@@ -254,7 +255,7 @@ fn user_access_of(
     view: &StateView<'_>,
     groups: &GroupCache,
     t: &str,
-    user: &UserDoc,
+    user: &UserHead,
     budget: usize,
 ) -> Result<UserAccess, Expand> {
     let grants = groups.effective(view, t, &user.id, budget)?.iter().map(GrantView::from).collect();
@@ -552,7 +553,7 @@ fn host_view(
     Ok(HostUser {
         host_id: host_id.to_string(),
         display_name: u.display().to_string(),
-        access: user_access_of(kv, cache, t, u, limit)?,
+        access: user_access_of(kv, cache, t, &u.head(), limit)?,
         groups,
         department,
     })
