@@ -51,9 +51,7 @@ impl GroupCache {
             Some(generation) if self.max > 0 => access::effective_with(view, t, user, budget, &mut |group: &str| {
                 self.node(view, generation, t, group, limit)
             }),
-            _ => access::effective_with(view, t, user, budget, &mut |group: &str| {
-                Arc::new(access::group_node(view, t, group, limit))
-            }),
+            _ => access::effective(view, t, user, budget, limit),
         }
     }
 

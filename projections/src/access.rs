@@ -187,9 +187,15 @@ pub fn groups_transitively(kv: &impl KvRead, t: &str, member: &str, limit: usize
 }
 
 /// A user's effective access: direct grants, then those of every group it is in (at most
-/// `limit` memberships read).
-pub fn effective(kv: &impl KvRead, t: &str, user: &str, limit: usize) -> Result<Vec<Effective>, TooLarge> {
-    effective_with(kv, t, user, limit, &mut |g: &str| std::sync::Arc::new(group_node(kv, t, g, limit)))
+/// `budget` memberships read), each group's node read with its parents up to `node_limit`.
+pub fn effective(
+    kv: &impl KvRead,
+    t: &str,
+    user: &str,
+    budget: usize,
+    node_limit: usize,
+) -> Result<Vec<Effective>, TooLarge> {
+    effective_with(kv, t, user, budget, &mut |g: &str| std::sync::Arc::new(group_node(kv, t, g, node_limit)))
 }
 
 /// What an access answer needs of one group: its name, its own grants, and the groups it is a
