@@ -1,4 +1,4 @@
-//! Who should write (cluster mode, issue 15; not yet wired into `serve`): a lease in a NATS KV
+//! Who should write (cluster mode, issue 15; driven by `cluster::roles`): a lease in a NATS KV
 //! bucket whose `max_age` is the lease's time to live. `create` acquires (refused while a live
 //! holder's entry exists), `update` at the last revision renews (refused once another node holds
 //! it), `delete` at the last revision hands over at once. The lease only routes writes and
@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use async_nats::jetstream::{self, kv};
+use async_nats::jetstream::{self, kv, stream};
 use bytes::Bytes;
 
 use super::{nats, BusError};
@@ -38,18 +38,36 @@ pub struct Lease {
 impl Lease {
     /// Opens the lease bucket (created with `replicas` copies and time to live `ttl`) for `node`,
     /// whose value (e.g. `{"node": ..., "url": ...}`) tells the others where to send writes.
+    ///
+    /// The bucket's stream is made here, not by `create_key_value`, because that one allows direct
+    /// gets, which any replica answers from what it has applied so far: `create` reads the key back
+    /// after a refused first try, and a replica that had not yet seen a release answered "held",
+    /// so a released lease was not free at once. With direct gets off every read is the stream
+    /// leader's. A bucket made by an older scimlog (direct gets on), or with another time to
+    /// live, is updated to this configuration.
     pub async fn open(js: &jetstream::Context, replicas: usize, ttl: Duration, node: Bytes) -> Result<Lease, BusError> {
-        let config = kv::Config {
-            bucket: LEASE_BUCKET.into(),
-            history: 1,
+        let config = stream::Config {
+            name: format!("KV_{LEASE_BUCKET}"),
+            subjects: vec![format!("$KV.{LEASE_BUCKET}.>")],
+            max_messages_per_subject: 1,
             max_age: ttl,
+            discard: stream::DiscardPolicy::New,
+            allow_rollup: true,
+            deny_delete: true,
+            allow_direct: false,
             num_replicas: replicas,
+            storage: stream::StorageType::File,
             ..Default::default()
         };
-        let kv = match js.get_key_value(LEASE_BUCKET).await {
-            Ok(kv) => kv,
-            Err(_) => js.create_key_value(config).await.map_err(nats)?,
-        };
+        let mut stream = js.get_or_create_stream(config.clone()).await.map_err(nats)?;
+        let found = &stream.info().await.map_err(nats)?.config;
+        if found.allow_direct || found.max_age != ttl {
+            // The window in which a message id is remembered may not outlast the messages.
+            let duplicate_window = found.duplicate_window.min(ttl);
+            let config = stream::Config { allow_direct: false, max_age: ttl, duplicate_window, ..found.clone() };
+            js.update_stream(&config).await.map_err(nats)?;
+        }
+        let kv = js.get_key_value(LEASE_BUCKET).await.map_err(nats)?;
         Ok(Lease { kv, node })
     }
 

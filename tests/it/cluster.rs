@@ -83,13 +83,28 @@ async fn the_log_stream_fences_a_stale_writer() {
 }
 
 /// One holder at a time; a holder that stops renewing loses it after the time to live, and its
-/// late renewal is refused; a release hands over at once.
+/// late renewal is refused; a release hands over at once, whichever node each holder talks to
+/// (every read is the stream leader's: a bucket made with direct gets, as an older scimlog made
+/// it, is switched over when opened).
 #[tokio::test]
 async fn the_writer_lease_has_one_holder_and_lapses() {
     let cluster = NatsCluster::start().await;
     let ttl = Duration::from_secs(2);
+    let old = async_nats::jetstream::kv::Config {
+        bucket: scimlog::bus::lease::LEASE_BUCKET.into(),
+        history: 1,
+        max_age: Duration::from_secs(60),
+        num_replicas: 3,
+        ..Default::default()
+    };
+    js(&cluster.node_url(2)).await.create_key_value(old).await.unwrap();
     let a = Lease::open(&js(&cluster.node_url(0)).await, 3, ttl, Bytes::from_static(b"a")).await.unwrap();
     let b = Lease::open(&js(&cluster.node_url(1)).await, 3, ttl, Bytes::from_static(b"b")).await.unwrap();
+    let name = format!("KV_{}", scimlog::bus::lease::LEASE_BUCKET);
+    let found = js(&cluster.node_url(2)).await.get_stream(&name).await.unwrap().info().await.unwrap().config.clone();
+    assert!(!found.allow_direct, "no replica answers reads of the lease on its own");
+    assert_eq!(found.max_age, ttl, "the bucket has this node's time to live");
+
     let held = a.try_acquire().await.unwrap().expect("a free lease is taken");
     assert_eq!(b.try_acquire().await.unwrap(), None, "held by a");
     assert_eq!(b.holder().await.unwrap().as_deref(), Some(&b"a"[..]));
@@ -97,13 +112,19 @@ async fn the_writer_lease_has_one_holder_and_lapses() {
 
     // a stops renewing (paused): after the time to live b takes over, and a's renewal fails.
     tokio::time::sleep(ttl + Duration::from_millis(1500)).await;
-    let b_held = b.try_acquire().await.unwrap().expect("a lapsed lease is taken");
+    let mut b_held = b.try_acquire().await.unwrap().expect("a lapsed lease is taken");
     assert!(matches!(a.renew(&held).await, Err(LeaseError::Lost)), "a stale holder cannot renew");
     assert_eq!(a.holder().await.unwrap().as_deref(), Some(&b"b"[..]));
 
-    // A graceful stop: b releases, a takes it at once.
-    b.release(&b_held).await.unwrap();
-    assert!(a.try_acquire().await.unwrap().is_some(), "a released lease is free at once");
+    // Graceful stops: the holder releases, the other takes it at once and is named at once.
+    for round in 0..20 {
+        b.release(&b_held).await.unwrap();
+        let a_held = a.try_acquire().await.unwrap().unwrap_or_else(|| panic!("round {round}: released to a"));
+        assert_eq!(b.holder().await.unwrap().as_deref(), Some(&b"a"[..]), "round {round}");
+        a.release(&a_held).await.unwrap();
+        b_held = b.try_acquire().await.unwrap().unwrap_or_else(|| panic!("round {round}: released to b"));
+        assert_eq!(a.holder().await.unwrap().as_deref(), Some(&b"b"[..]), "round {round}");
+    }
 }
 
 /// Appending one record at a time while the NATS node leading the stream is killed: the writer
