@@ -496,43 +496,148 @@ impl Event {
 
     /// Parses canonical bytes, lifting older schema versions to the current one and opening
     /// sealed values with `opener`; values whose key is gone read as [`ERASED`].
+    ///
+    /// Typed all the way: the envelope's fields straight into their types, `data` kept as its
+    /// raw JSON until the type and version are known, then read into that type's data (no
+    /// `Value` of the whole event, no buffer for the flattened body). Publishing, replays and
+    /// rebuilds decode every event, so this is on their hot path.
     pub fn decode(bytes: &[u8], opener: &dyn Opener) -> Result<Event, DecodeError> {
-        let mut raw: Value = serde_json::from_slice(bytes)?;
-        upcast(&mut raw)?;
-        unseal(&mut raw, opener)?;
-        Ok(serde_json::from_value(raw)?)
+        let stored: StoredEvent<'_> = serde_json::from_slice(bytes)?;
+        upcast(&stored.ty, stored.schema_version)?;
+        let body = decode_body(&stored.ty, stored.data, &stored.tenant, opener)?;
+        Ok(Event {
+            id: stored.id,
+            position: stored.position,
+            tenant: stored.tenant,
+            body,
+            schema_version: stored.schema_version,
+            resource_type: stored.resource_type,
+            resource_id: stored.resource_id,
+            resource_version: stored.resource_version,
+            recorded_at: stored.recorded_at,
+            actor: stored.actor,
+            request_id: stored.request_id,
+            traceparent: stored.traceparent,
+            prev_hash: stored.prev_hash,
+        })
     }
 
     pub fn event_type(&self) -> EventType {
         self.body.event_type()
     }
+
+    /// The envelope as published and exported: the canonical fields of the (opened) event, then
+    /// `hash`, the hash of its stored (sealed) form — the bytes `serde_json::to_value` of the
+    /// event plus `hash` gave, written without building that `Value`.
+    pub fn published_json(&self, hash: &EventHash) -> Vec<u8> {
+        let mut out = serde_json::to_vec(self).expect("events serialise");
+        debug_assert_eq!(out.last(), Some(&b'}'), "an event serialises as an object");
+        out.pop();
+        out.extend_from_slice(b",\"hash\":\"");
+        out.extend_from_slice(hash.to_string().as_bytes());
+        out.extend_from_slice(b"\"}");
+        out
+    }
 }
 
-fn unseal(raw: &mut Value, opener: &dyn Opener) -> Result<(), DecodeError> {
-    let tenant = raw.get("tenant").and_then(Value::as_str).unwrap_or_default().to_string();
-    let field = personal_field(raw.get("type").and_then(Value::as_str).unwrap_or_default());
-    let (Some(field), Some(Value::Object(data))) = (field, raw.get_mut("data")) else { return Ok(()) };
-    let Some(sealed) = data.remove("sealed") else { return Ok(()) };
-    let sealed: Sealed = serde_json::from_value(sealed)?;
-    let personal: Map<String, Value> = match opener.open(&tenant, &sealed.subject, &sealed.sealed_box)? {
+/// The stored envelope's fields, `data` as its raw JSON (borrowed from the record).
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct StoredEvent<'a> {
+    id: Uuid,
+    position: u64,
+    tenant: String,
+    #[serde(rename = "type", borrow)]
+    ty: std::borrow::Cow<'a, str>,
+    #[serde(borrow, default)]
+    data: Option<&'a serde_json::value::RawValue>,
+    schema_version: u32,
+    resource_type: ResourceKind,
+    resource_id: String,
+    resource_version: u64,
+    recorded_at: DateTime<Utc>,
+    actor: String,
+    request_id: String,
+    #[serde(default)]
+    traceparent: Option<String>,
+    prev_hash: EventHash,
+}
+
+/// `user.created`'s data as stored: the clear attributes, and the sealed ones apart.
+#[derive(Deserialize)]
+struct StoredUserCreated {
+    attributes: Map<String, Value>,
+    #[serde(default)]
+    active: Option<bool>,
+    #[serde(default)]
+    sealed: Option<Sealed>,
+}
+
+/// `user.updated`'s data as stored: the clear changes, and the sealed ones apart.
+#[derive(Deserialize)]
+struct StoredUserUpdated {
+    changed: Map<String, Value>,
+    removed: Vec<String>,
+    #[serde(default)]
+    sealed: Option<Sealed>,
+}
+
+/// The body of an event of type `ty` from its raw `data`: the two types that carry personal
+/// values are read with their sealed part and opened; every other type is read by the
+/// `EventBody` derive itself, from `{"type": ty, "data": data}` (tag first, so serde reads the
+/// data straight into the variant).
+fn decode_body(
+    ty: &str,
+    data: Option<&serde_json::value::RawValue>,
+    tenant: &str,
+    opener: &dyn Opener,
+) -> Result<EventBody, DecodeError> {
+    let raw = data.map(|d| d.get());
+    match (personal_field(ty), raw) {
+        (Some("attributes"), Some(raw)) => {
+            let mut d: StoredUserCreated = serde_json::from_str(raw)?;
+            open_into(&mut d.attributes, d.sealed, tenant, opener)?;
+            Ok(EventBody::UserCreated { attributes: d.attributes, active: d.active })
+        }
+        (Some(_), Some(raw)) => {
+            let mut d: StoredUserUpdated = serde_json::from_str(raw)?;
+            open_into(&mut d.changed, d.sealed, tenant, opener)?;
+            Ok(EventBody::UserUpdated { changed: d.changed, removed: d.removed })
+        }
+        (_, raw) => {
+            let tag = serde_json::to_string(ty)?;
+            let json = match raw {
+                Some(raw) => format!("{{\"type\":{tag},\"data\":{raw}}}"),
+                None => format!("{{\"type\":{tag}}}"),
+            };
+            Ok(serde_json::from_str(&json)?)
+        }
+    }
+}
+
+/// Opens a sealed part into the clear attributes it was split from; values whose key is gone
+/// read as [`ERASED`].
+fn open_into(
+    clear: &mut Map<String, Value>,
+    sealed: Option<Sealed>,
+    tenant: &str,
+    opener: &dyn Opener,
+) -> Result<(), DecodeError> {
+    let Some(sealed) = sealed else { return Ok(()) };
+    let personal: Map<String, Value> = match opener.open(tenant, &sealed.subject, &sealed.sealed_box)? {
         Some(plain) => serde_json::from_slice(&plain)?,
         None => sealed.attributes.iter().map(|a| (a.clone(), Value::String(ERASED.into()))).collect(),
     };
-    let slot = data.entry(field.to_string()).or_insert_with(|| Value::Object(Map::new()));
-    if let Value::Object(clear) = slot {
-        merge(clear, personal);
-    }
+    merge(clear, personal);
     Ok(())
 }
 
-/// Lifts an event of an older schema version to the current one, in place. Every version ever
-/// written stays readable: add a step here whenever a type's `schema_version` is bumped.
-fn upcast(raw: &mut Value) -> Result<(), DecodeError> {
-    let ty = raw.get("type").and_then(Value::as_str).unwrap_or_default().to_string();
-    let version = raw.get("schemaVersion").and_then(Value::as_u64).unwrap_or(1) as u32;
+/// Lifts an event of an older schema version to the current one. Every version ever written
+/// stays readable: add a step here whenever a type's `schema_version` is bumped.
+fn upcast(ty: &str, version: u32) -> Result<(), DecodeError> {
     let current = EventType::ALL.iter().find(|t| t.as_str() == ty).map(|t| t.schema_version()).unwrap_or(1);
     if version > current {
-        return Err(DecodeError::UnknownVersion(ty, version));
+        return Err(DecodeError::UnknownVersion(ty.to_string(), version));
     }
     // environment.created / resource_group.created 1 -> 2 added an optional `organization`:
     // a version 1 event reads as it is (no organization recorded). No other type changed shape.
@@ -645,6 +750,88 @@ mod tests {
             assert_eq!(back, e);
             assert_eq!(serde_json::to_value(&e).unwrap()["type"], e.event_type().as_str());
         }
+    }
+
+    /// The decode before the typed one (whole event as a `Value`, opened in place, then
+    /// `from_value`), and the published body it gave: the oracle the typed path must equal.
+    fn decode_via_value(bytes: &[u8], opener: &dyn Opener) -> Event {
+        let mut raw: Value = serde_json::from_slice(bytes).unwrap();
+        let tenant = raw["tenant"].as_str().unwrap().to_string();
+        let field = personal_field(raw["type"].as_str().unwrap());
+        if let (Some(field), Some(Value::Object(data))) = (field, raw.get_mut("data")) {
+            if let Some(sealed) = data.remove("sealed") {
+                let sealed: Sealed = serde_json::from_value(sealed).unwrap();
+                let personal: Map<String, Value> =
+                    match opener.open(&tenant, &sealed.subject, &sealed.sealed_box).unwrap() {
+                        Some(plain) => serde_json::from_slice(&plain).unwrap(),
+                        None => sealed.attributes.iter().map(|a| (a.clone(), Value::String(ERASED.into()))).collect(),
+                    };
+                let slot = data.entry(field.to_string()).or_insert_with(|| Value::Object(Map::new()));
+                merge(slot.as_object_mut().unwrap(), personal);
+            }
+        }
+        serde_json::from_value(raw).unwrap()
+    }
+
+    fn published_via_value(event: &Event, sealed: &SealedEvent) -> Vec<u8> {
+        let mut v = serde_json::to_value(event).unwrap();
+        v["hash"] = json!(sealed.hash_hex());
+        serde_json::to_vec(&v).unwrap()
+    }
+
+    /// The typed decode reads every stored form as the `Value` decode did, and the published
+    /// body is byte for byte the one built through a `Value`: every type, personal values
+    /// (a core attribute, a multi-valued one, the enterprise extension's) opened or erased, a
+    /// trace context, a version 1 scope without an organization, a published envelope (with
+    /// `hash`, as `outbound run` reads them) and fields in another order.
+    #[test]
+    fn the_typed_decode_reads_what_the_value_decode_read() {
+        let attrs = json!({
+            "userName": "alice", "userType": "Eng", "emails": [{"value": "alice@x.org", "primary": true}],
+            "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User": {"employeeNumber": "7", "costCenter": "c"},
+            "score": 1.5e300
+        });
+        let attrs = attrs.as_object().unwrap().clone();
+        let mut events: Vec<Event> = vec![
+            sample(EventBody::UserCreated { attributes: attrs.clone(), active: None }),
+            sample(EventBody::UserCreated { attributes: Map::new(), active: Some(false) }),
+            sample(EventBody::UserUpdated { changed: attrs.clone(), removed: vec!["title".into()] }),
+            sample(EventBody::GroupCreated { display_name: "Ops \"1\"".into(), attributes: attrs.clone() }),
+            sample(EventBody::EnvironmentCreated { slug: "prod".into(), organization: None }),
+            sample(EventBody::RoleAssigned { role: "urn:r".into(), value: json!({"value": "urn:r", "primary": true}) }),
+            sample(EventBody::UserErased { reason: "ticket \u{e9}".into() }),
+        ];
+        events[0].traceparent = Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into());
+        events[4].schema_version = 1;
+        for e in &mut events {
+            e.resource_type = ResourceKind::User;
+        }
+        for (i, e) in events.iter().enumerate() {
+            let sealed = e.seal(&mut HexSealer);
+            for opener in [&HexSealer as &dyn Opener, &NoKeys] {
+                let typed = sealed.decode(opener).unwrap();
+                assert_eq!(typed, decode_via_value(&sealed.bytes, opener), "event {i}");
+                let published = typed.published_json(&sealed.event_hash());
+                assert_eq!(published, published_via_value(&typed, &sealed), "event {i}");
+                // A published envelope reads back as the event (the outbound runner's copy).
+                assert_eq!(Event::decode(&published, &NoKeys).unwrap(), typed, "event {i}, published");
+            }
+        }
+        // Fields in another order than the canonical one (data before type) read the same.
+        let e = sample(EventBody::GroupMemberAdded { member_id: "u1".into(), member_type: MemberType::User });
+        let v = serde_json::to_value(&e).unwrap();
+        let mut reordered = Map::new();
+        for key in ["data", "prevHash", "type"] {
+            reordered.insert(key.into(), v[key].clone());
+        }
+        for (k, val) in v.as_object().unwrap() {
+            reordered.entry(k.clone()).or_insert_with(|| val.clone());
+        }
+        assert_eq!(Event::decode(&serde_json::to_vec(&reordered).unwrap(), &NoKeys).unwrap(), e);
+        // A data that is not the type's is refused as before.
+        let mut bad = v.clone();
+        bad["data"] = json!({"memberId": 5});
+        assert!(matches!(Event::decode(&serde_json::to_vec(&bad).unwrap(), &NoKeys), Err(DecodeError::Body(_))));
     }
 
     #[test]

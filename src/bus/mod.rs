@@ -25,7 +25,6 @@ use async_nats::jetstream::{self, message::PublishMessage as Publish, stream};
 use async_nats::HeaderMap;
 use scimlog_schemas::event::SealedEvent;
 use scimlog_schemas::personal::Opener;
-use serde_json::{json, Value};
 use tokio::sync::watch;
 use tracing::Instrument;
 
@@ -217,20 +216,20 @@ async fn ensure_stream(js: &jetstream::Context, cfg: &NatsConfig) -> Result<stre
 /// `[erased]`), plus `hash`, the hash of the stored (sealed) form that `scimlog audit` verifies.
 pub fn published_body(sealed: &SealedEvent, opener: &dyn Opener) -> Result<(scimlog_schemas::Event, Vec<u8>), String> {
     let event = sealed.decode(opener).map_err(|e| e.to_string())?;
-    let mut v: Value = serde_json::to_value(&event).map_err(|e| e.to_string())?;
-    v["hash"] = json!(sealed.hash_hex());
-    Ok((event, serde_json::to_vec(&v).map_err(|e| e.to_string())?))
+    let body = event.published_json(&sealed.event_hash());
+    Ok((event, body))
 }
 
 /// The next events to publish from `next`, decoded once: (position, event, body). A
-/// `user.erased` goes out alone, once the messages before it are acknowledged and the person's
-/// earlier messages are deleted from the stream.
+/// `user.erased` goes out alone, once the messages before it are acknowledged (`drained`: none
+/// is in flight) and the person's earlier messages are deleted from the stream.
 async fn outgoing(
     store: &Store,
     opener: &(dyn Opener + Send + Sync),
     stream: &stream::Stream,
     next: u64,
     limit: usize,
+    drained: bool,
 ) -> Result<Vec<(u64, scimlog_schemas::Event, Vec<u8>)>, BusError> {
     let mut out = Vec::new();
     for (position, sealed) in store.events_from(next, limit)? {
@@ -239,7 +238,7 @@ async fn outgoing(
             out.push((position, event, body));
             continue;
         }
-        if out.is_empty() {
+        if out.is_empty() && drained {
             let n = delete_erased(stream, store, &event.tenant, &event.resource_id).await?;
             tracing::info!(position, deleted = n, "an erased person's messages were deleted from the stream");
             out.push((position, event, body));
@@ -422,12 +421,25 @@ async fn session(
         let (mut next, mut last_seq) = resume_point(&mut stream, status).await?;
         status.published.store(next - 1, Ordering::Relaxed);
         status.set(PublisherState::Publishing, None);
+        let mut window = InFlight::default();
         'publish: loop {
             if *shutdown.borrow() {
                 return Ok(());
             }
+            // Refill the window once half of it is acknowledged: the next page is read, decoded
+            // and sent while the stream stores the one before (not stop-and-wait per page), in
+            // pages of half the window or more, so reads stay batched.
+            let max = cfg.nats_max_in_flight.max(1);
             let head = *committed.borrow_and_update();
-            if next > head {
+            if next <= head && window.len() <= max / 2 {
+                let page = outgoing(store, opener, &stream, next, max - window.len(), window.is_empty()).await?;
+                for (position, event, body) in page {
+                    let ack = send(&js, &event, body, last_seq + window.len() as u64).await?;
+                    window.push(position, event.recorded_at, ack);
+                    next = position + 1;
+                }
+            }
+            let Some((position, committed_at, ack)) = window.pop() else {
                 tokio::select! {
                     _ = committed.changed() => {}
                     _ = shutdown.changed() => {}
@@ -441,61 +453,87 @@ async fn session(
                     }
                 }
                 continue;
-            }
-            let page = outgoing(store, opener, &stream, next, cfg.nats_max_in_flight.max(1)).await?;
-            let positions: Vec<u64> = page.iter().map(|(p, _, _)| *p).collect();
-            let committed_at: Vec<chrono::DateTime<chrono::Utc>> = page.iter().map(|(_, e, _)| e.recorded_at).collect();
-            let mut acks = Vec::with_capacity(page.len());
-            for (i, (position, event, body)) in page.into_iter().enumerate() {
-                let subject = subject(&event.tenant, event.event_type().as_str());
-                let span = tracing::info_span!(
-                    target: crate::telemetry::TARGET,
-                    "publish",
-                    otel.name = %format!("{subject} publish"),
-                    otel.kind = "producer",
-                    messaging.system = "nats",
-                    messaging.destination.name = %subject,
-                    scimlog.position = position,
-                );
-                crate::telemetry::continue_from(&span, event.traceparent.as_deref());
-                let traceparent = crate::telemetry::traceparent(&span).or_else(|| event.traceparent.clone());
-                let publish = Publish::build()
-                    .payload(body.into())
-                    .headers(headers(&event, traceparent.as_deref()))
-                    .message_id(event.id.to_string())
-                    .expected_last_sequence(last_seq + i as u64);
-                acks.push(js.send_publish(subject, publish).instrument(span).await.map_err(nats)?);
-            }
-            for (i, ack) in acks.into_iter().enumerate() {
-                let want = last_seq + 1;
-                match ack.await {
-                    Ok(a) if a.sequence == want && !a.duplicate => {
-                        last_seq = want;
-                        next = positions[i] + 1;
-                        status.published.store(positions[i], Ordering::Relaxed);
-                        let waited = chrono::Utc::now() - committed_at[i];
-                        status.metrics.publisher_ack.observe(waited.as_seconds_f64().max(0.0));
-                    }
-                    Ok(a) => {
-                        tracing::warn!(
-                            position = positions[i],
-                            seq = a.sequence,
-                            duplicate = a.duplicate,
-                            "stream out of step; resyncing"
-                        );
-                        break 'publish;
-                    }
-                    Err(e) if e.kind() == jetstream::context::PublishErrorKind::WrongLastSequence => {
-                        // The stream is not where we thought (it lost its tail, or someone else
-                        // wrote): ask it where it stands.
-                        tracing::warn!(position = positions[i], "stream's last sequence moved; resyncing");
-                        break 'publish;
-                    }
-                    Err(e) => return Err(nats(e)),
+            };
+            let want = last_seq + 1;
+            match ack.await {
+                Ok(a) if a.sequence == want && !a.duplicate => {
+                    last_seq = want;
+                    status.published.store(position, Ordering::Relaxed);
+                    let waited = chrono::Utc::now() - committed_at;
+                    status.metrics.publisher_ack.observe(waited.as_seconds_f64().max(0.0));
                 }
+                Ok(a) => {
+                    tracing::warn!(
+                        position,
+                        seq = a.sequence,
+                        duplicate = a.duplicate,
+                        "stream out of step; resyncing"
+                    );
+                    break 'publish;
+                }
+                Err(e) if e.kind() == jetstream::context::PublishErrorKind::WrongLastSequence => {
+                    // The stream is not where we thought (it lost its tail, or someone else
+                    // wrote): ask it where it stands.
+                    tracing::warn!(position, "stream's last sequence moved; resyncing");
+                    break 'publish;
+                }
+                Err(e) => return Err(nats(e)),
             }
         }
     }
+}
+
+/// The publishes sent and not yet acknowledged, oldest first: (position, commit time, ack).
+#[derive(Default)]
+struct InFlight(std::collections::VecDeque<(u64, chrono::DateTime<chrono::Utc>, jetstream::context::PublishAckFuture)>);
+
+impl InFlight {
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+    fn push(
+        &mut self,
+        position: u64,
+        committed_at: chrono::DateTime<chrono::Utc>,
+        ack: jetstream::context::PublishAckFuture,
+    ) {
+        self.0.push_back((position, committed_at, ack));
+    }
+    fn pop(&mut self) -> Option<(u64, chrono::DateTime<chrono::Utc>, jetstream::context::PublishAckFuture)> {
+        self.0.pop_front()
+    }
+}
+
+/// Sends one event's message, expecting the stream's last sequence to be `expected` (each
+/// message continues the one before, so a stream that lost its tail or got another writer
+/// refuses it); the publish span continues the trace of the request that wrote the event.
+async fn send(
+    js: &jetstream::Context,
+    event: &scimlog_schemas::Event,
+    body: Vec<u8>,
+    expected: u64,
+) -> Result<jetstream::context::PublishAckFuture, BusError> {
+    let subject = subject(&event.tenant, event.event_type().as_str());
+    let span = tracing::info_span!(
+        target: crate::telemetry::TARGET,
+        "publish",
+        otel.name = %format!("{subject} publish"),
+        otel.kind = "producer",
+        messaging.system = "nats",
+        messaging.destination.name = %subject,
+        scimlog.position = event.position,
+    );
+    crate::telemetry::continue_from(&span, event.traceparent.as_deref());
+    let traceparent = crate::telemetry::traceparent(&span).or_else(|| event.traceparent.clone());
+    let publish = Publish::build()
+        .payload(body.into())
+        .headers(headers(event, traceparent.as_deref()))
+        .message_id(event.id.to_string())
+        .expected_last_sequence(expected);
+    js.send_publish(subject, publish).instrument(span).await.map_err(nats)
 }
 
 /// Sends positions `from..=to` again (marked as republished). JetStream drops those still inside

@@ -330,6 +330,38 @@ async fn a_stream_with_no_message_of_the_log_is_reported_as_a_possible_gap() {
     s.stop().await;
 }
 
+/// An erasure in a backlog (written while NATS was down): the publisher keeps many messages in
+/// flight, but `user.erased` waits until the person's messages, sent just before it, are stored,
+/// so that they are found and deleted; nothing of the person is left in clear.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_erasure_in_a_backlog_deletes_the_messages_sent_just_before_it() {
+    let mut nats = NatsServer::start();
+    let s = server_with(&nats).await;
+    caught_up(&s).await;
+    nats.kill();
+    for i in 0..300 {
+        assert_eq!(s.post("/Users", &json!({"userName": format!("backlog{i}")})).await.status, 201);
+    }
+    let email = format!("gone-{}@example.com", uuid::Uuid::new_v4().simple());
+    let id = s.post("/Users", &json!({"userName": "gone", "emails": [{"value": email}]})).await.id();
+    s.put(&format!("/Users/{id}"), &json!({"userName": "gone", "emails": [{"value": email}], "title": "T"})).await;
+    let admin = s.new_token(scimlog::auth::Role::Admin);
+    let url = format!("{}/api/v1/users/{id}/erase", s.base);
+    let r = s.send_as(&admin, Method::POST, &url, Some(&json!({"reason": "ticket 8"})), &[]).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    nats.restart();
+    caught_up(&s).await;
+    let after = stream_messages(&nats.url(), "SCIMLOG").await;
+    for (seq, _, _, body) in &after {
+        assert!(!body.to_string().contains(&email), "message {seq} still holds the erased email: {body}");
+    }
+    let types: Vec<&str> = after.iter().map(|m| m.3["type"].as_str().unwrap()).collect();
+    assert_eq!(types.iter().filter(|t| **t == "user.created").count(), 300, "everyone else's stay");
+    assert_eq!(types.iter().filter(|t| **t == "user.updated").count(), 0, "the person's update is deleted");
+    assert!(types.contains(&"user.erased"), "{types:?}");
+    s.stop().await;
+}
+
 /// After an erasure the stream no longer holds the person's values in clear: the messages that
 /// carried them are deleted before `user.erased` goes out; everyone else's stay.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
