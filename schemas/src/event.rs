@@ -471,27 +471,87 @@ impl Event {
     /// Serialises the event, sealing its personal values with the subject's key, and hashes the
     /// result: the hash chain covers the sealed bytes, so erasing a key never breaks it. Its
     /// `prev_hash` must already be set.
+    ///
+    /// Written without a `Value` of the event: the two types with personal values serialise a
+    /// copy of the envelope whose `data` has the clear values and the sealed part
+    /// ([`SealedEnvelope`]); every other type is the event's own serialisation.
     pub fn seal(&self, sealer: &mut dyn Sealer) -> SealedEvent {
-        let mut v = serde_json::to_value(self).expect("events serialise");
-        let field = personal_field(self.event_type().as_str());
-        if let (Some(field), Some(Value::Object(data))) = (field, v.get_mut("data")) {
-            if let Some(Value::Object(attributes)) = data.get(field) {
-                let (clear, personal) = split(attributes);
-                if !personal.is_empty() {
-                    let plaintext = serde_json::to_vec(&personal).expect("values serialise");
-                    let sealed = Sealed {
-                        subject: self.resource_id.clone(),
-                        attributes: personal.keys().cloned().collect(),
-                        sealed_box: sealer.seal(&self.tenant, &self.resource_id, &plaintext),
-                    };
-                    data.insert(field.to_string(), Value::Object(clear));
-                    data.insert("sealed".to_string(), serde_json::to_value(sealed).expect("sealed serialises"));
-                }
+        let bytes = match &self.body {
+            EventBody::UserCreated { attributes, active } => {
+                let (clear, sealed) = self.seal_values(attributes, sealer);
+                let attributes = clear.as_ref().unwrap_or(attributes);
+                self.sealed_envelope(StoredUserCreatedRef { attributes, active: *active, sealed })
             }
-        }
-        let bytes = serde_json::to_vec(&v).expect("events serialise");
+            EventBody::UserUpdated { changed, removed } => {
+                let (clear, sealed) = self.seal_values(changed, sealer);
+                let changed = clear.as_ref().unwrap_or(changed);
+                self.sealed_envelope(StoredUserUpdatedRef { changed, removed, sealed })
+            }
+            EventBody::UserDeactivated {}
+            | EventBody::UserReactivated {}
+            | EventBody::UserDeleted {}
+            | EventBody::UserErased { .. }
+            | EventBody::GroupCreated { .. }
+            | EventBody::GroupRenamed { .. }
+            | EventBody::GroupUpdated { .. }
+            | EventBody::GroupDeleted {}
+            | EventBody::GroupMemberAdded { .. }
+            | EventBody::GroupMemberRemoved { .. }
+            | EventBody::RoleAssigned { .. }
+            | EventBody::RoleRevoked { .. }
+            | EventBody::EntitlementGranted { .. }
+            | EventBody::EntitlementRevoked { .. }
+            | EventBody::OrganizationCreated { .. }
+            | EventBody::EnvironmentCreated { .. }
+            | EventBody::ResourceGroupCreated { .. }
+            | EventBody::HostUserLinked { .. }
+            | EventBody::HostUserUnlinked { .. }
+            | EventBody::TokenCreated { .. }
+            | EventBody::TokenRevoked {} => serde_json::to_vec(self).expect("events serialise"),
+        };
         let hash: [u8; 32] = Sha256::digest(&bytes).into();
         SealedEvent { hash, bytes }
+    }
+
+    /// Splits user attributes into clear and personal values and seals the personal ones with
+    /// the subject's key: (the clear values, the sealed part), or (None, None) when there is no
+    /// personal value (the attributes are stored as they are).
+    fn seal_values(
+        &self,
+        attributes: &Map<String, Value>,
+        sealer: &mut dyn Sealer,
+    ) -> (Option<Map<String, Value>>, Option<Sealed>) {
+        let (clear, personal) = split(attributes);
+        if personal.is_empty() {
+            return (None, None);
+        }
+        let plaintext = serde_json::to_vec(&personal).expect("values serialise");
+        let sealed = Sealed {
+            subject: self.resource_id.clone(),
+            attributes: personal.keys().cloned().collect(),
+            sealed_box: sealer.seal(&self.tenant, &self.resource_id, &plaintext),
+        };
+        (Some(clear), Some(sealed))
+    }
+
+    fn sealed_envelope<D: Serialize>(&self, data: D) -> Vec<u8> {
+        let envelope = SealedEnvelope {
+            id: self.id,
+            position: self.position,
+            tenant: &self.tenant,
+            ty: self.event_type().as_str(),
+            data,
+            schema_version: self.schema_version,
+            resource_type: self.resource_type,
+            resource_id: &self.resource_id,
+            resource_version: self.resource_version,
+            recorded_at: self.recorded_at,
+            actor: &self.actor,
+            request_id: &self.request_id,
+            traceparent: self.traceparent.as_deref(),
+            prev_hash: self.prev_hash,
+        };
+        serde_json::to_vec(&envelope).expect("events serialise")
     }
 
     /// Parses canonical bytes, lifting older schema versions to the current one and opening
@@ -538,6 +598,48 @@ impl Event {
         out.extend_from_slice(b"\"}");
         out
     }
+}
+
+/// The envelope as [`Event`] serialises it (the same fields in the same order: the canonical
+/// bytes), with a `data` of the caller's: a user type's data with its sealed part.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct SealedEnvelope<'a, D> {
+    id: Uuid,
+    position: u64,
+    tenant: &'a str,
+    #[serde(rename = "type")]
+    ty: &'static str,
+    data: D,
+    schema_version: u32,
+    resource_type: ResourceKind,
+    resource_id: &'a str,
+    resource_version: u64,
+    recorded_at: DateTime<Utc>,
+    actor: &'a str,
+    request_id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    traceparent: Option<&'a str>,
+    prev_hash: EventHash,
+}
+
+/// `user.created`'s data as stored (see [`StoredUserCreated`], which reads it back).
+#[derive(Serialize)]
+struct StoredUserCreatedRef<'a> {
+    attributes: &'a Map<String, Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    active: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sealed: Option<Sealed>,
+}
+
+/// `user.updated`'s data as stored (see [`StoredUserUpdated`]).
+#[derive(Serialize)]
+struct StoredUserUpdatedRef<'a> {
+    changed: &'a Map<String, Value>,
+    removed: &'a [String],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sealed: Option<Sealed>,
 }
 
 /// The stored envelope's fields, `data` as its raw JSON (borrowed from the record).
@@ -777,6 +879,61 @@ mod tests {
         let mut v = serde_json::to_value(event).unwrap();
         v["hash"] = json!(sealed.hash_hex());
         serde_json::to_vec(&v).unwrap()
+    }
+
+    /// The seal before the typed one (the event as a `Value`, its personal values swapped for
+    /// the sealed part in place): the oracle of the typed seal's bytes.
+    fn seal_via_value(e: &Event, sealer: &mut dyn Sealer) -> Vec<u8> {
+        let mut v = serde_json::to_value(e).unwrap();
+        let field = personal_field(e.event_type().as_str());
+        if let (Some(field), Some(Value::Object(data))) = (field, v.get_mut("data")) {
+            let (clear, personal) = split(data[field].as_object().unwrap());
+            if !personal.is_empty() {
+                let plaintext = serde_json::to_vec(&personal).unwrap();
+                let sealed = Sealed {
+                    subject: e.resource_id.clone(),
+                    attributes: personal.keys().cloned().collect(),
+                    sealed_box: sealer.seal(&e.tenant, &e.resource_id, &plaintext),
+                };
+                data.insert(field.to_string(), Value::Object(clear));
+                data.insert("sealed".to_string(), serde_json::to_value(sealed).unwrap());
+            }
+        }
+        serde_json::to_vec(&v).unwrap()
+    }
+
+    /// The typed seal writes the bytes the `Value` seal wrote, so the canonical form (and so
+    /// every hash of an event written the same way) is unchanged: personal values with and
+    /// without `active`, none at all, an enterprise extension with only personal values or
+    /// empty, a trace context, every other type.
+    #[test]
+    fn the_typed_seal_writes_what_the_value_seal_wrote() {
+        let personal = json!({"userName": "bob", "emails": [{"value": "b@x.org"}], "userType": "Eng",
+            "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User": {"employeeNumber": "9"}});
+        let clear_only = json!({"userType": "Eng", "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User": {}});
+        let (personal, clear_only) = (personal.as_object().unwrap().clone(), clear_only.as_object().unwrap().clone());
+        let mut events = vec![
+            sample(EventBody::UserCreated { attributes: personal.clone(), active: Some(true) }),
+            sample(EventBody::UserCreated { attributes: personal.clone(), active: None }),
+            sample(EventBody::UserCreated { attributes: clear_only.clone(), active: Some(false) }),
+            sample(EventBody::UserCreated { attributes: Map::new(), active: None }),
+            sample(EventBody::UserUpdated { changed: personal.clone(), removed: vec!["title".into()] }),
+            sample(EventBody::UserUpdated { changed: clear_only, removed: vec![] }),
+            sample(EventBody::GroupCreated { display_name: "Ops".into(), attributes: personal }),
+            sample(EventBody::EnvironmentCreated { slug: "prod".into(), organization: None }),
+            sample(EventBody::TokenRevoked {}),
+        ];
+        events[1].traceparent = Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into());
+        for (i, e) in events.iter().enumerate() {
+            let sealed = e.seal(&mut HexSealer);
+            assert_eq!(
+                String::from_utf8(sealed.bytes.clone()).unwrap(),
+                String::from_utf8(seal_via_value(e, &mut HexSealer)).unwrap(),
+                "event {i}"
+            );
+            assert!(sealed.is_intact());
+            assert_eq!(sealed.decode(&HexSealer).unwrap(), *e, "event {i} reads back");
+        }
     }
 
     /// The typed decode reads every stored form as the `Value` decode did, and the published

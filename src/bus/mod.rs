@@ -422,6 +422,8 @@ async fn session(
         status.published.store(next - 1, Ordering::Relaxed);
         status.set(PublisherState::Publishing, None);
         let mut window = InFlight::default();
+        // A refill found a `user.erased` first: it waits until nothing is in flight.
+        let mut erasure_waits = false;
         'publish: loop {
             if *shutdown.borrow() {
                 return Ok(());
@@ -431,8 +433,10 @@ async fn session(
             // pages of half the window or more, so reads stay batched.
             let max = cfg.nats_max_in_flight.max(1);
             let head = *committed.borrow_and_update();
-            if next <= head && window.len() <= max / 2 {
+            erasure_waits &= !window.is_empty();
+            if next <= head && window.len() <= max / 2 && !erasure_waits {
                 let page = outgoing(store, opener, &stream, next, max - window.len(), window.is_empty()).await?;
+                erasure_waits = page.is_empty();
                 for (position, event, body) in page {
                     let ack = send(&js, &event, body, last_seq + window.len() as u64).await?;
                     window.push(position, event.recorded_at, ack);
