@@ -1,7 +1,7 @@
 //! Micro-benchmarks of the parts a request goes through: filter parsing and evaluation, PATCH
-//! application, deciding and folding events into the read models, and the log append (the
-//! writer: decide, seal, hash, fold, commit) with 1, 16 and 128 commands per commit, fsync on
-//! and off. `cargo bench -p scimlog-bench` (criterion; medians and spreads on stdout).
+//! application, deciding and folding events into the read models, sealing and decoding one
+//! event, and the log append (the writer: decide, seal, hash, fold, commit) with 1, 16 and 128
+//! commands per commit, fsync on and off. `cargo bench -p scimlog-bench` (criterion; medians and spreads on stdout).
 
 use std::hint::black_box;
 use std::sync::Arc;
@@ -12,7 +12,7 @@ use scimlog::command::{decide, Command, Ctx};
 use scimlog::log::writer::{self, Origin, WriterOptions};
 use scimlog::log::{keys::KeyRing, Store};
 use scimlog_projections::{apply, MemKv};
-use scimlog_schemas::event::{Event, EventHash, NewEvent};
+use scimlog_schemas::event::{Event, EventBody, EventHash, NewEvent};
 use scimlog_schemas::filter::{Filter, FilterLimits};
 use scimlog_schemas::patch::{self, parse_patch};
 use scimlog_schemas::registry::registry;
@@ -187,6 +187,35 @@ fn folds(c: &mut Criterion) {
     g.finish();
 }
 
+/// One event's way through the log and out: sealed (personal values encrypted with the
+/// subject's key, serialised, hashed: on the writer), decoded with its values opened (replays,
+/// the publisher, feeds) and made the published body (the publisher), for a `user.created` with
+/// personal values. The subject's key is cached, so no store read is measured.
+fn events(c: &mut Criterion) {
+    let mut g = c.benchmark_group("event");
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let keys = KeyRing::open(store, &Default::default(), dir.path()).unwrap();
+    let cmd = Command::CreateUser { id: "u1".into(), input: parse_user(&user(1)).unwrap() };
+    let new = decide(&MemKv::default(), &CTX, cmd).unwrap().events.into_iter();
+    let created = new.filter(|e| matches!(e.body, EventBody::UserCreated { .. })).next().expect("a user.created");
+    let event = stamp(1, created);
+    let mut sealer = keys.batch();
+    let sealed = event.seal(&mut sealer);
+    keys.committed(sealer);
+    g.bench_function("seal a user.created", |b| {
+        b.iter(|| {
+            let mut sealer = keys.batch();
+            black_box(event.seal(&mut sealer))
+        })
+    });
+    g.bench_function("decode it, values opened", |b| b.iter(|| black_box(sealed.decode(&keys).unwrap())));
+    g.bench_function("decode it and make the published body", |b| {
+        b.iter(|| black_box(scimlog::bus::published_body(&sealed, &keys).unwrap()))
+    });
+    g.finish();
+}
+
 /// The writer end to end on a real RocksDB in a temp dir: `n` creates submitted together, so one
 /// commit (one fsync when on) carries up to `n` of them.
 fn log_append(c: &mut Criterion) {
@@ -248,6 +277,6 @@ fn log_append(c: &mut Criterion) {
 criterion_group! {
     name = micro;
     config = Criterion::default().warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(3));
-    targets = filters, patches, folds, log_append
+    targets = filters, patches, folds, events, log_append
 }
 criterion_main!(micro);
