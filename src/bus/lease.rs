@@ -59,7 +59,7 @@ impl Lease {
             storage: stream::StorageType::File,
             ..Default::default()
         };
-        let mut stream = js.get_or_create_stream(config.clone()).await.map_err(nats)?;
+        let mut stream = js.get_or_create_stream(config).await.map_err(nats)?;
         let found = &stream.info().await.map_err(nats)?.config;
         if found.allow_direct || found.max_age != ttl {
             // The window in which a message id is remembered may not outlast the messages.

@@ -421,7 +421,8 @@ async fn session(
         let (mut next, mut last_seq) = resume_point(&mut stream, status).await?;
         status.published.store(next - 1, Ordering::Relaxed);
         status.set(PublisherState::Publishing, None);
-        let mut window = InFlight::default();
+        let max = cfg.nats_max_in_flight.max(1);
+        let mut window = InFlight::new();
         // A refill found a `user.erased` first: it waits until nothing is in flight.
         let mut erasure_waits = false;
         'publish: loop {
@@ -431,7 +432,6 @@ async fn session(
             // Refill the window once half of it is acknowledged: the next page is read, decoded
             // and sent while the stream stores the one before (not stop-and-wait per page), in
             // pages of half the window or more, so reads stay batched.
-            let max = cfg.nats_max_in_flight.max(1);
             let head = *committed.borrow_and_update();
             erasure_waits &= !window.is_empty();
             if next <= head && window.len() <= max / 2 && !erasure_waits {
@@ -439,11 +439,11 @@ async fn session(
                 erasure_waits = page.is_empty();
                 for (position, event, body) in page {
                     let ack = send(&js, &event, body, last_seq + window.len() as u64).await?;
-                    window.push(position, event.recorded_at, ack);
+                    window.push_back((position, event.recorded_at, ack));
                     next = position + 1;
                 }
             }
-            let Some((position, committed_at, ack)) = window.pop() else {
+            let Some((position, committed_at, ack)) = window.pop_front() else {
                 tokio::select! {
                     _ = committed.changed() => {}
                     _ = shutdown.changed() => {}
@@ -488,28 +488,7 @@ async fn session(
 }
 
 /// The publishes sent and not yet acknowledged, oldest first: (position, commit time, ack).
-#[derive(Default)]
-struct InFlight(std::collections::VecDeque<(u64, chrono::DateTime<chrono::Utc>, jetstream::context::PublishAckFuture)>);
-
-impl InFlight {
-    fn len(&self) -> usize {
-        self.0.len()
-    }
-    fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-    fn push(
-        &mut self,
-        position: u64,
-        committed_at: chrono::DateTime<chrono::Utc>,
-        ack: jetstream::context::PublishAckFuture,
-    ) {
-        self.0.push_back((position, committed_at, ack));
-    }
-    fn pop(&mut self) -> Option<(u64, chrono::DateTime<chrono::Utc>, jetstream::context::PublishAckFuture)> {
-        self.0.pop_front()
-    }
-}
+type InFlight = std::collections::VecDeque<(u64, chrono::DateTime<chrono::Utc>, jetstream::context::PublishAckFuture)>;
 
 /// Sends one event's message, expecting the stream's last sequence to be `expected` (each
 /// message continues the one before, so a stream that lost its tail or got another writer
