@@ -124,13 +124,19 @@ enum Cmd {
         #[arg(long, short)]
         quiet: bool,
     },
-    /// Rebuild every read model from the log: `--verify` proves it equal to the live one (beside a
-    /// running server), `--rebuild` replaces the live one (server stopped).
+    /// Rebuild every read model from the log, into RocksDB in batches (memory stays bounded):
+    /// `--verify` folds into a scratch store inside the data dir (removed after; it needs disk for
+    /// a second copy of the read models) and proves it equal to the live one, beside a running
+    /// server; `--rebuild` replaces the live one in place (server stopped; if it fails, the read
+    /// models are left marked stale and the next start rebuilds them).
     Replay {
         #[arg(long)]
         verify: bool,
         #[arg(long)]
         rebuild: bool,
+        /// Read-model writes held in memory before they are written out.
+        #[arg(long, default_value_t = crate::audit::REBUILD_BATCH_WRITES, value_parser = clap::builder::TypedValueParser::map(clap::value_parser!(u64).range(1..=4_194_304), |n| n as usize))]
+        batch_writes: usize,
         #[command(flatten)]
         store: StoreArgs,
         /// No progress bar.
@@ -696,13 +702,18 @@ pub fn main() -> anyhow::Result<()> {
                     bar.set_length(total);
                     bar.set_position(done);
                 }
+                crate::audit::ImportProgress::Folded { done, total } => {
+                    bar.set_message("folding");
+                    bar.set_length(total);
+                    bar.set_position(done);
+                }
             });
             bar.finish_and_clear();
             let n = n?;
             eprintln!("imported {n} events");
             Ok(())
         }
-        Cmd::Replay { verify, rebuild, store, quiet } => {
+        Cmd::Replay { verify, rebuild, batch_writes, store, quiet } => {
             anyhow::ensure!(verify != rebuild, "give exactly one of --verify or --rebuild");
             let db = if rebuild { open_exclusive(&store.data_dir)? } else { Store::open_read_only(&store.data_dir)? };
             let ring = if rebuild {
@@ -713,16 +724,21 @@ pub fn main() -> anyhow::Result<()> {
             let head = db.head()?.position;
             let started = std::time::Instant::now();
             let bar = progress_bar(Some(head), "replaying", quiet);
-            let kv = crate::audit::fold_until(&db, &ring, Some(head), &mut |p| bar.set_position(p));
-            bar.finish_and_clear();
-            let kv = kv?;
-            eprintln!("replayed {head} events in {:.2} s", started.elapsed().as_secs_f64());
+            let batch = batch_writes;
+            let mut progress = |p| bar.set_position(p);
             if rebuild {
-                db.replace_state(kv.0.into_iter().collect())?;
+                let done = crate::audit::rebuild(&db, &ring, batch, &mut progress);
+                bar.finish_and_clear();
+                done?;
+                eprintln!("replayed {head} events in {:.2} s", started.elapsed().as_secs_f64());
                 println!("rebuilt every read model from {head} events");
                 return Ok(());
             }
-            let d = crate::audit::compare(&db, &kv)?;
+            let rebuilt = crate::audit::rebuild_beside(&db, &ring, head, &store.data_dir, batch, &mut progress);
+            bar.finish_and_clear();
+            let rebuilt = rebuilt?;
+            eprintln!("replayed {head} events in {:.2} s", started.elapsed().as_secs_f64());
+            let d = crate::audit::compare_stores(&db, &rebuilt)?;
             if d.count == 0 {
                 println!("ok: the read models rebuilt from {head} events equal the live ones");
                 Ok(())

@@ -7,7 +7,7 @@ use std::io::Write;
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
-use scimlog_projections::{apply, keys, query, KvRead, MemKv};
+use scimlog_projections::{apply, keys, query, KvRead, MemKv, Overlay};
 use scimlog_schemas::event::{Event, EventBody, EventHash, SealedEvent};
 use scimlog_schemas::personal::Opener;
 use scimlog_schemas::ResourceKind;
@@ -392,10 +392,6 @@ pub fn position_at(store: &Store, at: chrono::DateTime<chrono::Utc>) -> Result<u
     Ok(last)
 }
 
-/// Every read model as it stood after `position`, folded by the same code as the live ones.
-/// `progress` is called now and then with the position reached.
-///
-/// The fold is one thread (it is a fold: each event sees the state its predecessors left), but
 /// Rebuilds every read model from the log when they were written with another key layout than
 /// this code's (`keys::LAYOUT_VERSION`), before a server serves from them; marks a new, empty
 /// store as current. Returns the number of events folded (0: nothing to do).
@@ -416,30 +412,141 @@ pub fn rebuild_if_stale(store: &Store, opener: &(dyn Opener + Sync)) -> Result<u
         "the read models were laid out by another version: rebuilding them from the log"
     );
     let started = std::time::Instant::now();
-    let kv = fold_until(store, opener, Some(head), &mut |_| {})?;
-    store.replace_state(kv.0.into_iter().collect())?;
+    rebuild(store, opener, REBUILD_BATCH_WRITES, &mut |_| {})?;
     tracing::info!(events = head, seconds = started.elapsed().as_secs_f64(), "read models rebuilt");
     Ok(head)
 }
 
-/// decoding is most of the work (parsing, opening sealed values, unwrapping data keys), so a
-/// reader thread hands pages of stored events in turn to one decoder per core, and this thread
-/// folds the decoded pages in the order they were read.
+/// How many read-model writes a rebuild into RocksDB holds before it writes them out: its
+/// memory is this batch (about 35 MB at a user's entries: 4 times the batch took 110 MB more at
+/// 1M users) and the store's own memtables and cache, whatever the size of the directory.
+pub const REBUILD_BATCH_WRITES: usize = 65_536;
+
+/// Rebuilds every read model in place, from the log, into RocksDB (`replay --rebuild`, an
+/// upgrade at start): the `state` family is emptied, the log is folded into it in batches of
+/// `batch_writes`, flushed, and only then marked current. A rebuild that fails or is cut off
+/// leaves read models with no layout mark, which the next start rebuilds before serving.
+/// Needs a store nobody else writes. Returns the number of events folded.
+pub fn rebuild(
+    store: &Store,
+    opener: &(dyn Opener + Sync),
+    batch_writes: usize,
+    progress: &mut dyn FnMut(u64),
+) -> Result<u64, AuditError> {
+    blinder_of(store)?;
+    let head = store.head()?.position;
+    store.clear_state()?;
+    fold_into(store, store, opener, head, batch_writes, progress)?;
+    store.flush_state()?;
+    store.mark_layout_current()?;
+    Ok(head)
+}
+
+/// The block cache of a scratch store a rebuild folds into.
+const SCRATCH_BLOCK_CACHE_BYTES: usize = 8 << 20;
+
+/// Read models folded from a log into a scratch store of their own, in a directory that is
+/// removed when this is dropped.
+pub struct Rebuilt {
+    // Dropped before the directory it lives in.
+    store: Store,
+    _dir: tempfile::TempDir,
+}
+
+impl Rebuilt {
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+}
+
+/// Folds `store`'s log up to `last` into a scratch store under `scratch_in` (`replay --verify`,
+/// the benchmark), in batches of `batch_writes`: memory stays bounded whatever the directory's
+/// size, and the disk holds a second copy of the read models until the result is dropped.
+/// `store` may be a read-only instance beside a live server.
+pub fn rebuild_beside(
+    store: &Store,
+    opener: &(dyn Opener + Sync),
+    last: u64,
+    scratch_in: &std::path::Path,
+    batch_writes: usize,
+    progress: &mut dyn FnMut(u64),
+) -> Result<Rebuilt, AuditError> {
+    let blinder = blinder_of(store)?;
+    let dir = tempfile::Builder::new().prefix(".scimlog-rebuild-").tempdir_in(scratch_in)?;
+    // The fold reads what it wrote last (memtables, the newest files) and absent keys (bloom
+    // filters): a small block cache does, and the memory goes to the memtables.
+    let memory = crate::log::StoreMemory { block_cache_bytes: SCRATCH_BLOCK_CACHE_BYTES, ..Default::default() };
+    let scratch = Store::open_with(dir.path(), &memory)?;
+    scratch.set_blinder(blinder);
+    fold_into(store, &scratch, opener, last, batch_writes, progress)?;
+    Ok(Rebuilt { store: scratch, _dir: dir })
+}
+
+/// Folds `source`'s log up to `last` into `target`'s `state` family, which holds nothing of the
+/// directory yet. The fold reads through an overlay of the writes pending since the last batch
+/// over the target as written so far, so each event sees what its predecessors left, exactly
+/// as the writer's fold does.
+fn fold_into(
+    source: &Store,
+    target: &Store,
+    opener: &(dyn Opener + Sync),
+    last: u64,
+    batch_writes: usize,
+    progress: &mut dyn FnMut(u64),
+) -> Result<(), AuditError> {
+    let view = target.live_view();
+    let mut pending = Overlay::new(&view);
+    each_decoded_page(source, opener, last, progress, &mut |events| {
+        for e in &events {
+            apply(&mut pending, e);
+        }
+        if pending.writes().len() >= batch_writes.max(1) {
+            target.write_state_unlogged(std::mem::replace(&mut pending, Overlay::new(&view)).into_writes())?;
+        }
+        view.take_error().map_or(Ok(()), |e| Err(e.into()))
+    })?;
+    target.write_state_unlogged(pending.into_writes())?;
+    view.take_error().map_or(Ok(()), |e| Err(e.into()))
+}
+
+/// Every read model as it stood after `position`, folded in memory by the same code as the
+/// live ones (as of a moment, a person's story; tests' oracle). `progress` is called now and
+/// then with the position reached.
 pub fn fold_until(
     store: &Store,
     opener: &(dyn Opener + Sync),
     position: Option<u64>,
     progress: &mut dyn FnMut(u64),
 ) -> Result<MemKv, AuditError> {
-    let last = position.unwrap_or(u64::MAX);
-    let decoders = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 8);
     // Folded with the store's own blinder, so that the result equals its read models.
     let mut kv = MemKv::with_blinder(blinder_of(store)?);
+    each_decoded_page(store, opener, position.unwrap_or(u64::MAX), progress, &mut |events| {
+        for e in &events {
+            apply(&mut kv, e);
+        }
+        Ok(())
+    })?;
+    Ok(kv)
+}
+
+/// Hands the log's events from position 1 to `last` to `fold`, decoded, a page at a time in
+/// log order. The fold is one thread (each event sees the state its predecessors left), but
+/// decoding is most of the work (parsing, opening sealed values, unwrapping data keys), so a
+/// reader thread hands pages of stored events in turn to one decoder per core, and this thread
+/// folds the decoded pages in the order they were read.
+fn each_decoded_page(
+    store: &Store,
+    opener: &(dyn Opener + Sync),
+    last: u64,
+    progress: &mut dyn FnMut(u64),
+    fold: &mut dyn FnMut(Vec<Event>) -> Result<(), AuditError>,
+) -> Result<(), AuditError> {
+    let decoders = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 8);
     std::thread::scope(|s| {
         let (mut to_decoders, mut from_decoders) = (Vec::new(), Vec::new());
         for _ in 0..decoders {
-            let (pages_tx, pages) = std::sync::mpsc::sync_channel::<Vec<(u64, SealedEvent)>>(2);
-            let (decoded_tx, decoded) = std::sync::mpsc::sync_channel::<Result<Vec<Event>, AuditError>>(2);
+            let (pages_tx, pages) = std::sync::mpsc::sync_channel::<Vec<(u64, SealedEvent)>>(1);
+            let (decoded_tx, decoded) = std::sync::mpsc::sync_channel::<Result<Vec<Event>, AuditError>>(1);
             s.spawn(move || {
                 for page in pages {
                     let events: Result<Vec<Event>, AuditError> = page
@@ -472,18 +579,26 @@ pub fn fold_until(
             }
             Ok(())
         });
-        for k in 0.. {
-            let Ok(events) = from_decoders[k % from_decoders.len()].recv() else { break };
-            for e in events? {
-                apply(&mut kv, &e);
-                if e.position % 10_000 == 0 {
-                    progress(e.position);
+        let folded = (|| {
+            let mut reported = 0;
+            for k in 0.. {
+                let Ok(events) = from_decoders[k % from_decoders.len()].recv() else { break };
+                let events = events?;
+                let reached = events.last().map_or(reported, |e| e.position);
+                fold(events)?;
+                // After each page that passes a multiple of 10 000 (pages are smaller).
+                if reached / 10_000 > reported / 10_000 {
+                    progress(reached);
                 }
+                reported = reached;
             }
-        }
-        reader.join().expect("the log reader does not panic")
-    })?;
-    Ok(kv)
+            Ok(())
+        })();
+        // The receivers go first, so that a reader blocked on a full queue ends.
+        drop(from_decoders);
+        let read = reader.join().expect("the log reader does not panic");
+        folded.and(read)
+    })
 }
 
 /// A resource as it stood in `kv`, as SCIM-like JSON (attributes, id, meta; a group's members;
@@ -554,11 +669,30 @@ fn show(b: &[u8]) -> String {
     String::from_utf8_lossy(b).replace('\0', "\u{241f}")
 }
 
-/// Compares a rebuilt state with the live `state` family, key by key.
+/// Compares a state rebuilt in memory with the live `state` family, key by key.
 pub fn compare(store: &Store, rebuilt: &MemKv) -> Result<Differences, AuditError> {
-    // The layout mark is not a read model: no fold writes it.
-    let mut live = store.scan_state()?;
-    live.retain(|(k, _)| k.as_slice() != keys::LAYOUT);
+    let mut failed = None;
+    let live = store.state_entries().map_while(|r| r.map_err(|e| failed = Some(e)).ok());
+    let d = differences(live, rebuilt.0.iter());
+    failed.map_or(Ok(d), |e| Err(e.into()))
+}
+
+/// Compares read models rebuilt into a scratch store with the live `state` family, key by key,
+/// reading both in order as it goes.
+pub fn compare_stores(store: &Store, rebuilt: &Rebuilt) -> Result<Differences, AuditError> {
+    let (mut live_failed, mut rebuilt_failed) = (None, None);
+    let live = store.state_entries().map_while(|r| r.map_err(|e| live_failed = Some(e)).ok());
+    let again = rebuilt.store.state_entries().map_while(|r| r.map_err(|e| rebuilt_failed = Some(e)).ok());
+    let d = differences(live, again);
+    live_failed.or(rebuilt_failed).map_or(Ok(d), |e| Err(e.into()))
+}
+
+/// The keys two ordered sequences of read-model entries disagree on. The layout mark is not a
+/// read model (no fold writes it) and is passed over on both sides.
+fn differences<A: AsRef<[u8]>, B: AsRef<[u8]>>(
+    live: impl Iterator<Item = (A, A)>,
+    rebuilt: impl Iterator<Item = (B, B)>,
+) -> Differences {
     let mut d = Differences::default();
     let mut note = |k: &[u8], a: Option<&[u8]>, b: Option<&[u8]>| {
         d.count += 1;
@@ -566,39 +700,33 @@ pub fn compare(store: &Store, rebuilt: &MemKv) -> Result<Differences, AuditError
             d.first.push((show(k), a.map(show), b.map(show)));
         }
     };
-    let mut li = live.iter().peekable();
-    let mut ri = rebuilt.0.iter().peekable();
+    let mut li = live.filter(|(k, _)| k.as_ref() != keys::LAYOUT).peekable();
+    let mut ri = rebuilt.filter(|(k, _)| k.as_ref() != keys::LAYOUT).peekable();
     loop {
-        match (li.peek(), ri.peek()) {
+        let order = match (li.peek(), ri.peek()) {
             (None, None) => break,
-            (Some((lk, lv)), None) => {
-                note(lk, Some(lv), None);
-                li.next();
+            (Some(_), None) => std::cmp::Ordering::Less,
+            (None, Some(_)) => std::cmp::Ordering::Greater,
+            (Some((lk, _)), Some((rk, _))) => lk.as_ref().cmp(rk.as_ref()),
+        };
+        match order {
+            std::cmp::Ordering::Less => {
+                let (k, v) = li.next().expect("peeked");
+                note(k.as_ref(), Some(v.as_ref()), None);
             }
-            (None, Some((rk, rv))) => {
-                note(rk, None, Some(rv));
-                ri.next();
+            std::cmp::Ordering::Greater => {
+                let (k, v) = ri.next().expect("peeked");
+                note(k.as_ref(), None, Some(v.as_ref()));
             }
-            (Some((lk, lv)), Some((rk, rv))) => match lk.as_slice().cmp(rk.as_slice()) {
-                std::cmp::Ordering::Less => {
-                    note(lk, Some(lv), None);
-                    li.next();
+            std::cmp::Ordering::Equal => {
+                let ((k, lv), (_, rv)) = (li.next().expect("peeked"), ri.next().expect("peeked"));
+                if lv.as_ref() != rv.as_ref() {
+                    note(k.as_ref(), Some(lv.as_ref()), Some(rv.as_ref()));
                 }
-                std::cmp::Ordering::Greater => {
-                    note(rk, None, Some(rv));
-                    ri.next();
-                }
-                std::cmp::Ordering::Equal => {
-                    if lv != *rv {
-                        note(lk, Some(lv), Some(rv));
-                    }
-                    li.next();
-                    ri.next();
-                }
-            },
+            }
         }
     }
-    Ok(d)
+    d
 }
 
 /// Imports a `--sealed` export into an empty store. The whole input is read and checked first
@@ -613,11 +741,13 @@ pub fn import<R: std::io::BufRead>(
     import_with(store, keys, open, &mut |_| {})
 }
 
-/// How far an import is: the events checked by its first pass, then those written by its second.
+/// How far an import is: the events checked by its first pass, those written by its second,
+/// then the position its fold of the read models reached.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ImportProgress {
     Checked(u64),
     Written { done: u64, total: u64 },
+    Folded { done: u64, total: u64 },
 }
 
 /// [`import`], telling `progress` how far it is every [`PAGE`] events.
@@ -644,24 +774,18 @@ pub fn import_with<R: std::io::BufRead>(
         }
     }
     let total = chain.count;
-    // Pass 2: restore the keys, append the events, fold the read models.
+    // Pass 2: restore the keys, append the events (each opened first: a key the export lacks
+    // stops the import before its page is written).
     let mut chain = ChainCheck::default();
     let mut batch: Vec<(u64, SealedEvent)> = Vec::new();
-    // Made at the first event: the key lines before it may restore the export's index secret.
-    let mut state: Option<MemKv> = None;
     for (n, line) in open()?.lines().enumerate() {
         match parse_import_line(n, &line?, &mut chain)? {
             None => {}
             Some(ImportLine::Key(id, wrapped)) => keys.restore(id, wrapped)?,
             Some(ImportLine::Event(position, sealed)) => {
-                let event = sealed
+                sealed
                     .decode(keys)
                     .map_err(|e| AuditError::Broken { position, what: format!("line {}: {e}", n + 1) })?;
-                let state = match &mut state {
-                    Some(s) => s,
-                    None => state.insert(MemKv::with_blinder(blinder_of(store)?)),
-                };
-                apply(state, &event);
                 batch.push((position, sealed));
                 if batch.len() >= PAGE {
                     store.append_raw(&std::mem::take(&mut batch))?;
@@ -671,8 +795,9 @@ pub fn import_with<R: std::io::BufRead>(
         }
     }
     store.append_raw(&batch)?;
-    store.replace_state(state.map(|s| s.0.into_iter().collect()).unwrap_or_default())?;
     progress(ImportProgress::Written { done: chain.count, total });
+    // Pass 3: the read models, folded from the log now written (into RocksDB, in batches).
+    rebuild(store, keys, REBUILD_BATCH_WRITES, &mut |done| progress(ImportProgress::Folded { done, total }))?;
     Ok(chain.count)
 }
 

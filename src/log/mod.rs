@@ -354,6 +354,20 @@ impl Store {
         }
     }
 
+    /// A view of the read models as they are now, without a snapshot: it sees every write made
+    /// after it was taken. Only for a rebuild, whose fold reads what its own earlier batches wrote
+    /// and which nothing else writes meanwhile.
+    pub(crate) fn live_view(&self) -> StateView<'_> {
+        StateView {
+            db: &self.db,
+            snapshot: None,
+            cf: self.cf(CF_STATE),
+            blinder: self.blinder(),
+            error: RefCell::new(None),
+            group_generation: None,
+        }
+    }
+
     /// Brackets a commit that changes group nodes (see `group_generation`): the generation is
     /// odd from now until the guard drops, after the commit.
     pub(crate) fn group_nodes_changing(&self) -> GroupNodesChanging {
@@ -404,18 +418,6 @@ impl Store {
         self.commit(events, std::iter::empty(), vec![], true)
     }
 
-    /// Replaces the whole `state` family (offline rebuild, import), and marks it as laid out by
-    /// this version of the code.
-    pub fn replace_state(&self, entries: Vec<(Vec<u8>, Vec<u8>)>) -> Result<(), LogError> {
-        let old = self.scan_state()?;
-        let mut writes: Vec<(Vec<u8>, Option<Vec<u8>>)> = old.into_iter().map(|(k, _)| (k, None)).collect();
-        writes.extend(entries.into_iter().map(|(k, v)| (k, Some(v))));
-        for chunk in writes.chunks(10_000) {
-            self.commit(&[], chunk.iter().cloned(), vec![], true)?;
-        }
-        self.mark_layout_current()
-    }
-
     /// The key layout version the read models were written with (`None`: not recorded, as in
     /// stores written before it was).
     pub fn layout_version(&self) -> Result<Option<u32>, LogError> {
@@ -425,6 +427,56 @@ impl Store {
             detail: format!("the read-model layout version is {} bytes, not 4", v.len()),
         })?;
         Ok(Some(u32::from_be_bytes(bytes)))
+    }
+
+    /// Empties the `state` family, its layout mark with it: where a rebuild in place starts. A
+    /// rebuild a crash cuts off is therefore done again at the next start (no mark, not current).
+    /// Whole files are dropped; one range deletion covers what is left in the others.
+    pub fn clear_state(&self) -> Result<(), LogError> {
+        let cf = self.cf(CF_STATE);
+        let first = self.db.iterator_cf(cf, IteratorMode::Start).next().transpose()?;
+        let last = self.db.iterator_cf(cf, IteratorMode::End).next().transpose()?;
+        let (Some((first, _)), Some((last, _))) = (first, last) else { return Ok(()) };
+        // The range's end is exclusive: the smallest key after the last one.
+        let mut end = last.into_vec();
+        end.push(0);
+        let mut batch = WriteBatch::default();
+        batch.delete_range_cf(cf, &first[..], &end[..]);
+        let mut wo = WriteOptions::default();
+        wo.set_sync(true);
+        self.db.write_opt(batch, &wo)?;
+        self.db.delete_file_in_range_cf(cf, &first[..], &end[..])?;
+        Ok(())
+    }
+
+    /// Writes a batch of a rebuild's read-model entries (`None`: a delete) without the
+    /// write-ahead log. Nothing is lost by it: a rebuild ends with [`Store::flush_state`] and only
+    /// then writes the layout mark, so one that a crash cut off has no mark and is done again.
+    pub fn write_state_unlogged(
+        &self,
+        writes: impl IntoIterator<Item = (Vec<u8>, Option<Vec<u8>>)>,
+    ) -> Result<(), LogError> {
+        let cf = self.cf(CF_STATE);
+        let mut batch = WriteBatch::default();
+        put_or_delete(&mut batch, cf, writes);
+        let mut wo = WriteOptions::default();
+        wo.disable_wal(true);
+        self.db.write_opt(batch, &wo)?;
+        Ok(())
+    }
+
+    /// Writes the `state` family's memtables to its files and waits for it.
+    pub fn flush_state(&self) -> Result<(), LogError> {
+        let mut flush = rocksdb::FlushOptions::default();
+        flush.set_wait(true);
+        self.db.flush_cf_opt(self.cf(CF_STATE), &flush)?;
+        Ok(())
+    }
+
+    /// Every entry of the `state` family in key order, read as it goes (a comparison of two
+    /// stores' read models holds one entry of each at a time).
+    pub fn state_entries(&self) -> impl Iterator<Item = Result<(Box<[u8]>, Box<[u8]>), LogError>> + '_ {
+        self.db.iterator_cf(self.cf(CF_STATE), IteratorMode::Start).map(|r| r.map_err(LogError::from))
     }
 
     /// Records that the read models are laid out as this code lays them out.
@@ -534,28 +586,30 @@ impl Store {
             return Err(LogError::Injected);
         }
         let mut batch = WriteBatch::default();
-        let keys_cf = self.cf(CF_KEYS);
-        for (k, v) in key_writes {
-            match v {
-                Some(v) => batch.put_cf(keys_cf, k, v),
-                None => batch.delete_cf(keys_cf, k),
-            }
-        }
+        put_or_delete(&mut batch, self.cf(CF_KEYS), key_writes);
         let events_cf = self.cf(CF_EVENTS);
         for (position, sealed) in events {
             batch.put_cf(events_cf, position.to_be_bytes(), sealed.to_record());
         }
-        let state_cf = self.cf(CF_STATE);
-        for (k, v) in state_writes {
-            match v {
-                Some(v) => batch.put_cf(state_cf, k, v),
-                None => batch.delete_cf(state_cf, k),
-            }
-        }
+        put_or_delete(&mut batch, self.cf(CF_STATE), state_writes);
         let mut wo = WriteOptions::default();
         wo.set_sync(sync);
         self.db.write_opt(batch, &wo)?;
         Ok(())
+    }
+}
+
+/// Adds writes of one family to a batch: `Some` puts, `None` deletes.
+fn put_or_delete(
+    batch: &mut WriteBatch,
+    cf: &rocksdb::ColumnFamily,
+    writes: impl IntoIterator<Item = (Vec<u8>, Option<Vec<u8>>)>,
+) {
+    for (k, v) in writes {
+        match v {
+            Some(v) => batch.put_cf(cf, k, v),
+            None => batch.delete_cf(cf, k),
+        }
     }
 }
 
@@ -599,12 +653,7 @@ impl OutboundStore {
     pub fn write(&self, entries: Vec<(Vec<u8>, Option<Vec<u8>>)>, sync: bool) -> Result<(), LogError> {
         let cf = self.0.cf(CF_OUTBOUND);
         let mut batch = WriteBatch::default();
-        for (k, v) in entries {
-            match v {
-                Some(v) => batch.put_cf(cf, k, v),
-                None => batch.delete_cf(cf, k),
-            }
-        }
+        put_or_delete(&mut batch, cf, entries);
         let mut wo = WriteOptions::default();
         wo.set_sync(sync);
         self.0.db.write_opt(batch, &wo)?;
