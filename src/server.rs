@@ -93,6 +93,7 @@ impl Server {
         let server_store = store.clone();
         let keys = Arc::new(KeyRing::open(store.clone(), &cfg.master_key_source(), &cfg.data_dir)?);
         crate::audit::rebuild_if_stale(&store, keys.as_ref())?;
+        crate::audit::remove_abandoned_scratch(&cfg.data_dir);
 
         let (tokens, created_token) = if cfg.insecure_no_auth {
             tracing::warn!("serving WITHOUT authentication (--insecure-no-auth)");

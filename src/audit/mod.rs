@@ -445,11 +445,19 @@ pub fn rebuild(
 /// The block cache of a scratch store a rebuild folds into.
 const SCRATCH_BLOCK_CACHE_BYTES: usize = 8 << 20;
 
+/// What a scratch store's directory is called in the data dir (then a random suffix).
+const SCRATCH_PREFIX: &str = ".scimlog-rebuild-";
+/// The file in a scratch store's directory its owner holds locked while it lives.
+const SCRATCH_OWNER: &str = "owner.lock";
+
 /// Read models folded from a log into a scratch store of their own, in a directory that is
 /// removed when this is dropped.
 pub struct Rebuilt {
     // Dropped before the directory it lives in.
     store: Store,
+    // Locked while this lives: a directory whose lock nobody holds was left by a process that
+    // was killed, and `remove_abandoned_scratch` takes it away.
+    _owner: std::fs::File,
     _dir: tempfile::TempDir,
 }
 
@@ -472,14 +480,46 @@ pub fn rebuild_beside(
     progress: &mut dyn FnMut(u64),
 ) -> Result<Rebuilt, AuditError> {
     let blinder = blinder_of(store)?;
-    let dir = tempfile::Builder::new().prefix(".scimlog-rebuild-").tempdir_in(scratch_in)?;
+    remove_abandoned_scratch(scratch_in);
+    let dir = tempfile::Builder::new().prefix(SCRATCH_PREFIX).tempdir_in(scratch_in)?;
+    let owner = std::fs::File::create(dir.path().join(SCRATCH_OWNER))?;
+    owner.try_lock().map_err(|e| std::io::Error::other(format!("cannot lock a new scratch store: {e}")))?;
     // The fold reads what it wrote last (memtables, the newest files) and absent keys (bloom
     // filters): a small block cache does, and the memory goes to the memtables.
     let memory = crate::log::StoreMemory { block_cache_bytes: SCRATCH_BLOCK_CACHE_BYTES, ..Default::default() };
     let scratch = Store::open_with(dir.path(), &memory)?;
     scratch.set_blinder(blinder);
     fold_into(store, &scratch, opener, last, batch_writes, progress)?;
-    Ok(Rebuilt { store: scratch, _dir: dir })
+    Ok(Rebuilt { store: scratch, _owner: owner, _dir: dir })
+}
+
+/// Removes the scratch stores in `dir` that a `replay --verify` killed by a signal left behind
+/// (a second copy of the read models each, personal values included): those whose owner lock
+/// nobody holds. One still in use is left alone. Returns how many it removed; a failure to
+/// remove one is logged, never fatal (called at start and before each verify).
+pub fn remove_abandoned_scratch(dir: &std::path::Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if !entry.file_name().to_string_lossy().starts_with(SCRATCH_PREFIX) || !path.is_dir() {
+            continue;
+        }
+        // Cut off before its lock was taken, a directory has no lock file: abandoned too.
+        let held = std::fs::File::open(path.join(SCRATCH_OWNER))
+            .is_ok_and(|f| matches!(f.try_lock(), Err(std::fs::TryLockError::WouldBlock)));
+        if held {
+            continue;
+        }
+        match std::fs::remove_dir_all(&path) {
+            Ok(()) => {
+                tracing::info!(path = %path.display(), "removed a scratch store a killed replay left behind");
+                removed += 1;
+            }
+            Err(e) => tracing::warn!(path = %path.display(), error = %e, "cannot remove an abandoned scratch store"),
+        }
+    }
+    removed
 }
 
 /// Folds `source`'s log up to `last` into `target`'s `state` family, which holds nothing of the

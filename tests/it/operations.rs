@@ -434,6 +434,13 @@ async fn replay_verifies_and_rebuilds_from_the_command_line() {
     let left: Vec<String> =
         std::fs::read_dir(&dir).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into()).collect();
     assert!(!left.iter().any(|n| n.contains("rebuild")), "no scratch store left behind: {left:?}");
+    // What a replay killed before it locked its scratch store leaves is removed at the next start.
+    let killed = tmp.path().join(".scimlog-rebuild-x1y2z3");
+    std::fs::create_dir_all(killed.join("db")).unwrap();
+    let mut s = TestServer::start_with(crate::support::config(tmp.path())).await;
+    s.adopt_dir(tmp);
+    assert!(!killed.exists(), "the server removed the abandoned scratch store at start");
+    s.stop().await;
 }
 
 /// `/healthz` says only its status to anyone; its figures (across tenants) need an admin token:
