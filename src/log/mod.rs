@@ -466,11 +466,18 @@ impl Store {
         writes: impl IntoIterator<Item = (Vec<u8>, Option<Vec<u8>>)>,
     ) -> Result<(), LogError> {
         let cf = self.cf(CF_STATE);
-        let mut batch = WriteBatch::default();
-        put_or_delete(&mut batch, cf, writes);
         let mut wo = WriteOptions::default();
         wo.disable_wal(true);
-        self.db.write_opt(batch, &wo)?;
+        // In RocksDB batches of a few MB: one batch of a rebuild's tens of thousands of writes
+        // grew its buffer by doubling into fresh memory, and the copies and page faults were
+        // most of the write's cost. Nothing needs them atomic: the fold reads them once the whole
+        // call returned, and nothing else reads the state before its mark.
+        let mut writes = writes.into_iter().peekable();
+        while writes.peek().is_some() {
+            let mut batch = WriteBatch::default();
+            put_or_delete(&mut batch, cf, writes.by_ref().take(UNLOGGED_WRITES_PER_BATCH));
+            self.db.write_opt(batch, &wo)?;
+        }
         Ok(())
     }
 
@@ -607,6 +614,9 @@ impl Store {
         Ok(())
     }
 }
+
+/// How many writes [`Store::write_state_unlogged`] puts in one RocksDB batch.
+const UNLOGGED_WRITES_PER_BATCH: usize = 4096;
 
 /// Adds writes of one family to a batch: `Some` puts, `None` deletes.
 fn put_or_delete(
