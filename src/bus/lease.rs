@@ -61,13 +61,17 @@ impl Lease {
         };
         let mut stream = js.get_or_create_stream(config).await.map_err(nats)?;
         let found = &stream.info().await.map_err(nats)?.config;
-        if found.allow_direct || found.max_age != ttl {
+        let updated = found.allow_direct || found.max_age != ttl;
+        if updated {
             // The window in which a message id is remembered may not outlast the messages.
             let duplicate_window = found.duplicate_window.min(ttl);
             let config = stream::Config { allow_direct: false, max_age: ttl, duplicate_window, ..found.clone() };
             js.update_stream(&config).await.map_err(nats)?;
         }
         let kv = js.get_key_value(LEASE_BUCKET).await.map_err(nats)?;
+        if updated {
+            settle(&kv).await?;
+        }
         Ok(Lease { kv, node })
     }
 
@@ -98,5 +102,26 @@ impl Lease {
     /// The current holder's value, if any (where a replica forwards writes).
     pub async fn holder(&self) -> Result<Option<Bytes>, BusError> {
         Ok(self.kv.get(LEASE_KEY).await.map_err(nats)?)
+    }
+}
+
+/// How long [`Lease::open`] waits for a bucket it changed to answer again.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Waits until the bucket's stream answers a read again. A replicated stream whose
+/// configuration changed is briefly without a leader; reads and writes in that moment have no
+/// responders ("no stream found"), and the first acquire after an upgrade failed in CI. So an
+/// open that changed the bucket returns once it serves; any other error is an error.
+async fn settle(kv: &kv::Store) -> Result<(), BusError> {
+    let deadline = tokio::time::Instant::now() + SETTLE_TIMEOUT;
+    loop {
+        match kv.get(LEASE_KEY).await {
+            Ok(_) => return Ok(()),
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                tracing::debug!(error = %e, "the lease bucket does not answer yet after its update");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => return Err(nats(e)),
+        }
     }
 }
