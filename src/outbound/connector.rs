@@ -1409,13 +1409,32 @@ impl Connector {
     /// An object that is gone here: DELETE, deactivate or forget, as the policy says.
     async fn remove(&mut self, kind: Kind, id: &str, position: u64, erased: bool) -> Result<(), Halt> {
         let key = ParkedKey::Object(kind, id.into());
-        let Some(link) = self.state.link(kind, id)? else { return self.unpark_if(key) };
+        let link = match self.state.link(kind, id)? {
+            Some(link) => link,
+            // Never linked, but a create is open: its POST was cut off (a kill, a lost answer)
+            // and may have made the object. It is ours to remove, found by its externalId, as
+            // `create` finds it; otherwise it would stay at the target for good.
+            None if self.state.intent(kind, id)?.is_some() => match self.lookup(kind, "externalId", id).await? {
+                Found::Yes(remote_id) => Link { remote_id, sent: Value::Null, position, adopted: false },
+                Found::No => {
+                    let mut b = Batch::default();
+                    self.state.delete_intent(&mut b, kind, id);
+                    self.state.unpark(&mut b, &key);
+                    self.state.commit(b)?;
+                    return Ok(());
+                }
+                Found::Unknown(f) => return self.fail(key, position, f),
+            },
+            None => return self.unpark_if(key),
+        };
         let policy = match (kind, erased) {
             (Kind::Group, _) | (Kind::User, true) => Deprovision::Delete,
             (Kind::User, false) => self.target.config.deprovision,
         };
         let path = format!("/{}/{}", kind.endpoint(), enc(&link.remote_id));
         let mut b = Batch::default();
+        // Settled now, whatever the policy does.
+        self.state.delete_intent(&mut b, kind, id);
         let remote = link.remote_id.clone();
         let what = match policy {
             Deprovision::Delete => What::Deleted,
@@ -1426,7 +1445,6 @@ impl Connector {
             Deprovision::Delete => match self.client.send(Method::DELETE, &path, None).await {
                 Ok(_) | Err(Failure::NotFound) => {
                     self.state.delete_link(&mut b, kind, id);
-                    self.state.delete_intent(&mut b, kind, id);
                     if kind == Kind::Group {
                         self.forget_members(&mut b, id)?;
                     }
