@@ -111,7 +111,9 @@ const SETTLE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Waits until the bucket's stream answers a read again. A replicated stream whose
 /// configuration changed is briefly without a leader; reads and writes in that moment have no
 /// responders ("no stream found"), and the first acquire after an upgrade failed in CI. So an
-/// open that changed the bucket returns once it serves; any other error is an error.
+/// open that changed the bucket returns once it serves. Every error is retried until the
+/// deadline: the client reports that moment as an `Other` entry error, as it does a refused
+/// read, so a refused read surfaces only after [`SETTLE_TIMEOUT`].
 async fn settle(kv: &kv::Store) -> Result<(), BusError> {
     let deadline = tokio::time::Instant::now() + SETTLE_TIMEOUT;
     loop {

@@ -331,6 +331,37 @@ async fn lost_create_is_looked_up<F: std::future::Future<Output = Hub>>(hub_with
     assert_eq!(lookups.len(), 1, "{lookups:?}");
 }
 
+/// Given a create whose POST made the user there but whose answer was lost, and whose lookup
+/// could not be made (the create is parked with its intent open, never linked), when the user
+/// is deleted here before the create's retry falls due, then the connector looks it up by
+/// externalId and deletes what the POST made: nothing of it stays at the target.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_deleted_while_its_cut_create_is_open_is_removed_there() {
+    use scimlog::outbound::state::{Kind, ParkedKey, State};
+    let lost = rule(AxMethod::POST, "/Users", "", 1, Fault::LoseAnswer);
+    let no_lookup = rule(AxMethod::GET, "filter=externalId", "", usize::MAX, Fault::Status(503, vec![]));
+    let h = hub(|_| {}, vec![lost, no_lookup]).await;
+    let id = h.user("cut@example.com").await;
+    let state = || State::new(h.server.store().outbound(), "crm");
+    eventually(20, "the create is parked", || async { h.status().await.is_some_and(|s| s["parked"] == 1) }).await;
+    // Given: made there, unknown here (open intent, no link); the retry is a minute away.
+    assert_eq!(h.peer.all("Users").await.len(), 1);
+    assert!(state().intent(Kind::User, &id).unwrap().is_some(), "the create's intent is open");
+    assert!(state().link(Kind::User, &id).unwrap().is_none(), "the user was never linked");
+    h.proxy.clear_rules();
+    // When
+    assert_eq!(h.server.delete(&format!("/Users/{id}")).await.status, 204);
+    h.caught_up(20).await;
+    // Then: looked up once more (the lookup that failed, then this one) and deleted there.
+    eventually(20, "the user made by the cut POST is deleted there", || async { h.peer.all("Users").await.is_empty() })
+        .await;
+    let deletes = h.proxy.count(AxMethod::DELETE, "/Users/");
+    assert_eq!(deletes, 1, "{:?}", h.proxy.seen());
+    assert!(state().intent(Kind::User, &id).unwrap().is_none(), "the intent is settled");
+    assert!(state().parked(&ParkedKey::Object(Kind::User, id.clone())).unwrap().is_none(), "nothing stays parked");
+    assert_eq!(h.status().await.unwrap()["parked"], 0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn throttling_waits_for_retry_after_and_parks_nothing() {
     let throttle = rule(AxMethod::POST, "/Users", "", 2, Fault::Status(429, vec![("retry-after", "1".into())]));
