@@ -86,6 +86,26 @@ pub enum Command {
     },
 }
 
+impl Command {
+    /// Whether the HTTP answer to this command renders the user it names: the writer then
+    /// hands that user's document back as the request left it, so the answer needs no read.
+    pub fn answers_with_a_user(&self) -> bool {
+        match self {
+            Command::CreateUser { .. } | Command::ReplaceUser { .. } | Command::PatchUser { .. } => true,
+            Command::DeleteUser { .. }
+            | Command::CreateGroup { .. }
+            | Command::ReplaceGroup { .. }
+            | Command::DeleteGroup { .. }
+            | Command::PatchGroup { .. }
+            | Command::EraseUser { .. }
+            | Command::LinkHost { .. }
+            | Command::UnlinkHost { .. }
+            | Command::ReconcileTokens { .. }
+            | Command::Bulk { .. } => false,
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BulkMethod {
     Post,
@@ -395,19 +415,24 @@ impl<K: KvRead> Decider<'_, K> {
         self.limits.check_values(&input.attributes)?;
         // Okta re-provisions a deactivated person with a POST: an inactive user with the same
         // userName (or externalId) is reactivated and updated instead of refused.
-        let existing = query::user_id_by_user_name(self.kv, self.t, input.user_name())
-            .or_else(|| input.external_id().and_then(|x| query::user_id_by_external_id(self.kv, self.t, x)));
-        if let Some(existing) = existing {
-            let doc = self.user(&existing)?;
-            if doc.is_active() {
-                return Err(Refusal::Uniqueness(format!("userName {:?} is already taken", input.user_name())));
+        let existing = match query::user_id_by_user_name(self.kv, self.t, input.user_name()) {
+            Some(id) => Some((id, format!("userName {:?} is already taken", input.user_name()))),
+            None => input.external_id().and_then(|x| {
+                let id = query::user_id_by_external_id(self.kv, self.t, x)?;
+                Some((id, format!("externalId {x:?} is already taken by another user")))
+            }),
+        };
+        if let Some((existing, taken)) = existing {
+            if self.user(&existing)?.is_active() {
+                return Err(Refusal::Uniqueness(taken));
             }
             let mut input = input;
             input.active = Some(true);
             self.replace_user(existing.clone(), input, None)?;
             return Ok((existing, false, vec![]));
         }
-        self.check_user_unique(&input, None)?;
+        // Both indexes were just read and name nobody: the userName and externalId are free
+        // (`check_user_unique` would read them again).
         let mut attributes = input.attributes;
         let grants = self.take_grants(&mut attributes, ScimKind::User, true)?;
         self.emit(ResourceKind::User, &id, 0, EventBody::UserCreated { attributes, active: input.active });

@@ -83,6 +83,35 @@ fn duplicate_user_name_is_refused_case_insensitively() {
     assert_eq!(r.unwrap_err(), Refusal::Uniqueness("userName \"ALICE\" is already taken".into()));
 }
 
+/// A create reads each index once: what it finds decides between a refusal naming the value
+/// taken, a reactivation, and a new user.
+#[test]
+fn a_create_is_refused_reactivates_or_creates_by_what_the_indexes_hold() {
+    let given = || {
+        vec![
+            create_user("u1", json!({"userName": "ann", "externalId": "x-ann"})),
+            create_user("u2", json!({"userName": "bob", "externalId": "x-bob", "active": false})),
+        ]
+    };
+    let taken = |d: &str| Err(Refusal::Uniqueness(d.into()));
+    let cases: Vec<(&str, Value, Result<(&str, bool), Refusal>)> = vec![
+        ("userName of an active user", json!({"userName": "ANN"}), taken("userName \"ANN\" is already taken")),
+        (
+            "externalId of an active user",
+            json!({"userName": "new", "externalId": "x-ann"}),
+            taken("externalId \"x-ann\" is already taken by another user"),
+        ),
+        ("userName of an inactive user", json!({"userName": "bob"}), Ok(("u2", false))),
+        ("externalId of an inactive user", json!({"userName": "bobby", "externalId": "x-bob"}), Ok(("u2", false))),
+        ("both free", json!({"userName": "cy", "externalId": "x-cy"}), Ok(("u3", true))),
+    ];
+    for (case, body, want) in cases {
+        let got = given_when(given(), create_user("u3", body)).map(|d| (d.resource_id, d.created));
+        let want = want.map(|(id, created)| (id.to_string(), created));
+        assert_eq!(got, want, "{case}");
+    }
+}
+
 #[test]
 fn post_matching_an_inactive_user_reactivates_it() {
     let d = given_when(

@@ -53,6 +53,31 @@ pub fn location(base: &str, kind: ResourceKind, id: &str) -> String {
 }
 
 pub fn user(kv: &impl KvRead, t: &str, base: &str, doc: &UserDoc, proj: &Projection, shape: GrantShape) -> Value {
+    let groups = || {
+        query::groups_of(kv, t, &doc.id, usize::MAX)
+            .into_iter()
+            .filter_map(|g| query::group(kv, t, &g))
+            .map(|g| {
+                json!({"value": g.id, "$ref": location(base, ResourceKind::Group, &g.id), "display": g.display_name, "type": "direct"})
+            })
+            .collect()
+    };
+    user_with(base, doc, proj, shape, groups)
+}
+
+/// A user just created: no group can name it yet (a member that names no resource is
+/// skipped), so its groups are not read.
+pub fn new_user(base: &str, doc: &UserDoc, proj: &Projection, shape: GrantShape) -> Value {
+    user_with(base, doc, proj, shape, Vec::new)
+}
+
+fn user_with(
+    base: &str,
+    doc: &UserDoc,
+    proj: &Projection,
+    shape: GrantShape,
+    groups: impl FnOnce() -> Vec<Value>,
+) -> Value {
     let mut m = Map::with_capacity(doc.attributes.len() + 5);
     m.insert("schemas".into(), Value::Array(doc.schemas()));
     m.insert("id".into(), Value::String(doc.id.clone()));
@@ -61,13 +86,7 @@ pub fn user(kv: &impl KvRead, t: &str, base: &str, doc: &UserDoc, proj: &Project
         m.insert("active".into(), Value::Bool(active));
     }
     if proj.wants("groups") {
-        let groups: Vec<Value> = query::groups_of(kv, t, &doc.id, usize::MAX)
-            .into_iter()
-            .filter_map(|g| query::group(kv, t, &g))
-            .map(|g| {
-                json!({"value": g.id, "$ref": location(base, ResourceKind::Group, &g.id), "display": g.display_name, "type": "direct"})
-            })
-            .collect();
+        let groups = groups();
         if !groups.is_empty() {
             m.insert("groups".into(), Value::Array(groups));
         }

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use scimlog_projections::{query, KvRead};
+use scimlog_projections::{query, KvRead, UserDoc};
 use scimlog_schemas::filter::FilterLimits;
 use scimlog_schemas::patch::parse_patch;
 use scimlog_schemas::resource::{parse_group, parse_user};
@@ -19,6 +19,7 @@ use scimlog_schemas::cursor;
 use super::extract::{if_match, if_none_match_hits, Caller, ListQuery, Paging, Projection};
 use super::{render, resource_response, scim_response, AppState};
 use crate::command::{Command, Refusal};
+use crate::log::writer::Committed;
 
 /// Renders the current state of one resource with its version, or `None` if it does not exist.
 /// Group members count against `members_left` (what one response may still render, from
@@ -63,8 +64,10 @@ fn not_found(kind: ScimKind, id: &str) -> ApiError {
     ApiError::Refused(Refusal::NotFound { kind: kind.resource(), id: id.into() })
 }
 
-/// Reads the resource after a write (the response is sent only once the write is durable, so this
-/// read sees it).
+/// Answers a write with the resource as it left it. A user comes from the document the writer
+/// handed back (no read; a user just created has no groups to read either). A group, whose
+/// members are part of its version, is read after the write with them (the response is sent
+/// only once the write is durable, so this read sees it).
 fn respond_written(
     state: &AppState,
     caller: &Caller,
@@ -72,7 +75,25 @@ fn respond_written(
     id: &str,
     status: StatusCode,
     proj: &Projection,
+    written: &Committed,
 ) -> Result<Response, ApiError> {
+    let location = (status == StatusCode::CREATED).then(|| render::location(&state.scim_base, kind.resource(), id));
+    let handed_back = written.user_document.as_deref().and_then(|b| serde_json::from_slice::<UserDoc>(b).ok());
+    if let Some(doc) = handed_back.filter(|_| kind == ScimKind::User) {
+        let (t, base) = (caller.tenant(), state.scim_base.as_str());
+        let shape = state.cfg.grant_shape_for(t);
+        let body = if written.decision.created {
+            render::new_user(base, &doc, proj, shape)
+        } else {
+            let view = state.store.view();
+            let body = render::user(&view, t, base, &doc, proj, shape);
+            if let Some(e) = view.take_error() {
+                return Err(e.into());
+            }
+            body
+        };
+        return Ok(resource_response(status, &body, doc.version, location.as_deref()));
+    }
     let view = state.store.view();
     // The write is done: a group too large to render whole is answered without its members.
     let mut budget = state.cfg.max_members_rendered;
@@ -87,7 +108,6 @@ fn respond_written(
         return Err(e.into());
     }
     let (body, version) = rendered.ok_or_else(|| not_found(kind, id))?;
-    let location = (status == StatusCode::CREATED).then(|| render::location(&state.scim_base, kind.resource(), id));
     Ok(resource_response(status, &body, version, location.as_deref()))
 }
 
@@ -115,7 +135,7 @@ pub async fn create(
     let committed = state.writer.submit(caller.origin(), command).await?;
     let d = &committed.decision;
     report_skipped(kind, &d.resource_id, &d.skipped_members);
-    respond_written(state, &caller, kind, &d.resource_id, StatusCode::CREATED, &proj)
+    respond_written(state, &caller, kind, &d.resource_id, StatusCode::CREATED, &proj, &committed)
 }
 
 pub fn get(
@@ -161,7 +181,7 @@ pub async fn replace(
     };
     let committed = state.writer.submit(caller.origin(), command).await?;
     report_skipped(kind, &id, &committed.decision.skipped_members);
-    respond_written(state, &caller, kind, &id, StatusCode::OK, &proj)
+    respond_written(state, &caller, kind, &id, StatusCode::OK, &proj, &committed)
 }
 
 pub async fn delete(
@@ -215,7 +235,7 @@ pub async fn patch(
         }
         return Ok(resp);
     }
-    respond_written(state, &caller, kind, &id, StatusCode::OK, &proj)
+    respond_written(state, &caller, kind, &id, StatusCode::OK, &proj, &committed)
 }
 
 /// A list (`GET /Users`) or search (`POST /.search`) over one or more resource types. What can

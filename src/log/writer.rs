@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use chrono::{SubsecRound, Utc};
-use scimlog_projections::{apply, Overlay};
+use scimlog_projections::{apply, keys, Overlay};
 use scimlog_schemas::event::{Event, EventBody, SealedEvent};
 use tokio::sync::{mpsc, oneshot, watch};
 use uuid::Uuid;
@@ -52,6 +52,10 @@ struct WriteRequest {
 pub struct Committed {
     pub events: Vec<Event>,
     pub decision: Decision,
+    /// For a command that answers with a user (see [`Command::answers_with_a_user`]): the
+    /// user's stored document as this request's events left it, taken from the batch's writes.
+    /// `None` when the request wrote no document (a PATCH that changed nothing).
+    pub user_document: Option<Vec<u8>>,
     /// The purge of an erasure in this commit (a ticket of [`super::purge::PurgeStatus`]).
     pub purge: Option<u64>,
 }
@@ -494,6 +498,7 @@ fn commit_batch(
             default_organization: &opts.default_organization,
             limits: opts.limits,
         };
+        let hands_back_user = req.command.answers_with_a_user();
         // `decide` only reads: a panic in it (a bug) costs this request alone.
         let decided = catch_unwind(AssertUnwindSafe(|| {
             faults.maybe_panic_in_decide();
@@ -547,7 +552,12 @@ fn commit_batch(
                 if let Some(last) = request_ends.last_mut().filter(|_| !events.is_empty()) {
                     *last = true;
                 }
-                answers.push((req.reply, Ok(Committed { events, decision, purge: None })));
+                // Read from the batch's own writes, never the store: no read on this thread.
+                let user_document = hands_back_user
+                    .then(|| overlay.writes().get(&keys::user(&req.origin.tenant, &decision.resource_id)))
+                    .flatten()
+                    .and_then(Clone::clone);
+                answers.push((req.reply, Ok(Committed { events, decision, user_document, purge: None })));
             }
         }
     }

@@ -281,3 +281,59 @@ async fn unassigned_active_counts_as_active_and_is_not_invented() {
     assert!(r.body.get("active").is_none(), "{}", r.body);
     assert_eq!(s.get(&format!("/Users?filter={}", q("active eq false"))).await.body["totalResults"], 0);
 }
+
+/// Every write that answers with the user answers what a GET with the same parameters answers
+/// right after it: the body (groups included, for a user in a group) and the ETag. The writer
+/// hands the written document back, and a user just created is rendered without a groups read,
+/// so this pins both against the read path.
+#[tokio::test]
+async fn a_writes_answer_is_what_a_get_answers_after_it() {
+    let s = TestServer::start().await;
+    let inactive = json!({"userName": "bob@example.com", "externalId": "ext-bob", "active": false});
+    let bob = s.post("/Users", &inactive).await.id();
+    let carol = s.post("/Users", &json!({"userName": "carol@example.com"})).await.id();
+    let group = json!({"displayName": "Ops", "members": [{"value": bob}, {"value": carol}]});
+    assert_eq!(s.post("/Groups", &group).await.status, 201);
+    let patch = |ops: serde_json::Value| json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"], "Operations": ops});
+    let title = patch(json!([{"op": "replace", "path": "title", "value": "CTO"}]));
+    let cases: Vec<(&str, Method, String, serde_json::Value)> = vec![
+        ("create", Method::POST, "/Users".into(), alice()),
+        (
+            "create, some attributes",
+            Method::POST,
+            "/Users?attributes=userName,groups".into(),
+            json!({"userName": "dan"}),
+        ),
+        (
+            "POST reactivates a user in a group",
+            Method::POST,
+            "/Users".into(),
+            json!({"userName": "bob@example.com", "externalId": "ext-bob"}),
+        ),
+        (
+            "PUT of a user in a group",
+            Method::PUT,
+            format!("/Users/{carol}"),
+            json!({"userName": "carol@example.com", "title": "x"}),
+        ),
+        ("PATCH of a user in a group", Method::PATCH, format!("/Users/{carol}"), title.clone()),
+        ("PATCH that changes nothing", Method::PATCH, format!("/Users/{carol}"), title),
+        (
+            "PATCH, groups excluded",
+            Method::PATCH,
+            format!("/Users/{carol}?excludedAttributes=groups"),
+            patch(json!([{"op": "add", "path": "nickName", "value": "c"}])),
+        ),
+    ];
+    for (case, method, path, body) in cases {
+        let written = s.send(method, &path, Some(&body), &[]).await;
+        assert!(written.status == 200 || written.status == 201, "{case}: {} {}", written.status, written.body);
+        let id = written.id();
+        let query = path.split_once('?').map_or(String::new(), |(_, q)| format!("?{q}"));
+        let got = s.get(&format!("/Users/{id}{query}")).await;
+        assert_eq!(written.body, got.body, "{case}");
+        assert_eq!(written.header("etag"), got.header("etag"), "{case}");
+        let in_group = id == bob || id == carol;
+        assert_eq!(got.body.get("groups").is_some(), in_group && !query.contains("excluded"), "{case}: {}", got.body);
+    }
+}
