@@ -33,6 +33,7 @@ pub enum LeaseError {
 pub struct Lease {
     kv: kv::Store,
     node: Bytes,
+    ttl: Duration,
 }
 
 impl Lease {
@@ -69,15 +70,12 @@ impl Lease {
             js.update_stream(&config).await.map_err(nats)?;
         }
         let kv = js.get_key_value(LEASE_BUCKET).await.map_err(nats)?;
-        if updated {
-            settle(&kv).await?;
-        }
-        Ok(Lease { kv, node })
+        Ok(Lease { kv, node, ttl })
     }
 
     /// Takes the lease if nobody holds it; `None` while another node does.
     pub async fn try_acquire(&self) -> Result<Option<Held>, BusError> {
-        match self.kv.create(LEASE_KEY, self.node.clone()).await {
+        match self.answered(|| self.kv.create(LEASE_KEY, self.node.clone())).await {
             Ok(revision) => Ok(Some(Held { revision })),
             Err(e) if matches!(e.kind(), kv::CreateErrorKind::AlreadyExists) => Ok(None),
             Err(e) => Err(nats(e)),
@@ -87,7 +85,7 @@ impl Lease {
     /// Renews a held lease (every third of the time to live); [`LeaseError::Lost`] when another
     /// node has taken it, or it lapsed.
     pub async fn renew(&self, held: &Held) -> Result<Held, LeaseError> {
-        match self.kv.update(LEASE_KEY, self.node.clone(), held.revision).await {
+        match self.answered(|| self.kv.update(LEASE_KEY, self.node.clone(), held.revision)).await {
             Ok(revision) => Ok(Held { revision }),
             Err(e) if matches!(e.kind(), kv::UpdateErrorKind::WrongLastRevision) => Err(LeaseError::Lost),
             Err(e) => Err(LeaseError::Bus(nats(e))),
@@ -96,34 +94,93 @@ impl Lease {
 
     /// Gives the lease up (a graceful stop), so that another node takes over at once.
     pub async fn release(&self, held: &Held) -> Result<(), BusError> {
-        self.kv.delete_expect_revision(LEASE_KEY, Some(held.revision)).await.map_err(nats)
+        self.answered(|| self.kv.delete_expect_revision(LEASE_KEY, Some(held.revision))).await.map_err(nats)
     }
 
     /// The current holder's value, if any (where a replica forwards writes).
     pub async fn holder(&self) -> Result<Option<Bytes>, BusError> {
-        Ok(self.kv.get(LEASE_KEY).await.map_err(nats)?)
+        self.answered(|| self.kv.get(LEASE_KEY)).await.map_err(nats)
+    }
+
+    /// Runs a request of the bucket again while nobody answered it, every 50 ms for at most the
+    /// time to live (past it the lease has lapsed anyway). A replicated stream is briefly
+    /// without a responder after its configuration changed (as `open` changes an older
+    /// bucket's) or its leader moved: a write then fails with "no stream found for given
+    /// subject" and stored nothing, so trying it again is safe. Every other error is returned
+    /// at once. (The first acquire after an upgrade failed in CI this way, twice.)
+    async fn answered<T, E, F>(&self, op: impl Fn() -> F) -> Result<T, E>
+    where
+        E: std::error::Error + 'static,
+        F: std::future::Future<Output = Result<T, E>>,
+    {
+        let deadline = tokio::time::Instant::now() + self.ttl;
+        loop {
+            match op().await {
+                Err(e) if nobody_answered(&e) && tokio::time::Instant::now() < deadline => {
+                    tracing::debug!(error = %e, "the lease bucket had no responder; trying again");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                done => return done,
+            }
+        }
     }
 }
 
-/// How long [`Lease::open`] waits for a bucket it changed to answer again.
-const SETTLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Whether an error of the NATS client, or any error under it, says that no server took the
+/// request: a publish without responders ("no stream found for given subject") or a request
+/// without responders.
+fn nobody_answered(e: &(dyn std::error::Error + 'static)) -> bool {
+    use async_nats::jetstream::context::{PublishError, PublishErrorKind, RequestError, RequestErrorKind};
+    let mut at = Some(e);
+    while let Some(e) = at {
+        if e.downcast_ref::<PublishError>().is_some_and(|p| p.kind() == PublishErrorKind::StreamNotFound)
+            || e.downcast_ref::<RequestError>().is_some_and(|r| r.kind() == RequestErrorKind::NoResponders)
+        {
+            return true;
+        }
+        at = e.source();
+    }
+    false
+}
 
-/// Waits until the bucket's stream answers a read again. A replicated stream whose
-/// configuration changed is briefly without a leader; reads and writes in that moment have no
-/// responders ("no stream found"), and the first acquire after an upgrade failed in CI. So an
-/// open that changed the bucket returns once it serves. Every error is retried until the
-/// deadline: the client reports that moment as an `Other` entry error, as it does a refused
-/// read, so a refused read surfaces only after [`SETTLE_TIMEOUT`].
-async fn settle(kv: &kv::Store) -> Result<(), BusError> {
-    let deadline = tokio::time::Instant::now() + SETTLE_TIMEOUT;
-    loop {
-        match kv.get(LEASE_KEY).await {
-            Ok(_) => return Ok(()),
-            Err(e) if tokio::time::Instant::now() < deadline => {
-                tracing::debug!(error = %e, "the lease bucket does not answer yet after its update");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            Err(e) => return Err(nats(e)),
+#[cfg(test)]
+mod tests {
+    use async_nats::jetstream::context::{PublishError, PublishErrorKind, RequestError, RequestErrorKind};
+    use async_nats::jetstream::kv::{CreateError, CreateErrorKind, UpdateError, UpdateErrorKind};
+
+    use super::nobody_answered;
+
+    /// What a lease request meets, as the client reports it, and whether it is tried again.
+    #[test]
+    fn only_a_request_nobody_took_is_tried_again() {
+        let no_stream = || PublishError::new(PublishErrorKind::StreamNotFound);
+        // What CI's failing acquire got: create → update at revision 0 → a publish without responders.
+        let cut_create = CreateError::with_source(
+            CreateErrorKind::Other,
+            UpdateError::with_source(UpdateErrorKind::Other, no_stream()),
+        );
+        let cases: Vec<(&str, Box<dyn std::error::Error>, bool)> = vec![
+            ("a create whose publish had no responders", Box::new(cut_create), true),
+            ("a publish without responders", Box::new(no_stream()), true),
+            ("a request without responders", Box::new(RequestError::new(RequestErrorKind::NoResponders)), true),
+            ("held by another node", Box::new(CreateError::new(CreateErrorKind::AlreadyExists)), false),
+            (
+                "a renewal at a stale revision",
+                Box::new(UpdateError::with_source(
+                    UpdateErrorKind::WrongLastRevision,
+                    PublishError::new(PublishErrorKind::WrongLastSequence),
+                )),
+                false,
+            ),
+            (
+                "a publish that timed out (it may be stored)",
+                Box::new(PublishError::new(PublishErrorKind::TimedOut)),
+                false,
+            ),
+            ("a request that timed out", Box::new(RequestError::new(RequestErrorKind::TimedOut)), false),
+        ];
+        for (case, e, again) in cases {
+            assert_eq!(nobody_answered(e.as_ref()), again, "{case}: {e}");
         }
     }
 }
