@@ -52,9 +52,11 @@ pub fn location(base: &str, kind: ResourceKind, id: &str) -> String {
     format!("{base}/{}/{id}", kind.endpoint())
 }
 
-pub fn user(kv: &impl KvRead, t: &str, base: &str, doc: &UserDoc, proj: &Projection, shape: GrantShape) -> Value {
-    let groups = || {
-        query::groups_of(kv, t, &doc.id, usize::MAX)
+/// A user as SCIM JSON. The document is taken, not borrowed: its attributes move into the
+/// answer instead of being copied (a GET renders each document once).
+pub fn user(kv: &impl KvRead, t: &str, base: &str, doc: UserDoc, proj: &Projection, shape: GrantShape) -> Value {
+    let groups = |id: &str| {
+        query::groups_of(kv, t, id, usize::MAX)
             .into_iter()
             .filter_map(|g| query::group(kv, t, &g))
             .map(|g| {
@@ -67,31 +69,33 @@ pub fn user(kv: &impl KvRead, t: &str, base: &str, doc: &UserDoc, proj: &Project
 
 /// A user just created: no group can name it yet (a member that names no resource is
 /// skipped), so its groups are not read.
-pub fn new_user(base: &str, doc: &UserDoc, proj: &Projection, shape: GrantShape) -> Value {
-    user_with(base, doc, proj, shape, Vec::new)
+pub fn new_user(base: &str, doc: UserDoc, proj: &Projection, shape: GrantShape) -> Value {
+    user_with(base, doc, proj, shape, |_| Vec::new())
 }
 
 fn user_with(
     base: &str,
-    doc: &UserDoc,
+    doc: UserDoc,
     proj: &Projection,
     shape: GrantShape,
-    groups: impl FnOnce() -> Vec<Value>,
+    groups: impl FnOnce(&str) -> Vec<Value>,
 ) -> Value {
-    let mut m = Map::with_capacity(doc.attributes.len() + 5);
-    m.insert("schemas".into(), Value::Array(doc.schemas()));
-    m.insert("id".into(), Value::String(doc.id.clone()));
-    m.extend(doc.attributes.iter().map(|(k, v)| (k.clone(), v.clone())));
-    if let Some(active) = doc.active {
+    let schemas = doc.schemas();
+    let meta = meta(base, ResourceKind::User, &doc.id, &doc.created, &doc.last_modified, doc.version);
+    let groups = if proj.wants("groups") { groups(&doc.id) } else { Vec::new() };
+    let UserDoc { id, active, attributes, .. } = doc;
+    // The order of the answer's keys: schemas, id, the attributes, active, groups, meta.
+    let mut m = Map::with_capacity(attributes.len() + 5);
+    m.insert("schemas".into(), Value::Array(schemas));
+    m.insert("id".into(), Value::String(id));
+    m.extend(attributes);
+    if let Some(active) = active {
         m.insert("active".into(), Value::Bool(active));
     }
-    if proj.wants("groups") {
-        let groups = groups();
-        if !groups.is_empty() {
-            m.insert("groups".into(), Value::Array(groups));
-        }
+    if !groups.is_empty() {
+        m.insert("groups".into(), Value::Array(groups));
     }
-    m.insert("meta".into(), meta(base, ResourceKind::User, &doc.id, &doc.created, &doc.last_modified, doc.version));
+    m.insert("meta".into(), meta);
     shape_grants(&mut m, shape);
     proj.apply(&registry().user, Value::Object(m))
 }

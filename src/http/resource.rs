@@ -35,7 +35,10 @@ fn render_one(
 ) -> Result<Option<(Value, u64)>, ApiError> {
     let (base, shape) = (state.scim_base.as_str(), state.cfg.grant_shape_for(t));
     Ok(match kind {
-        ScimKind::User => query::user(kv, t, id).map(|d| (render::user(kv, t, base, &d, proj, shape), d.version)),
+        ScimKind::User => query::user(kv, t, id).map(|d| {
+            let version = d.version;
+            (render::user(kv, t, base, d, proj, shape), version)
+        }),
         ScimKind::Group => match query::group(kv, t, id) {
             None => None,
             Some(d) => {
@@ -82,17 +85,18 @@ fn respond_written(
     if let Some(doc) = handed_back.filter(|_| kind == ScimKind::User) {
         let (t, base) = (caller.tenant(), state.scim_base.as_str());
         let shape = state.cfg.grant_shape_for(t);
+        let version = doc.version;
         let body = if written.decision.created {
-            render::new_user(base, &doc, proj, shape)
+            render::new_user(base, doc, proj, shape)
         } else {
             let view = state.store.view();
-            let body = render::user(&view, t, base, &doc, proj, shape);
+            let body = render::user(&view, t, base, doc, proj, shape);
             if let Some(e) = view.take_error() {
                 return Err(e.into());
             }
             body
         };
-        return Ok(resource_response(status, &body, doc.version, location.as_deref()));
+        return Ok(resource_response(status, &body, version, location.as_deref()));
     }
     let view = state.store.view();
     // The write is done: a group too large to render whole is answered without its members.
