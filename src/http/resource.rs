@@ -9,7 +9,7 @@ use scimlog_projections::{query, KvRead, UserDoc};
 use scimlog_schemas::filter::FilterLimits;
 use scimlog_schemas::patch::parse_patch;
 use scimlog_schemas::resource::{parse_group, parse_user};
-use scimlog_schemas::ScimKind;
+use scimlog_schemas::{ResourceKind, ScimKind};
 use serde_json::Value;
 use uuid::Uuid;
 
@@ -227,12 +227,20 @@ pub async fn patch(
     let committed = state.writer.submit(caller.origin(), command).await?;
     report_skipped(kind, &id, &committed.decision.skipped_members);
     if kind == ScimKind::Group && proj.is_default() {
-        let view = state.store.view();
-        let version = query::group(&view, caller.tenant(), &id).map(|g| g.version);
-        if let Some(e) = view.take_error() {
-            return Err(e.into());
-        }
-        let version = version.ok_or_else(|| not_found(kind, &id))?;
+        // The group's version is the last one this request's events gave it; a PATCH that
+        // changed nothing wrote none, and its version is read.
+        let written = committed.events.iter().filter(|e| e.resource_type == ResourceKind::Group && e.resource_id == id);
+        let version = match written.map(|e| e.resource_version).max() {
+            Some(v) => v,
+            None => {
+                let view = state.store.view();
+                let version = query::group(&view, caller.tenant(), &id).map(|g| g.version);
+                if let Some(e) = view.take_error() {
+                    return Err(e.into());
+                }
+                version.ok_or_else(|| not_found(kind, &id))?
+            }
+        };
         let mut resp = StatusCode::NO_CONTENT.into_response();
         if let Ok(v) = format!("W/\"{version}\"").parse() {
             resp.headers_mut().insert(axum::http::header::ETAG, v);

@@ -1,5 +1,6 @@
 //! Groups over HTTP, with memberships seen from both sides.
 
+use reqwest::Method;
 use serde_json::json;
 
 use crate::support::{q, TestServer};
@@ -92,4 +93,36 @@ async fn nested_groups_are_members_too() {
     // Deleting the inner group removes it from the outer one.
     assert_eq!(s.delete(&format!("/Groups/{inner}")).await.status, 204);
     assert!(s.get(&format!("/Groups/{}", outer.id())).await.body.get("members").is_none());
+}
+
+/// A group PATCH answered 204 carries the ETag a GET gives right after it: the version its own
+/// events gave the group (events of other resources in the same request, such as an environment
+/// created when a role first names it, do not count), or the stored one when nothing changed.
+#[tokio::test]
+async fn a_group_patch_without_a_body_has_the_etag_a_get_gives() {
+    let s = TestServer::start().await;
+    let u = s.post("/Users", &json!({"userName": "ann"})).await.id();
+    let v = s.post("/Users", &json!({"userName": "ben"})).await.id();
+    let g = s.post("/Groups", &json!({"displayName": "Ops"})).await.id();
+    let op = |ops: serde_json::Value| json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"], "Operations": ops});
+    let cases = [
+        ("add two members", op(json!([{"op": "add", "path": "members", "value": [{"value": u}, {"value": v}]}]))),
+        (
+            "add a member again (nothing changes)",
+            op(json!([{"op": "add", "path": "members", "value": [{"value": u}]}])),
+        ),
+        ("remove one", op(json!([{"op": "remove", "path": format!("members[value eq \"{v}\"]")}]))),
+        ("rename", op(json!([{"op": "replace", "path": "displayName", "value": "Operations"}]))),
+        (
+            "a role that creates its environment",
+            op(json!([{"op": "add", "path": "roles", "value": ["urn:scimlog:role:environment:ops:admin"]}])),
+        ),
+    ];
+    for (case, body) in cases {
+        let r = s.send(Method::PATCH, &format!("/Groups/{g}"), Some(&body), &[]).await;
+        assert_eq!(r.status, 204, "{case}: {}", r.body);
+        let got = s.get(&format!("/Groups/{g}")).await;
+        assert_eq!(r.header("etag"), got.header("etag"), "{case}");
+        assert_eq!(got.body["meta"]["version"].as_str(), got.header("etag"), "{case}");
+    }
 }
