@@ -81,21 +81,7 @@ fn respond_written(
     written: &Committed,
 ) -> Result<Response, ApiError> {
     let location = (status == StatusCode::CREATED).then(|| render::location(&state.scim_base, kind.resource(), id));
-    let handed_back = written.user_document.as_deref().and_then(|b| serde_json::from_slice::<UserDoc>(b).ok());
-    if let Some(doc) = handed_back.filter(|_| kind == ScimKind::User) {
-        let (t, base) = (caller.tenant(), state.scim_base.as_str());
-        let shape = state.cfg.grant_shape_for(t);
-        let version = doc.version;
-        let body = if written.decision.created {
-            render::new_user(base, doc, proj, shape)
-        } else {
-            let view = state.store.view();
-            let body = render::user(&view, t, base, doc, proj, shape);
-            if let Some(e) = view.take_error() {
-                return Err(e.into());
-            }
-            body
-        };
+    if let Some((body, version)) = render_handed_back(state, caller, kind, proj, written)? {
         return Ok(resource_response(status, &body, version, location.as_deref()));
     }
     let view = state.store.view();
@@ -113,6 +99,31 @@ fn respond_written(
     }
     let (body, version) = rendered.ok_or_else(|| not_found(kind, id))?;
     Ok(resource_response(status, &body, version, location.as_deref()))
+}
+
+/// The user the writer handed back, rendered with its version; `None` for a group, or when the
+/// request wrote no user document (then it is read).
+fn render_handed_back(
+    state: &AppState,
+    caller: &Caller,
+    kind: ScimKind,
+    proj: &Projection,
+    written: &Committed,
+) -> Result<Option<(Value, u64)>, ApiError> {
+    let bytes = written.user_document.as_deref().filter(|_| kind == ScimKind::User);
+    // The bytes the fold just wrote: they decode as a stored document does (else: read it).
+    let Some(doc) = bytes.and_then(|b| serde_json::from_slice::<UserDoc>(b).ok()) else { return Ok(None) };
+    let (t, base, version) = (caller.tenant(), state.scim_base.as_str(), doc.version);
+    let shape = state.cfg.grant_shape_for(t);
+    if written.decision.created {
+        return Ok(Some((render::new_user(base, doc, proj, shape), version)));
+    }
+    let view = state.store.view();
+    let body = render::user(&view, t, base, doc, proj, shape);
+    match view.take_error() {
+        Some(e) => Err(e.into()),
+        None => Ok(Some((body, version))),
+    }
 }
 
 /// Member values that name no resource are logged by count, not by value: IdPs sometimes send
@@ -227,20 +238,7 @@ pub async fn patch(
     let committed = state.writer.submit(caller.origin(), command).await?;
     report_skipped(kind, &id, &committed.decision.skipped_members);
     if kind == ScimKind::Group && proj.is_default() {
-        // The group's version is the last one this request's events gave it; a PATCH that
-        // changed nothing wrote none, and its version is read.
-        let written = committed.events.iter().filter(|e| e.resource_type == ResourceKind::Group && e.resource_id == id);
-        let version = match written.map(|e| e.resource_version).max() {
-            Some(v) => v,
-            None => {
-                let view = state.store.view();
-                let version = query::group(&view, caller.tenant(), &id).map(|g| g.version);
-                if let Some(e) = view.take_error() {
-                    return Err(e.into());
-                }
-                version.ok_or_else(|| not_found(kind, &id))?
-            }
-        };
+        let version = group_version_after(state, &caller, &id, &committed)?;
         let mut resp = StatusCode::NO_CONTENT.into_response();
         if let Ok(v) = format!("W/\"{version}\"").parse() {
             resp.headers_mut().insert(axum::http::header::ETAG, v);
@@ -248,6 +246,22 @@ pub async fn patch(
         return Ok(resp);
     }
     respond_written(state, &caller, kind, &id, StatusCode::OK, &proj, &committed)
+}
+
+/// A group's version after a write: the last one this request's own events gave it (events of
+/// other resources in the request, such as an environment a role creates, do not count); read
+/// when the request changed nothing.
+fn group_version_after(state: &AppState, caller: &Caller, id: &str, written: &Committed) -> Result<u64, ApiError> {
+    let own = written.events.iter().filter(|e| e.resource_type == ResourceKind::Group && e.resource_id == id);
+    if let Some(v) = own.map(|e| e.resource_version).max() {
+        return Ok(v);
+    }
+    let view = state.store.view();
+    let version = query::group(&view, caller.tenant(), id).map(|g| g.version);
+    if let Some(e) = view.take_error() {
+        return Err(e.into());
+    }
+    version.ok_or_else(|| not_found(ScimKind::Group, id))
 }
 
 /// A list (`GET /Users`) or search (`POST /.search`) over one or more resource types. What can
