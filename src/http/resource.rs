@@ -81,7 +81,7 @@ fn respond_written(
     written: &Committed,
 ) -> Result<Response, ApiError> {
     let location = (status == StatusCode::CREATED).then(|| render::location(&state.scim_base, kind.resource(), id));
-    if let Some((body, version)) = render_handed_back(state, caller, kind, proj, written)? {
+    if let Some((body, version)) = render_handed_back(state, caller, proj, written)? {
         return Ok(resource_response(status, &body, version, location.as_deref()));
     }
     let view = state.store.view();
@@ -101,17 +101,16 @@ fn respond_written(
     Ok(resource_response(status, &body, version, location.as_deref()))
 }
 
-/// The user the writer handed back, rendered with its version; `None` for a group, or when the
-/// request wrote no user document (then it is read).
+/// The user the writer handed back, rendered with its version; `None` when there is none (a
+/// group's command, or a request that wrote no user document): then it is read.
 fn render_handed_back(
     state: &AppState,
     caller: &Caller,
-    kind: ScimKind,
     proj: &Projection,
     written: &Committed,
 ) -> Result<Option<(Value, u64)>, ApiError> {
-    let bytes = written.user_document.as_deref().filter(|_| kind == ScimKind::User);
     // The bytes the fold just wrote: they decode as a stored document does (else: read it).
+    let bytes = written.user_document.as_deref();
     let Some(doc) = bytes.and_then(|b| serde_json::from_slice::<UserDoc>(b).ok()) else { return Ok(None) };
     let (t, base, version) = (caller.tenant(), state.scim_base.as_str(), doc.version);
     let shape = state.cfg.grant_shape_for(t);
