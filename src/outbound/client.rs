@@ -54,6 +54,20 @@ pub enum Failure {
 }
 
 impl Failure {
+    /// Whether the target may have done what the request asked (no answer said it did not).
+    pub fn maybe_applied(&self) -> bool {
+        match self {
+            Failure::Transient { maybe_applied, .. } => *maybe_applied,
+            // Cut off while it was under way.
+            Failure::Stopped => true,
+            Failure::Throttled(_)
+            | Failure::Unauthorized(_)
+            | Failure::NotFound
+            | Failure::Conflict { .. }
+            | Failure::Rejected { .. } => false,
+        }
+    }
+
     pub fn detail(&self) -> String {
         match self {
             Failure::Throttled(d) => format!("throttled for {} s", d.as_secs()),

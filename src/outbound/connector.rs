@@ -30,7 +30,7 @@ use super::client::{Client, Failure};
 use super::config::{Adopt, Deprovision, Mode, Target};
 use super::outcomes::{Outcome, Outcomes, What};
 use super::render;
-use super::state::{member_kind, Batch, Intent, Kind, Link, Parked, ParkedKey, State, VerifyRecord};
+use super::state::{member_kind, Batch, Intent, Kind, Link, Parked, ParkedKey, Sent, State, VerifyRecord};
 use super::Status;
 use crate::log::{LogError, Store};
 
@@ -129,6 +129,16 @@ impl Work {
             }
         }
     }
+}
+
+/// A membership to send: the member, its kind and remote id, the position of its last change,
+/// and what the state held before (put back when the target answers "not done").
+struct MemberChange<'a> {
+    member: &'a str,
+    kind: Kind,
+    position: u64,
+    remote_id: String,
+    before: Sent,
 }
 
 pub struct Connector {
@@ -1004,29 +1014,29 @@ impl Connector {
         // A user whose remote state is unknown (adopted, resync) is replaced whole: attributes
         // set downstream by someone else go away.
         let put_user = kind == Kind::User && (!self.patch || link.sent.is_null());
-        // Whether a request went out (a PATCH of attributes the target is not sent sends none).
-        let sent = |r: Result<_, Failure>| r.map(|_| true);
-        let result = match (self.patch && !put_user, kind) {
-            (true, _) => match render::patch(&link.sent, &doc) {
-                Some(body) => sent(self.client.send(Method::PATCH, &path, Some(&body)).await),
-                None => Ok(false),
-            },
-            (false, Kind::User) => sent(self.client.send(Method::PUT, &path, Some(&doc)).await),
+        let request = match (self.patch && !put_user, kind) {
+            // None: a PATCH of attributes the target is not sent sends nothing.
+            (true, _) => render::patch(&link.sent, &doc).map(|body| (Method::PATCH, body)),
+            (false, Kind::User) => Some((Method::PUT, doc.clone())),
             // Members go by PATCH: the group's PUT carries its own attributes only.
-            (false, Kind::Group) if self.target.knobs.members_by_patch => {
-                sent(self.client.send(Method::PUT, &path, Some(&doc)).await)
-            }
+            (false, Kind::Group) if self.target.knobs.members_by_patch => Some((Method::PUT, doc.clone())),
             (false, Kind::Group) => match self.members_for_put(id)? {
-                Some(members) => {
-                    let body = render::with_members(&doc, &members);
-                    sent(self.client.send(Method::PUT, &path, Some(&body)).await)
+                Some(members) => Some((Method::PUT, render::with_members(&doc, &members))),
+                None => {
+                    let detail =
+                        format!("the group has more than {MAX_PUT_MEMBERS} members and the target takes only PUT");
+                    let f = Failure::Rejected { status: 0, scim_type: None, detail };
+                    return self.fail(ParkedKey::Object(kind, id.into()), position, f);
                 }
-                None => Err(Failure::Rejected {
-                    status: 0,
-                    scim_type: None,
-                    detail: format!("the group has more than {MAX_PUT_MEMBERS} members and the target takes only PUT"),
-                }),
             },
+        };
+        // Whether a request went out.
+        let result = match request {
+            None => Ok(false),
+            Some((method, body)) => {
+                self.unsure(kind, id, &link).await?;
+                self.client.send(method, &path, Some(&body)).await.map(|_| true)
+            }
         };
         match result {
             Ok(sent) => {
@@ -1053,8 +1063,34 @@ impl Connector {
                 self.state.commit(b)?;
                 self.create(kind, id, doc, position).await
             }
-            Err(f) => self.fail(ParkedKey::Object(kind, id.into()), position, f),
+            Err(f) => {
+                self.sure_again(kind, id, &link, &f)?;
+                self.fail(ParkedKey::Object(kind, id.into()), position, f)
+            }
         }
+    }
+
+    /// Forgets, durably, what a linked object's last sent document was, before a request that
+    /// changes it: a request cut off (a kill, a lost answer) may have been done there, so the
+    /// object is next sent whole, never judged by a document the target may no longer hold
+    /// (the directory changing it back would otherwise send nothing).
+    async fn unsure(&self, kind: Kind, id: &str, link: &Link) -> Result<(), Halt> {
+        if link.sent.is_null() {
+            return Ok(());
+        }
+        let mut b = Batch::default();
+        self.state.put_link(&mut b, kind, id, &Link { sent: Value::Null, ..link.clone() });
+        self.on_disk(move |st| st.commit_durable(b)).await
+    }
+
+    /// Puts back what [`Connector::unsure`] forgot when the answer says the request was not done.
+    fn sure_again(&self, kind: Kind, id: &str, link: &Link, f: &Failure) -> Result<(), Halt> {
+        if f.maybe_applied() {
+            return Ok(());
+        }
+        let mut b = Batch::default();
+        self.state.put_link(&mut b, kind, id, link);
+        Ok(self.state.commit(b)?)
     }
 
     /// The remote id of a member as sent (a user's, else a nested group's), if it is linked.
@@ -1295,17 +1331,18 @@ impl Connector {
         let (mut adds, mut removes) = (Vec::new(), Vec::new());
         for &(m, kind, position) in members {
             let want = { query::member(&self.store.view(), &t, group, m).is_some() };
-            let sent = self.state.member_sent(group, m)?;
+            let before = self.state.member_sent(group, m)?;
             let key = ParkedKey::Membership { group: group.into(), member: m.into() };
-            if want == sent {
+            if before.matches(want) {
                 self.unpark_if(key)?;
                 continue;
             }
+            let change = |l: Link| MemberChange { member: m, kind, position, remote_id: l.remote_id, before };
             match (self.state.link(kind, m)?, want) {
-                (Some(l), true) => adds.push((m, kind, position, l.remote_id)),
-                (Some(l), false) => removes.push((m, kind, position, l.remote_id)),
+                (Some(l), true) => adds.push(change(l)),
+                (Some(l), false) => removes.push(change(l)),
                 (None, true) => self.park(key, position, "blocked", None, None, "the member is not linked yet")?,
-                // The member is gone remotely, and its memberships with it.
+                // The member is gone remotely (or never got there), and its memberships with it.
                 (None, false) => {
                     let mut b = Batch::default();
                     self.state.set_member_sent(&mut b, group, m, None);
@@ -1318,38 +1355,13 @@ impl Connector {
         let cap = self.target.knobs.max_members_per_request;
         let (mut added, mut removed, mut last) = (0, 0, 0);
         for (chunk, add) in adds.chunks(cap).map(|c| (c, true)).chain(removes.chunks(cap).map(|c| (c, false))) {
-            let ids: Vec<String> = chunk.iter().map(|c| c.3.clone()).collect();
-            let body = match add {
-                true => render::member_patches(&ids, &[], cap, self.target.knobs.member_remove),
-                false => render::member_patches(&[], &ids, cap, self.target.knobs.member_remove),
-            };
-            let mut result = Ok(());
-            for b in &body {
-                if let Err(f) = self.client.send(Method::PATCH, &path, Some(b)).await {
-                    result = Err(f);
-                    break;
-                }
+            if !self.patch_members(group, &path, chunk, add).await? {
+                continue;
             }
-            match result {
-                Ok(()) => {
-                    let mut b = Batch::default();
-                    for &(m, kind, position, _) in chunk {
-                        self.state.set_member_sent(&mut b, group, m, add.then_some(kind));
-                        self.state.unpark(&mut b, &ParkedKey::Membership { group: group.into(), member: m.into() });
-                        last = last.max(position);
-                    }
-                    self.state.commit(b)?;
-                    match add {
-                        true => added += chunk.len(),
-                        false => removed += chunk.len(),
-                    }
-                }
-                Err(f) => {
-                    for &(m, _, position, _) in chunk {
-                        let key = ParkedKey::Membership { group: group.into(), member: m.into() };
-                        self.fail(key, position, f.clone())?;
-                    }
-                }
+            last = chunk.iter().map(|c| c.position).fold(last, u64::max);
+            match add {
+                true => added += chunk.len(),
+                false => removed += chunk.len(),
             }
         }
         if added + removed > 0 {
@@ -1360,6 +1372,66 @@ impl Connector {
             });
         }
         Ok(())
+    }
+
+    /// One chunk of a group's member adds (or removes), in as few PATCHes as the profile allows;
+    /// answers whether the target took them (else they are parked).
+    async fn patch_members(
+        &mut self,
+        group: &str,
+        path: &str,
+        chunk: &[MemberChange<'_>],
+        add: bool,
+    ) -> Result<bool, Halt> {
+        let ids: Vec<String> = chunk.iter().map(|c| c.remote_id.clone()).collect();
+        let (cap, remove) = (self.target.knobs.max_members_per_request, self.target.knobs.member_remove);
+        let bodies = match add {
+            true => render::member_patches(&ids, &[], cap, remove),
+            false => render::member_patches(&[], &ids, cap, remove),
+        };
+        // Unsure until answered: a PATCH cut off (a kill, a lost answer) may have been done
+        // there, so the membership is next sent as it is here then, never judged by what was
+        // last answered.
+        let mut b = Batch::default();
+        for c in chunk {
+            self.state.set_member_unsure(&mut b, group, c.member, c.kind);
+        }
+        self.on_disk(move |st| st.commit_durable(b)).await?;
+        let mut result = Ok(());
+        for body in &bodies {
+            result = self.client.send(Method::PATCH, path, Some(body)).await.map(|_| ());
+            if result.is_err() {
+                break;
+            }
+        }
+        let mut b = Batch::default();
+        let f = match result {
+            Ok(()) => {
+                for c in chunk {
+                    self.state.set_member_sent(&mut b, group, c.member, add.then_some(c.kind));
+                    self.state.unpark(&mut b, &ParkedKey::Membership { group: group.into(), member: c.member.into() });
+                }
+                self.state.commit(b)?;
+                return Ok(true);
+            }
+            Err(f) => f,
+        };
+        if !f.maybe_applied() {
+            // Answered "not done": the target holds what it held before.
+            for c in chunk {
+                match c.before {
+                    Sent::No => self.state.set_member_sent(&mut b, group, c.member, None),
+                    Sent::Yes => self.state.set_member_sent(&mut b, group, c.member, Some(c.kind)),
+                    Sent::Unsure => self.state.set_member_unsure(&mut b, group, c.member, c.kind),
+                }
+            }
+            self.state.commit(b)?;
+        }
+        for c in chunk {
+            let key = ParkedKey::Membership { group: group.into(), member: c.member.into() };
+            self.fail(key, c.position, f.clone())?;
+        }
+        Ok(false)
     }
 
     /// Targets without PATCH: the group is PUT with every member it has now.
@@ -1456,6 +1528,7 @@ impl Connector {
                     return self.unpark_if(key);
                 }
                 let now = render::deactivated(&link.sent);
+                self.unsure(kind, id, &link).await?;
                 // A PUT needs the whole document: unknown (adopted, resync), it is a PATCH.
                 let sent = match self.patch || !link.sent.is_object() {
                     true => {
@@ -1468,7 +1541,10 @@ impl Connector {
                     Ok(_) | Err(Failure::NotFound) => {
                         self.state.put_link(&mut b, kind, id, &Link { sent: now, position, ..link });
                     }
-                    Err(f) => return self.fail(key, position, f),
+                    Err(f) => {
+                        self.sure_again(kind, id, &link, &f)?;
+                        return self.fail(key, position, f);
+                    }
                 }
             }
             Deprovision::None => self.state.delete_link(&mut b, kind, id),

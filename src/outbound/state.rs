@@ -5,15 +5,19 @@
 //! | `w`                        | the watermark: every position ≤ it is applied or parked   |
 //! | `r`                        | [`VerifyRecord`]: the last verify's counts, when, at what watermark |
 //! | `s`                        | the fingerprint of the scope, profile and mapping the state was built in |
-//! | `l\0U\0<id>`, `l\0G\0<id>` | [`Link`]: the remote id and the document last sent        |
+//! | `l\0U\0<id>`, `l\0G\0<id>` | [`Link`]: the remote id and the document last sent (null: unknown) |
 //! | `i\0U\0<id>`, `i\0G\0<id>` | [`Intent`]: a create is under way (written before a POST) |
 //! | `p\0U\0<id>`, `p\0G\0<id>`, `p\0M\0<group>\0<member>` | [`Parked`]: why it waits       |
-//! | `m\0<group>\0<member>`     | the membership as last sent (`U` or `G`)                  |
+//! | `m\0<group>\0<member>`     | the membership as last sent (`U` or `G`), or `?U`/`?G`: a PATCH for it went out and its outcome is unknown ([`Sent::Unsure`]) |
 //!
 //! One applied object (link, intent, parked entry, memberships) is one [`Batch`], written at
-//! once. Only an intent and the watermark are fsync'd ([`State::commit_durable`]): a link lost
-//! in a crash leaves its intent, so the object is looked up again, never created twice; and the
-//! watermark's fsync makes every earlier write durable with it (one WAL).
+//! once. Only what is written before a request and the watermark are fsync'd
+//! ([`State::commit_durable`]): an intent before a POST (a link lost in a crash leaves its
+//! intent, so the object is looked up again, never created twice); a link's document made
+//! unknown before an update and a membership's `?` before its PATCH (a request cut off may have
+//! been done there, so the object is next sent whole and the membership as it is here, never
+//! judged by the last answer); and the watermark, whose fsync makes every earlier write durable
+//! with it (one WAL).
 //! Nothing here holds a token; a link holds the last sent document (personal values, like the
 //! read models), deleted and purged when the person is erased.
 
@@ -54,7 +58,8 @@ pub fn member_kind(t: scimlog_schemas::MemberType) -> Kind {
 #[serde(rename_all = "camelCase")]
 pub struct Link {
     pub remote_id: String,
-    /// The document as last sent (what the remote holds, as far as we know).
+    /// The document as last sent (what the remote holds, as far as we know); null when that is
+    /// unknown (adopted, a resync or repair, an update whose answer never came).
     pub sent: Value,
     /// The log position the sent document was rendered at.
     pub position: u64,
@@ -103,6 +108,29 @@ pub struct VerifyRecord {
     pub checked: usize,
     /// missing, drifted, membershipDrift, orphaned, unmanaged (absent: none).
     pub counts: std::collections::BTreeMap<String, usize>,
+}
+
+/// Whether a membership is at the target, as far as this state knows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sent {
+    /// Never sent, or its removal was.
+    No,
+    /// Its add was the last answered PATCH.
+    Yes,
+    /// A PATCH for it went out and no answer came back (cut off, lost, timed out): the target
+    /// may hold it or not, so it is sent again as it is here.
+    Unsure,
+}
+
+impl Sent {
+    /// Whether the target holds what `want` says, as far as is known.
+    pub fn matches(self, want: bool) -> bool {
+        match self {
+            Sent::No => !want,
+            Sent::Yes => want,
+            Sent::Unsure => false,
+        }
+    }
 }
 
 /// What a parked key names.
@@ -173,8 +201,12 @@ impl State {
     pub fn parked(&self, key: &ParkedKey) -> Result<Option<Parked>, LogError> {
         self.get(&self.parked_key(key))
     }
-    pub fn member_sent(&self, group: &str, member: &str) -> Result<bool, LogError> {
-        Ok(self.store.get(&self.key(&["m", group, member]))?.is_some())
+    pub fn member_sent(&self, group: &str, member: &str) -> Result<Sent, LogError> {
+        Ok(match self.store.get(&self.key(&["m", group, member]))? {
+            None => Sent::No,
+            Some(v) if v.first() == Some(&b'?') => Sent::Unsure,
+            Some(_) => Sent::Yes,
+        })
     }
 
     fn parked_key(&self, key: &ParkedKey) -> Vec<u8> {
@@ -223,7 +255,8 @@ impl State {
         Ok(self.store.scan(&self.key(&["l", tag(kind), ""]), None, limit)?.len())
     }
 
-    /// The members last sent for a group, after `after`, up to `limit`.
+    /// The members last sent for a group (and those whose PATCH's outcome is unknown: they may
+    /// be there), after `after`, up to `limit`.
     pub fn members_sent(&self, group: &str, after: Option<&str>, limit: usize) -> Result<Vec<String>, LogError> {
         let prefix = self.key(&["m", group, ""]);
         let after = after.map(|a| self.key(&["m", group, a]));
@@ -353,5 +386,9 @@ impl State {
     }
     pub fn set_member_sent(&self, b: &mut Batch, group: &str, member: &str, kind: Option<Kind>) {
         b.0.push((self.key(&["m", group, member]), kind.map(|k| tag(k).as_bytes().to_vec())));
+    }
+    /// Written (durably) before a membership PATCH goes out; the answer replaces it.
+    pub fn set_member_unsure(&self, b: &mut Batch, group: &str, member: &str, kind: Kind) {
+        b.0.push((self.key(&["m", group, member]), Some(format!("?{}", tag(kind)).into_bytes())));
     }
 }

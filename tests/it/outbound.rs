@@ -362,6 +362,99 @@ async fn a_user_deleted_while_its_cut_create_is_open_is_removed_there() {
     assert_eq!(h.status().await.unwrap()["parked"], 0);
 }
 
+/// A membership PATCH whose answer is lost (the target did it, the connector never learnt) is
+/// unsure here: whatever the directory does to that membership next is sent as it is here,
+/// never judged by the last answer. (`sigkills_mid_sync_…` found it: an add cut off by a kill,
+/// then the user deleted here, left the deleted user's id in the target's group.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_membership_patch_whose_answer_is_lost_is_sent_again_as_it_is_here() {
+    use scimlog::outbound::state::{Sent, State};
+    #[derive(Debug)]
+    enum Then {
+        MemberRemoved,
+        UserDeleted,
+        MemberAddedBack,
+    }
+    for (lost, then) in [("add", Then::MemberRemoved), ("add", Then::UserDeleted), ("remove", Then::MemberAddedBack)] {
+        let case = format!("{lost} lost, then {then:?}");
+        let h = hub(|_| {}, vec![]).await;
+        let user = h.user("member@example.com").await;
+        h.mirrored(20).await;
+        let lose = rule(AxMethod::PATCH, "/Groups/", &format!("\"op\":\"{lost}\""), usize::MAX, Fault::LoseAnswer);
+        let members = |u: &str| json!([{"op": "add", "path": "members", "value": [{"value": u}]}]);
+        let removal = |u: &str| json!([{"op": "remove", "path": format!("members[value eq \"{u}\"]")}]);
+        let body = json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group"], "displayName": "staff"});
+        let group = h.server.post("/Groups", &body).await.id();
+        let path = format!("/Groups/{group}");
+        if lost == "remove" {
+            patch(&h.server, &path, members(&user)).await;
+            h.mirrored(20).await;
+        }
+        // Given: the target did the PATCH; its answer never came back.
+        h.proxy.add(lose);
+        match lost {
+            "add" => patch(&h.server, &path, members(&user)).await,
+            _ => patch(&h.server, &path, removal(&user)).await,
+        };
+        eventually(20, "the membership is parked", || async { h.status().await.is_some_and(|s| s["parked"] == 1) })
+            .await;
+        let remote_members = h.peer.all("Groups").await[0]["members"].as_array().map_or(0, Vec::len);
+        assert_eq!(remote_members, usize::from(lost == "add"), "{case}: the target did it");
+        let state = State::new(h.server.store().outbound(), "crm");
+        assert_eq!(state.member_sent(&group, &user).unwrap(), Sent::Unsure, "{case}");
+        // The rule stays: a retry of the same PATCH (a recovered target's parked entries are
+        // all tried again) is lost too, so the membership stays unsure until the directory
+        // changes it.
+        // When
+        match then {
+            Then::MemberRemoved => patch(&h.server, &path, removal(&user)).await,
+            Then::UserDeleted => h.server.delete(&format!("/Users/{user}")).await.status.as_u16(),
+            Then::MemberAddedBack => patch(&h.server, &path, members(&user)).await,
+        };
+        h.caught_up(20).await;
+        // Then: the target holds what the directory holds, and nothing waits.
+        h.mirrored(20).await;
+        assert_eq!(h.status().await.unwrap()["parked"], 0, "{case}");
+        let sent = state.member_sent(&group, &user).unwrap();
+        assert_eq!(sent, if matches!(then, Then::MemberAddedBack) { Sent::Yes } else { Sent::No }, "{case}");
+    }
+}
+
+/// An update whose answer is lost is unsure the same way: the object is next sent whole, so the
+/// directory changing it back goes out too (judged by the last answered document, it matched
+/// and nothing was sent: the target kept the lost update).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_update_whose_answer_is_lost_is_sent_whole_next_time() {
+    for (endpoint, attr, before, after) in
+        [("Users", "title", "Engineer", "Manager"), ("Groups", "displayName", "staff", "managers")]
+    {
+        let h = hub(|_| {}, vec![]).await;
+        let id = match endpoint {
+            "Users" => h.user("titled@example.com").await,
+            _ => {
+                let body = json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group"], "displayName": before});
+                h.server.post("/Groups", &body).await.id()
+            }
+        };
+        let path = format!("/{endpoint}/{id}");
+        let set = |v: &str| json!([{"op": "replace", "path": attr, "value": v}]);
+        patch(&h.server, &path, set(before)).await;
+        h.mirrored(20).await;
+        // Given: the target made the update; its answer never came back (nor any retry's).
+        h.proxy.add(rule(AxMethod::PATCH, &format!("/{endpoint}/"), after, usize::MAX, Fault::LoseAnswer));
+        patch(&h.server, &path, set(after)).await;
+        eventually(20, "the update is parked", || async { h.status().await.is_some_and(|s| s["parked"] == 1) }).await;
+        assert_eq!(h.peer.all(endpoint).await[0][attr], after, "{endpoint}: the target did it");
+        // When the directory changes it back...
+        patch(&h.server, &path, set(before)).await;
+        h.caught_up(20).await;
+        // ...then the target has it back, and nothing waits.
+        h.mirrored(20).await;
+        assert_eq!(h.peer.all(endpoint).await[0][attr], before, "{endpoint}");
+        assert_eq!(h.status().await.unwrap()["parked"], 0, "{endpoint}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn throttling_waits_for_retry_after_and_parks_nothing() {
     let throttle = rule(AxMethod::POST, "/Users", "", 2, Fault::Status(429, vec![("retry-after", "1".into())]));

@@ -310,9 +310,10 @@ async fn handle(State(s): State<ProxyState>, method: Method, uri: Uri, headers: 
     if let Some(Fault::LoseAnswer) = fault {
         record(None);
         // Headers go out, then the body fails: the connection is cut before the answer is whole.
+        // A 204 has no body to cut (hyper would send it whole), so its cut answer says 200.
         let broken = futures::stream::once(async { Err::<Bytes, std::io::Error>(std::io::Error::other("lost")) });
         return Response::builder()
-            .status(status)
+            .status(if status == 204 { 200 } else { status })
             .header("content-length", bytes.len().max(1).to_string())
             .body(Body::from_stream(broken))
             .unwrap();
