@@ -1474,7 +1474,15 @@ impl Connector {
                 });
                 Ok(())
             }
-            Err(f) => self.fail(ParkedKey::Object(Kind::Group, group.into()), position, f),
+            Err(f) => {
+                // The memberships it carried wait, each: their retry sends the PUT again (a retry
+                // of the group alone sends nothing when its own attributes did not change).
+                for &(m, _, position) in members {
+                    let key = ParkedKey::Membership { group: group.into(), member: m.into() };
+                    self.fail(key, position, f.clone())?;
+                }
+                Ok(())
+            }
         }
     }
 

@@ -455,6 +455,41 @@ async fn an_update_whose_answer_is_lost_is_sent_whole_next_time() {
     }
 }
 
+/// A target that takes only PUT gets a group's members in the group's PUT. When that PUT is
+/// refused, the memberships it carried wait (parked), and a retry sends them again: the group's
+/// own attributes did not change, so a retry of the group alone would send nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_member_put_is_sent_again_at_the_retry() {
+    let h = hub(|c| c.overrides.patch = Some(false), vec![]).await;
+    let user = h.user("put-member@example.com").await;
+    let body = json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group"], "displayName": "put-only"});
+    let group = h.server.post("/Groups", &body).await.id();
+    h.mirrored(20).await;
+    // Given: the member's PUT refused once.
+    h.proxy.add(rule(AxMethod::PUT, "/Groups/", "", 1, Fault::Status(400, vec![])));
+    patch(
+        &h.server,
+        &format!("/Groups/{group}"),
+        json!([{"op": "add", "path": "members", "value": [{"value": user}]}]),
+    )
+    .await;
+    eventually(20, "the membership is parked", || async { h.status().await.is_some_and(|s| s["parked"] == 1) }).await;
+    assert!(h.peer.all("Groups").await[0]["members"].as_array().is_none_or(Vec::is_empty));
+    // When an operator retries...
+    h.act("retry", None).await;
+    // ...then the member is there, and nothing waits.
+    h.mirrored(20).await;
+    eventually(10, "nothing is parked", || async { h.status().await.unwrap()["parked"] == 0 }).await;
+    let with_member: Vec<Option<u16>> = h
+        .proxy
+        .seen()
+        .into_iter()
+        .filter(|r| r.method == AxMethod::PUT && r.body["members"].as_array().is_some_and(|m| !m.is_empty()))
+        .map(|r| r.status)
+        .collect();
+    assert_eq!(with_member, [Some(400), Some(200)], "the refused PUT, then the retry's");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn throttling_waits_for_retry_after_and_parks_nothing() {
     let throttle = rule(AxMethod::POST, "/Users", "", 2, Fault::Status(429, vec![("retry-after", "1".into())]));
