@@ -1328,7 +1328,7 @@ impl Connector {
             // A PUT-only target gets the whole member list with the group.
             return self.put_members(group, &group_link, members).await;
         }
-        let (mut adds, mut removes) = (Vec::new(), Vec::new());
+        let (mut adds, mut removes, mut orphans) = (Vec::new(), Vec::new(), Vec::new());
         for &(m, kind, position) in members {
             let want = { query::member(&self.store.view(), &t, group, m).is_some() };
             let before = self.state.member_sent(group, m)?;
@@ -1342,13 +1342,18 @@ impl Connector {
                 (Some(l), true) => adds.push(change(l)),
                 (Some(l), false) => removes.push(change(l)),
                 (None, true) => self.park(key, position, "blocked", None, None, "the member is not linked yet")?,
-                // The member is gone remotely (or never got there), and its memberships with it.
-                (None, false) => {
-                    let mut b = Batch::default();
-                    self.state.set_member_sent(&mut b, group, m, None);
-                    self.state.unpark(&mut b, &key);
-                    self.state.commit(b)?;
-                }
+                // The member is gone remotely (or never got there). A target that keeps a deleted
+                // user's id in its groups (scim2-server does) still has it when this removal
+                // failed before the user's DELETE went out: it goes with the id it was added as.
+                (None, false) => match self.state.member_remote_id(group, m)? {
+                    Some(remote_id) => orphans.push(MemberChange { member: m, kind, position, remote_id, before }),
+                    None => {
+                        let mut b = Batch::default();
+                        self.state.set_member_sent(&mut b, group, m, None);
+                        self.state.unpark(&mut b, &key);
+                        self.state.commit(b)?;
+                    }
+                },
             }
         }
         let path = format!("/Groups/{}", enc(&group_link.remote_id));
@@ -1362,6 +1367,11 @@ impl Connector {
             match add {
                 true => added += chunk.len(),
                 false => removed += chunk.len(),
+            }
+        }
+        for orphan in &orphans {
+            if self.remove_orphan(group, &path, orphan).await? {
+                (removed, last) = (removed + 1, last.max(orphan.position));
             }
         }
         if added + removed > 0 {
@@ -1394,7 +1404,7 @@ impl Connector {
         // last answered.
         let mut b = Batch::default();
         for c in chunk {
-            self.state.set_member_unsure(&mut b, group, c.member, c.kind);
+            self.state.set_member_unsure(&mut b, group, c.member, c.kind, &c.remote_id);
         }
         self.on_disk(move |st| st.commit_durable(b)).await?;
         let mut result = Ok(());
@@ -1408,7 +1418,10 @@ impl Connector {
         let f = match result {
             Ok(()) => {
                 for c in chunk {
-                    self.state.set_member_sent(&mut b, group, c.member, add.then_some(c.kind));
+                    match add {
+                        true => self.state.set_member_added(&mut b, group, c.member, c.kind, &c.remote_id),
+                        false => self.state.set_member_sent(&mut b, group, c.member, None),
+                    }
                     self.state.unpark(&mut b, &ParkedKey::Membership { group: group.into(), member: c.member.into() });
                 }
                 self.state.commit(b)?;
@@ -1421,8 +1434,8 @@ impl Connector {
             for c in chunk {
                 match c.before {
                     Sent::No => self.state.set_member_sent(&mut b, group, c.member, None),
-                    Sent::Yes => self.state.set_member_sent(&mut b, group, c.member, Some(c.kind)),
-                    Sent::Unsure => self.state.set_member_unsure(&mut b, group, c.member, c.kind),
+                    Sent::Yes => self.state.set_member_added(&mut b, group, c.member, c.kind, &c.remote_id),
+                    Sent::Unsure => self.state.set_member_unsure(&mut b, group, c.member, c.kind, &c.remote_id),
                 }
             }
             self.state.commit(b)?;
@@ -1432,6 +1445,32 @@ impl Connector {
             self.fail(key, c.position, f.clone())?;
         }
         Ok(false)
+    }
+
+    /// A membership added by PATCH whose member is gone (no link): removed with the id it was
+    /// added as. A target refusing it (a 4xx: it may not know the id any more) ends it here, as
+    /// a target that dropped the member from its groups by itself would: there is nothing to
+    /// retry. Answers whether the removal was sent and taken.
+    async fn remove_orphan(&mut self, group: &str, path: &str, c: &MemberChange<'_>) -> Result<bool, Halt> {
+        let key = ParkedKey::Membership { group: group.into(), member: c.member.into() };
+        let mut b = Batch::default();
+        self.state.set_member_unsure(&mut b, group, c.member, c.kind, &c.remote_id);
+        self.on_disk(move |st| st.commit_durable(b)).await?;
+        let body = render::member_patches(&[], std::slice::from_ref(&c.remote_id), 1, self.target.knobs.member_remove);
+        let result = self.client.send(Method::PATCH, path, body.first()).await;
+        match &result {
+            Ok(_) => {}
+            Err(f @ (Failure::NotFound | Failure::Conflict { .. } | Failure::Rejected { .. })) => {
+                tracing::info!(target = self.target.name(), error = %f.detail(), "a gone member's removal was refused: forgotten");
+            }
+            // Not answered, or not now: it stays unsure and waits.
+            Err(f) => return self.fail(key, c.position, f.clone()).map(|()| false),
+        }
+        let mut b = Batch::default();
+        self.state.set_member_sent(&mut b, group, c.member, None);
+        self.state.unpark(&mut b, &key);
+        self.state.commit(b)?;
+        Ok(result.is_ok())
     }
 
     /// Targets without PATCH: the group is PUT with every member it has now.

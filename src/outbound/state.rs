@@ -8,7 +8,7 @@
 //! | `l\0U\0<id>`, `l\0G\0<id>` | [`Link`]: the remote id and the document last sent (null: unknown) |
 //! | `i\0U\0<id>`, `i\0G\0<id>` | [`Intent`]: a create is under way (written before a POST) |
 //! | `p\0U\0<id>`, `p\0G\0<id>`, `p\0M\0<group>\0<member>` | [`Parked`]: why it waits       |
-//! | `m\0<group>\0<member>`     | the membership as last sent (`U` or `G`), or `?U`/`?G`: a PATCH for it went out and its outcome is unknown ([`Sent::Unsure`]) |
+//! | `m\0<group>\0<member>`     | the membership as last sent (`U` or `G`), or `?U`/`?G`: a PATCH for it went out and its outcome is unknown ([`Sent::Unsure`]); a PATCH's adds and removes follow it with `\0` and the member's remote id |
 //!
 //! One applied object (link, intent, parked entry, memberships) is one [`Batch`], written at
 //! once. Only what is written before a request and the watermark are fsync'd
@@ -209,6 +209,16 @@ impl State {
         })
     }
 
+    /// The remote id a membership was last sent with by PATCH (none: not sent, or sent in a
+    /// group's PUT, or before the id was kept).
+    pub fn member_remote_id(&self, group: &str, member: &str) -> Result<Option<String>, LogError> {
+        let value = self.store.get(&self.key(&["m", group, member]))?;
+        Ok(value.and_then(|v| {
+            let at = v.iter().position(|&c| c == 0)?;
+            Some(String::from_utf8_lossy(&v[at + 1..]).into_owned())
+        }))
+    }
+
     fn parked_key(&self, key: &ParkedKey) -> Vec<u8> {
         match key {
             ParkedKey::Object(kind, id) => self.key(&["p", tag(*kind), id]),
@@ -387,8 +397,13 @@ impl State {
     pub fn set_member_sent(&self, b: &mut Batch, group: &str, member: &str, kind: Option<Kind>) {
         b.0.push((self.key(&["m", group, member]), kind.map(|k| tag(k).as_bytes().to_vec())));
     }
+    /// A member added by PATCH, with the remote id it was added as (for its removal after the
+    /// member itself is gone: [`State::member_remote_id`]).
+    pub fn set_member_added(&self, b: &mut Batch, group: &str, member: &str, kind: Kind, remote_id: &str) {
+        b.0.push((self.key(&["m", group, member]), Some(format!("{}\0{remote_id}", tag(kind)).into_bytes())));
+    }
     /// Written (durably) before a membership PATCH goes out; the answer replaces it.
-    pub fn set_member_unsure(&self, b: &mut Batch, group: &str, member: &str, kind: Kind) {
-        b.0.push((self.key(&["m", group, member]), Some(format!("?{}", tag(kind)).into_bytes())));
+    pub fn set_member_unsure(&self, b: &mut Batch, group: &str, member: &str, kind: Kind, remote_id: &str) {
+        b.0.push((self.key(&["m", group, member]), Some(format!("?{}\0{remote_id}", tag(kind)).into_bytes())));
     }
 }

@@ -420,6 +420,42 @@ async fn a_membership_patch_whose_answer_is_lost_is_sent_again_as_it_is_here() {
     }
 }
 
+/// A target that keeps a deleted user's id in its groups (scim2-server does): when the member's
+/// removal is refused and the user's DELETE then goes out, the retry removes the id the member
+/// was added as (the member has no link any more). Refused again, it is forgotten: the member
+/// is gone, there is nothing left to retry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_users_refused_removal_is_sent_again_with_the_id_it_was_added_as() {
+    use scimlog::outbound::state::{Sent, State};
+    for refusals in [1, 2] {
+        let h = hub(|_| {}, vec![]).await;
+        let leaver = h.user("leaver@example.com").await;
+        let stayer = h.user("stayer@example.com").await;
+        let members = json!([{"value": leaver}, {"value": stayer}]);
+        let body = json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group"], "displayName": "team", "members": members});
+        let group = h.server.post("/Groups", &body).await.id();
+        h.mirrored(20).await;
+        // Given: the removal refused, the user's DELETE taken.
+        h.proxy.add(rule(AxMethod::PATCH, "/Groups/", "\"remove\"", refusals, Fault::Status(400, vec![])));
+        assert_eq!(h.server.delete(&format!("/Users/{leaver}")).await.status, 204);
+        eventually(20, "the user is deleted there", || async { h.peer.all("Users").await.len() == 1 }).await;
+        eventually(20, "the removal is parked", || async { h.status().await.is_some_and(|s| s["parked"] == 1) }).await;
+        let listed = || async { h.peer.all("Groups").await[0]["members"].as_array().map_or(0, Vec::len) };
+        assert_eq!(listed().await, 2, "the target keeps the deleted user's id");
+        // When an operator retries...
+        h.act("retry", None).await;
+        // ...then nothing waits, and the group holds the one member left (refused again: the
+        // membership is forgotten here, the target keeps what it keeps).
+        eventually(10, "nothing is parked", || async { h.status().await.unwrap()["parked"] == 0 }).await;
+        let state = State::new(h.server.store().outbound(), "crm");
+        assert_eq!(state.member_sent(&group, &leaver).unwrap(), Sent::No, "{refusals} refusals");
+        match refusals {
+            1 => h.mirrored(20).await,
+            _ => assert_eq!(listed().await, 2, "{refusals} refusals"),
+        }
+    }
+}
+
 /// An update whose answer is lost is unsure the same way: the object is next sent whole, so the
 /// directory changing it back goes out too (judged by the last answered document, it matched
 /// and nothing was sent: the target kept the lost update).
