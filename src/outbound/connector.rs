@@ -1331,7 +1331,7 @@ impl Connector {
         let (mut adds, mut removes, mut orphans) = (Vec::new(), Vec::new(), Vec::new());
         for &(m, kind, position) in members {
             let want = { query::member(&self.store.view(), &t, group, m).is_some() };
-            let before = self.state.member_sent(group, m)?;
+            let (before, sent_as) = self.state.member(group, m)?;
             let key = ParkedKey::Membership { group: group.into(), member: m.into() };
             if before.matches(want) {
                 self.unpark_if(key)?;
@@ -1345,7 +1345,7 @@ impl Connector {
                 // The member is gone remotely (or never got there). A target that keeps a deleted
                 // user's id in its groups (scim2-server does) still has it when this removal
                 // failed before the user's DELETE went out: it goes with the id it was added as.
-                (None, false) => match self.state.member_remote_id(group, m)? {
+                (None, false) => match sent_as {
                     Some(remote_id) => orphans.push(MemberChange { member: m, kind, position, remote_id, before }),
                     None => {
                         let mut b = Batch::default();
@@ -1384,6 +1384,17 @@ impl Connector {
         Ok(())
     }
 
+    /// Unsure until answered, on disk before a membership PATCH goes out: a PATCH cut off (a
+    /// kill, a lost answer) may have been done there, so the membership is next sent as it is
+    /// here then, never judged by what was last answered.
+    async fn mark_unsure(&self, group: &str, chunk: &[MemberChange<'_>]) -> Result<(), Halt> {
+        let mut b = Batch::default();
+        for c in chunk {
+            self.state.set_member_unsure(&mut b, group, c.member, c.kind, &c.remote_id);
+        }
+        self.on_disk(move |st| st.commit_durable(b)).await
+    }
+
     /// One chunk of a group's member adds (or removes), in as few PATCHes as the profile allows;
     /// answers whether the target took them (else they are parked).
     async fn patch_members(
@@ -1399,14 +1410,7 @@ impl Connector {
             true => render::member_patches(&ids, &[], cap, remove),
             false => render::member_patches(&[], &ids, cap, remove),
         };
-        // Unsure until answered: a PATCH cut off (a kill, a lost answer) may have been done
-        // there, so the membership is next sent as it is here then, never judged by what was
-        // last answered.
-        let mut b = Batch::default();
-        for c in chunk {
-            self.state.set_member_unsure(&mut b, group, c.member, c.kind, &c.remote_id);
-        }
-        self.on_disk(move |st| st.commit_durable(b)).await?;
+        self.mark_unsure(group, chunk).await?;
         let mut result = Ok(());
         for body in &bodies {
             result = self.client.send(Method::PATCH, path, Some(body)).await.map(|_| ());
@@ -1453,9 +1457,7 @@ impl Connector {
     /// retry. Answers whether the removal was sent and taken.
     async fn remove_orphan(&mut self, group: &str, path: &str, c: &MemberChange<'_>) -> Result<bool, Halt> {
         let key = ParkedKey::Membership { group: group.into(), member: c.member.into() };
-        let mut b = Batch::default();
-        self.state.set_member_unsure(&mut b, group, c.member, c.kind, &c.remote_id);
-        self.on_disk(move |st| st.commit_durable(b)).await?;
+        self.mark_unsure(group, std::slice::from_ref(c)).await?;
         let body = render::member_patches(&[], std::slice::from_ref(&c.remote_id), 1, self.target.knobs.member_remove);
         let result = self.client.send(Method::PATCH, path, body.first()).await;
         match &result {

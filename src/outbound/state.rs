@@ -202,21 +202,16 @@ impl State {
         self.get(&self.parked_key(key))
     }
     pub fn member_sent(&self, group: &str, member: &str) -> Result<Sent, LogError> {
-        Ok(match self.store.get(&self.key(&["m", group, member]))? {
-            None => Sent::No,
-            Some(v) if v.first() == Some(&b'?') => Sent::Unsure,
-            Some(_) => Sent::Yes,
-        })
+        Ok(self.member(group, member)?.0)
     }
-
-    /// The remote id a membership was last sent with by PATCH (none: not sent, or sent in a
-    /// group's PUT, or before the id was kept).
-    pub fn member_remote_id(&self, group: &str, member: &str) -> Result<Option<String>, LogError> {
-        let value = self.store.get(&self.key(&["m", group, member]))?;
-        Ok(value.and_then(|v| {
-            let at = v.iter().position(|&c| c == 0)?;
-            Some(String::from_utf8_lossy(&v[at + 1..]).into_owned())
-        }))
+    /// A membership as sent, and the remote id a PATCH sent it with (none: not sent, sent in a
+    /// group's PUT, or before the id was kept): its removal can go out after the member's
+    /// link is gone.
+    pub fn member(&self, group: &str, member: &str) -> Result<(Sent, Option<String>), LogError> {
+        let Some(v) = self.store.get(&self.key(&["m", group, member]))? else { return Ok((Sent::No, None)) };
+        let sent = if v.first() == Some(&b'?') { Sent::Unsure } else { Sent::Yes };
+        let remote_id = v.iter().position(|&c| c == 0).map(|at| String::from_utf8_lossy(&v[at + 1..]).into_owned());
+        Ok((sent, remote_id))
     }
 
     fn parked_key(&self, key: &ParkedKey) -> Vec<u8> {
@@ -398,7 +393,7 @@ impl State {
         b.0.push((self.key(&["m", group, member]), kind.map(|k| tag(k).as_bytes().to_vec())));
     }
     /// A member added by PATCH, with the remote id it was added as (for its removal after the
-    /// member itself is gone: [`State::member_remote_id`]).
+    /// member itself is gone: [`State::member`]).
     pub fn set_member_added(&self, b: &mut Batch, group: &str, member: &str, kind: Kind, remote_id: &str) {
         b.0.push((self.key(&["m", group, member]), Some(format!("{}\0{remote_id}", tag(kind)).into_bytes())));
     }
