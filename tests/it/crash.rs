@@ -3,7 +3,7 @@
 //! half-applied, the hash chain verifies, the read models equal a replay of the log, and (with
 //! NATS) every committed event is in the stream exactly once.
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -31,33 +31,21 @@ impl Drop for Proc {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
+/// Starts the real binary on `dir` (through [`crate::support::serving`]: it binds
+/// `127.0.0.1:0` and says where).
 pub async fn start(dir: &std::path::Path, nats: Option<&str>) -> Proc {
-    let port = free_port();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_scimlog"));
     // The check after the crashes reads every acknowledged write at once from one token: not
     // what the rate limit is for (tested in `trust`), so it is off here.
-    cmd.args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--token", TOKEN, "--rate-limit-per-s", "0"])
+    cmd.args(["serve", "--listen", "127.0.0.1:0", "--token", TOKEN, "--rate-limit-per-s", "0"])
         .args(["--admin-token", crate::support::ADMIN_TOKEN, "--allow-private-networks"])
         .arg("--data-dir")
         .arg(dir)
-        .env("SCIMLOG_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
+        .env("SCIMLOG_LOG", "warn");
     if let Some(url) = nats {
         cmd.args(["--nats-url", url]);
     }
-    let child = cmd.spawn().expect("the scimlog binary starts");
-    let base = format!("http://127.0.0.1:{port}");
-    let client = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while client.get(format!("{base}/healthz")).send().await.is_err() {
-        assert!(Instant::now() < deadline, "scimlog did not come up");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let (child, base) = crate::support::serving(cmd, None).await;
     Proc { child, base }
 }
 
@@ -90,9 +78,10 @@ async fn crash_rounds(rounds: usize, nats: Option<&NatsServer>) {
     let mut all_groups: Vec<(String, Outcome)> = Vec::new();
     for round in 0..rounds {
         let mut p = start(&dir, nats.map(|n| n.url()).as_deref()).await;
+        let acked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let mut tasks = Vec::new();
         for w in 0..8 {
-            let (client, base) = (client.clone(), p.base.clone());
+            let (client, base, acked) = (client.clone(), p.base.clone(), acked.clone());
             tasks.push(tokio::spawn(async move {
                 let mut out = Vec::new();
                 for i in 0.. {
@@ -118,6 +107,7 @@ async fn crash_rounds(rounds: usize, nats: Option<&NatsServer>) {
                         .await;
                     let outcome = match r {
                         Ok(r) if r.status() == 201 => {
+                            acked.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                             let b = read(r).await.body;
                             (name.clone(), Outcome::Acked, b["id"].as_str().map(String::from))
                         }
@@ -132,7 +122,16 @@ async fn crash_rounds(rounds: usize, nats: Option<&NatsServer>) {
                 out
             }));
         }
-        tokio::time::sleep(Duration::from_millis(30 + rng.next() % 250)).await;
+        // The kill comes after a random number of answered writes, then a random few ms: so
+        // every round writes, however slow a loaded machine answers (a kill at a random time
+        // after the start wrote nothing in some rounds of a busy CI run).
+        let (target, deadline) = (8 + rng.next() as usize % 400, Instant::now() + Duration::from_secs(60));
+        while acked.load(std::sync::atomic::Ordering::Relaxed) < target {
+            let n = acked.load(std::sync::atomic::Ordering::Relaxed);
+            assert!(Instant::now() < deadline, "round {round}: {n} of {target} writes answered in 60 s");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(rng.next() % 20)).await;
         p.child.kill().unwrap(); // SIGKILL
         p.child.wait().unwrap();
         for t in tasks {

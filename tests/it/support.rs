@@ -2,6 +2,8 @@
 //! small SCIM client.
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use reqwest::header::HeaderMap;
 use reqwest::{Method, StatusCode};
@@ -604,4 +606,67 @@ impl TcpProxy {
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", self.port)).await.unwrap();
         self.serve(listener);
     }
+}
+
+/// Spawns `cmd`, a `scimlog serve … --listen 127.0.0.1:0`, and answers the child and the base
+/// URL it printed once serving. The port is the child's own pick: a port picked by the test
+/// and bound by the child later could be taken in between (by another test's server or any
+/// connection's ephemeral port), and the test would talk to somebody else's server or wait for
+/// one that exited. A child that exits before it serves fails the test with its stderr: the
+/// last 64 KiB of it, or the file `stderr_to` when it goes there.
+pub async fn serving(
+    mut cmd: std::process::Command,
+    stderr_to: Option<&std::path::Path>,
+) -> (std::process::Child, String) {
+    use std::process::Stdio;
+    cmd.stdout(Stdio::piped());
+    match stderr_to {
+        Some(path) => cmd.stderr(std::fs::File::create(path).unwrap()),
+        None => cmd.stderr(Stdio::piped()),
+    };
+    let mut child = cmd.spawn().expect("the scimlog binary starts");
+    let tail = child.stderr.take().map(tail_of);
+    let said = || match (&tail, stderr_to) {
+        (Some(t), _) => String::from_utf8_lossy(&t.lock().unwrap()).into_owned(),
+        (None, Some(path)) => std::fs::read_to_string(path).unwrap_or_default(),
+        (None, None) => String::new(),
+    };
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        // Read to the end, so that the child never blocks on a full pipe.
+        for line in stdout.lines().map_while(Result::ok) {
+            if let Some(url) = line.strip_prefix("scimlog serving SCIM at ") {
+                let _ = tx.send(url.trim_end_matches("/scim/v2").to_string());
+            }
+        }
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(base) = rx.try_recv() {
+            return (child, base);
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("scimlog exited before serving ({status}); its stderr:\n{}", said());
+        }
+        assert!(std::time::Instant::now() < deadline, "scimlog did not come up in 30 s; its stderr:\n{}", said());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The last 64 KiB a child wrote to `pipe`, read by a thread until the pipe closes.
+fn tail_of(mut pipe: impl std::io::Read + Send + 'static) -> Arc<Mutex<Vec<u8>>> {
+    let tail = Arc::new(Mutex::new(Vec::new()));
+    let kept = tail.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n @ 1..) = pipe.read(&mut buf) {
+            let mut t = kept.lock().unwrap();
+            t.extend_from_slice(&buf[..n]);
+            let over = t.len().saturating_sub(64 << 10);
+            t.drain(..over);
+        }
+    });
+    tail
 }

@@ -3,7 +3,7 @@
 //! caller's `traceparent` through the request, the decision, the commit (linked) and the publish,
 //! and on to the NATS message's `traceparent` header, where a subscriber continues it.
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -56,27 +56,17 @@ impl Drop for Traced {
 }
 
 async fn start_traced(dir: &std::path::Path, otlp: &str, nats: &str) -> Traced {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let log = dir.join("stderr.log");
-    let child = Command::new(env!("CARGO_BIN_EXE_scimlog"))
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--token", TOKEN, "--nats-url", nats])
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_scimlog"));
+    cmd.args(["serve", "--listen", "127.0.0.1:0", "--token", TOKEN, "--nats-url", nats])
         .arg("--data-dir")
         .arg(dir.join("data"))
         .env("OTEL_EXPORTER_OTLP_ENDPOINT", otlp)
         .env("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")
         .env("OTEL_BSP_SCHEDULE_DELAY", "50")
         .env("OTEL_SERVICE_NAME", "scimlog-under-test")
-        .env("SCIMLOG_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .expect("the scimlog binary starts");
-    let base = format!("http://127.0.0.1:{port}");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while reqwest::get(format!("{base}/livez")).await.is_err() {
-        assert!(Instant::now() < deadline, "scimlog did not come up");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        .env("SCIMLOG_LOG", "info");
+    let (child, base) = crate::support::serving(cmd, Some(&log)).await;
     Traced { child, base, log }
 }
 
