@@ -8,6 +8,8 @@
 //! generation empties the cache; a view taken while such a commit was under way, or of an older
 //! generation, reads its nodes from itself and keeps nothing. Users joining and leaving groups
 //! (an IdP's daily traffic) change no node and keep the cache.
+//!
+//! The same nodes name the groups of a user in SCIM answers (a user's `groups`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -53,6 +55,22 @@ impl GroupCache {
             }),
             _ => access::effective(view, t, user, budget, limit),
         }
+    }
+
+    /// A group's displayName, `None` when the group does not exist: from the kept node when
+    /// there is one (kept by the same rules as [`Self::effective`]'s, so never stale), else
+    /// read. A user's `groups` in SCIM answers name each group: without this, every group of
+    /// every user rendered was a point read and a decode of the whole group document.
+    pub fn display_name(&self, view: &StateView<'_>, t: &str, group: &str) -> Option<String> {
+        let name = match view.group_generation() {
+            Some(generation) if self.max > 0 => {
+                self.node(view, generation, t, group, self.node_limit).display_name.clone()
+            }
+            _ => return scimlog_projections::query::group(view, t, group).map(|g| g.display_name),
+        };
+        // A node of a group that does not exist has no name (a group's displayName is never
+        // empty: parsing refuses it).
+        (!name.is_empty()).then_some(name)
     }
 
     fn node(&self, view: &StateView<'_>, generation: u64, t: &str, group: &str, limit: usize) -> Arc<GroupNode> {

@@ -118,8 +118,9 @@ pub struct ServeConfig {
     /// How many resources a filter on unindexed attributes may read before it is refused.
     #[arg(long, env = "SCIMLOG_MAX_SCAN", default_value_t = 200_000, help_heading = "SCIM limits")]
     pub max_scan: usize,
-    /// Most groups whose name, grants and parent groups the access answers keep in memory
-    /// (emptied when a group's name, grants or parents change; at the limit it starts over).
+    /// Most groups whose name, grants and parent groups the access answers keep in memory (the
+    /// names also name a user's groups in SCIM answers; emptied when a group's name, grants or
+    /// parents change; at the limit it starts over).
     /// 0: none kept, every answer reads every group from the store.
     #[arg(
         long,

@@ -53,14 +53,24 @@ pub fn location(base: &str, kind: ResourceKind, id: &str) -> String {
 }
 
 /// A user as SCIM JSON. The document is taken, not borrowed: its attributes move into the
-/// answer instead of being copied (a GET renders each document once).
-pub fn user(kv: &impl KvRead, t: &str, base: &str, doc: UserDoc, proj: &Projection, shape: GrantShape) -> Value {
+/// answer instead of being copied (a GET renders each document once). `group_name` names each
+/// of the user's groups (`None`: the group is gone, and left out).
+pub fn user(
+    kv: &impl KvRead,
+    t: &str,
+    base: &str,
+    doc: UserDoc,
+    proj: &Projection,
+    shape: GrantShape,
+    group_name: impl Fn(&str) -> Option<String>,
+) -> Value {
     let groups = |id: &str| {
         query::groups_of(kv, t, id, usize::MAX)
             .into_iter()
-            .filter_map(|g| query::group(kv, t, &g))
-            .map(|g| {
-                json!({"value": g.id, "$ref": location(base, ResourceKind::Group, &g.id), "display": g.display_name, "type": "direct"})
+            .filter_map(|g| group_name(&g).map(|name| (g, name)))
+            .map(|(g, name)| {
+                let reference = location(base, ResourceKind::Group, &g);
+                json!({"value": g, "$ref": reference, "display": name, "type": "direct"})
             })
             .collect()
     };

@@ -20,12 +20,13 @@ use super::extract::{if_match, if_none_match_hits, Caller, ListQuery, Paging, Pr
 use super::{render, resource_response, scim_response, AppState};
 use crate::command::{Command, Refusal};
 use crate::log::writer::Committed;
+use crate::log::StateView;
 
 /// Renders the current state of one resource with its version, or `None` if it does not exist.
 /// Group members count against `members_left` (what one response may still render, from
 /// `--max-members-rendered`); a group over it is refused, as a whole: never half its members.
 fn render_one(
-    kv: &impl KvRead,
+    kv: &StateView<'_>,
     t: &str,
     state: &AppState,
     kind: ScimKind,
@@ -37,7 +38,7 @@ fn render_one(
     Ok(match kind {
         ScimKind::User => query::user(kv, t, id).map(|d| {
             let version = d.version;
-            (render::user(kv, t, base, d, proj, shape), version)
+            (render::user(kv, t, base, d, proj, shape, group_name(state, kv, t)), version)
         }),
         ScimKind::Group => match query::group(kv, t, id) {
             None => None,
@@ -50,6 +51,11 @@ fn render_one(
             }
         },
     })
+}
+
+/// A group's displayName for a user's `groups`, from the group nodes the access answers keep.
+fn group_name<'a>(state: &'a AppState, view: &'a StateView<'_>, t: &'a str) -> impl Fn(&str) -> Option<String> + 'a {
+    move |group| state.groups.display_name(view, t, group)
 }
 
 fn too_many_members(state: &AppState, id: &str, n: usize) -> ApiError {
@@ -118,7 +124,7 @@ fn render_handed_back(
         return Ok(Some((render::new_user(base, doc, proj, shape), version)));
     }
     let view = state.store.view();
-    let body = render::user(&view, t, base, doc, proj, shape);
+    let body = render::user(&view, t, base, doc, proj, shape, group_name(state, &view, t));
     match view.take_error() {
         Some(e) => Err(e.into()),
         None => Ok(Some((body, version))),

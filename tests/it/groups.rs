@@ -1,7 +1,7 @@
 //! Groups over HTTP, with memberships seen from both sides.
 
 use reqwest::Method;
-use serde_json::json;
+use serde_json::{json, Value};
 
 use crate::support::{q, TestServer};
 
@@ -124,5 +124,67 @@ async fn a_group_patch_without_a_body_has_the_etag_a_get_gives() {
         let got = s.get(&format!("/Groups/{g}")).await;
         assert_eq!(r.header("etag"), got.header("etag"), "{case}");
         assert_eq!(got.body["meta"]["version"].as_str(), got.header("etag"), "{case}");
+    }
+}
+
+/// A user's `groups` name each group as it is now. The names come from the group nodes the
+/// access answers keep in memory; no answer given after a rename or a deletion was acknowledged
+/// may show the old name. GETs race the writes and keep the nodes in use. Every way a user is
+/// answered is asked: a GET, a lookup (a list), and the answer to a PATCH of the user. The
+/// same with the cache off (`--access-cache-groups 0`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_users_groups_are_named_as_they_are_now() {
+    use std::collections::BTreeMap;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    for cache in [100_000, 0] {
+        let s = Arc::new(TestServer::start_configured(|c| c.access_cache_groups = cache).await);
+        let u = s.post("/Users", &json!({"userName": "named"})).await.id();
+        let a = s.post("/Groups", &json!({"displayName": "a0", "members": [{"value": u}]})).await.id();
+        let b = s.post("/Groups", &json!({"displayName": "b", "members": [{"value": u}]})).await.id();
+        let stop = Arc::new(AtomicBool::new(false));
+        let racer = {
+            let (s, path, stop) = (s.clone(), format!("/Users/{u}"), stop.clone());
+            tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    assert_eq!(s.get(&path).await.status, 200);
+                }
+            })
+        };
+        let named = |user: &Value| -> BTreeMap<String, String> {
+            let groups = user["groups"].as_array().map(Vec::as_slice).unwrap_or_default();
+            groups
+                .iter()
+                .map(|g| (g["value"].as_str().unwrap().into(), g["display"].as_str().unwrap().into()))
+                .collect()
+        };
+        let answers = |want: BTreeMap<String, String>, step: String| {
+            let (s, u) = (s.clone(), u.clone());
+            async move {
+                let got = s.get(&format!("/Users/{u}")).await.body;
+                assert_eq!(named(&got), want, "{step}, cache {cache}: GET");
+                let found = s.get(&format!("/Users?filter={}", q("userName eq \"named\""))).await.body;
+                assert_eq!(named(&found["Resources"][0]), want, "{step}, cache {cache}: lookup");
+                let op = json!({"Operations": [{"op": "replace", "path": "title", "value": step}]});
+                let patched = s.send(Method::PATCH, &format!("/Users/{u}"), Some(&op), &[]).await;
+                assert_eq!(named(&patched.body), want, "{step}, cache {cache}: the PATCH's answer");
+            }
+        };
+        let both =
+            |a_name: &str, b_name: &str| BTreeMap::from([(a.clone(), a_name.into()), (b.clone(), b_name.into())]);
+        answers(both("a0", "b"), "created".into()).await;
+        for round in 1..=5 {
+            let rename =
+                json!({"Operations": [{"op": "replace", "path": "displayName", "value": format!("a{round}")}]});
+            assert_eq!(s.send(Method::PATCH, &format!("/Groups/{a}"), Some(&rename), &[]).await.status, 204);
+            answers(both(&format!("a{round}"), "b"), format!("round {round}: a renamed by PATCH")).await;
+        }
+        let put = s.put(&format!("/Groups/{b}"), &json!({"displayName": "b put", "members": [{"value": u}]})).await;
+        assert_eq!(put.status, 200, "{}", put.body);
+        answers(both("a5", "b put"), "b renamed by PUT".into()).await;
+        assert_eq!(s.delete(&format!("/Groups/{a}")).await.status, 204);
+        answers(BTreeMap::from([(b.clone(), "b put".into())]), "a deleted".into()).await;
+        stop.store(true, Ordering::Relaxed);
+        racer.await.unwrap();
     }
 }
