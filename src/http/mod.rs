@@ -18,7 +18,7 @@ pub mod openapi;
 mod outbound;
 pub mod rate;
 mod render;
-mod request_line;
+pub mod request_line;
 mod resource;
 mod search;
 pub mod serve;

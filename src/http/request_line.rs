@@ -50,98 +50,116 @@ impl Default for Rewriter {
 }
 
 impl Rewriter {
-    /// Appends `input`, rewritten, to `out`.
+    /// Appends `input`, rewritten, to `out`. Runs of bytes that stay as they are (a body, a
+    /// header line, the request target up to a byte that matters) are copied in one piece:
+    /// this runs on every byte every connection reads.
     pub fn feed(&mut self, input: &[u8], out: &mut Vec<u8>) {
-        let mut i = 0;
-        while i < input.len() {
-            // A body and passthrough are copied in one piece.
-            match &mut self.state {
-                State::Passthrough => {
-                    out.extend_from_slice(&input[i..]);
-                    return;
-                }
-                State::Body { remaining } => {
-                    let n = (*remaining).min((input.len() - i) as u64) as usize;
-                    out.extend_from_slice(&input[i..i + n]);
-                    i += n;
-                    *remaining -= n as u64;
-                    if *remaining == 0 {
-                        self.state = State::Method;
-                    }
-                    continue;
-                }
-                _ => {}
-            }
-            self.byte(input[i], out);
-            i += 1;
+        out.reserve(input.len());
+        let mut rest = input;
+        while !rest.is_empty() {
+            let used = self.step(rest, out);
+            rest = &rest[used..];
         }
     }
 
-    fn byte(&mut self, b: u8, out: &mut Vec<u8>) {
+    /// Rewrites a prefix of `input` (at least one byte) into `out`; answers its length.
+    fn step(&mut self, input: &[u8], out: &mut Vec<u8>) -> usize {
+        let upto = |stop: &dyn Fn(u8) -> bool| input.iter().position(|b| stop(*b));
         match &mut self.state {
-            State::Method => {
-                out.push(b);
-                if b == b' ' {
-                    self.state = State::Target { in_query: false };
-                }
+            State::Passthrough => {
+                out.extend_from_slice(input);
+                input.len()
             }
-            State::Target { in_query } => match b {
-                b' ' => {
-                    out.push(b);
-                    self.state = State::Version;
+            State::Body { remaining } => {
+                let n = (*remaining).min(input.len() as u64) as usize;
+                out.extend_from_slice(&input[..n]);
+                *remaining -= n as u64;
+                if *remaining == 0 {
+                    self.state = State::Method;
                 }
-                b'\r' | b'\n' => {
-                    // An HTTP/0.9-style line: leave it for hyper to refuse.
-                    out.push(b);
-                    self.state = State::Passthrough;
-                }
-                b'"' | b'<' | b'>' if *in_query => {
-                    out.extend_from_slice(format!("%{b:02X}").as_bytes());
-                }
-                b'?' => {
-                    *in_query = true;
-                    out.push(b);
-                }
-                _ => out.push(b),
-            },
+                n
+            }
+            State::Method => {
+                let Some(i) = upto(&|b| b == b' ') else {
+                    out.extend_from_slice(input);
+                    return input.len();
+                };
+                out.extend_from_slice(&input[..=i]);
+                self.state = State::Target { in_query: false };
+                i + 1
+            }
+            State::Target { in_query } => {
+                let in_query = *in_query;
+                let special =
+                    |b: u8| matches!(b, b' ' | b'\r' | b'\n' | b'?') || (in_query && matches!(b, b'"' | b'<' | b'>'));
+                let Some(i) = upto(&special) else {
+                    out.extend_from_slice(input);
+                    return input.len();
+                };
+                out.extend_from_slice(&input[..i]);
+                self.target_byte(input[i], out);
+                i + 1
+            }
             State::Version => {
-                out.push(b);
-                if b == b'\n' {
-                    self.state = State::Headers { line: Vec::new(), content_length: 0, chunked: false };
-                }
+                let Some(i) = upto(&|b| b == b'\n') else {
+                    out.extend_from_slice(input);
+                    return input.len();
+                };
+                out.extend_from_slice(&input[..=i]);
+                self.state = State::Headers { line: Vec::new(), content_length: 0, chunked: false };
+                i + 1
             }
             State::Headers { line, content_length, chunked } => {
-                out.push(b);
-                if b != b'\n' {
-                    if line.len() < MAX_LINE {
-                        line.push(b);
-                    }
-                    return;
-                }
-                let text = String::from_utf8_lossy(line.strip_suffix(b"\r").unwrap_or(line)).into_owned();
-                line.clear();
+                let end = upto(&|b| b == b'\n');
+                let piece = &input[..end.unwrap_or(input.len())];
+                out.extend_from_slice(&input[..end.map_or(input.len(), |i| i + 1)]);
+                line.extend_from_slice(&piece[..piece.len().min(MAX_LINE.saturating_sub(line.len()))]);
+                let Some(i) = end else { return input.len() };
+                let text = line.strip_suffix(b"\r").unwrap_or(line);
                 if !text.is_empty() {
-                    read_framing(&text, content_length, chunked);
-                    return;
+                    read_framing(text, content_length, chunked);
+                    line.clear();
+                    return i + 1;
                 }
                 self.state = match (*chunked, *content_length) {
                     (true, _) => State::Passthrough,
                     (false, 0) => State::Method,
                     (false, n) => State::Body { remaining: n },
                 };
+                i + 1
             }
-            State::Body { .. } | State::Passthrough => unreachable!("copied in feed"),
+        }
+    }
+
+    /// A byte of the request target that may change the state or be encoded.
+    fn target_byte(&mut self, b: u8, out: &mut Vec<u8>) {
+        match b {
+            b' ' => {
+                out.push(b);
+                self.state = State::Version;
+            }
+            b'\r' | b'\n' => {
+                // An HTTP/0.9-style line: leave it for hyper to refuse.
+                out.push(b);
+                self.state = State::Passthrough;
+            }
+            b'"' | b'<' | b'>' => out.extend_from_slice(format!("%{b:02X}").as_bytes()),
+            b'?' => {
+                self.state = State::Target { in_query: true };
+                out.push(b);
+            }
+            _ => out.push(b),
         }
     }
 }
 
 /// Reads `Content-Length` and `Transfer-Encoding` from one header line.
-fn read_framing(line: &str, content_length: &mut u64, chunked: &mut bool) {
-    let Some((name, value)) = line.split_once(':') else { return };
-    let value = value.trim();
-    if name.eq_ignore_ascii_case("content-length") {
-        *content_length = value.parse().unwrap_or(0);
-    } else if name.eq_ignore_ascii_case("transfer-encoding") {
+fn read_framing(line: &[u8], content_length: &mut u64, chunked: &mut bool) {
+    let Some(colon) = line.iter().position(|b| *b == b':') else { return };
+    let (name, value) = (&line[..colon], &line[colon + 1..]);
+    if name.eq_ignore_ascii_case(b"content-length") {
+        *content_length = std::str::from_utf8(value).ok().and_then(|v| v.trim().parse().ok()).unwrap_or(0);
+    } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
         *chunked = true;
     }
 }
@@ -167,8 +185,9 @@ impl<S: AsyncRead + Unpin> AsyncRead for LenientTargets<S> {
         if this.taken == this.pending.len() {
             this.pending.clear();
             this.taken = 0;
-            let mut raw = [0u8; 8192];
-            let mut raw_buf = ReadBuf::new(&mut raw);
+            // Not zeroed first: the read fills what is used.
+            let mut raw = [std::mem::MaybeUninit::<u8>::uninit(); 8192];
+            let mut raw_buf = ReadBuf::uninit(&mut raw);
             match Pin::new(&mut this.inner).poll_read(cx, &mut raw_buf) {
                 Poll::Ready(Ok(())) => {}
                 other => return other,
@@ -220,6 +239,22 @@ mod tests {
         String::from_utf8(out).unwrap()
     }
 
+    /// A header line longer than [`MAX_LINE`] is passed on whole; the framing of the lines
+    /// after it is still read.
+    #[test]
+    fn long_header_lines_pass_whole() {
+        let long = "x".repeat(MAX_LINE * 2);
+        let input = format!(
+            "POST /a HTTP/1.1\r\nX-Long: {long}\r\nContent-Length: 2\r\n\r\n\"\"GET /b?q=\"1\" HTTP/1.1\r\n\r\n"
+        );
+        let want = format!(
+            "POST /a HTTP/1.1\r\nX-Long: {long}\r\nContent-Length: 2\r\n\r\n\"\"GET /b?q=%221%22 HTTP/1.1\r\n\r\n"
+        );
+        for chunk in [1, 100, 8192, 1 << 20] {
+            assert_eq!(rewrite(&input, chunk), want, "in pieces of {chunk}");
+        }
+    }
+
     #[test]
     fn quotes_in_queries_are_encoded_and_nothing_else_changes() {
         let table = [
@@ -241,9 +276,18 @@ mod tests {
                 "POST /a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\n\"?\"\r\n0\r\n\r\nGET /b?q=\"2\" HTTP/1.1\r\n\r\n",
                 "POST /a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\n\"?\"\r\n0\r\n\r\nGET /b?q=\"2\" HTTP/1.1\r\n\r\n",
             ),
+            // Framing headers are found whatever their case and spacing; two requests in one read.
+            (
+                "PUT /a?q=\"1\" HTTP/1.1\r\ncontent-LENGTH:  3 \r\nX: y\r\n\r\n\"?\"GET /b?q=\"2\"&r=\"3\" HTTP/1.1\r\n\r\n",
+                "PUT /a?q=%221%22 HTTP/1.1\r\ncontent-LENGTH:  3 \r\nX: y\r\n\r\n\"?\"GET /b?q=%222%22&r=%223%22 HTTP/1.1\r\n\r\n",
+            ),
+            // A second `?` is part of the query.
+            ("GET /a?b?c=\"d\" HTTP/1.1\r\n\r\n", "GET /a?b?c=%22d%22 HTTP/1.1\r\n\r\n"),
+            // An HTTP/0.9-style line ends the rewriting: hyper refuses it.
+            ("GET /a?q=\"1\"\r\nGET /b?q=\"2\" HTTP/1.1\r\n\r\n", "GET /a?q=%221%22\r\nGET /b?q=\"2\" HTTP/1.1\r\n\r\n"),
         ];
         for (input, want) in table {
-            for chunk in [1, 2, 7, 4096] {
+            for chunk in [1, 2, 3, 5, 7, 13, 64, 4096] {
                 assert_eq!(rewrite(input, chunk), want, "{input:?} in pieces of {chunk}");
             }
         }
