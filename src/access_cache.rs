@@ -59,8 +59,8 @@ impl GroupCache {
 
     /// A group's displayName, `None` when the group does not exist: from the kept node when
     /// there is one (kept by the same rules as [`Self::effective`]'s, so never stale), else
-    /// read. A user's `groups` in SCIM answers name each group: without this, every group of
-    /// every user rendered was a point read and a decode of the whole group document.
+    /// read. A user's `groups` in SCIM answers name each group, so a page of users in n groups
+    /// each costs n lookups here per user rather than n reads and decodes of group documents.
     pub fn display_name(&self, view: &StateView<'_>, t: &str, group: &str) -> Option<String> {
         let name = match view.group_generation() {
             Some(generation) if self.max > 0 => {
