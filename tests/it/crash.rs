@@ -125,7 +125,7 @@ async fn crash_rounds(rounds: usize, nats: Option<&NatsServer>) {
         // The kill comes after a random number of answered writes, then a random few ms: so
         // every round writes, however slowly a loaded machine answers (a kill at a random time
         // after the start could come before the first answer, or before any group).
-        let (target, deadline) = (8 + rng.next() as usize % 400, Instant::now() + Duration::from_secs(60));
+        let (target, deadline) = (8 + rng.next() as usize % 1500, Instant::now() + Duration::from_secs(60));
         while acked.load(std::sync::atomic::Ordering::Relaxed) < target {
             let n = acked.load(std::sync::atomic::Ordering::Relaxed);
             assert!(Instant::now() < deadline, "round {round}: {n} of {target} writes answered in 60 s");
