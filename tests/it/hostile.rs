@@ -179,24 +179,15 @@ async fn a_storage_failure_answers_503_writes_nothing_and_the_server_goes_on() {
 #[tokio::test]
 async fn default_logs_carry_ids_not_personal_data() {
     let tmp = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let log = tmp.path().join("stderr.log");
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_scimlog"))
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--token", "t"])
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_scimlog"));
+    cmd.args(["serve", "--listen", "127.0.0.1:0", "--token", "t"])
         .arg("--data-dir")
         .arg(tmp.path().join("data"))
-        .env_remove("SCIMLOG_LOG")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let base = format!("http://127.0.0.1:{port}/scim/v2");
+        .env_remove("SCIMLOG_LOG");
+    let (mut child, root) = crate::support::serving(cmd, Some(&log)).await;
+    let base = format!("{root}/scim/v2");
     let client = reqwest::Client::new();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while client.get(format!("http://127.0.0.1:{port}/healthz")).send().await.is_err() {
-        assert!(std::time::Instant::now() < deadline);
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
     let secret_name = "very.private.person@example.com";
     let post = |body: serde_json::Value| {
         let (client, base) = (client.clone(), base.clone());

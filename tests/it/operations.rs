@@ -157,25 +157,15 @@ async fn documentation_uri_points_at_a_page_that_answers() {
 #[tokio::test]
 async fn one_access_log_line_per_request_without_personal_values() {
     let tmp = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let log_path = tmp.path().join("stderr.log");
     let token = "access-log-token-0123456789";
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_scimlog"))
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--token", token, "--data-dir"])
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_scimlog"));
+    cmd.args(["serve", "--listen", "127.0.0.1:0", "--token", token, "--data-dir"])
         .arg(tmp.path().join("data"))
         .env("SCIMLOG_LOG_FORMAT", "json")
-        .env("SCIMLOG_LOG", "info")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(&log_path).unwrap())
-        .spawn()
-        .unwrap();
-    let base = format!("http://127.0.0.1:{port}");
+        .env("SCIMLOG_LOG", "info");
+    let (mut child, base) = crate::support::serving(cmd, Some(&log_path)).await;
     let client = reqwest::Client::new();
-    crate::support::eventually(20, "the server answers", || {
-        let (client, url) = (client.clone(), format!("{base}/readyz"));
-        async move { client.get(url).send().await.is_ok_and(|r| r.status() == 200) }
-    })
-    .await;
     let users = format!("{base}/scim/v2/Users");
     let body = json!({"userName": "secret.person@example.com"});
     let created: serde_json::Value =
