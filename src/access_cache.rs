@@ -15,6 +15,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use scimlog_projections::access::{self, Effective, GroupNode, TooLarge};
+use scimlog_projections::UserHead;
 
 use crate::log::StateView;
 
@@ -45,7 +46,7 @@ impl GroupCache {
         &self,
         view: &StateView<'_>,
         t: &str,
-        user: &str,
+        user: &UserHead,
         budget: usize,
     ) -> Result<Vec<Effective>, TooLarge> {
         let (budget, limit) = (budget.min(self.node_limit), self.node_limit);

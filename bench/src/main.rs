@@ -55,14 +55,15 @@ pub struct Args {
     /// group-push, authentik-sync (every user PUT back unchanged, as authentik's full sync does),
     /// mixed, access (access checks through groups nested 3 deep, then 90% checks with 10% group
     /// pushes), two-tenants (a calm tenant's lookups while another floods), replay,
-    /// publish, outbound (the directory replayed into a SCIM target, and write → target lag), healthz, trivial (an empty axum handler: the HTTP
-    /// stack's ceiling), log-append (raw RocksDB commits: the disk's), stream-append (the
-    /// replicated log stream of cluster mode on a 3-node NATS cluster), cluster-writes (creates
-    /// through a cluster leader against a single node, and the failover time); the last two are
-    /// not in the default list.
+    /// publish, outbound (the directory replayed into a SCIM target, and write → target lag),
+    /// healthz, floor (GET /ServiceProviderConfig: every SCIM layer, no store), trivial (an empty
+    /// axum handler: the HTTP stack's ceiling), log-append (raw RocksDB commits: the disk's),
+    /// stream-append (the replicated log stream of cluster mode on a 3-node NATS cluster),
+    /// cluster-writes (creates through a cluster leader against a single node, and the failover
+    /// time); the last two are not in the default list.
     #[arg(
         long,
-        default_value = "create-users,lookup,get-by-id,startup,okta-import,cursor-import,group-push,authentik-sync,mixed,access,two-tenants,replay,publish,outbound,healthz,trivial,log-append"
+        default_value = "create-users,lookup,get-by-id,startup,okta-import,cursor-import,group-push,authentik-sync,mixed,access,two-tenants,replay,publish,outbound,healthz,floor,trivial,log-append"
     )]
     scenario: String,
     /// Directory sizes, comma-separated: the per-size scenarios run at each.
@@ -82,7 +83,7 @@ pub struct Args {
     #[arg(long, default_value_t = 30)]
     duration_s: u64,
     /// How many times to run each read-only scenario (lookup, get-by-id, list-page, healthz,
-    /// trivial); the table shows the run of median throughput and the spread.
+    /// floor, trivial); the table shows the run of median throughput and the spread.
     #[arg(long, default_value_t = 3)]
     runs: usize,
     /// Time limit for seeding a directory size, in seconds.

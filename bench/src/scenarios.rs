@@ -16,7 +16,7 @@ use crate::target::{Nats, Scimlog, Sink, Trivial, NOISY_TENANT, TOKEN};
 use crate::Args;
 
 /// Scenarios that change nothing, so that running them again measures the same thing.
-const REPEATABLE: &[&str] = &["lookup", "get-by-id", "list-page", "healthz", "trivial"];
+const REPEATABLE: &[&str] = &["lookup", "get-by-id", "list-page", "healthz", "floor", "trivial"];
 
 /// The group access extension's schema (a group's roles and entitlements).
 const GROUP_ACCESS: &str = "urn:scimlog:params:scim:schemas:extension:access:2.0:Group";
@@ -361,6 +361,7 @@ impl Bench {
             "publish" => self.publish().await,
             "outbound" => self.outbound().await,
             "healthz" => self.healthz().await,
+            "floor" => self.floor().await,
             "trivial" => self.trivial().await,
             "log-append" => {
                 for row in log_append(self.args.duration_s.min(5))? {
@@ -1166,6 +1167,30 @@ impl Bench {
                 |mut conn, _| async move {
                     let ok = matches!(conn.get("/healthz").await, Ok((status, _)) if status.is_success());
                     (conn, ok)
+                },
+            )
+            .await;
+        self.push(row);
+        Ok(())
+    }
+
+    /// `GET /ServiceProviderConfig` with the SCIM token: every layer a SCIM read passes through
+    /// (the token gate, request context, metrics, SCIM headers, routing) and an answer from
+    /// memory, no store. What a GET costs beyond it is the store and the rendering.
+    async fn floor(&mut self) -> anyhow::Result<()> {
+        let api = self.api();
+        let row = self
+            .measure(
+                "GET /ServiceProviderConfig (every SCIM layer, a document from memory, no store: our request path's floor)",
+                self.server_pid(),
+                self.args.requests,
+                self.args.limit(),
+                move |mut conn, _| {
+                    let api = api.clone();
+                    async move {
+                        let ok = api.get(&mut conn, "ServiceProviderConfig").await;
+                        (conn, ok)
+                    }
                 },
             )
             .await;

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::fold::load;
 use crate::keys;
 use crate::kv::KvRead;
+use crate::model::UserHead;
 use crate::query;
 
 /// A grant as stored on its subject.
@@ -191,7 +192,7 @@ pub fn groups_transitively(kv: &impl KvRead, t: &str, member: &str, limit: usize
 pub fn effective(
     kv: &impl KvRead,
     t: &str,
-    user: &str,
+    user: &UserHead,
     budget: usize,
     node_limit: usize,
 ) -> Result<Vec<Effective>, TooLarge> {
@@ -251,21 +252,23 @@ pub fn changes_group_nodes(e: &scimlog_schemas::Event) -> bool {
 }
 
 /// [`effective`], with the groups' nodes from `node` (a cache, or the store): the user's own
-/// grants and groups are read from `kv`, then each group above once, breadth first, counting
-/// the memberships read against `limit` as [`groups_transitively`] does.
+/// grants (when its document may hold some) and groups are read from `kv`, then each group
+/// above once, breadth first, counting the memberships read against `limit` as
+/// [`groups_transitively`] does.
 pub fn effective_with(
     kv: &impl KvRead,
     t: &str,
-    user: &str,
+    user: &UserHead,
     limit: usize,
     node: &mut dyn FnMut(&str) -> std::sync::Arc<GroupNode>,
 ) -> Result<Vec<Effective>, TooLarge> {
-    let mut out: Vec<Effective> = grants_of(kv, t, user)
+    let own = if user.may_hold_grants() { grants_of(kv, t, &user.id) } else { Vec::new() };
+    let mut out: Vec<Effective> = own
         .into_iter()
         .map(|g| Effective { urn: g.urn, grant: g.grant, via_group: None, position: g.position })
         .collect();
     let mut budget = Budget::new(limit);
-    let first = query::groups_of(kv, t, user, budget.page());
+    let first = query::groups_of(kv, t, &user.id, budget.page());
     budget.spend(first.len())?;
     let mut seen = BTreeSet::new();
     let mut queue: VecDeque<String> = first.into();

@@ -589,6 +589,80 @@ mod tests {
         assert_eq!(again, kv);
     }
 
+    /// An access check reads a user's grant records only when its document may hold one
+    /// (`UserHead::may_hold_grants`): so no record may outlive its URN in the document. Each row
+    /// is a user's story; after every event, each grant record of the user must have its URN in
+    /// the stored document, as the access answers decode it.
+    #[test]
+    fn a_users_grant_records_never_outlive_the_urn_in_its_document() {
+        use ResourceKind::User as U;
+        const ADMIN: &str = "urn:scimlog:role:environment:prod:admin";
+        const RG: &str = "urn:scimlog:entitlement:resource-group:rg-a";
+        let created = |attributes: Value| B::UserCreated { attributes: attrs(attributes), active: Some(true) };
+        let role = |urn: &str| B::RoleAssigned { role: urn.into(), value: json!({"value": urn}) };
+        let entitlement = |urn: &str| B::EntitlementGranted { entitlement: urn.into(), value: json!({"value": urn}) };
+        let update = |changed: Value, removed: &[&str]| B::UserUpdated {
+            changed: attrs(changed),
+            removed: removed.iter().map(|r| r.to_string()).collect(),
+        };
+        let stories: Vec<(&str, Vec<B>)> = vec![
+            (
+                "assigned, then revoked",
+                vec![created(json!({"userName": "a"})), role(ADMIN), B::RoleRevoked { role: ADMIN.into() }],
+            ),
+            (
+                "an update replaces the plain roles",
+                vec![
+                    created(json!({"userName": "a", "roles": [{"value": "Employee"}]})),
+                    role(ADMIN),
+                    update(json!({"roles": [{"value": "Contractor"}]}), &[]),
+                ],
+            ),
+            (
+                "an update removes roles and entitlements",
+                vec![
+                    created(json!({"userName": "a"})),
+                    role(ADMIN),
+                    entitlement(RG),
+                    update(json!({}), &["roles", "entitlements"]),
+                ],
+            ),
+            (
+                "an update sets roles to something not a list",
+                vec![
+                    created(json!({"userName": "a"})),
+                    role(&ADMIN.to_uppercase()),
+                    update(json!({"roles": "x"}), &[]),
+                ],
+            ),
+            (
+                "deactivated, reactivated, updated",
+                vec![
+                    created(json!({"userName": "a"})),
+                    entitlement(RG),
+                    B::UserDeactivated {},
+                    B::UserReactivated {},
+                    update(json!({"userName": "b"}), &[]),
+                ],
+            ),
+            ("deleted", vec![created(json!({"userName": "a"})), role(ADMIN), B::UserDeleted {}]),
+        ];
+        for (story, bodies) in stories {
+            let mut kv = MemKv::default();
+            for (i, body) in bodies.into_iter().enumerate() {
+                let position = i as u64 + 1;
+                apply(&mut kv, &ev(position, U, "u1", position, body));
+                let records = crate::access::grants_of(&kv, "t", "u1");
+                let head = query::user_head(&kv, "t", "u1");
+                let may = head.as_ref().is_some_and(|h| h.may_hold_grants());
+                assert!(records.is_empty() || may, "{story}, event {position}: records {records:?}, head {head:?}");
+                if let Some(doc) = query::user(&kv, "t", "u1") {
+                    assert_eq!(head, Some(doc.head()), "{story}, event {position}");
+                }
+            }
+        }
+    }
+
     #[test]
     fn group_deletion_ends_memberships_both_ways() {
         use ResourceKind::{Group as G, User as U};

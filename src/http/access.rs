@@ -258,7 +258,7 @@ fn user_access_of(
     user: &UserHead,
     budget: usize,
 ) -> Result<UserAccess, Expand> {
-    let grants = groups.effective(view, t, &user.id, budget)?.iter().map(GrantView::from).collect();
+    let grants = groups.effective(view, t, user, budget)?.iter().map(GrantView::from).collect();
     Ok(UserAccess {
         user_id: user.id.clone(),
         user_name: user.user_name().to_string(),
@@ -382,7 +382,7 @@ fn decide_access(
         return Ok(refused(Some(&u.id), format!("environment {env:?} does not exist")));
     };
     let environment = scope.as_environment(&cfg.default_organization);
-    let effective = groups.effective(kv, t, &u.id, budget)?;
+    let effective = groups.effective(kv, t, &u, budget)?;
     Ok(match effective.iter().find(|e| access::allows(e, role, environment)) {
         Some(e) => {
             let how = match &e.via_group {

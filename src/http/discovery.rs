@@ -27,6 +27,11 @@ fn document(text: &str) -> Value {
     serde_json::from_str(text).expect("compiled-in discovery documents are JSON")
 }
 
+/// The compiled-in ServiceProviderConfig, parsed once: the configured limits are filled into a
+/// copy per request.
+static SERVICE_PROVIDER_CONFIG: std::sync::LazyLock<Value> =
+    std::sync::LazyLock::new(|| document(SERVICE_PROVIDER_CONFIG_JSON));
+
 /// Relative `meta.location`s in the documents are made absolute.
 fn absolute(mut v: Value, base: &str) -> Value {
     if let Some(loc) = v.pointer_mut("/meta/location") {
@@ -38,7 +43,7 @@ fn absolute(mut v: Value, base: &str) -> Value {
 }
 
 async fn service_provider_config(State(s): State<AppState>, caller: super::extract::Caller) -> Response {
-    let mut doc = absolute(document(SERVICE_PROVIDER_CONFIG_JSON), &s.scim_base);
+    let mut doc = absolute(SERVICE_PROVIDER_CONFIG.clone(), &s.scim_base);
     doc["filter"]["maxResults"] = s.cfg.max_page_size.into();
     doc["bulk"] = serde_json::json!({
         "supported": true,

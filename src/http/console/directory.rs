@@ -362,7 +362,7 @@ fn user_page(s: &AppState, session: &Session, id: &str, p: &UserParams) -> Resul
     let groups = member_of.into_iter().map(|g| (name_of(&g), g)).collect();
     let grants = s
         .groups
-        .effective(&view, t, id, s.cfg.max_scan)
+        .effective(&view, t, &doc.head(), s.cfg.max_scan)
         .map_err(|e| ConsoleError::BadRequest(e.to_string()))?
         .into_iter()
         .map(|e| GrantRow { urn: e.urn, via: e.via_group, position: e.position })
