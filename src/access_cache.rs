@@ -31,8 +31,32 @@ pub struct GroupCache {
 #[derive(Default)]
 struct Kept {
     generation: u64,
-    /// (tenant, group id) → node.
-    nodes: HashMap<(String, String), Arc<GroupNode>>,
+    /// tenant → group id → node: looked up by `&str` without building a key (an access check
+    /// through nested groups looks up a dozen nodes).
+    nodes: HashMap<String, HashMap<String, Arc<GroupNode>>>,
+    /// How many nodes `nodes` holds.
+    count: usize,
+}
+
+impl Kept {
+    fn get(&self, t: &str, group: &str) -> Option<&Arc<GroupNode>> {
+        self.nodes.get(t)?.get(group)
+    }
+
+    fn clear(&mut self) {
+        self.nodes.clear();
+        self.count = 0;
+    }
+
+    fn insert(&mut self, t: &str, group: &str, node: Arc<GroupNode>) {
+        let tenant = match self.nodes.get_mut(t) {
+            Some(tenant) => tenant,
+            None => self.nodes.entry(t.to_string()).or_default(),
+        };
+        if tenant.insert(group.to_string(), node).is_none() {
+            self.count += 1;
+        }
+    }
 }
 
 impl GroupCache {
@@ -75,15 +99,14 @@ impl GroupCache {
     }
 
     fn node(&self, view: &StateView<'_>, generation: u64, t: &str, group: &str, limit: usize) -> Arc<GroupNode> {
-        let key = (t.to_string(), group.to_string());
         {
             let mut kept = self.inner.lock().expect("group cache lock");
             if kept.generation < generation {
                 kept.generation = generation;
-                kept.nodes.clear();
+                kept.clear();
             }
             if kept.generation == generation {
-                if let Some(n) = kept.nodes.get(&key) {
+                if let Some(n) = kept.get(t, group) {
                     return n.clone();
                 }
             }
@@ -93,11 +116,58 @@ impl GroupCache {
         let mut kept = self.inner.lock().expect("group cache lock");
         // A node read while the store failed may be short: the answer fails, and keeps nothing.
         if kept.generation == generation && !view.failed() {
-            if kept.nodes.len() >= self.max {
-                kept.nodes.clear();
+            if kept.count >= self.max {
+                kept.clear();
             }
-            kept.nodes.insert(key, node.clone());
+            kept.insert(t, group, node.clone());
         }
         node
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::log::Store;
+    use scimlog_projections::{keys, GroupDoc};
+
+    /// The cache keeps at most `--access-cache-groups` nodes, per tenant apart, and a full cache
+    /// starts over without changing an answer.
+    #[test]
+    fn kept_nodes_are_bounded_and_kept_per_tenant() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let group = |t: &str, id: &str, name: &str| {
+            let at = chrono::Utc::now();
+            let doc = GroupDoc {
+                id: id.into(),
+                version: 1,
+                created: at,
+                last_modified: at,
+                display_name: name.into(),
+                attributes: Default::default(),
+                member_count: 0,
+            };
+            (keys::group(t, id), Some(serde_json::to_vec(&doc).unwrap()))
+        };
+        // The same group id in two tenants, and a third group.
+        let writes = [group("a", "g1", "Ops of a"), group("b", "g1", "Ops of b"), group("a", "g2", "Sales")];
+        store.commit(&[], writes.into_iter(), vec![], true).unwrap();
+        let cache = GroupCache::new(2, 100);
+        let cases = [
+            ("a", "g1", Some("Ops of a"), 1),
+            ("b", "g1", Some("Ops of b"), 2),
+            ("a", "g1", Some("Ops of a"), 2),
+            // The third node finds the cache full: it starts over with that node alone.
+            ("a", "g2", Some("Sales"), 1),
+            ("b", "g1", Some("Ops of b"), 2),
+            ("a", "nope", None, 1),
+        ];
+        for (i, (t, id, name, kept)) in cases.into_iter().enumerate() {
+            let view = store.view();
+            assert!(view.group_generation().is_some(), "a view of an idle store has a generation");
+            assert_eq!(cache.display_name(&view, t, id).as_deref(), name, "step {i}: {t}/{id}");
+            assert_eq!(cache.inner.lock().unwrap().count, kept, "step {i}: nodes kept");
+        }
     }
 }
