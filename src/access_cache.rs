@@ -9,13 +9,16 @@
 //! generation, reads its nodes from itself and keeps nothing. Users joining and leaving groups
 //! (an IdP's daily traffic) change no node and keep the cache.
 //!
-//! The same nodes name the groups of a user in SCIM answers (a user's `groups`).
+//! The same nodes name the groups of a user in SCIM answers (a user's `groups`). The scopes that
+//! exist (an access check's environment) are kept by the same rules: a commit that creates one
+//! moves the generation on too.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use scimlog_projections::access::{self, Effective, GroupNode, TooLarge};
+use scimlog_projections::access::{self, Effective, GroupNode, ScopeDoc, TooLarge};
 use scimlog_projections::UserHead;
+use scimlog_schemas::access::ScopeKind;
 
 use crate::log::StateView;
 
@@ -28,35 +31,40 @@ pub struct GroupCache {
     inner: Mutex<Kept>,
 }
 
+/// tenant → key → kept value: looked up by `&str` without building a key (an access check
+/// through nested groups looks up a dozen nodes).
+type PerTenant<V> = HashMap<String, HashMap<String, V>>;
+
 #[derive(Default)]
 struct Kept {
     generation: u64,
-    /// tenant → group id → node: looked up by `&str` without building a key (an access check
-    /// through nested groups looks up a dozen nodes).
-    nodes: HashMap<String, HashMap<String, Arc<GroupNode>>>,
-    /// How many nodes `nodes` holds.
+    /// Group nodes by group id.
+    nodes: PerTenant<Arc<GroupNode>>,
+    /// Scopes that exist, by `access::scope_key` (what is not found is not kept).
+    scopes: PerTenant<Arc<ScopeDoc>>,
+    /// How many nodes and scopes are kept together.
     count: usize,
 }
 
 impl Kept {
-    fn get(&self, t: &str, group: &str) -> Option<&Arc<GroupNode>> {
-        self.nodes.get(t)?.get(group)
-    }
-
     fn clear(&mut self) {
         self.nodes.clear();
+        self.scopes.clear();
         self.count = 0;
     }
+}
 
-    fn insert(&mut self, t: &str, group: &str, node: Arc<GroupNode>) {
-        let tenant = match self.nodes.get_mut(t) {
-            Some(tenant) => tenant,
-            None => self.nodes.entry(t.to_string()).or_default(),
-        };
-        if tenant.insert(group.to_string(), node).is_none() {
-            self.count += 1;
-        }
-    }
+fn kept_in<'a, V>(map: &'a PerTenant<V>, t: &str, key: &str) -> Option<&'a V> {
+    map.get(t)?.get(key)
+}
+
+/// Keeps `value`; whether it was new.
+fn keep_in<V>(map: &mut PerTenant<V>, t: &str, key: &str, value: V) -> bool {
+    let tenant = match map.get_mut(t) {
+        Some(tenant) => tenant,
+        None => map.entry(t.to_string()).or_default(),
+    };
+    tenant.insert(key.to_string(), value).is_none()
 }
 
 impl GroupCache {
@@ -98,7 +106,47 @@ impl GroupCache {
         (!name.is_empty()).then_some(name)
     }
 
+    /// An organization, environment or resource group by its slug (any case), `None` when it
+    /// does not exist: kept by the same rules as the group nodes (a commit that creates a scope
+    /// moves the generation on, see `access::changes_kept_nodes`), else read.
+    pub fn scope(&self, view: &StateView<'_>, t: &str, kind: ScopeKind, slug: &str) -> Option<Arc<ScopeDoc>> {
+        let read = || access::scope(view, t, kind, slug).map(Arc::new);
+        match view.group_generation() {
+            Some(generation) if self.max > 0 => {
+                let key = access::scope_key(kind, slug);
+                self.through(
+                    view,
+                    generation,
+                    |kept| kept_in(&kept.scopes, t, &key).cloned(),
+                    read,
+                    |kept, scope| keep_in(&mut kept.scopes, t, &key, scope),
+                )
+            }
+            _ => read(),
+        }
+    }
+
     fn node(&self, view: &StateView<'_>, generation: u64, t: &str, group: &str, limit: usize) -> Arc<GroupNode> {
+        let node = self.through(
+            view,
+            generation,
+            |kept| kept_in(&kept.nodes, t, group).cloned(),
+            || Some(Arc::new(access::group_node(view, t, group, limit))),
+            |kept, node| keep_in(&mut kept.nodes, t, group, node),
+        );
+        node.expect("a group node is always read")
+    }
+
+    /// What `get` finds kept for `generation`, else what `read` reads from `view`, kept when it
+    /// is something (`put` says whether it was new).
+    fn through<T: Clone>(
+        &self,
+        view: &StateView<'_>,
+        generation: u64,
+        get: impl Fn(&Kept) -> Option<T>,
+        read: impl FnOnce() -> Option<T>,
+        put: impl FnOnce(&mut Kept, T) -> bool,
+    ) -> Option<T> {
         {
             let mut kept = self.inner.lock().expect("group cache lock");
             if kept.generation < generation {
@@ -106,22 +154,24 @@ impl GroupCache {
                 kept.clear();
             }
             if kept.generation == generation {
-                if let Some(n) = kept.get(t, group) {
-                    return n.clone();
+                if let Some(found) = get(&kept) {
+                    return Some(found);
                 }
             }
         }
         // Read outside the lock: other answers go on meanwhile.
-        let node = Arc::new(access::group_node(view, t, group, limit));
+        let value = read()?;
         let mut kept = self.inner.lock().expect("group cache lock");
-        // A node read while the store failed may be short: the answer fails, and keeps nothing.
+        // A value read while the store failed may be short: the answer fails, and keeps nothing.
         if kept.generation == generation && !view.failed() {
             if kept.count >= self.max {
                 kept.clear();
             }
-            kept.insert(t, group, node.clone());
+            if put(&mut kept, value.clone()) {
+                kept.count += 1;
+            }
         }
-        node
+        Some(value)
     }
 }
 
@@ -168,6 +218,41 @@ mod tests {
             assert!(view.group_generation().is_some(), "a view of an idle store has a generation");
             assert_eq!(cache.display_name(&view, t, id).as_deref(), name, "step {i}: {t}/{id}");
             assert_eq!(cache.inner.lock().unwrap().count, kept, "step {i}: nodes kept");
+        }
+    }
+
+    /// Scopes that exist are kept beside the nodes, per tenant, within the same bound; a scope
+    /// not found is not kept (a client naming environments at random fills nothing).
+    #[test]
+    fn kept_scopes_are_those_found_per_tenant_within_the_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let env = |t: &str, slug: &str, organization: &str| {
+            let doc = ScopeDoc {
+                kind: ScopeKind::Environment,
+                slug: slug.into(),
+                created: chrono::Utc::now(),
+                created_by: "test".into(),
+                position: 1,
+                organization: Some(organization.into()),
+            };
+            (keys::scope(t, ScopeKind::Environment.as_str(), slug), Some(serde_json::to_vec(&doc).unwrap()))
+        };
+        let writes = [env("a", "prod", "org-a"), env("b", "prod", "org-b"), env("a", "stage", "org-a")];
+        store.commit(&[], writes.into_iter(), vec![], true).unwrap();
+        let cache = GroupCache::new(2, 100);
+        let cases = [
+            ("a", "prod", Some("org-a"), 1),
+            ("a", "PROD", Some("org-a"), 1),
+            ("b", "prod", Some("org-b"), 2),
+            ("a", "nope", None, 2),
+            ("a", "stage", Some("org-a"), 1),
+        ];
+        for (i, (t, slug, organization, kept)) in cases.into_iter().enumerate() {
+            let view = store.view();
+            let found = cache.scope(&view, t, ScopeKind::Environment, slug);
+            assert_eq!(found.as_ref().and_then(|d| d.organization.as_deref()), organization, "step {i}: {t}/{slug}");
+            assert_eq!(cache.inner.lock().unwrap().count, kept, "step {i}: kept");
         }
     }
 }

@@ -200,7 +200,7 @@ pub fn effective(
 }
 
 /// What an access answer needs of one group: its name, its own grants, and the groups it is a
-/// member of. It changes only with an event of the group itself ([`changes_group_nodes`]), never
+/// member of. It changes only with an event of the group itself ([`changes_kept_nodes`]), never
 /// when a user joins or leaves it, so it can be kept between answers.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct GroupNode {
@@ -220,9 +220,12 @@ pub fn group_node(kv: &impl KvRead, t: &str, group: &str, limit: usize) -> Group
     }
 }
 
-/// Whether an event changes a [`GroupNode`]: a group renamed or deleted, a group put in or taken
-/// out of a group, a group's role or entitlement. A user joining or leaving a group does not.
-pub fn changes_group_nodes(e: &scimlog_schemas::Event) -> bool {
+/// Whether an event changes what the access answers keep from one commit to the next: a
+/// [`GroupNode`] (a group renamed or deleted, a group put in or taken out of a group, a group's
+/// role or entitlement; a user joining or leaving a group does not), or the scopes that exist
+/// (an organization, environment or resource group created, which is rare: the first grant
+/// that names it).
+pub fn changes_kept_nodes(e: &scimlog_schemas::Event) -> bool {
     use scimlog_schemas::{EventBody as B, MemberType, ResourceKind};
     match &e.body {
         B::GroupRenamed { .. } | B::GroupDeleted {} => true,
@@ -233,6 +236,7 @@ pub fn changes_group_nodes(e: &scimlog_schemas::Event) -> bool {
         | B::RoleRevoked { .. }
         | B::EntitlementGranted { .. }
         | B::EntitlementRevoked { .. } => e.resource_type == ResourceKind::Group,
+        B::OrganizationCreated { .. } | B::EnvironmentCreated { .. } | B::ResourceGroupCreated { .. } => true,
         B::UserCreated { .. }
         | B::UserUpdated { .. }
         | B::UserDeactivated {}
@@ -241,9 +245,6 @@ pub fn changes_group_nodes(e: &scimlog_schemas::Event) -> bool {
         | B::UserErased { .. }
         | B::GroupCreated { .. }
         | B::GroupUpdated { .. }
-        | B::OrganizationCreated { .. }
-        | B::EnvironmentCreated { .. }
-        | B::ResourceGroupCreated { .. }
         | B::HostUserLinked { .. }
         | B::HostUserUnlinked { .. }
         | B::TokenCreated { .. }

@@ -378,7 +378,7 @@ fn decide_access(
     if !u.is_active() {
         return Ok(refused(Some(&u.id), "the user is deactivated".into()));
     }
-    let Some(scope) = access::scope(kv, t, ScopeKind::Environment, env) else {
+    let Some(scope) = groups.scope(kv, t, ScopeKind::Environment, env) else {
         return Ok(refused(Some(&u.id), format!("environment {env:?} does not exist")));
     };
     let environment = scope.as_environment(&cfg.default_organization);

@@ -97,9 +97,9 @@ pub struct Store {
     faults: FaultInjector,
     /// A secondary instance's own directory, removed when the last clone goes.
     _scratch: Option<Arc<tempfile::TempDir>>,
-    /// Counts commits that change a group node (`access::changes_group_nodes`): odd while one
-    /// is being committed, so that a view knows whether group nodes kept from another view of
-    /// the same generation are its own (see [`StateView::group_generation`]).
+    /// Counts commits that change a group node or create a scope (`access::changes_kept_nodes`):
+    /// odd while one is being committed, so that a view knows whether group nodes kept from
+    /// another view of the same generation are its own (see [`StateView::group_generation`]).
     group_generation: Arc<AtomicU64>,
 }
 

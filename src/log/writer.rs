@@ -793,7 +793,7 @@ struct BatchFacts {
 impl BatchFacts {
     /// Notes an event; answers whether it erased its person (whose key the batch must drop).
     fn note(&mut self, event: &Event) -> bool {
-        self.group_nodes_changed |= scimlog_projections::access::changes_group_nodes(event);
+        self.group_nodes_changed |= scimlog_projections::access::changes_kept_nodes(event);
         let who = || (event.tenant.clone(), event.resource_id.clone());
         match event.body {
             EventBody::UserErased { .. } => {

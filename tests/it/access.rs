@@ -332,6 +332,46 @@ async fn kept_group_nodes_never_outlive_the_write_that_changed_them() {
     }
 }
 
+/// An environment comes into being with the first grant that names it: the check right after
+/// that grant's answer finds it (by any case of its slug), while other checks race the writes.
+/// With the kept scopes and without.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_environment_is_found_by_the_first_check_after_the_grant_that_created_it() {
+    for cache in [100_000, 0] {
+        let s = std::sync::Arc::new(TestServer::start_configured(|c| c.access_cache_groups = cache).await);
+        let u = s.post("/Users", &json!({"userName": "newcomer@x.org"})).await.id();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let racer = {
+            let (s, u, stop) = (s.clone(), u.clone(), stop.clone());
+            tokio::spawn(async move {
+                for round in 0.. {
+                    if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        break;
+                    }
+                    check(&s, &u, "viewer", &format!("stage-{}", round % 5)).await;
+                }
+            })
+        };
+        for round in 0..5 {
+            let env = format!("stage-{round}");
+            let before = check(&s, &u, "viewer", &env).await;
+            assert_eq!(before["allowed"], false, "round {round}, cache {cache}: {before}");
+            let said = before["reason"].as_str().unwrap_or_default();
+            assert!(said.contains("does not exist"), "round {round}, cache {cache}: {said}");
+            let role = format!("urn:scimlog:role:environment:{env}:viewer");
+            let add = json!({"Operations": [{"op": "add", "path": "roles", "value": [role]}]});
+            let r = s.send(Method::PATCH, &format!("/Users/{u}"), Some(&add), &[]).await;
+            assert_eq!(r.status, 200, "{}", r.body);
+            for name in [env.clone(), env.to_uppercase()] {
+                let after = check(&s, &u, "viewer", &name).await;
+                assert_eq!(after["allowed"], true, "round {round}, cache {cache}, {name}: {after}");
+            }
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        racer.await.unwrap();
+    }
+}
+
 /// An answer that meets at most `--access-inline-memberships` memberships is computed on the
 /// request's worker; a larger one on the blocking pool with the whole `--max-scan`, and says the
 /// same; one larger than `--max-scan` is refused wherever it runs.
