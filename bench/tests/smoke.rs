@@ -20,7 +20,7 @@ fn every_scenario_runs_and_reports_without_errors() {
             "--connections",
             "8",
             "--scenario",
-            "create-users,lookup,get-by-id,list-page,startup,okta-import,cursor-import,group-push,authentik-sync,mixed,access,two-tenants,replay,publish,outbound,healthz,trivial,log-append",
+            "create-users,lookup,get-by-id,list-page,startup,okta-import,cursor-import,group-push,authentik-sync,mixed,access,two-tenants,replay,publish,outbound,healthz,floor,trivial,log-append",
         ])
         .output()
         .expect("scimlog-bench runs");
@@ -64,6 +64,7 @@ fn every_scenario_runs_and_reports_without_errors() {
         "outbound: backlog",
         "outbound lag",
         "GET /healthz with an admin token",
+        "GET /ServiceProviderConfig (every SCIM layer",
         "trivial axum handler",
         "RocksDB commits of 128 records",
     ] {
