@@ -120,8 +120,9 @@ pub struct ServeConfig {
     pub max_scan: usize,
     /// Most groups whose name, grants and parent groups the access answers keep in memory (the
     /// names also name a user's groups in SCIM answers; emptied when a group's name, grants or
-    /// parents change; at the limit it starts over).
-    /// 0: none kept, every answer reads every group from the store.
+    /// parents change, or a scope is created; at the limit it starts over). The environments that
+    /// checks find are kept beside them, within the same number.
+    /// 0: none kept, every answer reads every group and environment from the store.
     #[arg(
         long,
         env = "SCIMLOG_ACCESS_CACHE_GROUPS",
