@@ -202,7 +202,7 @@ mod tests {
         };
         // The same group id in two tenants, and a third group.
         let writes = [group("a", "g1", "Ops of a"), group("b", "g1", "Ops of b"), group("a", "g2", "Sales")];
-        store.commit(&[], writes.into_iter(), vec![], true).unwrap();
+        store.commit(&[], writes, vec![], true).unwrap();
         let cache = GroupCache::new(2, 100);
         let cases = [
             ("a", "g1", Some("Ops of a"), 1),
@@ -239,7 +239,7 @@ mod tests {
             (keys::scope(t, ScopeKind::Environment.as_str(), slug), Some(serde_json::to_vec(&doc).unwrap()))
         };
         let writes = [env("a", "prod", "org-a"), env("b", "prod", "org-b"), env("a", "stage", "org-a")];
-        store.commit(&[], writes.into_iter(), vec![], true).unwrap();
+        store.commit(&[], writes, vec![], true).unwrap();
         let cache = GroupCache::new(2, 100);
         let cases = [
             ("a", "prod", Some("org-a"), 1),
