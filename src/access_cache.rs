@@ -181,12 +181,18 @@ mod tests {
     use crate::log::Store;
     use scimlog_projections::{keys, GroupDoc};
 
+    /// A store in a temp dir holding `writes` in its read models.
+    fn store_holding(writes: Vec<(Vec<u8>, Option<Vec<u8>>)>) -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.commit(&[], writes, vec![], true).unwrap();
+        (dir, store)
+    }
+
     /// The cache keeps at most `--access-cache-groups` nodes, per tenant apart, and a full cache
     /// starts over without changing an answer.
     #[test]
     fn kept_nodes_are_bounded_and_kept_per_tenant() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
         let group = |t: &str, id: &str, name: &str| {
             let at = chrono::Utc::now();
             let doc = GroupDoc {
@@ -201,8 +207,8 @@ mod tests {
             (keys::group(t, id), Some(serde_json::to_vec(&doc).unwrap()))
         };
         // The same group id in two tenants, and a third group.
-        let writes = [group("a", "g1", "Ops of a"), group("b", "g1", "Ops of b"), group("a", "g2", "Sales")];
-        store.commit(&[], writes, vec![], true).unwrap();
+        let (_dir, store) =
+            store_holding(vec![group("a", "g1", "Ops of a"), group("b", "g1", "Ops of b"), group("a", "g2", "Sales")]);
         let cache = GroupCache::new(2, 100);
         let cases = [
             ("a", "g1", Some("Ops of a"), 1),
@@ -225,8 +231,6 @@ mod tests {
     /// not found is not kept (a client naming environments at random fills nothing).
     #[test]
     fn kept_scopes_are_those_found_per_tenant_within_the_bound() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
         let env = |t: &str, slug: &str, organization: &str| {
             let doc = ScopeDoc {
                 kind: ScopeKind::Environment,
@@ -238,8 +242,8 @@ mod tests {
             };
             (keys::scope(t, ScopeKind::Environment.as_str(), slug), Some(serde_json::to_vec(&doc).unwrap()))
         };
-        let writes = [env("a", "prod", "org-a"), env("b", "prod", "org-b"), env("a", "stage", "org-a")];
-        store.commit(&[], writes, vec![], true).unwrap();
+        let (_dir, store) =
+            store_holding(vec![env("a", "prod", "org-a"), env("b", "prod", "org-b"), env("a", "stage", "org-a")]);
         let cache = GroupCache::new(2, 100);
         let cases = [
             ("a", "prod", Some("org-a"), 1),
