@@ -10,7 +10,7 @@ use serde_json::{Map, Value};
 use crate::access;
 use crate::keys;
 use crate::kv::Kv;
-use crate::model::{emails_of, GroupDoc, Member, Tombstone, UserDoc};
+use crate::model::{emails_of, GroupDoc, Member, MemberOf, Tombstone, UserDoc};
 use scimlog_schemas::access::ScopeKind;
 use scimlog_schemas::{urn, ResourceKind};
 
@@ -225,7 +225,7 @@ pub fn apply(kv: &mut impl Kv, e: &Event) {
                 for (k, _) in batch {
                     let member = keys::last_part(&k);
                     kv.delete(&k);
-                    kv.delete(&keys::membership(t, &member, id));
+                    membership_removed(kv, t, &member, id);
                 }
             }
             remove_memberships_of(kv, t, id);
@@ -240,7 +240,7 @@ pub fn apply(kv: &mut impl Kv, e: &Event) {
                 doc.member_count += 1;
             }
             store(kv, &key, &Member { id: member_id.clone(), member_type: *member_type });
-            kv.put(&keys::membership(t, member_id, id), b"");
+            membership_added(kv, t, member_id, id);
             touch_group(kv, e, doc);
         }
         EventBody::RoleAssigned { role, value } => grant_added(kv, e, "roles", role, value),
@@ -273,7 +273,7 @@ pub fn apply(kv: &mut impl Kv, e: &Event) {
                 doc.member_count = doc.member_count.saturating_sub(1);
             }
             kv.delete(&key);
-            kv.delete(&keys::membership(t, member_id, id));
+            membership_removed(kv, t, member_id, id);
             touch_group(kv, e, doc);
         }
     }
@@ -422,25 +422,92 @@ fn scope_created(kv: &mut impl Kv, e: &Event, kind: ScopeKind, slug: &str, organ
     store(kv, &keys::scope(&e.tenant, kind.as_str(), slug), &doc);
 }
 
+/// Ends every membership of `member` in a group (both ways), and counts it out of each group.
 fn remove_memberships_of(kv: &mut impl Kv, t: &str, member: &str) {
-    let prefix = keys::memberships(t, member);
-    let mut after: Option<Vec<u8>> = None;
-    loop {
-        let batch = kv.scan(&prefix, after.as_deref(), 1024);
-        let Some((last, _)) = batch.last() else { break };
-        after = Some(last.clone());
-        for (k, _) in batch {
-            let group = keys::last_part(&k);
-            kv.delete(&k);
-            let mk = keys::member(t, &group, member);
-            if kv.get(&mk).is_some() {
-                kv.delete(&mk);
-                if let Some(mut g) = load::<GroupDoc>(kv, &keys::group(t, &group)) {
-                    g.member_count = g.member_count.saturating_sub(1);
-                    store(kv, &keys::group(t, &group), &g);
-                }
+    let key = keys::member_of(t, member);
+    let Some(value) = kv.get(&key) else { return };
+    kv.delete(&key);
+    let groups: Vec<String> = match MemberOf::decode(&value) {
+        MemberOf::Listed(ids) => ids.into_iter().map(|id| String::from_utf8_lossy(id).into_owned()).collect(),
+        MemberOf::Spilled(_) => {
+            let keys: Vec<Vec<u8>> = kv.scan_keys(&keys::memberships(t, member), None, usize::MAX);
+            keys.iter().for_each(|k| kv.delete(k));
+            keys.iter().map(|k| keys::last_part(k)).collect()
+        }
+    };
+    for group in groups {
+        let mk = keys::member(t, &group, member);
+        if kv.get(&mk).is_some() {
+            kv.delete(&mk);
+            if let Some(mut g) = load::<GroupDoc>(kv, &keys::group(t, &group)) {
+                g.member_count = g.member_count.saturating_sub(1);
+                store(kv, &keys::group(t, &group), &g);
             }
         }
+    }
+}
+
+/// Puts `group` among `member`'s groups (nothing to write when it is there): into its list, or
+/// into keys of their own once the list is full.
+fn membership_added(kv: &mut impl Kv, t: &str, member: &str, group: &str) {
+    let key = keys::member_of(t, member);
+    let value = kv.get(&key).unwrap_or_default();
+    let next = match MemberOf::decode(&value) {
+        MemberOf::Listed(mut ids) => {
+            let Err(at) = ids.binary_search(&group.as_bytes()) else { return };
+            ids.insert(at, group.as_bytes());
+            if ids.len() <= MemberOf::LISTED_MAX {
+                MemberOf::Listed(ids)
+            } else {
+                for id in &ids {
+                    kv.put(&keys::membership(t, member, &String::from_utf8_lossy(id)), b"");
+                }
+                MemberOf::Spilled(ids.len() as u32)
+            }
+        }
+        MemberOf::Spilled(n) => {
+            let one = keys::membership(t, member, group);
+            if kv.get(&one).is_some() {
+                return;
+            }
+            kv.put(&one, b"");
+            MemberOf::Spilled(n.saturating_add(1))
+        }
+    };
+    kv.put(&key, &next.encode().expect("a member with a group"));
+}
+
+/// Takes `group` out of `member`'s groups; a member in no group has no value at all, and a
+/// spilled member whose groups fall to [`MemberOf::RELISTED_AT`] is listed again.
+fn membership_removed(kv: &mut impl Kv, t: &str, member: &str, group: &str) {
+    let key = keys::member_of(t, member);
+    let Some(value) = kv.get(&key) else { return };
+    let next = match MemberOf::decode(&value) {
+        MemberOf::Listed(mut ids) => {
+            let Ok(at) = ids.binary_search(&group.as_bytes()) else { return };
+            ids.remove(at);
+            ids.join(&keys::SEP)
+        }
+        MemberOf::Spilled(n) => {
+            let one = keys::membership(t, member, group);
+            if kv.get(&one).is_none() {
+                return;
+            }
+            kv.delete(&one);
+            let n = n.saturating_sub(1);
+            if n as usize > MemberOf::RELISTED_AT {
+                kv.put(&key, &MemberOf::Spilled(n).encode().expect("a count"));
+                return;
+            }
+            let rest = kv.scan_keys(&keys::memberships(t, member), None, usize::MAX);
+            rest.iter().for_each(|k| kv.delete(k));
+            let ids: Vec<Vec<u8>> = rest.iter().map(|k| keys::last_part(k).into_bytes()).collect();
+            ids.join(&keys::SEP)
+        }
+    };
+    match MemberOf::decode(&next).encode() {
+        Some(list) => kv.put(&key, &list),
+        None => kv.delete(&key),
     }
 }
 
@@ -467,7 +534,7 @@ fn touch_group(kv: &mut impl Kv, e: &Event, mut doc: GroupDoc) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kv::MemKv;
+    use crate::kv::{KvRead, MemKv};
     use crate::query;
     use chrono::{DateTime, Utc};
     use scimlog_schemas::event::{EventBody as B, EventHash, ResourceKind};
@@ -681,5 +748,92 @@ mod tests {
         assert_eq!(query::group(&kv, "t", "g2").unwrap().member_count, 0);
         assert!(query::members(&kv, "t", "g2", None, 10).is_empty());
         assert_eq!(query::group_id_by_name(&kv, "t", "a"), None);
+    }
+
+    /// Every member's groups read back exactly as the groups that hold it as a member, in byte
+    /// order, after every event of a long run of adds, removes and deletions of users and of
+    /// nested groups: in the first half most events add (users go past the groups a list holds,
+    /// and spill), in the second most remove (they are listed again). A member in no group has
+    /// no value at all, and each group's count of members stays right.
+    #[test]
+    fn a_members_groups_agree_with_the_groups_members_after_every_event() {
+        use ResourceKind::{Group as G, User as U};
+        let groups: Vec<String> = (0..80).map(|i| format!("g{i:02}")).collect();
+        let mut kv = MemKv::default();
+        let mut pos = 0;
+        let mut next = |kv: &mut MemKv, kind, id: &str, body| {
+            pos += 1;
+            apply(kv, &ev(pos, kind, id, pos, body));
+        };
+        let mut users: Vec<String> = Vec::new();
+        let new_user = |kv: &mut MemKv,
+                        next: &mut dyn FnMut(&mut MemKv, ResourceKind, &str, EventBody),
+                        users: &mut Vec<String>| {
+            let u = format!("u{}", users.len());
+            next(kv, U, &u, B::UserCreated { attributes: attrs(json!({ "userName": u })), active: Some(true) });
+            users.push(u.clone());
+            u
+        };
+        let mut live_users: Vec<String> = (0..3).map(|_| new_user(&mut kv, &mut next, &mut users)).collect();
+        for g in &groups {
+            next(&mut kv, G, g, B::GroupCreated { display_name: g.clone(), attributes: Map::new() });
+        }
+        let mut live_groups = groups.clone();
+        let mut seed: u64 = 0x5eed;
+        let mut draw = |n: usize| {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (seed >> 33) as usize % n
+        };
+        let (mut spilled, mut relisted) = (0, 0);
+        for step in 0..1600 {
+            let g = live_groups[draw(live_groups.len())].clone();
+            let (member, member_type) = match draw(16) {
+                0 => (live_groups[draw(live_groups.len())].clone(), MemberType::Group),
+                _ => (live_users[draw(live_users.len())].clone(), MemberType::User),
+            };
+            let adds = if step < 800 { 19 } else { 3 };
+            let was_spilled = matches!(kv.get(&keys::member_of("t", &member)), Some(v) if v[0] == 1);
+            match draw(20) {
+                0 if member_type == MemberType::User && draw(40) == 0 => {
+                    live_users.retain(|u| *u != member);
+                    next(&mut kv, U, &member, B::UserDeleted {});
+                    live_users.push(new_user(&mut kv, &mut next, &mut users));
+                }
+                1 if live_groups.len() > 70 && draw(10) == 0 => {
+                    live_groups.retain(|x| *x != g);
+                    next(&mut kv, G, &g, B::GroupDeleted {});
+                }
+                n if n < adds && member != g => {
+                    next(&mut kv, G, &g, B::GroupMemberAdded { member_id: member.clone(), member_type })
+                }
+                _ => next(&mut kv, G, &g, B::GroupMemberRemoved { member_id: member.clone(), member_type }),
+            }
+            let now_spilled = matches!(kv.get(&keys::member_of("t", &member)), Some(v) if v[0] == 1);
+            spilled += usize::from(!was_spilled && now_spilled);
+            relisted += usize::from(was_spilled && !now_spilled);
+            for m in users.iter().chain(if step % 10 == 0 { groups.iter() } else { [].iter() }) {
+                let want: Vec<String> =
+                    groups.iter().filter(|g| query::member(&kv, "t", g, m).is_some()).cloned().collect();
+                assert_eq!(query::groups_of(&kv, "t", m, usize::MAX), want, "{m}'s groups after step {step}");
+                let first: Vec<String> = want.iter().take(3).cloned().collect();
+                assert_eq!(query::groups_of(&kv, "t", m, 3), first, "{m}'s first 3 groups after step {step}");
+                let value = kv.get(&keys::member_of("t", m));
+                assert_eq!(value.is_none(), want.is_empty(), "{m}: a value exactly when in a group, step {step}");
+                let keys_of_its_own = kv.scan_keys(&keys::memberships("t", m), None, usize::MAX).len();
+                match value.as_deref().map(MemberOf::decode) {
+                    Some(MemberOf::Spilled(n)) => {
+                        assert_eq!((n as usize, keys_of_its_own), (want.len(), want.len()), "{m} at step {step}")
+                    }
+                    _ => assert_eq!(keys_of_its_own, 0, "{m}: a listed member has no keys, step {step}"),
+                }
+            }
+            if step % 10 == 0 {
+                for g in &live_groups {
+                    let count = query::members(&kv, "t", g, None, usize::MAX).len() as u64;
+                    assert_eq!(query::group(&kv, "t", g).unwrap().member_count, count, "{g}'s count, step {step}");
+                }
+            }
+        }
+        assert!(spilled >= 3 && relisted >= 3, "the run spilled {spilled} times and listed again {relisted}");
     }
 }

@@ -11,7 +11,8 @@
 //! | `ig/dn 0 tenant 0 folded displayName` | group id (unique) |
 //! | `ig/ex 0 tenant 0 externalId` | group id |
 //! | `gm 0 tenant 0 group 0 member` | [`crate::Member`] JSON |
-//! | `mg 0 tenant 0 member 0 group` | empty |
+//! | `mg 0 tenant 0 member` | [`crate::model::MemberOf`]: the member's groups, or their count |
+//! | `mg 0 tenant 0 member 0 group` | empty (only for a member in more groups than a list holds) |
 //! | `iu/lm 0 tenant 0 lastModified 0 id`, `ig/lm ...` | empty (range index on meta.lastModified) |
 //! | `h 0 tenant 0 kind 0 id 0 position` | empty (history: events that touched the resource) |
 //! | `gs 0 tenant 0 subject 0 urn` | [`crate::access::GrantRecord`] (grants by subject) |
@@ -81,9 +82,19 @@ pub fn member(t: &str, group: &str, member: &str) -> Vec<u8> {
 pub fn members(t: &str, group: &str) -> Vec<u8> {
     prefix(&[b"gm", t.as_bytes(), group.as_bytes()])
 }
+/// The groups `member` (a user or a group) is directly in, in one value: a list of their ids
+/// up to [`crate::model::MemberOf::LISTED_MAX`], a count beyond (then each is a [`membership`]
+/// key). A user's groups are read by every GET and every access check, and one point read (for a
+/// user in no group, a bloom filter's "no") costs a fraction of a scan's seek through the levels.
+pub fn member_of(t: &str, member: &str) -> Vec<u8> {
+    join(&[b"mg", t.as_bytes(), member.as_bytes()])
+}
+/// One group of a member in more groups than its [`member_of`] list holds.
 pub fn membership(t: &str, member: &str, group: &str) -> Vec<u8> {
     join(&[b"mg", t.as_bytes(), member.as_bytes(), group.as_bytes()])
 }
+/// The prefix of every [`membership`] key of `member` (never its [`member_of`] key, which has no
+/// separator after the member).
 pub fn memberships(t: &str, member: &str) -> Vec<u8> {
     prefix(&[b"mg", t.as_bytes(), member.as_bytes()])
 }
@@ -117,7 +128,8 @@ pub fn history_prefix(t: &str, kind: &str, id: &str) -> Vec<u8> {
 /// 2: history keys carry the resource kind; userNames and displayNames folded with NFKC.
 /// 3: userNames, externalIds and emails blinded in index keys.
 /// 4: known grants with their direct holders (`gv`), for `/Roles` and `/Entitlements`.
-pub const LAYOUT_VERSION: u32 = 4;
+/// 5: a member's groups listed in one value (`mg 0 tenant 0 member`), up to a bound.
+pub const LAYOUT_VERSION: u32 = 5;
 /// The key that holds [`LAYOUT_VERSION`] (u32 big-endian); no tag of a read model starts so.
 pub const LAYOUT: &[u8] = b"_layout";
 

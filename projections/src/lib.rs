@@ -12,8 +12,10 @@
 //! - [`access`]: grants by subject and scope, scopes, hosts, effective access with provenance.
 //! - [`query`]: lookups and the query planner (filter -> index lookups + residual evaluation).
 //!
-//! Memberships are stored one key per (group, member) in both directions, never as a growing
-//! document: adding or removing a member costs O(1) whatever the group's size.
+//! A group's members are one key each, never a growing document: adding or removing a member
+//! costs the same whatever the group's size. A member's own groups are one value, a list of at
+//! most [`MemberOf::LISTED_MAX`] ids (one point read for a GET or an access check), which spills
+//! into one key per group beyond: a change rewrites at most that list.
 
 pub mod access;
 pub mod fold;
@@ -24,4 +26,4 @@ pub mod query;
 
 pub use fold::apply;
 pub use kv::{IndexBlinder, Kv, KvRead, MemKv, Overlay};
-pub use model::{GroupDoc, Member, UserDoc, UserHead};
+pub use model::{GroupDoc, Member, MemberOf, UserDoc, UserHead};

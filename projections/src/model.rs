@@ -155,6 +155,44 @@ pub struct Member {
     pub member_type: MemberType,
 }
 
+/// What `keys::member_of` holds: the groups a member is directly in, listed (ids in byte order,
+/// joined by `keys::SEP`) while they are at most [`MemberOf::LISTED_MAX`], counted beyond (each
+/// group is then a `keys::membership` key of its own). A change of membership rewrites at most a
+/// list of that bound, so its cost never grows with the groups a member is in, nor with the
+/// group's size; and the common case, a user in a few groups, is read with one point read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MemberOf<'a> {
+    Listed(Vec<&'a [u8]>),
+    Spilled(u32),
+}
+
+impl<'a> MemberOf<'a> {
+    /// The most groups a list holds; one more and the member's groups spill into keys.
+    pub const LISTED_MAX: usize = 64;
+    /// A spilled member whose count falls to this goes back to a list: below the bound, so that a
+    /// member going in and out of its 65th group does not move 64 keys each time.
+    pub const RELISTED_AT: usize = Self::LISTED_MAX / 2;
+    /// The first byte of a count: no id holds a control character (they are refused at the
+    /// boundary), so a list never starts with it.
+    const SPILLED: u8 = 1;
+
+    pub fn decode(value: &'a [u8]) -> MemberOf<'a> {
+        match value {
+            [Self::SPILLED, n @ ..] => MemberOf::Spilled(n.try_into().map(u32::from_be_bytes).unwrap_or(u32::MAX)),
+            list => MemberOf::Listed(list.split(|b| *b == crate::keys::SEP).filter(|id| !id.is_empty()).collect()),
+        }
+    }
+
+    /// The stored value; `None` for an empty list (a member in no group has no value).
+    pub fn encode(&self) -> Option<Vec<u8>> {
+        match self {
+            MemberOf::Listed(ids) if ids.is_empty() => None,
+            MemberOf::Listed(ids) => Some(ids.join(&crate::keys::SEP)),
+            MemberOf::Spilled(n) => Some([&[Self::SPILLED][..], &n.to_be_bytes()].concat()),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

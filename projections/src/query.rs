@@ -12,7 +12,7 @@ use serde_json::{json, Map, Value};
 use crate::fold::load;
 use crate::keys;
 use crate::kv::KvRead;
-use crate::model::{GroupDoc, Member, UserDoc, UserHead};
+use crate::model::{GroupDoc, Member, MemberOf, UserDoc, UserHead};
 
 pub fn user(kv: &impl KvRead, t: &str, id: &str) -> Option<UserDoc> {
     load(kv, &keys::user(t, id))
@@ -165,9 +165,18 @@ pub fn user_tombstone(kv: &impl KvRead, t: &str, id: &str) -> Option<crate::mode
 pub fn member(kv: &impl KvRead, t: &str, group: &str, member: &str) -> Option<Member> {
     load(kv, &keys::member(t, group, member))
 }
-/// Ids of the groups `member` is directly in.
+/// Ids of the groups `member` is directly in, the first `limit` in byte order: one point read,
+/// and a scan only for a member in more groups than a list holds.
 pub fn groups_of(kv: &impl KvRead, t: &str, member: &str, limit: usize) -> Vec<String> {
-    kv.scan(&keys::memberships(t, member), None, limit).into_iter().map(|(k, _)| keys::last_part(&k)).collect()
+    let Some(value) = kv.get(&keys::member_of(t, member)) else { return Vec::new() };
+    match MemberOf::decode(&value) {
+        MemberOf::Listed(ids) => {
+            ids.into_iter().take(limit).map(|id| String::from_utf8_lossy(id).into_owned()).collect()
+        }
+        MemberOf::Spilled(_) => {
+            kv.scan_keys(&keys::memberships(t, member), None, limit).into_iter().map(|k| keys::last_part(&k)).collect()
+        }
+    }
 }
 fn count(kv: &impl KvRead, key: &[u8]) -> u64 {
     kv.get(key).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes).unwrap_or(0)

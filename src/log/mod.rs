@@ -847,35 +847,35 @@ mod tests {
             let writes: Vec<_> = keys.iter().map(|k| (k.clone(), Some(b"v".to_vec()))).collect();
             store.commit(&[], writes.into_iter(), vec![], true).unwrap();
         };
-        // One file with two users' memberships and a time index, another with a third user's,
-        // then a memtable with a fourth's.
+        // One file with two groups' members and a time index, another with a third group's, then a
+        // memtable with a fourth's.
         put(&[
-            key(&["mg", "t", "alice", "g1"]),
-            key(&["mg", "t", "carol", "g2"]),
+            key(&["gm", "t", "alice", "g1"]),
+            key(&["gm", "t", "carol", "g2"]),
             key(&["iu/lm", "t", "2026-01-01", "alice"]),
             key(&["iu/lm", "t", "2026-03-01", "carol"]),
             key(&["u", "t", "alice"]),
             key(&["u", "t", "carol"]),
         ]);
         store.flush().unwrap();
-        put(&[key(&["mg", "t", "bob", "g1"]), key(&["iu/lm", "t", "2026-02-01", "bob"])]);
+        put(&[key(&["gm", "t", "bob", "g1"]), key(&["iu/lm", "t", "2026-02-01", "bob"])]);
         store.flush().unwrap();
-        put(&[key(&["mg", "t", "dave", "g3"]), key(&["u", "t", "dave"])]);
+        put(&[key(&["gm", "t", "dave", "g3"]), key(&["u", "t", "dave"])]);
 
         let view = store.view();
         let last_parts = |keys: Vec<Vec<u8>>| -> Vec<String> { keys.iter().map(|k| keys::last_part(k)).collect() };
         use scimlog_projections::keys;
         let cases: &[(&str, Vec<u8>, Option<Vec<u8>>, &[&str])] = &[
-            ("a user's groups, in a file", keys::memberships("t", "alice"), None, &["g1"]),
-            ("a user's groups, in the second file", keys::memberships("t", "bob"), None, &["g1"]),
-            ("a user's groups, in the memtable", keys::memberships("t", "dave"), None, &["g3"]),
-            ("a user in no group", keys::memberships("t", "erin"), None, &[]),
-            ("a user id that is a prefix of another", keys::memberships("t", "car"), None, &[]),
-            ("every membership of a tenant", keys::prefix(&[b"mg", b"t"]), None, &["g1", "g1", "g2", "g3"]),
+            ("a group's members, in a file", keys::members("t", "alice"), None, &["g1"]),
+            ("a group's members, in the second file", keys::members("t", "bob"), None, &["g1"]),
+            ("a group's members, in the memtable", keys::members("t", "dave"), None, &["g3"]),
+            ("a group with no members", keys::members("t", "erin"), None, &[]),
+            ("a group id that is a prefix of another", keys::members("t", "car"), None, &[]),
+            ("every member of a tenant's groups", keys::prefix(&[b"gm", b"t"]), None, &["g1", "g1", "g2", "g3"]),
             (
-                "memberships after one: into other users' prefixes",
-                keys::prefix(&[b"mg", b"t"]),
-                Some(key(&["mg", "t", "alice", "g1"])),
+                "members after one: into other groups' prefixes",
+                keys::prefix(&[b"gm", b"t"]),
+                Some(key(&["gm", "t", "alice", "g1"])),
                 &["g1", "g2", "g3"],
             ),
             (
@@ -899,9 +899,9 @@ mod tests {
     #[test]
     fn a_prefix_scan_uses_the_filters_only_within_one_prefix() {
         let cases: &[(&[u8], Option<usize>, Option<&[u8]>)] = &[
-            (b"mg\0t\0alice\0", Some(11), Some(b"mg\0t\0alice\x01")),
-            (b"mg\0t\0alice\0g1", Some(11), Some(b"mg\0t\0alice\0g2")),
-            (b"mg\0t\0", None, Some(b"mg\0t\x01")),
+            (b"gm\0t\0alice\0", Some(11), Some(b"gm\0t\0alice\x01")),
+            (b"gm\0t\0alice\0g1", Some(11), Some(b"gm\0t\0alice\0g2")),
+            (b"gm\0t\0", None, Some(b"gm\0t\x01")),
             (b"u\0t\0alice", None, Some(b"u\0t\0alicf")),
             (b"", None, None),
             (b"\xff\xff", None, None),
