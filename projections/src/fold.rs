@@ -482,7 +482,8 @@ fn membership_added(kv: &mut impl Kv, t: &str, member: &str, group: &str) {
 fn membership_removed(kv: &mut impl Kv, t: &str, member: &str, group: &str) {
     let key = keys::member_of(t, member);
     let Some(value) = kv.get(&key) else { return };
-    let next = match MemberOf::decode(&value) {
+    // What stays listed, ids joined as `MemberOf` stores them.
+    let list = match MemberOf::decode(&value) {
         MemberOf::Listed(mut ids) => {
             let Ok(at) = ids.binary_search(&group.as_bytes()) else { return };
             ids.remove(at);
@@ -505,9 +506,10 @@ fn membership_removed(kv: &mut impl Kv, t: &str, member: &str, group: &str) {
             ids.join(&keys::SEP)
         }
     };
-    match MemberOf::decode(&next).encode() {
-        Some(list) => kv.put(&key, &list),
-        None => kv.delete(&key),
+    if list.is_empty() {
+        kv.delete(&key);
+    } else {
+        kv.put(&key, &list);
     }
 }
 
