@@ -429,11 +429,7 @@ fn remove_memberships_of(kv: &mut impl Kv, t: &str, member: &str) {
     kv.delete(&key);
     let groups: Vec<String> = match MemberOf::decode(&value) {
         MemberOf::Listed(ids) => ids.into_iter().map(|id| String::from_utf8_lossy(id).into_owned()).collect(),
-        MemberOf::Spilled(_) => {
-            let keys: Vec<Vec<u8>> = kv.scan_keys(&keys::memberships(t, member), None, usize::MAX);
-            keys.iter().for_each(|k| kv.delete(k));
-            keys.iter().map(|k| keys::last_part(k)).collect()
-        }
+        MemberOf::Spilled(_) => take_spilled(kv, t, member),
     };
     for group in groups {
         let mk = keys::member(t, &group, member);
@@ -445,6 +441,14 @@ fn remove_memberships_of(kv: &mut impl Kv, t: &str, member: &str) {
             }
         }
     }
+}
+
+/// Deletes a spilled member's keys of its own (one per group) and returns their group ids, in
+/// byte order.
+fn take_spilled(kv: &mut impl Kv, t: &str, member: &str) -> Vec<String> {
+    let spilled = kv.scan_keys(&keys::memberships(t, member), None, usize::MAX);
+    spilled.iter().for_each(|k| kv.delete(k));
+    spilled.iter().map(|k| keys::last_part(k)).collect()
 }
 
 /// Puts `group` among `member`'s groups (nothing to write when it is there): into its list, or
@@ -500,10 +504,8 @@ fn membership_removed(kv: &mut impl Kv, t: &str, member: &str, group: &str) {
                 kv.put(&key, &MemberOf::Spilled(n).encode().expect("a count"));
                 return;
             }
-            let rest = kv.scan_keys(&keys::memberships(t, member), None, usize::MAX);
-            rest.iter().for_each(|k| kv.delete(k));
-            let ids: Vec<Vec<u8>> = rest.iter().map(|k| keys::last_part(k).into_bytes()).collect();
-            ids.join(&keys::SEP)
+            let ids = take_spilled(kv, t, member);
+            ids.iter().map(String::as_bytes).collect::<Vec<_>>().join(&keys::SEP)
         }
     };
     if list.is_empty() {
@@ -794,7 +796,13 @@ mod tests {
                 _ => (live_users[draw(live_users.len())].clone(), MemberType::User),
             };
             let adds = if step < 800 { 19 } else { 3 };
-            let was_spilled = matches!(kv.get(&keys::member_of("t", &member)), Some(v) if v[0] == 1);
+            let spilled_now = |kv: &MemKv| {
+                matches!(
+                    kv.get(&keys::member_of("t", &member)).as_deref().map(MemberOf::decode),
+                    Some(MemberOf::Spilled(_))
+                )
+            };
+            let was_spilled = spilled_now(&kv);
             match draw(20) {
                 0 if member_type == MemberType::User && draw(40) == 0 => {
                     live_users.retain(|u| *u != member);
@@ -810,7 +818,7 @@ mod tests {
                 }
                 _ => next(&mut kv, G, &g, B::GroupMemberRemoved { member_id: member.clone(), member_type }),
             }
-            let now_spilled = matches!(kv.get(&keys::member_of("t", &member)), Some(v) if v[0] == 1);
+            let now_spilled = spilled_now(&kv);
             spilled += usize::from(!was_spilled && now_spilled);
             relisted += usize::from(was_spilled && !now_spilled);
             for m in users.iter().chain(if step % 10 == 0 { groups.iter() } else { [].iter() }) {
