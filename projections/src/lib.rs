@@ -6,7 +6,8 @@
 //! - [`kv`]: the [`KvRead`]/[`Kv`] traits, the in-memory [`MemKv`] and the write [`Overlay`] the
 //!   single writer stacks over the store so that one batch of commands sees its own writes.
 //! - [`keys`]: every key layout (documents, indexes, memberships both ways), in one place.
-//! - [`model`]: the stored documents, [`UserDoc`] and [`GroupDoc`].
+//! - [`model`]: the stored documents, [`UserDoc`] and [`GroupDoc`], and [`StoredUser`], a user
+//!   read with its attributes left as their JSON text.
 //! - [`fold`]: [`apply`], one event into the read models. No IO beyond the trait, no clock: the
 //!   event carries its time.
 //! - [`access`]: grants by subject and scope, scopes, hosts, effective access with provenance.
@@ -26,4 +27,4 @@ pub mod query;
 
 pub use fold::apply;
 pub use kv::{IndexBlinder, Kv, KvRead, MemKv, Overlay};
-pub use model::{GroupDoc, Member, MemberOf, UserDoc, UserHead};
+pub use model::{GroupDoc, Member, MemberOf, StoredUser, UserDoc, UserHead};

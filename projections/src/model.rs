@@ -3,7 +3,9 @@
 use chrono::{DateTime, Utc};
 use scimlog_schemas::MemberType;
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
+use std::borrow::Cow;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -116,6 +118,66 @@ pub fn emails_of(attributes: &Map<String, Value>) -> impl Iterator<Item = &str> 
         .into_iter()
         .flatten()
         .filter_map(|e| e.get("value").and_then(Value::as_str))
+}
+
+/// A stored [`UserDoc`] read without building its attributes: each top-level attribute stays the
+/// JSON text the fold wrote, borrowed from the stored bytes. A GET renders a user from it by
+/// copying that text (`render::user` in the service): the attributes are neither decoded into
+/// `Value`s nor encoded again.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StoredUser<'a> {
+    #[serde(borrow)]
+    pub id: Cow<'a, str>,
+    pub version: u64,
+    pub created: DateTime<Utc>,
+    pub last_modified: DateTime<Utc>,
+    /// As assigned; `None` (unassigned) counts as active.
+    pub active: Option<bool>,
+    /// The attributes in their stored order: name, and the value's JSON text.
+    #[serde(borrow, deserialize_with = "attribute_texts")]
+    pub attributes: Vec<(Cow<'a, str>, &'a RawValue)>,
+}
+
+/// A JSON object's entries, in order, each value kept as its text.
+fn attribute_texts<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<(Cow<'de, str>, &'de RawValue)>, D::Error> {
+    struct Entries;
+    impl<'de> serde::de::Visitor<'de> for Entries {
+        type Value = Vec<(Cow<'de, str>, &'de RawValue)>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<M: serde::de::MapAccess<'de>>(self, mut map: M) -> Result<Self::Value, M::Error> {
+            let mut out = Vec::with_capacity(map.size_hint().unwrap_or(8));
+            while let Some(Name(k)) = map.next_key()? {
+                out.push((k, map.next_value()?));
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_map(Entries)
+}
+
+/// An object key, borrowed unless it holds an escape.
+struct Name<'a>(Cow<'a, str>);
+
+impl<'de> Deserialize<'de> for Name<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Text;
+        impl<'de> serde::de::Visitor<'de> for Text {
+            type Value = Name<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E>(self, s: &'de str) -> Result<Name<'de>, E> {
+                Ok(Name(Cow::Borrowed(s)))
+            }
+            fn visit_str<E>(self, s: &str) -> Result<Name<'de>, E> {
+                Ok(Name(Cow::Owned(s.to_string())))
+            }
+        }
+        d.deserialize_str(Text)
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

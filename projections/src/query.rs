@@ -17,6 +17,11 @@ use crate::model::{GroupDoc, Member, MemberOf, UserDoc, UserHead};
 pub fn user(kv: &impl KvRead, t: &str, id: &str) -> Option<UserDoc> {
     load(kv, &keys::user(t, id))
 }
+/// A user's stored document as it is stored, to be read as a [`crate::StoredUser`] (which
+/// borrows from it) or a [`UserDoc`].
+pub fn user_bytes(kv: &impl KvRead, t: &str, id: &str) -> Option<Vec<u8>> {
+    kv.get(&keys::user(t, id))
+}
 /// A user's id, `active` and userName alone (an access answer's reads).
 pub fn user_head(kv: &impl KvRead, t: &str, id: &str) -> Option<UserHead> {
     load(kv, &keys::user(t, id))

@@ -10,8 +10,8 @@ use scimlog_schemas::registry::{registry, RESOURCE_TYPES_JSON, SERVICE_PROVIDER_
 use serde_json::Value;
 
 use super::error::ApiError;
-use super::render::list_response;
-use super::{scim_response, AppState};
+use super::render::{list_response, Rendered};
+use super::{scim_response, scim_text, AppState};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -84,7 +84,7 @@ fn all_resource_types(base: &str) -> Vec<Value> {
 
 async fn resource_types(State(s): State<AppState>) -> Response {
     let items = all_resource_types(&s.scim_base);
-    scim_response(StatusCode::OK, &list_response(items.len(), 1, items))
+    scim_text(StatusCode::OK, list_response(items.len(), 1, items.iter().map(Rendered::of).collect()))
 }
 
 async fn resource_type(State(s): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
@@ -101,7 +101,7 @@ fn all_schemas(base: &str) -> Vec<Value> {
 
 async fn schemas(State(s): State<AppState>) -> Response {
     let items = all_schemas(&s.scim_base);
-    scim_response(StatusCode::OK, &list_response(items.len(), 1, items))
+    scim_text(StatusCode::OK, list_response(items.len(), 1, items.iter().map(Rendered::of).collect()))
 }
 
 async fn schema(State(s): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {

@@ -21,8 +21,8 @@ use serde_json::{json, Value};
 
 use super::error::ApiError;
 use super::extract::{Caller, ListQuery, Paging};
-use super::render::list_response;
-use super::{scim_response, AppState};
+use super::render::{list_response, Rendered};
+use super::{scim_response, scim_text, AppState};
 
 /// Which of the two resource types.
 #[derive(Clone, Copy, Debug)]
@@ -162,7 +162,7 @@ fn list(state: &AppState, caller: &Caller, kind: GrantKind, q: ListQuery) -> Res
         });
     }
     let total = docs.len();
-    let page: Vec<Value> =
-        docs.into_iter().skip(start - 1).take(q.count).map(|d| q.projection.apply(schema, d)).collect();
-    Ok(scim_response(StatusCode::OK, &list_response(total, start, page)))
+    let page: Vec<Rendered> =
+        docs.into_iter().skip(start - 1).take(q.count).map(|d| Rendered::of(&q.projection.apply(schema, d))).collect();
+    Ok(scim_text(StatusCode::OK, list_response(total, start, page)))
 }

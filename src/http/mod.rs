@@ -539,15 +539,19 @@ pub async fn reconcile_tokens(state: &AppState) {
 
 /// A SCIM JSON response with the SCIM media type.
 pub fn scim_response(status: StatusCode, body: &Value) -> Response {
-    let bytes = serde_json::to_vec(body).expect("JSON values serialise");
-    let mut resp = (status, bytes).into_response();
+    scim_text(status, render::Rendered::of(body))
+}
+
+/// A SCIM answer from JSON already written out.
+pub fn scim_text(status: StatusCode, body: render::Rendered) -> Response {
+    let mut resp = (status, body.into_bytes()).into_response();
     resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(SCIM_CONTENT_TYPE));
     resp
 }
 
 /// A resource response with its `ETag` (and `Location` on creation).
-pub fn resource_response(status: StatusCode, body: &Value, version: u64, location: Option<&str>) -> Response {
-    let mut resp = scim_response(status, body);
+pub fn resource_response(status: StatusCode, body: render::Rendered, version: u64, location: Option<&str>) -> Response {
+    let mut resp = scim_text(status, body);
     if let Ok(v) = HeaderValue::from_str(&format!("W/\"{version}\"")) {
         resp.headers_mut().insert(axum::http::header::ETAG, v);
     }

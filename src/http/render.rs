@@ -1,13 +1,41 @@
 //! Read models rendered as SCIM JSON.
 
 use chrono::SecondsFormat;
-use scimlog_projections::{query, GroupDoc, KvRead, UserDoc};
+use scimlog_projections::{query, GroupDoc, KvRead, StoredUser, UserDoc};
+use serde::Serialize;
 use scimlog_schemas::registry::registry;
 use scimlog_schemas::{urn, MemberType, ResourceKind};
 use serde_json::{json, Map, Value};
 
 use super::extract::Projection;
 use crate::config::GrantShape;
+
+/// A rendered resource: its JSON text, which goes into a response as it is.
+#[derive(Debug)]
+pub struct Rendered(Vec<u8>);
+
+impl Rendered {
+    pub fn of(v: &Value) -> Rendered {
+        Rendered(serde_json::to_vec(v).expect("JSON values serialise"))
+    }
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+    pub fn into_bytes(self) -> Vec<u8> {
+        self.0
+    }
+}
+
+/// A resource's `meta`, its keys in the order of the struct.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Meta {
+    resource_type: &'static str,
+    created: String,
+    last_modified: String,
+    location: String,
+    version: String,
+}
 
 fn meta(
     base: &str,
@@ -16,14 +44,18 @@ fn meta(
     created: &chrono::DateTime<chrono::Utc>,
     modified: &chrono::DateTime<chrono::Utc>,
     version: u64,
-) -> Value {
-    json!({
-        "resourceType": kind.as_str(),
-        "created": created.to_rfc3339_opts(SecondsFormat::Millis, true),
-        "lastModified": modified.to_rfc3339_opts(SecondsFormat::Millis, true),
-        "location": location(base, kind, id),
-        "version": format!("W/\"{version}\""),
-    })
+) -> Meta {
+    Meta {
+        resource_type: kind.as_str(),
+        created: created.to_rfc3339_opts(SecondsFormat::Millis, true),
+        last_modified: modified.to_rfc3339_opts(SecondsFormat::Millis, true),
+        location: location(base, kind, id),
+        version: format!("W/\"{version}\""),
+    }
+}
+
+fn meta_value(meta: Meta) -> Value {
+    serde_json::to_value(meta).expect("meta serialises")
 }
 
 /// Roles and entitlements as plain strings (Okta's shape), when configured so.
@@ -52,18 +84,18 @@ pub fn location(base: &str, kind: ResourceKind, id: &str) -> String {
     format!("{base}/{}/{id}", kind.endpoint())
 }
 
-/// A user as SCIM JSON. The document is taken, not borrowed: its attributes move into the
-/// answer instead of being copied (a GET renders each document once). `group_name` names each
-/// of the user's groups (`None`: the group is gone, and left out).
+/// A user as SCIM JSON, with its version, from its stored document (`query::user_bytes`);
+/// `None` if the bytes are not a user document. `group_name` names each of the user's groups
+/// (`None`: the group is gone, and left out).
 pub fn user(
     kv: &impl KvRead,
     t: &str,
     base: &str,
-    doc: UserDoc,
+    stored: &[u8],
     proj: &Projection,
     shape: GrantShape,
     group_name: impl Fn(&str) -> Option<String>,
-) -> Value {
+) -> Option<(Rendered, u64)> {
     let groups = |id: &str| {
         query::groups_of(kv, t, id, usize::MAX)
             .into_iter()
@@ -74,24 +106,92 @@ pub fn user(
             })
             .collect()
     };
-    user_with(base, doc, proj, shape, groups)
+    user_from(base, stored, proj, shape, groups)
 }
 
 /// A user just created: no group can name it yet (a member that names no resource is
 /// skipped), so its groups are not read.
-pub fn new_user(base: &str, doc: UserDoc, proj: &Projection, shape: GrantShape) -> Value {
-    user_with(base, doc, proj, shape, |_| Vec::new())
+pub fn new_user(base: &str, stored: &[u8], proj: &Projection, shape: GrantShape) -> Option<(Rendered, u64)> {
+    user_from(base, stored, proj, shape, |_| Vec::new())
 }
 
-fn user_with(
+/// Without a projection, and unless the grants are reshaped, the stored attributes are copied
+/// into the answer as the text they are stored as ([`copied`]); otherwise the document is decoded
+/// and built as a `Value` ([`built`]). Both give the same bytes (`tests::a_copied_user_is_the_built_one`).
+fn user_from(
     base: &str,
-    doc: UserDoc,
+    stored: &[u8],
     proj: &Projection,
     shape: GrantShape,
     groups: impl FnOnce(&str) -> Vec<Value>,
-) -> Value {
-    let schemas = doc.schemas();
+) -> Option<(Rendered, u64)> {
+    if proj.is_default() {
+        let doc: StoredUser<'_> = serde_json::from_slice(stored).ok()?;
+        if copies_as_stored(&doc, shape) {
+            let version = doc.version;
+            return Some((copied(base, doc, groups), version));
+        }
+    }
+    let doc: UserDoc = serde_json::from_slice(stored).ok()?;
+    let version = doc.version;
+    Some((Rendered::of(&built(base, doc, proj, shape, groups)), version))
+}
+
+/// Whether the stored attributes go into the answer as they are: none is a key the answer sets
+/// itself (never stored: `UserInput` leaves them out), and no grant is to be reshaped.
+fn copies_as_stored(doc: &StoredUser<'_>, shape: GrantShape) -> bool {
+    doc.attributes.iter().all(|(k, _)| match k.as_ref() {
+        "schemas" | "id" | "active" | "groups" | "meta" => false,
+        "roles" | "entitlements" | urn::GROUP_ACCESS => shape == GrantShape::Objects,
+        _ => true,
+    })
+}
+
+/// The answer written out from the stored text, key by key as [`built`] orders them: schemas,
+/// id, the attributes, active, groups, meta.
+fn copied(base: &str, doc: StoredUser<'_>, groups: impl FnOnce(&str) -> Vec<Value>) -> Rendered {
+    let text = |out: &mut Vec<u8>, s: &str| serde_json::to_writer(out, s).expect("strings serialise");
+    let mut out = Vec::with_capacity(512);
+    out.extend_from_slice(b"{\"schemas\":[");
+    text(&mut out, urn::USER);
+    for (k, _) in doc.attributes.iter().filter(|(k, _)| k.starts_with("urn:")) {
+        out.push(b',');
+        text(&mut out, k);
+    }
+    out.extend_from_slice(b"],\"id\":");
+    text(&mut out, &doc.id);
+    for (k, v) in &doc.attributes {
+        // An extension with nothing in it is not shown, as `Projection::apply` leaves it out.
+        if k.starts_with("urn:") && v.get() == "{}" {
+            continue;
+        }
+        out.push(b',');
+        text(&mut out, k);
+        out.push(b':');
+        out.extend_from_slice(v.get().as_bytes());
+    }
+    match doc.active {
+        Some(true) => out.extend_from_slice(b",\"active\":true"),
+        Some(false) => out.extend_from_slice(b",\"active\":false"),
+        None => {}
+    }
+    let groups = groups(&doc.id);
+    if !groups.is_empty() {
+        out.extend_from_slice(b",\"groups\":");
+        serde_json::to_writer(&mut out, &groups).expect("JSON values serialise");
+    }
+    out.extend_from_slice(b",\"meta\":");
     let meta = meta(base, ResourceKind::User, &doc.id, &doc.created, &doc.last_modified, doc.version);
+    serde_json::to_writer(&mut out, &meta).expect("meta serialises");
+    out.push(b'}');
+    Rendered(out)
+}
+
+/// The answer built as a `Value`, for projections and reshaped grants. The document is taken,
+/// not borrowed: its attributes move into the answer instead of being copied.
+fn built(base: &str, doc: UserDoc, proj: &Projection, shape: GrantShape, groups: impl FnOnce(&str) -> Vec<Value>) -> Value {
+    let schemas = doc.schemas();
+    let meta = meta_value(meta(base, ResourceKind::User, &doc.id, &doc.created, &doc.last_modified, doc.version));
     let groups = if proj.wants("groups") { groups(&doc.id) } else { Vec::new() };
     let UserDoc { id, active, attributes, .. } = doc;
     // The order of the answer's keys: schemas, id, the attributes, active, groups, meta.
@@ -135,53 +235,157 @@ pub fn group(kv: &impl KvRead, t: &str, base: &str, doc: &GroupDoc, proj: &Proje
             .collect();
         m.insert("members".into(), Value::Array(members));
     }
-    m.insert("meta".into(), meta(base, ResourceKind::Group, &doc.id, &doc.created, &doc.last_modified, doc.version));
+    m.insert("meta".into(), meta_value(meta(base, ResourceKind::Group, &doc.id, &doc.created, &doc.last_modified, doc.version)));
     shape_grants(&mut m, shape);
     proj.apply(&registry().group, Value::Object(m))
 }
 
 /// An RFC 9865 page: `nextCursor` while there is more, no `startIndex`.
-pub fn cursor_list_response(total: usize, resources: Vec<Value>, next_cursor: Option<String>) -> Value {
-    let mut v = json!({
+pub fn cursor_list_response(total: usize, resources: Vec<Rendered>, next_cursor: Option<String>) -> Rendered {
+    let mut head = json!({
         "schemas": [urn::LIST_RESPONSE],
         "totalResults": total,
         "itemsPerPage": resources.len(),
     });
     if let Some(c) = next_cursor {
-        v["nextCursor"] = Value::String(c);
+        head["nextCursor"] = Value::String(c);
     }
-    v["Resources"] = Value::Array(resources);
-    v
+    page(&head, resources)
 }
 
-/// A ListResponse page. The resources are moved in, never put through `json!`, which would copy
-/// each of them (serialised into a new `Value`): that copy was 5% of a lookup's CPU.
-pub fn list_response(total: usize, start_index: usize, resources: Vec<Value>) -> Value {
-    let mut v = json!({
+/// A ListResponse page.
+pub fn list_response(total: usize, start_index: usize, resources: Vec<Rendered>) -> Rendered {
+    let head = json!({
         "schemas": [urn::LIST_RESPONSE],
         "totalResults": total,
         "startIndex": start_index,
         "itemsPerPage": resources.len(),
     });
-    v["Resources"] = Value::Array(resources);
-    v
+    page(&head, resources)
+}
+
+/// A page's counts (`head`), then its resources as their text: they are never decoded or
+/// copied into a `Value` again.
+fn page(head: &Value, resources: Vec<Rendered>) -> Rendered {
+    let mut out = Vec::with_capacity(256 + resources.iter().map(|r| r.0.len() + 1).sum::<usize>());
+    serde_json::to_writer(&mut out, head).expect("JSON values serialise");
+    // The head's closing brace: the resources go after its counts.
+    out.pop();
+    out.extend_from_slice(b",\"Resources\":[");
+    for (i, r) in resources.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(&r.0);
+    }
+    out.extend_from_slice(b"]}");
+    Rendered(out)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn texts(items: &[Value]) -> Vec<Rendered> {
+        items.iter().map(Rendered::of).collect()
+    }
+
+    fn shown(r: &Rendered) -> &str {
+        std::str::from_utf8(r.as_bytes()).unwrap()
+    }
+
     /// A page is the RFC's ListResponse, its keys in the order clients have always seen, with
     /// the resources as given.
     #[test]
     fn a_list_response_holds_its_resources_after_the_counts() {
-        let page = list_response(7, 3, vec![json!({"id": "a"}), json!({"id": "b"})]);
-        assert_eq!(
-            serde_json::to_string(&page).unwrap(),
-            r#"{"schemas":["urn:ietf:params:scim:api:messages:2.0:ListResponse"],"totalResults":7,"startIndex":3,"itemsPerPage":2,"Resources":[{"id":"a"},{"id":"b"}]}"#
-        );
-        let empty = list_response(0, 1, Vec::new());
-        assert_eq!(empty["itemsPerPage"], 0);
-        assert_eq!(empty["Resources"], json!([]));
+        let two = [json!({"id": "a"}), json!({"id": "b", "x": [1, {"y": "\u{e9}\""}]})];
+        let cases = [
+            (
+                list_response(7, 3, texts(&two)),
+                r#"{"schemas":["urn:ietf:params:scim:api:messages:2.0:ListResponse"],"totalResults":7,"startIndex":3,"itemsPerPage":2,"Resources":[{"id":"a"},{"id":"b","x":[1,{"y":"é\""}]}]}"#,
+            ),
+            (
+                list_response(0, 1, Vec::new()),
+                r#"{"schemas":["urn:ietf:params:scim:api:messages:2.0:ListResponse"],"totalResults":0,"startIndex":1,"itemsPerPage":0,"Resources":[]}"#,
+            ),
+            (
+                cursor_list_response(9, texts(&two[..1]), Some("c2".into())),
+                r#"{"schemas":["urn:ietf:params:scim:api:messages:2.0:ListResponse"],"totalResults":9,"itemsPerPage":1,"nextCursor":"c2","Resources":[{"id":"a"}]}"#,
+            ),
+            (
+                cursor_list_response(1, texts(&two[..1]), None),
+                r#"{"schemas":["urn:ietf:params:scim:api:messages:2.0:ListResponse"],"totalResults":1,"itemsPerPage":1,"Resources":[{"id":"a"}]}"#,
+            ),
+        ];
+        for (page, expected) in &cases {
+            assert_eq!(shown(page), *expected);
+            serde_json::from_slice::<Value>(page.as_bytes()).expect("a page is JSON");
+        }
+    }
+
+    /// A user copied from its stored text is, byte for byte, the user built as a `Value` (what
+    /// every answer was before), whatever the attributes hold; and a stored user the copy cannot
+    /// render as it is (a grant to reshape) is built.
+    #[test]
+    fn a_copied_user_is_the_built_one() {
+        use chrono::{DateTime, Utc};
+        let at = |s: &str| DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc);
+        let ent = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User";
+        let attributes = [
+            json!({"userName": "a@x.org"}),
+            json!({}),
+            json!({"userName": "\"quoted\" \\ back\u{1}slash\u{2028} é ✓ 😀", "displayName": "Zoë </script>"}),
+            json!({"userName": "n", "x": [1.5, 1e300, -0.0, 0.1, 18446744073709551615u64, -9223372036854775808i64, null, true]}),
+            json!({"userName": "e", "emails": [{"value": "e@x.org", "primary": true}], "name": {"givenName": "E", "familyName": ""}}),
+            json!({"userName": "x", ent: {"employeeNumber": "7", "manager": {"value": "m"}}}),
+            json!({"userName": "y", ent: {}}),
+            json!({"userName": "z", "urn:other:ext": {}, ent: {"department": "R&D"}, "title": "after"}),
+            json!({"userName": "r", "roles": [{"value": "urn:scimlog:role:environment:prod:admin"}], "entitlements": []}),
+            json!({"userName": "k", "a\"key\u{7}": "odd key"}),
+        ];
+        let groups = [
+            vec![],
+            vec![json!({"value": "g1", "$ref": "https://h/scim/v2/Groups/g1", "display": "Ünï \"1\"", "type": "direct"})],
+        ];
+        let mut n = 0;
+        for (i, attrs) in attributes.iter().enumerate() {
+            for active in [None, Some(true), Some(false)] {
+                for g in &groups {
+                    let doc = UserDoc {
+                        id: format!("0193-{i}"),
+                        version: 3 + i as u64,
+                        created: at("2026-12-06T12:00:00.123456789Z"),
+                        last_modified: at("2026-12-07T01:02:03Z"),
+                        active,
+                        attributes: attrs.as_object().cloned().unwrap(),
+                    };
+                    let stored = serde_json::to_vec(&doc).unwrap();
+                    let proj = Projection::default();
+                    let expected = Rendered::of(&built("https://h/scim/v2", doc.clone(), &proj, GrantShape::Objects, |_| g.clone()));
+                    let stored_user: StoredUser<'_> = serde_json::from_slice(&stored).unwrap();
+                    assert!(copies_as_stored(&stored_user, GrantShape::Objects), "{attrs}");
+                    let copied = copied("https://h/scim/v2", stored_user, |_| g.clone());
+                    assert_eq!(shown(&copied), shown(&expected), "stored: {}", String::from_utf8_lossy(&stored));
+                    let (answer, version) = user_from("https://h/scim/v2", &stored, &proj, GrantShape::Objects, |_| g.clone()).unwrap();
+                    assert_eq!((shown(&answer), version), (shown(&expected), doc.version));
+                    // Okta's shape: a user with grants is built (its roles become strings).
+                    let strings = Rendered::of(&built("https://h/scim/v2", doc.clone(), &proj, GrantShape::Strings, |_| g.clone()));
+                    let (answer, _) = user_from("https://h/scim/v2", &stored, &proj, GrantShape::Strings, |_| g.clone()).unwrap();
+                    assert_eq!(shown(&answer), shown(&strings));
+                    n += 1;
+                }
+            }
+        }
+        assert_eq!(n, attributes.len() * 6);
+        // The reshaped row really differs: the case above is not vacuous.
+        let doc: Value = serde_json::from_slice(
+            user_from("h", &serde_json::to_vec(&UserDoc {
+                id: "r".into(), version: 1, created: at("2026-12-06T12:00:00Z"), last_modified: at("2026-12-06T12:00:00Z"),
+                active: None, attributes: attributes[8].as_object().cloned().unwrap(),
+            }).unwrap(), &Projection::default(), GrantShape::Strings, |_| vec![]).unwrap().0.as_bytes(),
+        ).unwrap();
+        assert_eq!(doc["roles"], json!(["urn:scimlog:role:environment:prod:admin"]));
+        // Not a user document: nothing, as before (a read of it answers 404).
+        assert!(user_from("h", b"{\"id\":1}", &Projection::default(), GrantShape::Objects, |_| vec![]).is_none());
     }
 }

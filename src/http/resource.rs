@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use scimlog_projections::{query, KvRead, UserDoc};
+use scimlog_projections::{query, KvRead};
 use scimlog_schemas::filter::FilterLimits;
 use scimlog_schemas::patch::parse_patch;
 use scimlog_schemas::resource::{parse_group, parse_user};
@@ -17,7 +17,8 @@ use super::error::ApiError;
 use scimlog_schemas::cursor;
 
 use super::extract::{if_match, if_none_match_hits, Caller, ListQuery, Paging, Projection};
-use super::{render, resource_response, scim_response, AppState};
+use super::render::Rendered;
+use super::{render, resource_response, scim_text, AppState};
 use crate::command::{Command, Refusal};
 use crate::log::writer::Committed;
 use crate::log::StateView;
@@ -33,13 +34,11 @@ fn render_one(
     id: &str,
     proj: &Projection,
     members_left: &mut usize,
-) -> Result<Option<(Value, u64)>, ApiError> {
+) -> Result<Option<(Rendered, u64)>, ApiError> {
     let (base, shape) = (state.scim_base.as_str(), state.cfg.grant_shape_for(t));
     Ok(match kind {
-        ScimKind::User => query::user(kv, t, id).map(|d| {
-            let version = d.version;
-            (render::user(kv, t, base, d, proj, shape, group_name(state, kv, t)), version)
-        }),
+        ScimKind::User => query::user_bytes(kv, t, id)
+            .and_then(|stored| render::user(kv, t, base, &stored, proj, shape, group_name(state, kv, t))),
         ScimKind::Group => match query::group(kv, t, id) {
             None => None,
             Some(d) => {
@@ -47,7 +46,7 @@ fn render_one(
                     let n = d.member_count as usize;
                     *members_left = members_left.checked_sub(n).ok_or_else(|| too_many_members(state, id, n))?;
                 }
-                Some((render::group(kv, t, base, &d, proj, shape), d.version))
+                Some((Rendered::of(&render::group(kv, t, base, &d, proj, shape)), d.version))
             }
         },
     })
@@ -88,7 +87,7 @@ fn respond_written(
 ) -> Result<Response, ApiError> {
     let location = (status == StatusCode::CREATED).then(|| render::location(&state.scim_base, kind.resource(), id));
     if let Some((body, version)) = render_handed_back(state, caller, proj, written)? {
-        return Ok(resource_response(status, &body, version, location.as_deref()));
+        return Ok(resource_response(status, body, version, location.as_deref()));
     }
     let view = state.store.view();
     // The write is done: a group too large to render whole is answered without its members.
@@ -104,7 +103,7 @@ fn respond_written(
         return Err(e.into());
     }
     let (body, version) = rendered.ok_or_else(|| not_found(kind, id))?;
-    Ok(resource_response(status, &body, version, location.as_deref()))
+    Ok(resource_response(status, body, version, location.as_deref()))
 }
 
 /// The user the writer handed back, rendered with its version; `None` when there is none (a
@@ -114,20 +113,19 @@ fn render_handed_back(
     caller: &Caller,
     proj: &Projection,
     written: &Committed,
-) -> Result<Option<(Value, u64)>, ApiError> {
-    // The bytes the fold just wrote: they decode as a stored document does (else: read it).
-    let bytes = written.user_document.as_deref();
-    let Some(doc) = bytes.and_then(|b| serde_json::from_slice::<UserDoc>(b).ok()) else { return Ok(None) };
-    let (t, base, version) = (caller.tenant(), state.scim_base.as_str(), doc.version);
+) -> Result<Option<(Rendered, u64)>, ApiError> {
+    // The bytes the fold just wrote: they render as a stored document does (else: read it).
+    let Some(stored) = written.user_document.as_deref() else { return Ok(None) };
+    let (t, base) = (caller.tenant(), state.scim_base.as_str());
     let shape = state.cfg.grant_shape_for(t);
     if written.decision.created {
-        return Ok(Some((render::new_user(base, doc, proj, shape), version)));
+        return Ok(render::new_user(base, stored, proj, shape));
     }
     let view = state.store.view();
-    let body = render::user(&view, t, base, doc, proj, shape, group_name(state, &view, t));
+    let rendered = render::user(&view, t, base, stored, proj, shape, group_name(state, &view, t));
     match view.take_error() {
         Some(e) => Err(e.into()),
-        None => Ok(Some((body, version))),
+        None => Ok(rendered),
     }
 }
 
@@ -181,7 +179,7 @@ pub fn get(
         }
         return Ok(resp);
     }
-    Ok(resource_response(StatusCode::OK, &body, version, None))
+    Ok(resource_response(StatusCode::OK, body, version, None))
 }
 
 pub async fn replace(
@@ -333,7 +331,7 @@ fn list_now(state: &AppState, caller: &Caller, kinds: &[ScimKind], q: ListQuery)
         _ => search_page(state, &view, t, kinds, &q, id_ordered, cursor_context)?,
     };
     let mut budget = state.cfg.max_members_rendered;
-    let mut resources: Vec<Value> = Vec::with_capacity(page.len());
+    let mut resources: Vec<Rendered> = Vec::with_capacity(page.len());
     for (kind, id) in &page {
         if let Some((v, _)) = render_one(&view, t, state, *kind, id, &q.projection, &mut budget)? {
             resources.push(v);
@@ -346,7 +344,7 @@ fn list_now(state: &AppState, caller: &Caller, kinds: &[ScimKind], q: ListQuery)
         Paging::Index { start } => render::list_response(total, *start, resources),
         Paging::Cursor(_) => render::cursor_list_response(total, resources, next_cursor),
     };
-    Ok(scim_response(StatusCode::OK, &body))
+    Ok(scim_text(StatusCode::OK, body))
 }
 
 /// (total, the page's resources, the next cursor when paging by cursor).
