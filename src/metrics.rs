@@ -23,16 +23,20 @@ use prometheus_client::registry::Registry;
 /// The OpenMetrics text content type a scrape is answered with.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
+// The labels counted on every request are `&'static str` where their values are a closed set
+// (and a method the `http` crate has no constant for is named `other`): building them allocates
+// only the route and the token's name.
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HttpLabels {
-    pub http_request_method: String,
+    pub http_request_method: &'static str,
     pub http_route: String,
-    pub http_response_status_code: String,
+    pub http_response_status_code: u16,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteLabels {
-    pub http_request_method: String,
+    pub http_request_method: &'static str,
     pub http_route: String,
 }
 
@@ -40,12 +44,30 @@ pub struct RouteLabels {
 pub struct ScimLabels {
     /// The token's name (an IdP connection), never the token.
     pub token: String,
-    pub resource: String,
-    pub op: String,
+    pub resource: &'static str,
+    pub op: &'static str,
     /// `success`, `client_error` or `server_error`.
-    pub outcome: String,
+    pub outcome: &'static str,
     /// The error's scimType, or empty.
-    pub scim_type: String,
+    pub scim_type: &'static str,
+}
+
+/// A request method as a label value: one of the methods HTTP defines, else `other` (a client
+/// may send any token as a method, and a label's values stay a bounded set).
+pub fn method_label(m: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    match *m {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::TRACE => "TRACE",
+        Method::CONNECT => "CONNECT",
+        _ => "other",
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

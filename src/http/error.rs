@@ -202,7 +202,7 @@ pub struct ScimErrorDoc {
     scim_type: Option<String>,
 }
 
-/// The scimType of an error response, read by the metrics middleware (`http::scim_metrics`).
+/// The scimType of an error response, read by the metrics of the token gate (`http::counted`).
 #[derive(Clone, Copy, Debug)]
 pub struct ScimTypeTag(pub &'static str);
 

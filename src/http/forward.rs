@@ -6,7 +6,6 @@
 use axum::body::Body;
 use axum::extract::Request;
 use axum::http::{header, HeaderName, HeaderValue, Method, StatusCode};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use super::error::ApiError;
@@ -34,14 +33,16 @@ const HOP_BY_HOP: [&str; 8] = [
     "upgrade",
 ];
 
-pub async fn writes_to_leader(state: &AppState, req: Request, next: Next) -> Response {
+/// A write this node does not lead, sent on (or redirected, or refused while no node leads);
+/// `Err` gives back a request this node serves itself.
+pub async fn writes_to_leader(state: &AppState, req: Request) -> Result<Response, Request> {
     let Some(cluster) = state.cluster.as_ref().filter(|c| !c.is_leader()) else {
-        return next.run(req).await;
+        return Err(req);
     };
     let target = original_target(&req);
     let path = target.split('?').next().unwrap_or_default();
     if !is_write(req.method(), path) || is_node_local(path) {
-        return next.run(req).await;
+        return Err(req);
     }
     let mut resp = if req.headers().contains_key(HEADER_FORWARDED_BY) {
         ApiError::Unavailable("this node was sent a write as the leader, but does not lead now; retry shortly".into())
@@ -61,7 +62,7 @@ pub async fn writes_to_leader(state: &AppState, req: Request, next: Next) -> Res
     };
     // The access log and the duration metric name it so (it was never routed on this node).
     resp.extensions_mut().insert(super::RouteTemplate("(forwarded to the leader)".into()));
-    resp
+    Ok(resp)
 }
 
 /// Whether a request changes the directory: every POST, PUT, PATCH and DELETE but a search.

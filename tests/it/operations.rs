@@ -35,6 +35,11 @@ async fn metrics_count_a_scripted_workload() {
     assert_eq!(bad.status, 401);
     let hosts = s.new_token(scimlog::auth::Role::Hosts);
     assert_eq!(s.send_as(&hosts, Method::GET, "/Users", None, &[]).await.status, 403);
+    // A method is any token a client likes; as a label, one HTTP does not define is `other`.
+    for made_up in ["BREW", "XMETHOD"] {
+        let method = Method::from_bytes(made_up.as_bytes()).unwrap();
+        assert_eq!(s.send_as(&s.token, method, "/Users", None, &[]).await.status, 405);
+    }
 
     // On the main listener: admins only.
     let scim_scrape = s.client.get(format!("{}/metrics", s.base)).bearer_auth(&s.token).send().await.unwrap();
@@ -76,6 +81,10 @@ async fn metrics_count_a_scripted_workload() {
     let created =
         [("http_request_method", "POST"), ("http_route", "/scim/v2/Users"), ("http_response_status_code", "201")];
     assert_eq!(value(&text, "http_server_request_duration_seconds_count", &created), Some(3.0));
+    let made_up =
+        [("http_request_method", "other"), ("http_route", "/scim/v2/Users"), ("http_response_status_code", "405")];
+    assert_eq!(value(&text, "http_server_request_duration_seconds_count", &made_up), Some(2.0), "{text}");
+    assert!(!text.contains("BREW") && !text.contains("XMETHOD"), "a made-up method is not a label value");
     assert!(value(&text, "scimlog_log_commit_batch_commands_count", &[]).unwrap() >= 5.0);
     assert!(value(&text, "scimlog_log_write_duration_seconds_count", &[]).unwrap() >= 4.0);
     assert_eq!(value(&text, "scimlog_write_queue_depth", &[]), Some(0.0));
