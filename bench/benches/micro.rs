@@ -1,5 +1,6 @@
 //! Micro-benchmarks of the parts a request goes through: filter parsing and evaluation, PATCH
-//! application, deciding and folding events into the read models, sealing and decoding one
+//! application, deciding and folding events into the read models, rendering a stored user as a
+//! GET answers it, sealing and decoding one
 //! event, and the log append (the writer: decide, seal, hash, fold, commit) with 1, 16 and 128
 //! commands per commit, fsync on and off, and the request-line rewriter every read goes through. `cargo bench -p scimlog-bench` (criterion; medians and spreads on stdout).
 
@@ -187,6 +188,26 @@ fn folds(c: &mut Criterion) {
     g.finish();
 }
 
+/// A GET's answer from the user's stored document, as it is written (its attributes copied from
+/// their stored text) and as it was (decoded into `Value`s, built, encoded again).
+fn renders(c: &mut Criterion) {
+    let mut kv = MemKv::default();
+    let cmd = Command::CreateUser { id: "u0000001".into(), input: parse_user(&user(1)).unwrap() };
+    for (i, e) in decide(&kv, &CTX, cmd).unwrap().events.into_iter().enumerate() {
+        apply(&mut kv, &stamp(i as u64 + 1, e));
+    }
+    let stored = scimlog_projections::query::user_bytes(&kv, CTX.tenant, "u0000001").expect("the user is stored");
+    let base = "https://scim.example.com/scim/v2";
+    let copied = scimlog::http::render_stored_user(base, &stored, true).unwrap();
+    assert_eq!(copied, scimlog::http::render_stored_user(base, &stored, false).unwrap(), "the two give the same bytes");
+    let mut g = c.benchmark_group("render a stored user");
+    g.throughput(Throughput::Bytes(copied.len() as u64));
+    for (name, copy) in [("copied from its stored text", true), ("decoded into Values and built", false)] {
+        g.bench_function(name, |b| b.iter(|| black_box(scimlog::http::render_stored_user(base, black_box(&stored), copy))));
+    }
+    g.finish();
+}
+
 /// One event's way through the log and out: sealed (personal values encrypted with the
 /// subject's key, serialised, hashed: on the writer), decoded with its values opened (replays,
 /// the publisher, feeds) and made the published body (the publisher), for a `user.created` with
@@ -305,6 +326,6 @@ fn request_lines(c: &mut Criterion) {
 criterion_group! {
     name = micro;
     config = Criterion::default().warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(3));
-    targets = filters, patches, folds, events, log_append, request_lines
+    targets = filters, patches, folds, renders, events, log_append, request_lines
 }
 criterion_main!(micro);

@@ -145,6 +145,14 @@ pub async fn blocking_read<T: Send + 'static>(
     })
 }
 
+/// A stored user's answer to a GET without a projection (no groups), copied from its stored
+/// text (`copy`, what a GET does) or built as a `Value` (what a projection takes): for the
+/// micro-benchmarks, which compare the two.
+#[doc(hidden)]
+pub fn render_stored_user(base: &str, stored: &[u8], copy: bool) -> Option<Vec<u8>> {
+    render::stored_user_text(base, stored, copy)
+}
+
 /// The id shared by every event of one request, also sent back as `X-Request-Id`.
 #[derive(Clone, Debug)]
 pub struct RequestId(pub String);

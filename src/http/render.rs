@@ -137,6 +137,17 @@ fn user_from(
     Some((Rendered::of(&built(base, doc, proj, shape, groups)), version))
 }
 
+/// For the micro-benchmarks (`scimlog::http::render_stored_user`): a stored user as a GET
+/// without a projection answers it, with no groups, copied from its text or built as a `Value`.
+pub fn stored_user_text(base: &str, stored: &[u8], copy: bool) -> Option<Vec<u8>> {
+    let proj = Projection::default();
+    if copy {
+        return user_from(base, stored, &proj, GrantShape::Objects, |_| Vec::new()).map(|(r, _)| r.0);
+    }
+    let doc: UserDoc = serde_json::from_slice(stored).ok()?;
+    Some(Rendered::of(&built(base, doc, &proj, GrantShape::Objects, |_| Vec::new())).0)
+}
+
 /// Whether the stored attributes go into the answer as they are: none is a key the answer sets
 /// itself (never stored: `UserInput` leaves them out), and no grant is to be reshaped.
 fn copies_as_stored(doc: &StoredUser<'_>, shape: GrantShape) -> bool {
