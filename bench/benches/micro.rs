@@ -203,7 +203,9 @@ fn renders(c: &mut Criterion) {
     let mut g = c.benchmark_group("render a stored user");
     g.throughput(Throughput::Bytes(copied.len() as u64));
     for (name, copy) in [("copied from its stored text", true), ("decoded into Values and built", false)] {
-        g.bench_function(name, |b| b.iter(|| black_box(scimlog::http::render_stored_user(base, black_box(&stored), copy))));
+        g.bench_function(name, |b| {
+            b.iter(|| black_box(scimlog::http::render_stored_user(base, black_box(&stored), copy)))
+        });
     }
     g.finish();
 }
