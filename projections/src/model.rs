@@ -139,6 +139,26 @@ pub struct StoredUser<'a> {
     pub attributes: Vec<(Cow<'a, str>, &'a RawValue)>,
 }
 
+impl StoredUser<'_> {
+    /// The whole [`UserDoc`], each attribute decoded from its text: for an answer the stored text
+    /// does not make as it is, without reading the stored bytes a second time.
+    pub fn decode(self) -> Result<UserDoc, serde_json::Error> {
+        let attributes = self
+            .attributes
+            .into_iter()
+            .map(|(k, v)| Ok((k.into_owned(), serde_json::from_str(v.get())?)))
+            .collect::<Result<Map<String, Value>, serde_json::Error>>()?;
+        Ok(UserDoc {
+            id: self.id.into_owned(),
+            version: self.version,
+            created: self.created,
+            last_modified: self.last_modified,
+            active: self.active,
+            attributes,
+        })
+    }
+}
+
 /// A JSON object's entries, in order, each value kept as its text.
 fn attribute_texts<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<(Cow<'de, str>, &'de RawValue)>, D::Error> {
     struct Entries;

@@ -125,14 +125,17 @@ fn user_from(
     shape: GrantShape,
     groups: impl FnOnce(&str) -> Vec<Value>,
 ) -> Option<(Rendered, u64)> {
-    if proj.is_default() {
+    let doc = if proj.is_default() {
         let doc: StoredUser<'_> = serde_json::from_slice(stored).ok()?;
         if copies_as_stored(&doc, shape) {
             let version = doc.version;
             return Some((copied(base, doc, groups), version));
         }
-    }
-    let doc: UserDoc = serde_json::from_slice(stored).ok()?;
+        // Parsed once: its attributes are decoded from the texts already found.
+        doc.decode().ok()?
+    } else {
+        serde_json::from_slice::<UserDoc>(stored).ok()?
+    };
     let version = doc.version;
     Some((Rendered::of(&built(base, doc, proj, shape, groups)), version))
 }
