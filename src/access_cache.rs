@@ -32,8 +32,10 @@ pub struct GroupCache {
 }
 
 /// tenant → key → kept value: looked up by `&str` without building a key (an access check
-/// through nested groups looks up a dozen nodes).
-type PerTenant<V> = HashMap<String, HashMap<String, V>>;
+/// through nested groups looks up a dozen nodes), with foldhash (seeded per process) rather
+/// than SipHash (0.8% of an access check's samples at 100k users, of 3% in these lookups).
+type PerTenant<V> = HashMap<String, HashMap<String, V, Fast>, Fast>;
+type Fast = foldhash::fast::RandomState;
 
 #[derive(Default)]
 struct Kept {

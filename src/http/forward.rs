@@ -61,7 +61,7 @@ pub async fn writes_to_leader(state: &AppState, req: Request) -> Result<Response
         }
     };
     // The access log and the duration metric name it so (it was never routed on this node).
-    resp.extensions_mut().insert(super::RouteTemplate("(forwarded to the leader)".into()));
+    resp.extensions_mut().insert(super::RouteTemplate(std::sync::Arc::from("(forwarded to the leader)")));
     Ok(resp)
 }
 

@@ -37,24 +37,28 @@ struct Meta {
     version: String,
 }
 
-fn meta(
+/// `created` and `last_modified` as shown: with milliseconds.
+fn meta(base: &str, kind: ResourceKind, id: &str, created: String, last_modified: String, version: u64) -> Meta {
+    Meta {
+        resource_type: kind.as_str(),
+        created,
+        last_modified,
+        location: location(base, kind, id),
+        version: format!("W/\"{version}\""),
+    }
+}
+
+/// A decoded document's `meta` as a `Value` (what a built answer holds).
+fn meta_value(
     base: &str,
     kind: ResourceKind,
     id: &str,
     created: &chrono::DateTime<chrono::Utc>,
     modified: &chrono::DateTime<chrono::Utc>,
     version: u64,
-) -> Meta {
-    Meta {
-        resource_type: kind.as_str(),
-        created: created.to_rfc3339_opts(SecondsFormat::Millis, true),
-        last_modified: modified.to_rfc3339_opts(SecondsFormat::Millis, true),
-        location: location(base, kind, id),
-        version: format!("W/\"{version}\""),
-    }
-}
-
-fn meta_value(meta: Meta) -> Value {
+) -> Value {
+    let millis = |t: &chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(SecondsFormat::Millis, true);
+    let meta = meta(base, kind, id, millis(created), millis(modified), version);
     serde_json::to_value(meta).expect("meta serialises")
 }
 
@@ -195,7 +199,7 @@ fn copied(base: &str, doc: StoredUser<'_>, groups: impl FnOnce(&str) -> Vec<Valu
         serde_json::to_writer(&mut out, &groups).expect("JSON values serialise");
     }
     out.extend_from_slice(b",\"meta\":");
-    let meta = meta(base, ResourceKind::User, &doc.id, &doc.created, &doc.last_modified, doc.version);
+    let meta = meta(base, ResourceKind::User, &doc.id, doc.created.millis(), doc.last_modified.millis(), doc.version);
     serde_json::to_writer(&mut out, &meta).expect("meta serialises");
     out.push(b'}');
     Rendered(out)
@@ -211,7 +215,7 @@ fn built(
     groups: impl FnOnce(&str) -> Vec<Value>,
 ) -> Value {
     let schemas = doc.schemas();
-    let meta = meta_value(meta(base, ResourceKind::User, &doc.id, &doc.created, &doc.last_modified, doc.version));
+    let meta = meta_value(base, ResourceKind::User, &doc.id, &doc.created, &doc.last_modified, doc.version);
     let groups = if proj.wants("groups") { groups(&doc.id) } else { Vec::new() };
     let UserDoc { id, active, attributes, .. } = doc;
     // The order of the answer's keys: schemas, id, the attributes, active, groups, meta.
@@ -255,10 +259,8 @@ pub fn group(kv: &impl KvRead, t: &str, base: &str, doc: &GroupDoc, proj: &Proje
             .collect();
         m.insert("members".into(), Value::Array(members));
     }
-    m.insert(
-        "meta".into(),
-        meta_value(meta(base, ResourceKind::Group, &doc.id, &doc.created, &doc.last_modified, doc.version)),
-    );
+    let meta = meta_value(base, ResourceKind::Group, &doc.id, &doc.created, &doc.last_modified, doc.version);
+    m.insert("meta".into(), meta);
     shape_grants(&mut m, shape);
     proj.apply(&registry().group, Value::Object(m))
 }
