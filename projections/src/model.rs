@@ -191,7 +191,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for StoredTime<'a> {
         let Name(text) = Name::deserialize(d)?;
         let time = StoredTime(text);
         // A text the cut does not take must still be a time: refused here, as a `DateTime` was.
-        if millis_cut(&time.0).is_none() {
+        if cut_fraction(&time.0).is_none() {
             time.time().map_err(serde::de::Error::custom)?;
         }
         Ok(time)
@@ -201,6 +201,20 @@ impl<'de: 'a, 'a> Deserialize<'de> for StoredTime<'a> {
 /// `YYYY-MM-DDTHH:MM:SS[.f…]Z` with its fields in range (a leap second, `:60`, is left to
 /// chrono) cut to milliseconds; `None` for any other text.
 fn millis_cut(text: &str) -> Option<String> {
+    let fraction = cut_fraction(text)?;
+    let mut out = String::with_capacity(24);
+    out.push_str(&text[..19]);
+    out.push('.');
+    for i in 0..3 {
+        out.push(char::from(*fraction.get(i).unwrap_or(&b'0')));
+    }
+    out.push('Z');
+    Some(out)
+}
+
+/// The fraction's digits (none for whole seconds) of a text [`millis_cut`] takes; `None` for
+/// any other text. Reading a user checks the shape with this, without building the cut.
+fn cut_fraction(text: &str) -> Option<&[u8]> {
     let b = text.as_bytes();
     let (head, rest) = (b.get(..19)?, b.get(19..)?);
     let two = |i: usize| -> Option<u32> {
@@ -213,19 +227,13 @@ fn millis_cut(text: &str) -> Option<String> {
     if !shape || !ranges.iter().all(|&(i, lo, hi)| two(i).is_some_and(|v| (lo..=hi).contains(&v))) {
         return None;
     }
-    let fraction = match rest {
-        [b'Z'] => &[][..],
-        [b'.', digits @ .., b'Z'] if (1..=9).contains(&digits.len()) && digits.iter().all(u8::is_ascii_digit) => digits,
-        _ => return None,
-    };
-    let mut out = String::with_capacity(24);
-    out.push_str(&text[..19]);
-    out.push('.');
-    for i in 0..3 {
-        out.push(char::from(*fraction.get(i).unwrap_or(&b'0')));
+    match rest {
+        [b'Z'] => Some(&[][..]),
+        [b'.', digits @ .., b'Z'] if (1..=9).contains(&digits.len()) && digits.iter().all(u8::is_ascii_digit) => {
+            Some(digits)
+        }
+        _ => None,
     }
-    out.push('Z');
-    Some(out)
 }
 
 /// A JSON object's entries, in order, each value kept as its text.

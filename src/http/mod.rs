@@ -194,8 +194,8 @@ pub fn router(state: AppState) -> Router {
 }
 
 /// The route a request matched (`/scim/v2/Users/{id}`), carried out on its response so that the
-/// outermost layer can log it. Shared, not copied: the access log line, the duration histogram,
-/// the in-flight gauge and the console's request record each hold it.
+/// outermost layer can log it. Shared, not copied, by the access log line, the duration
+/// histogram and the in-flight gauge (the console's request record keeps a `String` of it).
 #[derive(Clone, Debug)]
 struct RouteTemplate(Arc<str>);
 
