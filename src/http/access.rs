@@ -4,9 +4,7 @@
 //! different users is answered 409, never guessed. Host links are written by `hosts` (or
 //! `admin`) tokens only: they decide whose access a device carries.
 
-use std::collections::HashMap;
-
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -23,7 +21,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::error::{ApiError, ScimErrorDoc};
-use super::extract::{Caller, ScimBody};
+use super::extract::{Caller, Params, ScimBody};
 use super::{blocking_read, AppState};
 use crate::access_cache::GroupCache;
 use crate::command::{Command, Refusal};
@@ -284,19 +282,13 @@ async fn user_access(
     State(s): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-    Query(p): Query<HashMap<String, String>>,
+    p: Params,
 ) -> Result<Json<UserAccess>, ApiError> {
     expand_access(s, move |s, budget| user_access_now(s, &caller, &id, &p, budget)).await.map(Json)
 }
 
-fn user_access_now(
-    s: &AppState,
-    caller: &Caller,
-    id: &str,
-    p: &HashMap<String, String>,
-    budget: usize,
-) -> Result<UserAccess, Expand> {
-    let by = parse_by(p.get("by").map(String::as_str))?;
+fn user_access_now(s: &AppState, caller: &Caller, id: &str, p: &Params, budget: usize) -> Result<UserAccess, Expand> {
+    let by = parse_by(p.get("by"))?;
     let view = s.store.view();
     let t = caller.tenant();
     let body = find_user(&view, t, id, by)?.map(|u| user_access_of(&view, &s.groups, t, &u, budget)).transpose()?;
@@ -324,28 +316,19 @@ fn user_access_now(
         (status = 409, description = "The name matches two different users", body = ScimErrorDoc),
     ),
 )]
-async fn check(
-    State(s): State<AppState>,
-    caller: Caller,
-    Query(p): Query<HashMap<String, String>>,
-) -> Result<Json<AccessDecision>, ApiError> {
+async fn check(State(s): State<AppState>, caller: Caller, p: Params) -> Result<Json<AccessDecision>, ApiError> {
     expand_access(s, move |s, budget| check_now(s, &caller, &p, budget)).await.map(Json)
 }
 
-fn check_now(
-    s: &AppState,
-    caller: &Caller,
-    p: &HashMap<String, String>,
-    budget: usize,
-) -> Result<AccessDecision, Expand> {
+fn check_now(s: &AppState, caller: &Caller, p: &Params, budget: usize) -> Result<AccessDecision, Expand> {
     let user =
         p.get("user").filter(|u| !u.is_empty()).ok_or_else(|| SchemaError::invalid_value("'user' is required"))?;
     let env = p
         .get("environment")
         .filter(|e| !e.is_empty())
         .ok_or_else(|| SchemaError::invalid_value("'environment' is required"))?;
-    let role = p.get("role").filter(|r| !r.is_empty()).map(String::as_str);
-    let by = parse_by(p.get("by").map(String::as_str))?;
+    let role = p.get("role").filter(|r| !r.is_empty());
+    let by = parse_by(p.get("by"))?;
     let view = s.store.view();
     let t = caller.tenant();
     let answer = decide_access(&view, &s.groups, t, &s.cfg, user, by, role, env, budget)?;

@@ -4,10 +4,9 @@
 //! likes; `wait` long-polls when nothing is new. `events` or `admin` tokens only: the envelopes
 //! hold personal values.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::Json;
 use scimlog_schemas::event::EventType;
 use scimlog_schemas::SchemaError;
@@ -18,7 +17,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::error::{ApiError, ScimErrorDoc};
-use super::extract::Caller;
+use super::extract::{Caller, Params};
 use super::{blocking_read, AppState};
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -51,7 +50,7 @@ struct PageQuery {
     wait: Duration,
 }
 
-fn parse(p: &HashMap<String, String>, s: &AppState) -> Result<PageQuery, ApiError> {
+fn parse(p: &Params, s: &AppState) -> Result<PageQuery, ApiError> {
     let number = |name: &str, default: u64| -> Result<u64, ApiError> {
         match p.get(name) {
             None => Ok(default),
@@ -81,7 +80,7 @@ fn parse(p: &HashMap<String, String>, s: &AppState) -> Result<PageQuery, ApiErro
         after: number("after", 0)?,
         limit: (number("limit", 100)? as usize).clamp(1, s.cfg.events_page_max),
         types,
-        resource: p.get("resource").filter(|r| !r.is_empty()).cloned(),
+        resource: p.get("resource").filter(|r| !r.is_empty()).map(str::to_string),
         wait: Duration::from_secs(wait),
     })
 }
@@ -102,11 +101,7 @@ fn parse(p: &HashMap<String, String>, s: &AppState) -> Result<PageQuery, ApiErro
         (status = 403, description = "Not an events or admin token", body = ScimErrorDoc),
     ),
 )]
-async fn events(
-    State(s): State<AppState>,
-    caller: Caller,
-    Query(p): Query<HashMap<String, String>>,
-) -> Result<Json<EventPage>, ApiError> {
+async fn events(State(s): State<AppState>, caller: Caller, p: Params) -> Result<Json<EventPage>, ApiError> {
     if !caller.principal.role.may_read_events() {
         return Err(ApiError::Forbidden(
             "the events API needs an events or admin token (scimlog token create --role events)",

@@ -87,6 +87,58 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
     }
 }
 
+/// A request's parameters: the query string's, or a SearchRequest's members. Each name is sent
+/// once.
+///
+/// Names match ignoring ASCII case, as SCIM's attribute names do (`startIndex`, `STARTINDEX`).
+/// A name sent twice, in any case, is refused: which of the two values the client meant cannot
+/// be known, and keeping either would drop the other without a word. Their number is bounded by
+/// what carries them: hyper's limit on a request head, `--max-body-bytes` for a SearchRequest.
+#[derive(Debug, Default)]
+pub struct Params(HashMap<String, String>);
+
+impl Params {
+    /// Parses an `application/x-www-form-urlencoded` query string (without its `?`).
+    pub fn parse(query: &str) -> Result<Params, SchemaError> {
+        let mut params = Params::default();
+        for (name, value) in form_urlencoded::parse(query.as_bytes()) {
+            params.insert(&name, value.into_owned())?;
+        }
+        Ok(params)
+    }
+
+    /// Adds a parameter; a name already held (ignoring case) is refused.
+    pub fn insert(&mut self, name: &str, value: String) -> Result<(), SchemaError> {
+        match self.0.entry(name.to_ascii_lowercase()) {
+            std::collections::hash_map::Entry::Occupied(_) => Err(SchemaError::invalid_value(format!(
+                "the parameter {name:?} is sent twice; send each parameter once"
+            ))),
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                slot.insert(value);
+                Ok(())
+            }
+        }
+    }
+
+    /// The value of `name`, matched ignoring ASCII case.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        // Most names asked for are lowercase already (`filter`, `user`): no copy for those.
+        let found = match name.bytes().any(|b| b.is_ascii_uppercase()) {
+            true => self.0.get(&name.to_ascii_lowercase()),
+            false => self.0.get(name),
+        };
+        found.map(String::as_str)
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Params {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        Ok(Params::parse(parts.uri.query().unwrap_or_default())?)
+    }
+}
+
 /// Parses an entity tag as this server writes them: `W/"7"` (or `"7"`).
 fn parse_etag(tag: &str) -> Option<u64> {
     let tag = tag.trim();
@@ -153,9 +205,8 @@ impl Projection {
     }
 
     /// The projection a request's query asks for.
-    pub fn from_params(params: &HashMap<String, String>) -> Result<Projection, SchemaError> {
-        let param = |n: &str| params.iter().find(|(k, _)| k.eq_ignore_ascii_case(n)).map(|(_, v)| v.as_str());
-        Projection::parse(param("attributes"), param("excludedAttributes"))
+    pub fn from_params(params: &Params) -> Result<Projection, SchemaError> {
+        Projection::parse(params.get("attributes"), params.get("excludedAttributes"))
     }
 
     /// Whether the request named any attributes at all.
@@ -264,8 +315,8 @@ fn decode_twice_encoded(f: &mut Filter) {
 }
 
 impl ListQuery {
-    pub fn from_params(params: &HashMap<String, String>, state: &AppState) -> Result<ListQuery, ApiError> {
-        let get = |name: &str| params.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str());
+    pub fn from_params(params: &Params, state: &AppState) -> Result<ListQuery, ApiError> {
+        let get = |name: &str| params.get(name);
         let int = |name: &str| -> Result<Option<i64>, ApiError> {
             get(name)
                 .map(|v| {
@@ -313,5 +364,49 @@ impl ListQuery {
         };
         let projection = Projection::parse(get("attributes"), get("excludedAttributes"))?;
         Ok(ListQuery { filter, filter_text, paging, count, projection, sort })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Params;
+
+    /// (query string, the parameters read, or the name the refusal quotes)
+    #[test]
+    fn a_query_string_is_read_once_per_name() {
+        let table: &[(&str, Result<&[(&str, &str)], &str>)] = &[
+            ("", Ok(&[])),
+            ("filter=a&count=2", Ok(&[("filter", "a"), ("count", "2")])),
+            ("startIndex=3", Ok(&[("STARTINDEX", "3"), ("startindex", "3")])),
+            ("a=%41+b&b=&&c", Ok(&[("a", "A b"), ("b", ""), ("c", "")])),
+            ("filter=a&filter=b", Err("filter")),
+            ("filter=a&filter=a", Err("filter")),
+            ("count=1&COUNT=2", Err("COUNT")),
+            ("fil%74er=x&filter=y", Err("filter")),
+            ("b=&b", Err("b")),
+        ];
+        for (query, expected) in table {
+            match (Params::parse(query), expected) {
+                (Ok(p), Ok(pairs)) => {
+                    for (name, value) in *pairs {
+                        assert_eq!(p.get(name), Some(*value), "{query}: {name}");
+                    }
+                    assert_eq!(
+                        p.0.len(),
+                        pairs
+                            .iter()
+                            .map(|(n, _)| n.to_ascii_lowercase())
+                            .collect::<std::collections::HashSet<_>>()
+                            .len(),
+                        "{query}"
+                    );
+                }
+                (Err(e), Err(name)) => {
+                    let detail = e.to_string();
+                    assert!(detail.contains(&format!("{name:?} is sent twice")), "{query}: {detail}");
+                }
+                (got, want) => panic!("{query}: got {got:?}, want {want:?}"),
+            }
+        }
     }
 }

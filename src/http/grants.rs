@@ -5,9 +5,7 @@
 //! A grant is known while a user or a group holds it directly (the `gv` read model); its
 //! resource says how many of each (`urn:scimlog:...:holders:2.0:Grant`). Its `id` is its URN.
 
-use std::collections::HashMap;
-
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use axum::routing::get;
@@ -20,7 +18,7 @@ use scimlog_schemas::{urn, SchemaError};
 use serde_json::{json, Value};
 
 use super::error::ApiError;
-use super::extract::{Caller, ListQuery, Paging};
+use super::extract::{Caller, ListQuery, Paging, Params};
 use super::render::{list_response, Rendered};
 use super::{scim_response, scim_text, AppState};
 
@@ -65,7 +63,7 @@ pub fn router() -> Router<AppState> {
         r = r
             .route(
                 &format!("/{}", kind.endpoint()),
-                get(move |State(s): State<AppState>, caller: Caller, Query(p): Query<HashMap<String, String>>| async move {
+                get(move |State(s): State<AppState>, caller: Caller, p: Params| async move {
                     let q = ListQuery::from_params(&p, &s)?;
                     super::blocking_read(&s, move |s| list(s, &caller, kind, q)).await
                 })

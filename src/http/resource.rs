@@ -16,7 +16,7 @@ use uuid::Uuid;
 use super::error::ApiError;
 use scimlog_schemas::cursor;
 
-use super::extract::{if_match, if_none_match_hits, Caller, ListQuery, Paging, Projection};
+use super::extract::{if_match, if_none_match_hits, Caller, ListQuery, Paging, Params, Projection};
 use super::render::Rendered;
 use super::{render, resource_response, scim_text, AppState};
 use crate::command::{Command, Refusal};
@@ -141,7 +141,7 @@ pub async fn create(
     state: &AppState,
     caller: Caller,
     kind: ScimKind,
-    params: &HashMap<String, String>,
+    params: &Params,
     body: Value,
 ) -> Result<Response, ApiError> {
     let proj = Projection::from_params(params)?;
@@ -162,7 +162,7 @@ pub fn get(
     kind: ScimKind,
     id: &str,
     headers: &HeaderMap,
-    params: &HashMap<String, String>,
+    params: &Params,
 ) -> Result<Response, ApiError> {
     let proj = Projection::from_params(params)?;
     let view = state.store.view();
@@ -188,7 +188,7 @@ pub async fn replace(
     kind: ScimKind,
     id: String,
     headers: &HeaderMap,
-    params: &HashMap<String, String>,
+    params: &Params,
     body: Value,
 ) -> Result<Response, ApiError> {
     let proj = Projection::from_params(params)?;
@@ -227,7 +227,7 @@ pub async fn patch(
     kind: ScimKind,
     id: String,
     headers: &HeaderMap,
-    params: &HashMap<String, String>,
+    params: &Params,
     body: Value,
 ) -> Result<Response, ApiError> {
     let proj = Projection::from_params(params)?;
@@ -275,7 +275,7 @@ pub async fn list(
     state: &AppState,
     caller: Caller,
     kinds: Vec<ScimKind>,
-    params: HashMap<String, String>,
+    params: Params,
 ) -> Result<Response, ApiError> {
     let q = ListQuery::from_params(&params, state)?;
     if let Some(f) = &q.filter {
@@ -488,7 +488,7 @@ pub async fn search(
     list(state, caller, kinds, params).await
 }
 
-fn search_params(body: &Value) -> Result<HashMap<String, String>, ApiError> {
+fn search_params(body: &Value) -> Result<Params, ApiError> {
     use scimlog_schemas::SchemaError;
     let obj = body.as_object().ok_or_else(|| SchemaError::invalid_syntax("a SearchRequest must be a JSON object"))?;
     if let Some(schemas) = obj.iter().find(|(k, _)| k.eq_ignore_ascii_case("schemas")).map(|(_, v)| v) {
@@ -503,7 +503,7 @@ fn search_params(body: &Value) -> Result<HashMap<String, String>, ApiError> {
             .into());
         }
     }
-    let mut params = HashMap::new();
+    let mut params = Params::default();
     for (k, v) in obj {
         let text = match v {
             Value::String(s) => s.clone(),
@@ -513,7 +513,7 @@ fn search_params(body: &Value) -> Result<HashMap<String, String>, ApiError> {
             other => other.to_string(),
         };
         if !k.eq_ignore_ascii_case("schemas") {
-            params.insert(k.clone(), text);
+            params.insert(k, text)?;
         }
     }
     Ok(params)
@@ -521,11 +521,10 @@ fn search_params(body: &Value) -> Result<HashMap<String, String>, ApiError> {
 
 /// The routes of one resource type: `/<Endpoint>` and `/<Endpoint>/{id}`.
 pub fn routes(kind: ScimKind) -> axum::Router<AppState> {
-    use axum::extract::{Path, Query, State};
+    use axum::extract::{Path, State};
     use axum::routing::get as get_route;
 
     use super::extract::ScimBody;
-    type Params = Query<HashMap<String, String>>;
 
     let base = format!("/{}", kind.endpoint());
     let one = format!("/{}/{{id}}", kind.endpoint());
@@ -540,30 +539,30 @@ pub fn routes(kind: ScimKind) -> axum::Router<AppState> {
         )
         .route(
             &base,
-            get_route(move |State(s): State<AppState>, caller: Caller, Query(p): Params| async move {
+            get_route(move |State(s): State<AppState>, caller: Caller, p: Params| async move {
                 list(&s, caller, vec![kind], p).await
             })
-                .post(move |State(s): State<AppState>, caller: Caller, Query(p): Params, ScimBody(body): ScimBody| async move {
+                .post(move |State(s): State<AppState>, caller: Caller, p: Params, ScimBody(body): ScimBody| async move {
                     create(&s, caller, kind, &p, body).await
                 })
                 .fallback(super::method_not_allowed),
         )
         .route(
             &one,
-            get_route(move |State(s): State<AppState>, caller: Caller, Path(id): Path<String>, headers: HeaderMap, Query(p): Params| async move {
+            get_route(move |State(s): State<AppState>, caller: Caller, Path(id): Path<String>, headers: HeaderMap, p: Params| async move {
                 match kind {
                     // A user is one point read; a group renders its members, off the runtime.
                     ScimKind::User => get(&s, &caller, kind, &id, &headers, &p),
                     ScimKind::Group => super::blocking_read(&s, move |s| get(s, &caller, kind, &id, &headers, &p)).await,
                 }
             })
-            .put(move |State(s): State<AppState>, caller: Caller, Path(id): Path<String>, headers: HeaderMap, Query(p): Params, ScimBody(body): ScimBody| async move {
+            .put(move |State(s): State<AppState>, caller: Caller, Path(id): Path<String>, headers: HeaderMap, p: Params, ScimBody(body): ScimBody| async move {
                 replace(&s, caller, kind, id, &headers, &p, body).await
             })
             .delete(move |State(s): State<AppState>, caller: Caller, Path(id): Path<String>, headers: HeaderMap| async move {
                 delete(&s, caller, kind, id, &headers).await
             })
-            .patch(move |State(s): State<AppState>, caller: Caller, Path(id): Path<String>, headers: HeaderMap, Query(p): Params, ScimBody(body): ScimBody| async move {
+            .patch(move |State(s): State<AppState>, caller: Caller, Path(id): Path<String>, headers: HeaderMap, p: Params, ScimBody(body): ScimBody| async move {
                 patch(&s, caller, kind, id, &headers, &p, body).await
             })
             .fallback(super::method_not_allowed),

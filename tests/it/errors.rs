@@ -151,6 +151,58 @@ async fn bad_input_table() {
     assert_eq!(s.log_position().await, before, "no refused request wrote anything");
 }
 
+/// A parameter sent twice (in any case) is refused, naming it, on every endpoint that reads
+/// parameters: the server cannot know which value was meant, and keeping one would drop the other.
+#[tokio::test]
+async fn a_parameter_sent_twice_is_refused_and_writes_nothing() {
+    let s = TestServer::start().await;
+    let id = s.post("/Users", &json!({"userName": "taken"})).await.id();
+    let before = s.log_position().await;
+    let user = r#"{"userName": "new.one"}"#;
+    let patch = r#"{"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
+        "Operations": [{"op": "replace", "path": "displayName", "value": "D"}]}"#;
+    let filters = format!("filter={}&filter={}", q(r#"userName eq "a""#), q(r#"userName eq "b""#));
+    let api = |p: &str| format!("{}/api/v1{p}", s.base);
+
+    // (method, path, body, the name the detail quotes)
+    let table: Vec<(Method, String, &str, &str)> = vec![
+        (Method::GET, format!("/Users?{filters}"), "", "filter"),
+        (Method::GET, "/Users?count=1&COUNT=2".into(), "", "COUNT"),
+        (Method::GET, "/Groups?startIndex=1&startindex=2".into(), "", "startindex"),
+        (Method::GET, "/Users?fil%74er=x&filter=y".into(), "", "filter"),
+        (Method::GET, format!("/Users/{id}?attributes=userName&attributes=emails"), "", "attributes"),
+        (Method::GET, "/Roles?count=1&count=1".into(), "", "count"),
+        (Method::POST, "/Users?attributes=id&attributes=userName".into(), user, "attributes"),
+        (Method::PUT, format!("/Users/{id}?excludedAttributes=a&excludedAttributes=b"), user, "excludedAttributes"),
+        (Method::PATCH, format!("/Users/{id}?attributes=a&Attributes=b"), patch, "Attributes"),
+        (Method::POST, "/Users/.search".into(), r#"{"filter": "userName pr", "Filter": "id pr"}"#, "ilter"),
+        (Method::POST, "/.search".into(), r#"{"count": 1, "Count": 2}"#, "ount"),
+        (Method::GET, api(&format!("/access/check?user={id}&user=taken&environment=prod")), "", "user"),
+        (Method::GET, api(&format!("/users/{id}/access?by=id&by=userName")), "", "by"),
+    ];
+    for (method, path, body, name) in table {
+        let url = if path.starts_with("http") { path.clone() } else { s.url(&path) };
+        let mut req = s.client.request(method.clone(), url).bearer_auth(&s.token);
+        if !body.is_empty() {
+            req = req.header("content-type", "application/scim+json").body(body.to_string());
+        }
+        let r = crate::support::read(req.send().await.unwrap()).await;
+        eprintln!("{method} {path}");
+        r.assert_error(400, Some("invalidValue"), &format!("{name}\" is sent twice"));
+    }
+    // The events API takes an events or admin token.
+    let url = api("/events?after=0&limit=5&after=1");
+    let r = crate::support::read(s.client.get(url).bearer_auth(s.admin_token()).send().await.unwrap()).await;
+    r.assert_error(400, Some("invalidValue"), "\"after\" is sent twice");
+    assert_eq!(s.log_position().await, before, "no refused request wrote anything");
+
+    // Once, in any case, a parameter is read as before.
+    let found = s.get(&format!("/Users?FILTER={}&Count=5", q(r#"userName eq "taken""#))).await;
+    assert_eq!(found.status.as_u16(), 200, "{}", found.body);
+    assert_eq!(found.body["totalResults"], 1, "{}", found.body);
+    assert_eq!(found.body["Resources"][0]["id"], id.as_str(), "{}", found.body);
+}
+
 #[tokio::test]
 async fn limits_are_enforced() {
     let tmp = tempfile::tempdir().unwrap();
