@@ -252,6 +252,11 @@ pub struct ServeConfig {
     /// All RocksDB memtables together (recent writes not yet in files), in MiB.
     #[arg(long, env = "SCIMLOG_MEMTABLE_BUDGET_MB", default_value_t = 64, help_heading = "Store")]
     pub memtable_budget_mb: usize,
+    /// How often the free pages inside the C allocator's heaps (RocksDB's memory: freed cache
+    /// blocks, memtables) are handed back to the kernel, in ms; 0: never. Between 100 and
+    /// 3600000. glibc only; see `malloc.rs`.
+    #[arg(long, env = "SCIMLOG_MALLOC_TRIM_INTERVAL_MS", default_value_t = 10_000, help_heading = "Store")]
+    pub malloc_trim_interval_ms: u64,
     /// On shutdown, how long to keep serving with `/readyz` at 503 before new connections are
     /// refused: the time a load balancer needs to see the instance unready (e.g. 5000 behind a
     /// Kubernetes Service). 0: stop accepting at once.
@@ -330,6 +335,10 @@ struct Wrapper {
     config: ServeConfig,
 }
 
+/// A trim holds each allocator arena's lock while it walks it: more often than this would be
+/// busywork.
+const MALLOC_TRIM_MIN_MS: u64 = 100;
+
 impl ServeConfig {
     /// The defaults (and SCIMLOG_* variables) with another data dir: for tests and tools.
     pub fn with_data_dir(data_dir: impl Into<PathBuf>) -> ServeConfig {
@@ -367,6 +376,12 @@ impl ServeConfig {
             self.console_session_ttl_s
         );
         anyhow::ensure!(self.console_max_sessions >= 1, "--console-max-sessions must be at least 1");
+        anyhow::ensure!(
+            self.malloc_trim_interval_ms == 0
+                || (MALLOC_TRIM_MIN_MS..=3_600_000).contains(&self.malloc_trim_interval_ms),
+            "--malloc-trim-interval-ms must be 0 (never) or between {MALLOC_TRIM_MIN_MS} and 3600000, got {}",
+            self.malloc_trim_interval_ms
+        );
         anyhow::ensure!(
             self.request_log_size <= 100_000,
             "--request-log-size must be at most 100000, got {}",

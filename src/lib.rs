@@ -23,6 +23,7 @@
 //!   streams (poll, push, filters, feeds) and what their receivers acknowledged.
 //! - [`net_guard`]: the SSRF guard for URLs tenants choose (outbound targets, push receivers).
 //! - [`request_log`]: the recent requests and each token's health, in memory, for the console.
+//! - [`malloc`]: the C allocator's housekeeping (RocksDB's memory): arenas, periodic trims.
 //! - [`metrics`]: the Prometheus series, one registry per server, rendered at `GET /metrics`.
 //! - [`telemetry`]: OpenTelemetry traces over OTLP (off unless `OTEL_EXPORTER_OTLP_ENDPOINT`),
 //!   and the W3C `traceparent` a write stores with its events.
@@ -42,6 +43,7 @@ pub mod config_file;
 pub mod files;
 pub mod http;
 pub mod log;
+pub mod malloc;
 pub mod metrics;
 pub mod net_guard;
 pub mod outbound;

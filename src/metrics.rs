@@ -163,6 +163,9 @@ pub struct Metrics {
     pub commit_duration: Histogram,
     pub publisher_ack: Histogram,
     pub publisher_errors: Counter,
+    /// `malloc::trim`: how long each took and the resident memory it gave back.
+    malloc_trim_duration: Histogram,
+    malloc_trimmed: Counter,
     head_position: Gauge,
     write_queue_depth: Gauge,
     publisher_position: Gauge,
@@ -274,6 +277,8 @@ impl Metrics {
             commit_duration: latency_buckets(),
             publisher_ack: latency_buckets(),
             publisher_errors: Counter::default(),
+            malloc_trim_duration: latency_buckets(),
+            malloc_trimmed: Counter::default(),
             head_position: Gauge::default(),
             write_queue_depth: Gauge::default(),
             publisher_position: Gauge::default(),
@@ -380,6 +385,16 @@ impl Metrics {
             m.process.resident_memory.clone(),
         );
         r.register("process_open_fds", "Open file descriptors of the process", m.process.open_fds.clone());
+        r.register(
+            "scimlog_malloc_trim_duration_seconds",
+            "One hand-back of the C allocator's free pages (--malloc-trim-interval-ms)",
+            m.malloc_trim_duration.clone(),
+        );
+        r.register(
+            "scimlog_malloc_trimmed_bytes",
+            "Resident memory the C allocator's trims gave back",
+            m.malloc_trimmed.clone(),
+        );
         r.register(
             "scimlog_outbound_requests",
             "Requests sent to outbound targets by target, method and status",
@@ -510,6 +525,12 @@ impl Metrics {
     /// Counts an access answer computed on the request's `worker` or on the blocking `pool`.
     pub fn access_answered(&self, r#where: &str) {
         self.access_answers.get_or_create(&WhereLabels { r#where: r#where.into() }).inc();
+    }
+
+    /// Records one `malloc::trim`.
+    pub fn malloc_trimmed(&self, released_bytes: u64, took: std::time::Duration) {
+        self.malloc_trim_duration.observe(took.as_secs_f64());
+        self.malloc_trimmed.inc_by(released_bytes);
     }
 
     /// Counts a refused write by why (`queue_full`, `tenant_share`).

@@ -124,7 +124,9 @@ impl Server {
         let (shutdown_bus, bus_shutdown) = tokio::sync::watch::channel(false);
         let bus_shutdown_for_tokens = bus_shutdown.clone();
         let bus_shutdown_for_metrics = bus_shutdown.clone();
+        let bus_shutdown_for_trims = bus_shutdown.clone();
         let cfg_metrics_listen = cfg.metrics_listen;
+        let trim_interval = Duration::from_millis(cfg.malloc_trim_interval_ms);
         let (writer, writer_thread) = writer::start(
             store.clone(),
             keys.clone(),
@@ -330,6 +332,9 @@ impl Server {
                 }
             })
         };
+        let trim_task = (!trim_interval.is_zero()).then(|| {
+            tokio::spawn(crate::malloc::trim_every(trim_interval, state.metrics.clone(), bus_shutdown_for_trims))
+        });
         // `/metrics` apart, without a token, when asked for: its own listener, stopped with the rest.
         let metrics_listener = match cfg_metrics_listen {
             Some(addr) => Some(
@@ -377,6 +382,9 @@ impl Server {
                 let _ = t.await;
             }
             if let Some(t) = metrics_task {
+                let _ = t.await;
+            }
+            if let Some(t) = trim_task {
                 let _ = t.await;
             }
             // With the router gone, the state goes, which closes and joins the writer (it drains

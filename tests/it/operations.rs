@@ -118,6 +118,47 @@ async fn liveness_and_readiness() {
     stopping.await.unwrap();
 }
 
+/// The C allocator's free pages are handed back every `--malloc-trim-interval-ms`, and each
+/// hand-back shows in `/metrics`; 0 turns it off; an interval outside its bounds is refused at
+/// start, naming the flag.
+#[tokio::test]
+async fn the_allocator_is_trimmed_on_its_interval_and_each_trim_is_counted() {
+    let trims = |text: &str| {
+        let line = text.lines().find_map(|l| l.strip_prefix("scimlog_malloc_trim_duration_seconds_count "));
+        line.and_then(|v| v.trim().parse::<u64>().ok()).expect("the trims' histogram in /metrics")
+    };
+    let s = TestServer::start_configured(|c| c.malloc_trim_interval_ms = 100).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let text = s.metrics_text().await;
+        if trims(&text) >= 3 {
+            assert!(text.contains("\nscimlog_malloc_trimmed_bytes_total "), "{text}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "fewer than 3 trims in 20 s at 100 ms: {text}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let off = TestServer::start_configured(|c| c.malloc_trim_interval_ms = 0).await;
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(trims(&off.metrics_text().await), 0, "0: never trimmed");
+
+    let base = crate::support::config(std::path::Path::new("/nonexistent"));
+    for (ms, accepted) in [(0, true), (99, false), (100, true), (3_600_000, true), (3_600_001, false)] {
+        let mut cfg = base.clone();
+        cfg.malloc_trim_interval_ms = ms;
+        match cfg.validate() {
+            Ok(()) => assert!(accepted, "{ms} ms was accepted"),
+            Err(e) => {
+                let e = e.to_string();
+                assert!(
+                    !accepted && e.contains("--malloc-trim-interval-ms") && e.contains(&ms.to_string()),
+                    "{ms}: {e}"
+                );
+            }
+        }
+    }
+}
+
 /// `scimlog healthcheck --url` (a container's HEALTHCHECK) exits 0 against a ready server and
 /// fails against nothing; `--version` names the git revision.
 #[tokio::test]
