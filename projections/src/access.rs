@@ -9,6 +9,7 @@ use std::collections::{BTreeSet, VecDeque};
 
 use chrono::{DateTime, Utc};
 use scimlog_schemas::access::{parse_grant, Grant, ScopeKind};
+use scimlog_schemas::MemberType;
 use serde::{Deserialize, Serialize};
 
 use crate::fold::load;
@@ -167,18 +168,24 @@ impl Budget {
     }
 }
 
-/// Every group `member` is in, directly or through nested groups (each once, cycles ignored),
-/// reading at most `limit` memberships.
-pub fn groups_transitively(kv: &impl KvRead, t: &str, member: &str, limit: usize) -> Result<Vec<String>, TooLarge> {
+/// Every group `member` (a user, or a group: `kind`) is in, directly or through nested groups
+/// (each once, cycles ignored), reading at most `limit` memberships.
+pub fn groups_transitively(
+    kv: &impl KvRead,
+    t: &str,
+    kind: MemberType,
+    member: &str,
+    limit: usize,
+) -> Result<Vec<String>, TooLarge> {
     let mut budget = Budget::new(limit);
-    let first = query::groups_of(kv, t, member, budget.page());
+    let first = query::groups_of(kv, t, kind, member, budget.page());
     budget.spend(first.len())?;
     let mut seen = BTreeSet::new();
     let mut queue: VecDeque<String> = first.into();
     let mut out = Vec::new();
     while let Some(g) = queue.pop_front() {
         if seen.insert(g.clone()) {
-            let up = query::groups_of(kv, t, &g, budget.page());
+            let up = query::groups_of(kv, t, MemberType::Group, &g, budget.page());
             budget.spend(up.len())?;
             queue.extend(up);
             out.push(g);
@@ -216,7 +223,7 @@ pub fn group_node(kv: &impl KvRead, t: &str, group: &str, limit: usize) -> Group
     GroupNode {
         display_name: query::group(kv, t, group).map(|g| g.display_name).unwrap_or_default(),
         grants: grants_of(kv, t, group),
-        parents: query::groups_of(kv, t, group, limit.saturating_add(1)),
+        parents: query::groups_of(kv, t, MemberType::Group, group, limit.saturating_add(1)),
     }
 }
 
@@ -269,7 +276,7 @@ pub fn effective_with(
         .map(|g| Effective { urn: g.urn, grant: g.grant, via_group: None, position: g.position })
         .collect();
     let mut budget = Budget::new(limit);
-    let first = query::groups_of(kv, t, &user.id, budget.page());
+    let first = query::groups_of(kv, t, MemberType::User, &user.id, budget.page());
     budget.spend(first.len())?;
     let mut seen = BTreeSet::new();
     let mut queue: VecDeque<String> = first.into();

@@ -1,7 +1,7 @@
 //! [`apply`]: one event into the read models. Pure and infallible: the same events in the same
 //! order always produce the same keys and values, which is what `replay --verify` relies on.
 
-use scimlog_schemas::event::{Event, EventBody};
+use scimlog_schemas::event::{Event, EventBody, MemberType};
 use scimlog_schemas::name::fold as fold_case;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -161,7 +161,7 @@ pub fn apply(kv: &mut impl Kv, e: &Event) {
             store(kv, &keys::user_tombstone(t, id), &Tombstone { version: e.resource_version, erased: false });
             bump_count(kv, &keys::user_count(t), -1);
             // The command removed its memberships with events first; this only guards the fold.
-            remove_memberships_of(kv, t, id);
+            remove_memberships_of(kv, t, MemberType::User, id);
             // Its grants and hosts go with it.
             remove_grants_of(kv, t, id, ResourceKind::User);
             for (k, _) in kv.scan(&keys::user_hosts(t, id), None, usize::MAX) {
@@ -222,13 +222,20 @@ pub fn apply(kv: &mut impl Kv, e: &Event) {
                 let batch = kv.scan(&prefix, after.as_deref(), 1024);
                 let Some((last, _)) = batch.last() else { break };
                 after = Some(last.clone());
-                for (k, _) in batch {
+                for (k, v) in batch {
                     let member = keys::last_part(&k);
                     kv.delete(&k);
-                    membership_removed(kv, t, &member, id);
+                    // Every member record says its type; one that does not (never written so)
+                    // is taken out of both kinds' lists, where only its own holds the group.
+                    match serde_json::from_slice::<Member>(&v) {
+                        Ok(m) => membership_removed(kv, t, m.member_type, &member, id),
+                        Err(_) => [MemberType::User, MemberType::Group]
+                            .into_iter()
+                            .for_each(|kind| membership_removed(kv, t, kind, &member, id)),
+                    }
                 }
             }
-            remove_memberships_of(kv, t, id);
+            remove_memberships_of(kv, t, MemberType::Group, id);
             remove_grants_of(kv, t, id, ResourceKind::Group);
         }
         EventBody::GroupMemberAdded { member_id, member_type } => {
@@ -240,7 +247,7 @@ pub fn apply(kv: &mut impl Kv, e: &Event) {
                 doc.member_count += 1;
             }
             store(kv, &key, &Member { id: member_id.clone(), member_type: *member_type });
-            membership_added(kv, t, member_id, id);
+            membership_added(kv, t, *member_type, member_id, id);
             touch_group(kv, e, doc);
         }
         EventBody::RoleAssigned { role, value } => grant_added(kv, e, "roles", role, value),
@@ -264,7 +271,7 @@ pub fn apply(kv: &mut impl Kv, e: &Event) {
         }
         EventBody::TokenCreated { role } => kv.put(&keys::token(t, id), role.as_bytes()),
         EventBody::TokenRevoked {} => kv.delete(&keys::token(t, id)),
-        EventBody::GroupMemberRemoved { member_id, .. } => {
+        EventBody::GroupMemberRemoved { member_id, member_type } => {
             let Some(mut doc) = load::<GroupDoc>(kv, &keys::group(t, id)) else {
                 return;
             };
@@ -273,7 +280,7 @@ pub fn apply(kv: &mut impl Kv, e: &Event) {
                 doc.member_count = doc.member_count.saturating_sub(1);
             }
             kv.delete(&key);
-            membership_removed(kv, t, member_id, id);
+            membership_removed(kv, t, *member_type, member_id, id);
             touch_group(kv, e, doc);
         }
     }
@@ -423,8 +430,8 @@ fn scope_created(kv: &mut impl Kv, e: &Event, kind: ScopeKind, slug: &str, organ
 }
 
 /// Ends every membership of `member` in a group (both ways), and counts it out of each group.
-fn remove_memberships_of(kv: &mut impl Kv, t: &str, member: &str) {
-    let key = keys::member_of(t, member);
+fn remove_memberships_of(kv: &mut impl Kv, t: &str, kind: MemberType, member: &str) {
+    let key = keys::member_of(t, kind, member);
     let Some(value) = kv.get(&key) else { return };
     kv.delete(&key);
     let groups: Vec<String> = match MemberOf::decode(&value) {
@@ -453,8 +460,8 @@ fn take_spilled(kv: &mut impl Kv, t: &str, member: &str) -> Vec<String> {
 
 /// Puts `group` among `member`'s groups (nothing to write when it is there): into its list, or
 /// into keys of their own once the list is full.
-fn membership_added(kv: &mut impl Kv, t: &str, member: &str, group: &str) {
-    let key = keys::member_of(t, member);
+fn membership_added(kv: &mut impl Kv, t: &str, kind: MemberType, member: &str, group: &str) {
+    let key = keys::member_of(t, kind, member);
     let value = kv.get(&key).unwrap_or_default();
     let next = match MemberOf::decode(&value) {
         MemberOf::Listed(mut ids) => {
@@ -483,8 +490,8 @@ fn membership_added(kv: &mut impl Kv, t: &str, member: &str, group: &str) {
 
 /// Takes `group` out of `member`'s groups; a member in no group has no value at all, and a
 /// spilled member whose groups fall to [`MemberOf::RELISTED_AT`] is listed again.
-fn membership_removed(kv: &mut impl Kv, t: &str, member: &str, group: &str) {
-    let key = keys::member_of(t, member);
+fn membership_removed(kv: &mut impl Kv, t: &str, kind: MemberType, member: &str, group: &str) {
+    let key = keys::member_of(t, kind, member);
     let Some(value) = kv.get(&key) else { return };
     // What stays listed, ids joined as `MemberOf` stores them.
     let list = match MemberOf::decode(&value) {
@@ -543,6 +550,7 @@ mod tests {
     use chrono::{DateTime, Utc};
     use scimlog_schemas::event::{EventBody as B, EventHash, ResourceKind};
     use scimlog_schemas::MemberType;
+    use scimlog_schemas::ScimKind;
     use serde_json::json;
 
     fn ev(pos: u64, kind: ResourceKind, id: &str, version: u64, body: EventBody) -> Event {
@@ -621,7 +629,7 @@ mod tests {
                 5 => {
                     let g = query::group(kv, "t", "g1").unwrap();
                     assert_eq!((g.member_count, g.version), (2, 3));
-                    assert_eq!(query::groups_of(kv, "t", "u1", 10), vec!["g1"]);
+                    assert_eq!(query::groups_of(kv, "t", MemberType::User, "u1", 10), vec!["g1"]);
                     let m: Vec<String> = query::members(kv, "t", "g1", None, 10).into_iter().map(|m| m.id).collect();
                     assert_eq!(m, ["u1", "u2"]);
                 }
@@ -638,7 +646,7 @@ mod tests {
                     assert_eq!(query::group_id_by_name(kv, "t", "ops"), None);
                 }
                 9 => {
-                    assert!(query::groups_of(kv, "t", "u1", 10).is_empty());
+                    assert!(query::groups_of(kv, "t", MemberType::User, "u1", 10).is_empty());
                     assert_eq!(query::group(kv, "t", "g1").unwrap().member_count, 1);
                 }
                 10 => {
@@ -734,6 +742,49 @@ mod tests {
         }
     }
 
+    /// A user's groups list is keyed right after its document, so that the two share a data
+    /// block (a GET and an access check read both); listing users passes over these keys, and
+    /// a user in groups is listed once, at its place, by page and by index.
+    #[test]
+    fn a_users_groups_list_sits_beside_its_document_and_is_never_listed_as_a_user() {
+        use ResourceKind::{Group as G, User as U};
+        let mut kv = MemKv::default();
+        let ids = ["u1", "u1-", "u10", "u2", "u3"];
+        for (i, id) in ids.iter().enumerate() {
+            let created = B::UserCreated { attributes: attrs(json!({"userName": id})), active: Some(true) };
+            apply(&mut kv, &ev(i as u64 + 1, U, id, 1, created));
+        }
+        apply(&mut kv, &ev(6, G, "g1", 1, B::GroupCreated { display_name: "A".into(), attributes: Map::new() }));
+        for (i, member) in ["u1", "u10", "u3"].iter().enumerate() {
+            let added = B::GroupMemberAdded { member_id: member.to_string(), member_type: MemberType::User };
+            apply(&mut kv, &ev(7 + i as u64, G, "g1", 2 + i as u64, added));
+        }
+        // Beside its document: no other key of the collection sorts between the two.
+        let all = kv.scan_keys(&keys::users("t"), None, usize::MAX);
+        for id in ["u1", "u10", "u3"] {
+            let at = all.iter().position(|k| *k == keys::user("t", id)).unwrap();
+            assert_eq!(all[at + 1], keys::member_of("t", MemberType::User, id), "{id}'s list follows its document");
+            assert_eq!(query::groups_of(&kv, "t", MemberType::User, id, 10), ["g1"], "{id}'s groups");
+        }
+        let page = |after: Option<&str>, n| query::ids_after(&kv, "t", ScimKind::User, after, n);
+        let cases: [(Option<&str>, usize, &[&str]); 6] = [
+            (None, 10, &["u1", "u1-", "u10", "u2", "u3"]),
+            (None, 1, &["u1"]),
+            (None, 2, &["u1", "u1-"]),
+            (Some("u1"), 2, &["u1-", "u10"]),
+            (Some("u10"), 10, &["u2", "u3"]),
+            (Some("u3"), 10, &[]),
+        ];
+        for (after, n, want) in cases {
+            assert_eq!(page(after, n), want, "{n} after {after:?}");
+        }
+        for (i, id) in ids.iter().enumerate() {
+            let at = query::id_at(&kv, "t", ScimKind::User, i as u64 + 1, 100).unwrap();
+            assert_eq!(at.as_deref(), Some(*id), "index {}", i + 1);
+        }
+        assert_eq!(query::id_at(&kv, "t", ScimKind::User, 6, 100).unwrap(), None, "five users, not eight");
+    }
+
     #[test]
     fn group_deletion_ends_memberships_both_ways() {
         use ResourceKind::{Group as G, User as U};
@@ -748,7 +799,7 @@ mod tests {
         ] {
             apply(&mut kv, &e);
         }
-        assert!(query::groups_of(&kv, "t", "u1", 10).is_empty());
+        assert!(query::groups_of(&kv, "t", MemberType::User, "u1", 10).is_empty());
         assert_eq!(query::group(&kv, "t", "g2").unwrap().member_count, 0);
         assert!(query::members(&kv, "t", "g2", None, 10).is_empty());
         assert_eq!(query::group_id_by_name(&kv, "t", "a"), None);
@@ -798,7 +849,7 @@ mod tests {
             let adds = if step < 800 { 19 } else { 3 };
             let spilled_now = |kv: &MemKv| {
                 matches!(
-                    kv.get(&keys::member_of("t", &member)).as_deref().map(MemberOf::decode),
+                    kv.get(&keys::member_of("t", member_type, &member)).as_deref().map(MemberOf::decode),
                     Some(MemberOf::Spilled(_))
                 )
             };
@@ -821,13 +872,15 @@ mod tests {
             let now_spilled = spilled_now(&kv);
             spilled += usize::from(!was_spilled && now_spilled);
             relisted += usize::from(was_spilled && !now_spilled);
-            for m in users.iter().chain(if step % 10 == 0 { groups.iter() } else { [].iter() }) {
+            let every_tenth = if step % 10 == 0 { groups.as_slice() } else { &[] };
+            let members = users.iter().map(|u| (u, MemberType::User));
+            for (m, kind) in members.chain(every_tenth.iter().map(|g| (g, MemberType::Group))) {
                 let want: Vec<String> =
                     groups.iter().filter(|g| query::member(&kv, "t", g, m).is_some()).cloned().collect();
-                assert_eq!(query::groups_of(&kv, "t", m, usize::MAX), want, "{m}'s groups after step {step}");
+                assert_eq!(query::groups_of(&kv, "t", kind, m, usize::MAX), want, "{m}'s groups after step {step}");
                 let first: Vec<String> = want.iter().take(3).cloned().collect();
-                assert_eq!(query::groups_of(&kv, "t", m, 3), first, "{m}'s first 3 groups after step {step}");
-                let value = kv.get(&keys::member_of("t", m));
+                assert_eq!(query::groups_of(&kv, "t", kind, m, 3), first, "{m}'s first 3 groups after step {step}");
+                let value = kv.get(&keys::member_of("t", kind, m));
                 assert_eq!(value.is_none(), want.is_empty(), "{m}: a value exactly when in a group, step {step}");
                 let keys_of_its_own = kv.scan_keys(&keys::memberships("t", m), None, usize::MAX).len();
                 match value.as_deref().map(MemberOf::decode) {

@@ -6,7 +6,7 @@
 use scimlog_schemas::filter::{CompareOp, Filter};
 use scimlog_schemas::name::fold as fold_case;
 use scimlog_schemas::registry::registry;
-use scimlog_schemas::{ResourceKind, ScimKind};
+use scimlog_schemas::{MemberType, ResourceKind, ScimKind};
 use serde_json::{json, Map, Value};
 
 use crate::fold::load;
@@ -172,8 +172,8 @@ pub fn member(kv: &impl KvRead, t: &str, group: &str, member: &str) -> Option<Me
 }
 /// Ids of the groups `member` is directly in, the first `limit` in byte order: one point read,
 /// and a scan only for a member in more groups than a list holds.
-pub fn groups_of(kv: &impl KvRead, t: &str, member: &str, limit: usize) -> Vec<String> {
-    let Some(value) = kv.get(&keys::member_of(t, member)) else { return Vec::new() };
+pub fn groups_of(kv: &impl KvRead, t: &str, kind: MemberType, member: &str, limit: usize) -> Vec<String> {
+    let Some(value) = kv.get(&keys::member_of(t, kind, member)) else { return Vec::new() };
     match MemberOf::decode(&value) {
         MemberOf::Listed(ids) => {
             ids.into_iter().take(limit).map(|id| String::from_utf8_lossy(id).into_owned()).collect()
@@ -189,11 +189,28 @@ fn count(kv: &impl KvRead, key: &[u8]) -> u64 {
 /// Ids of a resource type in id order, `limit` of them after `after`: one page of the whole
 /// collection at O(page) cost, whatever its size.
 pub fn ids_after(kv: &impl KvRead, t: &str, kind: ScimKind, after: Option<&str>, limit: usize) -> Vec<String> {
-    let (prefix, after_key) = match kind {
-        ScimKind::User => (keys::users(t), after.map(|a| keys::user(t, a))),
-        ScimKind::Group => (keys::groups(t), after.map(|a| keys::group(t, a))),
-    };
-    kv.scan_keys(&prefix, after_key.as_deref(), limit).into_iter().map(|k| keys::last_part(&k)).collect()
+    let after_key = after.map(|a| match kind {
+        ScimKind::User => keys::user(t, a),
+        ScimKind::Group => keys::group(t, a),
+    });
+    document_keys(kv, &collection_prefix(t, kind), after_key, limit).into_iter().map(|k| keys::last_part(&k)).collect()
+}
+
+/// The keys of a collection's documents after `after`, at most `limit`: a user's groups list,
+/// which sorts right after its document ([`keys::member_of`]), is passed over.
+fn document_keys(kv: &impl KvRead, prefix: &[u8], mut after: Option<Vec<u8>>, limit: usize) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    while out.len() < limit {
+        let want = limit - out.len();
+        let batch = kv.scan_keys(prefix, after.as_deref(), want);
+        let ended = batch.len() < want;
+        after = batch.last().cloned();
+        out.extend(batch.into_iter().filter(|k| !keys::is_user_groups(k)));
+        if ended {
+            break;
+        }
+    }
+    out
 }
 
 /// The id at 1-based `index` of a resource type in id order: a walk over keys alone, O(index),
@@ -215,7 +232,7 @@ pub fn id_at(
     let prefix = collection_prefix(t, kind);
     let (mut after, mut left) = (None::<Vec<u8>>, index);
     loop {
-        let batch = kv.scan_keys(&prefix, after.as_deref(), 4096);
+        let batch = document_keys(kv, &prefix, after.clone(), 4096);
         if batch.is_empty() {
             return Ok(None);
         }
@@ -595,7 +612,12 @@ pub fn search_ids(
                     (ScimKind::User, Lookup::Email(e)) => ids.extend(user_ids_by_email(kv, t, &e, max_scan)),
                     (ScimKind::Group, Lookup::ExternalId(x)) => ids.extend(group_id_by_external_id(kv, t, &x)),
                     (ScimKind::Group, Lookup::DisplayName(n)) => ids.extend(group_id_by_name(kv, t, &n)),
-                    (ScimKind::Group, Lookup::Member(m)) => ids.extend(groups_of(kv, t, &m, max_scan)),
+                    // The member may be a user or a group: ids are unique across both.
+                    (ScimKind::Group, Lookup::Member(m)) => {
+                        for kind in [MemberType::User, MemberType::Group] {
+                            ids.extend(groups_of(kv, t, kind, &m, max_scan));
+                        }
+                    }
                     (_, Lookup::LastModified(op, bound)) => {
                         ids.extend(last_modified_range(kv, t, kind, op, &bound, max_scan)?)
                     }

@@ -10,7 +10,7 @@ use base64::Engine;
 use scimlog_projections::{apply, keys, query, KvRead, MemKv, Overlay};
 use scimlog_schemas::event::{Event, EventBody, EventHash, SealedEvent};
 use scimlog_schemas::personal::Opener;
-use scimlog_schemas::ResourceKind;
+use scimlog_schemas::{MemberType, ResourceKind};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -655,7 +655,7 @@ pub fn render(kv: &MemKv, tenant: &str, kind: ResourceKind, id: &str) -> Option<
             if u.active.is_none() {
                 v.as_object_mut().map(|o| o.remove("active"));
             }
-            let groups: Vec<Value> = query::groups_of(kv, tenant, id, usize::MAX)
+            let groups: Vec<Value> = query::groups_of(kv, tenant, MemberType::User, id, usize::MAX)
                 .into_iter()
                 .map(|g| json!({"value": g, "display": query::group(kv, tenant, &g).map(|g| g.display_name)}))
                 .collect();
@@ -685,6 +685,7 @@ pub fn summary(kv: &MemKv, tenant: &str) -> Value {
     let users: Vec<Value> = kv
         .scan(&keys::users(tenant), None, usize::MAX)
         .into_iter()
+        .filter(|(k, _)| !keys::is_user_groups(k))
         .filter_map(|(_, v)| serde_json::from_slice::<scimlog_projections::UserDoc>(&v).ok())
         .map(|u| json!({"id": u.id, "userName": u.user_name(), "active": u.is_active(), "version": u.version}))
         .collect();

@@ -680,7 +680,7 @@ impl<K: KvRead> Decider<'_, K> {
     /// `group.member_removed` for every group `member` is in, so that subscribers see each
     /// membership end before the resource goes.
     fn leave_all_groups(&mut self, member: &str, member_type: MemberType) {
-        for g in query::groups_of(self.kv, self.t, member, usize::MAX) {
+        for g in query::groups_of(self.kv, self.t, member_type, member, usize::MAX) {
             if let Some(group) = query::group(self.kv, self.t, &g) {
                 self.emit(
                     ResourceKind::Group,

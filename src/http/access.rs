@@ -13,7 +13,7 @@ use scimlog_projections::access::{self, Effective, ScopeDoc, TooLarge};
 use scimlog_projections::query::UserBy;
 use scimlog_projections::{query, KvRead, UserDoc, UserHead};
 use scimlog_schemas::access::{Grant, ScopeKind};
-use scimlog_schemas::{ResourceKind, SchemaError};
+use scimlog_schemas::{MemberType, ResourceKind, SchemaError};
 use serde::Serialize;
 use serde_json::Value;
 use utoipa::ToSchema;
@@ -522,7 +522,7 @@ fn host_view(
     host_id: &str,
     limit: usize,
 ) -> Result<HostUser, ApiError> {
-    let groups = query::groups_of(kv, t, &u.id, limit)
+    let groups = query::groups_of(kv, t, MemberType::User, &u.id, limit)
         .into_iter()
         .filter_map(|g| query::group(kv, t, &g))
         .map(|g| GroupRef { value: g.id, display: g.display_name })

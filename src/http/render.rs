@@ -101,7 +101,7 @@ pub fn user(
     group_name: impl Fn(&str) -> Option<String>,
 ) -> Option<(Rendered, u64)> {
     let groups = |id: &str| {
-        query::groups_of(kv, t, id, usize::MAX)
+        query::groups_of(kv, t, MemberType::User, id, usize::MAX)
             .into_iter()
             .filter_map(|g| group_name(&g).map(|name| (g, name)))
             .map(|(g, name)| {

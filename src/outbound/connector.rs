@@ -22,6 +22,7 @@ use chrono::{DateTime, Utc};
 use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
 use reqwest::Method;
 use scimlog_projections::{access, query};
+use scimlog_schemas::MemberType;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::watch;
@@ -835,7 +836,7 @@ impl Connector {
         }
         // The user's own grants, then its groups' (no display names: `access::effective` would
         // read each group's document for its provenance).
-        match access::groups_transitively(&view, t, id, MAX_SCOPE_READ) {
+        match access::groups_transitively(&view, t, MemberType::User, id, MAX_SCOPE_READ) {
             Ok(groups) => std::iter::once(id.to_string())
                 .chain(groups)
                 .any(|subject| access::grants_of(&view, t, &subject).iter().any(|g| scope.holds(&g.grant))),

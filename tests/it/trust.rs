@@ -297,52 +297,60 @@ async fn read_models_of_an_older_layout_are_rebuilt_at_start() {
     s.stop().await;
 }
 
-/// A data dir of layout 4, where a member's groups were one key each (`mg 0 tenant 0 member 0
-/// group`) and no list, is rebuilt at start into lists: the user's groups are rendered again,
-/// and no key of the old form is left. (A layout change without a new version would serve the
-/// old keys as they are: the user would show no group.)
+/// Data dirs of older layouts are rebuilt at start into this one's keys: layout 4, where a
+/// member's groups were one key each (`mg 0 tenant 0 member 0 group`) and no list, and layout
+/// 5, where a user's list was keyed `mg 0 tenant 0 user` instead of right after its document.
+/// The user's groups are rendered again, and no key of the old form is left. (A layout change
+/// without a new version would serve the old keys as they are: the user would show no group.)
 #[tokio::test]
-async fn a_data_dir_of_layout_4_is_rebuilt_into_member_lists_at_start() {
+async fn data_dirs_of_older_layouts_are_rebuilt_into_member_lists_at_start() {
     use scimlog_projections::keys;
-    let s = TestServer::start().await;
-    let uid = s.post("/Users", &json!({"userName": "gil"})).await.id();
-    let mut gids = Vec::new();
-    for name in ["Ops", "Dev"] {
-        gids.push(s.post("/Groups", &json!({"displayName": name, "members": [{"value": uid}]})).await.id());
-    }
-    let tmp = s.stop_keeping_data().await.unwrap();
-    {
-        let path = tmp.path().join("db");
-        let db =
-            rocksdb::DB::open_cf(&rocksdb::Options::default(), &path, ["events", "state", "keys", "outbound"]).unwrap();
-        let cf = db.cf_handle("state").unwrap();
-        let list = keys::member_of("default", &uid);
-        assert!(db.get_cf(cf, &list).unwrap().is_some(), "this layout lists the user's groups");
-        db.delete_cf(cf, &list).unwrap();
-        for g in &gids {
-            db.put_cf(cf, keys::membership("default", &uid, g), b"").unwrap();
+    use scimlog_schemas::MemberType;
+    for layout in [4u32, 5] {
+        let s = TestServer::start().await;
+        let uid = s.post("/Users", &json!({"userName": "gil"})).await.id();
+        let mut gids = Vec::new();
+        for name in ["Ops", "Dev"] {
+            gids.push(s.post("/Groups", &json!({"displayName": name, "members": [{"value": uid}]})).await.id());
         }
-        db.put_cf(cf, keys::LAYOUT, 4u32.to_be_bytes()).unwrap();
+        let tmp = s.stop_keeping_data().await.unwrap();
+        // The old form: layout 4's key per group, or layout 5's list under `mg`.
+        let old_keys: Vec<Vec<u8>> = match layout {
+            4 => gids.iter().map(|g| keys::membership("default", &uid, g)).collect(),
+            _ => vec![[b"mg\0default\0".as_slice(), uid.as_bytes()].concat()],
+        };
+        {
+            let path = tmp.path().join("db");
+            let db = rocksdb::DB::open_cf(&rocksdb::Options::default(), &path, ["events", "state", "keys", "outbound"])
+                .unwrap();
+            let cf = db.cf_handle("state").unwrap();
+            let list = keys::member_of("default", MemberType::User, &uid);
+            let value = db.get_cf(cf, &list).unwrap().expect("this layout lists the user's groups");
+            db.delete_cf(cf, &list).unwrap();
+            for k in &old_keys {
+                db.put_cf(cf, k, if layout == 4 { &[][..] } else { &value[..] }).unwrap();
+            }
+            db.put_cf(cf, keys::LAYOUT, layout.to_be_bytes()).unwrap();
+        }
+        let mut s = TestServer::start_with(config(tmp.path())).await;
+        s.adopt_dir(tmp);
+        let user = s.get(&format!("/Users/{uid}")).await;
+        let groups = user.body["groups"].as_array().cloned().unwrap_or_default();
+        let mut shown: Vec<&str> = groups.iter().filter_map(|g| g["display"].as_str()).collect();
+        shown.sort();
+        assert_eq!(shown, ["Dev", "Ops"], "layout {layout}: {}", user.body);
+        let store = scimlog::log::Store::open_read_only(s.data_dir()).unwrap();
+        assert_eq!(store.layout_version().unwrap(), Some(keys::LAYOUT_VERSION));
+        let state = store.scan_state().unwrap();
+        let left: Vec<String> = state
+            .iter()
+            .filter(|(k, _)| old_keys.contains(k))
+            .map(|(k, _)| String::from_utf8_lossy(k).into_owned())
+            .collect();
+        assert!(left.is_empty(), "keys of layout {layout} left: {left:?}");
+        drop(store);
+        s.stop().await;
     }
-    let mut s = TestServer::start_with(config(tmp.path())).await;
-    s.adopt_dir(tmp);
-    let user = s.get(&format!("/Users/{uid}")).await;
-    let groups = user.body["groups"].as_array().cloned().unwrap_or_default();
-    let mut shown: Vec<&str> = groups.iter().filter_map(|g| g["display"].as_str()).collect();
-    shown.sort();
-    assert_eq!(shown, ["Dev", "Ops"], "{}", user.body);
-    let store = scimlog::log::Store::open_read_only(s.data_dir()).unwrap();
-    assert_eq!(store.layout_version().unwrap(), Some(keys::LAYOUT_VERSION));
-    let old_form: Vec<String> = store
-        .scan_state()
-        .unwrap()
-        .into_iter()
-        .filter(|(k, _)| k.starts_with(b"mg\0") && k.iter().filter(|b| **b == keys::SEP).count() > 2)
-        .map(|(k, _)| String::from_utf8_lossy(&k).into_owned())
-        .collect();
-    assert!(old_form.is_empty(), "keys of layout 4 left: {old_form:?}");
-    drop(store);
-    s.stop().await;
 }
 
 /// A panic while deciding a write (a bug) costs that request alone: 500, nothing written, and

@@ -10,8 +10,8 @@ use axum::response::Response;
 use chrono::{DateTime, NaiveDateTime, Utc};
 use scimlog_projections::{access, keys, query, GroupDoc, KvRead, UserDoc};
 use scimlog_schemas::event::Event;
-use scimlog_schemas::ResourceKind;
 use scimlog_schemas::ScimKind;
+use scimlog_schemas::{MemberType, ResourceKind};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -61,7 +61,7 @@ fn last_position(kv: &impl KvRead, t: &str, kind: ResourceKind, id: &str) -> u64
 }
 
 fn user_row(kv: &impl KvRead, t: &str, u: &UserDoc) -> Row {
-    let groups = query::groups_of(kv, t, &u.id, 101).len();
+    let groups = query::groups_of(kv, t, MemberType::User, &u.id, 101).len();
     Row {
         id: u.id.clone(),
         name: u.user_name().to_string(),
@@ -143,6 +143,10 @@ fn search(
         let Some((last, _)) = batch.last() else { return (found, None, None) };
         after_key = Some(last.clone());
         for (k, v) in &batch {
+            // A user's groups list sorts right after its document (`keys::member_of`).
+            if keys::is_user_groups(k) {
+                continue;
+            }
             read += 1;
             let d = match kind {
                 ScimKind::User => serde_json::from_slice::<UserDoc>(v).ok().map(|d| d.filterable()),
@@ -356,7 +360,7 @@ fn user_page(s: &AppState, session: &Session, id: &str, p: &UserParams) -> Resul
         ))
     })?;
     let name_of = |id: &str| name_now(&view, t, id);
-    let mut member_of = query::groups_of(&view, t, id, GROUPS_SHOWN + 1);
+    let mut member_of = query::groups_of(&view, t, MemberType::User, id, GROUPS_SHOWN + 1);
     let more_groups = member_of.len() > GROUPS_SHOWN;
     member_of.truncate(GROUPS_SHOWN);
     let groups = member_of.into_iter().map(|g| (name_of(&g), g)).collect();
