@@ -113,8 +113,9 @@ mod tests {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     fn a_trim_gives_back_the_pages_freed_inside_the_heap() {
         const PIECE: usize = 4 << 10;
-        const PIECES: usize = 16 << 10; // 64 MiB in blocks the size of RocksDB's.
-                                        // A thread of its own, so that the pieces come from one arena that nothing else uses.
+        // 64 MiB in blocks the size of RocksDB's, on a thread of its own, so that the pieces come
+        // from one arena that nothing else uses.
+        const PIECES: usize = 16 << 10;
         let (freed, trimmed) = std::thread::spawn(|| {
             // SAFETY: each piece is written once, then freed once; the last is kept so that
             // the freed ones sit inside the heap, not at its end (which glibc trims itself).
