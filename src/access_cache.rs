@@ -16,7 +16,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use scimlog_projections::access::{self, Effective, GroupNode, ScopeDoc, TooLarge};
+use scimlog_projections::access::{self, Effective, GrantRecord, GroupNode, ScopeDoc, TooLarge, Via};
 use scimlog_projections::UserHead;
 use scimlog_schemas::access::ScopeKind;
 
@@ -83,13 +83,28 @@ impl GroupCache {
         user: &UserHead,
         budget: usize,
     ) -> Result<Vec<Effective>, TooLarge> {
+        let mut out = Vec::new();
+        self.walk(view, t, user, budget, &mut |g, via| out.push(Effective::new(g, via)))?;
+        Ok(out)
+    }
+
+    /// `access::walk_grants` over `view`, the nodes from this cache: each of a user's grants in
+    /// [`Self::effective`]'s order, handed to `visit` without a copy.
+    pub fn walk(
+        &self,
+        view: &StateView<'_>,
+        t: &str,
+        user: &UserHead,
+        budget: usize,
+        visit: &mut dyn FnMut(&GrantRecord, Via<'_>),
+    ) -> Result<(), TooLarge> {
         let (budget, limit) = (budget.min(self.node_limit), self.node_limit);
-        match view.group_generation() {
-            Some(generation) if self.max > 0 => access::effective_with(view, t, user, budget, &mut |group: &str| {
-                self.node(view, generation, t, group, limit)
-            }),
-            _ => access::effective(view, t, user, budget, limit),
-        }
+        let kept = view.group_generation().filter(|_| self.max > 0);
+        let mut node = |group: &str| match kept {
+            Some(generation) => self.node(view, generation, t, group, limit),
+            None => Arc::new(access::group_node(view, t, group, limit)),
+        };
+        access::walk_grants(view, t, user, budget, &mut node, visit)
     }
 
     /// A group's displayName, `None` when the group does not exist: from the kept node when

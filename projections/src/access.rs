@@ -259,10 +259,7 @@ pub fn changes_kept_nodes(e: &scimlog_schemas::Event) -> bool {
     }
 }
 
-/// [`effective`], with the groups' nodes from `node` (a cache, or the store): the user's own
-/// grants (when its document may hold some) and groups are read from `kv`, then each group
-/// above once, breadth first, counting the memberships read against `limit` as
-/// [`groups_transitively`] does.
+/// [`effective`], with the groups' nodes from `node` (a cache, or the store).
 pub fn effective_with(
     kv: &impl KvRead,
     t: &str,
@@ -270,33 +267,66 @@ pub fn effective_with(
     limit: usize,
     node: &mut dyn FnMut(&str) -> std::sync::Arc<GroupNode>,
 ) -> Result<Vec<Effective>, TooLarge> {
-    let own = if user.may_hold_grants() { grants_of(kv, t, &user.id) } else { Vec::new() };
-    let mut out: Vec<Effective> = own
-        .into_iter()
-        .map(|g| Effective { urn: g.urn, grant: g.grant, via_group: None, position: g.position })
-        .collect();
+    let mut out = Vec::new();
+    walk_grants(kv, t, user, limit, node, &mut |g, via| out.push(Effective::new(g, via)))?;
+    Ok(out)
+}
+
+/// Where a grant [`walk_grants`] meets comes from, borrowed from the walk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Via<'a> {
+    Direct,
+    Group { id: &'a str, display_name: &'a str },
+}
+
+impl Effective {
+    /// The grant `g` met through `via`, as an answer keeps it.
+    pub fn new(g: &GrantRecord, via: Via<'_>) -> Effective {
+        let via_group = match via {
+            Via::Direct => None,
+            Via::Group { id, display_name } => Some((id.to_string(), display_name.to_string())),
+        };
+        Effective { urn: g.urn.clone(), grant: g.grant.clone(), via_group, position: g.position }
+    }
+}
+
+/// A user's grants in the order [`effective`] lists them, each handed to `visit` where it lies
+/// (an access check keeps the one that allows, `/access` renders each, and neither copies the
+/// rest): the user's own (when its document may hold some), then those of each group it is in
+/// and each group above, once, breadth first, the groups' nodes from `node`. The walk is the
+/// whole expansion whatever `visit` keeps, counting the memberships read against `limit` as
+/// [`groups_transitively`] does: the same users are refused as too large whatever is asked.
+pub fn walk_grants(
+    kv: &impl KvRead,
+    t: &str,
+    user: &UserHead,
+    limit: usize,
+    node: &mut dyn FnMut(&str) -> std::sync::Arc<GroupNode>,
+    visit: &mut dyn FnMut(&GrantRecord, Via<'_>),
+) -> Result<(), TooLarge> {
+    if user.may_hold_grants() {
+        for g in &grants_of(kv, t, &user.id) {
+            visit(g, Via::Direct);
+        }
+    }
     let mut budget = Budget::new(limit);
     let first = query::groups_of(kv, t, MemberType::User, &user.id, budget.page());
     budget.spend(first.len())?;
     let mut seen = BTreeSet::new();
     let mut queue: VecDeque<String> = first.into();
     while let Some(group) = queue.pop_front() {
-        if !seen.insert(group.clone()) {
+        if seen.contains(&group) {
             continue;
         }
         let n = node(&group);
         budget.spend(n.parents.len())?;
         queue.extend(n.parents.iter().cloned());
         for g in &n.grants {
-            out.push(Effective {
-                urn: g.urn.clone(),
-                grant: g.grant.clone(),
-                via_group: Some((group.clone(), n.display_name.clone())),
-                position: g.position,
-            });
+            visit(g, Via::Group { id: &group, display_name: &n.display_name });
         }
+        seen.insert(group);
     }
-    Ok(out)
+    Ok(())
 }
 
 /// Whether a grant applies inside `env`: an environment role naming it or `*`; an organization
@@ -319,12 +349,17 @@ pub fn applies_in(grant: &Grant, env: Environment<'_>) -> bool {
 /// Whether an effective grant gives `role` (a role name or a full URN; `None`: any role or
 /// entitlement) in `env`.
 pub fn allows(e: &Effective, role: Option<&str>, env: Environment<'_>) -> bool {
-    let role_ok = match (&e.grant, role) {
+    record_allows(&e.urn, &e.grant, role, env)
+}
+
+/// [`allows`], of a grant as stored (`urn`, `grant`) before it is made an [`Effective`].
+pub fn record_allows(urn: &str, grant: &Grant, role: Option<&str>, env: Environment<'_>) -> bool {
+    let role_ok = match (grant, role) {
         (_, None) => true,
-        (Grant::Role { role: r, .. }, Some(want)) => want.eq_ignore_ascii_case(r) || want.eq_ignore_ascii_case(&e.urn),
+        (Grant::Role { role: r, .. }, Some(want)) => want.eq_ignore_ascii_case(r) || want.eq_ignore_ascii_case(urn),
         (Grant::Entitlement { .. }, Some(_)) => false,
     };
-    role_ok && applies_in(&e.grant, env)
+    role_ok && applies_in(grant, env)
 }
 
 /// Users who have some access to an environment, each with the first grant that gives it: direct

@@ -9,7 +9,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, Utc};
-use scimlog_projections::access::{self, Effective, ScopeDoc, TooLarge};
+use scimlog_projections::access::{self, Effective, GrantRecord, ScopeDoc, TooLarge, Via};
 use scimlog_projections::query::UserBy;
 use scimlog_projections::{query, KvRead, UserDoc, UserHead};
 use scimlog_schemas::access::{Grant, ScopeKind};
@@ -63,6 +63,19 @@ pub enum GrantSource {
         #[serde(rename = "groupDisplayName")]
         group_display_name: String,
     },
+}
+
+impl GrantView {
+    /// The grant `g` as the walk over a user's grants meets it.
+    fn met(g: &GrantRecord, via: Via<'_>) -> GrantView {
+        let source = match via {
+            Via::Direct => GrantSource::Direct,
+            Via::Group { id, display_name } => {
+                GrantSource::Group { group_id: id.to_string(), group_display_name: display_name.to_string() }
+            }
+        };
+        GrantView { urn: g.urn.clone(), grant: g.grant.clone(), granted_at_position: g.position, source }
+    }
 }
 
 impl From<&Effective> for GrantView {
@@ -256,7 +269,8 @@ fn user_access_of(
     user: &UserHead,
     budget: usize,
 ) -> Result<UserAccess, Expand> {
-    let grants = groups.effective(view, t, user, budget)?.iter().map(GrantView::from).collect();
+    let mut grants = Vec::new();
+    groups.walk(view, t, user, budget, &mut |g, via| grants.push(GrantView::met(g, via)))?;
     Ok(UserAccess {
         user_id: user.id.clone(),
         user_name: user.user_name().to_string(),
@@ -365,16 +379,20 @@ fn decide_access(
         return Ok(refused(Some(&u.id), format!("environment {env:?} does not exist")));
     };
     let environment = scope.as_environment(&cfg.default_organization);
-    let effective = groups.effective(kv, t, &u, budget)?;
-    Ok(match effective.iter().find(|e| access::allows(e, role, environment)) {
-        Some(e) => {
-            let how = match &e.via_group {
-                None => "held directly".to_string(),
-                Some((_, name)) => format!("through group {name:?}"),
+    // The first grant that allows, in the order `/access` lists them; the walk goes on to the
+    // end (the same budget refuses the same users), but copies nothing else.
+    let mut first: Option<(String, GrantView)> = None;
+    groups.walk(kv, t, &u, budget, &mut |g, via| {
+        if first.is_none() && access::record_allows(&g.urn, &g.grant, role, environment) {
+            let how = match via {
+                Via::Direct => "held directly".to_string(),
+                Via::Group { display_name, .. } => format!("through group {display_name:?}"),
             };
-            let reason = format!("{} {how}", e.urn);
-            AccessDecision { allowed: true, user_id: Some(u.id), reason, grant: Some(e.into()) }
+            first = Some((format!("{} {how}", g.urn), GrantView::met(g, via)));
         }
+    })?;
+    Ok(match first {
+        Some((reason, grant)) => AccessDecision { allowed: true, user_id: Some(u.id), reason, grant: Some(grant) },
         None => refused(
             Some(&u.id),
             match role {

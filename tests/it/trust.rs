@@ -744,19 +744,25 @@ async fn access_expansion_honours_max_scan() {
     })
     .await;
     let uid = s.post("/Users", &json!({"userName": "deep"})).await.id();
-    // deep ∈ g1 ∈ g2 ∈ g3 ∈ g4, and g4 holds the role: four memberships to read.
-    let mut inner = json!({"value": uid, "type": "User"});
+    // Holds the role itself, the first grant an answer meets: the expansion is read to its end
+    // all the same, so whether a user is refused does not depend on what is asked.
+    let direct = json!({"userName": "direct", "roles": [{"value": "urn:scimlog:role:environment:prod:admin"}]});
+    let direct = s.post("/Users", &direct).await.id();
+    // deep, direct ∈ g1 ∈ g2 ∈ g3 ∈ g4, and g4 holds the role: four memberships to read each.
+    let mut inner = vec![json!({"value": uid, "type": "User"}), json!({"value": direct, "type": "User"})];
     for level in 1..=4 {
-        let mut body = json!({"displayName": format!("g{level}"), "members": [inner]});
+        let mut body = json!({"displayName": format!("g{level}"), "members": inner});
         if level == 4 {
             body[GROUP_ACCESS] = json!({"roles": ["urn:scimlog:role:environment:prod:admin"]});
         }
         let g = s.post("/Groups", &body).await;
         assert_eq!(g.status, 201, "{}", g.body);
-        inner = json!({"value": g.id(), "type": "Group"});
+        inner = vec![json!({"value": g.id(), "type": "Group"})];
     }
-    let check = api(&s, Method::GET, "/access/check?user=deep&role=admin&environment=prod", None).await;
-    check.assert_error(400, Some("tooMany"), "more than 3 memberships (--max-scan)");
+    for who in ["deep", "direct"] {
+        let check = api(&s, Method::GET, &format!("/access/check?user={who}&role=admin&environment=prod"), None).await;
+        check.assert_error(400, Some("tooMany"), "more than 3 memberships (--max-scan)");
+    }
     api(&s, Method::GET, &format!("/users/{uid}/access"), None).await.assert_error(400, Some("tooMany"), "--max-scan");
     api(&s, Method::GET, "/environments/prod/members", None).await.assert_error(400, Some("tooMany"), "--max-scan");
     s.stop().await;
