@@ -203,7 +203,10 @@ pub fn effective(
     budget: usize,
     node_limit: usize,
 ) -> Result<Vec<Effective>, TooLarge> {
-    effective_with(kv, t, user, budget, &mut |g: &str| std::sync::Arc::new(group_node(kv, t, g, node_limit)))
+    let mut node = |g: &str| std::sync::Arc::new(group_node(kv, t, g, node_limit));
+    let mut out = Vec::new();
+    walk_grants(kv, t, user, budget, &mut node, &mut |g, via| out.push(Effective::new(g, via)))?;
+    Ok(out)
 }
 
 /// What an access answer needs of one group: its name, its own grants, and the groups it is a
@@ -259,19 +262,6 @@ pub fn changes_kept_nodes(e: &scimlog_schemas::Event) -> bool {
     }
 }
 
-/// [`effective`], with the groups' nodes from `node` (a cache, or the store).
-pub fn effective_with(
-    kv: &impl KvRead,
-    t: &str,
-    user: &UserHead,
-    limit: usize,
-    node: &mut dyn FnMut(&str) -> std::sync::Arc<GroupNode>,
-) -> Result<Vec<Effective>, TooLarge> {
-    let mut out = Vec::new();
-    walk_grants(kv, t, user, limit, node, &mut |g, via| out.push(Effective::new(g, via)))?;
-    Ok(out)
-}
-
 /// Where a grant [`walk_grants`] meets comes from, borrowed from the walk.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Via<'a> {
@@ -287,6 +277,14 @@ impl Effective {
             Via::Group { id, display_name } => Some((id.to_string(), display_name.to_string())),
         };
         Effective { urn: g.urn.clone(), grant: g.grant.clone(), via_group, position: g.position }
+    }
+
+    /// Where it comes from, as the walk met it.
+    pub fn via(&self) -> Via<'_> {
+        match &self.via_group {
+            None => Via::Direct,
+            Some((id, display_name)) => Via::Group { id, display_name },
+        }
     }
 }
 

@@ -68,23 +68,23 @@ pub enum GrantSource {
 impl GrantView {
     /// The grant `g` as the walk over a user's grants meets it.
     fn met(g: &GrantRecord, via: Via<'_>) -> GrantView {
+        GrantView::of(&g.urn, &g.grant, g.position, via)
+    }
+
+    fn of(urn: &str, grant: &Grant, position: u64, via: Via<'_>) -> GrantView {
         let source = match via {
             Via::Direct => GrantSource::Direct,
             Via::Group { id, display_name } => {
                 GrantSource::Group { group_id: id.to_string(), group_display_name: display_name.to_string() }
             }
         };
-        GrantView { urn: g.urn.clone(), grant: g.grant.clone(), granted_at_position: g.position, source }
+        GrantView { urn: urn.to_string(), grant: grant.clone(), granted_at_position: position, source }
     }
 }
 
 impl From<&Effective> for GrantView {
     fn from(e: &Effective) -> GrantView {
-        let source = match &e.via_group {
-            None => GrantSource::Direct,
-            Some((id, name)) => GrantSource::Group { group_id: id.clone(), group_display_name: name.clone() },
-        };
-        GrantView { urn: e.urn.clone(), grant: e.grant.clone(), granted_at_position: e.position, source }
+        GrantView::of(&e.urn, &e.grant, e.position, e.via())
     }
 }
 
